@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it. Installs redis-server when it is missing and we are
+# root (the Redis tests start their own servers on free loopback ports; none is skipped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing redis-server"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server is missing: install it (apt-get install redis-server) and rerun" >&2
+    exit 1
+  fi
+fi
+# Redis tests must run, never skip themselves.
+export TRC_REQUIRE_REDIS=1
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --all-features -- -D warnings
+echo "== cargo test (all features)"
+cargo test --all-features --all-targets
+echo "== doc tests"
+cargo test --all-features --doc
+echo "== cargo test (default features)"
+cargo test --lib --tests
+echo "== benches compile and run once"
+cargo bench --all-features --no-run
+echo "all tests passed"

@@ -1,0 +1,178 @@
+//! Single-flight: concurrent misses of one key reach the inner service once.
+//!
+//! The first miss becomes the leader and holds a [`Leader`] guard; later misses follow and
+//! wait (bounded) for its outcome. When the leader's entry is stored, followers look it up.
+//! When its response cannot be stored, followers all go to the origin at once rather than
+//! queueing one by one. When the leader vanishes (its client disconnected, its future was
+//! dropped), the guard's drop releases followers and one of them leads next.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry as MapEntry;
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+/// What a leader's flight ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Pending,
+    /// The entry is in the store: look it up.
+    Stored,
+    /// The response could not be stored: go to the origin yourself.
+    Uncacheable,
+    /// The leader gave up: try to lead.
+    Abandoned,
+}
+
+/// A flight's identity: namespace-free logical key plus variant.
+type FlightKey = (Box<str>, u64);
+
+#[derive(Debug, Default)]
+pub(crate) struct Coalescer {
+    flights: DashMap<FlightKey, Flight>,
+}
+
+#[derive(Debug)]
+struct Flight {
+    id: u64,
+    outcome: watch::Receiver<Outcome>,
+}
+
+/// Either lead the flight for a key or follow the one in the air.
+pub(crate) enum Role {
+    Leader(Leader),
+    Follower(watch::Receiver<Outcome>),
+}
+
+/// Held by the one request fetching a key. Dropping it without [`Leader::finish`] tells
+/// followers the flight was abandoned.
+#[derive(Debug)]
+pub(crate) struct Leader {
+    coalescer: Arc<Coalescer>,
+    key: FlightKey,
+    id: u64,
+    sender: Option<watch::Sender<Outcome>>,
+}
+
+impl Coalescer {
+    pub(crate) fn join(self: &Arc<Self>, logical: &str, variant: u64) -> Role {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let key: FlightKey = (logical.into(), variant);
+        match self.flights.entry(key.clone()) {
+            MapEntry::Occupied(flight) => Role::Follower(flight.get().outcome.clone()),
+            MapEntry::Vacant(slot) => {
+                let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (sender, outcome) = watch::channel(Outcome::Pending);
+                slot.insert(Flight { id, outcome });
+                Role::Leader(Leader {
+                    coalescer: self.clone(),
+                    key,
+                    id,
+                    sender: Some(sender),
+                })
+            }
+        }
+    }
+
+    /// Flights in the air (for tests and stats).
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+}
+
+/// Wait for a leader's outcome, at most `limit`. A leader that outlives the wait counts as
+/// uncacheable for this follower, who then goes to the origin itself.
+pub(crate) async fn follow(mut outcome: watch::Receiver<Outcome>, limit: Duration) -> Outcome {
+    let wait = outcome.wait_for(|o| *o != Outcome::Pending);
+    match tokio::time::timeout(limit, wait).await {
+        Ok(Ok(result)) => *result,
+        // The sender was dropped: the leader is gone.
+        Ok(Err(_)) => Outcome::Abandoned,
+        Err(_) => Outcome::Uncacheable,
+    }
+}
+
+impl Leader {
+    /// End the flight: remove it first so newcomers start afresh, then tell followers.
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        self.end(outcome);
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        self.coalescer
+            .flights
+            .remove_if(&self.key, |_, flight| flight.id == self.id);
+        let _ = sender.send(outcome);
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.end(Outcome::Abandoned);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lead(c: &Arc<Coalescer>) -> Leader {
+        match c.join("/k", 1) {
+            Role::Leader(l) => l,
+            Role::Follower(_) => panic!("expected to lead"),
+        }
+    }
+
+    fn follower(c: &Arc<Coalescer>) -> watch::Receiver<Outcome> {
+        match c.join("/k", 1) {
+            Role::Follower(f) => f,
+            Role::Leader(_) => panic!("expected to follow"),
+        }
+    }
+
+    #[tokio::test]
+    async fn followers_hear_the_outcome_and_the_flight_ends() {
+        let c = Arc::new(Coalescer::default());
+        let leader = lead(&c);
+        let f = follower(&c);
+        leader.finish(Outcome::Stored);
+        assert_eq!(follow(f, Duration::from_secs(1)).await, Outcome::Stored);
+        assert_eq!(c.in_flight(), 0);
+        // A later miss leads a new flight.
+        let _again = lead(&c);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_releases_followers() {
+        let c = Arc::new(Coalescer::default());
+        let leader = lead(&c);
+        let f = follower(&c);
+        drop(leader);
+        assert_eq!(follow(f, Duration::from_secs(1)).await, Outcome::Abandoned);
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_leader_releases_followers_after_the_limit() {
+        let c = Arc::new(Coalescer::default());
+        let _leader = lead(&c);
+        let f = follower(&c);
+        assert_eq!(
+            follow(f, Duration::from_millis(50)).await,
+            Outcome::Uncacheable
+        );
+    }
+
+    #[test]
+    fn distinct_keys_fly_separately() {
+        let c = Arc::new(Coalescer::default());
+        let _a = lead(&c);
+        assert!(matches!(c.join("/k", 2), Role::Leader(_)));
+        assert!(matches!(c.join("/other", 1), Role::Leader(_)));
+    }
+}

@@ -1,0 +1,376 @@
+//! A stored response and its versioned byte format.
+//!
+//! The memory store keeps [`Entry`] values behind an `Arc`, so a hit copies nothing but
+//! reference counts. Stores that keep bytes (Redis) use [`Entry::encode`] and
+//! [`Entry::decode`]; the format starts with a magic and a version byte so that foreign or
+//! corrupt bytes under a cache key decode to an error (a miss), never a panic.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::{HeaderMap, StatusCode};
+//! use std::time::Duration;
+//! use tower_response_cache::Entry;
+//!
+//! let entry = Entry::new(StatusCode::OK, HeaderMap::new(), Bytes::from_static(b"hi"), Duration::from_secs(60));
+//! let bytes = entry.encode();
+//! let back = Entry::decode(&bytes).unwrap();
+//! assert_eq!(back.body(), &Bytes::from_static(b"hi"));
+//! assert!(Entry::decode(b"garbage").is_err());
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use crate::clock;
+
+const MAGIC: &[u8; 4] = b"TRC\x00";
+const VERSION: u8 = 1;
+/// Fixed per-entry overhead counted against a memory budget (struct, map slot, Arc).
+const OVERHEAD_BYTES: usize = 160;
+
+/// A cached response: status, headers, body, when it was stored and for how long it is fresh.
+pub struct Entry {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    stored_at_ms: u64,
+    ttl: Duration,
+    tags: Vec<String>,
+    vary: Vary,
+    /// Coarse last-access time (seconds on [`clock`]), for the memory store's eviction.
+    last_access: AtomicU64,
+}
+
+/// The request headers a response varies on and the hash of their values in the request
+/// that produced it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Vary {
+    pub(crate) names: Vec<HeaderName>,
+    pub(crate) hash: u64,
+}
+
+/// Why bytes could not be decoded into an [`Entry`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    reason: &'static str,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "not a cache entry: {}", self.reason)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn bad(reason: &'static str) -> DecodeError {
+    DecodeError { reason }
+}
+
+impl Entry {
+    /// A new entry stored now, fresh for `ttl`.
+    pub fn new(status: StatusCode, headers: HeaderMap, body: Bytes, ttl: Duration) -> Self {
+        let now = clock::now_millis();
+        Entry {
+            status,
+            headers,
+            body,
+            stored_at_ms: now,
+            ttl,
+            tags: Vec::new(),
+            vary: Vary::default(),
+            last_access: AtomicU64::new(now / 1000),
+        }
+    }
+
+    /// Attach invalidation tags (from the `Cache-Tag` response header).
+    pub fn with_tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
+    }
+
+    pub(crate) fn with_vary(mut self, vary: Vary) -> Self {
+        self.vary = vary;
+        self
+    }
+
+    /// The response status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stored response headers (without the cache's own headers).
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The response body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Tags the entry can be invalidated by.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+
+    /// How long the entry is fresh after it was stored.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub(crate) fn vary(&self) -> &Vary {
+        &self.vary
+    }
+
+    /// Milliseconds since the Unix epoch when the entry was stored.
+    pub fn stored_at_millis(&self) -> u64 {
+        self.stored_at_ms
+    }
+
+    fn expires_at_ms(&self) -> u64 {
+        self.stored_at_ms
+            .saturating_add(self.ttl.as_millis().min(u64::MAX as u128) as u64)
+    }
+
+    /// Whether the entry is still fresh at `now_ms`.
+    pub(crate) fn is_fresh_at(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_at_ms()
+    }
+
+    /// Whole seconds since the entry was stored (the `Age` header).
+    pub(crate) fn age_secs(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.stored_at_ms) / 1000
+    }
+
+    /// Whole seconds of freshness left (the `ttl` of `Cache-Status`).
+    pub(crate) fn remaining_secs(&self, now_ms: u64) -> u64 {
+        self.expires_at_ms().saturating_sub(now_ms) / 1000
+    }
+
+    pub(crate) fn touch(&self, now_secs: u64) {
+        // A relaxed store is enough: eviction only needs an approximate recency.
+        if self.last_access.load(Ordering::Relaxed) != now_secs {
+            self.last_access.store(now_secs, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn last_access_secs(&self) -> u64 {
+        self.last_access.load(Ordering::Relaxed)
+    }
+
+    /// Approximate bytes this entry holds in memory, counted against a byte budget.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
+        OVERHEAD_BYTES + self.body.len() + headers + tags + self.vary.names.len() * 32
+    }
+
+    /// Encode into the versioned byte format.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.weight() + 64);
+        out.put_slice(MAGIC);
+        out.put_u8(VERSION);
+        out.put_u16(self.status.as_u16());
+        out.put_u64(self.stored_at_ms);
+        out.put_u64(self.ttl.as_millis().min(u64::MAX as u128) as u64);
+        out.put_u64(self.vary.hash);
+        out.put_u32(self.vary.names.len() as u32);
+        for name in &self.vary.names {
+            put_bytes(&mut out, name.as_str().as_bytes());
+        }
+        out.put_u32(self.tags.len() as u32);
+        for tag in &self.tags {
+            put_bytes(&mut out, tag.as_bytes());
+        }
+        out.put_u32(self.headers.len() as u32);
+        for (name, value) in &self.headers {
+            put_bytes(&mut out, name.as_str().as_bytes());
+            put_bytes(&mut out, value.as_bytes());
+        }
+        put_bytes(&mut out, &self.body);
+        out.freeze()
+    }
+
+    /// Decode bytes made by [`Entry::encode`]. Anything else is an error, never a panic.
+    pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+        let mut buf = bytes;
+        if buf.len() < MAGIC.len() + 1 || &buf[..MAGIC.len()] != MAGIC {
+            return Err(bad("missing magic"));
+        }
+        buf.advance(MAGIC.len());
+        if buf.get_u8() != VERSION {
+            return Err(bad("unknown version"));
+        }
+        need(buf, 2 + 8 + 8 + 8)?;
+        let status = StatusCode::from_u16(buf.get_u16()).map_err(|_| bad("invalid status code"))?;
+        let stored_at_ms = buf.get_u64();
+        let ttl = Duration::from_millis(buf.get_u64());
+        let vary_hash = buf.get_u64();
+        let mut names = Vec::new();
+        for _ in 0..get_count(&mut buf)? {
+            let raw = get_bytes(&mut buf)?;
+            names.push(HeaderName::from_bytes(raw).map_err(|_| bad("invalid vary name"))?);
+        }
+        let mut tags = Vec::new();
+        for _ in 0..get_count(&mut buf)? {
+            let raw = get_bytes(&mut buf)?;
+            let tag = std::str::from_utf8(raw).map_err(|_| bad("tag is not UTF-8"))?;
+            tags.push(tag.to_owned());
+        }
+        let mut headers = HeaderMap::new();
+        for _ in 0..get_count(&mut buf)? {
+            let name = get_bytes(&mut buf)?;
+            let value = get_bytes(&mut buf)?;
+            let name = HeaderName::from_bytes(name).map_err(|_| bad("invalid header name"))?;
+            let value = HeaderValue::from_bytes(value).map_err(|_| bad("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let body = Bytes::copy_from_slice(get_bytes(&mut buf)?);
+        if !buf.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(Entry {
+            status,
+            headers,
+            body,
+            stored_at_ms,
+            ttl,
+            tags,
+            vary: Vary {
+                names,
+                hash: vary_hash,
+            },
+            last_access: AtomicU64::new(clock::now_millis() / 1000),
+        })
+    }
+}
+
+fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
+    out.put_u32(bytes.len() as u32);
+    out.put_slice(bytes);
+}
+
+fn need(buf: &[u8], n: usize) -> Result<(), DecodeError> {
+    if buf.len() < n {
+        Err(bad("truncated"))
+    } else {
+        Ok(())
+    }
+}
+
+fn get_count(buf: &mut &[u8]) -> Result<u32, DecodeError> {
+    need(buf, 4)?;
+    let n = buf.get_u32();
+    // Every counted item takes at least four bytes: a larger count is corrupt, and checking
+    // here keeps a forged count from driving a huge loop.
+    if (n as usize).saturating_mul(4) > buf.len() {
+        return Err(bad("count exceeds the data"));
+    }
+    Ok(n)
+}
+
+fn get_bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
+    need(buf, 4)?;
+    let len = buf.get_u32() as usize;
+    need(buf, len)?;
+    let (head, rest) = buf.split_at(len);
+    *buf = rest;
+    Ok(head)
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("status", &self.status)
+            .field("headers", &self.headers.len())
+            .field("body_len", &self.body.len())
+            .field("stored_at_ms", &self.stored_at_ms)
+            .field("ttl", &self.ttl)
+            .field("tags", &self.tags)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Entry {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        Entry::new(
+            StatusCode::NOT_FOUND,
+            headers,
+            Bytes::from_static(b"{\"a\":1}"),
+            Duration::from_secs(42),
+        )
+        .with_tags(vec!["company:ABC".into(), "dashboard".into()])
+        .with_vary(Vary {
+            names: vec![HeaderName::from_static("accept-language")],
+            hash: 7,
+        })
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let entry = sample();
+        let back = Entry::decode(&entry.encode()).unwrap();
+        assert_eq!(back.status(), StatusCode::NOT_FOUND);
+        assert_eq!(back.headers(), entry.headers());
+        assert_eq!(back.body(), entry.body());
+        assert_eq!(back.ttl(), Duration::from_secs(42));
+        assert_eq!(back.stored_at_millis(), entry.stored_at_millis());
+        assert_eq!(back.tags(), entry.tags());
+        assert_eq!(back.vary(), entry.vary());
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = sample().encode();
+        for len in 0..bytes.len() {
+            assert!(
+                Entry::decode(&bytes[..len]).is_err(),
+                "prefix of {len} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn foreign_bytes_are_errors() {
+        assert!(Entry::decode(b"").is_err());
+        assert!(Entry::decode(b"{\"json\": true}").is_err());
+        let mut wrong_version = sample().encode().to_vec();
+        wrong_version[4] = 99;
+        assert!(Entry::decode(&wrong_version).is_err());
+        let mut trailing = sample().encode().to_vec();
+        trailing.push(0);
+        assert!(Entry::decode(&trailing).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Entry::decode(&bytes);
+        }
+
+        #[test]
+        fn corrupting_any_byte_never_panics(index in 0usize..200, value in any::<u8>()) {
+            let mut bytes = sample().encode().to_vec();
+            let i = index % bytes.len();
+            bytes[i] = value;
+            let _ = Entry::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! [`CacheHandle`]: the application's side of the cache.
+//!
+//! A handle owns the store, the namespace, the default TTL and the invalidation machinery.
+//! It is cheap to clone (an `Arc` inside) and every method takes `&self`, so the web layer,
+//! the data-access code and the sync pipeline can each hold one.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_response_cache::CacheError> {
+//! use std::time::Duration;
+//! use tower_response_cache::{CacheHandle, MemoryStore};
+//!
+//! let cache = CacheHandle::builder(MemoryStore::new())
+//!     .namespace("portal")
+//!     .ttl(Duration::from_secs(3600))
+//!     .build();
+//!
+//! // Data-level caching, coalesced like HTTP misses: the closure runs once.
+//! let companies: Vec<String> = cache
+//!     .get_or_insert_with("companies_all_synced", None, async { vec!["ACME".to_string()] })
+//!     .await;
+//! assert_eq!(companies, ["ACME"]);
+//!
+//! // After a sync: drop the list and every dashboard of company ABC.
+//! cache.invalidate("companies_all_synced").await?;
+//! cache.invalidate("dashboard:ABC*").await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::ban::{Ban, BanLog, Ticket};
+use crate::clock;
+use crate::coalesce::{follow, Coalescer, Outcome, Role};
+use crate::entry::Entry;
+use crate::key::vary_hash;
+use crate::pattern::Pattern;
+use crate::stats::{bump, CacheStats, Counters};
+use crate::store::{Backend, Store, StoreError, StoreKey};
+
+/// The application's handle on a cache. See the [module docs](crate::handle).
+#[derive(Clone)]
+pub struct CacheHandle {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    store: Arc<dyn Store>,
+    namespace: Box<str>,
+    ttl: Duration,
+    coalesce_timeout: Duration,
+    bans: BanLog,
+    flights: Arc<Coalescer>,
+    pub(crate) counters: Counters,
+}
+
+/// Builds a [`CacheHandle`].
+#[must_use]
+pub struct CacheHandleBuilder {
+    store: Arc<dyn Store>,
+    namespace: String,
+    ttl: Duration,
+    coalesce_timeout: Duration,
+}
+
+/// An invalidation did not reach the store. The local part of it still applied: no
+/// response fetched before the call will be stored by this process afterwards.
+#[derive(Debug)]
+pub struct CacheError {
+    operation: &'static str,
+    source: StoreError,
+}
+
+impl fmt::Display for CacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cache {} failed", self.operation)
+    }
+}
+
+impl std::error::Error for CacheError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+/// What a lookup found.
+pub(crate) enum Found {
+    Hit(Arc<Entry>),
+    /// Nothing under this URL.
+    UriMiss,
+    /// Entries exist under this URL, but for other values of the `Vary` headers.
+    VaryMiss,
+}
+
+impl CacheHandleBuilder {
+    /// Prefix of every key, so several applications can share one store (default `"cache"`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long entries stay fresh when the response says nothing (default one hour).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long a miss waits for another request fetching the same key (default 10 s);
+    /// after that it goes to the origin itself.
+    pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
+        self.coalesce_timeout = timeout;
+        self
+    }
+
+    /// Build the handle.
+    ///
+    /// # Panics
+    /// If the namespace is empty.
+    pub fn build(self) -> CacheHandle {
+        assert!(
+            !self.namespace.is_empty(),
+            "cache namespace must not be empty"
+        );
+        CacheHandle {
+            shared: Arc::new(Shared {
+                store: self.store,
+                namespace: self.namespace.into_boxed_str(),
+                ttl: self.ttl,
+                coalesce_timeout: self.coalesce_timeout,
+                bans: BanLog::default(),
+                flights: Arc::new(Coalescer::default()),
+                counters: Counters::default(),
+            }),
+        }
+    }
+}
+
+impl CacheHandle {
+    /// A builder over `store`, with namespace `"cache"` and a one-hour TTL.
+    pub fn builder(store: impl Store) -> CacheHandleBuilder {
+        CacheHandleBuilder {
+            store: Arc::new(store),
+            namespace: "cache".to_owned(),
+            ttl: Duration::from_secs(3600),
+            coalesce_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A handle on a fresh [`MemoryStore`](crate::MemoryStore) with the defaults.
+    pub fn in_memory() -> CacheHandle {
+        Self::builder(crate::MemoryStore::new()).build()
+    }
+
+    /// The namespace every key is stored under.
+    pub fn namespace(&self) -> &str {
+        &self.shared.namespace
+    }
+
+    /// The default TTL.
+    pub fn ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
+    /// Which backend is serving now.
+    pub fn backend(&self) -> Backend {
+        self.shared.store.backend()
+    }
+
+    /// Remove every entry whose logical key matches `pattern`, a Redis-style glob anchored
+    /// at both ends (`*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\` escapes). A pattern without glob
+    /// characters removes exactly that key, in O(1). Returns how many entries were removed.
+    ///
+    /// When this returns, no request that began before the call will store a response for
+    /// a matching key, and no matching entry stored before the call is served.
+    pub async fn invalidate(&self, pattern: &str) -> Result<u64, CacheError> {
+        let pattern = Pattern::new(pattern);
+        self.invalidate_matching(&pattern).await
+    }
+
+    pub(crate) async fn invalidate_matching(&self, pattern: &Pattern) -> Result<u64, CacheError> {
+        bump!(self.shared.counters, invalidations);
+        self.shared.bans.record(Ban::Pattern(pattern));
+        let result = self
+            .shared
+            .store
+            .invalidate(&self.shared.namespace, pattern)
+            .await;
+        self.report("invalidate", result)
+    }
+
+    /// Remove every entry whose response named `tag` in its `Cache-Tag` header.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, CacheError> {
+        bump!(self.shared.counters, invalidations);
+        self.shared.bans.record(Ban::Tag(tag));
+        let result = self
+            .shared
+            .store
+            .invalidate_tag(&self.shared.namespace, tag)
+            .await;
+        self.report("invalidate_tag", result)
+    }
+
+    /// Remove every entry in this handle's namespace.
+    pub async fn invalidate_all(&self) -> Result<u64, CacheError> {
+        bump!(self.shared.counters, invalidations);
+        self.shared.bans.record(Ban::All);
+        let result = self
+            .shared
+            .store
+            .invalidate_all(&self.shared.namespace)
+            .await;
+        self.report("invalidate_all", result)
+    }
+
+    fn report<T>(
+        &self,
+        operation: &'static str,
+        result: Result<T, StoreError>,
+    ) -> Result<T, CacheError> {
+        result.map_err(|source| {
+            bump!(self.shared.counters, store_errors);
+            tracing::warn!(operation, error = %source, "cache invalidation did not reach the store");
+            CacheError { operation, source }
+        })
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.shared.counters;
+        let store = self.shared.store.stats();
+        CacheStats {
+            hits: c.hits.get(),
+            misses: c.misses.get(),
+            stores: c.stores.get(),
+            evictions: store.evictions,
+            bypasses: c.bypasses.get(),
+            coalesced: c.coalesced.get(),
+            invalidations: c.invalidations.get(),
+            store_errors: c.store_errors.get(),
+            entries: store.entries,
+            bytes: store.bytes,
+            backend: self.shared.store.backend(),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Return the cached value under `key`, or run `init`, store its value for `ttl` (the
+    /// handle's TTL when `None`) and return it. Values are stored as JSON.
+    ///
+    /// # Concurrent calls on the same key
+    /// Only one `init` runs at a time per key; the other callers wait for its value (at
+    /// most the coalesce timeout) instead of running theirs. Store errors are logged and
+    /// the value is computed as if the cache were empty.
+    pub async fn get_or_insert_with<T, F>(&self, key: &str, ttl: Option<Duration>, init: F) -> T
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = T>,
+    {
+        match self
+            .try_get_or_insert_with(key, ttl, async {
+                Ok::<T, std::convert::Infallible>(init.await)
+            })
+            .await
+        {
+            Ok(value) => value,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`get_or_insert_with`](Self::get_or_insert_with) for loaders that can fail.
+    /// Errors are returned to this caller and never cached; a waiting caller then runs its
+    /// own loader.
+    pub async fn try_get_or_insert_with<T, E, F>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        init: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = Result<T, E>>,
+    {
+        let logical = crate::key::bound(key.into());
+        let empty = HeaderMap::new();
+        loop {
+            if let Found::Hit(entry) = self.lookup(&logical, 0, &empty).await {
+                if let Ok(value) = serde_json::from_slice(entry.body()) {
+                    bump!(self.shared.counters, hits);
+                    return Ok(value);
+                }
+                tracing::warn!(key = %logical, "cached value does not decode as the requested type; recomputing");
+            }
+            bump!(self.shared.counters, misses);
+            match self.shared.flights.join(&logical, 0) {
+                Role::Follower(outcome) => {
+                    bump!(self.shared.counters, coalesced);
+                    match follow(outcome, self.shared.coalesce_timeout).await {
+                        Outcome::Stored | Outcome::Abandoned | Outcome::Pending => continue,
+                        Outcome::Uncacheable => return init.await,
+                    }
+                }
+                Role::Leader(leader) => {
+                    let ticket = self.ticket();
+                    let value = match init.await {
+                        Ok(value) => value,
+                        Err(error) => {
+                            leader.finish(Outcome::Uncacheable);
+                            return Err(error);
+                        }
+                    };
+                    let outcome = match serde_json::to_vec(&value) {
+                        Ok(json) => {
+                            let mut headers = HeaderMap::new();
+                            headers
+                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                            let entry = Entry::new(
+                                StatusCode::OK,
+                                headers,
+                                Bytes::from(json),
+                                ttl.unwrap_or(self.shared.ttl),
+                            );
+                            if self.commit(&logical, 0, ticket, entry).await {
+                                Outcome::Stored
+                            } else {
+                                Outcome::Uncacheable
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(key = %logical, %error, "value could not be serialised; not cached");
+                            Outcome::Uncacheable
+                        }
+                    };
+                    leader.finish(outcome);
+                    return Ok(value);
+                }
+            }
+        }
+    }
+
+    /// The ban ticket for a miss that is about to fetch.
+    pub(crate) fn ticket(&self) -> Ticket {
+        self.shared.bans.ticket()
+    }
+
+    pub(crate) fn flights(&self) -> &Arc<Coalescer> {
+        &self.shared.flights
+    }
+
+    pub(crate) fn coalesce_timeout(&self) -> Duration {
+        self.shared.coalesce_timeout
+    }
+
+    fn store_key<'a>(&'a self, logical: &'a str, variant: u64) -> StoreKey<'a> {
+        StoreKey {
+            namespace: &self.shared.namespace,
+            logical,
+            variant,
+        }
+    }
+
+    /// Find a fresh entry for the request. Store errors are logged and read as a miss.
+    pub(crate) async fn lookup(
+        &self,
+        logical: &str,
+        variant: u64,
+        request_headers: &HeaderMap,
+    ) -> Found {
+        let variants = match self
+            .shared
+            .store
+            .get(self.store_key(logical, variant))
+            .await
+        {
+            Ok(Some(variants)) => variants,
+            Ok(None) => return Found::UriMiss,
+            Err(error) => {
+                bump!(self.shared.counters, store_errors);
+                tracing::warn!(key = %logical, %error, "cache lookup failed; treating as a miss");
+                return Found::UriMiss;
+            }
+        };
+        let now = clock::now_millis();
+        let mut any_fresh = false;
+        for entry in variants.iter() {
+            if !entry.is_fresh_at(now) {
+                continue;
+            }
+            any_fresh = true;
+            let vary = entry.vary();
+            if vary_hash(&vary.names, request_headers) == vary.hash {
+                return Found::Hit(entry.clone());
+            }
+        }
+        if any_fresh {
+            Found::VaryMiss
+        } else {
+            Found::UriMiss
+        }
+    }
+
+    /// Store `entry` unless an invalidation since `ticket` covers it. Returns whether it
+    /// was handed to the store. Never fails: errors are logged.
+    pub(crate) async fn commit(
+        &self,
+        logical: &str,
+        variant: u64,
+        ticket: Ticket,
+        entry: Entry,
+    ) -> bool {
+        let write = {
+            let bans = self.shared.bans.read();
+            if bans.is_banned(ticket, logical, entry.tags()) {
+                tracing::debug!(key = %logical, "not storing a response fetched before an invalidation");
+                return false;
+            }
+            // Called under the read lock: local stores apply the write here (see `Store`).
+            self.shared
+                .store
+                .put(self.store_key(logical, variant), Arc::new(entry))
+        };
+        match write.await {
+            Ok(()) => {
+                bump!(self.shared.counters, stores);
+                true
+            }
+            Err(error) => {
+                bump!(self.shared.counters, store_errors);
+                tracing::warn!(key = %logical, %error, "cache write failed; response served uncached");
+                false
+            }
+        }
+    }
+}
+
+impl fmt::Debug for CacheHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheHandle")
+            .field("namespace", &self.shared.namespace)
+            .field("ttl", &self.shared.ttl)
+            .field("backend", &self.backend())
+            .finish()
+    }
+}
+
+impl fmt::Debug for CacheHandleBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheHandleBuilder")
+            .field("namespace", &self.namespace)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn handle() -> CacheHandle {
+        CacheHandle::builder(MemoryStore::new())
+            .namespace("t")
+            .build()
+    }
+
+    #[tokio::test]
+    async fn typed_values_are_computed_once_and_invalidated_by_key() {
+        let cache = handle();
+        let calls = AtomicUsize::new(0);
+        let load = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            vec![1, 2, 3]
+        };
+        let a: Vec<i32> = cache
+            .get_or_insert_with("companies_all_synced", None, load())
+            .await;
+        let b: Vec<i32> = cache
+            .get_or_insert_with("companies_all_synced", None, load())
+            .await;
+        assert_eq!((a, b), (vec![1, 2, 3], vec![1, 2, 3]));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.invalidate("companies_all_synced").await.unwrap(), 1);
+        let _: Vec<i32> = cache
+            .get_or_insert_with("companies_all_synced", None, load())
+            .await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.invalidate("companies_*").await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_typed_loads_coalesce() {
+        let cache = handle();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (cache, calls) = (cache.clone(), calls.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_insert_with("k", None, async {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            42u32
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 42);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(cache.stats().coalesced >= 1);
+    }
+
+    #[tokio::test]
+    async fn loader_errors_are_returned_and_not_cached() {
+        let cache = handle();
+        let r: Result<u8, &str> = cache
+            .try_get_or_insert_with("k", None, async { Err("db down") })
+            .await;
+        assert_eq!(r, Err("db down"));
+        let r: Result<u8, &str> = cache
+            .try_get_or_insert_with("k", None, async { Ok(7) })
+            .await;
+        assert_eq!(r, Ok(7));
+    }
+
+    #[tokio::test]
+    async fn a_value_loaded_across_an_invalidation_is_not_stored() {
+        let cache = handle();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let loader = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_insert_with("companies_all_synced", None, async move {
+                        started_tx.send(()).unwrap();
+                        release_rx.await.unwrap();
+                        "old".to_string()
+                    })
+                    .await
+            })
+        };
+        started_rx.await.unwrap();
+        cache.invalidate("companies_*").await.unwrap();
+        release_tx.send(()).unwrap();
+        assert_eq!(loader.await.unwrap(), "old");
+        // The stale value was returned to its own caller but not stored.
+        let now: String = cache
+            .get_or_insert_with("companies_all_synced", None, async { "new".to_string() })
+            .await;
+        assert_eq!(now, "new");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn typed_values_expire_after_their_ttl() {
+        let cache = handle();
+        let v: u8 = cache
+            .get_or_insert_with("k", Some(Duration::from_secs(10)), async { 1 })
+            .await;
+        assert_eq!(v, 1);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let v: u8 = cache.get_or_insert_with("k", None, async { 2 }).await;
+        assert_eq!(v, 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let v: u8 = cache.get_or_insert_with("k", None, async { 3 }).await;
+        assert_eq!(v, 3);
+    }
+
+    #[tokio::test]
+    async fn a_value_of_another_type_is_recomputed_not_a_panic() {
+        let cache = handle();
+        let _: String = cache
+            .get_or_insert_with("k", None, async { "text".to_string() })
+            .await;
+        let n: u32 = cache.get_or_insert_with("k", None, async { 5 }).await;
+        assert_eq!(n, 5);
+    }
+}

@@ -1,0 +1,91 @@
+//! The headers the cache adds to answers: `Cache-Status` (RFC 9211), `Age`, `X-Cache`.
+
+use http::header::{AGE, CONNECTION, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// `Cache-Status` (RFC 9211).
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// The seed's simple `X-Cache: HIT | MISS | BYPASS | STALE`.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+/// Where a response names its invalidation tags; stripped before the client sees it.
+pub const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+
+/// The cache's name in `Cache-Status`.
+const CACHE_NAME: &str = "tower-response-cache";
+
+pub(crate) const HIT: HeaderValue = HeaderValue::from_static("HIT");
+pub(crate) const MISS: HeaderValue = HeaderValue::from_static("MISS");
+pub(crate) const BYPASS: HeaderValue = HeaderValue::from_static("BYPASS");
+
+/// Why a request was forwarded, as RFC 9211 spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forward {
+    Bypass,
+    Method,
+    Request,
+    UriMiss,
+    VaryMiss,
+}
+
+impl Forward {
+    fn as_str(self) -> &'static str {
+        match self {
+            Forward::Bypass => "bypass",
+            Forward::Method => "method",
+            Forward::Request => "request",
+            Forward::UriMiss => "uri-miss",
+            Forward::VaryMiss => "vary-miss",
+        }
+    }
+}
+
+/// `tower-response-cache; hit; ttl=42` (with `detail=coalesced` after waiting for another
+/// request's fetch).
+pub(crate) fn hit_status(ttl_secs: u64, coalesced: bool) -> HeaderValue {
+    let detail = if coalesced { "; detail=coalesced" } else { "" };
+    HeaderValue::try_from(format!("{CACHE_NAME}; hit; ttl={ttl_secs}{detail}"))
+        .expect("ASCII header value")
+}
+
+/// `tower-response-cache; fwd=uri-miss; stored`, or with `detail=` why it was not stored.
+pub(crate) fn forward_status(forward: Forward, stored: bool, detail: Option<&str>) -> HeaderValue {
+    let mut value = format!("{CACHE_NAME}; fwd={}", forward.as_str());
+    if stored {
+        value.push_str("; stored");
+    }
+    if let Some(detail) = detail {
+        value.push_str("; detail=");
+        value.push_str(detail);
+    }
+    HeaderValue::try_from(value).expect("ASCII header value")
+}
+
+/// Headers that describe one connection or one transfer, never to be replayed from a store.
+pub(crate) fn strip_unstorable(headers: &mut HeaderMap) {
+    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE, AGE] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    headers.remove(X_CACHE);
+    headers.remove(CACHE_STATUS);
+}
+
+/// Take the `Cache-Tag` header(s) off a response: comma-separated tags.
+pub(crate) fn take_tags(headers: &mut HeaderMap) -> Vec<String> {
+    let mut tags = Vec::new();
+    if let http::header::Entry::Occupied(entry) = headers.entry(CACHE_TAG) {
+        for value in entry.remove_entry_mult().1 {
+            if let Ok(value) = value.to_str() {
+                tags.extend(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    tags
+}

@@ -1,0 +1,102 @@
+//! [`CacheLayer`]: wraps a service in [`CacheService`].
+//!
+//! The layer carries the [`CacheHandle`], the [`CachePolicy`] and an optional key function.
+//! Cloning the layer (tower does, once per connection) never creates a new store: every
+//! clone shares the handle's entries.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::request::Parts;
+use tower_layer::Layer;
+
+use crate::handle::CacheHandle;
+use crate::policy::CachePolicy;
+use crate::service::CacheService;
+
+/// Maps a request to its logical key; `None` sends the request around the cache.
+pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// Caches the responses of the service it wraps. See the [crate docs](crate) for an example.
+#[derive(Clone)]
+pub struct CacheLayer {
+    config: Arc<Config>,
+}
+
+/// What every [`CacheService`] built by one layer shares.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) handle: CacheHandle,
+    pub(crate) policy: CachePolicy,
+    pub(crate) key_fn: Option<KeyFn>,
+}
+
+impl CacheLayer {
+    /// A layer caching into `handle`'s store with the default [`CachePolicy`].
+    pub fn new(handle: CacheHandle) -> Self {
+        CacheLayer {
+            config: Arc::new(Config {
+                handle,
+                policy: CachePolicy::default(),
+                key_fn: None,
+            }),
+        }
+    }
+
+    /// Replace the policy: what is served and stored.
+    pub fn policy(mut self, policy: CachePolicy) -> Self {
+        Arc::make_mut(&mut self.config).policy = policy;
+        self
+    }
+
+    /// Choose logical keys: the function sees the request's parts and returns the key that
+    /// invalidation patterns match (e.g. `dashboard:ABC`), or `None` to bypass the cache.
+    /// The default is the request path. Host, query and `Vary` still select variants.
+    ///
+    /// ```
+    /// use tower_response_cache::{CacheHandle, CacheLayer};
+    ///
+    /// let layer = CacheLayer::new(CacheHandle::in_memory()).key_fn(|parts| {
+    ///     let guid = parts.uri.path().strip_prefix("/api/dashboard/")?;
+    ///     Some(format!("dashboard:{guid}"))
+    /// });
+    /// # let _ = layer;
+    /// ```
+    pub fn key_fn<F>(mut self, key_fn: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        Arc::make_mut(&mut self.config).key_fn = Some(Arc::new(key_fn));
+        self
+    }
+
+    /// The handle this layer caches into.
+    pub fn handle(&self) -> &CacheHandle {
+        &self.config.handle
+    }
+}
+
+impl<S> Layer<S> for CacheLayer {
+    type Service = CacheService<S>;
+
+    fn layer(&self, inner: S) -> CacheService<S> {
+        CacheService::from_config(inner, self.config.clone())
+    }
+}
+
+impl fmt::Debug for CacheLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheLayer")
+            .field("handle", &self.config.handle)
+            .field("policy", &self.config.policy)
+            .field(
+                "key_fn",
+                &self
+                    .config
+                    .key_fn
+                    .as_ref()
+                    .map(|_| "Fn(&Parts) -> Option<String>"),
+            )
+            .finish()
+    }
+}

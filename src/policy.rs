@@ -1,0 +1,463 @@
+//! What may be served from the cache and what may be stored.
+//!
+//! The defaults are those of an application cache shared by every user of a server:
+//!
+//! - only `GET` is stored, and `HEAD` is answered from stored `GET` entries;
+//! - requests carrying `Authorization` or `Cookie` bypass the cache, unless the policy is
+//!   told to key on that header ([`CachePolicy::key_on_header`]);
+//! - responses with `Set-Cookie`, `Cache-Control: no-store | private | no-cache`, or
+//!   `max-age=0` are not stored; `s-maxage`, `max-age` and `Expires` set the TTL;
+//! - only 200, 203, 204, 300, 301, 308, 404 and 410 are stored;
+//! - a successful `POST`, `PUT`, `PATCH` or `DELETE` invalidates its path (RFC 9111 §4.4).
+//!
+//! ```
+//! use http::{header::AUTHORIZATION, StatusCode};
+//! use tower_response_cache::CachePolicy;
+//!
+//! // A cache that also keeps 302s and caches per user.
+//! let policy = CachePolicy::default()
+//!     .cacheable_statuses([StatusCode::OK, StatusCode::FOUND])
+//!     .key_on_header(AUTHORIZATION);
+//! # let _ = policy;
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, DATE, EXPIRES, SET_COOKIE};
+use http::{HeaderMap, HeaderName, Method, StatusCode};
+
+/// Statuses stored by default: cacheable by default per RFC 9110, minus the ones an
+/// application rarely wants repeated (206 needs range handling; 405/414/501 are errors).
+const DEFAULT_STATUSES: [u16; 8] = [200, 203, 204, 300, 301, 308, 404, 410];
+
+/// The rules for serving and storing. See the [module docs](crate::policy).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct CachePolicy {
+    keyed_headers: Vec<HeaderName>,
+    statuses: Vec<StatusCode>,
+    store_set_cookie: bool,
+    respect_cache_control: bool,
+    invalidate_on_unsafe: bool,
+    max_body_size: usize,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            keyed_headers: Vec::new(),
+            statuses: DEFAULT_STATUSES
+                .iter()
+                .map(|s| StatusCode::from_u16(*s).expect("valid status"))
+                .collect(),
+            store_set_cookie: false,
+            respect_cache_control: true,
+            invalidate_on_unsafe: true,
+            max_body_size: 8 << 20,
+        }
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestAction {
+    /// `GET` or `HEAD` that may be answered from the cache.
+    Lookup,
+    /// Pass through untouched; the reason goes in `Cache-Status`.
+    Bypass(BypassReason),
+    /// An unsafe method: pass through, then invalidate the path if it succeeded.
+    Unsafe,
+}
+
+/// Why a request went around the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BypassReason {
+    /// The method is never cached.
+    Method,
+    /// The request carries credentials or asked not to be stored.
+    Request,
+}
+
+/// Why a response was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotStorable {
+    Status,
+    SetCookie,
+    CacheControl,
+    VaryAny,
+    TooLarge,
+}
+
+impl NotStorable {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            NotStorable::Status => "status",
+            NotStorable::SetCookie => "set-cookie",
+            NotStorable::CacheControl => "cache-control",
+            NotStorable::VaryAny => "vary",
+            NotStorable::TooLarge => "size",
+        }
+    }
+}
+
+impl CachePolicy {
+    /// Key on a request header instead of bypassing requests that carry it.
+    ///
+    /// With `key_on_header(AUTHORIZATION)`, requests with credentials are cached, each
+    /// value in its own entry. Any header may be named; its values join the variant hash.
+    pub fn key_on_header(mut self, name: HeaderName) -> Self {
+        if !self.keyed_headers.contains(&name) {
+            self.keyed_headers.push(name);
+        }
+        self
+    }
+
+    /// Which statuses may be stored (default 200, 203, 204, 300, 301, 308, 404, 410).
+    pub fn cacheable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// Store responses that set cookies (default `false`: one user's cookie must never be
+    /// handed to another).
+    pub fn store_set_cookie(mut self, store: bool) -> Self {
+        self.store_set_cookie = store;
+        self
+    }
+
+    /// Honour the response's `Cache-Control` and `Expires` (default `true`). When `false`,
+    /// every response with a cacheable status is stored for the configured TTL.
+    pub fn respect_cache_control(mut self, respect: bool) -> Self {
+        self.respect_cache_control = respect;
+        self
+    }
+
+    /// Invalidate a path after a successful unsafe request to it (default `true`).
+    pub fn invalidate_on_unsafe(mut self, invalidate: bool) -> Self {
+        self.invalidate_on_unsafe = invalidate;
+        self
+    }
+
+    /// Largest body stored (default 8 MiB). Larger bodies stream through untouched.
+    pub fn max_body_size(mut self, bytes: usize) -> Self {
+        self.max_body_size = bytes;
+        self
+    }
+
+    pub(crate) fn keyed_headers(&self) -> &[HeaderName] {
+        &self.keyed_headers
+    }
+
+    pub(crate) fn max_body(&self) -> usize {
+        self.max_body_size
+    }
+
+    pub(crate) fn request_action(&self, method: &Method, headers: &HeaderMap) -> RequestAction {
+        if is_grpc(headers) {
+            // gRPC is all POSTs: neither cached nor treated as a write to a path.
+            return RequestAction::Bypass(BypassReason::Method);
+        }
+        match *method {
+            Method::GET | Method::HEAD => {}
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
+                return if self.invalidate_on_unsafe {
+                    RequestAction::Unsafe
+                } else {
+                    RequestAction::Bypass(BypassReason::Method)
+                };
+            }
+            _ => return RequestAction::Bypass(BypassReason::Method),
+        }
+        for credential in [&AUTHORIZATION, &COOKIE] {
+            if headers.contains_key(credential) && !self.keyed_headers.contains(credential) {
+                return RequestAction::Bypass(BypassReason::Request);
+            }
+        }
+        if directives(headers).any(|(name, _)| name.eq_ignore_ascii_case("no-store")) {
+            return RequestAction::Bypass(BypassReason::Request);
+        }
+        RequestAction::Lookup
+    }
+
+    /// May this response be stored, and for how long? `default_ttl` applies when the
+    /// response gives no freshness of its own.
+    pub(crate) fn storable(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        default_ttl: Duration,
+    ) -> Result<Duration, NotStorable> {
+        if !self.statuses.contains(&status) {
+            return Err(NotStorable::Status);
+        }
+        if !self.store_set_cookie && headers.contains_key(SET_COOKIE) {
+            return Err(NotStorable::SetCookie);
+        }
+        if !self.respect_cache_control {
+            return Ok(default_ttl);
+        }
+        let mut max_age = None;
+        let mut s_maxage = None;
+        for (name, value) in directives(headers) {
+            let name = name.to_ascii_lowercase();
+            match name.as_str() {
+                "no-store" | "private" | "no-cache" => return Err(NotStorable::CacheControl),
+                "max-age" => max_age = Some(parse_seconds(value)?),
+                "s-maxage" => s_maxage = Some(parse_seconds(value)?),
+                _ => {}
+            }
+        }
+        let ttl = match s_maxage.or(max_age) {
+            Some(seconds) => Duration::from_secs(seconds),
+            None => match expires_ttl(headers) {
+                Some(ttl) => ttl,
+                None => return Ok(default_ttl),
+            },
+        };
+        if ttl.is_zero() {
+            return Err(NotStorable::CacheControl);
+        }
+        Ok(ttl)
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The `Cache-Control` directives of a message as (name, optional unquoted value).
+fn directives(headers: &HeaderMap) -> impl Iterator<Item = (&str, Option<&str>)> {
+    headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|directive| {
+            let directive = directive.trim();
+            if directive.is_empty() {
+                return None;
+            }
+            Some(match directive.split_once('=') {
+                Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
+                None => (directive, None),
+            })
+        })
+}
+
+/// Delta-seconds; an invalid value makes the response unstorable (RFC 9111 §4.2.1: treat
+/// it as stale).
+fn parse_seconds(value: Option<&str>) -> Result<u64, NotStorable> {
+    value
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or(NotStorable::CacheControl)
+}
+
+/// Freshness from `Expires`, relative to the response's `Date` when present. An invalid
+/// `Expires` means "already expired" (RFC 9111 §5.3).
+fn expires_ttl(headers: &HeaderMap) -> Option<Duration> {
+    let expires = headers.get(EXPIRES)?;
+    let Some(expires) = expires
+        .to_str()
+        .ok()
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return Some(Duration::ZERO);
+    };
+    let now = headers
+        .get(DATE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .unwrap_or_else(SystemTime::now);
+    Some(expires.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn storable(status: u16, pairs: &[(&'static str, &str)]) -> Result<Duration, NotStorable> {
+        CachePolicy::default().storable(
+            StatusCode::from_u16(status).unwrap(),
+            &headers(pairs),
+            DEFAULT_TTL,
+        )
+    }
+
+    #[test]
+    fn only_get_and_head_are_looked_up() {
+        let p = CachePolicy::default();
+        let none = HeaderMap::new();
+        assert_eq!(p.request_action(&Method::GET, &none), RequestAction::Lookup);
+        assert_eq!(
+            p.request_action(&Method::HEAD, &none),
+            RequestAction::Lookup
+        );
+        for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            assert_eq!(p.request_action(&m, &none), RequestAction::Unsafe);
+        }
+        assert_eq!(
+            p.request_action(&Method::OPTIONS, &none),
+            RequestAction::Bypass(BypassReason::Method)
+        );
+        let p = p.invalidate_on_unsafe(false);
+        assert_eq!(
+            p.request_action(&Method::POST, &none),
+            RequestAction::Bypass(BypassReason::Method)
+        );
+    }
+
+    #[test]
+    fn grpc_is_bypassed_not_invalidating() {
+        let p = CachePolicy::default();
+        let grpc = headers(&[("content-type", "application/grpc+proto")]);
+        assert_eq!(
+            p.request_action(&Method::POST, &grpc),
+            RequestAction::Bypass(BypassReason::Method)
+        );
+    }
+
+    #[test]
+    fn credentials_bypass_unless_keyed() {
+        let p = CachePolicy::default();
+        let auth = headers(&[("authorization", "Bearer x")]);
+        let cookie = headers(&[("cookie", "a=b")]);
+        assert_eq!(
+            p.request_action(&Method::GET, &auth),
+            RequestAction::Bypass(BypassReason::Request)
+        );
+        assert_eq!(
+            p.request_action(&Method::GET, &cookie),
+            RequestAction::Bypass(BypassReason::Request)
+        );
+        let keyed = p.key_on_header(AUTHORIZATION);
+        assert_eq!(
+            keyed.request_action(&Method::GET, &auth),
+            RequestAction::Lookup
+        );
+        assert_eq!(
+            keyed.request_action(&Method::GET, &cookie),
+            RequestAction::Bypass(BypassReason::Request)
+        );
+    }
+
+    #[test]
+    fn request_no_store_bypasses() {
+        let p = CachePolicy::default();
+        let h = headers(&[("cache-control", "No-Store")]);
+        assert_eq!(
+            p.request_action(&Method::GET, &h),
+            RequestAction::Bypass(BypassReason::Request)
+        );
+    }
+
+    #[test]
+    fn status_allow_list() {
+        for ok in DEFAULT_STATUSES {
+            assert_eq!(storable(ok, &[]), Ok(DEFAULT_TTL), "{ok}");
+        }
+        for no in [201, 206, 302, 400, 401, 403, 500, 502, 503] {
+            assert_eq!(storable(no, &[]), Err(NotStorable::Status), "{no}");
+        }
+    }
+
+    #[test]
+    fn set_cookie_is_never_stored_by_default() {
+        assert_eq!(
+            storable(200, &[("set-cookie", "sid=1")]),
+            Err(NotStorable::SetCookie)
+        );
+        let p = CachePolicy::default().store_set_cookie(true);
+        assert!(p
+            .storable(
+                StatusCode::OK,
+                &headers(&[("set-cookie", "a=b")]),
+                DEFAULT_TTL
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn cache_control_forbids_storing() {
+        for cc in [
+            "no-store",
+            "private",
+            "no-cache",
+            "PRIVATE",
+            "public, no-cache=\"x\"",
+            "max-age=0",
+            "s-maxage=0",
+            "max-age=abc",
+        ] {
+            assert_eq!(
+                storable(200, &[("cache-control", cc)]),
+                Err(NotStorable::CacheControl),
+                "{cc}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_age_and_s_maxage_set_the_ttl() {
+        assert_eq!(
+            storable(200, &[("cache-control", "public, max-age=60")]),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(
+            storable(200, &[("cache-control", "max-age=60, s-maxage=30")]),
+            Ok(Duration::from_secs(30))
+        );
+        assert_eq!(
+            storable(200, &[("cache-control", "max-age=\"90\"")]),
+            Ok(Duration::from_secs(90))
+        );
+    }
+
+    #[test]
+    fn expires_relative_to_date() {
+        let date = "Wed, 21 Oct 2015 07:28:00 GMT";
+        let later = "Wed, 21 Oct 2015 07:29:00 GMT";
+        assert_eq!(
+            storable(200, &[("date", date), ("expires", later)]),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(
+            storable(200, &[("date", later), ("expires", date)]),
+            Err(NotStorable::CacheControl)
+        );
+        assert_eq!(
+            storable(200, &[("expires", "0")]),
+            Err(NotStorable::CacheControl)
+        );
+        // max-age wins over Expires.
+        assert_eq!(
+            storable(200, &[("expires", "0"), ("cache-control", "max-age=5")]),
+            Ok(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn cache_control_can_be_ignored() {
+        let p = CachePolicy::default().respect_cache_control(false);
+        assert_eq!(
+            p.storable(
+                StatusCode::OK,
+                &headers(&[("cache-control", "no-store")]),
+                DEFAULT_TTL
+            ),
+            Ok(DEFAULT_TTL)
+        );
+    }
+}

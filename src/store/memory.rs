@@ -1,0 +1,472 @@
+//! The in-process store: a sharded map bounded by a byte budget.
+//!
+//! Entries sit behind `Arc`s, so a hit clones a reference count, not a body. Every entry is
+//! weighed (key, headers, body, overhead) and the sum is kept under `max_bytes`: a put that
+//! goes over evicts with the CLOCK algorithm (a FIFO of references where an entry read since
+//! it was queued gets a second chance), which approximates LRU without a lock on the hit
+//! path. Expired entries are swept by a background task; reads skip them before that.
+//!
+//! ```
+//! use tower_response_cache::{MemoryStore, Store};
+//!
+//! let store = MemoryStore::builder().max_bytes(1 << 20).build();
+//! // Cloning shares the same entries.
+//! let shared = store.clone();
+//! assert_eq!(shared.stats().bytes, store.stats().bytes);
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use super::{Backend, Store, StoreFuture, StoreKey, StoreStats, Variants};
+use crate::clock;
+use crate::entry::Entry;
+use crate::pattern::Pattern;
+
+/// Most `Vary` variants kept for one URL; more are a sign of a header with unbounded values.
+const MAX_VARY_VARIANTS: usize = 16;
+
+/// An in-process [`Store`]. Cheap to clone: clones share the same entries.
+///
+/// See the [module docs](crate::store) for an example.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`MemoryStore`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct MemoryStoreBuilder {
+    max_bytes: usize,
+    sweep_interval: Duration,
+}
+
+struct Inner {
+    /// `{namespace}:{logical}` → every variant of that logical key.
+    map: DashMap<Box<str>, Slot>,
+    max_bytes: usize,
+    used: AtomicU64,
+    entries: AtomicU64,
+    evictions: AtomicU64,
+    /// CLOCK queue of (map key, variant, vary hash, seconds when queued).
+    clock: Mutex<VecDeque<QueuedRef>>,
+    sweep_interval: Duration,
+    sweeper_started: AtomicBool,
+}
+
+struct QueuedRef {
+    key: Box<str>,
+    variant: u64,
+    vary_hash: u64,
+    queued_at: u64,
+}
+
+#[derive(Default)]
+struct Slot {
+    variants: HashMap<u64, Variants>,
+}
+
+impl Default for MemoryStoreBuilder {
+    fn default() -> Self {
+        MemoryStoreBuilder {
+            max_bytes: 256 << 20,
+            sweep_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// The byte budget (default 256 MiB). Entries larger than a quarter of it are not stored.
+    pub fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// How often expired entries are swept (default 30 s).
+    ///
+    /// # Panics
+    /// [`build`](Self::build) panics if the interval is zero.
+    pub fn sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
+    /// Build the store.
+    ///
+    /// # Panics
+    /// If the sweep interval is zero.
+    pub fn build(self) -> MemoryStore {
+        assert!(
+            !self.sweep_interval.is_zero(),
+            "MemoryStore sweep interval must not be zero"
+        );
+        MemoryStore {
+            inner: Arc::new(Inner {
+                map: DashMap::new(),
+                max_bytes: self.max_bytes,
+                used: AtomicU64::new(0),
+                entries: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
+                clock: Mutex::new(VecDeque::new()),
+                sweep_interval: self.sweep_interval,
+                sweeper_started: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// A builder with the defaults: 256 MiB, sweep every 30 s.
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::default()
+    }
+
+    /// A store with the default settings.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// The byte budget.
+    pub fn max_bytes(&self) -> usize {
+        self.inner.max_bytes
+    }
+
+    /// Look up synchronously (the memory store never waits).
+    pub(crate) fn get_now(&self, key: StoreKey<'_>) -> Option<Variants> {
+        let map_key = map_key(key.namespace, key.logical);
+        let slot = self.inner.map.get(map_key.as_str())?;
+        let variants = slot.variants.get(&key.variant)?.clone();
+        let now = clock::now_millis() / 1000;
+        for entry in variants.iter() {
+            entry.touch(now);
+        }
+        Some(variants)
+    }
+
+    /// Store synchronously; returns whether the entry was kept.
+    pub(crate) fn put_now(&self, key: StoreKey<'_>, entry: Arc<Entry>) -> bool {
+        self.inner.ensure_sweeper();
+        let map_key: Box<str> = map_key(key.namespace, key.logical).into_boxed_str();
+        let weight = weight_of(&map_key, &entry);
+        if weight > self.inner.max_bytes / 4 {
+            return false;
+        }
+        let vary_hash = entry.vary().hash;
+        let added = weight as u64;
+        let mut removed = 0u64;
+        let mut replaced = 0u64;
+        {
+            let mut slot = self.inner.map.entry(map_key.clone()).or_default();
+            let old = slot.variants.get(&key.variant);
+            let mut next: Vec<Arc<Entry>> = Vec::with_capacity(old.map_or(1, |v| v.len() + 1));
+            if let Some(old) = old {
+                for existing in old.iter() {
+                    if existing.vary() == entry.vary() {
+                        removed += weight_of(&map_key, existing) as u64;
+                        replaced += 1;
+                    } else {
+                        next.push(existing.clone());
+                    }
+                }
+            }
+            if next.len() >= MAX_VARY_VARIANTS {
+                let dropped = next.remove(0);
+                removed += weight_of(&map_key, &dropped) as u64;
+                replaced += 1;
+            }
+            next.push(entry);
+            slot.variants.insert(key.variant, next.into());
+        }
+        self.inner.entries.fetch_add(1, Ordering::Relaxed);
+        self.inner.sub_entries(replaced);
+        // Account before evicting so concurrent puts see the pressure.
+        self.inner.used.fetch_add(added, Ordering::Relaxed);
+        self.inner.sub_used(removed);
+        self.inner.enqueue(QueuedRef {
+            key: map_key,
+            variant: key.variant,
+            vary_hash,
+            queued_at: clock::now_millis() / 1000,
+        });
+        self.inner.evict_to_budget();
+        true
+    }
+
+    fn remove_where(
+        &self,
+        mut keep_key: impl FnMut(&str) -> bool,
+        drop_entry: impl Fn(&Entry) -> bool,
+    ) -> u64 {
+        let inner = &self.inner;
+        let mut removed_entries = 0u64;
+        let mut removed_bytes = 0u64;
+        inner.map.retain(|key, slot| {
+            if keep_key(key) {
+                return true;
+            }
+            slot.variants.retain(|_, variants| {
+                let kept: Vec<Arc<Entry>> = variants
+                    .iter()
+                    .filter(|e| {
+                        if drop_entry(e) {
+                            removed_entries += 1;
+                            removed_bytes += weight_of(key, e) as u64;
+                            false
+                        } else {
+                            true
+                        }
+                    })
+                    .cloned()
+                    .collect();
+                if kept.len() != variants.len() {
+                    *variants = kept.into();
+                }
+                !variants.is_empty()
+            });
+            !slot.variants.is_empty()
+        });
+        inner.sub_entries(removed_entries);
+        inner.sub_used(removed_bytes);
+        removed_entries
+    }
+
+    fn remove_key(&self, map_key: &str) -> u64 {
+        let Some((key, slot)) = self.inner.map.remove(map_key) else {
+            return 0;
+        };
+        let mut count = 0u64;
+        let mut bytes = 0u64;
+        for variants in slot.variants.values() {
+            for entry in variants.iter() {
+                count += 1;
+                bytes += weight_of(&key, entry) as u64;
+            }
+        }
+        self.inner.sub_entries(count);
+        self.inner.sub_used(bytes);
+        count
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("max_bytes", &self.inner.max_bytes)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn map_key(namespace: &str, logical: &str) -> String {
+    let mut key = String::with_capacity(namespace.len() + 1 + logical.len());
+    key.push_str(namespace);
+    key.push(':');
+    key.push_str(logical);
+    key
+}
+
+/// Bytes charged for an entry: the entry itself plus its key, held in the map and the queue.
+fn weight_of(map_key: &str, entry: &Entry) -> usize {
+    entry.weight() + 2 * map_key.len() + 48
+}
+
+impl Inner {
+    fn sub_used(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                Some(used.saturating_sub(bytes))
+            });
+    }
+
+    fn sub_entries(&self, n: u64) {
+        let _ = self
+            .entries
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
+                Some(e.saturating_sub(n))
+            });
+    }
+
+    fn enqueue(&self, queued: QueuedRef) {
+        let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        clock.push_back(queued);
+        // References to removed or replaced entries pile up; drop them once they dominate.
+        let live = self.entries.load(Ordering::Relaxed) as usize;
+        if clock.len() > 2 * live + 1024 {
+            clock.retain(|r| self.lookup(r).is_some());
+        }
+    }
+
+    fn lookup(&self, r: &QueuedRef) -> Option<Arc<Entry>> {
+        let slot = self.map.get(&*r.key)?;
+        let variants = slot.variants.get(&r.variant)?;
+        variants
+            .iter()
+            .find(|e| e.vary().hash == r.vary_hash)
+            .cloned()
+    }
+
+    fn evict_to_budget(&self) {
+        while self.used.load(Ordering::Relaxed) > self.max_bytes as u64 {
+            let next = {
+                let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+                clock.pop_front()
+            };
+            let Some(r) = next else { return };
+            let Some(entry) = self.lookup(&r) else {
+                continue;
+            };
+            if entry.last_access_secs() > r.queued_at {
+                // Read since it was queued: a second chance at the back.
+                let now = clock::now_millis() / 1000;
+                let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+                // Requeued with `now`, so a second pass evicts it unless read again later:
+                // the loop ends even when every entry is hot.
+                clock.push_back(QueuedRef {
+                    queued_at: now,
+                    ..r
+                });
+                continue;
+            }
+            self.evict_one(&r, &entry);
+        }
+    }
+
+    fn evict_one(&self, r: &QueuedRef, entry: &Arc<Entry>) {
+        let mut freed = 0u64;
+        let mut emptied = false;
+        if let Some(mut slot) = self.map.get_mut(&*r.key) {
+            if let Some(variants) = slot.variants.get(&r.variant) {
+                let kept: Vec<Arc<Entry>> = variants
+                    .iter()
+                    .filter(|e| !Arc::ptr_eq(e, entry))
+                    .cloned()
+                    .collect();
+                if kept.len() != variants.len() {
+                    freed = weight_of(&r.key, entry) as u64;
+                    if kept.is_empty() {
+                        slot.variants.remove(&r.variant);
+                    } else {
+                        slot.variants.insert(r.variant, kept.into());
+                    }
+                }
+            }
+            emptied = slot.variants.is_empty();
+        }
+        if emptied {
+            self.map
+                .remove_if(&*r.key, |_, slot| slot.variants.is_empty());
+        }
+        if freed > 0 {
+            self.sub_used(freed);
+            self.sub_entries(1);
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("tower_response_cache_evictions_total").increment(1);
+        }
+    }
+
+    fn ensure_sweeper(self: &Arc<Self>) {
+        if self.sweeper_started.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.sweeper_started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        let interval = self.sweep_interval;
+        runtime.spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                MemoryStore { inner }.sweep_expired();
+            }
+        });
+    }
+}
+
+impl MemoryStore {
+    /// Remove every expired entry now (the background sweeper calls this periodically).
+    pub fn sweep_expired(&self) -> u64 {
+        let now = clock::now_millis();
+        self.remove_where(|_| false, |e| !e.is_fresh_at(now))
+    }
+}
+
+impl Store for MemoryStore {
+    fn get<'a>(&'a self, key: StoreKey<'a>) -> StoreFuture<'a, Option<Variants>> {
+        let found = self.get_now(key);
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()> {
+        // Applied now, not when polled: see the ban rule on `Store`.
+        self.put_now(key, entry);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
+        let removed = match pattern.literal() {
+            Some(literal) => self.remove_key(&map_key(namespace, literal)),
+            None => {
+                let prefix_len = namespace.len() + 1;
+                self.remove_where(
+                    |key| {
+                        !(key.len() >= prefix_len
+                            && key.as_bytes()[namespace.len()] == b':'
+                            && key.starts_with(namespace)
+                            && pattern.matches(&key.as_bytes()[prefix_len..]))
+                    },
+                    |_| true,
+                )
+            }
+        };
+        Box::pin(std::future::ready(Ok(removed)))
+    }
+
+    fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64> {
+        let removed = self.remove_where(
+            |key| !in_namespace(key, namespace),
+            |e| e.tags().iter().any(|t| t == tag),
+        );
+        Box::pin(std::future::ready(Ok(removed)))
+    }
+
+    fn invalidate_all<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, u64> {
+        let removed = self.remove_where(|key| !in_namespace(key, namespace), |_| true);
+        Box::pin(std::future::ready(Ok(removed)))
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Memory
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            entries: self.inner.entries.load(Ordering::Relaxed),
+            bytes: self.inner.used.load(Ordering::Relaxed),
+            evictions: self.inner.evictions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn in_namespace(key: &str, namespace: &str) -> bool {
+    key.len() > namespace.len()
+        && key.starts_with(namespace)
+        && key.as_bytes()[namespace.len()] == b':'
+}

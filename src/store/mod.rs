@@ -1,0 +1,181 @@
+//! Where entries live: the [`Store`] trait and its implementations.
+//!
+//! [`MemoryStore`] keeps entries in process memory within a byte budget. With the `redis`
+//! feature, `RedisStore` keeps them in Redis and `FallbackStore` combines the two.
+//!
+//! Keys are laid out as namespace, logical key, then variant, so that one invalidation of a
+//! logical key removes every variant of it (every query string, host and `Vary` value).
+//!
+//! ```
+//! use tower_response_cache::{MemoryStore, Store};
+//!
+//! let store = MemoryStore::builder().max_bytes(64 << 20).build();
+//! assert_eq!(store.stats().entries, 0);
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::entry::Entry;
+use crate::pattern::Pattern;
+
+mod memory;
+
+pub use memory::{MemoryStore, MemoryStoreBuilder};
+
+/// The future a [`Store`] method returns.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Every entry stored under one namespace, logical key and variant: one per distinct set
+/// of values of the request headers the response's `Vary` names.
+pub type Variants = Arc<[Arc<Entry>]>;
+
+/// Where one entry is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreKey<'a> {
+    /// Keeps several applications apart in one store.
+    pub namespace: &'a str,
+    /// What invalidation patterns match: the path, or what a key function returned.
+    pub logical: &'a str,
+    /// Hash of what else selects the response: host and normalised query.
+    pub variant: u64,
+}
+
+/// A place to keep cached entries.
+///
+/// Implementations must be cheap to share (`Arc` inside) and must never panic on bad data:
+/// bytes that do not decode are a miss. Errors are logged by the caller and never fail a
+/// request.
+///
+/// Ban semantics rely on one rule for stores that apply writes locally: the write is applied
+/// when `put` is *called* (before the future is polled). The caller holds its invalidation
+/// lock only for that call, so an invalidation either sees the write or bans it.
+pub trait Store: Send + Sync + 'static {
+    /// Every variant stored under `key`, fresh or not; `None` when there is none.
+    fn get<'a>(&'a self, key: StoreKey<'a>) -> StoreFuture<'a, Option<Variants>>;
+
+    /// Store `entry` under `key`, replacing the entry with the same `Vary` values.
+    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()>;
+
+    /// Remove every entry whose logical key in `namespace` matches `pattern`; returns how
+    /// many entries were removed (as far as the store can tell).
+    fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64>;
+
+    /// Remove every entry in `namespace` carrying `tag`.
+    fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64>;
+
+    /// Remove every entry in `namespace`.
+    fn invalidate_all<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, u64>;
+
+    /// Which backend is serving now.
+    fn backend(&self) -> Backend;
+
+    /// Counters the store keeps itself.
+    fn stats(&self) -> StoreStats;
+}
+
+/// Which backend a store is serving from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// Process memory only.
+    Memory,
+    /// Redis, healthy.
+    Redis,
+    /// Redis is configured but unreachable: serving from memory until it answers again.
+    FallingBack,
+}
+
+impl Backend {
+    /// Lower-case name, as shown in logs, `/health` and `Cache-Status` details.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Redis => "redis",
+            Backend::FallingBack => "falling_back",
+        }
+    }
+}
+
+/// Counters kept by a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    /// Entries held now (memory stores; 0 where unknown).
+    pub entries: u64,
+    /// Bytes held now, as counted against the budget (memory stores; 0 where unknown).
+    pub bytes: u64,
+    /// Entries removed to stay within the byte budget.
+    pub evictions: u64,
+}
+
+/// A store operation failed. Never shown to HTTP clients; logged and counted.
+#[derive(Debug)]
+pub struct StoreError {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StoreError {
+    /// An error with a message and an underlying cause.
+    pub fn new(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// An error with only a message.
+    pub fn msg(message: impl Into<String>) -> Self {
+        StoreError {
+            message: message.into(),
+            source: None,
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl<S: Store + ?Sized> Store for Arc<S> {
+    fn get<'a>(&'a self, key: StoreKey<'a>) -> StoreFuture<'a, Option<Variants>> {
+        (**self).get(key)
+    }
+    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()> {
+        (**self).put(key, entry)
+    }
+    fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
+        (**self).invalidate(namespace, pattern)
+    }
+    fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64> {
+        (**self).invalidate_tag(namespace, tag)
+    }
+    fn invalidate_all<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, u64> {
+        (**self).invalidate_all(namespace)
+    }
+    fn backend(&self) -> Backend {
+        (**self).backend()
+    }
+    fn stats(&self) -> StoreStats {
+        (**self).stats()
+    }
+}
