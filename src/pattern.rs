@@ -2,22 +2,8 @@
 //!
 //! Invalidation patterns are matched by the memory store here and by Redis (`SCAN … MATCH`)
 //! for the Redis store, so this is a byte-for-byte reimplementation of Redis's
-//! `stringmatchlen` (`src/util.c`, Redis 7.x, case-sensitive). Besides the usual `*`, `?`,
-//! `[abc]`, `[^a]`, `[a-z]` and `\x`, that means reproducing its quirks:
-//!
-//! - The empty key matches only the empty pattern (`*` does not match `""`).
-//!   `KEYS *` and `SCAN` without a pattern special-case `*` and do return it.
-//! - `[]` is an empty class (never matches) and `[^]` matches any byte; a `]` right
-//!   after `[` or `[^` closes the class instead of being a member.
-//! - A `-` with a byte on each side is always a range, even when the right side is `]`:
-//!   `[a-]` is the range `]`..=`a`, and the class goes on to the next `]`.
-//! - Reversed ranges are swapped. Bounds are compared as C `char`, which is signed on
-//!   x86-64, so bytes >= 0x80 sort *before* ASCII in ranges (`[a-\xff]` matches `0` but
-//!   not `b`). Redis on a platform with unsigned `char` (e.g. arm64) would differ.
-//! - An unterminated class ends at the end of the pattern (`[abc` is `[abc]`; `[` alone
-//!   matches nothing and `[^` alone matches any byte); a trailing lone `\` is a literal `\`.
-//! - A match that has to go through the 1001st `*` (not last in the pattern, key not yet
-//!   consumed) fails: Redis's guard against deep recursion.
+//! `stringmatchlen` (`src/util.c`, Redis 7.x, case-sensitive), quirks included (listed on
+//! [`Pattern`]).
 //!
 //! Redis matches by recursion with a "skip longer matches" cut. That search is equivalent to
 //! the classic greedy scan that only ever backtracks to the most recent `*`, which is what
@@ -28,7 +14,38 @@ use std::fmt;
 /// Redis's `stringmatchlen` gives up once it recurses past this many `*` (its `nesting` guard).
 const MAX_STAR_NESTING: usize = 1000;
 
-/// A glob pattern, parsed once, matched against keys as bytes the way Redis matches them.
+/// A Redis-style glob pattern over logical keys, parsed once.
+///
+/// A key matches exactly when Redis's `SCAN … MATCH` would match it, so the memory and
+/// Redis stores agree: `*` matches any run of bytes, `?` one byte, `[abc]` / `[^abc]` /
+/// `[a-z]` one byte in / not in the class, `\` escapes the next byte, and the pattern is
+/// anchored at both ends. Keys and patterns are compared as bytes. A pattern without
+/// metacharacters names one key exactly ([`Pattern::literal`]).
+///
+/// ```
+/// use tower_response_cache::Pattern;
+///
+/// let p = Pattern::new("/api/dashboard/A*");
+/// assert!(p.matches_str("/api/dashboard/ABC"));
+/// assert!(!p.matches_str("/api/dashboard/XYZ"));
+/// assert_eq!(Pattern::new(r"report\*2024").literal(), Some("report*2024"));
+/// ```
+///
+/// Parsing never fails: a malformed pattern means what it means to Redis, whose quirks are
+/// reproduced:
+///
+/// - The empty key matches only the empty pattern (`*` does not match `""`).
+/// - `[]` is an empty class (never matches) and `[^]` matches any byte; a `]` right
+///   after `[` or `[^` closes the class instead of being a member.
+/// - A `-` with a byte on each side is always a range, even when the right side is `]`:
+///   `[a-]` is the range `]`..=`a`, and the class goes on to the next `]`.
+/// - Reversed ranges are swapped. Bounds are compared as C `char`, which is signed on
+///   x86-64, so bytes >= 0x80 sort *before* ASCII in ranges (`[a-\xff]` matches `0` but
+///   not `b`). Redis built with an unsigned `char` (e.g. on arm64) differs there.
+/// - An unterminated class ends at the end of the pattern (`[abc` is `[abc]`; `[` alone
+///   matches nothing and `[^` alone matches any byte); a trailing lone `\` is a literal `\`.
+/// - A match that has to go through the 1001st `*` (not last in the pattern, key not yet
+///   consumed) fails: Redis's guard against deep recursion.
 #[derive(Clone)]
 pub struct Pattern {
     /// The pattern as given.
@@ -92,21 +109,20 @@ impl Pattern {
     /// Parses `pattern`. Never fails: malformed patterns mean what they mean to Redis.
     pub fn new(pattern: &str) -> Pattern {
         let tokens = parse(pattern.as_bytes());
-        let literal_len = tokens
+        let prefix_bytes: Vec<u8> = tokens
             .iter()
-            .take_while(|t| matches!(t, Token::Byte(_)))
-            .count();
-        let prefix_bytes: Vec<u8> = tokens[..literal_len]
-            .iter()
-            .filter_map(|t| match t {
+            .map_while(|t| match t {
                 Token::Byte(b) => Some(*b),
                 _ => None,
             })
             .collect();
+        let all_literal = prefix_bytes.len() == tokens.len();
         // Only ASCII `\` bytes are dropped and metacharacters are ASCII, so the prefix is
-        // always valid UTF-8; an empty prefix would merely disable the fast paths.
-        let prefix = String::from_utf8(prefix_bytes).unwrap_or_default();
-        let is_literal = literal_len == tokens.len() && prefix.len() == literal_len;
+        // valid UTF-8; were it not, an empty non-literal prefix just disables the fast paths.
+        let (prefix, is_literal) = match String::from_utf8(prefix_bytes) {
+            Ok(prefix) => (prefix, all_literal),
+            Err(_) => (String::new(), false),
+        };
         Pattern {
             source: pattern.to_owned(),
             tokens: tokens.into_boxed_slice(),
@@ -176,11 +192,11 @@ impl Pattern {
                 _ => {}
             }
             match resume {
-                Some((star_ti, star_ki, star_count)) => {
-                    ti = star_ti;
-                    ki = star_ki + 1;
-                    stars = star_count;
-                    resume = Some((star_ti, ki, star_count));
+                Some((after_star, from, count)) => {
+                    ti = after_star;
+                    ki = from + 1;
+                    stars = count;
+                    resume = Some((after_star, ki, count));
                 }
                 None => return false,
             }
@@ -252,7 +268,7 @@ fn parse_class(p: &[u8], mut i: usize) -> (ByteSet, usize) {
             set.insert(p[i]);
         } else if p[i] == b']' {
             break;
-        } else if left >= 3 && p[i + 1] == b'-' && p[i + 2] != b']' {
+        } else if left >= 3 && p[i + 1] == b'-' {
             // C `char` is signed on x86-64: bytes >= 0x80 are negative in comparisons.
             let (a, b) = (p[i] as i8, p[i + 2] as i8);
             for c in a.min(b)..=a.max(b) {
@@ -577,6 +593,43 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+    }
+
+    /// Every pattern of up to 5 bytes over the metacharacters against every short key.
+    #[test]
+    fn agrees_with_redis_port_exhaustively() {
+        fn all_strings(alphabet: &[u8], max_len: usize) -> Vec<Vec<u8>> {
+            let mut all = vec![Vec::new()];
+            let mut last = vec![Vec::new()];
+            for _ in 0..max_len {
+                last = last
+                    .iter()
+                    .flat_map(|s| {
+                        alphabet.iter().map(move |&b| {
+                            let mut next = s.clone();
+                            next.push(b);
+                            next
+                        })
+                    })
+                    .collect();
+                all.extend(last.iter().cloned());
+            }
+            all
+        }
+        let keys = all_strings(b"a-]^\\\xff", 3);
+        for pattern in all_strings(b"ab*?[]^-\\", 5) {
+            let Ok(text) = std::str::from_utf8(&pattern) else {
+                continue;
+            };
+            let compiled = Pattern::new(text);
+            for key in &keys {
+                assert_eq!(
+                    compiled.matches(key),
+                    reference(&pattern, key),
+                    "pattern {text:?} key {key:?}"
+                );
+            }
+        }
     }
 
     /// Patterns over an alphabet dense in metacharacters, plus bytes >= 0x80 and NUL.

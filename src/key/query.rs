@@ -155,7 +155,12 @@ fn is_unreserved(b: u8) -> bool {
 
 /// The value of an ASCII hex digit, either case.
 fn hex_value(b: u8) -> Option<u8> {
-    char::from(b).to_digit(16).map(|d| d as u8)
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
 }
 
 /// `b` as two uppercase hex digits.

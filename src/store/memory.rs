@@ -470,3 +470,124 @@ fn in_namespace(key: &str, namespace: &str) -> bool {
         && key.starts_with(namespace)
         && key.as_bytes()[namespace.len()] == b':'
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+
+    fn entry(body_len: usize, ttl_secs: u64) -> Arc<Entry> {
+        Arc::new(Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from(vec![b'x'; body_len]),
+            Duration::from_secs(ttl_secs),
+        ))
+    }
+
+    fn key(logical: &str) -> StoreKey<'_> {
+        StoreKey {
+            namespace: "ns",
+            logical,
+            variant: 1,
+        }
+    }
+
+    #[test]
+    fn a_flood_of_unique_keys_stays_within_the_budget() {
+        let store = MemoryStore::builder().max_bytes(1 << 20).build();
+        for i in 0..100_000 {
+            let logical = format!("/flood/{i}/{}", "k".repeat(i % 300));
+            store.put_now(key(&logical), entry(i % 2000, 60));
+            assert!(store.stats().bytes <= 1 << 20, "over budget after {i}");
+        }
+        let stats = store.stats();
+        assert!(stats.evictions > 90_000, "{stats:?}");
+        assert!(stats.entries > 100, "{stats:?}");
+        // The eviction queue does not grow without bound either.
+        let queue = store.inner.clock.lock().unwrap().len() as u64;
+        assert!(
+            queue <= 2 * stats.entries + 1025,
+            "{queue} refs for {stats:?}"
+        );
+    }
+
+    #[test]
+    fn recently_read_entries_survive_eviction() {
+        let store = MemoryStore::builder().max_bytes(64 * 1024).build();
+        store.put_now(key("/hot"), entry(1000, 60));
+        for i in 0..500 {
+            // The hot key is read between puts; its read time must move past its queue time.
+            if let Some(slot) = store.inner.map.get("ns:/hot") {
+                slot.variants[&1][0].touch(u64::MAX);
+            }
+            store.put_now(key(&format!("/cold/{i}")), entry(1000, 60));
+        }
+        assert!(store.get_now(key("/hot")).is_some());
+        assert!(store.get_now(key("/cold/0")).is_none());
+    }
+
+    #[test]
+    fn entries_too_big_for_the_budget_are_refused() {
+        let store = MemoryStore::builder().max_bytes(10_000).build();
+        assert!(!store.put_now(key("/big"), entry(5000, 60)));
+        assert!(store.put_now(key("/small"), entry(100, 60)));
+        assert_eq!(store.stats().entries, 1);
+    }
+
+    #[test]
+    fn replacing_an_entry_keeps_the_accounting_exact() {
+        let store = MemoryStore::builder().build();
+        store.put_now(key("/a"), entry(100, 60));
+        let once = store.stats();
+        for _ in 0..10 {
+            store.put_now(key("/a"), entry(100, 60));
+        }
+        assert_eq!(store.stats().bytes, once.bytes);
+        assert_eq!(store.stats().entries, 1);
+        store.remove_key("ns:/a");
+        assert_eq!(
+            store.stats(),
+            StoreStats {
+                entries: 0,
+                bytes: 0,
+                evictions: 0
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_entries_are_swept_in_the_background() {
+        let store = MemoryStore::builder()
+            .sweep_interval(Duration::from_secs(5))
+            .build();
+        store.put_now(key("/short"), entry(10, 2));
+        store.put_now(key("/long"), entry(10, 600));
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert_eq!(store.stats().entries, 1);
+        assert!(store.get_now(key("/short")).is_none());
+        assert!(store.get_now(key("/long")).is_some());
+    }
+
+    #[tokio::test]
+    async fn namespaces_are_kept_apart() {
+        let store = MemoryStore::new();
+        let a = StoreKey {
+            namespace: "a",
+            logical: "/x",
+            variant: 1,
+        };
+        let b = StoreKey {
+            namespace: "b",
+            logical: "/x",
+            variant: 1,
+        };
+        store.put_now(a, entry(1, 60));
+        store.put_now(b, entry(1, 60));
+        assert_eq!(store.invalidate("a", &Pattern::new("*")).await.unwrap(), 1);
+        assert_eq!(store.invalidate_all("a").await.unwrap(), 0);
+        assert!(store.get_now(b).is_some());
+        assert_eq!(store.invalidate("b", &Pattern::new("/x")).await.unwrap(), 1);
+    }
+}
