@@ -1,0 +1,261 @@
+//! Costs below the request path: key building, the memory store, invalidation.
+//!
+//! - `keys/*`: a memory hit through the layer with no query, a short query, a long
+//!   unsorted query and an over-long path; the differences are the cost of normalising the
+//!   query and bounding the key (only the public API is reachable from here).
+//! - `memory_store/*`: `Store::get` and `Store::put` on a `MemoryStore`.
+//! - `invalidate/*`: `CacheHandle::invalidate` of one exact key against globs, with 10 000
+//!   keys stored.
+//!
+//! Run with `cargo bench --bench store -- --noplot`; see BENCHMARKS.md.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::header::{ACCEPT, CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tokio::runtime::Runtime;
+use tower::{Layer, Service, ServiceExt};
+use tower_response_cache::{CacheHandle, CacheLayer, Entry, MemoryStore, Store, StoreKey};
+
+const NAMESPACE: &str = "bench";
+const KEYS: usize = 10_000;
+
+type Req = Request<Full<Bytes>>;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn body() -> Bytes {
+    Bytes::from(vec![b'x'; 2048])
+}
+
+fn origin(
+) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone + Send
+{
+    let body = body();
+    tower::service_fn(move |_req: Req| {
+        let body = body.clone();
+        async move {
+            let mut response = Response::new(Full::new(body));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            Ok::<_, Infallible>(response)
+        }
+    })
+}
+
+fn get(uri: &str) -> Req {
+    Request::get(uri)
+        .header(HOST, "portal.example.com")
+        .header(ACCEPT, "application/json")
+        .body(Full::default())
+        .expect("valid request")
+}
+
+async fn drive<S>(service: &S, uri: &str) -> (String, Bytes)
+where
+    S: Service<Req, Response = Response<tower_response_cache::ResponseBody<Full<Bytes>>>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let response = service.clone().oneshot(get(uri)).await.expect("infallible");
+    let x_cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (x_cache, body)
+}
+
+fn handle(store: &MemoryStore) -> CacheHandle {
+    CacheHandle::builder(store.clone())
+        .namespace(NAMESPACE)
+        .ttl(Duration::from_secs(3600))
+        .build()
+}
+
+fn entry() -> Arc<Entry> {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Arc::new(Entry::new(
+        StatusCode::OK,
+        headers,
+        body(),
+        Duration::from_secs(3600),
+    ))
+}
+
+fn key(logical: &str) -> StoreKey<'_> {
+    StoreKey {
+        namespace: NAMESPACE,
+        logical,
+        variant: 0,
+    }
+}
+
+/// 40 pairs in reverse order, a few with escapes of unreserved characters: about 1 KiB.
+fn long_query() -> String {
+    let pairs: Vec<String> = (0..40)
+        .rev()
+        .map(|i| format!("filter_{i:02}=value%2D{i}-%41BCDEFGHIJ"))
+        .collect();
+    pairs.join("&")
+}
+
+async fn put_all(store: &MemoryStore, entry: &Arc<Entry>, keys: &[&String]) {
+    for k in keys {
+        store.put(key(k), entry.clone()).await.unwrap();
+    }
+}
+
+fn key_benches(c: &mut Criterion) {
+    let rt = runtime();
+    let store = MemoryStore::builder().max_bytes(64 << 20).build();
+    let cache = handle(&store);
+    let service = CacheLayer::new(cache.clone()).layer(origin());
+    let long_path = format!("/api/reports/{}", "segment/".repeat(90));
+    let uris = [
+        ("hit_no_query", "/api/dashboard/ABC".to_owned()),
+        ("hit_short_query", "/api/dashboard/ABC?page=1".to_owned()),
+        (
+            "hit_long_query",
+            format!("/api/dashboard/ABC?{}", long_query()),
+        ),
+        ("hit_long_path", long_path),
+    ];
+    let mut group = c.benchmark_group("keys");
+    for (name, uri) in &uris {
+        rt.block_on(async {
+            let stores = cache.stats().stores;
+            assert_eq!(drive(&service, uri).await.0, "MISS");
+            while cache.stats().stores == stores {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(drive(&service, uri).await.0, "HIT", "{name}");
+        });
+        group.bench_function(*name, |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(drive(&service, uri).await) })
+        });
+    }
+    group.finish();
+    assert_eq!(cache.stats().misses, uris.len() as u64);
+}
+
+fn store_benches(c: &mut Criterion) {
+    let rt = runtime();
+    let store = MemoryStore::builder().max_bytes(64 << 20).build();
+    let entry = entry();
+    rt.block_on(async {
+        store
+            .put(key("/api/dashboard/ABC"), entry.clone())
+            .await
+            .unwrap()
+    });
+    let mut group = c.benchmark_group("memory_store");
+    group.bench_function("get_hit", |b| {
+        b.to_async(&rt).iter(|| async {
+            let found = store.get(key("/api/dashboard/ABC")).await.unwrap();
+            black_box(found.expect("stored"))
+        })
+    });
+    group.bench_function("get_miss", |b| {
+        b.to_async(&rt).iter(|| async {
+            let found = store.get(key("/api/dashboard/XYZ")).await.unwrap();
+            black_box(found.is_none())
+        })
+    });
+    group.bench_function("put_replace", |b| {
+        b.to_async(&rt).iter(|| async {
+            store
+                .put(key("/api/dashboard/ABC"), entry.clone())
+                .await
+                .unwrap()
+        })
+    });
+    group.finish();
+    assert_eq!(store.stats().entries, 1);
+}
+
+fn invalidate_benches(c: &mut Criterion) {
+    let rt = runtime();
+    let store = MemoryStore::builder().max_bytes(256 << 20).build();
+    let cache = handle(&store);
+    let entry = entry();
+    let logical: Vec<String> = (0..KEYS).map(|i| format!("/api/dashboard/{i}")).collect();
+    rt.block_on(put_all(&store, &entry, &logical.iter().collect::<Vec<_>>()));
+    assert_eq!(store.stats().entries, KEYS as u64);
+
+    // Keys a glob removes, put back (untimed) before the next iteration.
+    let matching = |prefix: &str| -> Vec<&String> {
+        logical.iter().filter(|k| k.starts_with(prefix)).collect()
+    };
+
+    let mut group = c.benchmark_group("invalidate_10k_keys");
+    let exact = &logical[KEYS / 2];
+    group.bench_function("exact_present", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (cache, store, entry) = (&cache, &store, &entry);
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    put_all(store, entry, &[exact]).await;
+                    let start = Instant::now();
+                    let removed = cache.invalidate(exact).await.unwrap();
+                    total += start.elapsed();
+                    assert_eq!(removed, 1);
+                }
+                total
+            }
+        })
+    });
+    group.bench_function("exact_absent", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(cache.invalidate("/api/dashboard/none").await.unwrap()) })
+    });
+    group.bench_function("glob_matching_none", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(cache.invalidate("/api/other/*").await.unwrap()) })
+    });
+    let some = matching("/api/dashboard/12");
+    group.bench_function("glob_matching_111", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (cache, store, entry, some) = (&cache, &store, &entry, &some);
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    put_all(store, entry, some).await;
+                    let start = Instant::now();
+                    let removed = cache.invalidate("/api/dashboard/12*").await.unwrap();
+                    total += start.elapsed();
+                    assert_eq!(removed, some.len() as u64);
+                }
+                total
+            }
+        })
+    });
+    group.finish();
+    assert_eq!(store.stats().entries, KEYS as u64 - 1 - some.len() as u64);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(30);
+    targets = key_benches, store_benches, invalidate_benches
+}
+criterion_main!(benches);
