@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod dates;
 pub mod db;
+pub mod seed;
 
 pub use app::{app, AppState};
 pub use config::Config;
@@ -13,7 +14,7 @@ pub use config::Config;
 pub async fn state(config: &Config) -> Result<AppState, db::DbError> {
     let (path, vouchers) = (config.db_path.clone(), config.seed_vouchers);
     tracing::info!(path = %path.display(), "opening database");
-    let seeded = tokio::task::spawn_blocking(move || db::prepare(&path, vouchers))
+    let seeded = tokio::task::spawn_blocking(move || seed::prepare(&path, vouchers))
         .await
         .map_err(|e| db::DbError::Task(e.to_string()))??;
     if let Some(seeded) = seeded {
