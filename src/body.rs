@@ -14,10 +14,9 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::ban::Ticket;
 use crate::coalesce::{Leader, Outcome};
 use crate::entry::{Entry, Vary};
-use crate::handle::CacheHandle;
+use crate::handle::{CacheHandle, Ticket};
 
 pin_project! {
     /// The body of every response the cache layer returns.

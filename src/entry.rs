@@ -123,6 +123,21 @@ impl Entry {
         self.ttl
     }
 
+    /// A copy whose TTL is at most `cap` (bodies are shared, not copied).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn capped(&self, cap: Duration) -> Entry {
+        Entry {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            stored_at_ms: self.stored_at_ms,
+            ttl: self.ttl.min(cap),
+            tags: self.tags.clone(),
+            vary: self.vary.clone(),
+            last_access: AtomicU64::new(self.last_access_secs()),
+        }
+    }
+
     pub(crate) fn vary(&self) -> &Vary {
         &self.vary
     }

@@ -38,14 +38,14 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::ban::{Ban, BanLog, Ticket};
+use crate::ban::{Ban, BanLog};
 use crate::clock;
 use crate::coalesce::{follow, Coalescer, Outcome, Role};
 use crate::entry::Entry;
 use crate::key::vary_hash;
 use crate::pattern::Pattern;
 use crate::stats::{bump, CacheStats, Counters};
-use crate::store::{Backend, Store, StoreError, StoreKey};
+use crate::store::{Backend, Invalidation, Store, StoreError, StoreEvent, StoreKey};
 
 /// The application's handle on a cache. See the [module docs](crate::handle).
 #[derive(Clone)]
@@ -92,6 +92,13 @@ impl std::error::Error for CacheError {
     }
 }
 
+/// Taken before a miss calls the origin; its write is checked against it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    bans: crate::ban::Ticket,
+    store: u64,
+}
+
 /// What a lookup found.
 pub(crate) enum Found {
     Hit(Arc<Entry>),
@@ -130,7 +137,7 @@ impl CacheHandleBuilder {
             !self.namespace.is_empty(),
             "cache namespace must not be empty"
         );
-        CacheHandle {
+        let handle = CacheHandle {
             shared: Arc::new(Shared {
                 store: self.store,
                 namespace: self.namespace.into_boxed_str(),
@@ -140,7 +147,25 @@ impl CacheHandleBuilder {
                 flights: Arc::new(Coalescer::default()),
                 counters: Counters::default(),
             }),
-        }
+        };
+        // Invalidations made by other processes ban in-flight fetches here too.
+        let weak = Arc::downgrade(&handle.shared);
+        handle.shared.store.set_listener(Arc::new(move |event| {
+            let Some(shared) = weak.upgrade() else { return };
+            match event {
+                StoreEvent::Remote {
+                    namespace,
+                    invalidation,
+                } if **namespace == *shared.namespace => match invalidation {
+                    Invalidation::Pattern(p) => shared.bans.record(Ban::Pattern(&Pattern::new(p))),
+                    Invalidation::Tag(t) => shared.bans.record(Ban::Tag(t)),
+                    Invalidation::All => shared.bans.record(Ban::All),
+                },
+                StoreEvent::Remote { .. } => {}
+                StoreEvent::ChannelLost => shared.bans.record(Ban::All),
+            }
+        }));
+        handle
     }
 }
 
@@ -349,9 +374,12 @@ impl CacheHandle {
         }
     }
 
-    /// The ban ticket for a miss that is about to fetch.
+    /// The ticket for a miss that is about to fetch: what its write will be checked against.
     pub(crate) fn ticket(&self) -> Ticket {
-        self.shared.bans.ticket()
+        Ticket {
+            bans: self.shared.bans.ticket(),
+            store: self.shared.store.write_token(),
+        }
     }
 
     pub(crate) fn flights(&self) -> &Arc<Coalescer> {
@@ -421,14 +449,16 @@ impl CacheHandle {
     ) -> bool {
         let write = {
             let bans = self.shared.bans.read();
-            if bans.is_banned(ticket, logical, entry.tags()) {
+            if bans.is_banned(ticket.bans, logical, entry.tags()) {
                 tracing::debug!(key = %logical, "not storing a response fetched before an invalidation");
                 return false;
             }
             // Called under the read lock: local stores apply the write here (see `Store`).
-            self.shared
-                .store
-                .put(self.store_key(logical, variant), Arc::new(entry))
+            self.shared.store.put(
+                self.store_key(logical, variant),
+                Arc::new(entry),
+                ticket.store,
+            )
         };
         match write.await {
             Ok(()) => {

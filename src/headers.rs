@@ -39,25 +39,43 @@ impl Forward {
     }
 }
 
-/// `tower-response-cache; hit; ttl=42` (with `detail=coalesced` after waiting for another
-/// request's fetch).
-pub(crate) fn hit_status(ttl_secs: u64, coalesced: bool) -> HeaderValue {
-    let detail = if coalesced { "; detail=coalesced" } else { "" };
-    HeaderValue::try_from(format!("{CACHE_NAME}; hit; ttl={ttl_secs}{detail}"))
-        .expect("ASCII header value")
+/// `tower-response-cache; hit; ttl=42`. `detail=` adds `coalesced` after waiting for
+/// another request's fetch and `fallback` while Redis is down (joined by `/`).
+pub(crate) fn hit_status(ttl_secs: u64, coalesced: bool, fallback: bool) -> HeaderValue {
+    let mut value = format!("{CACHE_NAME}; hit; ttl={ttl_secs}");
+    push_detail(
+        &mut value,
+        [
+            coalesced.then_some("coalesced"),
+            fallback.then_some("fallback"),
+        ],
+    );
+    HeaderValue::try_from(value).expect("ASCII header value")
 }
 
-/// `tower-response-cache; fwd=uri-miss; stored`, or with `detail=` why it was not stored.
-pub(crate) fn forward_status(forward: Forward, stored: bool, detail: Option<&str>) -> HeaderValue {
+/// `tower-response-cache; fwd=uri-miss; stored`, or with `detail=` why it was not stored
+/// (and `fallback` while Redis is down).
+pub(crate) fn forward_status(
+    forward: Forward,
+    stored: bool,
+    detail: Option<&str>,
+    fallback: bool,
+) -> HeaderValue {
     let mut value = format!("{CACHE_NAME}; fwd={}", forward.as_str());
     if stored {
         value.push_str("; stored");
     }
-    if let Some(detail) = detail {
-        value.push_str("; detail=");
-        value.push_str(detail);
-    }
+    push_detail(&mut value, [detail, fallback.then_some("fallback")]);
     HeaderValue::try_from(value).expect("ASCII header value")
+}
+
+fn push_detail(value: &mut String, parts: [Option<&str>; 2]) {
+    let mut first = true;
+    for part in parts.into_iter().flatten() {
+        value.push_str(if first { "; detail=" } else { "/" });
+        value.push_str(part);
+        first = false;
+    }
 }
 
 /// Headers that describe one connection or one transfer, never to be replayed from a store.

@@ -42,6 +42,7 @@ mod ban;
 mod body;
 mod clock;
 mod coalesce;
+mod config;
 mod entry;
 mod future;
 pub mod handle;
@@ -55,6 +56,7 @@ mod stats;
 pub mod store;
 
 pub use body::ResponseBody;
+pub use config::{CacheConfig, ConfigError};
 pub use entry::{DecodeError, Entry};
 pub use future::ResponseFuture;
 pub use handle::{CacheError, CacheHandle, CacheHandleBuilder};
@@ -65,5 +67,6 @@ pub use policy::CachePolicy;
 pub use service::CacheService;
 pub use stats::CacheStats;
 pub use store::{
-    Backend, MemoryStore, MemoryStoreBuilder, Store, StoreError, StoreKey, StoreStats,
+    Backend, Invalidation, MemoryStore, MemoryStoreBuilder, Store, StoreError, StoreEvent,
+    StoreKey, StoreStats,
 };

@@ -87,7 +87,7 @@ where
                     BypassReason::Method => Forward::Method,
                     BypassReason::Request => Forward::Request,
                 };
-                let status = headers::forward_status(forward, false, None);
+                let status = headers::forward_status(forward, false, None, false);
                 ResponseFuture::bypass(inner.call(request), status)
             }
             RequestAction::Unsafe => {
@@ -104,7 +104,7 @@ where
                     }
                     None => {
                         bump!(counters, bypasses);
-                        let status = headers::forward_status(Forward::Bypass, false, None);
+                        let status = headers::forward_status(Forward::Bypass, false, None, false);
                         ResponseFuture::bypass(inner.call(Request::from_parts(parts, body)), status)
                     }
                 }
@@ -143,7 +143,7 @@ where
     parts.headers.insert(X_CACHE, headers::BYPASS);
     parts.headers.insert(
         CACHE_STATUS,
-        headers::forward_status(Forward::Method, false, None),
+        headers::forward_status(Forward::Method, false, None, false),
     );
     Ok(Response::from_parts(parts, ResponseBody::passthrough(body)))
 }
@@ -169,7 +169,12 @@ where
         let forward = match handle.lookup(&logical, variant, &parts.headers).await {
             Found::Hit(entry) => {
                 bump!(counters, hits);
-                return Ok(hit_response(&entry, is_head, coalesced));
+                return Ok(hit_response(
+                    &entry,
+                    is_head,
+                    coalesced,
+                    falling_back(handle),
+                ));
             }
             Found::UriMiss => Forward::UriMiss,
             Found::VaryMiss => Forward::VaryMiss,
@@ -209,9 +214,10 @@ where
         Ok((ttl, vary)) => {
             let mut stored_headers = parts.headers.clone();
             headers::strip_unstorable(&mut stored_headers);
-            parts
-                .headers
-                .insert(CACHE_STATUS, headers::forward_status(forward, true, None));
+            parts.headers.insert(
+                CACHE_STATUS,
+                headers::forward_status(forward, true, None, falling_back(handle)),
+            );
             let recorder = Recorder {
                 handle: handle.clone(),
                 logical,
@@ -237,11 +243,20 @@ where
             release(leader);
             parts.headers.insert(
                 CACHE_STATUS,
-                headers::forward_status(forward, false, reason.map(NotStorable::as_str)),
+                headers::forward_status(
+                    forward,
+                    false,
+                    reason.map(NotStorable::as_str),
+                    falling_back(handle),
+                ),
             );
             Ok(Response::from_parts(parts, ResponseBody::passthrough(body)))
         }
     }
+}
+
+fn falling_back(handle: &CacheHandle) -> bool {
+    handle.backend() == crate::store::Backend::FallingBack
 }
 
 /// Followers of a leader whose response cannot be stored go to the origin at once.
@@ -274,7 +289,12 @@ fn storable<B: Body>(
 }
 
 /// Answer from a stored entry: its bytes, plus `Age`, `Cache-Status` and `X-Cache`.
-fn hit_response<B>(entry: &Entry, is_head: bool, coalesced: bool) -> Response<ResponseBody<B>> {
+fn hit_response<B>(
+    entry: &Entry,
+    is_head: bool,
+    coalesced: bool,
+    fallback: bool,
+) -> Response<ResponseBody<B>> {
     let now = clock::now_millis();
     let body = if is_head {
         None
@@ -291,7 +311,7 @@ fn hit_response<B>(entry: &Entry, is_head: bool, coalesced: bool) -> Response<Re
     headers.insert(AGE, entry.age_secs(now).into());
     headers.insert(
         CACHE_STATUS,
-        headers::hit_status(entry.remaining_secs(now), coalesced),
+        headers::hit_status(entry.remaining_secs(now), coalesced, fallback),
     );
     headers.insert(X_CACHE, HIT);
     response

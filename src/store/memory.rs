@@ -401,6 +401,11 @@ impl Inner {
 }
 
 impl MemoryStore {
+    /// Remove every entry, in every namespace.
+    pub fn clear(&self) -> u64 {
+        self.remove_where(|_| false, |_| true)
+    }
+
     /// Remove every expired entry now (the background sweeper calls this periodically).
     pub fn sweep_expired(&self) -> u64 {
         let now = clock::now_millis();
@@ -414,7 +419,7 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(found)))
     }
 
-    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()> {
+    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>, _token: u64) -> StoreFuture<'a, ()> {
         // Applied now, not when polled: see the ban rule on `Store`.
         self.put_now(key, entry);
         Box::pin(std::future::ready(Ok(())))

@@ -21,8 +21,16 @@ use std::sync::Arc;
 use crate::entry::Entry;
 use crate::pattern::Pattern;
 
+#[cfg(feature = "redis")]
+pub mod fallback;
 mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
+#[cfg(feature = "redis")]
+pub use fallback::{FallbackStore, FallbackStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 
 /// The future a [`Store`] method returns.
@@ -57,7 +65,22 @@ pub trait Store: Send + Sync + 'static {
     fn get<'a>(&'a self, key: StoreKey<'a>) -> StoreFuture<'a, Option<Variants>>;
 
     /// Store `entry` under `key`, replacing the entry with the same `Vary` values.
-    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()>;
+    ///
+    /// `token` is what [`write_token`](Store::write_token) returned when the request began:
+    /// a shared store drops the write when another process invalidated since.
+    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>, token: u64) -> StoreFuture<'a, ()>;
+
+    /// A token naming the store's invalidation state now, taken before a miss calls the
+    /// origin and handed back to [`put`](Store::put). Local stores return 0.
+    fn write_token(&self) -> u64 {
+        0
+    }
+
+    /// Register what to call when another process invalidates through this store (a
+    /// shared store hears of it, e.g. by Redis pub/sub). Local stores never call it.
+    fn set_listener(&self, listener: InvalidationListener) {
+        let _ = listener;
+    }
 
     /// Remove every entry whose logical key in `namespace` matches `pattern`; returns how
     /// many entries were removed (as far as the store can tell).
@@ -75,6 +98,36 @@ pub trait Store: Send + Sync + 'static {
     /// Counters the store keeps itself.
     fn stats(&self) -> StoreStats;
 }
+
+/// An invalidation, as sent between processes sharing a store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Invalidation {
+    /// Logical keys matching a glob.
+    Pattern(String),
+    /// Entries carrying a tag.
+    Tag(String),
+    /// Every entry of the namespace.
+    All,
+}
+
+/// What a shared store tells the handle about other processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// Another process invalidated in `namespace`.
+    Remote {
+        /// The namespace the invalidation applies to.
+        namespace: String,
+        /// What was invalidated.
+        invalidation: Invalidation,
+    },
+    /// The channel invalidations arrive on was lost and re-established: some may have been
+    /// missed, so anything fetched before now is suspect.
+    ChannelLost,
+}
+
+/// Called with [`StoreEvent`]s (see [`Store::set_listener`]).
+pub type InvalidationListener = Arc<dyn Fn(&StoreEvent) + Send + Sync>;
 
 /// Which backend a store is serving from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -114,6 +167,7 @@ pub struct StoreStats {
 #[derive(Debug)]
 pub struct StoreError {
     message: String,
+    unavailable: bool,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -125,14 +179,33 @@ impl StoreError {
     ) -> Self {
         StoreError {
             message: message.into(),
+            unavailable: false,
             source: Some(source.into()),
         }
+    }
+
+    /// The backend could not be reached (refused, timed out, dropped): the kind of error
+    /// that opens a fallback store's circuit. Errors the backend answered with do not.
+    pub fn unavailable(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError {
+            unavailable: true,
+            ..StoreError::new(message, source)
+        }
+    }
+
+    /// Whether the backend could not be reached.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 
     /// An error with only a message.
     pub fn msg(message: impl Into<String>) -> Self {
         StoreError {
             message: message.into(),
+            unavailable: false,
             source: None,
         }
     }
@@ -160,8 +233,14 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     fn get<'a>(&'a self, key: StoreKey<'a>) -> StoreFuture<'a, Option<Variants>> {
         (**self).get(key)
     }
-    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()> {
-        (**self).put(key, entry)
+    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>, token: u64) -> StoreFuture<'a, ()> {
+        (**self).put(key, entry, token)
+    }
+    fn write_token(&self) -> u64 {
+        (**self).write_token()
+    }
+    fn set_listener(&self, listener: InvalidationListener) {
+        (**self).set_listener(listener)
     }
     fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
         (**self).invalidate(namespace, pattern)

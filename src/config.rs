@@ -1,0 +1,336 @@
+//! [`CacheConfig`]: the cache configured from environment variables.
+//!
+//! The variables are the seed application's, plus a few of ours:
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `REDIS_ENABLED` | `false` | use Redis (with the memory fallback) |
+//! | `REDIS_URL` | — | `redis://[:password@]host:port/db`; overrides the four below |
+//! | `REDIS_HOST` | `localhost` | Redis host |
+//! | `REDIS_PORT` | `6379` | Redis port |
+//! | `REDIS_DB` | `0` | Redis database number |
+//! | `REDIS_PASSWORD` | — | Redis password |
+//! | `CACHE_TTL_SECONDS` | `3600` | TTL when a response gives none |
+//! | `CACHE_NAMESPACE` | `cache` | prefix of every key |
+//! | `CACHE_MAX_BYTES` | `268435456` | memory store budget (also the fallback's) |
+//! | `CACHE_REDIS_TIMEOUT_MS` | `50` | deadline of each Redis call |
+//! | `CACHE_FALLBACK_TTL_SECONDS` | `30` | longest life of an entry written while Redis is down |
+//!
+//! An invalid value is an error naming the variable. Building never fails: with Redis off
+//! (or the `redis` feature not compiled in) the cache is in memory, and with Redis
+//! unreachable it starts on memory at once and switches to Redis when it answers.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_response_cache::ConfigError> {
+//! use tower_response_cache::CacheConfig;
+//!
+//! let vars = [("CACHE_TTL_SECONDS", "60"), ("CACHE_NAMESPACE", "portal")];
+//! let config = CacheConfig::from_lookup(|name| {
+//!     vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+//! })?;
+//! let cache = config.build().await;
+//! assert_eq!(cache.namespace(), "portal");
+//!
+//! let bad = CacheConfig::from_lookup(|name| (name == "REDIS_PORT").then(|| "http".to_string()));
+//! assert!(bad.unwrap_err().to_string().contains("REDIS_PORT"));
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::handle::CacheHandle;
+use crate::store::MemoryStore;
+
+/// Cache settings, usually read by [`CacheConfig::from_env`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Use Redis.
+    pub redis_enabled: bool,
+    /// Where Redis is.
+    pub redis_url: String,
+    /// Default TTL.
+    pub ttl: Duration,
+    /// Key prefix.
+    pub namespace: String,
+    /// Memory budget in bytes.
+    pub max_bytes: usize,
+    /// Deadline of each Redis call.
+    pub redis_timeout: Duration,
+    /// Longest life of an entry written while falling back.
+    pub fallback_ttl: Duration,
+}
+
+/// A configuration variable had a value that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    variable: &'static str,
+    value: String,
+    expected: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid value {:?} for {}: expected {}",
+            self.value, self.variable, self.expected
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            redis_enabled: false,
+            redis_url: "redis://localhost:6379/0".to_owned(),
+            ttl: Duration::from_secs(3600),
+            namespace: "cache".to_owned(),
+            max_bytes: 256 << 20,
+            redis_timeout: Duration::from_millis(50),
+            fallback_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+impl CacheConfig {
+    /// Read the process environment.
+    pub fn from_env() -> Result<CacheConfig, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Read variables through `lookup` (for tests, or settings from elsewhere).
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<CacheConfig, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let mut config = CacheConfig::default();
+        if let Some(value) = get("REDIS_ENABLED") {
+            config.redis_enabled = match value.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(invalid("REDIS_ENABLED", value, "true or false")),
+            };
+        }
+        config.redis_url = match get("REDIS_URL") {
+            Some(url) => {
+                if !(url.starts_with("redis://")
+                    || url.starts_with("rediss://")
+                    || url.starts_with("redis+unix://")
+                    || url.starts_with("unix://"))
+                {
+                    return Err(invalid("REDIS_URL", url, "a redis:// URL"));
+                }
+                url
+            }
+            None => {
+                let host = get("REDIS_HOST").unwrap_or_else(|| "localhost".to_owned());
+                let port: u16 = parse(&get, "REDIS_PORT", "a port number")?.unwrap_or(6379);
+                let db: u32 = parse(&get, "REDIS_DB", "a database number")?.unwrap_or(0);
+                match get("REDIS_PASSWORD") {
+                    Some(password) => {
+                        format!("redis://:{}@{host}:{port}/{db}", encode_userinfo(&password))
+                    }
+                    None => format!("redis://{host}:{port}/{db}"),
+                }
+            }
+        };
+        if let Some(ttl) = parse::<u64>(&get, "CACHE_TTL_SECONDS", "whole seconds")? {
+            config.ttl = Duration::from_secs(ttl);
+        }
+        if let Some(namespace) = get("CACHE_NAMESPACE") {
+            config.namespace = namespace;
+        }
+        if let Some(bytes) = parse::<usize>(&get, "CACHE_MAX_BYTES", "a number of bytes")? {
+            if bytes < 4096 {
+                return Err(invalid(
+                    "CACHE_MAX_BYTES",
+                    bytes.to_string(),
+                    "at least 4096",
+                ));
+            }
+            config.max_bytes = bytes;
+        }
+        if let Some(ms) = parse::<u64>(&get, "CACHE_REDIS_TIMEOUT_MS", "milliseconds")? {
+            if ms == 0 {
+                return Err(invalid(
+                    "CACHE_REDIS_TIMEOUT_MS",
+                    ms.to_string(),
+                    "more than 0",
+                ));
+            }
+            config.redis_timeout = Duration::from_millis(ms);
+        }
+        if let Some(secs) = parse::<u64>(&get, "CACHE_FALLBACK_TTL_SECONDS", "whole seconds")? {
+            config.fallback_ttl = Duration::from_secs(secs);
+        }
+        Ok(config)
+    }
+
+    /// Build the handle. Never fails and never waits long for Redis: see the module docs.
+    pub async fn build(self) -> CacheHandle {
+        let memory = MemoryStore::builder().max_bytes(self.max_bytes).build();
+        let builder = if self.redis_enabled {
+            self.redis_store(memory).await
+        } else {
+            CacheHandle::builder(memory)
+        };
+        builder.namespace(self.namespace).ttl(self.ttl).build()
+    }
+
+    #[cfg(feature = "redis")]
+    async fn redis_store(&self, memory: MemoryStore) -> crate::handle::CacheHandleBuilder {
+        use crate::store::{FallbackStore, RedisStore};
+        match RedisStore::builder(self.redis_url.as_str())
+            .deadline(self.redis_timeout)
+            .build()
+        {
+            Ok(redis) => {
+                let store = FallbackStore::builder(redis, memory)
+                    .fallback_ttl(self.fallback_ttl)
+                    .build()
+                    .await;
+                CacheHandle::builder(store)
+            }
+            Err(error) => {
+                tracing::error!(%error, "Redis cannot be used; caching in memory only");
+                CacheHandle::builder(memory)
+            }
+        }
+    }
+
+    #[cfg(not(feature = "redis"))]
+    async fn redis_store(&self, memory: MemoryStore) -> crate::handle::CacheHandleBuilder {
+        tracing::warn!("REDIS_ENABLED is set but tower-response-cache was built without its `redis` feature; caching in memory only");
+        CacheHandle::builder(memory)
+    }
+}
+
+impl fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password.
+        let url = match self.redis_url.split_once('@') {
+            Some((_, host)) => format!("redis://***@{host}"),
+            None => self.redis_url.clone(),
+        };
+        f.debug_struct("CacheConfig")
+            .field("redis_enabled", &self.redis_enabled)
+            .field("redis_url", &url)
+            .field("ttl", &self.ttl)
+            .field("namespace", &self.namespace)
+            .field("max_bytes", &self.max_bytes)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("fallback_ttl", &self.fallback_ttl)
+            .finish()
+    }
+}
+
+fn invalid(variable: &'static str, value: String, expected: &'static str) -> ConfigError {
+    ConfigError {
+        variable,
+        value,
+        expected,
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    variable: &'static str,
+    expected: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    match get(variable) {
+        None => Ok(None),
+        Some(value) => value
+            .parse()
+            .map(Some)
+            .map_err(|_| invalid(variable, value, expected)),
+    }
+}
+
+/// Percent-encode a password for the userinfo part of a URL.
+fn encode_userinfo(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for byte in raw.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<CacheConfig, ConfigError> {
+        CacheConfig::from_lookup(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_are_memory_and_an_hour() {
+        let c = config(&[]).unwrap();
+        assert!(!c.redis_enabled);
+        assert_eq!(c.ttl, Duration::from_secs(3600));
+        assert_eq!(c.redis_url, "redis://localhost:6379/0");
+    }
+
+    #[test]
+    fn seed_variables_build_the_url() {
+        let c = config(&[
+            ("REDIS_ENABLED", "true"),
+            ("REDIS_HOST", "cache.internal"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_DB", "2"),
+            ("REDIS_PASSWORD", "p@ss word"),
+            ("CACHE_TTL_SECONDS", "60"),
+        ])
+        .unwrap();
+        assert!(c.redis_enabled);
+        assert_eq!(c.redis_url, "redis://:p%40ss%20word@cache.internal:6380/2");
+        assert_eq!(c.ttl, Duration::from_secs(60));
+        assert!(
+            !format!("{c:?}").contains("p%40ss"),
+            "Debug must hide the password"
+        );
+    }
+
+    #[test]
+    fn redis_url_wins() {
+        let c = config(&[
+            ("REDIS_URL", "redis://10.0.0.1:7000/1"),
+            ("REDIS_HOST", "x"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_url, "redis://10.0.0.1:7000/1");
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        for (name, value) in [
+            ("REDIS_ENABLED", "maybe"),
+            ("REDIS_PORT", "99999"),
+            ("REDIS_DB", "-1"),
+            ("REDIS_URL", "http://x"),
+            ("CACHE_TTL_SECONDS", "1h"),
+            ("CACHE_MAX_BYTES", "12"),
+            ("CACHE_REDIS_TIMEOUT_MS", "0"),
+            ("CACHE_FALLBACK_TTL_SECONDS", "soon"),
+        ] {
+            let error = config(&[(name, value)]).unwrap_err().to_string();
+            assert!(error.contains(name) && error.contains(value), "{error}");
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! [`FallbackStore`]: Redis first, process memory when Redis fails, healing on its own.
+//!
+//! A circuit breaker decides which store serves:
+//!
+//! - **closed** (Redis healthy): every call goes to Redis, each within its deadline. An
+//!   unreachable-Redis error falls through to memory for that call and counts a failure;
+//!   `failure_threshold` failures in a row open the circuit.
+//! - **open** (falling back): calls go to memory without touching Redis. Entries written
+//!   then live at most `fallback_ttl` (default 30 s), because this process cannot hear other
+//!   processes' invalidations meanwhile. Invalidations apply to memory at once, are reported
+//!   as not having reached Redis, and are queued.
+//! - a background probe `PING`s Redis every `probe_interval` while open. When Redis answers,
+//!   the queued invalidations are replayed to it, the fallback entries are dropped, and
+//!   only then does the circuit close: Redis is never read before it has heard every
+//!   invalidation made during the outage.
+//!
+//! While closed, the probe also watches Redis's `run_id`: a Redis that restarted may hold
+//! entries from a snapshot taken before recent invalidations, so those (the last five
+//! minutes' worth) are replayed before it is read again.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tower_response_cache::StoreError> {
+//! use std::time::Duration;
+//! use tower_response_cache::store::{FallbackStore, RedisStore};
+//! use tower_response_cache::{CacheHandle, MemoryStore};
+//!
+//! let redis = RedisStore::builder("redis://127.0.0.1:6379/0").build()?;
+//! let store = FallbackStore::builder(redis, MemoryStore::new())
+//!     .fallback_ttl(Duration::from_secs(30))
+//!     .build()
+//!     .await;
+//! let cache = CacheHandle::builder(store).namespace("portal").build();
+//! # let _ = cache; Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::redis::RedisStore;
+use super::{
+    Backend, Invalidation, InvalidationListener, MemoryStore, Store, StoreError, StoreEvent,
+    StoreFuture, StoreKey, StoreStats, Variants,
+};
+use crate::entry::Entry;
+use crate::pattern::Pattern;
+
+/// How long invalidations are remembered for replay to a Redis that restarted.
+const REPLAY_WINDOW: Duration = Duration::from_secs(300);
+/// Most invalidations remembered for replay.
+const MAX_REMEMBERED: usize = 10_000;
+
+/// Redis with a memory fallback and a circuit breaker. Cheap to clone.
+/// See the [module docs](crate::store::fallback).
+#[derive(Clone)]
+pub struct FallbackStore {
+    inner: Arc<Inner>,
+}
+
+/// Builds a [`FallbackStore`].
+#[must_use]
+pub struct FallbackStoreBuilder {
+    redis: RedisStore,
+    memory: MemoryStore,
+    fallback_ttl: Duration,
+    failure_threshold: u32,
+    probe_interval: Duration,
+}
+
+struct Inner {
+    redis: RedisStore,
+    memory: MemoryStore,
+    open: AtomicBool,
+    failures: AtomicU32,
+    failure_threshold: u32,
+    fallback_ttl: Duration,
+    probe_interval: Duration,
+    /// Invalidations Redis has not heard yet, in order.
+    pending: Mutex<Vec<(String, Invalidation)>>,
+    /// Recent invalidations, replayed to a Redis that restarted.
+    recent: Mutex<VecDeque<(Instant, String, Invalidation)>>,
+    run_id: Mutex<Option<String>>,
+    listener: Mutex<Option<InvalidationListener>>,
+    /// Times the circuit opened (for stats and tests).
+    openings: AtomicU64,
+}
+
+impl FallbackStoreBuilder {
+    /// Longest life of an entry written while falling back (default 30 s).
+    pub fn fallback_ttl(mut self, ttl: Duration) -> Self {
+        self.fallback_ttl = ttl;
+        self
+    }
+
+    /// Failures in a row that open the circuit (default 3).
+    pub fn failure_threshold(mut self, failures: u32) -> Self {
+        self.failure_threshold = failures.max(1);
+        self
+    }
+
+    /// How often the background probe checks Redis (default 500 ms).
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// Build the store: one `PING` decides whether to start on Redis or, at once, on
+    /// memory. Never fails. Must be called within a Tokio runtime.
+    pub async fn build(self) -> FallbackStore {
+        let inner = Arc::new(Inner {
+            redis: self.redis,
+            memory: self.memory,
+            open: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            failure_threshold: self.failure_threshold,
+            fallback_ttl: self.fallback_ttl,
+            probe_interval: self.probe_interval,
+            pending: Mutex::new(Vec::new()),
+            recent: Mutex::new(VecDeque::new()),
+            run_id: Mutex::new(None),
+            listener: Mutex::new(None),
+            openings: AtomicU64::new(0),
+        });
+        match inner.redis.run_id().await {
+            Ok(run_id) => *lock(&inner.run_id) = Some(run_id),
+            Err(error) => {
+                tracing::warn!(%error, "Redis is unreachable at start: serving from memory until it answers");
+                inner.open_circuit();
+            }
+        }
+        // Remote invalidations drop local entries too, and a lost channel drops them all.
+        let weak = Arc::downgrade(&inner);
+        inner.redis.set_listener(Arc::new(move |event| {
+            let Some(inner) = weak.upgrade() else { return };
+            match event {
+                StoreEvent::Remote {
+                    namespace,
+                    invalidation,
+                } => inner.apply_locally(namespace, invalidation),
+                StoreEvent::ChannelLost => {
+                    inner.memory.clear();
+                }
+            }
+            let listener = lock(&inner.listener).clone();
+            if let Some(listener) = listener {
+                listener(event);
+            }
+        }));
+        tokio::spawn(probe(Arc::downgrade(&inner)));
+        FallbackStore { inner }
+    }
+}
+
+impl FallbackStore {
+    /// A builder combining `redis` with the `memory` fallback.
+    pub fn builder(redis: RedisStore, memory: MemoryStore) -> FallbackStoreBuilder {
+        FallbackStoreBuilder {
+            redis,
+            memory,
+            fallback_ttl: Duration::from_secs(30),
+            failure_threshold: 3,
+            probe_interval: Duration::from_millis(500),
+        }
+    }
+
+    /// Whether the circuit is open (serving from memory).
+    pub fn is_falling_back(&self) -> bool {
+        self.inner.open.load(Ordering::Acquire)
+    }
+
+    /// Invalidations waiting for Redis to return.
+    pub fn pending_invalidations(&self) -> usize {
+        lock(&self.inner.pending).len()
+    }
+}
+
+impl Inner {
+    fn open_circuit(&self) {
+        if !self.open.swap(true, Ordering::AcqRel) {
+            self.openings.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("tower_response_cache_circuit_opened_total").increment(1);
+            tracing::warn!("Redis circuit open: serving from memory");
+        }
+    }
+
+    fn failed(&self, error: &StoreError) {
+        if !error.is_unavailable() {
+            return;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::debug!(%error, failures, "Redis call failed");
+        if failures >= self.failure_threshold {
+            self.open_circuit();
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn apply_locally(&self, namespace: &str, invalidation: &Invalidation) {
+        // The memory store applies at call time; its future only reports the count.
+        match invalidation {
+            Invalidation::Pattern(p) => {
+                let pattern = Pattern::new(p);
+                drop(self.memory.invalidate(namespace, &pattern));
+            }
+            Invalidation::Tag(t) => drop(self.memory.invalidate_tag(namespace, t)),
+            Invalidation::All => drop(self.memory.invalidate_all(namespace)),
+        }
+    }
+
+    fn remember(&self, namespace: &str, invalidation: &Invalidation) {
+        let now = Instant::now();
+        let mut recent = lock(&self.recent);
+        recent.push_back((now, namespace.to_owned(), invalidation.clone()));
+        while recent.len() > MAX_REMEMBERED
+            || recent
+                .front()
+                .is_some_and(|(at, _, _)| now.duration_since(*at) > REPLAY_WINDOW)
+        {
+            recent.pop_front();
+        }
+    }
+
+    async fn invalidate(
+        &self,
+        namespace: &str,
+        invalidation: Invalidation,
+    ) -> Result<u64, StoreError> {
+        self.remember(namespace, &invalidation);
+        let local = match &invalidation {
+            Invalidation::Pattern(p) => self.memory.invalidate(namespace, &Pattern::new(p)).await,
+            Invalidation::Tag(t) => self.memory.invalidate_tag(namespace, t).await,
+            Invalidation::All => self.memory.invalidate_all(namespace).await,
+        }
+        .unwrap_or(0);
+        if !self.open.load(Ordering::Acquire) {
+            match send(&self.redis, namespace, &invalidation).await {
+                Ok(removed) => {
+                    self.succeeded();
+                    return Ok(removed + local);
+                }
+                Err(error) => self.failed(&error),
+            }
+        }
+        lock(&self.pending).push((namespace.to_owned(), invalidation));
+        Err(StoreError::unavailable(
+            "Redis was not reached: the invalidation applied locally and will be replayed to Redis before it is read again",
+            format!("{local} local entries removed"),
+        ))
+    }
+
+    /// Replay queued invalidations in order; stops at the first failure, keeping the rest.
+    async fn replay(&self) -> bool {
+        loop {
+            let next = lock(&self.pending).first().cloned();
+            let Some((namespace, invalidation)) = next else {
+                return true;
+            };
+            if let Err(error) = send(&self.redis, &namespace, &invalidation).await {
+                tracing::debug!(%error, "replaying invalidations to Redis failed; retrying later");
+                return false;
+            }
+            lock(&self.pending).remove(0);
+        }
+    }
+}
+
+async fn send(
+    redis: &RedisStore,
+    namespace: &str,
+    invalidation: &Invalidation,
+) -> Result<u64, StoreError> {
+    match invalidation {
+        Invalidation::Pattern(p) => redis.invalidate(namespace, &Pattern::new(p)).await,
+        Invalidation::Tag(t) => redis.invalidate_tag(namespace, t).await,
+        Invalidation::All => redis.invalidate_all(namespace).await,
+    }
+}
+
+/// The background probe: heals an open circuit, and catches a restarted Redis.
+async fn probe(store: Weak<Inner>) {
+    let Some(interval) = store.upgrade().map(|i| i.probe_interval) else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = store.upgrade() else { return };
+        let run_id = inner.redis.run_id().await;
+        if inner.open.load(Ordering::Acquire) {
+            let Ok(run_id) = run_id else { continue };
+            let restarted = lock(&inner.run_id)
+                .as_ref()
+                .is_some_and(|old| *old != run_id);
+            if restarted {
+                queue_recent(&inner);
+            }
+            if !inner.replay().await {
+                continue;
+            }
+            // Entries written while deaf to other processes are not trusted any longer.
+            inner.memory.clear();
+            *lock(&inner.run_id) = Some(run_id);
+            inner.failures.store(0, Ordering::Release);
+            inner.open.store(false, Ordering::Release);
+            tracing::info!("Redis answers again: circuit closed");
+        } else {
+            match run_id {
+                Ok(run_id) => {
+                    let restarted = lock(&inner.run_id)
+                        .replace(run_id.clone())
+                        .is_some_and(|old| old != run_id);
+                    if restarted {
+                        tracing::warn!("Redis restarted: replaying recent invalidations before reading it again");
+                        inner.open_circuit();
+                        queue_recent(&inner);
+                    }
+                }
+                Err(error) => inner.failed(&error),
+            }
+        }
+    }
+}
+
+/// Queue every remembered invalidation for replay (ahead of newer pending ones).
+fn queue_recent(inner: &Inner) {
+    let recent: Vec<(String, Invalidation)> = lock(&inner.recent)
+        .iter()
+        .map(|(_, ns, inv)| (ns.clone(), inv.clone()))
+        .collect();
+    let mut pending = lock(&inner.pending);
+    // Pending ones are normally among the remembered; keep any that aged out of memory.
+    let older: Vec<_> = pending.drain(..).filter(|p| !recent.contains(p)).collect();
+    pending.extend(older);
+    pending.extend(recent);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Store for FallbackStore {
+    fn get<'a>(&'a self, key: StoreKey<'a>) -> StoreFuture<'a, Option<Variants>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if !inner.open.load(Ordering::Acquire) {
+                match inner.redis.get(key).await {
+                    Ok(found) => {
+                        inner.succeeded();
+                        return Ok(found);
+                    }
+                    Err(error) => inner.failed(&error),
+                }
+            }
+            Ok(inner.memory.get_now(key))
+        })
+    }
+
+    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>, token: u64) -> StoreFuture<'a, ()> {
+        let inner = &self.inner;
+        if inner.open.load(Ordering::Acquire) {
+            // Applied now, under the caller's ban lock (see `Store`).
+            inner
+                .memory
+                .put_now(key, Arc::new(entry.capped(inner.fallback_ttl)));
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        Box::pin(async move {
+            match inner.redis.put(key, entry.clone(), token).await {
+                Ok(()) => {
+                    inner.succeeded();
+                    Ok(())
+                }
+                Err(error) => {
+                    inner.failed(&error);
+                    if error.is_unavailable() {
+                        inner
+                            .memory
+                            .put_now(key, Arc::new(entry.capped(inner.fallback_ttl)));
+                        Ok(())
+                    } else {
+                        Err(error)
+                    }
+                }
+            }
+        })
+    }
+
+    fn write_token(&self) -> u64 {
+        self.inner.redis.write_token()
+    }
+
+    fn set_listener(&self, listener: InvalidationListener) {
+        *lock(&self.inner.listener) = Some(listener);
+    }
+
+    fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
+        Box::pin(self.inner.invalidate(
+            namespace,
+            Invalidation::Pattern(pattern.as_str().to_owned()),
+        ))
+    }
+
+    fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(
+            self.inner
+                .invalidate(namespace, Invalidation::Tag(tag.to_owned())),
+        )
+    }
+
+    fn invalidate_all<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(self.inner.invalidate(namespace, Invalidation::All))
+    }
+
+    fn backend(&self) -> Backend {
+        if self.is_falling_back() {
+            Backend::FallingBack
+        } else {
+            Backend::Redis
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.inner.memory.stats()
+    }
+}
+
+impl std::fmt::Debug for FallbackStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FallbackStore")
+            .field("falling_back", &self.is_falling_back())
+            .field("openings", &self.inner.openings.load(Ordering::Relaxed))
+            .field("pending_invalidations", &self.pending_invalidations())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for FallbackStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FallbackStoreBuilder")
+            .field("fallback_ttl", &self.fallback_ttl)
+            .field("failure_threshold", &self.failure_threshold)
+            .field("probe_interval", &self.probe_interval)
+            .finish()
+    }
+}
