@@ -513,6 +513,23 @@ async fn listen(store: std::sync::Weak<Inner>) {
                 continue;
             }
         };
+        // Catch up with invalidations made before we listened, so our writes are not
+        // refused for carrying an old generation.
+        if let Some(inner) = store.upgrade() {
+            let current = RedisStore { inner };
+            if let Ok(Some(generation)) = current
+                .query::<Option<u64>>(
+                    redis::cmd("GET").arg(GENERATION_KEY).clone(),
+                    current.inner.scan_deadline,
+                )
+                .await
+            {
+                current
+                    .inner
+                    .generation
+                    .fetch_max(generation, Ordering::Relaxed);
+            }
+        }
         if connected_before {
             if let Some(inner) = store.upgrade() {
                 tracing::warn!("invalidation channel was lost and is back: dropping local entries");
