@@ -9,13 +9,14 @@
 //!
 //! Run with `cargo bench --bench store -- --noplot`; see BENCHMARKS.md.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use http::header::{ACCEPT, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -98,10 +99,14 @@ fn entry() -> Arc<Entry> {
 }
 
 fn key(logical: &str) -> StoreKey<'_> {
+    key_in(logical, 0)
+}
+
+fn key_in(logical: &str, variant: u64) -> StoreKey<'_> {
     StoreKey {
         namespace: NAMESPACE,
         logical,
-        variant: 0,
+        variant,
     }
 }
 
@@ -114,9 +119,16 @@ fn long_query() -> String {
     pairs.join("&")
 }
 
-async fn put_all(store: &MemoryStore, entry: &Arc<Entry>, keys: &[&String]) {
+/// Put `keys` under `variant`. Keys put back after an invalidation use a new variant each
+/// time: the memory store's eviction queue keeps one reference per put, and drops only those
+/// whose (key, variant) is gone, so putting back under the same variant would pile up
+/// references (see BENCHMARKS.md) and time that instead.
+async fn put_all(store: &MemoryStore, entry: &Arc<Entry>, keys: &[&String], variant: u64) {
     for k in keys {
-        store.put(key(k), entry.clone()).await.unwrap();
+        store
+            .put(key_in(k, variant), entry.clone(), store.write_token())
+            .await
+            .unwrap();
     }
 }
 
@@ -160,7 +172,11 @@ fn store_benches(c: &mut Criterion) {
     let entry = entry();
     rt.block_on(async {
         store
-            .put(key("/api/dashboard/ABC"), entry.clone())
+            .put(
+                key("/api/dashboard/ABC"),
+                entry.clone(),
+                store.write_token(),
+            )
             .await
             .unwrap()
     });
@@ -177,16 +193,54 @@ fn store_benches(c: &mut Criterion) {
             black_box(found.is_none())
         })
     });
-    group.bench_function("put_replace", |b| {
-        b.to_async(&rt).iter(|| async {
-            store
-                .put(key("/api/dashboard/ABC"), entry.clone())
-                .await
-                .unwrap()
+    // A new key per put, 2 KiB entries in a 64 MiB budget: past ~28 000 keys each put evicts.
+    let distinct = MemoryStore::builder().max_bytes(64 << 20).build();
+    let mut n = 0u64;
+    group.bench_function("put_distinct_keys", |b| {
+        b.to_async(&rt).iter(|| {
+            n += 1;
+            let logical = format!("/api/item/{n}");
+            let (distinct, entry) = (&distinct, &entry);
+            async move {
+                distinct
+                    .put(key(&logical), entry.clone(), distinct.write_token())
+                    .await
+                    .unwrap()
+            }
         })
     });
     group.finish();
     assert_eq!(store.stats().entries, 1);
+    assert!(distinct.stats().bytes <= 64 << 20);
+
+    // Replacing one key n times on a fresh store. The eviction queue gains a reference per
+    // put that is not dropped while the key is stored; past 2 × entries + 1 024 references
+    // every put scans the whole queue, so the cost per put grows with n (see BENCHMARKS.md).
+    let mut group = c.benchmark_group("memory_store_replace");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10);
+    for n in [1_000u64, 2_000] {
+        group.throughput(Throughput::Elements(n));
+        group.bench_function(format!("same_key_x{n}"), |b| {
+            b.to_async(&rt).iter(|| {
+                let entry = &entry;
+                async move {
+                    let fresh = MemoryStore::builder().max_bytes(64 << 20).build();
+                    for _ in 0..n {
+                        fresh
+                            .put(
+                                key("/api/dashboard/ABC"),
+                                entry.clone(),
+                                fresh.write_token(),
+                            )
+                            .await
+                            .unwrap();
+                    }
+                    fresh
+                }
+            })
+        });
+    }
+    group.finish();
 }
 
 fn invalidate_benches(c: &mut Criterion) {
@@ -195,27 +249,30 @@ fn invalidate_benches(c: &mut Criterion) {
     let cache = handle(&store);
     let entry = entry();
     let logical: Vec<String> = (0..KEYS).map(|i| format!("/api/dashboard/{i}")).collect();
-    rt.block_on(put_all(&store, &entry, &logical.iter().collect::<Vec<_>>()));
+    rt.block_on(put_all(
+        &store,
+        &entry,
+        &logical.iter().collect::<Vec<_>>(),
+        0,
+    ));
     assert_eq!(store.stats().entries, KEYS as u64);
-
-    // Keys a glob removes, put back (untimed) before the next iteration.
-    let matching = |prefix: &str| -> Vec<&String> {
-        logical.iter().filter(|k| k.starts_with(prefix)).collect()
-    };
+    let variant = Cell::new(0u64);
 
     let mut group = c.benchmark_group("invalidate_10k_keys");
+    // One stored key removed per iteration, then put back (untimed).
     let exact = &logical[KEYS / 2];
     group.bench_function("exact_present", |b| {
         b.to_async(&rt).iter_custom(|iters| {
-            let (cache, store, entry) = (&cache, &store, &entry);
+            let (cache, store, entry, variant) = (&cache, &store, &entry, &variant);
             async move {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    put_all(store, entry, &[exact]).await;
                     let start = Instant::now();
                     let removed = cache.invalidate(exact).await.unwrap();
                     total += start.elapsed();
                     assert_eq!(removed, 1);
+                    variant.set(variant.get() + 1);
+                    put_all(store, entry, &[exact], variant.get()).await;
                 }
                 total
             }
@@ -229,25 +286,31 @@ fn invalidate_benches(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { black_box(cache.invalidate("/api/other/*").await.unwrap()) })
     });
-    let some = matching("/api/dashboard/12");
+    // `/api/dashboard/12*`: 12, 120-129, 1200-1299; put back (untimed) after each removal.
+    let some: Vec<&String> = logical
+        .iter()
+        .filter(|k| k.starts_with("/api/dashboard/12"))
+        .collect();
     group.bench_function("glob_matching_111", |b| {
         b.to_async(&rt).iter_custom(|iters| {
-            let (cache, store, entry, some) = (&cache, &store, &entry, &some);
+            let (cache, store, entry, some, variant) = (&cache, &store, &entry, &some, &variant);
             async move {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    put_all(store, entry, some).await;
                     let start = Instant::now();
                     let removed = cache.invalidate("/api/dashboard/12*").await.unwrap();
                     total += start.elapsed();
                     assert_eq!(removed, some.len() as u64);
+                    variant.set(variant.get() + 1);
+                    put_all(store, entry, some, variant.get()).await;
                 }
                 total
             }
         })
     });
     group.finish();
-    assert_eq!(store.stats().entries, KEYS as u64 - 1 - some.len() as u64);
+    // Every removed key was put back.
+    assert_eq!(store.stats().entries, KEYS as u64);
 }
 
 criterion_group! {
