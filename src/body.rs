@@ -45,6 +45,10 @@ pub(crate) struct Recorder {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) ttl: std::time::Duration,
+    /// Stale-while-revalidate and stale-if-error windows.
+    pub(crate) stale: (std::time::Duration, std::time::Duration),
+    /// Give the entry a strong `ETag` (hash of the body) when it has none.
+    pub(crate) etag: bool,
     pub(crate) tags: Vec<String>,
     pub(crate) vary: Vary,
     pub(crate) limit: usize,
@@ -73,7 +77,17 @@ impl Recorder {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let entry = Entry::new(self.status, self.headers, self.buffer.freeze(), self.ttl)
+        let body = self.buffer.freeze();
+        let mut headers = self.headers;
+        if self.etag && !headers.contains_key(http::header::ETAG) {
+            let tag = format!("\"{:032x}\"", xxhash_rust::xxh3::xxh3_128(&body));
+            headers.insert(
+                http::header::ETAG,
+                http::HeaderValue::try_from(tag).expect("hex is a valid header value"),
+            );
+        }
+        let entry = Entry::new(self.status, headers, body, self.ttl)
+            .with_stale(self.stale.0, self.stale.1)
             .with_tags(self.tags)
             .with_vary(self.vary);
         let (handle, logical, variant, ticket, leader) = (

@@ -28,7 +28,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use crate::clock;
 
 const MAGIC: &[u8; 4] = b"TRC\x00";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Fixed per-entry overhead counted against a memory budget (struct, map slot, Arc).
 const OVERHEAD_BYTES: usize = 160;
 
@@ -39,6 +39,10 @@ pub struct Entry {
     body: Bytes,
     stored_at_ms: u64,
     ttl: Duration,
+    /// How long after expiry the entry may still be served while it is refreshed.
+    stale_while_revalidate: Duration,
+    /// How long after expiry the entry may still be served when the origin fails.
+    stale_if_error: Duration,
     tags: Vec<String>,
     vary: Vary,
     /// Coarse last-access time (seconds on [`clock`]), for the memory store's eviction.
@@ -81,6 +85,8 @@ impl Entry {
             body,
             stored_at_ms: now,
             ttl,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
             tags: Vec::new(),
             vary: Vary::default(),
             last_access: AtomicU64::new(now / 1000),
@@ -90,6 +96,14 @@ impl Entry {
     /// Attach invalidation tags (from the `Cache-Tag` response header).
     pub fn with_tags(mut self, tags: Vec<String>) -> Self {
         self.tags = tags;
+        self
+    }
+
+    /// Allow serving the entry stale: `while_revalidate` after expiry while one background
+    /// request refreshes it, `if_error` after expiry when the origin fails.
+    pub fn with_stale(mut self, while_revalidate: Duration, if_error: Duration) -> Self {
+        self.stale_while_revalidate = while_revalidate;
+        self.stale_if_error = if_error;
         self
     }
 
@@ -124,7 +138,6 @@ impl Entry {
     }
 
     /// A copy whose TTL is at most `cap` (bodies are shared, not copied).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn capped(&self, cap: Duration) -> Entry {
         Entry {
             status: self.status,
@@ -132,6 +145,8 @@ impl Entry {
             body: self.body.clone(),
             stored_at_ms: self.stored_at_ms,
             ttl: self.ttl.min(cap),
+            stale_while_revalidate: self.stale_while_revalidate.min(cap),
+            stale_if_error: self.stale_if_error.min(cap),
             tags: self.tags.clone(),
             vary: self.vary.clone(),
             last_access: AtomicU64::new(self.last_access_secs()),
@@ -142,14 +157,53 @@ impl Entry {
         &self.vary
     }
 
+    /// A copy that expired at `now_ms` but keeps its stale windows (soft invalidation).
+    pub(crate) fn expired_at(&self, now_ms: u64) -> Entry {
+        Entry {
+            ttl: Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms)),
+            ..self.capped(Duration::MAX)
+        }
+    }
+
+    /// Whether the entry may be served stale at `now_ms` while it is refreshed.
+    pub(crate) fn within_stale_while_revalidate(&self, now_ms: u64) -> bool {
+        now_ms
+            < self
+                .expires_at_ms()
+                .saturating_add(millis(self.stale_while_revalidate))
+    }
+
+    /// Whether the entry may be served stale at `now_ms` when the origin fails.
+    pub(crate) fn within_stale_if_error(&self, now_ms: u64) -> bool {
+        now_ms
+            < self
+                .expires_at_ms()
+                .saturating_add(millis(self.stale_if_error))
+    }
+
+    /// Whether the entry is of no use any more, fresh or stale.
+    pub(crate) fn is_dead_at(&self, now_ms: u64) -> bool {
+        !self.within_stale_while_revalidate(now_ms) && !self.within_stale_if_error(now_ms)
+    }
+
+    /// How long the store must keep the entry: its TTL plus its longest stale window.
+    pub(crate) fn retention(&self) -> Duration {
+        self.ttl
+            .saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
+    }
+
+    /// Whole seconds since the entry expired (0 while fresh).
+    pub(crate) fn stale_secs(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.expires_at_ms()) / 1000
+    }
+
     /// Milliseconds since the Unix epoch when the entry was stored.
     pub fn stored_at_millis(&self) -> u64 {
         self.stored_at_ms
     }
 
     fn expires_at_ms(&self) -> u64 {
-        self.stored_at_ms
-            .saturating_add(self.ttl.as_millis().min(u64::MAX as u128) as u64)
+        self.stored_at_ms.saturating_add(millis(self.ttl))
     }
 
     /// Whether the entry is still fresh at `now_ms`.
@@ -196,7 +250,9 @@ impl Entry {
         out.put_u8(VERSION);
         out.put_u16(self.status.as_u16());
         out.put_u64(self.stored_at_ms);
-        out.put_u64(self.ttl.as_millis().min(u64::MAX as u128) as u64);
+        out.put_u64(millis(self.ttl));
+        out.put_u64(millis(self.stale_while_revalidate));
+        out.put_u64(millis(self.stale_if_error));
         out.put_u64(self.vary.hash);
         out.put_u32(self.vary.names.len() as u32);
         for name in &self.vary.names {
@@ -225,10 +281,12 @@ impl Entry {
         if buf.get_u8() != VERSION {
             return Err(bad("unknown version"));
         }
-        need(buf, 2 + 8 + 8 + 8)?;
+        need(buf, 2 + 8 + 8 + 8 + 8 + 8)?;
         let status = StatusCode::from_u16(buf.get_u16()).map_err(|_| bad("invalid status code"))?;
         let stored_at_ms = buf.get_u64();
         let ttl = Duration::from_millis(buf.get_u64());
+        let stale_while_revalidate = Duration::from_millis(buf.get_u64());
+        let stale_if_error = Duration::from_millis(buf.get_u64());
         let vary_hash = buf.get_u64();
         let mut names = Vec::new();
         for _ in 0..get_count(&mut buf)? {
@@ -259,6 +317,8 @@ impl Entry {
             body,
             stored_at_ms,
             ttl,
+            stale_while_revalidate,
+            stale_if_error,
             tags,
             vary: Vary {
                 names,
@@ -267,6 +327,10 @@ impl Entry {
             last_access: AtomicU64::new(clock::now_millis() / 1000),
         })
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
 }
 
 fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
@@ -332,6 +396,7 @@ mod tests {
             Duration::from_secs(42),
         )
         .with_tags(vec!["company:ABC".into(), "dashboard".into()])
+        .with_stale(Duration::from_secs(5), Duration::from_secs(600))
         .with_vary(Vary {
             names: vec![HeaderName::from_static("accept-language")],
             hash: 7,
@@ -348,6 +413,12 @@ mod tests {
         assert_eq!(back.ttl(), Duration::from_secs(42));
         assert_eq!(back.stored_at_millis(), entry.stored_at_millis());
         assert_eq!(back.tags(), entry.tags());
+        assert_eq!(back.retention(), Duration::from_secs(642));
+        let expired = back.stored_at_millis() + 42_000;
+        assert!(back.within_stale_while_revalidate(expired + 4_999));
+        assert!(!back.within_stale_while_revalidate(expired + 5_000));
+        assert!(back.within_stale_if_error(expired + 599_999));
+        assert!(back.is_dead_at(expired + 600_000));
         assert_eq!(back.vary(), entry.vary());
     }
 

@@ -58,8 +58,14 @@ pub(crate) struct Shared {
     namespace: Box<str>,
     ttl: Duration,
     coalesce_timeout: Duration,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    hit_for_miss_ttl: Duration,
     bans: BanLog,
     flights: Arc<Coalescer>,
+    /// Keys whose last response could not be stored (hash of key → until when): their
+    /// misses go straight to the origin instead of queueing behind each other.
+    hit_for_miss: dashmap::DashMap<u64, tokio::time::Instant>,
     pub(crate) counters: Counters,
 }
 
@@ -70,6 +76,9 @@ pub struct CacheHandleBuilder {
     namespace: String,
     ttl: Duration,
     coalesce_timeout: Duration,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    hit_for_miss_ttl: Duration,
 }
 
 /// An invalidation did not reach the store. The local part of it still applied: no
@@ -102,6 +111,8 @@ pub(crate) struct Ticket {
 /// What a lookup found.
 pub(crate) enum Found {
     Hit(Arc<Entry>),
+    /// An expired entry still within one of its stale windows.
+    Stale(Arc<Entry>),
     /// Nothing under this URL.
     UriMiss,
     /// Entries exist under this URL, but for other values of the `Vary` headers.
@@ -128,6 +139,29 @@ impl CacheHandleBuilder {
         self
     }
 
+    /// Serve an expired entry for this long while one background request refreshes it
+    /// (RFC 5861 `stale-while-revalidate`; default 0: never). A response's own
+    /// `Cache-Control: stale-while-revalidate=N` wins.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = window;
+        self
+    }
+
+    /// Serve an expired entry for this long when the origin fails (5xx, an error, or the
+    /// policy's origin timeout; RFC 5861 `stale-if-error`; default 0: never).
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = window;
+        self
+    }
+
+    /// After a response for a key could not be stored, let misses of that key go to the
+    /// origin without waiting for each other for this long (Varnish's hit-for-miss;
+    /// default 10 s).
+    pub fn hit_for_miss_ttl(mut self, ttl: Duration) -> Self {
+        self.hit_for_miss_ttl = ttl;
+        self
+    }
+
     /// Build the handle.
     ///
     /// # Panics
@@ -143,8 +177,12 @@ impl CacheHandleBuilder {
                 namespace: self.namespace.into_boxed_str(),
                 ttl: self.ttl,
                 coalesce_timeout: self.coalesce_timeout,
+                stale_while_revalidate: self.stale_while_revalidate,
+                stale_if_error: self.stale_if_error,
+                hit_for_miss_ttl: self.hit_for_miss_ttl,
                 bans: BanLog::default(),
                 flights: Arc::new(Coalescer::default()),
+                hit_for_miss: dashmap::DashMap::new(),
                 counters: Counters::default(),
             }),
         };
@@ -177,6 +215,9 @@ impl CacheHandle {
             namespace: "cache".to_owned(),
             ttl: Duration::from_secs(3600),
             coalesce_timeout: Duration::from_secs(10),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            hit_for_miss_ttl: Duration::from_secs(10),
         }
     }
 
@@ -222,6 +263,24 @@ impl CacheHandle {
         self.report("invalidate", result)
     }
 
+    /// Mark entries whose logical key matches `pattern` stale instead of removing them:
+    /// they are served under their stale-while-revalidate window while one request refreshes
+    /// them (for pipelines that prefer a fast page over a fresh one for a few seconds).
+    /// Entries without such a window are removed. Responses fetched before the call are not
+    /// stored after it, as with [`invalidate`](Self::invalidate). The memory store marks in
+    /// place; Redis stores remove (hard invalidation is always the safe side).
+    pub async fn invalidate_soft(&self, pattern: &str) -> Result<u64, CacheError> {
+        let pattern = Pattern::new(pattern);
+        bump!(self.shared.counters, invalidations);
+        self.shared.bans.record(Ban::Pattern(&pattern));
+        let result = self
+            .shared
+            .store
+            .invalidate_soft(&self.shared.namespace, &pattern)
+            .await;
+        self.report("invalidate_soft", result)
+    }
+
     /// Remove every entry whose response named `tag` in its `Cache-Tag` header.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, CacheError> {
         bump!(self.shared.counters, invalidations);
@@ -265,6 +324,7 @@ impl CacheHandle {
         CacheStats {
             hits: c.hits.get(),
             misses: c.misses.get(),
+            stale: c.stale.get(),
             stores: c.stores.get(),
             evictions: store.evictions,
             bypasses: c.bypasses.get(),
@@ -390,6 +450,55 @@ impl CacheHandle {
         self.shared.coalesce_timeout
     }
 
+    /// The handle's stale windows, for responses that name none.
+    pub(crate) fn default_stale(&self) -> (Duration, Duration) {
+        (
+            self.shared.stale_while_revalidate,
+            self.shared.stale_if_error,
+        )
+    }
+
+    fn hit_for_miss_key(logical: &str, variant: u64) -> u64 {
+        xxhash_rust::xxh3::xxh3_64_with_seed(logical.as_bytes(), variant)
+    }
+
+    /// Was the last response for this key unstorable (recently)?
+    pub(crate) fn is_hit_for_miss(&self, logical: &str, variant: u64) -> bool {
+        let key = Self::hit_for_miss_key(logical, variant);
+        match self.shared.hit_for_miss.get(&key).map(|until| *until) {
+            Some(until) if until > tokio::time::Instant::now() => true,
+            Some(_) => {
+                self.shared.hit_for_miss.remove(&key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Remember (or forget) that a key's response could not be stored.
+    pub(crate) fn set_hit_for_miss(&self, logical: &str, variant: u64, uncacheable: bool) {
+        let key = Self::hit_for_miss_key(logical, variant);
+        let map = &self.shared.hit_for_miss;
+        if !uncacheable {
+            if !map.is_empty() {
+                map.remove(&key);
+            }
+            return;
+        }
+        if self.shared.hit_for_miss_ttl.is_zero() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        // Bounded: a flood of unstorable URLs must not grow this without limit.
+        if map.len() >= 10_000 {
+            map.retain(|_, until| *until > now);
+            if map.len() >= 10_000 {
+                map.clear();
+            }
+        }
+        map.insert(key, now + self.shared.hit_for_miss_ttl);
+    }
+
     fn store_key<'a>(&'a self, logical: &'a str, variant: u64) -> StoreKey<'a> {
         StoreKey {
             namespace: &self.shared.namespace,
@@ -420,21 +529,25 @@ impl CacheHandle {
             }
         };
         let now = clock::now_millis();
-        let mut any_fresh = false;
+        let mut any_usable = false;
+        let mut stale = None;
         for entry in variants.iter() {
-            if !entry.is_fresh_at(now) {
+            if entry.is_dead_at(now) {
                 continue;
             }
-            any_fresh = true;
+            any_usable = true;
             let vary = entry.vary();
             if vary_hash(&vary.names, request_headers) == vary.hash {
-                return Found::Hit(entry.clone());
+                if entry.is_fresh_at(now) {
+                    return Found::Hit(entry.clone());
+                }
+                stale = Some(entry.clone());
             }
         }
-        if any_fresh {
-            Found::VaryMiss
-        } else {
-            Found::UriMiss
+        match stale {
+            Some(entry) => Found::Stale(entry),
+            None if any_usable => Found::VaryMiss,
+            None => Found::UriMiss,
         }
     }
 

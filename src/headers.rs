@@ -16,6 +16,7 @@ const CACHE_NAME: &str = "tower-response-cache";
 pub(crate) const HIT: HeaderValue = HeaderValue::from_static("HIT");
 pub(crate) const MISS: HeaderValue = HeaderValue::from_static("MISS");
 pub(crate) const BYPASS: HeaderValue = HeaderValue::from_static("BYPASS");
+pub(crate) const STALE: HeaderValue = HeaderValue::from_static("STALE");
 
 /// Why a request was forwarded, as RFC 9211 spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub(crate) enum Forward {
     Request,
     UriMiss,
     VaryMiss,
+    /// The entry had expired.
+    Stale,
 }
 
 impl Forward {
@@ -35,6 +38,7 @@ impl Forward {
             Forward::Request => "request",
             Forward::UriMiss => "uri-miss",
             Forward::VaryMiss => "vary-miss",
+            Forward::Stale => "stale",
         }
     }
 }
@@ -66,6 +70,20 @@ pub(crate) fn forward_status(
         value.push_str("; stored");
     }
     push_detail(&mut value, [detail, fallback.then_some("fallback")]);
+    HeaderValue::try_from(value).expect("ASCII header value")
+}
+
+/// An expired entry served: `tower-response-cache; hit; ttl=-3;
+/// detail=stale-while-revalidate` or `tower-response-cache; fwd=stale; ttl=-3;
+/// detail=stale-if-error`.
+pub(crate) fn stale_status(stale_secs: u64, on_error: bool, fallback: bool) -> HeaderValue {
+    let (head, detail) = if on_error {
+        ("fwd=stale", "stale-if-error")
+    } else {
+        ("hit", "stale-while-revalidate")
+    };
+    let mut value = format!("{CACHE_NAME}; {head}; ttl=-{stale_secs}");
+    push_detail(&mut value, [Some(detail), fallback.then_some("fallback")]);
     HeaderValue::try_from(value).expect("ASCII header value")
 }
 

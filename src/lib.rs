@@ -38,6 +38,7 @@
 #![warn(missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod answer;
 mod ban;
 mod body;
 mod clock;
@@ -51,9 +52,15 @@ mod key;
 mod layer;
 mod pattern;
 pub mod policy;
+mod record;
 mod service;
 mod stats;
 pub mod store;
+
+/// The README's examples, compiled as doc tests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 
 pub use body::ResponseBody;
 pub use config::{CacheConfig, ConfigError};

@@ -40,6 +40,16 @@ pub struct CachePolicy {
     respect_cache_control: bool,
     invalidate_on_unsafe: bool,
     max_body_size: usize,
+    origin_timeout: Option<Duration>,
+    generate_etag: bool,
+}
+
+/// How long a response may be served stale, as its `Cache-Control` says. `None`: the
+/// response does not say, the handle's defaults apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct StaleWindows {
+    pub(crate) while_revalidate: Option<Duration>,
+    pub(crate) if_error: Option<Duration>,
 }
 
 impl Default for CachePolicy {
@@ -54,6 +64,8 @@ impl Default for CachePolicy {
             respect_cache_control: true,
             invalidate_on_unsafe: true,
             max_body_size: 8 << 20,
+            origin_timeout: None,
+            generate_etag: true,
         }
     }
 }
@@ -142,6 +154,56 @@ impl CachePolicy {
     pub fn max_body_size(mut self, bytes: usize) -> Self {
         self.max_body_size = bytes;
         self
+    }
+
+    /// When a stale entry could stand in, give the origin at most this long before serving
+    /// it instead (stale-if-error). Default: no deadline.
+    pub fn origin_timeout(mut self, timeout: Duration) -> Self {
+        self.origin_timeout = Some(timeout);
+        self
+    }
+
+    /// Give stored responses without an `ETag` a strong one (a hash of the body), so hits
+    /// can answer `If-None-Match` with 304 (default `true`).
+    pub fn generate_etag(mut self, generate: bool) -> Self {
+        self.generate_etag = generate;
+        self
+    }
+
+    pub(crate) fn origin_deadline(&self) -> Option<Duration> {
+        self.origin_timeout
+    }
+
+    pub(crate) fn etags(&self) -> bool {
+        self.generate_etag
+    }
+
+    /// `stale-while-revalidate` / `stale-if-error` (RFC 5861); `must-revalidate` and
+    /// `proxy-revalidate` forbid serving stale at all.
+    pub(crate) fn stale_windows(&self, headers: &HeaderMap) -> StaleWindows {
+        let mut windows = StaleWindows::default();
+        if !self.respect_cache_control {
+            return windows;
+        }
+        for (name, value) in directives(headers) {
+            let seconds = || {
+                value
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_secs)
+            };
+            match name.to_ascii_lowercase().as_str() {
+                "stale-while-revalidate" => windows.while_revalidate = seconds(),
+                "stale-if-error" => windows.if_error = seconds(),
+                "must-revalidate" | "proxy-revalidate" => {
+                    return StaleWindows {
+                        while_revalidate: Some(Duration::ZERO),
+                        if_error: Some(Duration::ZERO),
+                    }
+                }
+                _ => {}
+            }
+        }
+        windows
     }
 
     pub(crate) fn keyed_headers(&self) -> &[HeaderName] {
@@ -446,6 +508,23 @@ mod tests {
             storable(200, &[("expires", "0"), ("cache-control", "max-age=5")]),
             Ok(Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn stale_windows_come_from_cache_control() {
+        let p = CachePolicy::default();
+        let w = p.stale_windows(&headers(&[(
+            "cache-control",
+            "max-age=60, stale-while-revalidate=30, stale-if-error=600",
+        )]));
+        assert_eq!(w.while_revalidate, Some(Duration::from_secs(30)));
+        assert_eq!(w.if_error, Some(Duration::from_secs(600)));
+        let w = p.stale_windows(&headers(&[(
+            "cache-control",
+            "stale-while-revalidate=30, must-revalidate",
+        )]));
+        assert_eq!(w.while_revalidate, Some(Duration::ZERO));
+        assert_eq!(p.stale_windows(&HeaderMap::new()), StaleWindows::default());
     }
 
     #[test]

@@ -8,27 +8,32 @@
 //! 4. miss: join the key's flight; a follower waits for the leader's entry, the leader
 //!    calls the inner service;
 //! 5. policy: may the response be stored? If so, its body is recorded as it streams.
+//!
+//! Expired entries get a second life within their stale windows: served at once while one
+//! background request refreshes them (stale-while-revalidate), or served instead of an
+//! origin that fails (stale-if-error).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{AGE, CONTENT_LENGTH};
+use http::header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE};
 use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use crate::body::{Recorder, ResponseBody};
+use crate::answer::{answer, answer_to, Served};
+use crate::body::ResponseBody;
 use crate::clock;
-use crate::coalesce::{follow, Leader, Outcome, Role};
-use crate::entry::{Entry, Vary};
+use crate::coalesce::{follow, Outcome, Role};
 use crate::future::ResponseFuture;
 use crate::handle::{CacheHandle, Found};
-use crate::headers::{self, Forward, CACHE_STATUS, HIT, MISS, X_CACHE};
-use crate::key::{self, VarySpec};
+use crate::headers::{self, Forward, CACHE_STATUS, X_CACHE};
+use crate::key;
 use crate::layer::Config;
 use crate::pattern::Pattern;
-use crate::policy::{BypassReason, NotStorable, RequestAction};
+use crate::policy::{BypassReason, RequestAction};
+use crate::record::{self, Miss};
 use crate::stats::bump;
 
 /// Caches the responses of `S`. Built by [`CacheLayer`](crate::CacheLayer); see the
@@ -149,6 +154,7 @@ where
 }
 
 /// A `GET` or `HEAD` the cache may answer.
+/// A `GET` or `HEAD` the cache may answer.
 async fn serve<S, ReqB, ResB>(
     config: Arc<Config>,
     mut inner: S,
@@ -157,30 +163,53 @@ async fn serve<S, ReqB, ResB>(
     logical: String,
 ) -> Result<Response<ResponseBody<ResB>>, S::Error>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: Body<Data = Bytes>,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
 {
     let handle = &config.handle;
     let counters = &handle.shared().counters;
     let variant = key::variant(&parts, config.policy.keyed_headers());
     let is_head = parts.method == Method::HEAD;
     let mut coalesced = false;
+    // An expired entry that may stand in if the origin fails.
+    let mut stale = None;
     let (forward, leader) = loop {
         let forward = match handle.lookup(&logical, variant, &parts.headers).await {
             Found::Hit(entry) => {
                 bump!(counters, hits);
-                return Ok(hit_response(
+                let served = Served::Hit { coalesced };
+                return Ok(answer(&entry, &parts, served, falling_back(handle)));
+            }
+            Found::Stale(entry) if entry.within_stale_while_revalidate(clock::now_millis()) => {
+                bump!(counters, stale);
+                let response = answer(
                     &entry,
-                    is_head,
-                    coalesced,
+                    &parts,
+                    Served::StaleWhileRevalidate,
                     falling_back(handle),
-                ));
+                );
+                // One refresh per key: if a flight is in the air, it is the refresh.
+                if !is_head {
+                    if let Role::Leader(leader) = handle.flights().join(&logical, variant) {
+                        spawn_refresh(config.clone(), inner, parts, body, logical, variant, leader);
+                    }
+                }
+                return Ok(response);
+            }
+            Found::Stale(entry) => {
+                if entry.within_stale_if_error(clock::now_millis()) {
+                    stale = Some(entry);
+                }
+                Forward::Stale
             }
             Found::UriMiss => Forward::UriMiss,
             Found::VaryMiss => Forward::VaryMiss,
         };
-        if is_head {
-            // A HEAD miss is answered by the origin and never stored as a GET entry.
+        if is_head || handle.is_hit_for_miss(&logical, variant) {
+            // A HEAD miss is answered by the origin and never stored as a GET entry; a key
+            // whose responses are not storable does not queue behind one leader.
             break (forward, None);
         }
         match handle.flights().join(&logical, variant) {
@@ -198,61 +227,109 @@ where
     };
     bump!(counters, misses);
     let ticket = handle.ticket();
-    let request = Request::from_parts(parts, body);
-    let request_headers = request.headers().clone();
-    let response = inner.call(request).await?;
-
-    let (mut parts, body) = response.into_parts();
-    let tags = headers::take_tags(&mut parts.headers);
-    parts.headers.insert(X_CACHE, MISS);
-    let decision = if is_head {
-        Err(None)
-    } else {
-        storable(&config, &parts, &body, &request_headers).map_err(Some)
-    };
-    match decision {
-        Ok((ttl, vary)) => {
-            let mut stored_headers = parts.headers.clone();
-            headers::strip_unstorable(&mut stored_headers);
-            parts.headers.insert(
-                CACHE_STATUS,
-                headers::forward_status(forward, true, None, falling_back(handle)),
-            );
-            let recorder = Recorder {
-                handle: handle.clone(),
-                logical,
-                variant,
-                ticket,
-                status: parts.status,
-                headers: stored_headers,
-                ttl,
-                tags,
-                vary,
-                limit: config.policy.max_body(),
-                leader,
-                buffer: bytes::BytesMut::with_capacity(
-                    body.size_hint().exact().unwrap_or(0).min(1 << 20) as usize,
-                ),
-            };
-            Ok(Response::from_parts(
-                parts,
-                ResponseBody::recording(body, recorder),
-            ))
-        }
-        Err(reason) => {
-            release(leader);
-            parts.headers.insert(
-                CACHE_STATUS,
-                headers::forward_status(
-                    forward,
-                    false,
-                    reason.map(NotStorable::as_str),
-                    falling_back(handle),
-                ),
-            );
-            Ok(Response::from_parts(parts, ResponseBody::passthrough(body)))
-        }
+    let mut parts = parts;
+    let request_headers = parts.headers.clone();
+    if !is_head {
+        // Ask for the full response, so it can be stored; the client's own conditions
+        // are answered from the stored entry later.
+        strip_conditionals(&mut parts.headers);
     }
+    let call = inner.call(Request::from_parts(parts, body));
+    let response = match stale {
+        None => call.await?,
+        Some(entry) => {
+            let answered = match config.policy.origin_deadline() {
+                Some(deadline) => tokio::time::timeout(deadline, call).await.ok(),
+                None => Some(call.await),
+            };
+            match answered {
+                Some(Ok(response)) if !is_origin_failure(response.status()) => response,
+                failure => {
+                    let status = match &failure {
+                        Some(Ok(response)) => response.status().as_u16().to_string(),
+                        Some(Err(_)) => "error".to_owned(),
+                        None => "timeout".to_owned(),
+                    };
+                    tracing::debug!(key = %logical, origin = %status, "origin failed; serving stale");
+                    release(leader);
+                    bump!(counters, stale);
+                    let served = Served::StaleIfError;
+                    return Ok(answer_to(
+                        &entry,
+                        &request_headers,
+                        is_head,
+                        served,
+                        falling_back(handle),
+                    ));
+                }
+            }
+        }
+    };
+    let miss = Miss {
+        logical,
+        variant,
+        ticket,
+        leader,
+        forward,
+        is_head,
+    };
+    Ok(record::response(&config, miss, response, &request_headers))
+}
+
+/// Statuses for which an expired entry is better than the origin's answer (RFC 5861).
+fn is_origin_failure(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+fn strip_conditionals(headers: &mut http::HeaderMap) {
+    for name in [
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_MATCH,
+        IF_UNMODIFIED_SINCE,
+        IF_RANGE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Refresh an entry in the background: the client already has the stale copy. The task
+/// runs to completion (the body is drained and stored) even when no client waits.
+fn spawn_refresh<S, ReqB, ResB>(
+    config: Arc<Config>,
+    mut inner: S,
+    mut parts: http::request::Parts,
+    body: ReqB,
+    logical: String,
+    variant: u64,
+    leader: crate::coalesce::Leader,
+) where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let ticket = config.handle.ticket();
+        let request_headers = parts.headers.clone();
+        strip_conditionals(&mut parts.headers);
+        let Ok(response) = inner.call(Request::from_parts(parts, body)).await else {
+            tracing::debug!(key = %logical, "background refresh failed; the stale entry stays");
+            leader.finish(Outcome::Uncacheable);
+            return;
+        };
+        let miss = Miss {
+            logical,
+            variant,
+            ticket,
+            leader: Some(leader),
+            forward: Forward::Stale,
+            is_head: false,
+        };
+        let response = record::response(&config, miss, response, &request_headers);
+        // Reading the body to its end is what stores it.
+        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+    });
 }
 
 fn falling_back(handle: &CacheHandle) -> bool {
@@ -260,61 +337,10 @@ fn falling_back(handle: &CacheHandle) -> bool {
 }
 
 /// Followers of a leader whose response cannot be stored go to the origin at once.
-fn release(leader: Option<Leader>) {
+fn release(leader: Option<crate::coalesce::Leader>) {
     if let Some(leader) = leader {
         leader.finish(Outcome::Uncacheable);
     }
-}
-
-/// May this response be stored? Returns the TTL and the `Vary` values it was made for.
-fn storable<B: Body>(
-    config: &Config,
-    parts: &http::response::Parts,
-    body: &B,
-    request_headers: &http::HeaderMap,
-) -> Result<(std::time::Duration, Vary), NotStorable> {
-    let ttl = config
-        .policy
-        .storable(parts.status, &parts.headers, config.handle.ttl())?;
-    let names = match key::vary_spec(&parts.headers) {
-        VarySpec::Any => return Err(NotStorable::VaryAny),
-        VarySpec::Headers(names) => names,
-    };
-    let limit = config.policy.max_body() as u64;
-    if body.size_hint().lower() > limit {
-        return Err(NotStorable::TooLarge);
-    }
-    let hash = key::vary_hash(&names, request_headers);
-    Ok((ttl, Vary { names, hash }))
-}
-
-/// Answer from a stored entry: its bytes, plus `Age`, `Cache-Status` and `X-Cache`.
-fn hit_response<B>(
-    entry: &Entry,
-    is_head: bool,
-    coalesced: bool,
-    fallback: bool,
-) -> Response<ResponseBody<B>> {
-    let now = clock::now_millis();
-    let body = if is_head {
-        None
-    } else {
-        Some(entry.body().clone())
-    };
-    let mut response = Response::new(ResponseBody::cached(body));
-    *response.status_mut() = entry.status();
-    let headers = response.headers_mut();
-    *headers = entry.headers().clone();
-    if !is_head && !headers.contains_key(CONTENT_LENGTH) {
-        headers.insert(CONTENT_LENGTH, entry.body().len().into());
-    }
-    headers.insert(AGE, entry.age_secs(now).into());
-    headers.insert(
-        CACHE_STATUS,
-        headers::hit_status(entry.remaining_secs(now), coalesced, fallback),
-    );
-    headers.insert(X_CACHE, HIT);
-    response
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for CacheService<S> {

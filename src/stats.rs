@@ -18,6 +18,8 @@ pub struct CacheStats {
     pub stores: u64,
     /// Entries removed to stay within the memory budget.
     pub evictions: u64,
+    /// Answers served from an expired entry (stale-while-revalidate or stale-if-error).
+    pub stale: u64,
     /// Requests that went around the cache (method, credentials, `no-store`).
     pub bypasses: u64,
     /// Misses that waited for another request's response instead of reaching the origin.
@@ -39,6 +41,7 @@ pub struct CacheStats {
 pub(crate) struct Counters {
     pub(crate) hits: Counter,
     pub(crate) misses: Counter,
+    pub(crate) stale: Counter,
     pub(crate) stores: Counter,
     pub(crate) bypasses: Counter,
     pub(crate) coalesced: Counter,

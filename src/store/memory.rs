@@ -409,7 +409,7 @@ impl MemoryStore {
     /// Remove every expired entry now (the background sweeper calls this periodically).
     pub fn sweep_expired(&self) -> u64 {
         let now = clock::now_millis();
-        self.remove_where(|_| false, |e| !e.is_fresh_at(now))
+        self.remove_where(|_| false, |e| e.is_dead_at(now))
     }
 }
 
@@ -442,6 +442,39 @@ impl Store for MemoryStore {
             }
         };
         Box::pin(std::future::ready(Ok(removed)))
+    }
+
+    fn invalidate_soft<'a>(
+        &'a self,
+        namespace: &'a str,
+        pattern: &'a Pattern,
+    ) -> StoreFuture<'a, u64> {
+        let now = clock::now_millis();
+        let mut marked = 0;
+        for mut slot in self.inner.map.iter_mut() {
+            if !in_namespace(slot.key(), namespace)
+                || !pattern.matches(&slot.key().as_bytes()[namespace.len() + 1..])
+            {
+                continue;
+            }
+            for variants in slot.value_mut().variants.values_mut() {
+                let expired: Vec<Arc<Entry>> = variants
+                    .iter()
+                    .map(|e| {
+                        marked += 1;
+                        if e.is_fresh_at(now) {
+                            Arc::new(e.expired_at(now))
+                        } else {
+                            e.clone()
+                        }
+                    })
+                    .collect();
+                *variants = expired.into();
+            }
+        }
+        // Entries with no stale window are of no use once expired: remove them now.
+        self.remove_where(|key| !in_namespace(key, namespace), |e| e.is_dead_at(now));
+        Box::pin(std::future::ready(Ok(marked)))
     }
 
     fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64> {

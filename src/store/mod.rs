@@ -86,6 +86,18 @@ pub trait Store: Send + Sync + 'static {
     /// many entries were removed (as far as the store can tell).
     fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64>;
 
+    /// Mark entries matching `pattern` stale instead of removing them: they are served under
+    /// their stale-while-revalidate window while one request refreshes them, and removed
+    /// when they have none. Stores that cannot rewrite entries in place remove them (the
+    /// default), which is always safe: hard invalidation beats soft.
+    fn invalidate_soft<'a>(
+        &'a self,
+        namespace: &'a str,
+        pattern: &'a Pattern,
+    ) -> StoreFuture<'a, u64> {
+        self.invalidate(namespace, pattern)
+    }
+
     /// Remove every entry in `namespace` carrying `tag`.
     fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64>;
 
@@ -247,6 +259,13 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64> {
         (**self).invalidate_tag(namespace, tag)
+    }
+    fn invalidate_soft<'a>(
+        &'a self,
+        namespace: &'a str,
+        pattern: &'a Pattern,
+    ) -> StoreFuture<'a, u64> {
+        (**self).invalidate_soft(namespace, pattern)
     }
     fn invalidate_all<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, u64> {
         (**self).invalidate_all(namespace)

@@ -264,7 +264,7 @@ impl RedisStore {
         let ttl_ms = variants
             .iter()
             .chain(std::iter::once(&entry))
-            .map(|e| e.ttl().as_millis().max(1) as u64)
+            .map(|e| e.retention().as_millis().clamp(1, u64::MAX as u128) as u64)
             .max()
             .unwrap_or(1);
         let tags: Vec<String> = entry

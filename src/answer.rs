@@ -1,0 +1,206 @@
+//! Answers built from a stored entry: a hit, a stale entry, or `304 Not Modified`.
+//!
+//! The body is the entry's shared `Bytes` (no copy). A client that already holds the
+//! entry's version (`If-None-Match` naming its `ETag`, or `If-Modified-Since` not before its
+//! `Last-Modified`) gets `304` and no body.
+
+use http::header::{
+    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, LAST_MODIFIED, VARY,
+};
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::body::ResponseBody;
+use crate::clock;
+use crate::entry::Entry;
+use crate::headers::{self, CACHE_STATUS, HIT, STALE, X_CACHE};
+
+/// How an entry came to be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// Fresh; `coalesced` after waiting for another request's fetch.
+    Hit { coalesced: bool },
+    /// Expired, within its stale-while-revalidate window; a refresh runs meanwhile.
+    StaleWhileRevalidate,
+    /// Expired, within its stale-if-error window, instead of a failed origin.
+    StaleIfError,
+}
+
+/// Answer `request` (its parts) from `entry`.
+pub(crate) fn answer<B>(
+    entry: &Entry,
+    request: &http::request::Parts,
+    served: Served,
+    fallback: bool,
+) -> Response<ResponseBody<B>> {
+    let is_head = request.method == http::Method::HEAD;
+    answer_to(entry, &request.headers, is_head, served, fallback)
+}
+
+/// Answer a request with these headers from `entry`.
+pub(crate) fn answer_to<B>(
+    entry: &Entry,
+    request_headers: &HeaderMap,
+    is_head: bool,
+    served: Served,
+    fallback: bool,
+) -> Response<ResponseBody<B>> {
+    let now = clock::now_millis();
+    let mut response = if not_modified(entry, request_headers) {
+        let mut response = Response::new(ResponseBody::cached(None));
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        // RFC 9110 §15.4.5: the headers a 304 carries.
+        for name in [
+            CACHE_CONTROL,
+            CONTENT_LOCATION,
+            DATE,
+            ETAG,
+            EXPIRES,
+            VARY,
+            LAST_MODIFIED,
+        ] {
+            for value in entry.headers().get_all(&name) {
+                response.headers_mut().append(name.clone(), value.clone());
+            }
+        }
+        response
+    } else {
+        let body = (!is_head).then(|| entry.body().clone());
+        let mut response = Response::new(ResponseBody::cached(body));
+        *response.status_mut() = entry.status();
+        *response.headers_mut() = entry.headers().clone();
+        if !response.headers().contains_key(CONTENT_LENGTH) {
+            response
+                .headers_mut()
+                .insert(CONTENT_LENGTH, entry.body().len().into());
+        }
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert(AGE, entry.age_secs(now).into());
+    let (status, x_cache) = match served {
+        Served::Hit { coalesced } => (
+            headers::hit_status(entry.remaining_secs(now), coalesced, fallback),
+            HIT,
+        ),
+        Served::StaleWhileRevalidate => (
+            headers::stale_status(entry.stale_secs(now), false, fallback),
+            STALE,
+        ),
+        Served::StaleIfError => (
+            headers::stale_status(entry.stale_secs(now), true, fallback),
+            STALE,
+        ),
+    };
+    headers.insert(CACHE_STATUS, status);
+    headers.insert(X_CACHE, x_cache);
+    response
+}
+
+/// Does the client already hold this entry's version? Only for 200s (RFC 9110 §13.2.1);
+/// `If-None-Match` wins over `If-Modified-Since`.
+fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
+    if entry.status() != StatusCode::OK {
+        return false;
+    }
+    if let Some(condition) = request.get(IF_NONE_MATCH) {
+        let Ok(condition) = condition.to_str() else {
+            return false;
+        };
+        let Some(etag) = entry.headers().get(ETAG).and_then(|e| e.to_str().ok()) else {
+            return false;
+        };
+        // Weak comparison: `W/"x"` and `"x"` name the same version.
+        let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+        return condition.trim() == "*" || condition.split(',').any(|t| opaque(t) == opaque(etag));
+    }
+    let date = |map: &HeaderMap, name| {
+        map.get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+    };
+    match (
+        date(request, IF_MODIFIED_SINCE),
+        date(entry.headers(), LAST_MODIFIED),
+    ) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn entry(headers: &[(&'static str, &str)]) -> Entry {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.insert(*n, v.parse().unwrap());
+        }
+        Entry::new(
+            StatusCode::OK,
+            map,
+            Bytes::from_static(b"x"),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn request(headers: &[(&'static str, &str)]) -> HeaderMap {
+        entry(headers).headers().clone()
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let e = entry(&[("etag", "\"v1\"")]);
+        assert!(not_modified(&e, &request(&[("if-none-match", "\"v1\"")])));
+        assert!(not_modified(&e, &request(&[("if-none-match", "W/\"v1\"")])));
+        assert!(not_modified(
+            &e,
+            &request(&[("if-none-match", "\"a\", \"v1\"")])
+        ));
+        assert!(not_modified(&e, &request(&[("if-none-match", "*")])));
+        assert!(!not_modified(&e, &request(&[("if-none-match", "\"v2\"")])));
+        assert!(!not_modified(
+            &entry(&[]),
+            &request(&[("if-none-match", "\"v1\"")])
+        ));
+    }
+
+    #[test]
+    fn if_modified_since_against_last_modified() {
+        let e = entry(&[("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT")]);
+        assert!(not_modified(
+            &e,
+            &request(&[("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT")])
+        ));
+        assert!(!not_modified(
+            &e,
+            &request(&[("if-modified-since", "Tue, 20 Oct 2015 07:28:00 GMT")])
+        ));
+        // If-None-Match wins.
+        let both = request(&[
+            ("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT"),
+            ("if-none-match", "\"other\""),
+        ]);
+        assert!(!not_modified(&e, &both));
+    }
+
+    #[test]
+    fn a_304_has_no_body_and_keeps_validators() {
+        let e = entry(&[("etag", "\"v1\""), ("content-type", "text/plain")]);
+        let r: Response<ResponseBody<http_body_util::Empty<Bytes>>> = answer_to(
+            &e,
+            &request(&[("if-none-match", "\"v1\"")]),
+            false,
+            Served::Hit { coalesced: false },
+            false,
+        );
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(r.headers()["etag"], "\"v1\"");
+        assert!(r.headers().get("content-type").is_none());
+        assert_eq!(r.headers()["x-cache"], "HIT");
+        assert!(http_body::Body::is_end_stream(r.body()));
+    }
+}
