@@ -187,6 +187,7 @@ impl Entry {
     }
 
     /// How long the store must keep the entry: its TTL plus its longest stale window.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn retention(&self) -> Duration {
         self.ttl
             .saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
