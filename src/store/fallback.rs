@@ -332,13 +332,18 @@ async fn probe(store: Weak<Inner>) {
 
 /// Queue every remembered invalidation for replay (ahead of newer pending ones).
 fn queue_recent(inner: &Inner) {
-    let recent: Vec<(String, Invalidation)> = lock(&inner.recent)
-        .iter()
-        .map(|(_, ns, inv)| (ns.clone(), inv.clone()))
-        .collect();
+    // Each distinct invalidation once (a glob replay scans the whole keyspace).
+    let mut seen = std::collections::HashSet::new();
+    let mut recent: Vec<(String, Invalidation)> = Vec::new();
+    for (_, ns, inv) in lock(&inner.recent).iter() {
+        let item = (ns.clone(), inv.clone());
+        if seen.insert(item.clone()) {
+            recent.push(item);
+        }
+    }
     let mut pending = lock(&inner.pending);
     // Pending ones are normally among the remembered; keep any that aged out of memory.
-    let older: Vec<_> = pending.drain(..).filter(|p| !recent.contains(p)).collect();
+    let older: Vec<_> = pending.drain(..).filter(|p| !seen.contains(p)).collect();
     pending.extend(older);
     pending.extend(recent);
 }
@@ -374,21 +379,17 @@ impl Store for FallbackStore {
             return Box::pin(std::future::ready(Ok(())));
         }
         Box::pin(async move {
-            match inner.redis.put(key, entry.clone(), token).await {
+            match inner.redis.put(key, entry, token).await {
                 Ok(()) => {
                     inner.succeeded();
                     Ok(())
                 }
                 Err(error) => {
+                    // Not written to memory instead: this write is past the caller's ban
+                    // check, so an invalidation may have slipped in meanwhile. Once the
+                    // circuit is open, writes go to memory under that check.
                     inner.failed(&error);
-                    if error.is_unavailable() {
-                        inner
-                            .memory
-                            .put_now(key, Arc::new(entry.capped(inner.fallback_ttl)));
-                        Ok(())
-                    } else {
-                        Err(error)
-                    }
+                    Err(error)
                 }
             }
         })

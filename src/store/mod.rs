@@ -112,7 +112,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// An invalidation, as sent between processes sharing a store.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
 pub enum Invalidation {
     /// Logical keys matching a glob.
