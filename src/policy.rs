@@ -23,7 +23,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, DATE, EXPIRES, SET_COOKIE};
+use http::header::{
+    AGE, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE, DATE, EXPIRES, LAST_MODIFIED,
+    SET_COOKIE,
+};
 use http::{HeaderMap, HeaderName, Method, StatusCode};
 
 /// Statuses stored by default: cacheable by default per RFC 9110, minus the ones an
@@ -42,6 +45,7 @@ pub struct CachePolicy {
     max_body_size: usize,
     origin_timeout: Option<Duration>,
     generate_etag: bool,
+    rfc9111: bool,
 }
 
 /// How long a response may be served stale, as its `Cache-Control` says. `None`: the
@@ -66,6 +70,7 @@ impl Default for CachePolicy {
             max_body_size: 8 << 20,
             origin_timeout: None,
             generate_etag: true,
+            rfc9111: false,
         }
     }
 }
@@ -79,6 +84,9 @@ pub(crate) enum RequestAction {
     Bypass(BypassReason),
     /// An unsafe method: pass through, then invalidate the path if it succeeded.
     Unsafe,
+    /// The client asked for a fresh answer (`no-cache`, `max-age=0`; RFC 9111 mode): skip
+    /// the lookup, store what the origin says.
+    Revalidate,
 }
 
 /// Why a request went around the cache.
@@ -90,6 +98,12 @@ pub(crate) enum BypassReason {
     Request,
 }
 
+/// Statuses RFC 9110 §15.1 calls heuristically cacheable.
+const HEURISTIC_STATUSES: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+/// RFC 9111 §4.2.2's suggested heuristic: a tenth of the time since last modification,
+/// bounded (here) by a day.
+const MAX_HEURISTIC: Duration = Duration::from_secs(86_400);
+
 /// Why a response was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NotStorable {
@@ -98,6 +112,11 @@ pub(crate) enum NotStorable {
     CacheControl,
     VaryAny,
     TooLarge,
+    /// RFC 9111 mode: a response to a request with `Authorization` without `public`,
+    /// `s-maxage` or `must-revalidate`.
+    Authorization,
+    /// RFC 9111 mode: no explicit freshness and no heuristic applies, or already stale.
+    Freshness,
 }
 
 impl NotStorable {
@@ -108,11 +127,47 @@ impl NotStorable {
             NotStorable::CacheControl => "cache-control",
             NotStorable::VaryAny => "vary",
             NotStorable::TooLarge => "size",
+            NotStorable::Authorization => "authorization",
+            NotStorable::Freshness => "freshness",
         }
     }
 }
 
 impl CachePolicy {
+    /// The RFC 9111 shared-cache preset, followed to the letter instead of the
+    /// application-cache defaults:
+    ///
+    /// - a response is stored only with explicit freshness (`s-maxage`, `max-age`,
+    ///   `Expires`), or, for heuristically cacheable statuses, a `Last-Modified` heuristic
+    ///   (10 % of its age, at most a day); any final status with explicit freshness may be
+    ///   stored;
+    /// - `Age` and `Date` count against freshness (RFC 9111 §4.2.3);
+    /// - requests with `Authorization` or `Cookie` are not bypassed, but a response to a
+    ///   request with `Authorization` is stored only with `public`, `s-maxage` or
+    ///   `must-revalidate` (§3.5); `private`, `no-cache` and `no-store` are never stored;
+    /// - `must-revalidate` / `proxy-revalidate` forbid serving stale;
+    /// - a request with `Cache-Control: no-cache` or `max-age=0` goes to the origin and
+    ///   refreshes the entry;
+    /// - a successful unsafe request also invalidates the same-origin `Location` and
+    ///   `Content-Location` of its response (§4.4).
+    ///
+    /// `Set-Cookie` responses stay unstored unless [`store_set_cookie`](Self::store_set_cookie).
+    pub fn rfc9111() -> Self {
+        let statuses = (200..600)
+            .filter(|s| *s != 206 && *s != 304)
+            .filter_map(|s| StatusCode::from_u16(s).ok());
+        CachePolicy {
+            rfc9111: true,
+            generate_etag: false,
+            ..CachePolicy::default()
+        }
+        .cacheable_statuses(statuses)
+    }
+
+    pub(crate) fn is_rfc9111(&self) -> bool {
+        self.rfc9111
+    }
+
     /// Key on a request header instead of bypassing requests that carry it.
     ///
     /// With `key_on_header(AUTHORIZATION)`, requests with credentials are cached, each
@@ -230,13 +285,23 @@ impl CachePolicy {
             }
             _ => return RequestAction::Bypass(BypassReason::Method),
         }
-        for credential in [&AUTHORIZATION, &COOKIE] {
-            if headers.contains_key(credential) && !self.keyed_headers.contains(credential) {
-                return RequestAction::Bypass(BypassReason::Request);
+        if !self.rfc9111 {
+            for credential in [&AUTHORIZATION, &COOKIE] {
+                if headers.contains_key(credential) && !self.keyed_headers.contains(credential) {
+                    return RequestAction::Bypass(BypassReason::Request);
+                }
             }
         }
-        if directives(headers).any(|(name, _)| name.eq_ignore_ascii_case("no-store")) {
-            return RequestAction::Bypass(BypassReason::Request);
+        let mut revalidate = false;
+        for (name, value) in directives(headers) {
+            if name.eq_ignore_ascii_case("no-store") {
+                return RequestAction::Bypass(BypassReason::Request);
+            }
+            revalidate |= name.eq_ignore_ascii_case("no-cache")
+                || (name.eq_ignore_ascii_case("max-age") && value == Some("0"));
+        }
+        if revalidate && self.rfc9111 {
+            return RequestAction::Revalidate;
         }
         RequestAction::Lookup
     }
@@ -248,7 +313,11 @@ impl CachePolicy {
         status: StatusCode,
         headers: &HeaderMap,
         default_ttl: Duration,
+        request_headers: &HeaderMap,
     ) -> Result<Duration, NotStorable> {
+        if self.rfc9111 {
+            return self.storable_rfc9111(status, headers, request_headers);
+        }
         if !self.statuses.contains(&status) {
             return Err(NotStorable::Status);
         }
@@ -281,6 +350,81 @@ impl CachePolicy {
         }
         Ok(ttl)
     }
+}
+
+impl CachePolicy {
+    fn storable_rfc9111(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        request_headers: &HeaderMap,
+    ) -> Result<Duration, NotStorable> {
+        if !self.statuses.contains(&status) {
+            return Err(NotStorable::Status);
+        }
+        let (mut public, mut must_revalidate) = (false, false);
+        let (mut max_age, mut s_maxage) = (None, None);
+        for (name, value) in directives(headers) {
+            match name.to_ascii_lowercase().as_str() {
+                "no-store" | "private" | "no-cache" => return Err(NotStorable::CacheControl),
+                "public" => public = true,
+                "must-revalidate" | "proxy-revalidate" => must_revalidate = true,
+                "max-age" => max_age = Some(parse_seconds(value)?),
+                "s-maxage" => s_maxage = Some(parse_seconds(value)?),
+                _ => {}
+            }
+        }
+        if request_headers.contains_key(AUTHORIZATION)
+            && !(public || s_maxage.is_some() || must_revalidate)
+        {
+            return Err(NotStorable::Authorization);
+        }
+        if !self.store_set_cookie && headers.contains_key(SET_COOKIE) {
+            return Err(NotStorable::SetCookie);
+        }
+        let date = header_date(headers, DATE);
+        let lifetime = match s_maxage.or(max_age) {
+            Some(seconds) => Duration::from_secs(seconds),
+            None => match expires_ttl(headers) {
+                Some(ttl) => ttl,
+                None => {
+                    let heuristic = HEURISTIC_STATUSES.contains(&status.as_u16()) || public;
+                    let modified = header_date(headers, LAST_MODIFIED);
+                    match (heuristic, modified) {
+                        (true, Some(modified)) => date
+                            .unwrap_or_else(SystemTime::now)
+                            .duration_since(modified)
+                            .unwrap_or(Duration::ZERO)
+                            .div_f64(10.0)
+                            .min(MAX_HEURISTIC),
+                        _ => return Err(NotStorable::Freshness),
+                    }
+                }
+            },
+        };
+        // RFC 9111 §4.2.3: the age the response already has counts against it.
+        let age_header = headers
+            .get(AGE)
+            .and_then(|a| a.to_str().ok())
+            .and_then(|a| a.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::ZERO);
+        let apparent = date
+            .and_then(|d| SystemTime::now().duration_since(d).ok())
+            .unwrap_or(Duration::ZERO);
+        let ttl = lifetime.saturating_sub(age_header.max(apparent));
+        if ttl.is_zero() {
+            return Err(NotStorable::Freshness);
+        }
+        Ok(ttl)
+    }
+}
+
+fn header_date(headers: &HeaderMap, name: http::header::HeaderName) -> Option<SystemTime> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {
@@ -355,6 +499,7 @@ mod tests {
             StatusCode::from_u16(status).unwrap(),
             &headers(pairs),
             DEFAULT_TTL,
+            &HeaderMap::new(),
         )
     }
 
@@ -446,7 +591,8 @@ mod tests {
             .storable(
                 StatusCode::OK,
                 &headers(&[("set-cookie", "a=b")]),
-                DEFAULT_TTL
+                DEFAULT_TTL,
+                &HeaderMap::new(),
             )
             .is_ok());
     }
@@ -534,9 +680,109 @@ mod tests {
             p.storable(
                 StatusCode::OK,
                 &headers(&[("cache-control", "no-store")]),
-                DEFAULT_TTL
+                DEFAULT_TTL,
+                &HeaderMap::new(),
             ),
             Ok(DEFAULT_TTL)
+        );
+    }
+
+    fn rfc(
+        status: u16,
+        pairs: &[(&'static str, &str)],
+        request: &[(&'static str, &str)],
+    ) -> Result<Duration, NotStorable> {
+        CachePolicy::rfc9111().storable(
+            StatusCode::from_u16(status).unwrap(),
+            &headers(pairs),
+            DEFAULT_TTL,
+            &headers(request),
+        )
+    }
+
+    #[test]
+    fn rfc9111_needs_explicit_or_heuristic_freshness() {
+        assert_eq!(rfc(200, &[], &[]), Err(NotStorable::Freshness));
+        assert_eq!(
+            rfc(200, &[("cache-control", "max-age=60")], &[]),
+            Ok(Duration::from_secs(60))
+        );
+        // Any final status with explicit freshness; none without.
+        assert!(rfc(302, &[("cache-control", "max-age=60")], &[]).is_ok());
+        assert_eq!(rfc(302, &[], &[]), Err(NotStorable::Freshness));
+        assert_eq!(
+            rfc(206, &[("cache-control", "max-age=60")], &[]),
+            Err(NotStorable::Status)
+        );
+        // Heuristic: a tenth of the time since Last-Modified.
+        let date = "Wed, 21 Oct 2015 07:28:00 GMT";
+        let modified = "Wed, 21 Oct 2015 06:28:00 GMT";
+        let ttl = rfc(200, &[("date", date), ("last-modified", modified)], &[]);
+        // The Date is in the past, so its apparent age eats the whole heuristic lifetime.
+        assert_eq!(ttl, Err(NotStorable::Freshness));
+        let now = httpdate::fmt_http_date(SystemTime::now());
+        let hour_ago = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(3600));
+        let ttl = rfc(200, &[("date", &now), ("last-modified", &hour_ago)], &[]).unwrap();
+        assert!(
+            (Duration::from_secs(355)..=Duration::from_secs(360)).contains(&ttl),
+            "{ttl:?}"
+        );
+        assert_eq!(
+            rfc(302, &[("date", &now), ("last-modified", &hour_ago)], &[]),
+            Err(NotStorable::Freshness)
+        );
+    }
+
+    #[test]
+    fn rfc9111_age_counts_against_freshness() {
+        assert_eq!(
+            rfc(200, &[("cache-control", "max-age=60"), ("age", "20")], &[]),
+            Ok(Duration::from_secs(40))
+        );
+        assert_eq!(
+            rfc(200, &[("cache-control", "max-age=60"), ("age", "60")], &[]),
+            Err(NotStorable::Freshness)
+        );
+    }
+
+    #[test]
+    fn rfc9111_authorization_needs_public_s_maxage_or_must_revalidate() {
+        let auth = [("authorization", "Bearer x")];
+        let p = CachePolicy::rfc9111();
+        assert_eq!(
+            p.request_action(&Method::GET, &headers(&auth)),
+            RequestAction::Lookup
+        );
+        assert_eq!(
+            rfc(200, &[("cache-control", "max-age=60")], &auth),
+            Err(NotStorable::Authorization)
+        );
+        for cc in [
+            "public, max-age=60",
+            "s-maxage=60",
+            "max-age=60, must-revalidate",
+        ] {
+            assert!(rfc(200, &[("cache-control", cc)], &auth).is_ok(), "{cc}");
+        }
+        assert_eq!(
+            rfc(200, &[("cache-control", "private, max-age=60")], &[]),
+            Err(NotStorable::CacheControl)
+        );
+    }
+
+    #[test]
+    fn rfc9111_request_no_cache_revalidates() {
+        let p = CachePolicy::rfc9111();
+        for cc in ["no-cache", "max-age=0"] {
+            assert_eq!(
+                p.request_action(&Method::GET, &headers(&[("cache-control", cc)])),
+                RequestAction::Revalidate
+            );
+        }
+        assert_eq!(
+            CachePolicy::default()
+                .request_action(&Method::GET, &headers(&[("cache-control", "no-cache")])),
+            RequestAction::Lookup
         );
     }
 }

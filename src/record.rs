@@ -107,9 +107,12 @@ fn storable<B: Body>(
     body: &B,
     request_headers: &HeaderMap,
 ) -> Result<(std::time::Duration, Vary), NotStorable> {
-    let ttl = config
-        .policy
-        .storable(parts.status, &parts.headers, config.handle.ttl())?;
+    let ttl = config.policy.storable(
+        parts.status,
+        &parts.headers,
+        config.handle.ttl(),
+        request_headers,
+    )?;
     let names = match key::vary_spec(&parts.headers) {
         VarySpec::Any => return Err(NotStorable::VaryAny),
         VarySpec::Headers(names) => names,

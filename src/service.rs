@@ -17,7 +17,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE};
+use http::header::{
+    CONTENT_LOCATION, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+    IF_UNMODIFIED_SINCE, LOCATION,
+};
 use http::{Method, Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -98,15 +101,17 @@ where
             RequestAction::Unsafe => {
                 let (parts, body) = request.into_parts();
                 let logical = config.logical_key(&parts);
+                let host = request_host(&parts);
                 let future = inner.call(Request::from_parts(parts, body));
-                ResponseFuture::cache(Box::pin(invalidate_after(config, logical, future)))
+                ResponseFuture::cache(Box::pin(invalidate_after(config, logical, host, future)))
             }
-            RequestAction::Lookup => {
+            action @ (RequestAction::Lookup | RequestAction::Revalidate) => {
                 let (parts, body) = request.into_parts();
+                let revalidate = action == RequestAction::Revalidate;
                 match config.logical_key(&parts) {
-                    Some(logical) => {
-                        ResponseFuture::cache(Box::pin(serve(config, inner, parts, body, logical)))
-                    }
+                    Some(logical) => ResponseFuture::cache(Box::pin(serve(
+                        config, inner, parts, body, logical, revalidate,
+                    ))),
                     None => {
                         bump!(counters, bypasses);
                         let status = headers::forward_status(Forward::Bypass, false, None, false);
@@ -132,6 +137,7 @@ impl Config {
 async fn invalidate_after<F, B, E>(
     config: Arc<Config>,
     logical: Option<String>,
+    host: Option<String>,
     future: F,
 ) -> Result<Response<ResponseBody<B>>, E>
 where
@@ -139,10 +145,25 @@ where
 {
     let response = future.await?;
     let status = response.status();
-    if let Some(logical) = logical.filter(|_| status.is_success() || status.is_redirection()) {
-        let pattern = Pattern::new(&crate::pattern::escape(&logical));
-        // A failed invalidation is logged by the handle; the write itself succeeded.
-        let _ = config.handle.invalidate_matching(&pattern).await;
+    if status.is_success() || status.is_redirection() {
+        let mut keys: Vec<String> = logical.into_iter().collect();
+        if config.policy.is_rfc9111() {
+            // RFC 9111 §4.4: also the same-origin URIs the response points at.
+            for name in [LOCATION, CONTENT_LOCATION] {
+                if let Some(key) = response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| same_origin_key(&config, v, host.as_deref()))
+                {
+                    keys.push(key);
+                }
+            }
+        }
+        for key in keys {
+            let pattern = Pattern::new(&crate::pattern::escape(&key));
+            // A failed invalidation is logged by the handle; the write itself succeeded.
+            let _ = config.handle.invalidate_matching(&pattern).await;
+        }
     }
     let (mut parts, body) = response.into_parts();
     parts.headers.insert(X_CACHE, headers::BYPASS);
@@ -153,14 +174,50 @@ where
     Ok(Response::from_parts(parts, ResponseBody::passthrough(body)))
 }
 
-/// A `GET` or `HEAD` the cache may answer.
-/// A `GET` or `HEAD` the cache may answer.
+fn request_host(parts: &http::request::Parts) -> Option<String> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .or_else(|| {
+            parts
+                .headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_ascii_lowercase)
+        })
+}
+
+/// The logical key of a `Location` / `Content-Location` value on the request's origin.
+fn same_origin_key(
+    config: &Config,
+    value: &http::HeaderValue,
+    host: Option<&str>,
+) -> Option<String> {
+    let uri: http::Uri = value.to_str().ok()?.parse().ok()?;
+    if let Some(authority) = uri.authority() {
+        if Some(authority.as_str().to_ascii_lowercase().as_str()) != host {
+            return None;
+        }
+    }
+    let path = uri.path_and_query()?.as_str();
+    let mut request = Request::get(path);
+    if let Some(host) = host {
+        request = request.header(HOST, host);
+    }
+    let (parts, ()) = request.body(()).ok()?.into_parts();
+    config.logical_key(&parts)
+}
+
+/// A `GET` or `HEAD` the cache may answer; `revalidate` skips the lookup (the client asked
+/// for a fresh answer) but still stores what comes back.
 async fn serve<S, ReqB, ResB>(
     config: Arc<Config>,
     mut inner: S,
     parts: http::request::Parts,
     body: ReqB,
     logical: String,
+    revalidate: bool,
 ) -> Result<Response<ResponseBody<ResB>>, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
@@ -175,14 +232,23 @@ where
     let mut coalesced = false;
     // An expired entry that may stand in if the origin fails.
     let mut stale = None;
+    let mut skip_lookup = revalidate;
     let (forward, leader) = loop {
-        let forward = match handle.lookup(&logical, variant, &parts.headers).await {
-            Found::Hit(entry) => {
+        let found = if std::mem::take(&mut skip_lookup) {
+            None
+        } else {
+            Some(handle.lookup(&logical, variant, &parts.headers).await)
+        };
+        let forward = match found {
+            None => Forward::Request,
+            Some(Found::Hit(entry)) => {
                 bump!(counters, hits);
                 let served = Served::Hit { coalesced };
                 return Ok(answer(&entry, &parts, served, falling_back(handle)));
             }
-            Found::Stale(entry) if entry.within_stale_while_revalidate(clock::now_millis()) => {
+            Some(Found::Stale(entry))
+                if entry.within_stale_while_revalidate(clock::now_millis()) =>
+            {
                 bump!(counters, stale);
                 let response = answer(
                     &entry,
@@ -198,14 +264,14 @@ where
                 }
                 return Ok(response);
             }
-            Found::Stale(entry) => {
+            Some(Found::Stale(entry)) => {
                 if entry.within_stale_if_error(clock::now_millis()) {
                     stale = Some(entry);
                 }
                 Forward::Stale
             }
-            Found::UriMiss => Forward::UriMiss,
-            Found::VaryMiss => Forward::VaryMiss,
+            Some(Found::UriMiss) => Forward::UriMiss,
+            Some(Found::VaryMiss) => Forward::VaryMiss,
         };
         if is_head || handle.is_hit_for_miss(&logical, variant) {
             // A HEAD miss is answered by the origin and never stored as a GET entry; a key

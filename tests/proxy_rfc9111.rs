@@ -1,0 +1,221 @@
+//! The RFC 9111 shared-cache preset, through the reverse-proxy example in front of a real
+//! upstream server.
+
+mod common;
+#[path = "../examples/proxy.rs"]
+mod proxy;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
+use common::*;
+use tower_response_cache::CacheHandle;
+
+/// Upstream: answers `#n`, with headers named by the query (`cc`, `age`, `location`,
+/// `lm` = a Last-Modified an hour ago together with a current Date).
+async fn upstream(
+    State(calls): State<Arc<AtomicUsize>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut response = Response::new(axum::body::Body::from(format!("#{n}")));
+    let h: &mut HeaderMap = response.headers_mut();
+    for (param, header) in [
+        ("cc", "cache-control"),
+        ("age", "age"),
+        ("location", "location"),
+    ] {
+        if let Some(v) = q.get(param) {
+            h.insert(
+                HeaderName::from_static(header),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+    }
+    if q.contains_key("lm") {
+        let now = std::time::SystemTime::now();
+        let hour_ago = now - Duration::from_secs(3600);
+        h.insert("date", httpdate::fmt_http_date(now).parse().unwrap());
+        h.insert(
+            "last-modified",
+            httpdate::fmt_http_date(hour_ago).parse().unwrap(),
+        );
+    }
+    response
+}
+
+struct Setup {
+    calls: Arc<AtomicUsize>,
+    proxy: std::net::SocketAddr,
+    client: HttpClient,
+    cache: CacheHandle,
+}
+
+async fn setup() -> Setup {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = serve(
+        Router::new()
+            .fallback(any(upstream))
+            .with_state(calls.clone()),
+    )
+    .await;
+    let cache = CacheHandle::in_memory();
+    let upstream_uri = format!("http://{origin}").parse().unwrap();
+    let proxy = serve(proxy::proxy_app(upstream_uri, cache.clone())).await;
+    Setup {
+        calls,
+        proxy,
+        client: client(),
+        cache,
+    }
+}
+
+impl Setup {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    async fn stored(&self, n: u64) {
+        for _ in 0..200 {
+            if self.cache.stats().stores >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("never stored {n}");
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_stored_without_freshness() {
+    let s = setup().await;
+    let first = get(&s.client, s.proxy, "/plain").await;
+    assert_eq!(first.text(), "#1");
+    assert!(first.header("cache-status").ends_with("detail=freshness"));
+    assert_eq!(get(&s.client, s.proxy, "/plain").await.text(), "#2");
+}
+
+#[tokio::test]
+async fn explicit_freshness_minus_age_is_the_ttl() {
+    let s = setup().await;
+    let path = "/fresh?cc=max-age%3D60&age=20";
+    get(&s.client, s.proxy, path).await;
+    s.stored(1).await;
+    let hit = get(&s.client, s.proxy, path).await;
+    assert_eq!(hit.x_cache(), "HIT");
+    let ttl: u64 = hit
+        .header("cache-status")
+        .rsplit("ttl=")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((38..=40).contains(&ttl), "{}", hit.header("cache-status"));
+    assert_eq!(s.calls(), 1);
+}
+
+#[tokio::test]
+async fn last_modified_gives_a_heuristic_lifetime() {
+    let s = setup().await;
+    get(&s.client, s.proxy, "/doc?lm=1").await;
+    s.stored(1).await;
+    let hit = get(&s.client, s.proxy, "/doc?lm=1").await;
+    assert_eq!(hit.x_cache(), "HIT");
+    let ttl: u64 = hit
+        .header("cache-status")
+        .rsplit("ttl=")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((350..=360).contains(&ttl), "a tenth of an hour: {ttl}");
+}
+
+#[tokio::test]
+async fn authorization_needs_public() {
+    let s = setup().await;
+    let auth = [("authorization", "Bearer alice")];
+    get_with(&s.client, s.proxy, "/me?cc=max-age%3D60", &auth).await;
+    let again = get_with(&s.client, s.proxy, "/me?cc=max-age%3D60", &auth).await;
+    assert_eq!(again.x_cache(), "MISS");
+    assert!(again
+        .header("cache-status")
+        .ends_with("detail=authorization"));
+    get_with(&s.client, s.proxy, "/pub?cc=public,%20max-age%3D60", &auth).await;
+    s.stored(1).await;
+    let shared = get(&s.client, s.proxy, "/pub?cc=public,%20max-age%3D60").await;
+    assert_eq!(shared.x_cache(), "HIT");
+}
+
+#[tokio::test]
+async fn a_request_asking_for_fresh_goes_to_the_origin_and_refreshes() {
+    let s = setup().await;
+    let path = "/r?cc=max-age%3D60";
+    get(&s.client, s.proxy, path).await;
+    s.stored(1).await;
+    let forced = get_with(&s.client, s.proxy, path, &[("cache-control", "no-cache")]).await;
+    assert_eq!(forced.text(), "#2");
+    assert_eq!(
+        forced.header("cache-status"),
+        "tower-response-cache; fwd=request; stored"
+    );
+    s.stored(2).await;
+    assert_eq!(get(&s.client, s.proxy, path).await.text(), "#2");
+}
+
+#[tokio::test]
+async fn must_revalidate_is_never_served_stale() {
+    let s = setup().await;
+    // The response allows stale serving, but must-revalidate forbids it.
+    let path = "/mr?cc=max-age%3D2,%20must-revalidate,%20stale-while-revalidate%3D60";
+    get(&s.client, s.proxy, path).await;
+    s.stored(1).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(get(&s.client, s.proxy, path).await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn unsafe_requests_invalidate_location_and_content_location() {
+    let s = setup().await;
+    for path in ["/items/1", "/items/2"] {
+        get(&s.client, s.proxy, &format!("{path}?cc=max-age%3D60")).await;
+    }
+    s.stored(2).await;
+    // The POST's response points at /items/1 (same origin, relative).
+    let post = request(&s.client, "POST", s.proxy, "/items?location=/items/1", &[]).await;
+    assert_eq!(post.status, http::StatusCode::OK);
+    assert_eq!(
+        get(&s.client, s.proxy, "/items/1?cc=max-age%3D60")
+            .await
+            .x_cache(),
+        "MISS"
+    );
+    assert_eq!(
+        get(&s.client, s.proxy, "/items/2?cc=max-age%3D60")
+            .await
+            .x_cache(),
+        "HIT"
+    );
+    // A Location on another origin is left alone.
+    request(
+        &s.client,
+        "POST",
+        s.proxy,
+        "/items?location=http://elsewhere.example/items/2",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        get(&s.client, s.proxy, "/items/2?cc=max-age%3D60")
+            .await
+            .x_cache(),
+        "HIT"
+    );
+}
