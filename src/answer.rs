@@ -68,16 +68,19 @@ pub(crate) fn answer_to<B>(
         let body = (!is_head).then(|| entry.body().clone());
         let mut response = Response::new(ResponseBody::cached(body));
         *response.status_mut() = entry.status();
-        *response.headers_mut() = entry.headers().clone();
-        if !response.headers().contains_key(CONTENT_LENGTH) {
-            response
-                .headers_mut()
-                .insert(CONTENT_LENGTH, entry.body().len().into());
+        // Sized for the stored headers plus ours, so adding ours does not reallocate.
+        let headers = response.headers_mut();
+        headers.reserve(entry.headers().len() + 4);
+        for (name, value) in entry.headers() {
+            headers.append(name.clone(), value.clone());
+        }
+        if entry.status() != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
+            headers.insert(CONTENT_LENGTH, entry.body().len().into());
         }
         response
     };
     let headers = response.headers_mut();
-    headers.insert(AGE, entry.age_secs(now).into());
+    headers.insert(AGE, headers::int_value(entry.age_secs(now)));
     let (status, x_cache) = match served {
         Served::Hit { coalesced } => (
             headers::hit_status(entry.remaining_secs(now), coalesced, fallback),

@@ -79,6 +79,12 @@ impl Recorder {
         };
         let body = self.buffer.freeze();
         let mut headers = self.headers;
+        // Stored once, so hits need not format it.
+        if self.status != StatusCode::NO_CONTENT
+            && !headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            headers.insert(http::header::CONTENT_LENGTH, body.len().into());
+        }
         if self.etag && !headers.contains_key(http::header::ETAG) {
             let tag = format!("\"{:032x}\"", xxhash_rust::xxh3::xxh3_128(&body));
             headers.insert(

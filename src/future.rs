@@ -29,6 +29,7 @@ pin_project! {
     #[project = InnerProj]
     enum Inner<F, B, E> {
         Bypass { #[pin] future: F, cache_status: Option<HeaderValue> },
+        Ready { response: Option<Response<ResponseBody<B>>> },
         Cache { future: BoxResponseFuture<B, E> },
     }
 }
@@ -39,6 +40,14 @@ impl<F, B, E> ResponseFuture<F, B, E> {
             inner: Inner::Bypass {
                 future,
                 cache_status: Some(cache_status),
+            },
+        }
+    }
+
+    pub(crate) fn ready(response: Response<ResponseBody<B>>) -> Self {
+        ResponseFuture {
+            inner: Inner::Ready {
+                response: Some(response),
             },
         }
     }
@@ -73,6 +82,9 @@ where
                     ResponseBody::passthrough(body),
                 )))
             }
+            InnerProj::Ready { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
             InnerProj::Cache { future } => future.as_mut().poll(cx),
         }
     }

@@ -377,7 +377,7 @@ impl CacheHandle {
         T: Serialize + DeserializeOwned,
         F: Future<Output = Result<T, E>>,
     {
-        let logical = crate::key::bound(key.into());
+        let logical = crate::key::bound(key.into()).into_owned();
         let empty = HeaderMap::new();
         loop {
             if let Found::Hit(entry) = self.lookup(&logical, 0, &empty).await {
@@ -528,27 +528,25 @@ impl CacheHandle {
                 return Found::UriMiss;
             }
         };
-        let now = clock::now_millis();
-        let mut any_usable = false;
-        let mut stale = None;
-        for entry in variants.iter() {
-            if entry.is_dead_at(now) {
-                continue;
-            }
-            any_usable = true;
-            let vary = entry.vary();
-            if vary_hash(&vary.names, request_headers) == vary.hash {
-                if entry.is_fresh_at(now) {
-                    return Found::Hit(entry.clone());
-                }
-                stale = Some(entry.clone());
-            }
-        }
-        match stale {
-            Some(entry) => Found::Stale(entry),
-            None if any_usable => Found::VaryMiss,
+        pick(&variants, request_headers)
+    }
+
+    /// [`lookup`](Self::lookup) without waiting, where the store can answer at once (memory):
+    /// `None` means the store must be asked asynchronously.
+    pub(crate) fn lookup_now(
+        &self,
+        logical: &str,
+        variant: u64,
+        request_headers: &HeaderMap,
+    ) -> Option<Found> {
+        let found = self
+            .shared
+            .store
+            .try_get_now(self.store_key(logical, variant))?;
+        Some(match found {
+            Some(variants) => pick(&variants, request_headers),
             None => Found::UriMiss,
-        }
+        })
     }
 
     /// Store `entry` unless an invalidation since `ticket` covers it. Returns whether it
@@ -584,6 +582,32 @@ impl CacheHandle {
                 false
             }
         }
+    }
+}
+
+/// The entry among `variants` that answers a request with these headers: fresh, else
+/// stale (within a stale window), else a miss saying whether other variants exist.
+fn pick(variants: &[Arc<Entry>], request_headers: &HeaderMap) -> Found {
+    let now = clock::now_millis();
+    let mut any_usable = false;
+    let mut stale = None;
+    for entry in variants.iter() {
+        if entry.is_dead_at(now) {
+            continue;
+        }
+        any_usable = true;
+        let vary = entry.vary();
+        if vary_hash(&vary.names, request_headers) == vary.hash {
+            if entry.is_fresh_at(now) {
+                return Found::Hit(entry.clone());
+            }
+            stale = Some(entry.clone());
+        }
+    }
+    match stale {
+        Some(entry) => Found::Stale(entry),
+        None if any_usable => Found::VaryMiss,
+        None => Found::UriMiss,
     }
 }
 

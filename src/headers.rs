@@ -46,6 +46,14 @@ impl Forward {
 /// `tower-response-cache; hit; ttl=42`. `detail=` adds `coalesced` after waiting for
 /// another request's fetch and `fallback` while Redis is down (joined by `/`).
 pub(crate) fn hit_status(ttl_secs: u64, coalesced: bool, fallback: bool) -> HeaderValue {
+    if !coalesced && !fallback {
+        // The hot path: one allocation, no formatting machinery.
+        const HEAD: &[u8] = b"tower-response-cache; hit; ttl=";
+        let mut value = bytes::BytesMut::with_capacity(HEAD.len() + 20);
+        value.extend_from_slice(HEAD);
+        push_decimal(&mut value, ttl_secs);
+        return HeaderValue::from_maybe_shared(value.freeze()).expect("ASCII header value");
+    }
     let mut value = format!("{CACHE_NAME}; hit; ttl={ttl_secs}");
     push_detail(
         &mut value,
@@ -65,6 +73,16 @@ pub(crate) fn forward_status(
     detail: Option<&str>,
     fallback: bool,
 ) -> HeaderValue {
+    let common = match (forward, stored, detail, fallback) {
+        (Forward::Method, false, None, false) => Some("tower-response-cache; fwd=method"),
+        (Forward::Request, false, None, false) => Some("tower-response-cache; fwd=request"),
+        (Forward::Bypass, false, None, false) => Some("tower-response-cache; fwd=bypass"),
+        (Forward::UriMiss, true, None, false) => Some("tower-response-cache; fwd=uri-miss; stored"),
+        _ => None,
+    };
+    if let Some(common) = common {
+        return HeaderValue::from_static(common);
+    }
     let mut value = format!("{CACHE_NAME}; fwd={}", forward.as_str());
     if stored {
         value.push_str("; stored");
@@ -85,6 +103,37 @@ pub(crate) fn stale_status(stale_secs: u64, on_error: bool, fallback: bool) -> H
     let mut value = format!("{CACHE_NAME}; {head}; ttl=-{stale_secs}");
     push_detail(&mut value, [Some(detail), fallback.then_some("fallback")]);
     HeaderValue::try_from(value).expect("ASCII header value")
+}
+
+/// A small non-negative integer as a header value, without allocating below 100.
+pub(crate) fn int_value(n: u64) -> HeaderValue {
+    const SMALL: [&str; 100] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+        "17", "18", "19", "20", "21", "22", "23", "24", "25", "26", "27", "28", "29", "30", "31",
+        "32", "33", "34", "35", "36", "37", "38", "39", "40", "41", "42", "43", "44", "45", "46",
+        "47", "48", "49", "50", "51", "52", "53", "54", "55", "56", "57", "58", "59", "60", "61",
+        "62", "63", "64", "65", "66", "67", "68", "69", "70", "71", "72", "73", "74", "75", "76",
+        "77", "78", "79", "80", "81", "82", "83", "84", "85", "86", "87", "88", "89", "90", "91",
+        "92", "93", "94", "95", "96", "97", "98", "99",
+    ];
+    match SMALL.get(n as usize) {
+        Some(s) => HeaderValue::from_static(s),
+        None => n.into(),
+    }
+}
+
+fn push_decimal(out: &mut bytes::BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 fn push_detail(value: &mut String, parts: [Option<&str>; 2]) {

@@ -13,6 +13,7 @@
 //! background request refreshes them (stale-while-revalidate), or served instead of an
 //! origin that fails (stale-if-error).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -100,7 +101,7 @@ where
             }
             RequestAction::Unsafe => {
                 let (parts, body) = request.into_parts();
-                let logical = config.logical_key(&parts);
+                let logical = config.logical_key(&parts).map(Cow::into_owned);
                 let host = request_host(&parts);
                 let future = inner.call(Request::from_parts(parts, body));
                 ResponseFuture::cache(Box::pin(invalidate_after(config, logical, host, future)))
@@ -109,9 +110,25 @@ where
                 let (parts, body) = request.into_parts();
                 let revalidate = action == RequestAction::Revalidate;
                 match config.logical_key(&parts) {
-                    Some(logical) => ResponseFuture::cache(Box::pin(serve(
-                        config, inner, parts, body, logical, revalidate,
-                    ))),
+                    Some(logical) => {
+                        let variant = key::variant(&parts, config.policy.keyed_headers());
+                        let handle = &config.handle;
+                        // Memory hits are answered here, without a boxed future.
+                        if !revalidate {
+                            if let Some(Found::Hit(entry)) =
+                                handle.lookup_now(&logical, variant, &parts.headers)
+                            {
+                                bump!(counters, hits);
+                                let served = Served::Hit { coalesced: false };
+                                let response = answer(&entry, &parts, served, falling_back(handle));
+                                return ResponseFuture::ready(response);
+                            }
+                        }
+                        let logical = logical.into_owned();
+                        ResponseFuture::cache(Box::pin(serve(
+                            config, inner, parts, body, logical, variant, revalidate,
+                        )))
+                    }
                     None => {
                         bump!(counters, bypasses);
                         let status = headers::forward_status(Forward::Bypass, false, None, false);
@@ -124,9 +141,9 @@ where
 }
 
 impl Config {
-    fn logical_key(&self, parts: &http::request::Parts) -> Option<String> {
+    fn logical_key<'a>(&self, parts: &'a http::request::Parts) -> Option<Cow<'a, str>> {
         match &self.key_fn {
-            Some(key_fn) => key_fn(parts).map(|k| key::bound(k.into())),
+            Some(key_fn) => key_fn(parts).map(|k| Cow::Owned(key::bound(k.into()).into_owned())),
             None => Some(key::logical_from_path(parts)),
         }
     }
@@ -206,7 +223,7 @@ fn same_origin_key(
         request = request.header(HOST, host);
     }
     let (parts, ()) = request.body(()).ok()?.into_parts();
-    config.logical_key(&parts)
+    config.logical_key(&parts).map(Cow::into_owned)
 }
 
 /// A `GET` or `HEAD` the cache may answer; `revalidate` skips the lookup (the client asked
@@ -217,6 +234,7 @@ async fn serve<S, ReqB, ResB>(
     parts: http::request::Parts,
     body: ReqB,
     logical: String,
+    variant: u64,
     revalidate: bool,
 ) -> Result<Response<ResponseBody<ResB>>, S::Error>
 where
@@ -227,7 +245,6 @@ where
 {
     let handle = &config.handle;
     let counters = &handle.shared().counters;
-    let variant = key::variant(&parts, config.policy.keyed_headers());
     let is_head = parts.method == Method::HEAD;
     let mut coalesced = false;
     // An expired entry that may stand in if the origin fails.

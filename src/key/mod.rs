@@ -27,42 +27,59 @@ pub(crate) const MAX_LOGICAL_KEY_LEN: usize = 512;
 const KEPT_PREFIX_LEN: usize = 256;
 
 /// The default logical key: the path, with escapes of unreserved characters decoded.
-pub(crate) fn logical_from_path(parts: &Parts) -> String {
+pub(crate) fn logical_from_path(parts: &Parts) -> Cow<'_, str> {
     bound(normalize_path_escapes(parts.uri.path()))
 }
 
 /// Bound a logical key's length: long keys become `prefix~hash`, so a flood of huge paths
 /// cannot blow up key storage, and prefix patterns (`/api/*`) still match them.
-pub(crate) fn bound(key: Cow<'_, str>) -> String {
+pub(crate) fn bound(key: Cow<'_, str>) -> Cow<'_, str> {
     if key.len() <= MAX_LOGICAL_KEY_LEN {
-        return key.into_owned();
+        return key;
     }
     let mut cut = KEPT_PREFIX_LEN;
     while !key.is_char_boundary(cut) {
         cut -= 1;
     }
-    format!("{}~{:032x}", &key[..cut], xxh3_128(key.as_bytes()))
+    Cow::Owned(format!("{}~{:032x}", &key[..cut], xxh3_128(key.as_bytes())))
 }
 
 /// Hash of host, normalised query and the values of `keyed_headers` in the request.
 pub(crate) fn variant(parts: &Parts, keyed_headers: &[HeaderName]) -> u64 {
-    let mut hasher = Xxh3::new();
     let host = parts
         .uri
         .authority()
         .map(|a| a.as_str().as_bytes())
         .or_else(|| parts.headers.get(HOST).map(|h| h.as_bytes()))
         .unwrap_or_default();
-    for byte in host {
-        hasher.update(&[byte.to_ascii_lowercase()]);
+    let query = parts.uri.query().map(normalize_query);
+    if keyed_headers.is_empty() {
+        // The common case, hashed in one shot from a reused buffer (a streaming hasher
+        // costs more to set up than these few bytes cost to hash).
+        return VARIANT_BUFFER.with_borrow_mut(|buffer| {
+            buffer.clear();
+            buffer.extend(host.iter().map(u8::to_ascii_lowercase));
+            // Separators keep ("ab", "c") and ("a", "bc") apart.
+            buffer.push(0xff);
+            if let Some(query) = &query {
+                buffer.extend_from_slice(query.as_bytes());
+            }
+            xxhash_rust::xxh3::xxh3_64(buffer)
+        });
     }
-    // Separators keep ("ab", "c") and ("a", "bc") apart.
+    let mut hasher = Xxh3::new();
+    let lower: Vec<u8> = host.iter().map(u8::to_ascii_lowercase).collect();
+    hasher.update(&lower);
     hasher.update(&[0xff]);
-    if let Some(query) = parts.uri.query() {
-        hasher.update(normalize_query(query).as_bytes());
+    if let Some(query) = &query {
+        hasher.update(query.as_bytes());
     }
     hash_header_values(&mut hasher, keyed_headers, &parts.headers);
     hasher.digest()
+}
+
+thread_local! {
+    static VARIANT_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Hash of the values of `names` in `headers`, for matching a request to a `Vary` variant.
@@ -144,9 +161,9 @@ mod tests {
     fn unreserved_escapes_are_decoded_reserved_are_not() {
         assert_eq!(variant_of("/x?q=%41"), variant_of("/x?q=A"));
         assert_ne!(variant_of("/x?q=%2F"), variant_of("/x?q=/"));
-        let a = logical_from_path(&parts("/api/%41BC"));
+        let a = logical_from_path(&parts("/api/%41BC")).into_owned();
         assert_eq!(a, "/api/ABC");
-        let b = logical_from_path(&parts("/api/a%2Fb"));
+        let b = logical_from_path(&parts("/api/a%2Fb")).into_owned();
         assert_ne!(b, "/api/a/b");
     }
 

@@ -399,6 +399,12 @@ impl Store for FallbackStore {
         self.inner.redis.write_token()
     }
 
+    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
+        // While falling back, memory answers at once; otherwise Redis must be asked.
+        self.is_falling_back()
+            .then(|| self.inner.memory.get_now(key))
+    }
+
     fn set_listener(&self, listener: InvalidationListener) {
         *lock(&self.inner.listener) = Some(listener);
     }

@@ -62,7 +62,8 @@ struct Inner {
 struct QueuedRef {
     key: Box<str>,
     variant: u64,
-    vary_hash: u64,
+    /// The very entry queued: a replaced entry's reference dies with it.
+    entry: Weak<Entry>,
     queued_at: u64,
 }
 
@@ -138,9 +139,15 @@ impl MemoryStore {
 
     /// Look up synchronously (the memory store never waits).
     pub(crate) fn get_now(&self, key: StoreKey<'_>) -> Option<Variants> {
-        let map_key = map_key(key.namespace, key.logical);
-        let slot = self.inner.map.get(map_key.as_str())?;
-        let variants = slot.variants.get(&key.variant)?.clone();
+        // Build the map key in a reused buffer: no allocation on the hit path.
+        let variants = MAP_KEY.with_borrow_mut(|buffer| {
+            buffer.clear();
+            buffer.push_str(key.namespace);
+            buffer.push(':');
+            buffer.push_str(key.logical);
+            let slot = self.inner.map.get(buffer.as_str())?;
+            slot.variants.get(&key.variant).cloned()
+        })?;
         let now = clock::now_millis() / 1000;
         for entry in variants.iter() {
             entry.touch(now);
@@ -156,7 +163,7 @@ impl MemoryStore {
         if weight > self.inner.max_bytes / 4 {
             return false;
         }
-        let vary_hash = entry.vary().hash;
+        let queued = Arc::downgrade(&entry);
         let added = weight as u64;
         let mut removed = 0u64;
         let mut replaced = 0u64;
@@ -190,7 +197,7 @@ impl MemoryStore {
         self.inner.enqueue(QueuedRef {
             key: map_key,
             variant: key.variant,
-            vary_hash,
+            entry: queued,
             queued_at: clock::now_millis() / 1000,
         });
         self.inner.evict_to_budget();
@@ -268,6 +275,10 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
+thread_local! {
+    static MAP_KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 fn map_key(namespace: &str, logical: &str) -> String {
     let mut key = String::with_capacity(namespace.len() + 1 + logical.len());
     key.push_str(namespace);
@@ -304,17 +315,8 @@ impl Inner {
         // References to removed or replaced entries pile up; drop them once they dominate.
         let live = self.entries.load(Ordering::Relaxed) as usize;
         if clock.len() > 2 * live + 1024 {
-            clock.retain(|r| self.lookup(r).is_some());
+            clock.retain(|r| r.entry.strong_count() > 0);
         }
-    }
-
-    fn lookup(&self, r: &QueuedRef) -> Option<Arc<Entry>> {
-        let slot = self.map.get(&*r.key)?;
-        let variants = slot.variants.get(&r.variant)?;
-        variants
-            .iter()
-            .find(|e| e.vary().hash == r.vary_hash)
-            .cloned()
     }
 
     fn evict_to_budget(&self) {
@@ -324,7 +326,7 @@ impl Inner {
                 clock.pop_front()
             };
             let Some(r) = next else { return };
-            let Some(entry) = self.lookup(&r) else {
+            let Some(entry) = r.entry.upgrade() else {
                 continue;
             };
             if entry.last_access_secs() > r.queued_at {
@@ -417,6 +419,10 @@ impl Store for MemoryStore {
     fn get<'a>(&'a self, key: StoreKey<'a>) -> StoreFuture<'a, Option<Variants>> {
         let found = self.get_now(key);
         Box::pin(std::future::ready(Ok(found)))
+    }
+
+    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
+        Some(self.get_now(key))
     }
 
     fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>, _token: u64) -> StoreFuture<'a, ()> {
@@ -549,6 +555,19 @@ mod tests {
             queue <= 2 * stats.entries + 1025,
             "{queue} refs for {stats:?}"
         );
+    }
+
+    #[test]
+    fn replacing_one_key_again_and_again_keeps_the_queue_small() {
+        let store = MemoryStore::new();
+        let started = std::time::Instant::now();
+        for _ in 0..20_000 {
+            store.put_now(key("/hot"), entry(10, 60));
+        }
+        let queue = store.inner.clock.lock().unwrap().len();
+        assert!(queue <= 1025 + 2, "{queue} queue references for one entry");
+        // Quadratic behaviour took seconds here; linear takes milliseconds.
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     #[test]

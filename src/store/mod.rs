@@ -64,6 +64,13 @@ pub trait Store: Send + Sync + 'static {
     /// Every variant stored under `key`, fresh or not; `None` when there is none.
     fn get<'a>(&'a self, key: StoreKey<'a>) -> StoreFuture<'a, Option<Variants>>;
 
+    /// Answer [`get`](Store::get) without waiting, when the store can (process memory):
+    /// `None` means "ask `get`". Lets the layer answer memory hits without a future.
+    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
+        let _ = key;
+        None
+    }
+
     /// Store `entry` under `key`, replacing the entry with the same `Vary` values.
     ///
     /// `token` is what [`write_token`](Store::write_token) returned when the request began:
@@ -250,6 +257,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn write_token(&self) -> u64 {
         (**self).write_token()
+    }
+    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
+        (**self).try_get_now(key)
     }
     fn set_listener(&self, listener: InvalidationListener) {
         (**self).set_listener(listener)
