@@ -70,6 +70,7 @@ start_portal() {
     PORTAL_SYNC_INTERVAL_SECS=0 RUST_LOG=warn,portal=info "$@" \
     "$BIN/portal" >"$OUT/$name.log" 2>&1 &
   PIDS+=($!)
+  echo $! >"$OUT/$name.pid"
   wait_for "http://127.0.0.1:$port/health"
 }
 
@@ -90,15 +91,24 @@ curl -fsS -o "$OUT/dashboard.json" "$CACHED$DASHBOARD" # also warms the cache
 log "starting the ceiling server with the same $(wc -c <"$OUT/dashboard.json") dashboard bytes"
 CEILING_BODY="$OUT/dashboard.json" CEILING_ADDR="127.0.0.1:$CEILING_PORT" "$BIN/ceiling" >"$OUT/ceiling.log" 2>&1 &
 PIDS+=($!)
+echo $! >"$OUT/ceiling.pid"
 CEILING=http://127.0.0.1:$CEILING_PORT
 wait_for "$CEILING/static"
 curl -fsS -o /dev/null "$CEILING/cached"
 cmp -s "$OUT/dashboard.json" <(curl -fsS "$CEILING/cached") || die "the ceiling does not serve the dashboard bytes"
 
-# oha NAME URL: one run; the JSON report goes to $OUT/NAME.json.
+# Server CPU time (user + system, in clock ticks) of the process in $OUT/NAME.pid.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$(cat "$OUT/$1.pid")/stat" 2>/dev/null || echo ""; }
+# oha NAME URL SERVER: one run; the JSON report goes to $OUT/NAME.json and the CPU time
+# SERVER spent meanwhile to $OUT/NAME.cpu. CPU per request is steadier than requests/s
+# on a small or shared machine, where neighbours make throughput swing.
 oha_run() {
   log "oha $1: $2 ($DURATION, $CONNECTIONS connections)"
+  local before after
+  before=$(cpu_ticks "$3")
   oha -z "$DURATION" -c "$CONNECTIONS" --no-tui --output-format json "$2" >"$OUT/$1.json"
+  after=$(cpu_ticks "$3")
+  if [ -n "$before" ] && [ -n "$after" ]; then echo "$((after - before))" >"$OUT/$1.cpu"; fi
 }
 # Fields of a report: requests/s, p50 ms, p99 ms, failures (non-2xx answers and errors
 # other than requests cut off by the end of the run).
@@ -110,22 +120,29 @@ failures() {
        + ([.errorDistribution | to_entries[] | select(.key != "aborted due to deadline") | .value] | add // 0)' \
     "$OUT/$1.json"
 }
+# Server CPU microseconds per answered request, or "–" where /proc is missing.
+cpu_us() {
+  [ -f "$OUT/$1.cpu" ] || { echo "–"; return; }
+  awk -v t="$(cat "$OUT/$1.cpu")" -v hz="$(getconf CLK_TCK)" \
+    -v n="$(jq '[.statusCodeDistribution[]] | add // 0' "$OUT/$1.json")" \
+    'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "–" }'
+}
 fmt() { awk -v v="$1" -v d="${2:-1}" 'BEGIN { printf "%.*f", d, v }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a / b }'; }
 percent() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", 100 * a / b }'; }
 row() { # row LABEL NAME NOTE
-  echo "| $1 | $(fmt "$(rps "$2")" 0) | $(fmt "$(p50 "$2")" 2) | $(fmt "$(p99 "$2")" 2) | $(failures "$2") | $3 |"
+  echo "| $1 | $(fmt "$(rps "$2")" 0) | $(fmt "$(p50 "$2")" 2) | $(fmt "$(p99 "$2")" 2) | $(failures "$2") | $(cpu_us "$2") | $3 |"
 }
 
 # 1. The dashboard: every request to SQLite, then memory hits through the whole portal.
-oha_run uncached "$UNCACHED$DASHBOARD"
-oha_run memory "$CACHED$DASHBOARD"
+oha_run uncached "$UNCACHED$DASHBOARD" portal-uncached
+oha_run memory "$CACHED$DASHBOARD" portal-cached
 
 # 2. The ceiling pair, alternating so both see the same machine state; best of each.
 best_static=1 best_cached=1 per_round=()
 for round in $(seq 1 "$ROUNDS"); do
-  oha_run "ceiling-static-$round" "$CEILING/static"
-  oha_run "ceiling-cached-$round" "$CEILING/cached"
+  oha_run "ceiling-static-$round" "$CEILING/static" ceiling
+  oha_run "ceiling-cached-$round" "$CEILING/cached" ceiling
   greater() { awk -v a="$(rps "$1")" -v b="$(rps "$2")" 'BEGIN { exit !(a > b) }'; }
   if greater "ceiling-static-$round" "ceiling-static-$best_static"; then best_static=$round; fi
   if greater "ceiling-cached-$round" "ceiling-cached-$best_cached"; then best_cached=$round; fi
@@ -135,7 +152,7 @@ done
 # 3. A sync every second during load: oha reads the synced company's dashboard while the
 # checker syncs it and verifies every read it makes against the last completed sync.
 stats_before=$(curl -fsS "$CACHED/api/cache/stats")
-oha_run sync-load "$CACHED/api/dashboard/$SYNC_GUID" &
+oha_run sync-load "$CACHED/api/dashboard/$SYNC_GUID" portal-cached &
 OHA_PID=$!
 secs=${DURATION%s}
 [[ "$secs" =~ ^[0-9]+$ ]] || secs=10
@@ -156,6 +173,23 @@ else
 fi
 log "Redis scenarios: $redis_note"
 
+# CPU per request of one ceiling route over all its rounds.
+route_cpu_us() {
+  local ticks=0 requests=0 round
+  for round in $(seq 1 "$ROUNDS"); do
+    [ -f "$OUT/ceiling-$1-$round.cpu" ] || { echo ""; return; }
+    ticks=$((ticks + $(cat "$OUT/ceiling-$1-$round.cpu")))
+    requests=$((requests + $(jq '[.statusCodeDistribution[]] | add // 0' "$OUT/ceiling-$1-$round.json")))
+  done
+  awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }'
+}
+static_cpu=$(route_cpu_us static)
+cached_cpu=$(route_cpu_us cached)
+if [ -n "$static_cpu" ] && [ -n "$cached_cpu" ]; then
+  cpu_note="; server CPU per request over all rounds: $cached_cpu µs vs $static_cpu µs static ($(percent "$static_cpu" "$cached_cpu") % of the static's requests per CPU-second)"
+else
+  cpu_note=""
+fi
 uncached_rps=$(rps uncached)
 memory_rps=$(rps memory)
 static_rps=$(rps "ceiling-static-$best_static")
@@ -167,19 +201,19 @@ cpu=$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null || 
   echo "Load: oha, $CONNECTIONS connections, $DURATION per run, HTTP/1.1 keep-alive, oha on the same machine."
   echo "Body: one company's dashboard, $(wc -c <"$OUT/dashboard.json") bytes of JSON ($SEED vouchers seeded)."
   echo
-  echo "| Scenario | Requests/s | p50 ms | p99 ms | Failures | Ratio / notes |"
-  echo "|---|---:|---:|---:|---:|---|"
+  echo "| Scenario | Requests/s | p50 ms | p99 ms | Failures | Server CPU µs/req | Ratio / notes |"
+  echo "|---|---:|---:|---:|---:|---:|---|"
   row "1. Dashboard, cache off (SQLite on every request)" uncached "1×"
   row "1. Dashboard, memory hit (whole portal)" memory \
     "**$(ratio "$memory_rps" "$uncached_rps")×** uncached (target ≥ 100×)"
-  echo "| 1. Dashboard, Redis hit | – | – | – | – | $redis_note |"
+  echo "| 1. Dashboard, Redis hit | – | – | – | – | – | $redis_note |"
   row "2. Ceiling: same bytes from a static" "ceiling-static-$best_static" "100 %"
   row "2. Ceiling: same bytes through \`CacheLayer\` (memory hit)" "ceiling-cached-$best_cached" \
-    "**$(percent "$cached_rps" "$static_rps") %** of static (target ≥ 90 %); best of $ROUNDS runs each; pairs per round: $(IFS=/; echo "${per_round[*]}" | sed 's|/|, |g')"
-  echo "| 2. Ceiling: one raw Redis GET | – | – | – | – | $redis_note |"
+    "**$(percent "$cached_rps" "$static_rps") %** of static (target ≥ 90 %); best of $ROUNDS runs each; pairs per round: $(IFS=/; echo "${per_round[*]}" | sed 's|/|, |g')$cpu_note"
+  echo "| 2. Ceiling: one raw Redis GET | – | – | – | – | – | $redis_note |"
   row "3. Dashboard while its company syncs every 1 s (memory)" sync-load \
     "hit ratio **$(percent "$hits" "$((hits + misses))") %** ($hits hits, $misses misses); $(check syncs) syncs; **$stale stale** of $(check reads) checked reads"
-  echo "| 4. Redis killed during load | – | – | – | – | $redis_note |"
+  echo "| 4. Redis killed during load | – | – | – | – | – | $redis_note |"
 } | tee "$OUT/table.md"
 
 log "results in $OUT (table.md, oha JSON, server logs)"
