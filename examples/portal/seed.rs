@@ -138,6 +138,10 @@ pub fn prepare(path: &Path, vouchers: u64) -> Result<Option<Seeded>, DbError> {
     if exists {
         return Ok(None);
     }
+    tracing::info!(
+        vouchers,
+        "new database: creating and seeding it (once; a few seconds)"
+    );
     let started = Instant::now();
     let now = now_rfc3339();
     let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
