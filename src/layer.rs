@@ -53,6 +53,11 @@ impl CacheLayer {
     /// invalidation patterns match (e.g. `dashboard:ABC`), or `None` to bypass the cache.
     /// The default is the request path. Host, query and `Vary` still select variants.
     ///
+    /// The function sees the raw URI: `%41` is not decoded to `A`. Derive keys from parts
+    /// you validate (the portal example accepts only plain GUIDs and bypasses the rest), or
+    /// two spellings of one resource get two entries and an invalidation written for one
+    /// misses the other. Escape IDs that go into patterns with [`Pattern::escape`](crate::Pattern::escape).
+    ///
     /// ```
     /// use tower_response_cache::{CacheHandle, CacheLayer};
     ///

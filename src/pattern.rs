@@ -106,6 +106,21 @@ impl Token {
 }
 
 impl Pattern {
+    /// Escape every glob character of `text`, for building patterns from values such as
+    /// IDs: `format!("dashboard:{}*", Pattern::escape(id))` matches keys starting with
+    /// `dashboard:` and exactly `id`, whatever characters `id` holds.
+    ///
+    /// ```
+    /// use tower_response_cache::Pattern;
+    ///
+    /// let pattern = Pattern::new(&format!("dashboard:{}*", Pattern::escape("a[b")));
+    /// assert!(pattern.matches_str("dashboard:a[b?from=1"));
+    /// assert!(!pattern.matches_str("dashboard:ab"));
+    /// ```
+    pub fn escape(text: &str) -> String {
+        escape(text)
+    }
+
     /// Parses `pattern`. Never fails: malformed patterns mean what they mean to Redis.
     pub fn new(pattern: &str) -> Pattern {
         let tokens = parse(pattern.as_bytes());
