@@ -187,6 +187,13 @@ impl Inner {
     }
 
     fn failed(&self, error: &StoreError) {
+        if error.is_connection_lost() {
+            // Redis may have restarted from an old snapshot: read nothing from it until the
+            // probe has checked its run_id (and replayed what it may have missed).
+            tracing::debug!(%error, "Redis connection lost");
+            self.open_circuit();
+            return;
+        }
         if !error.is_unavailable() {
             return;
         }
@@ -246,12 +253,23 @@ impl Inner {
                     self.succeeded();
                     return Ok(removed + local);
                 }
-                Err(error) => self.failed(&error),
+                Err(error) => {
+                    self.failed(&error);
+                    lock(&self.pending).push((namespace.to_owned(), invalidation));
+                    // Whatever went wrong (unreachable, out of memory, read-only), Redis may
+                    // still hold what this invalidation covers: stop reading it until the
+                    // probe has replayed the invalidation.
+                    self.open_circuit();
+                    return Err(StoreError::unavailable(
+                        "the invalidation did not reach Redis: it applied locally and will be replayed to Redis before Redis is read again",
+                        error,
+                    ));
+                }
             }
         }
         lock(&self.pending).push((namespace.to_owned(), invalidation));
         Err(StoreError::unavailable(
-            "Redis was not reached: the invalidation applied locally and will be replayed to Redis before it is read again",
+            "Redis is unreachable: the invalidation applied locally and will be replayed to Redis before it is read again",
             format!("{local} local entries removed"),
         ))
     }
@@ -302,6 +320,11 @@ async fn probe(store: Weak<Inner>) {
                 .is_some_and(|old| *old != run_id);
             if restarted {
                 queue_recent(&inner);
+            }
+            // A restarted Redis may have an older counter than tokens in flight: raise it
+            // first, so the replayed invalidations move it past every one of them.
+            if inner.redis.restore_generation().await.is_err() {
+                continue;
             }
             if !inner.replay().await {
                 continue;

@@ -187,6 +187,7 @@ pub struct StoreStats {
 pub struct StoreError {
     message: String,
     unavailable: bool,
+    connection_lost: bool,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -199,6 +200,7 @@ impl StoreError {
         StoreError {
             message: message.into(),
             unavailable: false,
+            connection_lost: false,
             source: Some(source.into()),
         }
     }
@@ -220,11 +222,29 @@ impl StoreError {
         self.unavailable
     }
 
+    /// The connection itself failed (refused, reset, dropped), not just one slow answer:
+    /// the backend may have restarted. Implies [`is_unavailable`](Self::is_unavailable).
+    pub fn connection_lost(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError {
+            connection_lost: true,
+            ..StoreError::unavailable(message, source)
+        }
+    }
+
+    /// Whether the connection itself failed (see [`connection_lost`](Self::connection_lost)).
+    pub fn is_connection_lost(&self) -> bool {
+        self.connection_lost
+    }
+
     /// An error with only a message.
     pub fn msg(message: impl Into<String>) -> Self {
         StoreError {
             message: message.into(),
             unavailable: false,
+            connection_lost: false,
             source: None,
         }
     }

@@ -166,6 +166,35 @@ impl RedisStore {
         }
     }
 
+    /// After Redis restarted (its counter may have gone back), raise its invalidation
+    /// counter to at least what this process has seen, so a write fetched before the restart
+    /// can never carry a token that matches again.
+    pub(crate) async fn restore_generation(&self) -> Result<(), StoreError> {
+        const RAISE: &str = r#"
+local g = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+if g < floor then redis.call('SET', KEYS[1], floor) return floor end
+return g
+"#;
+        let floor = self.inner.generation.load(Ordering::Relaxed);
+        let script = Script::new(RAISE);
+        let mut invocation = script.key(GENERATION_KEY);
+        invocation.arg(floor);
+        let mut connection = self.inner.connection.clone();
+        let call = invocation.invoke_async::<u64>(&mut connection);
+        match tokio::time::timeout(self.inner.scan_deadline, call).await {
+            Ok(Ok(generation)) => {
+                self.inner.generation.store(generation, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err(error)) => Err(classify(error)),
+            Err(_) => Err(StoreError::unavailable(
+                "Redis did not answer within the deadline",
+                format!("{:?}", self.inner.scan_deadline),
+            )),
+        }
+    }
+
     /// `PING` within the deadline.
     pub async fn ping(&self) -> Result<(), StoreError> {
         let _: String = self.query(redis::cmd("PING"), self.inner.deadline).await?;
@@ -296,10 +325,10 @@ impl RedisStore {
                 ))
             }
         };
-        self.inner
-            .generation
-            .fetch_max(generation, Ordering::Relaxed);
         if stored == 0 {
+            // Redis's counter is the authority: adopt it, even when it went down (a Redis
+            // that restarted empty), so the next writes carry a matching token.
+            self.inner.generation.store(generation, Ordering::Relaxed);
             tracing::debug!(key = %entry_key, "not stored: an invalidation happened while it was fetched");
         }
         Ok(())
@@ -432,10 +461,15 @@ impl RedisStore {
 
 /// Connection trouble is "unavailable"; anything Redis answered with is not.
 fn classify(error: RedisError) -> StoreError {
-    match error.kind() {
-        ErrorKind::Server(_) => StoreError::new("Redis refused the command", error),
-        _ => StoreError::unavailable("Redis is unreachable", error),
+    if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() {
+        return StoreError::connection_lost("the Redis connection failed", error);
     }
+    let auth = matches!(error.code(), Some("NOAUTH" | "WRONGPASS"));
+    if error.is_timeout() || auth || error.kind() == ErrorKind::AuthenticationFailed {
+        return StoreError::unavailable("Redis is unusable", error);
+    }
+    // Everything else is an answer: WRONGTYPE, OOM, READONLY, a script error.
+    StoreError::new("Redis refused the command", error)
 }
 
 fn field(variant: u64) -> String {
@@ -517,7 +551,7 @@ async fn listen(store: std::sync::Weak<Inner>) {
         // refused for carrying an old generation.
         if let Some(inner) = store.upgrade() {
             let current = RedisStore { inner };
-            if let Ok(Some(generation)) = current
+            if let Ok(generation) = current
                 .query::<Option<u64>>(
                     redis::cmd("GET").arg(GENERATION_KEY).clone(),
                     current.inner.scan_deadline,
@@ -527,7 +561,7 @@ async fn listen(store: std::sync::Weak<Inner>) {
                 current
                     .inner
                     .generation
-                    .fetch_max(generation, Ordering::Relaxed);
+                    .store(generation.unwrap_or(0), Ordering::Relaxed);
             }
         }
         if connected_before {
