@@ -26,6 +26,6 @@ echo "== doc tests"
 cargo test --all-features --doc
 echo "== cargo test (default features)"
 cargo test --lib --tests
-echo "== benches compile and run once"
+echo "== benches build (release)"
 cargo bench --all-features --no-run
 echo "all tests passed"

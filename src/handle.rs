@@ -599,6 +599,8 @@ fn pick(variants: &[Arc<Entry>], request_headers: &HeaderMap) -> Found {
         let vary = entry.vary();
         if vary_hash(&vary.names, request_headers) == vary.hash {
             if entry.is_fresh_at(now) {
+                // Recency for the memory store's eviction.
+                entry.touch(now / 1000);
                 return Found::Hit(entry.clone());
             }
             stale = Some(entry.clone());

@@ -81,12 +81,9 @@ where
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        // The ready service goes into the future; this one keeps a fresh clone.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let config = self.config.clone();
-        let counters = &config.handle.shared().counters;
-        match config
+        let counters = &self.config.handle.shared().counters;
+        match self
+            .config
             .policy
             .request_action(request.method(), request.headers())
         {
@@ -97,47 +94,59 @@ where
                     BypassReason::Request => Forward::Request,
                 };
                 let status = headers::forward_status(forward, false, None, false);
-                ResponseFuture::bypass(inner.call(request), status)
+                ResponseFuture::bypass(take_ready(&mut self.inner).call(request), status)
             }
             RequestAction::Unsafe => {
                 let (parts, body) = request.into_parts();
-                let logical = config.logical_key(&parts).map(Cow::into_owned);
+                let logical = self.config.logical_key(&parts).map(Cow::into_owned);
                 let host = request_host(&parts);
-                let future = inner.call(Request::from_parts(parts, body));
+                let future = take_ready(&mut self.inner).call(Request::from_parts(parts, body));
+                let config = self.config.clone();
                 ResponseFuture::cache(Box::pin(invalidate_after(config, logical, host, future)))
             }
             action @ (RequestAction::Lookup | RequestAction::Revalidate) => {
                 let (parts, body) = request.into_parts();
                 let revalidate = action == RequestAction::Revalidate;
-                match config.logical_key(&parts) {
-                    Some(logical) => {
-                        let variant = key::variant(&parts, config.policy.keyed_headers());
-                        let handle = &config.handle;
-                        // Memory hits are answered here, without a boxed future.
-                        if !revalidate {
-                            if let Some(Found::Hit(entry)) =
-                                handle.lookup_now(&logical, variant, &parts.headers)
-                            {
-                                bump!(counters, hits);
-                                let served = Served::Hit { coalesced: false };
-                                let response = answer(&entry, &parts, served, falling_back(handle));
-                                return ResponseFuture::ready(response);
-                            }
-                        }
-                        let logical = logical.into_owned();
-                        ResponseFuture::cache(Box::pin(serve(
-                            config, inner, parts, body, logical, variant, revalidate,
-                        )))
-                    }
-                    None => {
-                        bump!(counters, bypasses);
-                        let status = headers::forward_status(Forward::Bypass, false, None, false);
-                        ResponseFuture::bypass(inner.call(Request::from_parts(parts, body)), status)
+                let config = &self.config;
+                let Some(logical) = config.logical_key(&parts) else {
+                    bump!(counters, bypasses);
+                    let status = headers::forward_status(Forward::Bypass, false, None, false);
+                    let request = Request::from_parts(parts, body);
+                    return ResponseFuture::bypass(
+                        take_ready(&mut self.inner).call(request),
+                        status,
+                    );
+                };
+                let variant = key::variant(&parts, config.policy.keyed_headers());
+                let handle = &config.handle;
+                // Memory hits are answered here: no boxed future, no clone of the inner
+                // service (which stays ready, unused).
+                if !revalidate {
+                    if let Some(Found::Hit(entry)) =
+                        handle.lookup_now(&logical, variant, &parts.headers)
+                    {
+                        bump!(counters, hits);
+                        let served = Served::Hit { coalesced: false };
+                        let response = answer(&entry, &parts, served, falling_back(handle));
+                        return ResponseFuture::ready(response);
                     }
                 }
+                let logical = logical.into_owned();
+                let config = self.config.clone();
+                let inner = take_ready(&mut self.inner);
+                ResponseFuture::cache(Box::pin(serve(
+                    config, inner, parts, body, logical, variant, revalidate,
+                )))
             }
         }
     }
+}
+
+/// The ready service goes into the future; the service keeps a fresh clone (tower's rule:
+/// what `poll_ready` readied is what `call` uses).
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
 }
 
 impl Config {

@@ -148,10 +148,6 @@ impl MemoryStore {
             let slot = self.inner.map.get(buffer.as_str())?;
             slot.variants.get(&key.variant).cloned()
         })?;
-        let now = clock::now_millis() / 1000;
-        for entry in variants.iter() {
-            entry.touch(now);
-        }
         Some(variants)
     }
 
