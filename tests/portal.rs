@@ -49,7 +49,9 @@ impl Drop for TempDb {
 struct Portal {
     addr: SocketAddr,
     client: Client<HttpConnector, Full<Bytes>>,
-    _db: TempDb,
+    /// Only the Redis test hands the database to another process.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    db: TempDb,
 }
 
 struct Answer {
@@ -67,14 +69,23 @@ impl Answer {
 }
 
 impl Portal {
+    /// The portal caching in memory (`cache`) or not at all.
     async fn start(cache: bool) -> Portal {
+        Portal::start_with(portal::Config {
+            cache_enabled: cache,
+            ..portal::Config::default()
+        })
+        .await
+    }
+
+    /// The portal with `config`, on a fresh database and a free port.
+    async fn start_with(config: portal::Config) -> Portal {
         let db = TempDb::new();
         let config = portal::Config {
             db_path: db.0.clone(),
             seed_vouchers: SEED_VOUCHERS,
             db_connections: 2,
-            cache_enabled: cache,
-            ..portal::Config::default()
+            ..config
         };
         let state = portal::state(&config).await.expect("portal state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -85,7 +96,7 @@ impl Portal {
         Portal {
             addr,
             client: Client::builder(TokioExecutor::new()).build_http(),
-            _db: db,
+            db,
         }
     }
 
@@ -109,6 +120,26 @@ impl Portal {
 
     async fn get(&self, path: &str) -> Answer {
         self.send(Method::GET, path).await
+    }
+
+    /// Read `path` until it is a hit: a miss hands its entry to the store after the answer
+    /// has gone out, so with Redis the very next read may still miss.
+    #[cfg(feature = "redis")]
+    async fn until_hit(&self, path: &str) -> Answer {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let answer = self.get(path).await;
+            assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.json);
+            if answer.header("x-cache") == "HIT" {
+                return answer;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path} never became a hit; last {}",
+                answer.header("cache-status")
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     async fn companies(&self) -> Vec<Value> {
@@ -330,4 +361,138 @@ async fn the_page_is_served() {
     assert!(std::str::from_utf8(&body)
         .unwrap()
         .contains("/api/dashboard/"));
+}
+
+#[cfg(feature = "redis")]
+#[path = "redis_support/mod.rs"]
+mod redis_support;
+
+/// Run `cargo run --example sync -- <guid>` as its own OS process, as an operator would, with
+/// the same features and profile as this test (so it reuses what is built), pointed at the
+/// portal's database and Redis. Its HTTP fallback points at a closed port, so only the
+/// Redis path can succeed. Returns the report it prints.
+#[cfg(feature = "redis")]
+async fn sync_in_another_process(
+    db: &std::path::Path,
+    redis: &redis_support::RedisServer,
+    guid: &str,
+) -> Value {
+    use std::time::Duration;
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
+    let mut command = tokio::process::Command::new(cargo);
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "--quiet", "--example", "sync", "--features"])
+        .arg(if cfg!(feature = "full") {
+            "full"
+        } else {
+            "redis"
+        });
+    if !cfg!(debug_assertions) {
+        command.arg("--release");
+    }
+    command
+        .args(["--", guid])
+        .env("PORTAL_DB", db)
+        .env("PORTAL_CACHE", "on")
+        .env("PORTAL_URL", "http://127.0.0.1:9")
+        .env("REDIS_ENABLED", "true")
+        .env("REDIS_URL", redis.url())
+        .env("CACHE_NAMESPACE", portal::config::NAMESPACE)
+        .env("CACHE_REDIS_TIMEOUT_MS", "1000")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    // The first run in a fresh build directory compiles the example.
+    let output = tokio::time::timeout(Duration::from_secs(600), command.output())
+        .await
+        .expect("the sync process did not finish within 600 s")
+        .expect("start cargo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the sync process failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stderr.contains("invalidated through Redis"), "{stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("sync printed no JSON ({e}): {stdout}"))
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_sync_process_invalidates_the_portal_through_redis() {
+    use std::time::Duration;
+
+    let redis = redis_support::RedisServer::start();
+    let defaults = portal::Config::default();
+    let portal = Portal::start_with(portal::Config {
+        cache: tower_response_cache::CacheConfig {
+            redis_enabled: true,
+            redis_url: redis.url(),
+            // A debug build on a busy machine: no spurious fallback.
+            redis_timeout: Duration::from_millis(500),
+            ..defaults.cache
+        },
+        ..defaults
+    })
+    .await;
+    let health = portal.get("/health").await;
+    assert_eq!(health.json["cache"]["backend"], "redis", "{}", health.json);
+
+    let companies = portal.companies().await;
+    let (a, b) = (
+        companies[0]["guid"].as_str().unwrap().to_owned(),
+        companies[1]["guid"].as_str().unwrap().to_owned(),
+    );
+    let alter_a = alter_id_of(&companies, &a);
+    let (path_a, path_b) = (format!("/api/dashboard/{a}"), format!("/api/dashboard/{b}"));
+
+    // Both dashboards cached, in Redis.
+    for path in [&path_a, &path_b] {
+        assert_eq!(portal.get(path).await.header("x-cache"), "MISS", "{path}");
+    }
+    let before_a = portal.until_hit(&path_a).await;
+    assert_eq!(before_a.json["alter_id"], alter_a);
+    let before_b = portal.until_hit(&path_b).await;
+    portal.until_hit("/api/companies").await;
+    let namespace = portal::config::NAMESPACE;
+    assert_eq!(
+        redis.keys(&format!("{namespace}:k:dashboard:*")).len(),
+        2,
+        "the dashboards are stored in Redis"
+    );
+
+    let report = sync_in_another_process(&portal.db.0, &redis, &a).await;
+    let new_alter_id = report["alter_id"].as_i64().unwrap();
+    assert_eq!(report["guid"], a.as_str());
+    assert_eq!(report["previous_alter_id"], alter_a);
+    assert_eq!(new_alter_id, alter_a + report["inserted"].as_i64().unwrap());
+    assert_eq!(report["cache"]["dashboards"], 1, "{report}");
+    assert_eq!(report["cache"]["companies"], 1, "{report}");
+    assert_eq!(report["cache"]["errors"], serde_json::json!([]));
+
+    // The portal (this process) stops serving the old dashboard at once.
+    let after_a = portal.get(&path_a).await;
+    assert_eq!(after_a.status, StatusCode::OK);
+    assert_eq!(after_a.header("x-cache"), "MISS");
+    assert_eq!(after_a.json["alter_id"], new_alter_id);
+    // The other company's entry survived.
+    let after_b = portal.get(&path_b).await;
+    assert_eq!(after_b.header("x-cache"), "HIT");
+    assert_eq!(after_b.json, before_b.json);
+    // The new dashboard is cached in its turn.
+    assert_eq!(
+        portal.until_hit(&path_a).await.json["alter_id"],
+        new_alter_id
+    );
+    // The company list was dropped too and shows the new alter_id.
+    let list = portal.get("/api/companies").await;
+    assert_eq!(list.header("x-cache"), "MISS");
+    let list = list.json["companies"].as_array().unwrap().clone();
+    assert_eq!(alter_id_of(&list, &a), new_alter_id);
+
+    let stats = portal.get("/api/cache/stats").await;
+    assert_eq!(stats.json["backend"], "redis", "{}", stats.json);
+    assert_eq!(stats.json["store_errors"], 0, "{}", stats.json);
 }

@@ -2,13 +2,19 @@
 //!
 //! `.env` in the current directory is loaded first (variables already set win), so a
 //! developer can keep settings there; `env.example` at the repository root documents each one.
+//!
+//! The cache's own variables (`REDIS_ENABLED`, `REDIS_URL` or `REDIS_HOST`/`PORT`/`DB`/
+//! `PASSWORD`, `CACHE_TTL_SECONDS`, `CACHE_NAMESPACE`, `CACHE_MAX_BYTES`,
+//! `CACHE_REDIS_TIMEOUT_MS`, `CACHE_FALLBACK_TTL_SECONDS`) are read by the crate's
+//! [`CacheConfig::from_env`], the same way with or without the `redis` feature: a build
+//! without it warns that `REDIS_ENABLED=true` cannot be honoured and caches in memory.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use tower_response_cache::{CacheHandle, MemoryStore};
+use tower_response_cache::{CacheConfig, CacheHandle};
 
 /// The portal's settings. [`Config::from_env`] builds them; tests build them by hand.
 #[derive(Debug, Clone)]
@@ -25,13 +31,17 @@ pub struct Config {
     pub sync_interval: Option<Duration>,
     /// `PORTAL_CACHE`: `on` (default) or `off` (no caching at all, to measure the database).
     pub cache_enabled: bool,
-    /// `CACHE_TTL_SECONDS`: how long entries stay fresh (default 3600, as in the seed).
-    pub cache_ttl: Duration,
-    /// `CACHE_MAX_BYTES`: the memory store's budget (default 256 MiB).
-    pub cache_max_bytes: usize,
+    /// The cache's settings, from [`CacheConfig::from_env`]: Redis or memory, TTL (default
+    /// 3600 s, as in the seed), budget, deadlines. The namespace defaults to
+    /// [`NAMESPACE`] rather than the crate's `cache`, so the portal and its `sync` process
+    /// agree on it without configuration.
+    pub cache: CacheConfig,
     /// `PORTAL_URL`: where the `sync` process finds the portal (default: from `addr`).
     pub portal_url: Option<String>,
 }
+
+/// The portal's key prefix when `CACHE_NAMESPACE` is unset.
+pub const NAMESPACE: &str = "portal";
 
 /// A variable was set to something unusable. Its message names the variable.
 #[derive(Debug)]
@@ -55,8 +65,10 @@ impl Default for Config {
             db_connections: cpus.max(2),
             sync_interval: None,
             cache_enabled: true,
-            cache_ttl: Duration::from_secs(3600),
-            cache_max_bytes: 256 << 20,
+            cache: CacheConfig {
+                namespace: NAMESPACE.to_owned(),
+                ..CacheConfig::default()
+            },
             portal_url: None,
         }
     }
@@ -90,8 +102,7 @@ impl Config {
                     )))
                 }
             },
-            cache_ttl: parse("CACHE_TTL_SECONDS")?.map_or(defaults.cache_ttl, Duration::from_secs),
-            cache_max_bytes: parse("CACHE_MAX_BYTES")?.unwrap_or(defaults.cache_max_bytes),
+            cache: cache_config()?,
             portal_url: var("PORTAL_URL"),
         })
     }
@@ -110,19 +121,24 @@ impl Config {
     }
 
     /// The cache every part of the portal shares, or `None` with `PORTAL_CACHE=off`.
-    pub fn cache(&self) -> Option<CacheHandle> {
-        // TODO(redis): build the store from `CacheConfig::from_env()` (REDIS_ENABLED, REDIS_URL,
-        // ... with memory fallback) once the `redis` feature lands; TTL and budget move there.
-        self.cache_enabled.then(|| {
-            let store = MemoryStore::builder()
-                .max_bytes(self.cache_max_bytes)
-                .build();
-            CacheHandle::builder(store)
-                .namespace("portal")
-                .ttl(self.cache_ttl)
-                .build()
-        })
+    ///
+    /// Never fails and never waits long: with `REDIS_ENABLED=true` and Redis unreachable it
+    /// starts on memory at once and moves to Redis when Redis answers.
+    pub async fn cache(&self) -> Option<CacheHandle> {
+        if !self.cache_enabled {
+            return None;
+        }
+        Some(self.cache.clone().build().await)
     }
+}
+
+/// The crate's variables, with the portal's namespace when `CACHE_NAMESPACE` is unset.
+fn cache_config() -> Result<CacheConfig, ConfigError> {
+    let mut config = CacheConfig::from_env().map_err(|e| ConfigError(e.to_string()))?;
+    if var("CACHE_NAMESPACE").is_none() {
+        config.namespace = NAMESPACE.to_owned();
+    }
+    Ok(config)
 }
 
 /// A set, non-empty variable.

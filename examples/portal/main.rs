@@ -6,6 +6,12 @@
 //!
 //! On first start it creates and seeds `portal.db` (20 companies, 1 000 000 vouchers).
 //! Settings come from the environment or `.env`; see `env.example` at the repository root.
+//! To share the cache through Redis (with a memory fallback while Redis is down):
+//!
+//! ```sh
+//! REDIS_ENABLED=true REDIS_URL=redis://127.0.0.1:6379/0 \
+//!     cargo run --release --features redis --example portal
+//! ```
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -52,6 +58,10 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         .cache
         .as_ref()
         .map_or("off", |cache| cache.backend().as_str());
+    if state.cache.is_some() && config.cache.redis_enabled {
+        // `Debug` hides a password in the URL.
+        tracing::info!(settings = ?config.cache, "cache configured for Redis");
+    }
     tracing::info!(url = %format!("http://{}", listener.local_addr()?), cache, "portal listening");
 
     let syncing = config

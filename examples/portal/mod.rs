@@ -27,6 +27,6 @@ pub async fn state(config: &Config) -> Result<AppState, db::DbError> {
     }
     Ok(AppState {
         db: db::Db::new(&config.db_path, config.db_connections),
-        cache: config.cache(),
+        cache: config.cache().await,
     })
 }
