@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it. Installs redis-server when it is missing and we are
-# root (the Redis tests start their own servers on free loopback ports; none is skipped).
+# The whole test suite, as CI runs it. Installs redis-server (with redis-cli, which builds
+# the test cluster) when it is missing and we are root (the Redis tests start their own
+# servers and a three-primary cluster on free loopback ports; none is skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing redis-server"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
   else
-    echo "redis-server is missing: install it (apt-get install redis-server) and rerun" >&2
+    echo "redis-server or redis-cli is missing: install them (apt-get install redis-server) and rerun" >&2
     exit 1
   fi
 fi

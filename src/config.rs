@@ -10,6 +10,7 @@
 //! | `REDIS_PORT` | `6379` | Redis port |
 //! | `REDIS_DB` | `0` | Redis database number |
 //! | `REDIS_PASSWORD` | — | Redis password |
+//! | `REDIS_CLUSTER_NODES` | — | comma-separated `host:port` (or `redis://` URLs) of Redis Cluster nodes; when set, Redis is a cluster and `REDIS_URL`/`HOST`/`PORT`/`DB` are not used |
 //! | `CACHE_TTL_SECONDS` | `3600` | TTL when a response gives none |
 //! | `CACHE_NAMESPACE` | `cache` | prefix of every key |
 //! | `CACHE_MAX_BYTES` | `268435456` | memory store budget (also the fallback's) |
@@ -50,6 +51,9 @@ pub struct CacheConfig {
     pub redis_enabled: bool,
     /// Where Redis is.
     pub redis_url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` URLs); when not empty, Redis is a
+    /// cluster and [`redis_url`](Self::redis_url) is not used.
+    pub redis_cluster_nodes: Vec<String>,
     /// Default TTL.
     pub ttl: Duration,
     /// Key prefix.
@@ -87,6 +91,7 @@ impl Default for CacheConfig {
         CacheConfig {
             redis_enabled: false,
             redis_url: "redis://localhost:6379/0".to_owned(),
+            redis_cluster_nodes: Vec::new(),
             ttl: Duration::from_secs(3600),
             namespace: "cache".to_owned(),
             max_bytes: 256 << 20,
@@ -142,6 +147,10 @@ impl CacheConfig {
                 }
             }
         };
+        if let Some(nodes) = get("REDIS_CLUSTER_NODES") {
+            config.redis_cluster_nodes = cluster_nodes(&nodes, get("REDIS_PASSWORD"))
+                .ok_or_else(|| invalid("REDIS_CLUSTER_NODES", nodes, "host:port,host:port,…"))?;
+        }
         if let Some(ttl) = parse::<u64>(&get, "CACHE_TTL_SECONDS", "whole seconds")? {
             config.ttl = Duration::from_secs(ttl);
         }
@@ -188,10 +197,12 @@ impl CacheConfig {
     #[cfg(feature = "redis")]
     async fn redis_store(&self, memory: MemoryStore) -> crate::handle::CacheHandleBuilder {
         use crate::store::{FallbackStore, RedisStore};
-        match RedisStore::builder(self.redis_url.as_str())
-            .deadline(self.redis_timeout)
-            .build()
-        {
+        let redis = if self.redis_cluster_nodes.is_empty() {
+            RedisStore::builder(self.redis_url.as_str())
+        } else {
+            RedisStore::cluster(self.redis_cluster_nodes.iter().cloned())
+        };
+        match redis.deadline(self.redis_timeout).build() {
             Ok(redis) => {
                 let store = FallbackStore::builder(redis, memory)
                     .fallback_ttl(self.fallback_ttl)
@@ -216,13 +227,18 @@ impl CacheConfig {
 impl fmt::Debug for CacheConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The URL may carry a password.
-        let url = match self.redis_url.split_once('@') {
-            Some((_, host)) => format!("redis://***@{host}"),
-            None => self.redis_url.clone(),
-        };
+        let url = hide_password(&self.redis_url);
         f.debug_struct("CacheConfig")
             .field("redis_enabled", &self.redis_enabled)
             .field("redis_url", &url)
+            .field(
+                "redis_cluster_nodes",
+                &self
+                    .redis_cluster_nodes
+                    .iter()
+                    .map(|n| hide_password(n))
+                    .collect::<Vec<_>>(),
+            )
             .field("ttl", &self.ttl)
             .field("namespace", &self.namespace)
             .field("max_bytes", &self.max_bytes)
@@ -230,6 +246,42 @@ impl fmt::Debug for CacheConfig {
             .field("fallback_ttl", &self.fallback_ttl)
             .finish()
     }
+}
+
+fn hide_password(url: &str) -> String {
+    match url.split_once('@') {
+        Some((_, host)) => format!("redis://***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// `host:port` or `redis://…` entries, comma-separated, as cluster seed URLs (with the
+/// password added to those that carry none); `None` when an entry is not a node address.
+fn cluster_nodes(list: &str, password: Option<String>) -> Option<Vec<String>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|node| {
+            let (scheme, rest) = match node.split_once("://") {
+                Some((scheme @ ("redis" | "rediss"), rest)) => (scheme, rest),
+                Some(_) => return None,
+                None => ("redis", node),
+            };
+            let address = rest.rsplit_once('@').map_or(rest, |(_, a)| a);
+            let address = address.trim_end_matches('/');
+            let (host, port) = address.rsplit_once(':')?;
+            if host.is_empty() || port.parse::<u16>().ok()? == 0 {
+                return None;
+            }
+            Some(match (&password, rest.contains('@')) {
+                (Some(password), false) => {
+                    format!("{scheme}://:{}@{address}", encode_userinfo(password))
+                }
+                _ => format!("{scheme}://{}", rest.trim_end_matches('/')),
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .filter(|nodes| !nodes.is_empty())
 }
 
 fn invalid(variable: &'static str, value: String, expected: &'static str) -> ConfigError {
@@ -318,6 +370,31 @@ mod tests {
     }
 
     #[test]
+    fn cluster_nodes_become_seed_urls_with_the_password() {
+        let c = config(&[
+            (
+                "REDIS_CLUSTER_NODES",
+                "10.0.0.1:7000, redis://10.0.0.2:7001/,rediss://:own@h:7002",
+            ),
+            ("REDIS_PASSWORD", "p w"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.redis_cluster_nodes,
+            [
+                "redis://:p%20w@10.0.0.1:7000",
+                "redis://:p%20w@10.0.0.2:7001",
+                "rediss://:own@h:7002"
+            ]
+        );
+        assert!(
+            !format!("{c:?}").contains("p%20w"),
+            "Debug must hide passwords"
+        );
+        assert!(config(&[]).unwrap().redis_cluster_nodes.is_empty());
+    }
+
+    #[test]
     fn invalid_values_name_the_variable() {
         for (name, value) in [
             ("REDIS_ENABLED", "maybe"),
@@ -328,6 +405,10 @@ mod tests {
             ("CACHE_MAX_BYTES", "12"),
             ("CACHE_REDIS_TIMEOUT_MS", "0"),
             ("CACHE_FALLBACK_TTL_SECONDS", "soon"),
+            ("REDIS_CLUSTER_NODES", "10.0.0.1"),
+            ("REDIS_CLUSTER_NODES", "http://10.0.0.1:7000"),
+            ("REDIS_CLUSTER_NODES", "10.0.0.1:7000,:7001"),
+            ("REDIS_CLUSTER_NODES", ",,"),
         ] {
             let error = config(&[(name, value)]).unwrap_err().to_string();
             assert!(error.contains(name) && error.contains(value), "{error}");

@@ -161,3 +161,123 @@ fn which(binary: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     })
 }
+
+/// A Redis Cluster of three primaries (no replicas) on loopback ports, built with
+/// `redis-cli --cluster create`. Each node is a [`RedisServer`] the tests can kill, pause
+/// and restart; a node keeps its `nodes.conf`, so a restarted node rejoins with its slots.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                // The cluster bus gets a port of its own (not port + 10000, which may not
+                // exist above 55535).
+                let bus = free_port().to_string();
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "1000",
+                ])
+            })
+            .collect();
+        let cli = which("redis-cli").expect("redis-cli (package redis-tools) is required");
+        let output = Command::new(cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Node URLs, to seed a cluster client.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Wait until every running node reports `cluster_state:ok` and agrees on the slots.
+    pub fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut n.connection())
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Keys matching `pattern` on each node, node by node.
+    pub fn keys_per_node(&self, pattern: &str) -> Vec<Vec<String>> {
+        self.nodes.iter().map(|n| n.keys(pattern)).collect()
+    }
+
+    /// Keys matching `pattern` on all nodes together.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.keys_per_node(pattern).concat();
+        keys.sort();
+        keys
+    }
+
+    /// The index in [`nodes`](Self::nodes) of the node that holds `key`'s slot (asked of a
+    /// running node).
+    pub fn owner_of(&self, key: &str) -> usize {
+        let mut connection = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a running node")
+            .connection();
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut connection)
+            .unwrap();
+        let table: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut connection)
+            .unwrap();
+        let port = table
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let owns = fields.iter().skip(8).any(|range| {
+                    let (low, high) = range.split_once('-').unwrap_or((range, range));
+                    matches!((low.parse::<u16>(), high.parse::<u16>()), (Ok(l), Ok(h)) if l <= slot && slot <= h)
+                });
+                let address = fields.get(1)?.split('@').next()?;
+                owns.then(|| address.rsplit_once(':').unwrap().1.parse::<u16>().unwrap())
+            })
+            .expect("some node owns every slot");
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .expect("the owner is one of ours")
+    }
+}

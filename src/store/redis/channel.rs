@@ -1,0 +1,100 @@
+//! The invalidation channel: every invalidation a [`RedisStore`](super::RedisStore) makes is
+//! published on `tower-response-cache:invalidations`, and every store listens there, so
+//! other processes ban their in-flight fetches and drop their local entries.
+//!
+//! Plain pub/sub reaches every node of a Redis Cluster (the cluster bus forwards it), so the
+//! listener subscribes on one node and moves to the next seed when that one goes away.
+//! After a reconnect, messages may have been missed: the listener reports
+//! [`StoreEvent::ChannelLost`], and the cache drops what it keeps locally.
+
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::RedisError;
+
+use super::{Inner, RedisStore};
+use crate::store::{Invalidation, StoreEvent};
+
+pub(crate) const CHANNEL: &str = "tower-response-cache:invalidations";
+
+/// What goes over the channel (JSON).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Message {
+    /// Which process sent it: a process ignores its own.
+    pub(crate) origin: u64,
+    /// The generation the invalidation drew.
+    pub(crate) generation: u64,
+    pub(crate) namespace: String,
+    pub(crate) invalidation: Invalidation,
+}
+
+/// Listen until the store is dropped, reconnecting (to the next seed in a cluster) with a
+/// short backoff.
+pub(crate) async fn listen(store: Weak<Inner>) {
+    let mut connected_before = false;
+    let mut attempt = 0usize;
+    loop {
+        let Some(inner) = store.upgrade() else { return };
+        let client = inner.subscribers[attempt % inner.subscribers.len()].clone();
+        drop(inner);
+        attempt += 1;
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(CHANNEL).await?;
+            Ok::<_, RedisError>(pubsub)
+        };
+        let pubsub = match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
+            Ok(Ok(pubsub)) => pubsub,
+            _ => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        // Catch up with invalidations made before we listened, so our writes are not
+        // refused for carrying an old generation.
+        if let Some(inner) = store.upgrade() {
+            RedisStore { inner }.catch_up_generation().await;
+        }
+        if connected_before {
+            if let Some(inner) = store.upgrade() {
+                tracing::warn!("invalidation channel was lost and is back: dropping local entries");
+                notify(&inner, &StoreEvent::ChannelLost);
+            }
+        }
+        connected_before = true;
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let Some(inner) = store.upgrade() else { return };
+            let Ok(message) = serde_json::from_slice::<Message>(message.get_payload_bytes()) else {
+                tracing::warn!("ignoring a malformed message on the invalidation channel");
+                continue;
+            };
+            inner
+                .generation
+                .fetch_max(message.generation, Ordering::Relaxed);
+            if message.origin != inner.origin {
+                notify(
+                    &inner,
+                    &StoreEvent::Remote {
+                        namespace: message.namespace,
+                        invalidation: message.invalidation,
+                    },
+                );
+            }
+        }
+        tracing::warn!("invalidation channel closed; reconnecting");
+    }
+}
+
+pub(crate) fn notify(inner: &Inner, event: &StoreEvent) {
+    let listener = inner
+        .listener
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(listener) = listener {
+        listener(event);
+    }
+}

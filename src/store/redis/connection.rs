@@ -1,0 +1,230 @@
+//! The connection a [`RedisStore`](super::RedisStore) talks through: one multiplexed,
+//! self-healing connection to a single Redis, or a cluster connection that routes each
+//! command to the primary owning its key's slot.
+//!
+//! Both are used through [`redis::aio::ConnectionLike`], so the store's commands and
+//! scripts are written once. What differs is what must reach every primary of a cluster
+//! (`SCAN`, `INFO`): [`Connection::primaries`] lists them and [`Node`] addresses one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, RedisError, RedisFuture, RedisResult, Value};
+use tokio::sync::OnceCell;
+
+use super::layout::Layout;
+
+/// Where one command of a fan-out goes: the single Redis, or one primary of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Node {
+    /// The only server there is.
+    Only,
+    /// The cluster primary at this address.
+    Primary { host: String, port: u16 },
+}
+
+/// A connection to one Redis or to a cluster. Cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Single(ConnectionManager),
+    Cluster(Arc<ClusterLink>),
+}
+
+/// A cluster client connected on first use (connecting needs the cluster's slot map,
+/// which a builder that must not fail cannot wait for).
+pub(crate) struct ClusterLink {
+    client: ClusterClient,
+    connection: OnceCell<ClusterConnection>,
+}
+
+/// A connected handle, for one command.
+pub(crate) enum Connected {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Timeouts shared by both kinds.
+pub(crate) struct Timeouts {
+    pub(crate) response: Duration,
+    pub(crate) connect: Duration,
+}
+
+impl Connection {
+    /// A lazily connected link to the Redis at `url`.
+    pub(crate) fn single(url: &str, timeouts: &Timeouts) -> Result<Connection, RedisError> {
+        let client = redis::Client::open(url)?;
+        // The manager's own retries would hold a request for seconds: the deadline and the
+        // fallback circuit handle failures instead.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100))
+            .set_response_timeout(Some(timeouts.response))
+            .set_connection_timeout(Some(timeouts.connect));
+        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Connection::Single(manager))
+    }
+
+    /// A lazily connected link to the cluster that `seeds` (any of its nodes) belong to.
+    pub(crate) fn cluster(seeds: &[String], timeouts: &Timeouts) -> Result<Connection, RedisError> {
+        let client = ClusterClient::builder(seeds.iter().map(String::as_str))
+            .retries(1)
+            .min_retry_wait(10)
+            .max_retry_wait(100)
+            .connection_timeout(timeouts.connect)
+            .response_timeout(timeouts.response)
+            .build()?;
+        Ok(Connection::Cluster(Arc::new(ClusterLink {
+            client,
+            connection: OnceCell::new(),
+        })))
+    }
+
+    /// Which key layout this connection needs.
+    pub(crate) fn layout(&self) -> Layout {
+        match self {
+            Connection::Single(_) => Layout::Single,
+            Connection::Cluster(_) => Layout::Cluster,
+        }
+    }
+
+    /// A handle to send one command on (connecting a cluster link the first time; a failed
+    /// connect is retried by the next call).
+    pub(crate) async fn connected(&self) -> RedisResult<Connected> {
+        match self {
+            Connection::Single(manager) => Ok(Connected::Single(manager.clone())),
+            Connection::Cluster(link) => {
+                let connection = link
+                    .connection
+                    .get_or_try_init(|| link.client.get_async_connection())
+                    .await?;
+                Ok(Connected::Cluster(connection.clone()))
+            }
+        }
+    }
+
+    /// Send `cmd` to one node: what a command that is not about one key (`SCAN`, `INFO`)
+    /// needs in a cluster.
+    pub(crate) async fn query_node(&self, node: &Node, cmd: Cmd) -> RedisResult<Value> {
+        match (self.connected().await?, node) {
+            (Connected::Single(mut manager), _) => manager.req_packed_command(&cmd).await,
+            (Connected::Cluster(mut cluster), Node::Primary { host, port }) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                cluster.route_command(cmd, routing).await
+            }
+            (Connected::Cluster(mut cluster), Node::Only) => cluster.req_packed_command(&cmd).await,
+        }
+    }
+
+    /// Every primary (the one server of a single Redis), from `CLUSTER NODES`.
+    pub(crate) async fn primaries(&self) -> RedisResult<Vec<Node>> {
+        let mut connected = match self.connected().await? {
+            Connected::Single(_) => return Ok(vec![Node::Only]),
+            cluster => cluster,
+        };
+        let text: String = redis::from_redis_value(
+            connected
+                .req_packed_command(&redis::cmd("CLUSTER").arg("NODES").clone())
+                .await?,
+        )?;
+        let primaries = parse_primaries(&text);
+        if primaries.is_empty() {
+            return Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "CLUSTER NODES listed no healthy primary",
+            )));
+        }
+        Ok(primaries)
+    }
+}
+
+/// The healthy primaries in `CLUSTER NODES` output: lines of
+/// `id host:port@bus[,hostname] flags primary-id ping pong epoch state slots…`.
+fn parse_primaries(text: &str) -> Vec<Node> {
+    let mut nodes: Vec<Node> = text
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (address, flags) = (fields.get(1)?, fields.get(2)?);
+            let flags: Vec<&str> = flags.split(',').collect();
+            let healthy = flags.contains(&"master") && !flags.iter().any(|f| f.starts_with("fail"));
+            // A primary without slots holds no keys.
+            if !healthy || fields.len() < 9 {
+                return None;
+            }
+            let address = address.split(['@', ',']).next()?;
+            let (host, port) = address.rsplit_once(':')?;
+            Some(Node::Primary {
+                host: host.to_owned(),
+                port: port.parse().ok()?,
+            })
+        })
+        .collect();
+    nodes.sort_by_key(|n| format!("{n:?}"));
+    nodes
+}
+
+impl ConnectionLike for Connected {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connected::Single(c) => c.req_packed_command(cmd),
+            Connected::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connected::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connected::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connected::Single(c) => c.get_db(),
+            Connected::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_output_gives_the_healthy_primaries() {
+        let text = "\
+4cb9 127.0.0.1:21002@22002 master - 0 1795658106710 2 connected 5461-10922
+aff5 127.0.0.1:21001@22001,host-a myself,master - 0 1795658106000 1 connected 0-5460
+6ede 127.0.0.1:21003@22003 master,fail - 0 1795658107714 3 connected 10923-16383
+77aa 127.0.0.1:21004@22004 slave aff5 0 1795658107714 1 connected
+88bb 127.0.0.1:21005@22005 master - 0 1795658107714 4 connected
+";
+        let primaries = parse_primaries(text);
+        assert_eq!(
+            primaries,
+            vec![
+                Node::Primary {
+                    host: "127.0.0.1".into(),
+                    port: 21001
+                },
+                Node::Primary {
+                    host: "127.0.0.1".into(),
+                    port: 21002
+                },
+            ]
+        );
+    }
+}
