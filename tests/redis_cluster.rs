@@ -415,3 +415,39 @@ async fn a_primary_killed_mid_traffic_fails_no_request_and_no_invalidated_entry_
     .await;
     assert!(healed, "entries never reached the restarted cluster again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_primary_fails_no_request_and_the_circuit_closes_when_it_resumes() {
+    let s = Stack::start("50").await;
+    let paths = dashboard_paths();
+    s.fill(&paths).await;
+    let key = s
+        .cluster
+        .keys(&format!("*{NAMESPACE}:k:/api/dashboard/B/2"))[0]
+        .clone();
+    let owner = s.cluster.owner_of(&key);
+    s.cluster.nodes[owner].pause();
+
+    // Reads of keys on the hanging primary wait for the deadline, not for the primary.
+    for _ in 0..2 {
+        for path in &paths {
+            s.read(path).await;
+        }
+    }
+    s.wait_for_backend(
+        Backend::FallingBack,
+        Duration::from_secs(5),
+        "after SIGSTOP",
+    )
+    .await;
+
+    s.cluster.nodes[owner].resume();
+    tokio::task::block_in_place(|| s.cluster.wait_until_ok());
+    s.wait_for_backend(Backend::Redis, Duration::from_secs(20), "after SIGCONT")
+        .await;
+    let healed = eventually(Duration::from_secs(10), || async {
+        from_redis(&s.read("/api/dashboard/B/2").await)
+    })
+    .await;
+    assert!(healed, "entries never reached the resumed cluster again");
+}
