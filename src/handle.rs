@@ -333,6 +333,7 @@ impl CacheHandle {
             store_errors: c.store_errors.get(),
             entries: store.entries,
             bytes: store.bytes,
+            circuit_openings: store.circuit_openings,
             backend: self.shared.store.backend(),
         }
     }

@@ -33,6 +33,8 @@ pub struct CacheStats {
     pub entries: u64,
     /// Bytes held now, where the store can tell.
     pub bytes: u64,
+    /// Times the cache fell back from Redis to memory (a fallback store's circuit opened).
+    pub circuit_openings: u64,
     /// Which backend is serving.
     pub backend: Backend,
 }

@@ -351,6 +351,7 @@ async fn redis_killed_mid_traffic_fails_no_request_and_heals_after_an_empty_rest
     }
     let traffic = Traffic::start(&s, 8, 16);
     traffic.run_for(100, "before the kill").await;
+    assert_eq!(s.handle.stats().circuit_openings, 0);
 
     blocking(|| s.server.kill());
     s.wait_for_backend(
@@ -367,6 +368,7 @@ async fn redis_killed_mid_traffic_fails_no_request_and_heals_after_an_empty_rest
     traffic.run_for(100, "after the circuit closed").await;
     let report = traffic.stop().await;
     assert_clean(&report, "kill");
+    assert_eq!(s.handle.stats().circuit_openings, 1, "one outage, one opening");
 
     // Entries are written to Redis again.
     s.read("/after-restart").await;

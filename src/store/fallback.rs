@@ -459,7 +459,10 @@ impl Store for FallbackStore {
     }
 
     fn stats(&self) -> StoreStats {
-        self.inner.memory.stats()
+        StoreStats {
+            circuit_openings: self.inner.openings.load(Ordering::Relaxed),
+            ..self.inner.memory.stats()
+        }
     }
 }
 

@@ -502,6 +502,7 @@ impl Store for MemoryStore {
             entries: self.inner.entries.load(Ordering::Relaxed),
             bytes: self.inner.used.load(Ordering::Relaxed),
             evictions: self.inner.evictions.load(Ordering::Relaxed),
+            circuit_openings: 0,
         }
     }
 }
@@ -606,7 +607,8 @@ mod tests {
             StoreStats {
                 entries: 0,
                 bytes: 0,
-                evictions: 0
+                evictions: 0,
+                circuit_openings: 0,
             }
         );
     }

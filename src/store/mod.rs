@@ -180,6 +180,8 @@ pub struct StoreStats {
     pub bytes: u64,
     /// Entries removed to stay within the byte budget.
     pub evictions: u64,
+    /// Times a fallback store's circuit opened (Redis unusable); 0 for other stores.
+    pub circuit_openings: u64,
 }
 
 /// A store operation failed. Never shown to HTTP clients; logged and counted.
