@@ -8,7 +8,6 @@
 mod common;
 mod redis_support;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +17,7 @@ use axum::extract::State;
 use axum::http::Uri;
 use axum::routing::any;
 use axum::Router;
-use common::{client, get, Answer, HttpClient};
+use common::{client, eventually, get, Answer, HttpClient};
 use redis_support::RedisCluster;
 use tower_response_cache::store::RedisStore;
 use tower_response_cache::{
@@ -129,23 +128,6 @@ impl Stack {
             "{why}: backend still {:?} after {within:?}",
             self.handle.backend()
         );
-    }
-}
-
-async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -1,7 +1,9 @@
 //! Shared test plumbing: serve a router on a loopback port and talk to it over real HTTP.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
@@ -88,4 +90,22 @@ pub async fn request(
         builder = builder.header(*name, *value);
     }
     send(client, builder.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// Poll `condition` every 10 ms until it holds or `within` passes; whether it held.
+pub async fn eventually<F, Fut>(within: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
