@@ -7,6 +7,9 @@
 //! - `memory_store/*`: `Store::get` and `Store::put` on a `MemoryStore`.
 //! - `invalidate/*`: `CacheHandle::invalidate` of one exact key against globs, with 10 000
 //!   keys stored.
+//! - `hit_during_glob/*`: a memory hit (`Store::try_get_now`) among 100 000 keys, alone and
+//!   while another thread runs glob invalidations over them back to back (a glob must not
+//!   hold shards write-locked while it matches, or hits wait for it).
 //!
 //! Run with `cargo bench --bench store -- --noplot`; see BENCHMARKS.md.
 
@@ -23,7 +26,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
-use tower_response_cache::{CacheHandle, CacheLayer, Entry, MemoryStore, Store, StoreKey};
+use tower_response_cache::{CacheHandle, CacheLayer, Entry, MemoryStore, Pattern, Store, StoreKey};
 
 const NAMESPACE: &str = "bench";
 const KEYS: usize = 10_000;
@@ -340,12 +343,54 @@ fn invalidate_benches(c: &mut Criterion) {
     assert_eq!(store.stats().entries, KEYS as u64);
 }
 
+fn hit_during_glob_benches(c: &mut Criterion) {
+    const MANY: usize = 100_000;
+    let rt = runtime();
+    let store = MemoryStore::builder().max_bytes(1 << 30).build();
+    let entry = entry();
+    let logical: Vec<String> = (0..MANY).map(|i| format!("/api/dashboard/{i}")).collect();
+    rt.block_on(put_all(
+        &store,
+        &entry,
+        &logical.iter().collect::<Vec<_>>(),
+        0,
+    ));
+    let mut group = c.benchmark_group("hit_during_glob");
+    let hit = |b: &mut criterion::Bencher| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 7919) % MANY;
+            black_box(store.try_get_now(key(&logical[i])))
+        })
+    };
+    group.bench_function("alone", hit);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scanner = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let rt = runtime();
+            let none = Pattern::new("/api/other/*");
+            let mut scans = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rt.block_on(store.invalidate(NAMESPACE, &none)).unwrap();
+                scans += 1;
+            }
+            scans
+        })
+    };
+    group.bench_function("while_globs_scan", hit);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scans = scanner.join().unwrap();
+    group.finish();
+    assert!(scans > 0, "the scanner never ran");
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = key_benches, store_benches, invalidate_benches
+    targets = key_benches, store_benches, invalidate_benches, hit_during_glob_benches
 }
 criterion_main!(benches);

@@ -201,39 +201,64 @@ impl MemoryStore {
         true
     }
 
+    /// Remove the entries `drop_entry` picks under keys `keep_key` does not keep.
+    ///
+    /// First finds the keys under read locks, which hits share, one shard at a time; then
+    /// removes them one key at a time. So a glob over the whole map never holds a shard
+    /// write-locked while it matches: hits keep flowing. The caller holds the invalidation
+    /// lock, so no write lands in between.
     fn remove_where(
         &self,
         mut keep_key: impl FnMut(&str) -> bool,
         drop_entry: impl Fn(&Entry) -> bool,
     ) -> u64 {
         let inner = &self.inner;
+        let doomed: Vec<Box<str>> = inner
+            .map
+            .iter()
+            .filter(|slot| {
+                !keep_key(slot.key())
+                    && slot
+                        .variants
+                        .values()
+                        .any(|variants| variants.iter().any(|e| drop_entry(e)))
+            })
+            .map(|slot| slot.key().clone())
+            .collect();
         let mut removed_entries = 0u64;
         let mut removed_bytes = 0u64;
-        inner.map.retain(|key, slot| {
-            if keep_key(key) {
-                return true;
+        for key in doomed {
+            let emptied = {
+                let Some(mut slot) = inner.map.get_mut(key.as_ref()) else {
+                    continue;
+                };
+                slot.variants.retain(|_, variants| {
+                    let kept: Vec<Arc<Entry>> = variants
+                        .iter()
+                        .filter(|e| {
+                            if drop_entry(e) {
+                                removed_entries += 1;
+                                removed_bytes += weight_of(&key, e) as u64;
+                                false
+                            } else {
+                                true
+                            }
+                        })
+                        .cloned()
+                        .collect();
+                    if kept.len() != variants.len() {
+                        *variants = kept.into();
+                    }
+                    !variants.is_empty()
+                });
+                slot.variants.is_empty()
+            };
+            if emptied {
+                inner
+                    .map
+                    .remove_if(key.as_ref(), |_, slot| slot.variants.is_empty());
             }
-            slot.variants.retain(|_, variants| {
-                let kept: Vec<Arc<Entry>> = variants
-                    .iter()
-                    .filter(|e| {
-                        if drop_entry(e) {
-                            removed_entries += 1;
-                            removed_bytes += weight_of(key, e) as u64;
-                            false
-                        } else {
-                            true
-                        }
-                    })
-                    .cloned()
-                    .collect();
-                if kept.len() != variants.len() {
-                    *variants = kept.into();
-                }
-                !variants.is_empty()
-            });
-            !slot.variants.is_empty()
-        });
+        }
         inner.sub_entries(removed_entries);
         inner.sub_used(removed_bytes);
         removed_entries
