@@ -17,7 +17,7 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::request::is_one_message;
+use super::request::{exceeds_one_message, is_one_message};
 use crate::coalesce::{Leader, Outcome};
 use crate::entry::Entry;
 use crate::handle::{CacheHandle, Ticket};
@@ -55,13 +55,14 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    /// Keep a copy of `data`; false once the copy would exceed the cap.
+    /// Keep a copy of `data`; false once the copy would exceed the cap, or holds more than
+    /// one message (a stream: its concurrent twins need not wait for its end).
     fn record(&mut self, data: &Bytes) -> bool {
         if self.buffer.len() + data.len() > self.limit {
             return false;
         }
         self.buffer.extend_from_slice(data);
-        true
+        !exceeds_one_message(&self.buffer)
     }
 
     /// Not storable: followers go to the origin, and so do the next misses for a while.
