@@ -152,7 +152,13 @@ fn cache() -> CacheHandle {
 
 /// The health service behind `layer(cache)` and the origin counter, on a free port.
 async fn start(layer: impl FnOnce(GrpcCacheLayer) -> GrpcCacheLayer) -> Running {
-    let cache = cache();
+    start_on(cache(), layer).await
+}
+
+async fn start_on(
+    cache: CacheHandle,
+    layer: impl FnOnce(GrpcCacheLayer) -> GrpcCacheLayer,
+) -> Running {
     let origin = Origin::default();
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -586,4 +592,55 @@ async fn calls_with_credentials_bypass_unless_keyed_on() {
     // No credential is a third key.
     check(&mut client, SERVICE).await;
     assert_eq!(server.origin.calls(CHECK), 3);
+}
+
+#[cfg(feature = "redis")]
+mod redis_support;
+
+/// Through Redis: one instance stores, another (its own handle on the same Redis) answers
+/// from the entry, trailers included (they survive the byte format).
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn instances_sharing_redis_share_entries_with_their_trailers() {
+    let redis = redis_support::RedisServer::start();
+    let handle = || {
+        let store = tower_response_cache::store::RedisStore::builder(redis.url())
+            .deadline(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        CacheHandle::builder(store).namespace("grpc-redis").build()
+    };
+    let a = start_on(handle(), both).await;
+    let b = start_on(handle(), both).await;
+
+    assert_eq!(check(&mut a.client().await, SERVICE).await.x_cache, "MISS");
+    // The Redis write finishes off the response path: wait for it.
+    let mut client = b.client().await;
+    let hit = tokio::time::timeout(WAIT, async {
+        loop {
+            let checked = check(&mut client, SERVICE).await;
+            if checked.x_cache == "HIT" {
+                break checked;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("instance b answered from the Redis entry");
+    assert_eq!((hit.status, hit.grpc_status.as_str()), (Wire::Serving, "0"));
+    let before = b.origin.calls(CHECK);
+    check(&mut client, SERVICE).await;
+    assert_eq!(
+        b.origin.calls(CHECK),
+        before,
+        "a Redis hit reached the origin"
+    );
+
+    // An invalidation through instance a reaches instance b's answers.
+    a.cache
+        .invalidate("/grpc.health.v1.Health/*")
+        .await
+        .unwrap();
+    assert_eq!(check(&mut client, SERVICE).await.x_cache, "MISS");
+    assert_eq!(b.origin.calls(CHECK), before + 1);
 }
