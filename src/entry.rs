@@ -28,7 +28,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use crate::clock;
 
 const MAGIC: &[u8; 4] = b"TRC\x00";
-const VERSION: u8 = 2;
+/// Version 3 added trailers; version 2 bytes (no trailers) still decode.
+const VERSION: u8 = 3;
+const VERSION_2: u8 = 2;
 /// Fixed per-entry overhead counted against a memory budget (struct, map slot, Arc).
 const OVERHEAD_BYTES: usize = 160;
 
@@ -45,6 +47,8 @@ pub struct Entry {
     stale_if_error: Duration,
     tags: Vec<String>,
     vary: Vary,
+    /// Trailers sent after the body (gRPC puts its status there); `None` for plain HTTP.
+    trailers: Option<HeaderMap>,
     /// Coarse last-access time (seconds on [`clock`]), for the memory store's eviction.
     last_access: AtomicU64,
 }
@@ -89,6 +93,7 @@ impl Entry {
             stale_if_error: Duration::ZERO,
             tags: Vec::new(),
             vary: Vary::default(),
+            trailers: None,
             last_access: AtomicU64::new(now / 1000),
         }
     }
@@ -104,6 +109,12 @@ impl Entry {
     pub fn with_stale(mut self, while_revalidate: Duration, if_error: Duration) -> Self {
         self.stale_while_revalidate = while_revalidate;
         self.stale_if_error = if_error;
+        self
+    }
+
+    /// Attach trailers, replayed after the body on a hit (a gRPC call's `grpc-status`).
+    pub fn with_trailers(mut self, trailers: HeaderMap) -> Self {
+        self.trailers = Some(trailers);
         self
     }
 
@@ -125,6 +136,11 @@ impl Entry {
     /// The response body.
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+
+    /// The trailers sent after the body, if the response had any.
+    pub fn trailers(&self) -> Option<&HeaderMap> {
+        self.trailers.as_ref()
     }
 
     /// Tags the entry can be invalidated by.
@@ -149,6 +165,7 @@ impl Entry {
             stale_if_error: self.stale_if_error.min(cap),
             tags: self.tags.clone(),
             vary: self.vary.clone(),
+            trailers: self.trailers.clone(),
             last_access: AtomicU64::new(self.last_access_secs()),
         }
     }
@@ -235,13 +252,15 @@ impl Entry {
 
     /// Approximate bytes this entry holds in memory, counted against a byte budget.
     pub fn weight(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 32)
-            .sum();
+        let map_weight = |map: &HeaderMap| -> usize {
+            map.iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 32)
+                .sum()
+        };
+        let headers = map_weight(&self.headers);
+        let trailers = self.trailers.as_ref().map_or(0, map_weight);
         let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
-        OVERHEAD_BYTES + self.body.len() + headers + tags + self.vary.names.len() * 32
+        OVERHEAD_BYTES + self.body.len() + headers + trailers + tags + self.vary.names.len() * 32
     }
 
     /// Encode into the versioned byte format.
@@ -263,12 +282,16 @@ impl Entry {
         for tag in &self.tags {
             put_bytes(&mut out, tag.as_bytes());
         }
-        out.put_u32(self.headers.len() as u32);
-        for (name, value) in &self.headers {
-            put_bytes(&mut out, name.as_str().as_bytes());
-            put_bytes(&mut out, value.as_bytes());
-        }
+        put_headers(&mut out, &self.headers);
         put_bytes(&mut out, &self.body);
+        // Version 3: a presence byte, then the trailers like the headers.
+        match &self.trailers {
+            None => out.put_u8(0),
+            Some(trailers) => {
+                out.put_u8(1);
+                put_headers(&mut out, trailers);
+            }
+        }
         out.freeze()
     }
 
@@ -279,7 +302,8 @@ impl Entry {
             return Err(bad("missing magic"));
         }
         buf.advance(MAGIC.len());
-        if buf.get_u8() != VERSION {
+        let version = buf.get_u8();
+        if version != VERSION && version != VERSION_2 {
             return Err(bad("unknown version"));
         }
         need(buf, 2 + 8 + 8 + 8 + 8 + 8)?;
@@ -300,15 +324,18 @@ impl Entry {
             let tag = std::str::from_utf8(raw).map_err(|_| bad("tag is not UTF-8"))?;
             tags.push(tag.to_owned());
         }
-        let mut headers = HeaderMap::new();
-        for _ in 0..get_count(&mut buf)? {
-            let name = get_bytes(&mut buf)?;
-            let value = get_bytes(&mut buf)?;
-            let name = HeaderName::from_bytes(name).map_err(|_| bad("invalid header name"))?;
-            let value = HeaderValue::from_bytes(value).map_err(|_| bad("invalid header value"))?;
-            headers.append(name, value);
-        }
+        let headers = get_headers(&mut buf)?;
         let body = Bytes::copy_from_slice(get_bytes(&mut buf)?);
+        let trailers = if version == VERSION_2 {
+            None
+        } else {
+            need(buf, 1)?;
+            match buf.get_u8() {
+                0 => None,
+                1 => Some(get_headers(&mut buf)?),
+                _ => return Err(bad("invalid trailers flag")),
+            }
+        };
         if !buf.is_empty() {
             return Err(bad("trailing bytes"));
         }
@@ -325,6 +352,7 @@ impl Entry {
                 names,
                 hash: vary_hash,
             },
+            trailers,
             last_access: AtomicU64::new(clock::now_millis() / 1000),
         })
     }
@@ -337,6 +365,26 @@ fn millis(d: Duration) -> u64 {
 fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
     out.put_u32(bytes.len() as u32);
     out.put_slice(bytes);
+}
+
+fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
+    out.put_u32(headers.len() as u32);
+    for (name, value) in headers {
+        put_bytes(out, name.as_str().as_bytes());
+        put_bytes(out, value.as_bytes());
+    }
+}
+
+fn get_headers(buf: &mut &[u8]) -> Result<HeaderMap, DecodeError> {
+    let mut headers = HeaderMap::new();
+    for _ in 0..get_count(buf)? {
+        let name = get_bytes(buf)?;
+        let value = get_bytes(buf)?;
+        let name = HeaderName::from_bytes(name).map_err(|_| bad("invalid header name"))?;
+        let value = HeaderValue::from_bytes(value).map_err(|_| bad("invalid header value"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
 }
 
 fn need(buf: &[u8], n: usize) -> Result<(), DecodeError> {
@@ -376,6 +424,7 @@ impl fmt::Debug for Entry {
             .field("stored_at_ms", &self.stored_at_ms)
             .field("ttl", &self.ttl)
             .field("tags", &self.tags)
+            .field("trailers", &self.trailers.as_ref().map(HeaderMap::len))
             .finish()
     }
 }
@@ -424,13 +473,92 @@ mod tests {
     }
 
     #[test]
+    fn trailers_round_trip_and_count_in_the_weight() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("grpc-message", HeaderValue::from_static("ok"));
+        let plain = sample();
+        let entry = sample().with_trailers(trailers.clone());
+        assert!(entry.weight() > plain.weight());
+        let back = Entry::decode(&entry.encode()).unwrap();
+        assert_eq!(back.trailers(), Some(&trailers));
+        assert_eq!(back.body(), entry.body());
+        assert_eq!(back.headers(), entry.headers());
+        // No trailers and empty trailers are told apart.
+        assert_eq!(Entry::decode(&plain.encode()).unwrap().trailers(), None);
+        let empty = sample().with_trailers(HeaderMap::new());
+        assert_eq!(
+            Entry::decode(&empty.encode()).unwrap().trailers(),
+            Some(&HeaderMap::new())
+        );
+        assert_eq!(
+            entry.capped(Duration::from_secs(1)).trailers(),
+            Some(&trailers)
+        );
+    }
+
+    /// Bytes as version 2 wrote them (before trailers), spelled out field by field: entries
+    /// already in Redis when the crate is upgraded must still be read.
+    #[test]
+    fn version_2_bytes_still_decode() {
+        let mut v2 = Vec::new();
+        v2.extend_from_slice(b"TRC\x00");
+        v2.push(2);
+        v2.extend_from_slice(&200u16.to_be_bytes());
+        v2.extend_from_slice(&1_700_000_000_000u64.to_be_bytes()); // stored at
+        v2.extend_from_slice(&60_000u64.to_be_bytes()); // ttl
+        v2.extend_from_slice(&5_000u64.to_be_bytes()); // stale-while-revalidate
+        v2.extend_from_slice(&0u64.to_be_bytes()); // stale-if-error
+        v2.extend_from_slice(&7u64.to_be_bytes()); // vary hash
+        let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        };
+        v2.extend_from_slice(&1u32.to_be_bytes());
+        field(&mut v2, b"accept-language");
+        v2.extend_from_slice(&1u32.to_be_bytes());
+        field(&mut v2, b"company:ABC");
+        v2.extend_from_slice(&1u32.to_be_bytes());
+        field(&mut v2, b"content-type");
+        field(&mut v2, b"text/plain");
+        field(&mut v2, b"hi");
+
+        let entry = Entry::decode(&v2).unwrap();
+        assert_eq!(entry.status(), StatusCode::OK);
+        assert_eq!(entry.stored_at_millis(), 1_700_000_000_000);
+        assert_eq!(entry.ttl(), Duration::from_secs(60));
+        assert_eq!(entry.retention(), Duration::from_secs(65));
+        assert_eq!(entry.vary().hash, 7);
+        assert_eq!(
+            entry.vary().names,
+            [HeaderName::from_static("accept-language")]
+        );
+        assert_eq!(entry.tags(), ["company:ABC"]);
+        assert_eq!(entry.headers()["content-type"], "text/plain");
+        assert_eq!(entry.body(), &Bytes::from_static(b"hi"));
+        assert_eq!(entry.trailers(), None);
+        // Re-encoded, it is version 3, and reads back the same.
+        let v3 = entry.encode();
+        assert_eq!(v3[4], 3);
+        assert_eq!(Entry::decode(&v3).unwrap().body(), entry.body());
+        // A version 2 entry with a trailers section appended is corrupt, not version 3.
+        let mut extra = v2.clone();
+        extra.push(0);
+        assert!(Entry::decode(&extra).is_err());
+    }
+
+    #[test]
     fn every_truncation_is_an_error() {
-        let bytes = sample().encode();
-        for len in 0..bytes.len() {
-            assert!(
-                Entry::decode(&bytes[..len]).is_err(),
-                "prefix of {len} bytes"
-            );
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        for entry in [sample(), sample().with_trailers(trailers)] {
+            let bytes = entry.encode();
+            for len in 0..bytes.len() {
+                assert!(
+                    Entry::decode(&bytes[..len]).is_err(),
+                    "prefix of {len} bytes"
+                );
+            }
         }
     }
 

@@ -34,6 +34,8 @@
 //!   caches typed values ([`CacheHandle::get_or_insert_with`]).
 //! - Every answer carries `Cache-Status` (RFC 9211), `X-Cache` and, on hits, `Age`.
 //! - A store error never fails a request: it is logged, counted, and read as a miss.
+//! - With the `grpc` feature, `GrpcCacheLayer` caches the unary gRPC methods you opt in,
+//!   trailers included (see the `grpc` module).
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![warn(missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -46,6 +48,9 @@ mod coalesce;
 mod config;
 mod entry;
 mod future;
+#[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+pub mod grpc;
 pub mod handle;
 mod headers;
 mod key;
@@ -66,6 +71,8 @@ pub use body::ResponseBody;
 pub use config::{CacheConfig, ConfigError};
 pub use entry::{DecodeError, Entry};
 pub use future::ResponseFuture;
+#[cfg(feature = "grpc")]
+pub use grpc::{GrpcCacheLayer, GrpcCacheService};
 pub use handle::{CacheError, CacheHandle, CacheHandleBuilder};
 pub use headers::{CACHE_STATUS, CACHE_TAG, X_CACHE};
 pub use layer::CacheLayer;
