@@ -297,6 +297,17 @@ impl Entry {
 
     /// Decode bytes made by [`Entry::encode`]. Anything else is an error, never a panic.
     pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
+        Self::decode_from(bytes, None)
+    }
+
+    /// [`decode`](Entry::decode) without copying: the body and header values share `bytes`'
+    /// buffer (what a Redis hit reads is decoded in place).
+    pub fn decode_shared(bytes: &Bytes) -> Result<Entry, DecodeError> {
+        Self::decode_from(bytes, Some(bytes))
+    }
+
+    /// Decode `bytes`; with `owner` (the `Bytes` that `bytes` is), slices share it.
+    fn decode_from(bytes: &[u8], owner: Option<&Bytes>) -> Result<Entry, DecodeError> {
         let mut buf = bytes;
         if buf.len() < MAGIC.len() + 1 || &buf[..MAGIC.len()] != MAGIC {
             return Err(bad("missing magic"));
@@ -324,15 +335,15 @@ impl Entry {
             let tag = std::str::from_utf8(raw).map_err(|_| bad("tag is not UTF-8"))?;
             tags.push(tag.to_owned());
         }
-        let headers = get_headers(&mut buf)?;
-        let body = Bytes::copy_from_slice(get_bytes(&mut buf)?);
+        let headers = get_headers(&mut buf, owner)?;
+        let body = share(owner, get_bytes(&mut buf)?);
         let trailers = if version == VERSION_2 {
             None
         } else {
             need(buf, 1)?;
             match buf.get_u8() {
                 0 => None,
-                1 => Some(get_headers(&mut buf)?),
+                1 => Some(get_headers(&mut buf, owner)?),
                 _ => return Err(bad("invalid trailers flag")),
             }
         };
@@ -375,13 +386,22 @@ fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
     }
 }
 
-fn get_headers(buf: &mut &[u8]) -> Result<HeaderMap, DecodeError> {
+/// `raw` as `Bytes`: a slice of `owner` when there is one (no copy), else a copy.
+fn share(owner: Option<&Bytes>, raw: &[u8]) -> Bytes {
+    match owner {
+        Some(owner) => owner.slice_ref(raw),
+        None => Bytes::copy_from_slice(raw),
+    }
+}
+
+fn get_headers(buf: &mut &[u8], owner: Option<&Bytes>) -> Result<HeaderMap, DecodeError> {
     let mut headers = HeaderMap::new();
     for _ in 0..get_count(buf)? {
         let name = get_bytes(buf)?;
         let value = get_bytes(buf)?;
         let name = HeaderName::from_bytes(name).map_err(|_| bad("invalid header name"))?;
-        let value = HeaderValue::from_bytes(value).map_err(|_| bad("invalid header value"))?;
+        let value = HeaderValue::from_maybe_shared(share(owner, value))
+            .map_err(|_| bad("invalid header value"))?;
         headers.append(name, value);
     }
     Ok(headers)
@@ -578,6 +598,7 @@ mod tests {
         #[test]
         fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Entry::decode(&bytes);
+            let _ = Entry::decode_shared(&Bytes::from(bytes));
         }
 
         #[test]
@@ -586,6 +607,24 @@ mod tests {
             let i = index % bytes.len();
             bytes[i] = value;
             let _ = Entry::decode(&bytes);
+            let _ = Entry::decode_shared(&Bytes::from(bytes));
         }
+    }
+
+    #[test]
+    fn shared_decoding_copies_no_body_and_agrees_with_decoding() {
+        let encoded = sample().encode();
+        let shared = Entry::decode_shared(&encoded).unwrap();
+        let copied = Entry::decode(&encoded).unwrap();
+        let range = encoded.as_ptr_range();
+        assert!(
+            range.contains(&shared.body().as_ptr()),
+            "the body was copied out of the buffer"
+        );
+        assert!(!range.contains(&copied.body().as_ptr()));
+        assert_eq!(shared.body(), copied.body());
+        assert_eq!(shared.headers(), copied.headers());
+        assert_eq!(shared.status(), copied.status());
+        assert_eq!(shared.tags(), copied.tags());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::entry::{DecodeError, Entry};
 use crate::store::Variants;
@@ -12,7 +12,7 @@ use crate::store::Variants;
 /// Most `Vary` variants kept under one URL.
 pub(crate) const MAX_VARY_VARIANTS: usize = 16;
 
-pub(crate) fn encode_variants(variants: &[Arc<Entry>]) -> bytes::Bytes {
+pub(crate) fn encode_variants(variants: &[Arc<Entry>]) -> Bytes {
     let mut out = BytesMut::new();
     out.put_u32(variants.len() as u32);
     for entry in variants {
@@ -23,28 +23,31 @@ pub(crate) fn encode_variants(variants: &[Arc<Entry>]) -> bytes::Bytes {
     out.freeze()
 }
 
-pub(crate) fn decode_variants(mut raw: &[u8]) -> Result<Variants, DecodeError> {
+/// Decode a variant set; the entries share `raw`'s buffer (a hit copies no body).
+pub(crate) fn decode_variants(raw: &Bytes) -> Result<Variants, DecodeError> {
     let truncated = || Entry::decode(b"").unwrap_err();
-    if raw.len() < 4 {
+    let mut rest: &[u8] = raw;
+    if rest.len() < 4 {
         return Err(truncated());
     }
-    let count = raw.get_u32() as usize;
+    let count = rest.get_u32() as usize;
     if count == 0 || count > MAX_VARY_VARIANTS {
         return Err(truncated());
     }
     let mut variants = Vec::with_capacity(count);
     for _ in 0..count {
-        if raw.len() < 4 {
+        if rest.len() < 4 {
             return Err(truncated());
         }
-        let len = raw.get_u32() as usize;
-        if raw.len() < len {
+        let len = rest.get_u32() as usize;
+        if rest.len() < len {
             return Err(truncated());
         }
-        variants.push(Arc::new(Entry::decode(&raw[..len])?));
-        raw.advance(len);
+        let entry = raw.slice_ref(&rest[..len]);
+        variants.push(Arc::new(Entry::decode_shared(&entry)?));
+        rest.advance(len);
     }
-    if !raw.is_empty() {
+    if !rest.is_empty() {
         return Err(truncated());
     }
     Ok(variants.into())
@@ -59,7 +62,7 @@ mod tests {
     proptest! {
         #[test]
         fn decoding_random_variant_sets_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = decode_variants(&bytes);
+            let _ = decode_variants(&Bytes::from(bytes));
         }
     }
 
@@ -75,6 +78,6 @@ mod tests {
         let decoded = decode_variants(&encoded).unwrap();
         assert_eq!(decoded.len(), 2);
         assert_eq!(decoded[1].body(), "body");
-        assert!(decode_variants(&encoded[..encoded.len() - 1]).is_err());
+        assert!(decode_variants(&encoded.slice(..encoded.len() - 1)).is_err());
     }
 }

@@ -367,7 +367,8 @@ impl RedisStore {
             Err(error) => return Err(error),
         };
         let Some(raw) = raw else { return Ok(None) };
-        match decode_variants(&raw) {
+        // Taking the reply's buffer, so the entries can share it.
+        match decode_variants(&bytes::Bytes::from(raw)) {
             Ok(variants) => Ok(Some(variants)),
             Err(error) => {
                 tracing::warn!(key = %entry_key, %error, "undecodable cache entry; deleting it");
