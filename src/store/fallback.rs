@@ -380,7 +380,7 @@ impl Store for FallbackStore {
         Box::pin(async move {
             let inner = &self.inner;
             if !inner.open.load(Ordering::Acquire) {
-                match inner.redis.get(key).await {
+                match inner.redis.get_variants(key).await {
                     Ok(found) => {
                         inner.succeeded();
                         return Ok(found);

@@ -58,11 +58,13 @@ mod channel;
 mod codec;
 mod connection;
 pub mod layout;
+mod memo;
 
 use channel::{Message, CHANNEL};
-use codec::{decode_variants, encode_variants, MAX_VARY_VARIANTS};
+use codec::{encode_variants, MAX_VARY_VARIANTS};
 use connection::{Connection, Node, Timeouts};
 use layout::{Layout, CENTRAL_GENERATION};
+use memo::DecodeMemo;
 
 const SCAN_COUNT: usize = 1000;
 
@@ -140,6 +142,8 @@ pub(crate) struct Inner {
     put_script: Script,
     bump_script: Script,
     raise_script: Script,
+    /// Decodings of recent replies, reused when the same bytes come back.
+    memo: DecodeMemo,
 }
 
 impl RedisStoreBuilder {
@@ -197,6 +201,7 @@ impl RedisStoreBuilder {
             put_script: Script::new(PUT_SCRIPT),
             bump_script: Script::new(BUMP_SCRIPT),
             raise_script: Script::new(RAISE_SCRIPT),
+            memo: DecodeMemo::new(),
         });
         tokio::spawn(channel::listen(Arc::downgrade(&inner)));
         Ok(RedisStore { inner })
@@ -352,10 +357,15 @@ impl RedisStore {
         Self::within(deadline, self.inner.connection.primaries()).await
     }
 
-    async fn get_variants(&self, key: StoreKey<'_>) -> Result<Option<Variants>, StoreError> {
+    /// [`Store::get`] without the box (the fallback store awaits it directly).
+    pub(crate) async fn get_variants(
+        &self,
+        key: StoreKey<'_>,
+    ) -> Result<Option<Variants>, StoreError> {
         let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
         let field = field(key.variant);
-        let cmd = redis::cmd("HGET").arg(&entry_key).arg(&field).clone();
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(&entry_key).arg(&field);
         let raw: Option<Vec<u8>> = match self.query(cmd, self.inner.deadline).await {
             Ok(raw) => raw,
             Err(error) if !error.is_unavailable() => {
@@ -368,7 +378,7 @@ impl RedisStore {
         };
         let Some(raw) = raw else { return Ok(None) };
         // Taking the reply's buffer, so the entries can share it.
-        match decode_variants(&bytes::Bytes::from(raw)) {
+        match (self.inner.memo).decode(entry_key.as_bytes(), key.variant, bytes::Bytes::from(raw)) {
             Ok(variants) => Ok(Some(variants)),
             Err(error) => {
                 tracing::warn!(key = %entry_key, %error, "undecodable cache entry; deleting it");
@@ -604,8 +614,14 @@ fn classify(error: RedisError) -> StoreError {
     StoreError::new("Redis refused the command", error)
 }
 
+/// The hash field of a variant: 16 lowercase hex digits (by hand: it is on every hit).
 fn field(variant: u64) -> String {
-    format!("{variant:016x}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits: Vec<u8> = (0..16)
+        .rev()
+        .map(|i| HEX[((variant >> (i * 4)) & 0xf) as usize])
+        .collect();
+    String::from_utf8(digits).expect("hex digits are ASCII")
 }
 
 fn rand_u64() -> u64 {
@@ -670,5 +686,17 @@ impl std::fmt::Debug for RedisStore {
             .field("deadline", &self.inner.deadline)
             .field("generation", &self.inner.generation.load(Ordering::Relaxed))
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_sixteen_hex_digits() {
+        assert_eq!(field(0), "0000000000000000");
+        assert_eq!(field(0xdead_beef), "00000000deadbeef");
+        assert_eq!(field(u64::MAX), "ffffffffffffffff");
     }
 }
