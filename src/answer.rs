@@ -5,8 +5,8 @@
 //! `Last-Modified`) gets `304` and no body.
 
 use http::header::{
-    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, LAST_MODIFIED, VARY,
+    AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LAST_MODIFIED, VARY,
 };
 use http::{HeaderMap, Response, StatusCode};
 
@@ -68,12 +68,9 @@ pub(crate) fn answer_to<B>(
         let body = (!is_head).then(|| entry.body().clone());
         let mut response = Response::new(ResponseBody::cached(body));
         *response.status_mut() = entry.status();
-        // A clone copies the table without rehashing every name.
-        let headers = response.headers_mut();
-        *headers = entry.headers().clone();
-        if entry.status() != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
-            headers.insert(CONTENT_LENGTH, entry.body().len().into());
-        }
+        // A clone copies the table without rehashing every name, and has room for the
+        // headers set below (they replace placeholders: no growing).
+        *response.headers_mut() = entry.answer_headers().clone();
         response
     };
     let headers = response.headers_mut();

@@ -20,12 +20,15 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{AGE, CONTENT_LENGTH};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::clock;
+use crate::headers::{CACHE_STATUS, X_CACHE};
 
 const MAGIC: &[u8; 4] = b"TRC\x00";
 /// Version 3 added trailers; version 2 bytes (no trailers) still decode.
@@ -51,6 +54,9 @@ pub struct Entry {
     trailers: Option<HeaderMap>,
     /// Coarse last-access time (seconds on [`clock`]), for the memory store's eviction.
     last_access: AtomicU64,
+    /// What a full answer's headers start from; built at the first answer. See
+    /// [`answer_headers`](Entry::answer_headers).
+    answer_headers: OnceLock<HeaderMap>,
 }
 
 /// The request headers a response varies on and the hash of their values in the request
@@ -95,6 +101,7 @@ impl Entry {
             vary: Vary::default(),
             trailers: None,
             last_access: AtomicU64::new(now / 1000),
+            answer_headers: OnceLock::new(),
         }
     }
 
@@ -167,7 +174,28 @@ impl Entry {
             vary: self.vary.clone(),
             trailers: self.trailers.clone(),
             last_access: AtomicU64::new(self.last_access_secs()),
+            answer_headers: OnceLock::new(),
         }
+    }
+
+    /// The headers a full answer from this entry starts from: the stored ones, its
+    /// `Content-Length` (but for a 204), and slots for the `Age`, `Cache-Status` and
+    /// `X-Cache` each answer sets. Built once, at the first answer: a hit clones a map that
+    /// already has room for what it adds, instead of growing a copy of the stored one.
+    pub(crate) fn answer_headers(&self) -> &HeaderMap {
+        self.answer_headers.get_or_init(|| {
+            let mut headers = HeaderMap::with_capacity(self.headers.len() + 4);
+            for (name, value) in &self.headers {
+                headers.append(name.clone(), value.clone());
+            }
+            if self.status != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
+                headers.insert(CONTENT_LENGTH, self.body.len().into());
+            }
+            for name in [AGE, CACHE_STATUS, X_CACHE] {
+                headers.insert(name, HeaderValue::from_static(""));
+            }
+            headers
+        })
     }
 
     pub(crate) fn vary(&self) -> &Vary {
@@ -365,6 +393,7 @@ impl Entry {
             },
             trailers,
             last_access: AtomicU64::new(clock::now_millis() / 1000),
+            answer_headers: OnceLock::new(),
         })
     }
 }
