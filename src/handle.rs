@@ -266,9 +266,11 @@ impl CacheHandle {
     /// Mark entries whose logical key matches `pattern` stale instead of removing them:
     /// they are served under their stale-while-revalidate window while one request refreshes
     /// them (for pipelines that prefer a fast page over a fresh one for a few seconds).
-    /// Entries without such a window are removed. Responses fetched before the call are not
-    /// stored after it, as with [`invalidate`](Self::invalidate). The memory store marks in
-    /// place; Redis stores remove (hard invalidation is always the safe side).
+    /// Entries without such a window are removed (in Redis: read as expired). Responses
+    /// fetched before the call are not stored after it, as with
+    /// [`invalidate`](Self::invalidate). The memory store marks in place; Redis marks the
+    /// entry hashes, so every instance sharing it sees the mark; while Redis is unreachable a
+    /// soft invalidation is a hard one (queued and replayed as one: the safe side).
     pub async fn invalidate_soft(&self, pattern: &str) -> Result<u64, CacheError> {
         let pattern = Pattern::new(pattern);
         bump!(self.shared.counters, invalidations);

@@ -17,11 +17,16 @@ use redis_stack::*;
 use redis_support::RedisServer;
 use tower_response_cache::Backend;
 
+/// The variant fields of an entry hash (not `<variant>:g` or `soft`).
 fn hkeys(server: &RedisServer, key: &str) -> Vec<String> {
-    redis::cmd("HKEYS")
+    let fields: Vec<String> = redis::cmd("HKEYS")
         .arg(key)
         .query(&mut server.connection())
-        .unwrap()
+        .unwrap();
+    fields
+        .into_iter()
+        .filter(|f| f.len() == 16 && f.bytes().all(|b| b.is_ascii_hexdigit()))
+        .collect()
 }
 
 fn hget(server: &RedisServer, key: &str, field: &str) -> Option<Vec<u8>> {

@@ -200,7 +200,7 @@ async fn a_glob_invalidation_removes_exactly_the_matching_entries_on_every_prima
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exact_tag_and_namespace_invalidations_work_across_the_cluster() {
+async fn exact_tag_soft_and_namespace_invalidations_work_across_the_cluster() {
     let s = Stack::start("500").await;
     let mut paths = dashboard_paths();
     paths.extend((0..20).map(|i| format!("/tagged/{i}")));
@@ -218,6 +218,20 @@ async fn exact_tag_and_namespace_invalidations_work_across_the_cluster() {
         .is_empty());
     assert!(s.cluster.keys(&format!("*{NAMESPACE}:m:tag:*")).is_empty());
     assert!(from_redis(&s.read("/api/dashboard/C/1").await));
+
+    // Soft: every matching hash marked on its primary, none removed; without a
+    // stale-while-revalidate window a marked entry reads as expired.
+    let before = s.cluster.keys(&format!("*{NAMESPACE}:k:*")).len();
+    assert_eq!(
+        s.handle
+            .invalidate_soft("/api/dashboard/C/*")
+            .await
+            .unwrap(),
+        20
+    );
+    assert_eq!(s.cluster.keys(&format!("*{NAMESPACE}:k:*")).len(), before);
+    assert_eq!(s.read("/api/dashboard/C/2").await.x_cache(), "MISS");
+    assert!(from_redis(&s.read("/api/dashboard/A/2").await));
 
     s.handle.invalidate_all().await.unwrap();
     assert!(s.cluster.keys(&format!("*{NAMESPACE}:*")).is_empty());

@@ -274,6 +274,27 @@ impl Inner {
         ))
     }
 
+    /// Soft on Redis when it is reachable; otherwise hard, like
+    /// [`invalidate`](Self::invalidate) (queued, replayed as hard: the safe side).
+    async fn invalidate_soft(&self, namespace: &str, pattern: &Pattern) -> Result<u64, StoreError> {
+        let hard = || Invalidation::Pattern(pattern.as_str().to_owned());
+        if self.open.load(Ordering::Acquire) {
+            return self.invalidate(namespace, hard()).await;
+        }
+        match self.redis.invalidate_soft(namespace, pattern).await {
+            Ok(marked) => {
+                self.succeeded();
+                self.remember(namespace, &hard());
+                let local = self.memory.invalidate_soft(namespace, pattern).await;
+                Ok(marked + local.unwrap_or(0))
+            }
+            Err(error) => {
+                self.failed(&error);
+                self.invalidate(namespace, hard()).await
+            }
+        }
+    }
+
     /// Replay queued invalidations in order; stops at the first failure, keeping the rest.
     async fn replay(&self) -> bool {
         loop {
@@ -437,6 +458,14 @@ impl Store for FallbackStore {
             namespace,
             Invalidation::Pattern(pattern.as_str().to_owned()),
         ))
+    }
+
+    fn invalidate_soft<'a>(
+        &'a self,
+        namespace: &'a str,
+        pattern: &'a Pattern,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(self.inner.invalidate_soft(namespace, pattern))
     }
 
     fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64> {

@@ -3,7 +3,9 @@
 //!
 //! [`layout`] names the keys. On one Redis, for namespace `ns` and logical key `L`, the
 //! entry is the hash `ns:k:L` (field = the variant, value = its encoded [`Vary`] variants,
-//! see `codec.rs`): a hit is one `HGET`, one round trip.
+//! see `codec.rs`; field `<variant>:g` = the generation it was fetched under; field `soft` =
+//! a soft invalidation's mark, see `soft.rs`): a hit is one `HMGET` of those three, one
+//! round trip.
 //!
 //! Every invalidation first raises a generation counter. A write carries the generation its
 //! request saw when it began and is dropped, atomically in a script, when an invalidation
@@ -59,6 +61,7 @@ mod codec;
 mod connection;
 pub mod layout;
 mod memo;
+mod soft;
 
 use channel::{Message, CHANNEL};
 use codec::{encode_variants, MAX_VARY_VARIANTS};
@@ -68,7 +71,9 @@ use memo::DecodeMemo;
 
 const SCAN_COUNT: usize = 1000;
 
-/// Store a variant set unless an invalidation happened since the request began.
+/// Store a variant set unless an invalidation happened since the request began, and note
+/// under `<field>:g` the generation it was fetched under (what a soft invalidation's mark
+/// is compared with).
 /// KEYS: entry hash, generation, tag sets… ARGV: field, value, ttl ms, generation seen,
 /// check (`eq`: the generation must be the one seen, one Redis; `le`: it must not be above
 /// it, a cluster bucket). Returns {stored (0/1), current generation}.
@@ -78,7 +83,7 @@ local seen = tonumber(ARGV[4])
 if (ARGV[5] == 'eq' and gen ~= seen) or (ARGV[5] == 'le' and gen > seen) then
   return {0, gen}
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[1] .. ':g', ARGV[4])
 local ttl = tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 for i = 3, #KEYS do
@@ -86,6 +91,16 @@ for i = 3, #KEYS do
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return {1, gen}
+"#;
+
+/// Mark an entry hash soft-invalidated (ARGV[1]: `<generation>:<unix ms>`), unless it is
+/// gone: a mark alone would be a key without a TTL. Returns 1 when marked.
+const SOFT_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'soft', ARGV[1])
+  return 1
+end
+return 0
 "#;
 
 /// Raise a counter past where it is and to at least ARGV[1]; return the new value.
@@ -142,6 +157,7 @@ pub(crate) struct Inner {
     put_script: Script,
     bump_script: Script,
     raise_script: Script,
+    soft_script: Script,
     /// Decodings of recent replies, reused when the same bytes come back.
     memo: DecodeMemo,
 }
@@ -201,6 +217,7 @@ impl RedisStoreBuilder {
             put_script: Script::new(PUT_SCRIPT),
             bump_script: Script::new(BUMP_SCRIPT),
             raise_script: Script::new(RAISE_SCRIPT),
+            soft_script: Script::new(SOFT_SCRIPT),
             memo: DecodeMemo::new(),
         });
         tokio::spawn(channel::listen(Arc::downgrade(&inner)));
@@ -364,10 +381,15 @@ impl RedisStore {
     ) -> Result<Option<Variants>, StoreError> {
         let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
         let field = field(key.variant);
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(&entry_key).arg(&field);
-        let raw: Option<Vec<u8>> = match self.query(cmd, self.inner.deadline).await {
-            Ok(raw) => raw,
+        // The variant, the generation it was written under, and the soft-invalidation mark:
+        // still one round trip.
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&entry_key)
+            .arg(&field)
+            .arg(format!("{field}:g"))
+            .arg("soft");
+        let reply: Vec<Option<Vec<u8>>> = match self.query(cmd, self.inner.deadline).await {
+            Ok(reply) => reply,
             Err(error) if !error.is_unavailable() => {
                 // Something that is not our hash sits under our key: remove it.
                 tracing::warn!(key = %entry_key, %error, "unexpected value under a cache key; deleting it");
@@ -376,13 +398,21 @@ impl RedisStore {
             }
             Err(error) => return Err(error),
         };
+        let mut reply = reply.into_iter();
+        let (raw, written, soft) = (
+            reply.next().flatten(),
+            reply.next().flatten(),
+            reply.next().flatten(),
+        );
         let Some(raw) = raw else { return Ok(None) };
         // Taking the reply's buffer, so the entries can share it.
         match (self.inner.memo).decode(entry_key.as_bytes(), key.variant, bytes::Bytes::from(raw)) {
-            Ok(variants) => Ok(Some(variants)),
+            Ok(variants) => Ok(Some(soft::apply(variants, written, soft))),
             Err(error) => {
                 tracing::warn!(key = %entry_key, %error, "undecodable cache entry; deleting it");
-                self.delete_later(redis::cmd("HDEL").arg(&entry_key).arg(&field).clone());
+                let mut cmd = redis::cmd("HDEL");
+                cmd.arg(&entry_key).arg(&field).arg(format!("{field}:g"));
+                self.delete_later(cmd);
                 Ok(None)
             }
         }
@@ -508,6 +538,30 @@ impl RedisStore {
     /// `SCAN MATCH` + `UNLINK` in batches on every primary; returns how many keys were
     /// removed.
     async fn unlink_matching(&self, pattern: &str) -> Result<u64, StoreError> {
+        self.on_matching(pattern, None).await
+    }
+
+    /// `UNLINK` one batch of keys (a cluster connection splits it by slot).
+    async fn unlink(&self, keys: &[Vec<u8>]) -> Result<u64, StoreError> {
+        let cmd = redis::cmd("UNLINK").arg(keys).clone();
+        self.query::<u64>(cmd, self.inner.scan_deadline).await
+    }
+
+    /// Mark each of `keys` soft-invalidated with `mark`, one script per key (a script may
+    /// only touch one slot), sent together; returns how many were still there.
+    async fn mark_soft(&self, keys: &[Vec<u8>], mark: &str) -> Result<u64, StoreError> {
+        let marked = try_join_all(keys.iter().map(|key| {
+            let mut invocation = self.inner.soft_script.prepare_invoke();
+            invocation.key(key.as_slice()).arg(mark);
+            self.invoke::<u64>(invocation, self.inner.scan_deadline)
+        }))
+        .await?;
+        Ok(marked.into_iter().sum())
+    }
+
+    /// Walk the keys matching `pattern` on every primary, batch by batch: `UNLINK` them, or
+    /// with `soft`, mark them soft-invalidated. Returns how many were removed or marked.
+    async fn on_matching(&self, pattern: &str, soft: Option<&str>) -> Result<u64, StoreError> {
         let deadline = self.inner.scan_deadline;
         let mut removed = 0u64;
         for node in self.primaries(deadline).await? {
@@ -523,9 +577,10 @@ impl RedisStore {
                 let (next, keys): (u64, Vec<Vec<u8>>) =
                     self.query_node(&node, cmd, deadline).await?;
                 if !keys.is_empty() {
-                    // A cluster connection splits a many-key UNLINK by slot.
-                    let cmd = redis::cmd("UNLINK").arg(&keys).clone();
-                    removed += self.query::<u64>(cmd, deadline).await?;
+                    removed += match soft {
+                        None => self.unlink(&keys).await?,
+                        Some(mark) => self.mark_soft(&keys, mark).await?,
+                    };
                 }
                 if next == 0 {
                     break;
@@ -563,6 +618,36 @@ impl RedisStore {
         )
         .await;
         Ok(removed)
+    }
+
+    /// Mark the matching entries stale instead of removing them: a read compares the mark's
+    /// generation with the one each variant was written under (see `soft.rs`).
+    async fn invalidate_pattern_soft(
+        &self,
+        namespace: &str,
+        pattern: &Pattern,
+    ) -> Result<u64, StoreError> {
+        let layout = self.inner.layout;
+        let generation = self.bump_generation(pattern.literal()).await?;
+        let mark = soft::mark(generation, crate::clock::now_millis());
+        let marked = match pattern.literal() {
+            Some(literal) => {
+                let key = layout.entry_key(namespace, literal).into_bytes();
+                self.mark_soft(&[key], &mark).await?
+            }
+            None => {
+                let scan = layout.entry_scan(namespace, pattern.as_str());
+                self.on_matching(&scan, Some(&mark)).await?
+            }
+        };
+        // Other processes drop their local copies (hard: the safe side) and ban fetches.
+        self.publish(
+            namespace,
+            generation,
+            Invalidation::Pattern(pattern.as_str().to_owned()),
+        )
+        .await;
+        Ok(marked)
     }
 
     async fn invalidate_by_tag(&self, namespace: &str, tag: &str) -> Result<u64, StoreError> {
@@ -660,6 +745,14 @@ impl Store for RedisStore {
 
     fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
         Box::pin(self.invalidate_pattern(namespace, pattern))
+    }
+
+    fn invalidate_soft<'a>(
+        &'a self,
+        namespace: &'a str,
+        pattern: &'a Pattern,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(self.invalidate_pattern_soft(namespace, pattern))
     }
 
     fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64> {
