@@ -4,8 +4,7 @@
 //! On one Redis, for namespace `ns` and logical key `L`:
 //!
 //! - `ns:k:L`: a hash; field = the variant, value = the encoded entries of that variant
-//!   (plus `<variant>:g`, the generation each was fetched under, and `soft`, a soft
-//!   invalidation's mark);
+//!   (after a header: the generation they were fetched under and a soft-invalidation mark);
 //! - `ns:m:tag:T`: a set of the entry keys carrying tag `T`;
 //! - `tower-response-cache:gen`: the invalidation counter a write is checked against.
 //!

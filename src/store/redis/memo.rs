@@ -1,5 +1,5 @@
 //! The decoded form of recently read Redis values, reused when Redis answers with the very
-//! same bytes again.
+//! same bytes again (decoding, soft marks included, depends on the bytes alone).
 //!
 //! A hot URL's hit reads the same value from Redis over and over; decoding it (the headers
 //! into a `HeaderMap`, the entries into `Arc`s) costs about as much as the rest of the hit
@@ -13,7 +13,7 @@ use std::sync::RwLock;
 
 use bytes::Bytes;
 
-use super::codec::decode_variants;
+use super::codec::decode_value;
 use crate::entry::DecodeError;
 use crate::store::Variants;
 
@@ -44,7 +44,7 @@ impl DecodeMemo {
         raw: Bytes,
     ) -> Result<Variants, DecodeError> {
         if raw.len() > MAX_BYTES {
-            return decode_variants(&raw);
+            return decode_value(&raw);
         }
         let hash = xxhash_rust::xxh3::xxh3_64(key) ^ variant;
         let slot = &self.slots[hash as usize % SLOTS];
@@ -53,7 +53,7 @@ impl DecodeMemo {
                 return Ok(variants.clone());
             }
         }
-        let variants = decode_variants(&raw)?;
+        let variants = decode_value(&raw)?;
         *slot.write().unwrap_or_else(|e| e.into_inner()) = Some((raw, variants.clone()));
         Ok(variants)
     }
@@ -73,7 +73,7 @@ mod tests {
             Bytes::from_static(body.as_bytes()),
             Duration::from_secs(60),
         ));
-        super::super::codec::encode_variants(&[entry])
+        super::super::codec::encode_value(&[entry], 1)
     }
 
     #[test]

@@ -3,9 +3,8 @@
 //!
 //! [`layout`] names the keys. On one Redis, for namespace `ns` and logical key `L`, the
 //! entry is the hash `ns:k:L` (field = the variant, value = its encoded [`Vary`] variants,
-//! see `codec.rs`; field `<variant>:g` = the generation it was fetched under; field `soft` =
-//! a soft invalidation's mark, see `soft.rs`): a hit is one `HMGET` of those three, one
-//! round trip.
+//! see `codec.rs`, after a header with the generation it was fetched under and a soft
+//! invalidation's mark, see `soft.rs`): a hit is one `HGET`, one round trip.
 //!
 //! Every invalidation first raises a generation counter. A write carries the generation its
 //! request saw when it began and is dropped, atomically in a script, when an invalidation
@@ -64,16 +63,14 @@ mod memo;
 mod soft;
 
 use channel::{Message, CHANNEL};
-use codec::{encode_variants, MAX_VARY_VARIANTS};
+use codec::{encode_value, MAX_VARY_VARIANTS};
 use connection::{Connection, Node, Timeouts};
 use layout::{Layout, CENTRAL_GENERATION};
 use memo::DecodeMemo;
 
 const SCAN_COUNT: usize = 1000;
 
-/// Store a variant set unless an invalidation happened since the request began, and note
-/// under `<field>:g` the generation it was fetched under (what a soft invalidation's mark
-/// is compared with).
+/// Store a variant set unless an invalidation happened since the request began.
 /// KEYS: entry hash, generation, tag sets… ARGV: field, value, ttl ms, generation seen,
 /// check (`eq`: the generation must be the one seen, one Redis; `le`: it must not be above
 /// it, a cluster bucket). Returns {stored (0/1), current generation}.
@@ -83,7 +80,7 @@ local seen = tonumber(ARGV[4])
 if (ARGV[5] == 'eq' and gen ~= seen) or (ARGV[5] == 'le' and gen > seen) then
   return {0, gen}
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[1] .. ':g', ARGV[4])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local ttl = tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
 for i = 3, #KEYS do
@@ -93,14 +90,18 @@ end
 return {1, gen}
 "#;
 
-/// Mark an entry hash soft-invalidated (ARGV[1]: `<generation>:<unix ms>`), unless it is
-/// gone: a mark alone would be a key without a TTL. Returns 1 when marked.
+/// Mark every value of an entry hash soft-invalidated: bytes 9–24 of each value (see
+/// `codec.rs`) become ARGV[1], the mark. Returns 1 when the hash was there.
 const SOFT_SCRIPT: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'soft', ARGV[1])
-  return 1
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local value = fields[i + 1]
+  if #value >= 24 then
+    redis.call('HSET', KEYS[1], fields[i], string.sub(value, 1, 8) .. ARGV[1] .. string.sub(value, 25))
+  end
 end
-return 0
+return 1
 "#;
 
 /// Raise a counter past where it is and to at least ARGV[1]; return the new value.
@@ -381,15 +382,10 @@ impl RedisStore {
     ) -> Result<Option<Variants>, StoreError> {
         let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
         let field = field(key.variant);
-        // The variant, the generation it was written under, and the soft-invalidation mark:
-        // still one round trip.
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(&entry_key)
-            .arg(&field)
-            .arg(format!("{field}:g"))
-            .arg("soft");
-        let reply: Vec<Option<Vec<u8>>> = match self.query(cmd, self.inner.deadline).await {
-            Ok(reply) => reply,
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(&entry_key).arg(&field);
+        let raw: Option<Vec<u8>> = match self.query(cmd, self.inner.deadline).await {
+            Ok(raw) => raw,
             Err(error) if !error.is_unavailable() => {
                 // Something that is not our hash sits under our key: remove it.
                 tracing::warn!(key = %entry_key, %error, "unexpected value under a cache key; deleting it");
@@ -398,21 +394,13 @@ impl RedisStore {
             }
             Err(error) => return Err(error),
         };
-        let mut reply = reply.into_iter();
-        let (raw, written, soft) = (
-            reply.next().flatten(),
-            reply.next().flatten(),
-            reply.next().flatten(),
-        );
         let Some(raw) = raw else { return Ok(None) };
         // Taking the reply's buffer, so the entries can share it.
         match (self.inner.memo).decode(entry_key.as_bytes(), key.variant, bytes::Bytes::from(raw)) {
-            Ok(variants) => Ok(Some(soft::apply(variants, written, soft))),
+            Ok(variants) => Ok(Some(variants)),
             Err(error) => {
                 tracing::warn!(key = %entry_key, %error, "undecodable cache entry; deleting it");
-                let mut cmd = redis::cmd("HDEL");
-                cmd.arg(&entry_key).arg(&field).arg(format!("{field}:g"));
-                self.delete_later(cmd);
+                self.delete_later(redis::cmd("HDEL").arg(&entry_key).arg(&field).clone());
                 Ok(None)
             }
         }
@@ -456,7 +444,7 @@ impl RedisStore {
             .map(|t| layout.tag_key(key.namespace, key.logical, t))
             .collect();
         variants.push(entry);
-        let value = encode_variants(&variants);
+        let value = encode_value(&variants, token);
         let entry_key = layout.entry_key(key.namespace, key.logical);
         let mut invocation = self.inner.put_script.prepare_invoke();
         invocation
@@ -549,7 +537,7 @@ impl RedisStore {
 
     /// Mark each of `keys` soft-invalidated with `mark`, one script per key (a script may
     /// only touch one slot), sent together; returns how many were still there.
-    async fn mark_soft(&self, keys: &[Vec<u8>], mark: &str) -> Result<u64, StoreError> {
+    async fn mark_soft(&self, keys: &[Vec<u8>], mark: &[u8]) -> Result<u64, StoreError> {
         let marked = try_join_all(keys.iter().map(|key| {
             let mut invocation = self.inner.soft_script.prepare_invoke();
             invocation.key(key.as_slice()).arg(mark);
@@ -561,7 +549,7 @@ impl RedisStore {
 
     /// Walk the keys matching `pattern` on every primary, batch by batch: `UNLINK` them, or
     /// with `soft`, mark them soft-invalidated. Returns how many were removed or marked.
-    async fn on_matching(&self, pattern: &str, soft: Option<&str>) -> Result<u64, StoreError> {
+    async fn on_matching(&self, pattern: &str, soft: Option<&[u8]>) -> Result<u64, StoreError> {
         let deadline = self.inner.scan_deadline;
         let mut removed = 0u64;
         for node in self.primaries(deadline).await? {
@@ -621,7 +609,7 @@ impl RedisStore {
     }
 
     /// Mark the matching entries stale instead of removing them: a read compares the mark's
-    /// generation with the one each variant was written under (see `soft.rs`).
+    /// generation with the one each value was fetched under (see `soft.rs`).
     async fn invalidate_pattern_soft(
         &self,
         namespace: &str,

@@ -1,44 +1,31 @@
 //! Soft invalidation in Redis: entries are marked stale, not removed.
 //!
-//! `invalidate_soft` raises the generation (so a response fetched before it is never
-//! stored after it) and sets the field `soft` of every matching entry hash to
-//! `<generation>:<unix ms>`. Each variant field `f` of the hash has a sibling `f:g`, the
-//! generation its response was fetched under. A read fetches the variant, its `:g` and the
-//! mark in one `HMGET`; a variant fetched before the mark (its generation below the mark's,
-//! or none noted) is served as expired at the mark's time: stale, within its
-//! stale-while-revalidate window, and refreshed. A refresh is fetched after the mark, so
-//! it reads as fresh. Generations, not clocks, decide, so clock skew between processes
-//! cannot make an old entry look fresh.
+//! Every stored value starts with the generation it was fetched under and a mark (see
+//! `codec.rs`). `invalidate_soft` raises the generation (so a response fetched before it is
+//! never stored after it) and rewrites the mark of every value of every matching entry hash
+//! to its generation and time, in a script on the Redis side. A read (still one `HGET`)
+//! serves a value whose mark is above the generation it was fetched under as expired at the
+//! mark's time: stale, within its stale-while-revalidate window, while one request refreshes
+//! it. The refresh is fetched after the mark and stored unmarked, so it reads as fresh.
+//! Generations, not clocks, decide, so clock skew between processes cannot make an old
+//! entry look fresh; the mark's time only places the start of the stale window.
 
 use std::sync::Arc;
 
 use crate::store::Variants;
 
-/// The mark a soft invalidation at `generation`, at `now_ms`, leaves on an entry hash.
-pub(crate) fn mark(generation: u64, now_ms: u64) -> String {
-    format!("{generation}:{now_ms}")
+/// The mark a soft invalidation at `generation`, at `now_ms`, writes into each value.
+pub(crate) fn mark(generation: u64, now_ms: u64) -> [u8; 16] {
+    let mut mark = [0u8; 16];
+    mark[..8].copy_from_slice(&generation.to_be_bytes());
+    mark[8..].copy_from_slice(&now_ms.to_be_bytes());
+    mark
 }
 
-fn parse_mark(mark: &[u8]) -> Option<(u64, u64)> {
-    let (generation, at) = std::str::from_utf8(mark).ok()?.split_once(':')?;
-    Some((generation.parse().ok()?, at.parse().ok()?))
-}
-
-/// `variants` as a read must see them, given the generation they were `written` under and
-/// the hash's `soft` mark (both as Redis returned them; unreadable values count as absent).
-pub(crate) fn apply(
-    variants: Variants,
-    written: Option<Vec<u8>>,
-    soft: Option<Vec<u8>>,
-) -> Variants {
-    let Some((marked_at_generation, marked_at_ms)) = soft.as_deref().and_then(parse_mark) else {
-        return variants;
-    };
-    let written = written
-        .as_deref()
-        .and_then(|g| std::str::from_utf8(g).ok())
-        .and_then(|g| g.parse::<u64>().ok());
-    if written.is_some_and(|g| g >= marked_at_generation) {
+/// `variants`, fetched under generation `written`, as a read must see them given the mark
+/// (`marked`, `marked_at_ms`; zeros when unmarked).
+pub(crate) fn apply(variants: Variants, written: u64, marked: u64, marked_at_ms: u64) -> Variants {
+    if marked <= written {
         return variants;
     }
     variants
@@ -70,26 +57,22 @@ mod tests {
         vec![Arc::new(entry)].into()
     }
 
-    fn bytes(s: &str) -> Option<Vec<u8>> {
-        Some(s.as_bytes().to_vec())
+    #[test]
+    fn values_fetched_before_the_mark_read_as_expired_at_its_time() {
+        let now = clock::now_millis();
+        assert!(!apply(fresh(), 4, 5, now)[0].is_fresh_at(now));
     }
 
     #[test]
-    fn variants_written_before_the_mark_read_as_expired_at_its_time() {
+    fn values_fetched_at_or_after_the_mark_and_unmarked_values_stay_fresh() {
         let now = clock::now_millis();
-        let seen = apply(fresh(), bytes("4"), bytes(&mark(5, now)));
-        assert!(!seen[0].is_fresh_at(now));
-        // No generation noted (written by an older version): stale too.
-        assert!(!apply(fresh(), None, bytes(&mark(5, now)))[0].is_fresh_at(now));
+        assert!(apply(fresh(), 5, 5, now)[0].is_fresh_at(now));
+        assert!(apply(fresh(), 9, 5, now)[0].is_fresh_at(now));
+        assert!(apply(fresh(), 1, 0, 0)[0].is_fresh_at(now));
     }
 
     #[test]
-    fn variants_written_at_or_after_the_mark_and_unmarked_hashes_stay_fresh() {
-        let now = clock::now_millis();
-        assert!(apply(fresh(), bytes("5"), bytes(&mark(5, now)))[0].is_fresh_at(now));
-        assert!(apply(fresh(), bytes("9"), bytes(&mark(5, now)))[0].is_fresh_at(now));
-        assert!(apply(fresh(), bytes("1"), None)[0].is_fresh_at(now));
-        // A garbled mark is no mark.
-        assert!(apply(fresh(), bytes("1"), bytes("x:y"))[0].is_fresh_at(now));
+    fn the_mark_is_two_big_endian_numbers() {
+        assert_eq!(mark(1, 2), [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
     }
 }
