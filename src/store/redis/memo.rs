@@ -87,9 +87,13 @@ mod tests {
         );
         let changed = memo.decode(b"k", 1, value("two")).unwrap();
         assert_eq!(changed[0].body(), "two", "different bytes must decode anew");
-        // Whatever key shares the slot, only equal bytes are ever answered from it.
+        // Slots are shared by many keys: whatever another key left in a slot, a reply is
+        // only ever answered with its own bytes' decoding.
         for key in 0..1000u32 {
-            let other = memo.decode(&key.to_be_bytes(), 1, value("three")).unwrap();
+            memo.decode(&key.to_be_bytes(), 1, value("one")).unwrap();
+        }
+        for key in 0..1000u32 {
+            let other = memo.decode(&(key + 7).to_be_bytes(), 1, value("three")).unwrap();
             assert_eq!(other[0].body(), "three");
         }
         assert!(memo
