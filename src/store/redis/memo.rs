@@ -93,7 +93,9 @@ mod tests {
             memo.decode(&key.to_be_bytes(), 1, value("one")).unwrap();
         }
         for key in 0..1000u32 {
-            let other = memo.decode(&(key + 7).to_be_bytes(), 1, value("three")).unwrap();
+            let other = memo
+                .decode(&(key + 7).to_be_bytes(), 1, value("three"))
+                .unwrap();
             assert_eq!(other[0].body(), "three");
         }
         assert!(memo
