@@ -56,7 +56,19 @@ struct Stack {
 
 impl Stack {
     async fn start(redis_timeout_ms: &str) -> Stack {
-        let cluster = tokio::task::block_in_place(RedisCluster::start);
+        let stack = Self::start_on(
+            tokio::task::block_in_place(RedisCluster::start),
+            redis_timeout_ms,
+        )
+        .await;
+        stack
+            .wait_for_backend(Backend::Redis, Duration::from_secs(10), "at start")
+            .await;
+        stack
+    }
+
+    /// The stack on `cluster`, whatever state it is in.
+    async fn start_on(cluster: RedisCluster, redis_timeout_ms: &str) -> Stack {
         let nodes = cluster.seeds().join(",");
         let vars = [
             ("REDIS_ENABLED", "true"),
@@ -77,17 +89,13 @@ impl Stack {
             .with_state(origin.clone())
             .layer(CacheLayer::new(handle.clone()));
         let addr = common::serve(app).await;
-        let stack = Stack {
+        Stack {
             cluster,
             handle,
             origin,
             addr,
             client: client(),
-        };
-        stack
-            .wait_for_backend(Backend::Redis, Duration::from_secs(10), "at start")
-            .await;
-        stack
+        }
     }
 
     fn calls(&self) -> usize {
@@ -446,4 +454,44 @@ async fn a_hanging_primary_fails_no_request_and_the_circuit_closes_when_it_resum
     })
     .await;
     assert!(healed, "entries never reached the resumed cluster again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn starting_with_the_cluster_down_serves_from_memory_at_once_and_moves_to_it_later() {
+    let mut cluster = tokio::task::block_in_place(RedisCluster::start);
+    tokio::task::block_in_place(|| {
+        for node in &mut cluster.nodes {
+            node.kill();
+        }
+    });
+    let started = Instant::now();
+    let mut s = Stack::start_on(cluster, "50").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "building the cache waited {:?} for a dead cluster",
+        started.elapsed()
+    );
+    assert_eq!(s.handle.backend(), Backend::FallingBack);
+    // Served, and cached in memory meanwhile.
+    s.read("/api/dashboard/A/1").await;
+    assert_eq!(s.read("/api/dashboard/A/1").await.x_cache(), "HIT");
+
+    // The nodes come back (each with its nodes.conf: the same cluster).
+    tokio::task::block_in_place(|| {
+        for node in &mut s.cluster.nodes {
+            node.restart();
+        }
+        s.cluster.wait_until_ok();
+    });
+    s.wait_for_backend(
+        Backend::Redis,
+        Duration::from_secs(20),
+        "after the cluster came up",
+    )
+    .await;
+    let used = eventually(Duration::from_secs(10), || async {
+        from_redis(&s.read("/api/dashboard/B/1").await)
+    })
+    .await;
+    assert!(used, "entries never reached the cluster");
 }
