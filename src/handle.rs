@@ -400,7 +400,7 @@ impl CacheHandle {
                     }
                 }
                 Role::Leader(leader) => {
-                    let ticket = self.ticket();
+                    let ticket = self.ticket().await;
                     let value = match init.await {
                         Ok(value) => value,
                         Err(error) => {
@@ -438,11 +438,16 @@ impl CacheHandle {
     }
 
     /// The ticket for a miss that is about to fetch: what its write will be checked against.
-    pub(crate) fn ticket(&self) -> Ticket {
-        Ticket {
-            bans: self.shared.bans.ticket(),
-            store: self.shared.store.write_token(),
-        }
+    /// What a miss carries from before it calls the origin to its store write: the ban
+    /// epoch, and the store's current write token (asked of a shared store, so a fetch
+    /// that began after another process's invalidation is not refused for it).
+    pub(crate) async fn ticket(&self) -> Ticket {
+        let bans = self.shared.bans.ticket();
+        let store = match self.shared.store.current_write_token().await {
+            Ok(token) => token,
+            Err(_) => self.shared.store.write_token(),
+        };
+        Ticket { bans, store }
     }
 
     pub(crate) fn flights(&self) -> &Arc<Coalescer> {

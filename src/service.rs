@@ -318,7 +318,7 @@ where
         }
     };
     bump!(counters, misses);
-    let ticket = handle.ticket();
+    let ticket = handle.ticket().await;
     let mut parts = parts;
     let request_headers = parts.headers.clone();
     if !is_head {
@@ -402,7 +402,7 @@ fn spawn_refresh<S, ReqB, ResB>(
     ResB: Body<Data = Bytes> + Send + 'static,
 {
     tokio::spawn(async move {
-        let ticket = config.handle.ticket();
+        let ticket = config.handle.ticket().await;
         let request_headers = parts.headers.clone();
         strip_conditionals(&mut parts.headers);
         let Ok(response) = inner.call(Request::from_parts(parts, body)).await else {

@@ -251,3 +251,29 @@ async fn a_new_instance_stores_its_first_write_after_past_invalidations() {
     load(&new, "first", &calls, "v").await;
     assert_eq!(server.keys("ns:k:first").len(), 1);
 }
+
+/// Another process invalidated a moment ago and its message has not arrived here yet (here:
+/// the counter moved in Redis with no message at all). A miss that begins now fetches after
+/// that invalidation, so its answer must be stored, not refused for a stale token: a slow
+/// dashboard must not be computed twice after every sync.
+#[tokio::test]
+async fn a_miss_after_an_invalidation_this_process_has_not_heard_of_is_stored() {
+    let server = RedisServer::start();
+    let handle = redis_handle(&server, "ns").await;
+    let calls = AtomicUsize::new(0);
+    load(&handle, "warm", &calls, "v").await;
+    for _ in 0..3 {
+        let () = redis::cmd("INCR")
+            .arg("tower-response-cache:gen")
+            .query(&mut server.connection())
+            .unwrap();
+    }
+    assert_eq!(load(&handle, "dashboard", &calls, "v1").await, "v1");
+    assert_eq!(
+        server.keys("ns:k:dashboard").len(),
+        1,
+        "the write was refused"
+    );
+    assert_eq!(load(&handle, "dashboard", &calls, "v2").await, "v1");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "computed twice");
+}

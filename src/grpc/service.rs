@@ -148,7 +148,7 @@ where
         }
     };
     bump!(counters, misses);
-    let ticket = handle.ticket();
+    let ticket = handle.ticket().await;
     let response = inner
         .call(Request::from_parts(parts, request::whole(message)))
         .await?;

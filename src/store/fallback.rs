@@ -443,6 +443,14 @@ impl Store for FallbackStore {
         self.inner.redis.write_token()
     }
 
+    fn current_write_token(&self) -> StoreFuture<'_, u64> {
+        if self.is_falling_back() {
+            // Writes go to memory, which takes no token.
+            return Box::pin(std::future::ready(Ok(self.write_token())));
+        }
+        self.inner.redis.current_write_token()
+    }
+
     fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
         // While falling back, memory answers at once; otherwise Redis must be asked.
         self.is_falling_back()

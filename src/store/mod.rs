@@ -83,6 +83,15 @@ pub trait Store: Send + Sync + 'static {
         0
     }
 
+    /// [`write_token`](Store::write_token) as the store's authority has it now, not as this
+    /// process last heard of it: a shared store asks (one round trip, on misses only). A
+    /// fetch that begins after another process's invalidation is then not refused for
+    /// carrying a token this process had not caught up with yet. Falls back to
+    /// `write_token` (the default for local stores).
+    fn current_write_token(&self) -> StoreFuture<'_, u64> {
+        Box::pin(std::future::ready(Ok(self.write_token())))
+    }
+
     /// Register what to call when another process invalidates through this store (a
     /// shared store hears of it, e.g. by Redis pub/sub). Local stores never call it.
     fn set_listener(&self, listener: InvalidationListener) {
@@ -279,6 +288,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn write_token(&self) -> u64 {
         (**self).write_token()
+    }
+    fn current_write_token(&self) -> StoreFuture<'_, u64> {
+        (**self).current_write_token()
     }
     fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
         (**self).try_get_now(key)

@@ -277,11 +277,14 @@ impl RedisStore {
     /// Learn the current generation (when the channel (re)connects), so this process's
     /// writes are not refused for carrying an old one.
     pub(crate) async fn catch_up_generation(&self) {
+        self.learn_generation(self.inner.scan_deadline).await;
+    }
+
+    /// Read the generation counter and adopt it (also before each miss fetches, see
+    /// [`Store::current_write_token`]); on failure this process keeps what it knows.
+    async fn learn_generation(&self, deadline: Duration) {
         let cmd = redis::cmd("GET").arg(CENTRAL_GENERATION).clone();
-        let Ok(generation) = self
-            .query::<Option<u64>>(cmd, self.inner.scan_deadline)
-            .await
-        else {
+        let Ok(generation) = self.query::<Option<u64>>(cmd, deadline).await else {
             return;
         };
         let generation = generation.unwrap_or(0);
@@ -721,6 +724,13 @@ impl Store for RedisStore {
 
     fn write_token(&self) -> u64 {
         self.inner.generation.load(Ordering::Relaxed)
+    }
+
+    fn current_write_token(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            self.learn_generation(self.inner.deadline).await;
+            Ok(self.write_token())
+        })
     }
 
     fn set_listener(&self, listener: InvalidationListener) {
