@@ -274,9 +274,13 @@ async fn invalidate_company(cache: &CacheHandle, guid: &str) -> Invalidated {
             None
         }
     };
+    // The company list first: on Redis every invalidation refuses every write in flight (one
+    // counter per store), so a dashboard fetch that began between the two would be computed
+    // twice. Dashboards are the slow ones; until their own invalidation they are still hits,
+    // so none of them is in flight in between.
+    let companies = attempt(cache.invalidate(COMPANIES_KEY).await);
     // GUIDs hold no glob characters: the portal only creates plain hex ones.
     let dashboards = attempt(cache.invalidate(&format!("dashboard:{guid}*")).await);
-    let companies = attempt(cache.invalidate(COMPANIES_KEY).await);
     Invalidated {
         dashboards,
         companies,

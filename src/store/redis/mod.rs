@@ -13,7 +13,11 @@
 //! exactly. In a cluster each key bucket has its own counter (a script may only touch one
 //! slot): an invalidation draws a new generation from the cluster-wide counter and raises
 //! the counters of the buckets it touches to it, and a write is dropped when its bucket's
-//! counter is above what the request saw.
+//! counter is above what the request saw. (A narrow gap the single-Redis check does not
+//! have: if the whole cluster restarts empty while a fetch is in flight in a process that
+//! had seen a higher generation, and another process then invalidates, the counters restart
+//! below that fetch's token and its write can land. The fallback store's restart detection
+//! raises the counters again when it notices; the window is the fetch's duration.)
 //!
 //! Every invalidation is published on the channel `tower-response-cache:invalidations`,
 //! so other processes ban their in-flight fetches and drop their local entries.
