@@ -191,6 +191,9 @@ impl CacheHandleBuilder {
         handle.shared.store.set_listener(Arc::new(move |event| {
             let Some(shared) = weak.upgrade() else { return };
             match event {
+                // The store refuses such writes itself, more precisely (see
+                // `Store::checks_remote_invalidations`).
+                StoreEvent::Remote { .. } if shared.store.checks_remote_invalidations() => {}
                 StoreEvent::Remote {
                     namespace,
                     invalidation,

@@ -277,3 +277,63 @@ async fn a_miss_after_an_invalidation_this_process_has_not_heard_of_is_stored() 
     assert_eq!(load(&handle, "dashboard", &calls, "v2").await, "v1");
     assert_eq!(calls.load(Ordering::SeqCst), 2, "computed twice");
 }
+
+/// The other side of the same race: another process invalidated *before* this fetch began,
+/// but its message arrives while the fetch is in flight. The fetch read the counter after
+/// the invalidation, so its answer is current and must be stored; the late message must
+/// not throw it away (Redis's write check already refuses what began before).
+#[tokio::test]
+async fn a_late_message_about_an_earlier_invalidation_does_not_discard_a_fresh_fetch() {
+    let server = RedisServer::start();
+    for handle in [
+        redis_handle(&server, "portal").await,
+        fallback_handle(&server, "portal").await,
+    ] {
+        let key = format!("dashboard:{}", handle.backend().as_str());
+        // The other process's invalidation: the counter moves first...
+        let generation: u64 = redis::cmd("INCR")
+            .arg("tower-response-cache:gen")
+            .query(&mut server.connection())
+            .unwrap();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let fetch = {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                handle
+                    .get_or_insert_with("dashboard:x", None, async move {
+                        started_tx.send(()).unwrap();
+                        release_rx.await.unwrap();
+                        "current".to_owned()
+                    })
+                    .await
+            })
+        };
+        started_rx.await.unwrap();
+        // ...and its message arrives while this fetch is in flight.
+        let message = format!(
+            r#"{{"origin":1,"generation":{generation},"namespace":"portal","invalidation":{{"kind":"pattern","value":"dashboard:*"}}}}"#
+        );
+        let () = redis::cmd("PUBLISH")
+            .arg("tower-response-cache:invalidations")
+            .arg(message)
+            .query(&mut server.connection())
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        release_tx.send(()).unwrap();
+        assert_eq!(fetch.await.unwrap(), "current");
+        let stored = eventually_true(|| server.keys("portal:k:dashboard:x").len() == 1).await;
+        assert!(stored, "{key}: the fresh answer was thrown away");
+        handle.invalidate("dashboard:*").await.unwrap();
+    }
+}
+
+async fn eventually_true(mut condition: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}

@@ -416,6 +416,13 @@ impl Store for FallbackStore {
     fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>, token: u64) -> StoreFuture<'a, ()> {
         let inner = &self.inner;
         if inner.open.load(Ordering::Acquire) {
+            // Redis's script cannot check this write: check it here against the generation
+            // this process has heard of, so another process's invalidation heard since the
+            // fetch began still refuses it.
+            if token < inner.redis.write_token() {
+                tracing::debug!(key = %key.logical, "not stored: another process invalidated while it was fetched");
+                return Box::pin(std::future::ready(Ok(())));
+            }
             // Applied now, under the caller's ban lock (see `Store`).
             inner
                 .memory
@@ -441,6 +448,10 @@ impl Store for FallbackStore {
 
     fn write_token(&self) -> u64 {
         self.inner.redis.write_token()
+    }
+
+    fn checks_remote_invalidations(&self) -> bool {
+        true
     }
 
     fn current_write_token(&self) -> StoreFuture<'_, u64> {

@@ -92,6 +92,16 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(self.write_token())))
     }
 
+    /// Whether [`put`](Store::put) itself refuses a write whose token is older than an
+    /// invalidation made by another process (Redis's write script does). Then the handle
+    /// does not also ban in-flight fetches when another process's invalidation is heard:
+    /// that message may arrive after a fetch that began after the invalidation, and the
+    /// ban would throw a good answer away. Stores that apply writes without such a check
+    /// (the default) keep the ban.
+    fn checks_remote_invalidations(&self) -> bool {
+        false
+    }
+
     /// Register what to call when another process invalidates through this store (a
     /// shared store hears of it, e.g. by Redis pub/sub). Local stores never call it.
     fn set_listener(&self, listener: InvalidationListener) {
@@ -291,6 +301,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn current_write_token(&self) -> StoreFuture<'_, u64> {
         (**self).current_write_token()
+    }
+    fn checks_remote_invalidations(&self) -> bool {
+        (**self).checks_remote_invalidations()
     }
     fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
         (**self).try_get_now(key)

@@ -730,6 +730,10 @@ impl Store for RedisStore {
         self.inner.generation.load(Ordering::Relaxed)
     }
 
+    fn checks_remote_invalidations(&self) -> bool {
+        true
+    }
+
     fn current_write_token(&self) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             self.learn_generation(self.inner.deadline).await;
