@@ -39,6 +39,16 @@ struct Flight {
     outcome: watch::Receiver<Outcome>,
 }
 
+/// What a miss does after joining the flight for its key (see `CacheHandle::take_turn`).
+pub(crate) enum Turn {
+    /// Fetch it, as the flight's leader.
+    Lead(Leader),
+    /// Waited for another request's fetch: its entry is stored, or it left. Look up again.
+    LookAgain,
+    /// Waited, and the response cannot be stored: fetch without leading.
+    FetchAlone,
+}
+
 /// Either lead the flight for a key or follow the one in the air.
 pub(crate) enum Role {
     Leader(Leader),

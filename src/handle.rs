@@ -40,7 +40,7 @@ use serde::Serialize;
 
 use crate::ban::{Ban, BanLog};
 use crate::clock;
-use crate::coalesce::{follow, Coalescer, Outcome, Role};
+use crate::coalesce::{follow, Coalescer, Outcome, Role, Turn};
 use crate::entry::Entry;
 use crate::key::vary_hash;
 use crate::pattern::Pattern;
@@ -394,15 +394,10 @@ impl CacheHandle {
                 tracing::warn!(key = %logical, "cached value does not decode as the requested type; recomputing");
             }
             bump!(self.shared.counters, misses);
-            match self.shared.flights.join(&logical, 0) {
-                Role::Follower(outcome) => {
-                    bump!(self.shared.counters, coalesced);
-                    match follow(outcome, self.shared.coalesce_timeout).await {
-                        Outcome::Stored | Outcome::Abandoned | Outcome::Pending => continue,
-                        Outcome::Uncacheable => return init.await,
-                    }
-                }
-                Role::Leader(leader) => {
+            match self.take_turn(&logical, 0).await {
+                Turn::LookAgain => continue,
+                Turn::FetchAlone => return init.await,
+                Turn::Lead(leader) => {
                     let ticket = self.ticket().await;
                     let value = match init.await {
                         Ok(value) => value,
@@ -457,8 +452,20 @@ impl CacheHandle {
         &self.shared.flights
     }
 
-    pub(crate) fn coalesce_timeout(&self) -> Duration {
-        self.shared.coalesce_timeout
+    /// A miss joins the flight for its key: it leads, or it waits (up to the coalesce
+    /// timeout, counted as coalesced) for the leader's outcome.
+    pub(crate) async fn take_turn(&self, logical: &str, variant: u64) -> Turn {
+        match self.shared.flights.join(logical, variant) {
+            Role::Leader(leader) => Turn::Lead(leader),
+            Role::Follower(outcome) => {
+                bump!(self.shared.counters, coalesced);
+                match follow(outcome, self.shared.coalesce_timeout).await {
+                    // The entry should be there now, or the leader left: look again.
+                    Outcome::Stored | Outcome::Abandoned | Outcome::Pending => Turn::LookAgain,
+                    Outcome::Uncacheable => Turn::FetchAlone,
+                }
+            }
+        }
     }
 
     /// The handle's stale windows, for responses that name none.

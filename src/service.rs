@@ -29,7 +29,7 @@ use tower_service::Service;
 use crate::answer::{answer, answer_to, Served};
 use crate::body::ResponseBody;
 use crate::clock;
-use crate::coalesce::{follow, Outcome, Role};
+use crate::coalesce::{Outcome, Role, Turn};
 use crate::future::ResponseFuture;
 use crate::handle::{CacheHandle, Found};
 use crate::headers::{self, Forward, CACHE_STATUS, X_CACHE};
@@ -304,17 +304,10 @@ where
             // whose responses are not storable does not queue behind one leader.
             break (forward, None);
         }
-        match handle.flights().join(&logical, variant) {
-            Role::Leader(leader) => break (forward, Some(leader)),
-            Role::Follower(outcome) => {
-                bump!(counters, coalesced);
-                coalesced = true;
-                match follow(outcome, handle.coalesce_timeout()).await {
-                    // The entry should be there now, or the leader left: look again.
-                    Outcome::Stored | Outcome::Abandoned | Outcome::Pending => continue,
-                    Outcome::Uncacheable => break (forward, None),
-                }
-            }
+        match handle.take_turn(&logical, variant).await {
+            Turn::Lead(leader) => break (forward, Some(leader)),
+            Turn::LookAgain => coalesced = true,
+            Turn::FetchAlone => break (forward, None),
         }
     };
     bump!(counters, misses);

@@ -17,7 +17,7 @@ use super::layer::Config;
 use super::request::{self, is_grpc, is_grpc_call};
 use super::GRPC_STATUS;
 use crate::clock;
-use crate::coalesce::{follow, Leader, Outcome, Role};
+use crate::coalesce::{Leader, Outcome, Turn};
 use crate::entry::Entry;
 use crate::handle::{CacheHandle, Found, Ticket};
 use crate::headers::{self, Forward, BYPASS, CACHE_STATUS, HIT, MISS, X_CACHE};
@@ -135,16 +135,10 @@ where
         if handle.is_hit_for_miss(&logical, variant) {
             break (forward, None);
         }
-        match handle.flights().join(&logical, variant) {
-            Role::Leader(leader) => break (forward, Some(leader)),
-            Role::Follower(outcome) => {
-                bump!(counters, coalesced);
-                coalesced = true;
-                match follow(outcome, handle.coalesce_timeout()).await {
-                    Outcome::Stored | Outcome::Abandoned | Outcome::Pending => continue,
-                    Outcome::Uncacheable => break (forward, None),
-                }
-            }
+        match handle.take_turn(&logical, variant).await {
+            Turn::Lead(leader) => break (forward, Some(leader)),
+            Turn::LookAgain => coalesced = true,
+            Turn::FetchAlone => break (forward, None),
         }
     };
     bump!(counters, misses);
