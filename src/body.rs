@@ -40,7 +40,7 @@ pin_project! {
 pub(crate) struct Recorder {
     pub(crate) handle: CacheHandle,
     pub(crate) logical: String,
-    pub(crate) variant: u64,
+    pub(crate) variant: crate::key::Variant,
     pub(crate) ticket: Ticket,
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
@@ -95,7 +95,8 @@ impl Recorder {
         let entry = Entry::new(self.status, headers, body, self.ttl)
             .with_stale(self.stale.0, self.stale.1)
             .with_tags(self.tags)
-            .with_vary(self.vary);
+            .with_vary(self.vary)
+            .with_identity(self.variant.identity.clone());
         let (handle, logical, variant, ticket, leader) = (
             self.handle,
             self.logical,
@@ -104,7 +105,7 @@ impl Recorder {
             self.leader,
         );
         runtime.spawn(async move {
-            let stored = handle.commit(&logical, variant, ticket, entry).await;
+            let stored = handle.commit(&logical, variant.hash, ticket, entry).await;
             if let Some(leader) = leader {
                 leader.finish(if stored {
                     Outcome::Stored

@@ -26,7 +26,10 @@ pub(crate) enum Outcome {
 }
 
 /// A flight's identity: namespace-free logical key plus variant.
-type FlightKey = (Box<str>, u64);
+/// A flight's key: the logical key and the exact bytes that select the variant (its
+/// identity, plus the values of headers its known variants vary on). Exact, not hashed: a
+/// request only ever waits for a fetch of precisely its own inputs.
+type FlightKey = (Box<str>, Box<[u8]>);
 
 #[derive(Debug, Default)]
 pub(crate) struct Coalescer {
@@ -66,9 +69,9 @@ pub(crate) struct Leader {
 }
 
 impl Coalescer {
-    pub(crate) fn join(self: &Arc<Self>, logical: &str, variant: u64) -> Role {
+    pub(crate) fn join(self: &Arc<Self>, logical: &str, flight: &[u8]) -> Role {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let key: FlightKey = (logical.into(), variant);
+        let key: FlightKey = (logical.into(), flight.into());
         match self.flights.entry(key.clone()) {
             MapEntry::Occupied(flight) => Role::Follower(flight.get().outcome.clone()),
             MapEntry::Vacant(slot) => {
@@ -132,14 +135,14 @@ mod tests {
     use super::*;
 
     fn lead(c: &Arc<Coalescer>) -> Leader {
-        match c.join("/k", 1) {
+        match c.join("/k", b"1") {
             Role::Leader(l) => l,
             Role::Follower(_) => panic!("expected to lead"),
         }
     }
 
     fn follower(c: &Arc<Coalescer>) -> watch::Receiver<Outcome> {
-        match c.join("/k", 1) {
+        match c.join("/k", b"1") {
             Role::Follower(f) => f,
             Role::Leader(_) => panic!("expected to follow"),
         }
@@ -182,7 +185,7 @@ mod tests {
     fn distinct_keys_fly_separately() {
         let c = Arc::new(Coalescer::default());
         let _a = lead(&c);
-        assert!(matches!(c.join("/k", 2), Role::Leader(_)));
-        assert!(matches!(c.join("/other", 1), Role::Leader(_)));
+        assert!(matches!(c.join("/k", b"2"), Role::Leader(_)));
+        assert!(matches!(c.join("/other", b"1"), Role::Leader(_)));
     }
 }

@@ -31,9 +31,11 @@ use crate::clock;
 use crate::headers::{CACHE_STATUS, X_CACHE};
 
 const MAGIC: &[u8; 4] = b"TRC\x00";
-/// Version 3 added trailers; version 2 bytes (no trailers) still decode.
-const VERSION: u8 = 3;
-const VERSION_2: u8 = 2;
+/// The format version; bytes of any other version read as a miss.
+const VERSION: u8 = 4;
+/// Most header (or trailer) fields a decoded entry may have: a forged count must not drive
+/// `HeaderMap` past its capacity (which panics) or allocate without bound.
+const MAX_FIELDS: u32 = 1024;
 /// Fixed per-entry overhead counted against a memory budget (struct, map slot, Arc).
 const OVERHEAD_BYTES: usize = 160;
 
@@ -49,6 +51,10 @@ pub struct Entry {
     /// How long after expiry the entry may still be served when the origin fails.
     stale_if_error: Duration,
     tags: Vec<String>,
+    /// The exact request inputs besides the logical key this entry answers (host, query,
+    /// keyed headers; for gRPC the message): compared on every hit, so a hash collision
+    /// of the store's index can never answer another request.
+    identity: Bytes,
     vary: Vary,
     /// Trailers sent after the body (gRPC puts its status there); `None` for plain HTTP.
     trailers: Option<HeaderMap>,
@@ -59,12 +65,12 @@ pub struct Entry {
     answer_headers: OnceLock<HeaderMap>,
 }
 
-/// The request headers a response varies on and the hash of their values in the request
-/// that produced it.
+/// The request headers a response varies on and their values in the request that
+/// produced it (as [`key::vary_values`](crate::key::vary_values) writes them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Vary {
     pub(crate) names: Vec<HeaderName>,
-    pub(crate) hash: u64,
+    pub(crate) values: Bytes,
 }
 
 /// Why bytes could not be decoded into an [`Entry`].
@@ -98,6 +104,7 @@ impl Entry {
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             tags: Vec::new(),
+            identity: Bytes::new(),
             vary: Vary::default(),
             trailers: None,
             last_access: AtomicU64::new(now / 1000),
@@ -128,6 +135,21 @@ impl Entry {
     pub(crate) fn with_vary(mut self, vary: Vary) -> Self {
         self.vary = vary;
         self
+    }
+
+    pub(crate) fn with_identity(mut self, identity: Bytes) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// The exact request inputs this entry answers (see the field).
+    pub(crate) fn identity(&self) -> &[u8] {
+        &self.identity
+    }
+
+    /// Whether `other` answers exactly the requests this entry answers (then it replaces it).
+    pub(crate) fn same_variant(&self, other: &Entry) -> bool {
+        self.identity == other.identity && self.vary == other.vary
     }
 
     /// The response status.
@@ -171,6 +193,7 @@ impl Entry {
             stale_while_revalidate: self.stale_while_revalidate.min(cap),
             stale_if_error: self.stale_if_error.min(cap),
             tags: self.tags.clone(),
+            identity: self.identity.clone(),
             vary: self.vary.clone(),
             trailers: self.trailers.clone(),
             last_access: AtomicU64::new(self.last_access_secs()),
@@ -288,7 +311,14 @@ impl Entry {
         let headers = map_weight(&self.headers);
         let trailers = self.trailers.as_ref().map_or(0, map_weight);
         let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
-        OVERHEAD_BYTES + self.body.len() + headers + trailers + tags + self.vary.names.len() * 32
+        OVERHEAD_BYTES
+            + self.body.len()
+            + headers
+            + trailers
+            + tags
+            + self.identity.len()
+            + self.vary.values.len()
+            + self.vary.names.len() * 32
     }
 
     /// Encode into the versioned byte format.
@@ -301,18 +331,19 @@ impl Entry {
         out.put_u64(millis(self.ttl));
         out.put_u64(millis(self.stale_while_revalidate));
         out.put_u64(millis(self.stale_if_error));
-        out.put_u64(self.vary.hash);
+        put_bytes(&mut out, &self.identity);
         out.put_u32(self.vary.names.len() as u32);
         for name in &self.vary.names {
             put_bytes(&mut out, name.as_str().as_bytes());
         }
+        put_bytes(&mut out, &self.vary.values);
         out.put_u32(self.tags.len() as u32);
         for tag in &self.tags {
             put_bytes(&mut out, tag.as_bytes());
         }
         put_headers(&mut out, &self.headers);
         put_bytes(&mut out, &self.body);
-        // Version 3: a presence byte, then the trailers like the headers.
+        // A presence byte, then the trailers like the headers.
         match &self.trailers {
             None => out.put_u8(0),
             Some(trailers) => {
@@ -342,21 +373,22 @@ impl Entry {
         }
         buf.advance(MAGIC.len());
         let version = buf.get_u8();
-        if version != VERSION && version != VERSION_2 {
+        if version != VERSION {
             return Err(bad("unknown version"));
         }
-        need(buf, 2 + 8 + 8 + 8 + 8 + 8)?;
+        need(buf, 2 + 8 + 8 + 8 + 8)?;
         let status = StatusCode::from_u16(buf.get_u16()).map_err(|_| bad("invalid status code"))?;
         let stored_at_ms = buf.get_u64();
         let ttl = Duration::from_millis(buf.get_u64());
         let stale_while_revalidate = Duration::from_millis(buf.get_u64());
         let stale_if_error = Duration::from_millis(buf.get_u64());
-        let vary_hash = buf.get_u64();
+        let identity = share(owner, get_bytes(&mut buf)?);
         let mut names = Vec::new();
-        for _ in 0..get_count(&mut buf)? {
+        for _ in 0..get_field_count(&mut buf)? {
             let raw = get_bytes(&mut buf)?;
             names.push(HeaderName::from_bytes(raw).map_err(|_| bad("invalid vary name"))?);
         }
+        let vary_values = share(owner, get_bytes(&mut buf)?);
         let mut tags = Vec::new();
         for _ in 0..get_count(&mut buf)? {
             let raw = get_bytes(&mut buf)?;
@@ -365,15 +397,11 @@ impl Entry {
         }
         let headers = get_headers(&mut buf, owner)?;
         let body = share(owner, get_bytes(&mut buf)?);
-        let trailers = if version == VERSION_2 {
-            None
-        } else {
-            need(buf, 1)?;
-            match buf.get_u8() {
-                0 => None,
-                1 => Some(get_headers(&mut buf, owner)?),
-                _ => return Err(bad("invalid trailers flag")),
-            }
+        need(buf, 1)?;
+        let trailers = match buf.get_u8() {
+            0 => None,
+            1 => Some(get_headers(&mut buf, owner)?),
+            _ => return Err(bad("invalid trailers flag")),
         };
         if !buf.is_empty() {
             return Err(bad("trailing bytes"));
@@ -387,9 +415,10 @@ impl Entry {
             stale_while_revalidate,
             stale_if_error,
             tags,
+            identity,
             vary: Vary {
                 names,
-                hash: vary_hash,
+                values: vary_values,
             },
             trailers,
             last_access: AtomicU64::new(clock::now_millis() / 1000),
@@ -424,8 +453,9 @@ fn share(owner: Option<&Bytes>, raw: &[u8]) -> Bytes {
 }
 
 fn get_headers(buf: &mut &[u8], owner: Option<&Bytes>) -> Result<HeaderMap, DecodeError> {
-    let mut headers = HeaderMap::new();
-    for _ in 0..get_count(buf)? {
+    let count = get_field_count(buf)?;
+    let mut headers = HeaderMap::with_capacity(count as usize);
+    for _ in 0..count {
         let name = get_bytes(buf)?;
         let value = get_bytes(buf)?;
         let name = HeaderName::from_bytes(name).map_err(|_| bad("invalid header name"))?;
@@ -451,6 +481,15 @@ fn get_count(buf: &mut &[u8]) -> Result<u32, DecodeError> {
     // here keeps a forged count from driving a huge loop.
     if (n as usize).saturating_mul(4) > buf.len() {
         return Err(bad("count exceeds the data"));
+    }
+    Ok(n)
+}
+
+/// A count of header fields or names, at most [`MAX_FIELDS`].
+fn get_field_count(buf: &mut &[u8]) -> Result<u32, DecodeError> {
+    let n = get_count(buf)?;
+    if n > MAX_FIELDS {
+        return Err(bad("too many fields"));
     }
     Ok(n)
 }
@@ -498,8 +537,9 @@ mod tests {
         .with_stale(Duration::from_secs(5), Duration::from_secs(600))
         .with_vary(Vary {
             names: vec![HeaderName::from_static("accept-language")],
-            hash: 7,
+            values: Bytes::from_static(b"\0\0\0\x01\0\0\0\x02en"),
         })
+        .with_identity(Bytes::from_static(b"host\xffq=1"))
     }
 
     #[test]
@@ -519,6 +559,44 @@ mod tests {
         assert!(back.within_stale_if_error(expired + 599_999));
         assert!(back.is_dead_at(expired + 600_000));
         assert_eq!(back.vary(), entry.vary());
+        assert_eq!(back.identity(), entry.identity());
+        assert!(back.same_variant(&entry));
+    }
+
+    #[test]
+    fn entries_for_other_inputs_are_other_variants() {
+        let other = sample().with_identity(Bytes::from_static(b"host\xffq=2"));
+        assert!(!other.same_variant(&sample()));
+        let other_vary = sample().with_vary(Vary {
+            names: vec![HeaderName::from_static("accept-language")],
+            values: Bytes::from_static(b"de"),
+        });
+        assert!(!other_vary.same_variant(&sample()));
+    }
+
+    #[test]
+    fn a_forged_field_count_is_an_error_not_a_panic() {
+        // Tens of thousands of tiny header fields: more than HeaderMap can hold.
+        let mut entry = sample().encode().to_vec();
+        let mut forged = entry.split_off(0);
+        forged.truncate(4 + 1 + 2 + 8 * 4);
+        let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        };
+        field(&mut forged, b"id");
+        forged.extend_from_slice(&0u32.to_be_bytes()); // vary names
+        field(&mut forged, b""); // vary values
+        forged.extend_from_slice(&0u32.to_be_bytes()); // tags
+        let n = 40_000u32;
+        forged.extend_from_slice(&n.to_be_bytes());
+        for i in 0..n {
+            field(&mut forged, format!("x{i}").as_bytes());
+            field(&mut forged, b"");
+        }
+        field(&mut forged, b"body");
+        forged.push(0);
+        assert!(Entry::decode(&forged).is_err());
     }
 
     #[test]
@@ -544,56 +622,6 @@ mod tests {
             entry.capped(Duration::from_secs(1)).trailers(),
             Some(&trailers)
         );
-    }
-
-    /// Bytes as version 2 wrote them (before trailers), spelled out field by field: entries
-    /// already in Redis when the crate is upgraded must still be read.
-    #[test]
-    fn version_2_bytes_still_decode() {
-        let mut v2 = Vec::new();
-        v2.extend_from_slice(b"TRC\x00");
-        v2.push(2);
-        v2.extend_from_slice(&200u16.to_be_bytes());
-        v2.extend_from_slice(&1_700_000_000_000u64.to_be_bytes()); // stored at
-        v2.extend_from_slice(&60_000u64.to_be_bytes()); // ttl
-        v2.extend_from_slice(&5_000u64.to_be_bytes()); // stale-while-revalidate
-        v2.extend_from_slice(&0u64.to_be_bytes()); // stale-if-error
-        v2.extend_from_slice(&7u64.to_be_bytes()); // vary hash
-        let field = |out: &mut Vec<u8>, bytes: &[u8]| {
-            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            out.extend_from_slice(bytes);
-        };
-        v2.extend_from_slice(&1u32.to_be_bytes());
-        field(&mut v2, b"accept-language");
-        v2.extend_from_slice(&1u32.to_be_bytes());
-        field(&mut v2, b"company:ABC");
-        v2.extend_from_slice(&1u32.to_be_bytes());
-        field(&mut v2, b"content-type");
-        field(&mut v2, b"text/plain");
-        field(&mut v2, b"hi");
-
-        let entry = Entry::decode(&v2).unwrap();
-        assert_eq!(entry.status(), StatusCode::OK);
-        assert_eq!(entry.stored_at_millis(), 1_700_000_000_000);
-        assert_eq!(entry.ttl(), Duration::from_secs(60));
-        assert_eq!(entry.retention(), Duration::from_secs(65));
-        assert_eq!(entry.vary().hash, 7);
-        assert_eq!(
-            entry.vary().names,
-            [HeaderName::from_static("accept-language")]
-        );
-        assert_eq!(entry.tags(), ["company:ABC"]);
-        assert_eq!(entry.headers()["content-type"], "text/plain");
-        assert_eq!(entry.body(), &Bytes::from_static(b"hi"));
-        assert_eq!(entry.trailers(), None);
-        // Re-encoded, it is version 3, and reads back the same.
-        let v3 = entry.encode();
-        assert_eq!(v3[4], 3);
-        assert_eq!(Entry::decode(&v3).unwrap().body(), entry.body());
-        // A version 2 entry with a trailers section appended is corrupt, not version 3.
-        let mut extra = v2.clone();
-        extra.push(0);
-        assert!(Entry::decode(&extra).is_err());
     }
 
     #[test]

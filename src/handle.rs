@@ -42,7 +42,7 @@ use crate::ban::{Ban, BanLog};
 use crate::clock;
 use crate::coalesce::{follow, Coalescer, Outcome, Role, Turn};
 use crate::entry::Entry;
-use crate::key::vary_hash;
+use crate::key::{vary_matches, Variant};
 use crate::pattern::Pattern;
 use crate::stats::{bump, CacheStats, Counters};
 use crate::store::{Backend, Invalidation, Store, StoreError, StoreEvent, StoreKey};
@@ -64,8 +64,10 @@ pub(crate) struct Shared {
     bans: BanLog,
     flights: Arc<Coalescer>,
     /// Keys whose last response could not be stored (hash of key → until when): their
-    /// misses go straight to the origin instead of queueing behind each other.
+    /// misses go straight to the origin instead of queueing behind each other. Hashed
+    /// with a per-process random seed: nobody outside can aim a collision at a key.
     hit_for_miss: dashmap::DashMap<u64, tokio::time::Instant>,
+    hit_for_miss_seed: ahash::RandomState,
     pub(crate) counters: Counters,
 }
 
@@ -115,8 +117,8 @@ pub(crate) enum Found {
     Stale(Arc<Entry>),
     /// Nothing under this URL.
     UriMiss,
-    /// Entries exist under this URL, but for other values of the `Vary` headers.
-    VaryMiss,
+    /// Entries exist under this URL, but for other values of the `Vary` headers (named).
+    VaryMiss(Vec<http::HeaderName>),
 }
 
 impl CacheHandleBuilder {
@@ -183,6 +185,7 @@ impl CacheHandleBuilder {
                 bans: BanLog::default(),
                 flights: Arc::new(Coalescer::default()),
                 hit_for_miss: dashmap::DashMap::new(),
+                hit_for_miss_seed: ahash::RandomState::new(),
                 counters: Counters::default(),
             }),
         };
@@ -385,8 +388,13 @@ impl CacheHandle {
     {
         let logical = crate::key::bound(key.into()).into_owned();
         let empty = HeaderMap::new();
+        // Typed values have no request inputs besides their key.
+        let variant = Variant {
+            hash: 0,
+            identity: Bytes::new(),
+        };
         loop {
-            if let Found::Hit(entry) = self.lookup(&logical, 0, &empty).await {
+            if let Found::Hit(entry) = self.lookup(&logical, &variant, &empty).await {
                 if let Ok(value) = serde_json::from_slice(entry.body()) {
                     bump!(self.shared.counters, hits);
                     return Ok(value);
@@ -394,7 +402,7 @@ impl CacheHandle {
                 tracing::warn!(key = %logical, "cached value does not decode as the requested type; recomputing");
             }
             bump!(self.shared.counters, misses);
-            match self.take_turn(&logical, 0).await {
+            match self.take_turn(&logical, &variant.identity).await {
                 Turn::LookAgain => continue,
                 Turn::FetchAlone => return init.await,
                 Turn::Lead(leader) => {
@@ -454,8 +462,8 @@ impl CacheHandle {
 
     /// A miss joins the flight for its key: it leads, or it waits (up to the coalesce
     /// timeout, counted as coalesced) for the leader's outcome.
-    pub(crate) async fn take_turn(&self, logical: &str, variant: u64) -> Turn {
-        match self.shared.flights.join(logical, variant) {
+    pub(crate) async fn take_turn(&self, logical: &str, flight: &[u8]) -> Turn {
+        match self.shared.flights.join(logical, flight) {
             Role::Leader(leader) => Turn::Lead(leader),
             Role::Follower(outcome) => {
                 bump!(self.shared.counters, coalesced);
@@ -476,13 +484,13 @@ impl CacheHandle {
         )
     }
 
-    fn hit_for_miss_key(logical: &str, variant: u64) -> u64 {
-        xxhash_rust::xxh3::xxh3_64_with_seed(logical.as_bytes(), variant)
+    fn hit_for_miss_key(&self, logical: &str, identity: &[u8]) -> u64 {
+        self.shared.hit_for_miss_seed.hash_one((logical, identity))
     }
 
     /// Was the last response for this key unstorable (recently)?
-    pub(crate) fn is_hit_for_miss(&self, logical: &str, variant: u64) -> bool {
-        let key = Self::hit_for_miss_key(logical, variant);
+    pub(crate) fn is_hit_for_miss(&self, logical: &str, identity: &[u8]) -> bool {
+        let key = self.hit_for_miss_key(logical, identity);
         match self.shared.hit_for_miss.get(&key).map(|until| *until) {
             Some(until) if until > tokio::time::Instant::now() => true,
             Some(_) => {
@@ -494,8 +502,8 @@ impl CacheHandle {
     }
 
     /// Remember (or forget) that a key's response could not be stored.
-    pub(crate) fn set_hit_for_miss(&self, logical: &str, variant: u64, uncacheable: bool) {
-        let key = Self::hit_for_miss_key(logical, variant);
+    pub(crate) fn set_hit_for_miss(&self, logical: &str, identity: &[u8], uncacheable: bool) {
+        let key = self.hit_for_miss_key(logical, identity);
         let map = &self.shared.hit_for_miss;
         if !uncacheable {
             if !map.is_empty() {
@@ -529,13 +537,13 @@ impl CacheHandle {
     pub(crate) async fn lookup(
         &self,
         logical: &str,
-        variant: u64,
+        variant: &Variant,
         request_headers: &HeaderMap,
     ) -> Found {
         let variants = match self
             .shared
             .store
-            .get(self.store_key(logical, variant))
+            .get(self.store_key(logical, variant.hash))
             .await
         {
             Ok(Some(variants)) => variants,
@@ -546,7 +554,7 @@ impl CacheHandle {
                 return Found::UriMiss;
             }
         };
-        pick(&variants, request_headers)
+        pick(&variants, &variant.identity, request_headers)
     }
 
     /// [`lookup`](Self::lookup) without waiting, where the store can answer at once (memory):
@@ -554,15 +562,16 @@ impl CacheHandle {
     pub(crate) fn lookup_now(
         &self,
         logical: &str,
-        variant: u64,
+        hash: u64,
+        identity: &[u8],
         request_headers: &HeaderMap,
     ) -> Option<Found> {
         let found = self
             .shared
             .store
-            .try_get_now(self.store_key(logical, variant))?;
+            .try_get_now(self.store_key(logical, hash))?;
         Some(match found {
-            Some(variants) => pick(&variants, request_headers),
+            Some(variants) => pick(&variants, identity, request_headers),
             None => Found::UriMiss,
         })
     }
@@ -603,19 +612,16 @@ impl CacheHandle {
     }
 }
 
-/// The entry among `variants` that answers a request with these headers: fresh, else
-/// stale (within a stale window), else a miss saying whether other variants exist.
-fn pick(variants: &[Arc<Entry>], request_headers: &HeaderMap) -> Found {
+/// The entry among `variants` that answers a request of this identity with these headers:
+/// fresh, else stale (within a stale window), else a miss saying whether other `Vary`
+/// variants exist. Entries of another identity (sharing the index by a hash collision)
+/// answer nothing.
+fn pick(variants: &[Arc<Entry>], identity: &[u8], request_headers: &HeaderMap) -> Found {
     let now = clock::now_millis();
-    let mut any_usable = false;
+    let usable = |entry: &&Arc<Entry>| !entry.is_dead_at(now) && entry.identity() == identity;
     let mut stale = None;
-    for entry in variants.iter() {
-        if entry.is_dead_at(now) {
-            continue;
-        }
-        any_usable = true;
-        let vary = entry.vary();
-        if vary_hash(&vary.names, request_headers) == vary.hash {
+    for entry in variants.iter().filter(usable) {
+        if vary_matches(entry.vary(), request_headers) {
             if entry.is_fresh_at(now) {
                 // Recency for the memory store's eviction.
                 entry.touch(now / 1000);
@@ -624,11 +630,26 @@ fn pick(variants: &[Arc<Entry>], request_headers: &HeaderMap) -> Found {
             stale = Some(entry.clone());
         }
     }
-    match stale {
-        Some(entry) => Found::Stale(entry),
-        None if any_usable => Found::VaryMiss,
-        None => Found::UriMiss,
+    if let Some(entry) = stale {
+        return Found::Stale(entry);
     }
+    // A miss: name the headers the other variants vary on, so this request's fetch is
+    // coalesced only with requests that send the same values.
+    let mut names: Vec<http::HeaderName> = Vec::new();
+    let mut any = false;
+    for entry in variants.iter().filter(usable) {
+        any = true;
+        for name in &entry.vary().names {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    if !any {
+        return Found::UriMiss;
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Found::VaryMiss(names)
 }
 
 impl fmt::Debug for CacheHandle {
@@ -660,6 +681,43 @@ mod tests {
         CacheHandle::builder(MemoryStore::new())
             .namespace("t")
             .build()
+    }
+
+    #[tokio::test]
+    async fn an_entry_answers_only_its_exact_identity_whatever_its_index() {
+        let handle = handle();
+        // Two requests whose identities share an index hash (what an attacker computes
+        // for xxh3): the store files them under one slot.
+        let victim = Variant {
+            hash: 42,
+            identity: Bytes::from_static(b"victim"),
+        };
+        let attacker = Variant {
+            hash: 42,
+            identity: Bytes::from_static(b"attacker"),
+        };
+        let entry = Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"poison"),
+            Duration::from_secs(60),
+        )
+        .with_identity(attacker.identity.clone());
+        let ticket = handle.ticket().await;
+        assert!(handle.commit("/page", 42, ticket, entry).await);
+        let empty = HeaderMap::new();
+        assert!(matches!(
+            handle.lookup("/page", &victim, &empty).await,
+            Found::UriMiss
+        ));
+        assert!(matches!(
+            handle.lookup_now("/page", 42, b"victim", &empty),
+            Some(Found::UriMiss)
+        ));
+        assert!(matches!(
+            handle.lookup("/page", &attacker, &empty).await,
+            Found::Hit(_)
+        ));
     }
 
     #[tokio::test]

@@ -43,6 +43,7 @@
 mod answer;
 mod ban;
 mod body;
+mod cache_control;
 mod clock;
 mod coalesce;
 mod config;

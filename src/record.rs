@@ -13,7 +13,7 @@ use crate::coalesce::{Leader, Outcome};
 use crate::entry::Vary;
 use crate::handle::Ticket;
 use crate::headers::{self, Forward, CACHE_STATUS, MISS, X_CACHE};
-use crate::key::{self, VarySpec};
+use crate::key::{self, Variant, VarySpec};
 use crate::layer::Config;
 use crate::policy::NotStorable;
 use crate::store::Backend;
@@ -21,7 +21,7 @@ use crate::store::Backend;
 /// A miss on its way to the origin: what its response will be stored under.
 pub(crate) struct Miss {
     pub(crate) logical: String,
-    pub(crate) variant: u64,
+    pub(crate) variant: Variant,
     pub(crate) ticket: Ticket,
     pub(crate) leader: Option<Leader>,
     pub(crate) forward: Forward,
@@ -47,7 +47,7 @@ pub(crate) fn response<B: Body<Data = Bytes>>(
     };
     match decision {
         Ok((ttl, vary)) => {
-            handle.set_hit_for_miss(&miss.logical, miss.variant, false);
+            handle.set_hit_for_miss(&miss.logical, &miss.variant.identity, false);
             let mut stored_headers = parts.headers.clone();
             headers::strip_unstorable(&mut stored_headers);
             let windows = config.policy.stale_windows(&parts.headers);
@@ -81,7 +81,7 @@ pub(crate) fn response<B: Body<Data = Bytes>>(
         }
         Err(reason) => {
             if reason.is_some() {
-                handle.set_hit_for_miss(&miss.logical, miss.variant, true);
+                handle.set_hit_for_miss(&miss.logical, &miss.variant.identity, true);
             }
             if let Some(leader) = miss.leader {
                 leader.finish(Outcome::Uncacheable);
@@ -120,6 +120,6 @@ fn storable<B: Body>(
     if body.size_hint().lower() > config.policy.max_body() as u64 {
         return Err(NotStorable::TooLarge);
     }
-    let hash = key::vary_hash(&names, request_headers);
-    Ok((ttl, Vary { names, hash }))
+    let values = key::vary_values(&names, request_headers);
+    Ok((ttl, Vary { names, values }))
 }

@@ -33,7 +33,7 @@ use crate::coalesce::{Outcome, Role, Turn};
 use crate::future::ResponseFuture;
 use crate::handle::{CacheHandle, Found};
 use crate::headers::{self, Forward, CACHE_STATUS, X_CACHE};
-use crate::key;
+use crate::key::{self, Variant};
 use crate::layer::Config;
 use crate::pattern::Pattern;
 use crate::policy::{BypassReason, RequestAction};
@@ -69,7 +69,7 @@ where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqB: Send + 'static,
+    ReqB: Body + Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
 {
     type Response = Response<ResponseBody<ResB>>;
@@ -82,11 +82,9 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let counters = &self.config.handle.shared().counters;
-        match self
-            .config
-            .policy
-            .request_action(request.method(), request.headers())
-        {
+        let (parts, body) = request.into_parts();
+        let has_body = !body.is_end_stream();
+        match self.config.policy.request_action(&parts, has_body) {
             RequestAction::Bypass(reason) => {
                 bump!(counters, bypasses);
                 let forward = match reason {
@@ -94,10 +92,10 @@ where
                     BypassReason::Request => Forward::Request,
                 };
                 let status = headers::forward_status(forward, false, None, false);
+                let request = Request::from_parts(parts, body);
                 ResponseFuture::bypass(take_ready(&mut self.inner).call(request), status)
             }
             RequestAction::Unsafe => {
-                let (parts, body) = request.into_parts();
                 let logical = self.config.logical_key(&parts).map(Cow::into_owned);
                 let host = request_host(&parts);
                 let future = take_ready(&mut self.inner).call(Request::from_parts(parts, body));
@@ -105,7 +103,6 @@ where
                 ResponseFuture::cache(Box::pin(invalidate_after(config, logical, host, future)))
             }
             action @ (RequestAction::Lookup | RequestAction::Revalidate) => {
-                let (parts, body) = request.into_parts();
                 let revalidate = action == RequestAction::Revalidate;
                 let config = &self.config;
                 let Some(logical) = config.logical_key(&parts) else {
@@ -117,20 +114,23 @@ where
                         status,
                     );
                 };
-                let variant = key::variant(&parts, config.policy.keyed_headers());
+                let keyed = config.keyed_for(&parts.headers);
                 let handle = &config.handle;
                 // Memory hits are answered here: no boxed future, no clone of the inner
-                // service (which stays ready, unused).
+                // service (which stays ready, unused), and the identity compared from a
+                // reused buffer.
                 if !revalidate {
-                    if let Some(Found::Hit(entry)) =
-                        handle.lookup_now(&logical, variant, &parts.headers)
-                    {
+                    let found = key::with_identity(&parts, keyed, |identity, hash| {
+                        handle.lookup_now(&logical, hash, identity, &parts.headers)
+                    });
+                    if let Some(Found::Hit(entry)) = found {
                         bump!(counters, hits);
                         let served = Served::Hit { coalesced: false };
                         let response = answer(&entry, &parts, served, falling_back(handle));
                         return ResponseFuture::ready(response);
                     }
                 }
+                let variant = key::variant(&parts, keyed);
                 let logical = logical.into_owned();
                 let config = self.config.clone();
                 let inner = take_ready(&mut self.inner);
@@ -150,6 +150,16 @@ fn take_ready<S: Clone>(inner: &mut S) -> S {
 }
 
 impl Config {
+    /// The keyed headers to write into a request's identity: none when it carries none
+    /// (the common case costs one pass over its headers).
+    fn keyed_for(&self, headers: &http::HeaderMap) -> &[http::HeaderName] {
+        if self.policy.has_keyed(headers) {
+            self.policy.keyed_headers()
+        } else {
+            &[]
+        }
+    }
+
     fn logical_key<'a>(&self, parts: &'a http::request::Parts) -> Option<Cow<'a, str>> {
         match &self.key_fn {
             Some(key_fn) => key_fn(parts).map(|k| Cow::Owned(key::bound(k.into()).into_owned())),
@@ -243,7 +253,7 @@ async fn serve<S, ReqB, ResB>(
     parts: http::request::Parts,
     body: ReqB,
     logical: String,
-    variant: u64,
+    variant: Variant,
     revalidate: bool,
 ) -> Result<Response<ResponseBody<ResB>>, S::Error>
 where
@@ -259,11 +269,13 @@ where
     // An expired entry that may stand in if the origin fails.
     let mut stale = None;
     let mut skip_lookup = revalidate;
+    // The headers the key's stored variants vary on: part of the flight key.
+    let mut vary_names = Vec::new();
     let (forward, leader) = loop {
         let found = if std::mem::take(&mut skip_lookup) {
             None
         } else {
-            Some(handle.lookup(&logical, variant, &parts.headers).await)
+            Some(handle.lookup(&logical, &variant, &parts.headers).await)
         };
         let forward = match found {
             None => Forward::Request,
@@ -284,7 +296,8 @@ where
                 );
                 // One refresh per key: if a flight is in the air, it is the refresh.
                 if !is_head {
-                    if let Role::Leader(leader) = handle.flights().join(&logical, variant) {
+                    let flight = flight_key(&variant, &entry.vary().names, &parts.headers);
+                    if let Role::Leader(leader) = handle.flights().join(&logical, &flight) {
                         spawn_refresh(config.clone(), inner, parts, body, logical, variant, leader);
                     }
                 }
@@ -297,14 +310,18 @@ where
                 Forward::Stale
             }
             Some(Found::UriMiss) => Forward::UriMiss,
-            Some(Found::VaryMiss) => Forward::VaryMiss,
+            Some(Found::VaryMiss(names)) => {
+                vary_names = names;
+                Forward::VaryMiss
+            }
         };
-        if is_head || handle.is_hit_for_miss(&logical, variant) {
+        if is_head || handle.is_hit_for_miss(&logical, &variant.identity) {
             // A HEAD miss is answered by the origin and never stored as a GET entry; a key
             // whose responses are not storable does not queue behind one leader.
             break (forward, None);
         }
-        match handle.take_turn(&logical, variant).await {
+        let flight = flight_key(&variant, &vary_names, &parts.headers);
+        match handle.take_turn(&logical, &flight).await {
             Turn::Lead(leader) => break (forward, Some(leader)),
             Turn::LookAgain => coalesced = true,
             Turn::FetchAlone => break (forward, None),
@@ -361,6 +378,14 @@ where
     Ok(record::response(&config, miss, response, &request_headers))
 }
 
+/// A flight's key: the request's identity and its values of the headers the key's stored
+/// variants vary on. A request with other values (a junk `User-Agent`) flies alone.
+fn flight_key(variant: &Variant, vary: &[http::HeaderName], headers: &http::HeaderMap) -> Vec<u8> {
+    let mut flight = variant.identity.to_vec();
+    flight.extend_from_slice(&key::vary_values(vary, headers));
+    flight
+}
+
 /// Statuses for which an expired entry is better than the origin's answer (RFC 5861).
 fn is_origin_failure(status: http::StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
@@ -386,7 +411,7 @@ fn spawn_refresh<S, ReqB, ResB>(
     mut parts: http::request::Parts,
     body: ReqB,
     logical: String,
-    variant: u64,
+    variant: Variant,
     leader: crate::coalesce::Leader,
 ) where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,

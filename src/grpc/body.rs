@@ -21,6 +21,7 @@ use super::request::{exceeds_one_message, is_one_message};
 use crate::coalesce::{Leader, Outcome};
 use crate::entry::Entry;
 use crate::handle::{CacheHandle, Ticket};
+use crate::key::Variant;
 
 pin_project! {
     /// The body of every response [`GrpcCacheService`](super::GrpcCacheService) returns.
@@ -44,7 +45,7 @@ pin_project! {
 pub(crate) struct Recorder {
     pub(crate) handle: CacheHandle,
     pub(crate) logical: String,
-    pub(crate) variant: u64,
+    pub(crate) variant: Variant,
     pub(crate) ticket: Ticket,
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
@@ -68,7 +69,7 @@ impl Recorder {
     /// Not storable: followers go to the origin, and so do the next misses for a while.
     fn give_up(self) {
         self.handle
-            .set_hit_for_miss(&self.logical, self.variant, true);
+            .set_hit_for_miss(&self.logical, &self.variant.identity, true);
         if let Some(leader) = self.leader {
             leader.finish(Outcome::Uncacheable);
         }
@@ -81,9 +82,10 @@ impl Recorder {
             return self.give_up();
         }
         self.handle
-            .set_hit_for_miss(&self.logical, self.variant, false);
+            .set_hit_for_miss(&self.logical, &self.variant.identity, false);
         let entry = Entry::new(self.status, self.headers, self.buffer.freeze(), self.ttl)
-            .with_trailers(trailers.clone());
+            .with_trailers(trailers.clone())
+            .with_identity(self.variant.identity.clone());
         let (handle, logical, variant, ticket, leader) = (
             self.handle,
             self.logical,
@@ -92,7 +94,7 @@ impl Recorder {
             self.leader,
         );
         let mut write = Box::pin(async move {
-            let stored = handle.commit(&logical, variant, ticket, entry).await;
+            let stored = handle.commit(&logical, variant.hash, ticket, entry).await;
             if let Some(leader) = leader {
                 leader.finish(if stored {
                     Outcome::Stored

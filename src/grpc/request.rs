@@ -3,13 +3,16 @@
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt};
-use http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE};
+use http::header::CONTENT_TYPE;
+
+use crate::policy::DEFAULT_BYPASS_HEADERS;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, Method};
 use http_body::Frame;
 use http_body_util::{BodyExt, BodyStream, Full, StreamBody};
 use tonic::body::Body;
-use xxhash_rust::xxh3::Xxh3;
+
+use crate::key::Variant;
 
 /// gRPC's length prefix: a compressed flag and a big-endian `u32` length.
 const PREFIX_LEN: usize = 5;
@@ -31,11 +34,12 @@ pub(crate) fn is_grpc_call(method: &Method, headers: &HeaderMap) -> bool {
     method == Method::POST && is_grpc(headers)
 }
 
-/// Does the call carry credentials the cache was not told to key on?
+/// Does the call carry credentials (or an override) the cache was not told to key on?
+/// The same list as the HTTP layer's ([`DEFAULT_BYPASS_HEADERS`]).
 pub(crate) fn has_credentials(headers: &HeaderMap, keyed: &[HeaderName]) -> bool {
-    [AUTHORIZATION, COOKIE]
-        .iter()
-        .any(|name| headers.contains_key(name) && !keyed.contains(name))
+    headers
+        .keys()
+        .any(|name| DEFAULT_BYPASS_HEADERS.contains(&name.as_str()) && !keyed.contains(name))
 }
 
 /// Is `bytes` exactly one length-prefixed gRPC message (what a unary call sends and answers)?
@@ -130,28 +134,28 @@ fn replay(read: Vec<Frame<Bytes>>, rest: Body) -> Body {
 /// changes the bytes of the answer: `content-type` (the codec), `grpc-encoding` and
 /// `grpc-accept-encoding` (compression), plus the metadata the layer keys on. Left out on
 /// purpose: `grpc-timeout` (differs per call, not per answer), `user-agent`, `te`.
-pub(crate) fn variant(parts: &Parts, message: &[u8], keyed: &[HeaderName]) -> u64 {
-    let mut hasher = Xxh3::new();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_ascii_lowercase())
-        .unwrap_or_default();
-    hasher.update(authority.as_bytes());
+///
+/// The variant's identity holds all of these bytes, compared on every hit: a hash
+/// collision of the index never answers another message.
+pub(crate) fn variant(parts: &Parts, message: &[u8], keyed: &[HeaderName]) -> Variant {
+    let mut identity = Vec::with_capacity(64 + message.len());
+    let mut put = |bytes: &[u8]| {
+        identity.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        identity.extend_from_slice(bytes);
+    };
+    put(parts.uri.authority().map_or("", |a| a.as_str()).as_bytes());
     const SELECTING: [&str; 3] = ["content-type", "grpc-encoding", "grpc-accept-encoding"];
     let names = SELECTING.iter().map(|n| HeaderName::from_static(n));
     for name in names.chain(keyed.iter().cloned()) {
-        // Separators keep ("ab", "c") and ("a", "bc") apart.
-        hasher.update(&[0xfe]);
-        hasher.update(name.as_str().as_bytes());
-        for value in parts.headers.get_all(&name) {
-            hasher.update(&[0xfd]);
-            hasher.update(value.as_bytes());
+        put(name.as_str().as_bytes());
+        let values = parts.headers.get_all(&name);
+        put(&(values.iter().count() as u32).to_be_bytes());
+        for value in values {
+            put(value.as_bytes());
         }
     }
-    hasher.update(&[0xfc]);
-    hasher.update(message);
-    hasher.digest()
+    put(message);
+    Variant::of(identity.into())
 }
 
 #[cfg(test)]
@@ -228,6 +232,7 @@ mod tests {
 
     #[test]
     fn credentials_bypass_unless_keyed() {
+        use http::header::AUTHORIZATION;
         let p = parts(&[("authorization", "Bearer x")]);
         assert!(has_credentials(&p.headers, &[]));
         assert!(!has_credentials(&p.headers, &[AUTHORIZATION]));
@@ -236,6 +241,7 @@ mod tests {
             &[AUTHORIZATION]
         ));
         assert!(!has_credentials(&parts(&[]).headers, &[]));
+        assert!(has_credentials(&parts(&[("x-api-key", "k")]).headers, &[]));
     }
 
     #[tokio::test]

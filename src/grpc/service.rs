@@ -21,6 +21,7 @@ use crate::coalesce::{Leader, Outcome, Turn};
 use crate::entry::Entry;
 use crate::handle::{CacheHandle, Found, Ticket};
 use crate::headers::{self, Forward, BYPASS, CACHE_STATUS, HIT, MISS, X_CACHE};
+use crate::key::Variant;
 use crate::stats::bump;
 use crate::store::Backend;
 
@@ -123,19 +124,19 @@ where
     let variant = request::variant(&parts, &message, &config.keyed_metadata);
     let mut coalesced = false;
     let (forward, leader) = loop {
-        let forward = match handle.lookup(&logical, variant, &parts.headers).await {
+        let forward = match handle.lookup(&logical, &variant, &parts.headers).await {
             Found::Hit(entry) if is_grpc_entry(&entry) => {
                 bump!(counters, hits);
                 return Ok(answer(&entry, coalesced, falling_back(handle)));
             }
             // Something else under this key (not a gRPC answer), or expired: fetch anew.
-            Found::Hit(_) | Found::UriMiss | Found::VaryMiss => Forward::UriMiss,
+            Found::Hit(_) | Found::UriMiss | Found::VaryMiss(_) => Forward::UriMiss,
             Found::Stale(_) => Forward::Stale,
         };
-        if handle.is_hit_for_miss(&logical, variant) {
+        if handle.is_hit_for_miss(&logical, &variant.identity) {
             break (forward, None);
         }
-        match handle.take_turn(&logical, variant).await {
+        match handle.take_turn(&logical, &variant.identity).await {
             Turn::Lead(leader) => break (forward, Some(leader)),
             Turn::LookAgain => coalesced = true,
             Turn::FetchAlone => break (forward, None),
@@ -196,7 +197,7 @@ fn mark<B>(
 /// A miss on its way to the origin: what its answer will be stored under.
 struct Miss {
     logical: String,
-    variant: u64,
+    variant: Variant,
     ticket: Ticket,
     leader: Option<Leader>,
     forward: Forward,
@@ -220,7 +221,7 @@ fn record<B: http_body::Body<Data = Bytes>>(
         headers::forward_status(miss.forward, false, detail, falling_back(handle)),
     );
     if detail.is_some() {
-        handle.set_hit_for_miss(&miss.logical, miss.variant, true);
+        handle.set_hit_for_miss(&miss.logical, &miss.variant.identity, true);
         if let Some(leader) = miss.leader {
             leader.finish(Outcome::Uncacheable);
         }

@@ -1,34 +1,45 @@
-//! Cache keys: the logical key invalidation patterns match, and the variant hash.
+//! Cache keys: the logical key invalidation patterns match, and the variant: the exact
+//! inputs besides it that select a response.
 //!
-//! The logical key is the request path by default (`/api/dashboard/ABC`), or whatever a key
-//! function returns (`dashboard:ABC`). The variant is a hash of what else selects the
-//! response: the host, the normalised query, and request headers the layer is told to key
-//! on. `Vary` is handled one level down: each entry remembers the request header values it
-//! was produced for (see [`vary_hash`]).
+//! The logical key is the request path exactly as the request spells it (`/api/dashboard/ABC`;
+//! `/api/%41BC` is another key, because routers match the raw path), or whatever a key
+//! function returns (`dashboard:ABC`).
+//!
+//! The variant's *identity* is the bytes of the host, the normalised query and the values
+//! of the keyed request headers. Each entry stores its identity, and a hit compares it
+//! byte for byte: the variant's 64-bit hash only indexes the store. `Vary` is handled one
+//! level down the same way: each entry keeps the values of the request headers it varies
+//! on ([`vary_values`]), compared on every hit.
 //!
 //! Query normalisation sorts pairs by name (keeping the order of repeated names) and
 //! decodes only escapes of unreserved characters, so `?b=2&a=1` and `?a=1&b=2` share an
-//! entry, `%41` and `A` share one, while `%2F` and `/` do not.
+//! entry, `%41` and `A` share one, while `%2F` and `/` do not: every query decoder reads the
+//! merged spellings alike. `Accept-Encoding` values are compared as a set of lower-case
+//! codings with their q-values, so browsers' spellings of one set share a variant.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
-use http::header::{HOST, VARY};
+use bytes::Bytes;
+use http::header::{ACCEPT_ENCODING, HOST, VARY};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName};
-use xxhash_rust::xxh3::{xxh3_128, Xxh3};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+
+use crate::entry::Vary;
 
 mod query;
 
-pub(crate) use query::{normalize_path_escapes, normalize_query};
+pub(crate) use query::normalize_query;
 
 /// Longest logical key kept verbatim; longer ones keep a prefix and a hash of the rest.
 pub(crate) const MAX_LOGICAL_KEY_LEN: usize = 512;
 /// How much of an over-long key is kept readable (so prefix patterns still match).
-const KEPT_PREFIX_LEN: usize = 256;
+pub(crate) const KEPT_PREFIX_LEN: usize = 256;
 
-/// The default logical key: the path, with escapes of unreserved characters decoded.
+/// The default logical key: the path, as sent.
 pub(crate) fn logical_from_path(parts: &Parts) -> Cow<'_, str> {
-    bound(normalize_path_escapes(parts.uri.path()))
+    bound(Cow::Borrowed(parts.uri.path()))
 }
 
 /// Bound a logical key's length: long keys become `prefix~hash`, so a flood of huge paths
@@ -44,87 +55,167 @@ pub(crate) fn bound(key: Cow<'_, str>) -> Cow<'_, str> {
     Cow::Owned(format!("{}~{:032x}", &key[..cut], xxh3_128(key.as_bytes())))
 }
 
-/// Hash of host, normalised query and the values of `keyed_headers` in the request.
-pub(crate) fn variant(parts: &Parts, keyed_headers: &[HeaderName]) -> u64 {
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().as_bytes())
-        .or_else(|| parts.headers.get(HOST).map(|h| h.as_bytes()))
-        .unwrap_or_default();
-    let query = parts.uri.query().map(normalize_query);
-    if keyed_headers.is_empty() {
-        // The common case, hashed in one shot from a reused buffer (a streaming hasher
-        // costs more to set up than these few bytes cost to hash).
-        return VARIANT_BUFFER.with_borrow_mut(|buffer| {
-            buffer.clear();
-            buffer.extend(host.iter().map(u8::to_ascii_lowercase));
-            // Separators keep ("ab", "c") and ("a", "bc") apart.
-            buffer.push(0xff);
-            if let Some(query) = &query {
-                buffer.extend_from_slice(query.as_bytes());
-            }
-            xxhash_rust::xxh3::xxh3_64(buffer)
-        });
+/// A request's variant: its identity and the hash the store indexes it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Variant {
+    pub(crate) hash: u64,
+    pub(crate) identity: Bytes,
+}
+
+impl Variant {
+    /// A variant of exactly these identity bytes.
+    pub(crate) fn of(identity: Bytes) -> Variant {
+        Variant {
+            hash: xxh3_64(&identity),
+            identity,
+        }
     }
-    let mut hasher = Xxh3::new();
-    let lower: Vec<u8> = host.iter().map(u8::to_ascii_lowercase).collect();
-    hasher.update(&lower);
-    hasher.update(&[0xff]);
-    if let Some(query) = &query {
-        hasher.update(query.as_bytes());
-    }
-    hash_header_values(&mut hasher, keyed_headers, &parts.headers);
-    hasher.digest()
 }
 
 thread_local! {
-    static VARIANT_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static IDENTITY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static VARY_VALUES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Hash of the values of `names` in `headers`, for matching a request to a `Vary` variant.
-pub(crate) fn vary_hash(names: &[HeaderName], headers: &HeaderMap) -> u64 {
-    if names.is_empty() {
-        return 0;
-    }
-    let mut hasher = Xxh3::new();
-    hash_header_values(&mut hasher, names, headers);
-    hasher.digest()
-}
-
-fn hash_header_values(hasher: &mut Xxh3, names: &[HeaderName], headers: &HeaderMap) {
-    for name in names {
-        hasher.update(&[0xfe]);
-        hasher.update(name.as_str().as_bytes());
-        for value in headers.get_all(name) {
-            hasher.update(&[0xfd]);
-            hasher.update(value.as_bytes());
+/// Write the identity of a request: host, query, keyed header values. Each part is
+/// length-prefixed, so no two different inputs write the same bytes.
+pub(crate) fn write_identity(parts: &Parts, keyed: &[HeaderName], out: &mut Vec<u8>) {
+    out.clear();
+    // The `Host` an origin reads, bytes as sent (an origin may echo the spelling); the
+    // policy already bypasses a request whose `Host` disagrees with its URI's authority.
+    // Where the host came from is part of it: an origin can read either.
+    let header = parts.headers.get(HOST).map(HeaderValue::as_bytes);
+    let authority = parts.uri.authority().map(|a| a.as_str().as_bytes());
+    out.push(u8::from(header.is_some()) | u8::from(authority.is_some()) << 1);
+    put(out, header.or(authority).unwrap_or_default());
+    match parts.uri.query() {
+        None => out.push(0),
+        Some(query) => {
+            out.push(1);
+            put(out, normalize_query(query).as_bytes());
         }
     }
+    write_header_values(keyed, &parts.headers, out);
+}
+
+/// The identity of a request and its hash, in a reused buffer (no allocation on a hit).
+pub(crate) fn with_identity<R>(
+    parts: &Parts,
+    keyed: &[HeaderName],
+    f: impl FnOnce(&[u8], u64) -> R,
+) -> R {
+    IDENTITY.with_borrow_mut(|buffer| {
+        write_identity(parts, keyed, buffer);
+        f(buffer, xxh3_64(buffer))
+    })
+}
+
+/// The variant of a request, owned (for a miss, which outlives the request's parts).
+pub(crate) fn variant(parts: &Parts, keyed: &[HeaderName]) -> Variant {
+    with_identity(parts, keyed, |identity, hash| Variant {
+        hash,
+        identity: Bytes::copy_from_slice(identity),
+    })
+}
+
+fn put(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The values of `names` in `headers`, as identity bytes: for each name, its values in
+/// order (`Accept-Encoding` as a sorted set of codings).
+fn write_header_values(names: &[HeaderName], headers: &HeaderMap, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(names.len() as u32).to_be_bytes());
+    for name in names {
+        put(out, name.as_str().as_bytes());
+        if *name == ACCEPT_ENCODING {
+            if let Some(codings) = accept_encoding_set(headers) {
+                out.push(2);
+                put(out, codings.as_bytes());
+                continue;
+            }
+        }
+        out.push(1);
+        let values = headers.get_all(name);
+        out.extend_from_slice(&(values.iter().count() as u32).to_be_bytes());
+        for value in values {
+            put(out, value.as_bytes());
+        }
+    }
+}
+
+/// `Accept-Encoding` as one canonical string: every coding lower-cased, white space
+/// removed, sorted. `None` when a value is not ASCII (then the values are kept as sent).
+fn accept_encoding_set(headers: &HeaderMap) -> Option<String> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(ACCEPT_ENCODING) {
+        for coding in value.to_str().ok()?.split(',') {
+            let coding: String = coding
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace())
+                .map(|c| c.to_ascii_lowercase())
+                .collect();
+            if !coding.is_empty() {
+                codings.push(coding);
+            }
+        }
+    }
+    codings.sort();
+    codings.dedup();
+    Some(codings.join(","))
+}
+
+/// The values of the request headers a response varies on, as stored with the entry.
+pub(crate) fn vary_values(names: &[HeaderName], headers: &HeaderMap) -> Bytes {
+    if names.is_empty() {
+        return Bytes::new();
+    }
+    let mut out = Vec::new();
+    write_header_values(names, headers, &mut out);
+    out.into()
+}
+
+/// Whether a request with `headers` sends the values an entry was produced for.
+pub(crate) fn vary_matches(vary: &Vary, headers: &HeaderMap) -> bool {
+    if vary.names.is_empty() {
+        return vary.values.is_empty();
+    }
+    VARY_VALUES.with_borrow_mut(|buffer| {
+        buffer.clear();
+        write_header_values(&vary.names, headers, buffer);
+        buffer[..] == vary.values[..]
+    })
 }
 
 /// What a response's `Vary` says about storing it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum VarySpec {
-    /// `Vary: *`: the response depends on things outside the request; never store it.
+    /// `Vary: *`, or a `Vary` the cache cannot read: never store the response.
     Any,
     /// The request headers the response depends on, lower-case, sorted, de-duplicated.
     Headers(Vec<HeaderName>),
 }
 
-/// Read every `Vary` header of a response. Names that are not valid header names are kept
-/// out of the key; they could never match a request header anyway.
+/// Read every `Vary` header of a response. A value that is not ASCII or names something
+/// that is not a header name fails closed: it may hold the `Cookie` that matters.
 pub(crate) fn vary_spec(response_headers: &HeaderMap) -> VarySpec {
     let mut names = Vec::new();
     for value in response_headers.get_all(VARY) {
-        let Ok(value) = value.to_str() else { continue };
+        let Ok(value) = value.to_str() else {
+            return VarySpec::Any;
+        };
         for name in value.split(',') {
             let name = name.trim();
+            if name.is_empty() {
+                continue;
+            }
             if name == "*" {
                 return VarySpec::Any;
             }
-            if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-                names.push(name);
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) => names.push(name),
+                Err(_) => return VarySpec::Any,
             }
         }
     }
@@ -143,8 +234,8 @@ mod tests {
         Request::get(uri).body(()).unwrap().into_parts().0
     }
 
-    fn variant_of(uri: &str) -> u64 {
-        variant(&parts(uri), &[])
+    fn variant_of(uri: &str) -> Bytes {
+        variant(&parts(uri), &[]).identity
     }
 
     #[test]
@@ -161,19 +252,48 @@ mod tests {
     fn unreserved_escapes_are_decoded_reserved_are_not() {
         assert_eq!(variant_of("/x?q=%41"), variant_of("/x?q=A"));
         assert_ne!(variant_of("/x?q=%2F"), variant_of("/x?q=/"));
-        let a = logical_from_path(&parts("/api/%41BC")).into_owned();
-        assert_eq!(a, "/api/ABC");
-        let b = logical_from_path(&parts("/api/a%2Fb")).into_owned();
-        assert_ne!(b, "/api/a/b");
     }
 
     #[test]
-    fn host_selects_the_variant_case_insensitively() {
+    fn the_path_is_keyed_as_the_router_sees_it() {
+        // axum routes `/api/%41BC` apart from `/api/ABC` (a 404 filed under the real page
+        // would be served for it otherwise).
+        for (a, b) in [
+            ("/api/%41BC", "/api/ABC"),
+            ("/api/a%2Fb", "/api/a/b"),
+            ("/a%62c", "/abc"),
+        ] {
+            assert_ne!(logical_from_path(&parts(a)), logical_from_path(&parts(b)));
+        }
+    }
+
+    #[test]
+    fn names_a_decoder_reads_alike_keep_the_order_of_their_values() {
+        assert_ne!(
+            variant_of("/x?a+b=1&a%20b=2"),
+            variant_of("/x?a%20b=2&a+b=1")
+        );
+        assert_eq!(variant_of("/x?z=1&a+b=2"), variant_of("/x?a+b=2&z=1"));
+    }
+
+    #[test]
+    fn identity_is_exact_and_its_hash_only_an_index() {
+        let a = variant(&parts("/x?a=1"), &[]);
+        assert_eq!(a, Variant::of(a.identity.clone()));
+        assert_ne!(a.identity, variant_of("/x?a=2"));
+        // No query, an empty query and a real one are three identities.
+        assert_ne!(variant_of("/x"), variant_of("/x?"));
+        assert_ne!(variant_of("/x?"), variant_of("/x?a"));
+    }
+
+    #[test]
+    fn host_selects_the_variant_as_spelled() {
         assert_ne!(
             variant_of("http://a.example/x"),
             variant_of("http://b.example/x")
         );
-        assert_eq!(
+        // An origin may echo the spelling (links built from `Host`).
+        assert_ne!(
             variant_of("http://A.example/x"),
             variant_of("http://a.example/x")
         );
@@ -181,7 +301,12 @@ mod tests {
         with_header
             .headers
             .insert(HOST, "a.example".parse().unwrap());
-        assert_ne!(variant(&with_header, &[]), variant_of("/x"));
+        assert_ne!(variant(&with_header, &[]).identity, variant_of("/x"));
+        // Whether the host came from `Host` or from the URI is told apart too.
+        assert_ne!(
+            variant(&with_header, &[]).identity,
+            variant_of("http://a.example/x")
+        );
     }
 
     #[test]
@@ -221,14 +346,54 @@ mod tests {
     }
 
     #[test]
-    fn vary_hash_tells_values_apart() {
-        let names = [HeaderName::from_static("accept-language")];
+    fn vary_values_tell_values_apart() {
+        let names = vec![HeaderName::from_static("accept-language")];
         let mut en = HeaderMap::new();
         en.insert("accept-language", "en".parse().unwrap());
         let mut de = HeaderMap::new();
         de.insert("accept-language", "de".parse().unwrap());
-        assert_ne!(vary_hash(&names, &en), vary_hash(&names, &de));
-        assert_ne!(vary_hash(&names, &en), vary_hash(&names, &HeaderMap::new()));
+        let vary = Vary {
+            values: vary_values(&names, &en),
+            names: names.clone(),
+        };
+        assert!(vary_matches(&vary, &en));
+        assert!(!vary_matches(&vary, &de));
+        assert!(!vary_matches(&vary, &HeaderMap::new()));
+        // An empty value and no value are different.
+        let mut empty = HeaderMap::new();
+        empty.insert("accept-language", "".parse().unwrap());
+        assert_ne!(
+            vary_values(&names, &empty),
+            vary_values(&names, &HeaderMap::new())
+        );
+    }
+
+    #[test]
+    fn accept_encoding_spellings_of_one_set_share_a_variant() {
+        let names = [ACCEPT_ENCODING];
+        let of = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(ACCEPT_ENCODING, v.parse().unwrap());
+            vary_values(&names, &h)
+        };
+        assert_eq!(of("gzip, deflate, br"), of("br,GZIP, deflate"));
+        assert_eq!(of("gzip;q=0.5, br"), of("br, gzip; q=0.5"));
+        assert_ne!(of("gzip;q=0.5, br"), of("gzip, br"));
+        assert_ne!(of("gzip"), of("gzip, br"));
+    }
+
+    #[test]
+    fn an_unreadable_vary_is_never_stored() {
+        let mut headers = HeaderMap::new();
+        headers.append(VARY, "accept-language".parse().unwrap());
+        headers.append(
+            VARY,
+            HeaderValue::from_bytes(b"Cookie, caf\xc3\xa9").unwrap(),
+        );
+        assert_eq!(vary_spec(&headers), VarySpec::Any);
+        let mut headers = HeaderMap::new();
+        headers.insert(VARY, "accept language".parse().unwrap());
+        assert_eq!(vary_spec(&headers), VarySpec::Any);
     }
 
     #[test]
@@ -256,6 +421,7 @@ mod tests {
                 }
                 let _ = logical_from_path(&p);
                 let _ = variant(&p, &[HeaderName::from_static("x-any")]);
+                let _ = vary_values(&[HeaderName::from_static("x-any"), ACCEPT_ENCODING], &p.headers);
             }
         }
 

@@ -1,4 +1,4 @@
-//! Query-string and path normalisation for the variant hash and the logical key.
+//! Query-string normalisation for the variant identity.
 //!
 //! Requests that every reasonable server treats alike should share an entry; requests that
 //! some server may treat differently must not. Hence, per the design notes:
@@ -26,16 +26,16 @@ pub(crate) fn normalize_query(query: &str) -> Cow<'_, str> {
     let mut pairs: Vec<Cow<'_, str>> = query
         .split('&')
         .filter(|pair| !pair.is_empty())
-        .map(normalize_path_escapes)
+        .map(normalize_escapes)
         .collect();
     // `sort_by` is stable: pairs with the same name keep their relative order.
-    pairs.sort_by(|a, b| pair_name(a).cmp(pair_name(b)));
+    pairs.sort_by(|a, b| name_order(pair_name(a), pair_name(b)));
     Cow::Owned(pairs.join("&"))
 }
 
 /// Normalises only the percent-escapes of `path` (decode unreserved, uppercase the rest),
-/// without any reordering. Used for the path part of the logical key.
-pub(crate) fn normalize_path_escapes(path: &str) -> Cow<'_, str> {
+/// without any reordering. Used for each query pair.
+fn normalize_escapes(path: &str) -> Cow<'_, str> {
     let Some(at) = first_change(path) else {
         return Cow::Borrowed(path);
     };
@@ -43,6 +43,40 @@ pub(crate) fn normalize_path_escapes(path: &str) -> Cow<'_, str> {
     out.push_str(&path[..at]);
     write_escapes(&path[at..], &mut out);
     Cow::Owned(out)
+}
+
+/// The order of two pair names as a form decoder reads them (`+` is a space, every escape
+/// decoded): names a decoder reads as one name compare equal, so the stable sort keeps
+/// the order of their values (`a+b=1&a%20b=2` is the list `a b: [1, 2]`).
+fn name_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let plain = |s: &str| !s.bytes().any(|b| b == b'%' || b == b'+');
+    if plain(a) && plain(b) {
+        return a.cmp(b);
+    }
+    decoded_name(a).cmp(&decoded_name(b))
+}
+
+fn decoded_name(name: &str) -> Vec<u8> {
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = |j: usize| bytes.get(j).and_then(|&b| hex_value(b));
+                if let (Some(high), Some(low)) = (hex(i + 1), hex(i + 2)) {
+                    out.push(high << 4 | low);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    out
 }
 
 /// The name of a query pair: everything before its first `=`.
@@ -61,7 +95,7 @@ fn is_normal_query(query: &str) -> bool {
             return false;
         }
         let name = pair_name(pair);
-        if name < previous {
+        if name_order(name, previous).is_lt() {
             return false;
         }
         previous = name;
@@ -180,7 +214,7 @@ mod tests {
     }
 
     fn p(s: &str) -> String {
-        normalize_path_escapes(s).into_owned()
+        normalize_escapes(s).into_owned()
     }
 
     #[test]
@@ -207,7 +241,7 @@ mod tests {
                 "{s}"
             );
             assert!(
-                matches!(normalize_path_escapes(s), Cow::Borrowed(b) if b == s),
+                matches!(normalize_escapes(s), Cow::Borrowed(b) if b == s),
                 "{s}"
             );
         }
@@ -324,7 +358,7 @@ mod tests {
         assert_eq!(q(&once), once);
         let s = "%".repeat(64 * 1024);
         assert!(matches!(normalize_query(&s), Cow::Borrowed(_)));
-        assert!(matches!(normalize_path_escapes(&s), Cow::Borrowed(_)));
+        assert!(matches!(normalize_escapes(&s), Cow::Borrowed(_)));
     }
 
     /// Text dense in escapes, valid and invalid, and in separators.
@@ -419,7 +453,7 @@ mod tests {
             let once = q(&s);
             prop_assert!(matches!(normalize_query(&once), Cow::Borrowed(_)), "{:?} -> {:?}", s, once);
             let once = p(&s);
-            prop_assert!(matches!(normalize_path_escapes(&once), Cow::Borrowed(_)), "{:?} -> {:?}", s, once);
+            prop_assert!(matches!(normalize_escapes(&once), Cow::Borrowed(_)), "{:?} -> {:?}", s, once);
         }
 
         #[test]

@@ -170,7 +170,7 @@ impl MemoryStore {
             let mut next: Vec<Arc<Entry>> = Vec::with_capacity(old.map_or(1, |v| v.len() + 1));
             if let Some(old) = old {
                 for existing in old.iter() {
-                    if existing.vary() == entry.vary() {
+                    if existing.same_variant(&entry) {
                         removed += weight_of(&map_key, existing) as u64;
                         replaced += 1;
                     } else {

@@ -430,7 +430,7 @@ impl RedisStore {
         let mut variants: Vec<Arc<Entry>> = match self.get_variants(key).await? {
             Some(existing) => existing
                 .iter()
-                .filter(|e| e.vary() != entry.vary())
+                .filter(|e| !e.same_variant(&entry))
                 .cloned()
                 .collect(),
             None => Vec::new(),

@@ -1,0 +1,418 @@
+//! What a request's own inputs allow: answer from the cache, go around it, or invalidate.
+//!
+//! The cache is shared, so every input the origin may read either selects the variant (it
+//! is *keyed*) or sends the request around the cache (it *bypasses*). The lists:
+//!
+//! - [`DEFAULT_BYPASS_HEADERS`]: credentials (`Authorization`, `Cookie`,
+//!   `Proxy-Authorization`, API-key and token headers), method overrides
+//!   (`X-HTTP-Method-Override`, …) and URL rewrites (`X-Original-URL`, `X-Rewrite-URL`);
+//! - [`DEFAULT_KEYED_HEADERS`]: the forwarding headers (`Forwarded`, `X-Forwarded-Host`,
+//!   `X-Forwarded-Proto`, …): a real proxy in front sends one value, which costs one variant;
+//! - a `GET`/`HEAD` with a body, or whose `Host` disagrees with the URI's authority, bypasses;
+//! - a `Range` request bypasses: it is forwarded with its `If-Range` intact, never leads a
+//!   fill and never stores what comes back.
+//!
+//! [`CachePolicy::key_on_header`](super::CachePolicy::key_on_header),
+//! [`bypass_on_header`](super::CachePolicy::bypass_on_header) and
+//! [`ignore_header`](super::CachePolicy::ignore_header) change the lists.
+
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, RANGE, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, Method};
+
+use crate::cache_control::{pragma_no_cache, CacheControl};
+
+use super::CachePolicy;
+
+/// Request headers whose presence sends a request around the cache by default:
+/// credentials, method overrides and URL rewrites.
+pub const DEFAULT_BYPASS_HEADERS: [&str; 16] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+    "x-access-token",
+    "x-session-token",
+    "x-amz-security-token",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-override-url",
+];
+
+/// Request headers keyed by default: what a proxy in front tells the origin about the
+/// original request (hosts, schemes, ports, prefixes).
+pub const DEFAULT_KEYED_HEADERS: [&str; 9] = [
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-host",
+];
+
+/// What to do with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestAction {
+    /// `GET` or `HEAD` that may be answered from the cache.
+    Lookup,
+    /// Pass through untouched; the reason goes in `Cache-Status`.
+    Bypass(BypassReason),
+    /// An unsafe method: pass through, then invalidate the path if it succeeded.
+    Unsafe,
+    /// The client asked for a fresh answer (`no-cache`, `max-age=0`; RFC 9111 mode): skip
+    /// the lookup, store what the origin says.
+    Revalidate,
+}
+
+/// Why a request went around the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BypassReason {
+    /// The method is never cached.
+    Method,
+    /// The request carries credentials, a body, an override, a range, or asked not to be
+    /// stored.
+    Request,
+}
+
+/// How the policy treats a request header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeaderRule {
+    Bypass,
+    Key,
+}
+
+impl CachePolicy {
+    pub(crate) fn default_header_rules() -> Vec<(HeaderName, HeaderRule)> {
+        let bypass = DEFAULT_BYPASS_HEADERS
+            .iter()
+            .map(|n| (HeaderName::from_static(n), HeaderRule::Bypass));
+        let keyed = DEFAULT_KEYED_HEADERS
+            .iter()
+            .map(|n| (HeaderName::from_static(n), HeaderRule::Key));
+        bypass.chain(keyed).collect()
+    }
+
+    fn rule_of(&self, name: &HeaderName) -> Option<HeaderRule> {
+        self.header_rules
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, rule)| *rule)
+    }
+
+    /// Decide what to do with a request. `has_body`: the request body is not empty.
+    pub(crate) fn request_action(&self, parts: &Parts, has_body: bool) -> RequestAction {
+        let headers = &parts.headers;
+        if self.is_grpc(headers) {
+            // gRPC is all POSTs: neither cached nor treated as a write to a path.
+            return RequestAction::Bypass(BypassReason::Method);
+        }
+        match parts.method {
+            Method::GET | Method::HEAD => {}
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
+                return if self.invalidate_on_unsafe {
+                    RequestAction::Unsafe
+                } else {
+                    RequestAction::Bypass(BypassReason::Method)
+                };
+            }
+            _ => return RequestAction::Bypass(BypassReason::Method),
+        }
+        let bypass = RequestAction::Bypass(BypassReason::Request);
+        if has_body || headers.contains_key(TRANSFER_ENCODING) || has_content(headers) {
+            return bypass;
+        }
+        if headers.contains_key(RANGE) || !host_agrees(parts) {
+            return bypass;
+        }
+        // One pass over the request's headers (usually few) instead of one lookup per
+        // listed name.
+        for name in headers.keys() {
+            if self.rule_of(name) == Some(HeaderRule::Bypass) {
+                return bypass;
+            }
+        }
+        let cc = CacheControl::parse(headers);
+        // A request field the cache cannot read may hold a `no-store`.
+        if cc.is_unparseable() || cc.no_store() {
+            return bypass;
+        }
+        let Ok(pragma) = pragma_no_cache(headers) else {
+            return bypass;
+        };
+        let revalidate = cc.no_cache()
+            || cc.max_age().get() == Ok(Some(0))
+            || (pragma && matches!(cc, CacheControl::Absent));
+        if revalidate && self.rfc9111 {
+            return RequestAction::Revalidate;
+        }
+        RequestAction::Lookup
+    }
+
+    /// The headers whose values select the variant, in the policy's order.
+    pub(crate) fn keyed_headers(&self) -> &[HeaderName] {
+        &self.keyed
+    }
+
+    /// Whether `headers` carry any keyed header (the common request carries none).
+    pub(crate) fn has_keyed(&self, headers: &HeaderMap) -> bool {
+        !self.keyed.is_empty()
+            && headers
+                .keys()
+                .any(|name| self.rule_of(name) == Some(HeaderRule::Key))
+    }
+
+    /// gRPC and gRPC-Web requests (`application/grpc`, `application/grpc+proto`,
+    /// `application/grpc-web…`), not any type that merely starts with the same letters.
+    pub(crate) fn is_grpc(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(CONTENT_TYPE)
+            .and_then(|ct| ct.to_str().ok())
+            .is_some_and(is_grpc_content_type)
+    }
+}
+
+/// `application/grpc` with an optional `+codec` or `-web` suffix, before any parameters.
+fn is_grpc_content_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let Some(rest) = essence.strip_prefix("application/grpc") else {
+        return false;
+    };
+    let rest = rest.strip_prefix("-web").unwrap_or(rest);
+    rest.is_empty() || rest.starts_with('+')
+}
+
+fn has_content(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .any(|v| v.as_bytes() != b"0")
+}
+
+/// A request whose `Host` differs from its URI's authority (absolute form, or `:authority`
+/// in HTTP/2) could be routed by one and keyed by the other.
+fn host_agrees(parts: &Parts) -> bool {
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return false;
+    }
+    match (parts.uri.authority(), first) {
+        (Some(authority), Some(host)) => authority.as_str().as_bytes() == host.as_bytes(),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn action(policy: &CachePolicy, method: Method, pairs: &[(&str, &str)]) -> RequestAction {
+        let mut request = Request::builder().method(method).uri("/x");
+        for (name, value) in pairs {
+            request = request.header(*name, *value);
+        }
+        let (parts, ()) = request.body(()).unwrap().into_parts();
+        policy.request_action(&parts, false)
+    }
+
+    const BYPASS: RequestAction = RequestAction::Bypass(BypassReason::Request);
+
+    #[test]
+    fn only_get_and_head_are_looked_up() {
+        let p = CachePolicy::default();
+        assert_eq!(action(&p, Method::GET, &[]), RequestAction::Lookup);
+        assert_eq!(action(&p, Method::HEAD, &[]), RequestAction::Lookup);
+        for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            assert_eq!(action(&p, m, &[]), RequestAction::Unsafe);
+        }
+        assert_eq!(
+            action(&p, Method::OPTIONS, &[]),
+            RequestAction::Bypass(BypassReason::Method)
+        );
+        let p = p.invalidate_on_unsafe(false);
+        assert_eq!(
+            action(&p, Method::POST, &[]),
+            RequestAction::Bypass(BypassReason::Method)
+        );
+    }
+
+    #[test]
+    fn grpc_is_bypassed_not_invalidating_but_look_alikes_are_not_grpc() {
+        let p = CachePolicy::default();
+        for ct in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc-web+proto",
+        ] {
+            assert_eq!(
+                action(&p, Method::POST, &[("content-type", ct)]),
+                RequestAction::Bypass(BypassReason::Method),
+                "{ct}"
+            );
+        }
+        for ct in [
+            "application/grpcx",
+            "application/grpc-json-thing",
+            "application/grpcweb",
+        ] {
+            assert_eq!(
+                action(&p, Method::POST, &[("content-type", ct)]),
+                RequestAction::Unsafe,
+                "{ct}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_of_every_common_kind_bypass_unless_keyed() {
+        let p = CachePolicy::default();
+        for name in [
+            "authorization",
+            "cookie",
+            "proxy-authorization",
+            "x-api-key",
+            "x-auth-token",
+        ] {
+            assert_eq!(
+                action(&p, Method::GET, &[(name, "secret")]),
+                BYPASS,
+                "{name}"
+            );
+        }
+        let keyed = p.clone().key_on_header(http::header::AUTHORIZATION);
+        assert_eq!(
+            action(&keyed, Method::GET, &[("authorization", "Bearer x")]),
+            RequestAction::Lookup
+        );
+        assert_eq!(action(&keyed, Method::GET, &[("cookie", "a=b")]), BYPASS);
+        let ignoring = p.ignore_header(HeaderName::from_static("x-api-key"));
+        assert_eq!(
+            action(&ignoring, Method::GET, &[("x-api-key", "k")]),
+            RequestAction::Lookup
+        );
+    }
+
+    #[test]
+    fn overrides_and_rewrites_bypass() {
+        let p = CachePolicy::default();
+        for name in [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "x-original-url",
+            "x-rewrite-url",
+        ] {
+            assert_eq!(
+                action(&p, Method::GET, &[(name, "/admin")]),
+                BYPASS,
+                "{name}"
+            );
+        }
+        let custom = p.bypass_on_header(HeaderName::from_static("x-tenant-override"));
+        assert_eq!(
+            action(&custom, Method::GET, &[("x-tenant-override", "a")]),
+            BYPASS
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_are_keyed_not_bypassed() {
+        let p = CachePolicy::default();
+        assert_eq!(
+            action(&p, Method::GET, &[("x-forwarded-host", "evil.example")]),
+            RequestAction::Lookup
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-host", "evil.example".parse().unwrap());
+        assert!(p.has_keyed(&h));
+        assert!(!p.has_keyed(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn bodies_ranges_and_host_mismatches_bypass() {
+        let p = CachePolicy::default();
+        assert_eq!(action(&p, Method::GET, &[("content-length", "5")]), BYPASS);
+        assert_eq!(
+            action(&p, Method::GET, &[("transfer-encoding", "chunked")]),
+            BYPASS
+        );
+        assert_eq!(
+            action(&p, Method::GET, &[("content-length", "0")]),
+            RequestAction::Lookup
+        );
+        assert_eq!(action(&p, Method::GET, &[("range", "bytes=0-1")]), BYPASS);
+        let (parts, ()) = Request::get("http://a.example/x")
+            .header("host", "b.example")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_eq!(p.request_action(&parts, false), BYPASS);
+        let (parts, ()) = Request::get("http://a.example/x")
+            .header("host", "a.example")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_eq!(p.request_action(&parts, false), RequestAction::Lookup);
+        let (parts, ()) = Request::get("/x").body(()).unwrap().into_parts();
+        assert_eq!(p.request_action(&parts, true), BYPASS);
+    }
+
+    #[test]
+    fn request_no_store_or_unreadable_cache_control_bypasses() {
+        let p = CachePolicy::default();
+        assert_eq!(
+            action(&p, Method::GET, &[("cache-control", "No-Store")]),
+            BYPASS
+        );
+        let mut request = Request::get("/x");
+        request = request.header(
+            "cache-control",
+            http::HeaderValue::from_bytes(b"max-age=5, \xffno-store").unwrap(),
+        );
+        let (parts, ()) = request.body(()).unwrap().into_parts();
+        assert_eq!(p.request_action(&parts, false), BYPASS);
+    }
+
+    #[test]
+    fn rfc9111_request_no_cache_revalidates() {
+        let p = CachePolicy::rfc9111();
+        for cc in ["no-cache", "max-age=0"] {
+            assert_eq!(
+                action(&p, Method::GET, &[("cache-control", cc)]),
+                RequestAction::Revalidate
+            );
+        }
+        assert_eq!(
+            action(&p, Method::GET, &[("pragma", "no-cache")]),
+            RequestAction::Revalidate
+        );
+        assert_eq!(
+            action(
+                &CachePolicy::default(),
+                Method::GET,
+                &[("cache-control", "no-cache")]
+            ),
+            RequestAction::Lookup
+        );
+        // RFC 9111 mode stores per its own rules for Authorization.
+        assert_eq!(
+            action(&p, Method::GET, &[("authorization", "Bearer x")]),
+            RequestAction::Lookup
+        );
+    }
+}
