@@ -331,9 +331,15 @@ fn least_recently_used(variants: &[Arc<Entry>]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
+/// What the store itself holds per entry, besides the entry and its key strings: a map slot
+/// (80 bytes, with room to grow: twice that), the key's variant map (about 120 bytes), the
+/// variants list behind its `Arc` (24), and the eviction queue's reference (40, twice with
+/// the queue's room to grow).
+const SLOT_BYTES: usize = 2 * 80 + 120 + 24 + 2 * 40;
+
 /// Bytes charged for an entry: the entry itself plus its key, held in the map and the queue.
 fn weight_of(map_key: &str, entry: &Entry) -> usize {
-    entry.weight() + 2 * map_key.len() + 48
+    entry.weight() + 2 * (map_key.len() + 16) + SLOT_BYTES
 }
 
 impl Inner {
