@@ -6,7 +6,7 @@
 //!   the query and bounding the key (only the public API is reachable from here).
 //! - `memory_store/*`: `Store::get` and `Store::put` on a `MemoryStore`.
 //! - `invalidate/*`: `CacheHandle::invalidate` of one exact key against globs, with 10 000
-//!   keys stored.
+//!   keys stored; `exact_distinct_absent` bans a new key each time, so young bans pile up.
 //! - `hit_during_glob/*`: a memory hit (`Store::try_get_now`) among 100 000 keys, alone and
 //!   while another thread runs glob invalidations over them back to back (a glob must not
 //!   hold shards write-locked while it matches, or hits wait for it).
@@ -311,6 +311,27 @@ fn invalidate_benches(c: &mut Criterion) {
     group.bench_function("exact_absent", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(cache.invalidate("/api/dashboard/none").await.unwrap()) })
+    });
+    // A new absent key each time: young exact bans pile up (tens of thousands over a run),
+    // as under a flood of unsafe requests; recording one must stay O(1).
+    let distinct = Cell::new(0u64);
+    group.bench_function("exact_distinct_absent", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (cache, distinct) = (&cache, &distinct);
+            async move {
+                let keys: Vec<String> = (0..iters)
+                    .map(|_| {
+                        distinct.set(distinct.get() + 1);
+                        format!("/api/flood/{}", distinct.get())
+                    })
+                    .collect();
+                let start = Instant::now();
+                for key in &keys {
+                    black_box(cache.invalidate(key).await.unwrap());
+                }
+                start.elapsed()
+            }
+        })
     });
     group.bench_function("glob_matching_none", |b| {
         b.to_async(&rt)

@@ -77,7 +77,7 @@ impl Recorder {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let body = self.buffer.freeze();
+        let body = crate::entry::compact(self.buffer);
         let mut headers = self.headers;
         // Stored once, so hits need not format it.
         if self.status != StatusCode::NO_CONTENT

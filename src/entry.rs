@@ -36,8 +36,9 @@ const VERSION: u8 = 4;
 /// Most header (or trailer) fields a decoded entry may have: a forged count must not drive
 /// `HeaderMap` past its capacity (which panics) or allocate without bound.
 const MAX_FIELDS: u32 = 1024;
-/// Fixed per-entry overhead counted against a memory budget (struct, map slot, Arc).
-const OVERHEAD_BYTES: usize = 160;
+/// Fixed per-entry overhead counted against a memory budget: the struct itself behind its
+/// `Arc` (456 + 16 bytes on 64-bit targets; a store adds its own slot costs).
+const OVERHEAD_BYTES: usize = std::mem::size_of::<Entry>() + 16;
 
 /// A cached response: status, headers, body, when it was stored and for how long it is fresh.
 pub struct Entry {
@@ -301,19 +302,33 @@ impl Entry {
         self.last_access.load(Ordering::Relaxed)
     }
 
-    /// Approximate bytes this entry holds in memory, counted against a byte budget.
+    /// Approximate bytes this entry holds in memory, counted against a byte budget: the
+    /// struct, the body, the header maps as allocated (measured: a `HeaderMap` holds about
+    /// 104 bytes per slot of its capacity plus its index table, whatever it holds), and the
+    /// answer template built at the first hit, counted from the start so that the weight
+    /// never changes while the entry is stored.
     pub fn weight(&self) -> usize {
-        let map_weight = |map: &HeaderMap| -> usize {
-            map.iter()
-                .map(|(n, v)| n.as_str().len() + v.len() + 32)
-                .sum()
+        /// Heap bytes per slot of a `HeaderMap`'s capacity: a bucket and its index share.
+        const SLOT: usize = 112;
+        let map_weight = |map: &HeaderMap, capacity: usize| -> usize {
+            let contents: usize = map.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+            64 + capacity * SLOT + contents
         };
-        let headers = map_weight(&self.headers);
-        let trailers = self.trailers.as_ref().map_or(0, map_weight);
+        let headers = map_weight(&self.headers, self.headers.capacity());
+        // `answer_headers`: a copy with room for four more (and a `Content-Length` value).
+        // `HeaderMap::with_capacity(n)` rounds up: a power-of-two table, three quarters used.
+        let wanted = self.headers.len() + 4;
+        let raw = (wanted + wanted / 3).next_power_of_two();
+        let template = map_weight(&self.headers, raw - raw / 4) + 48;
+        let trailers = self
+            .trailers
+            .as_ref()
+            .map_or(0, |t| map_weight(t, t.capacity()));
         let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
         OVERHEAD_BYTES
             + self.body.len()
             + headers
+            + template
             + trailers
             + tags
             + self.identity.len()
@@ -323,7 +338,20 @@ impl Entry {
 
     /// Encode into the versioned byte format.
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.weight() + 64);
+        let map_len = |m: &HeaderMap| {
+            m.iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 8)
+                .sum::<usize>()
+        };
+        let estimate = 128
+            + self.body.len()
+            + self.identity.len()
+            + self.vary.values.len()
+            + self.vary.names.len() * 32
+            + self.tags.iter().map(|t| t.len() + 4).sum::<usize>()
+            + map_len(&self.headers)
+            + self.trailers.as_ref().map_or(0, map_len);
+        let mut out = BytesMut::with_capacity(estimate);
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
         out.put_u16(self.status.as_u16());
@@ -424,6 +452,16 @@ impl Entry {
             last_access: AtomicU64::new(clock::now_millis() / 1000),
             answer_headers: OnceLock::new(),
         })
+    }
+}
+
+/// A recorded body as the bytes an entry keeps: a buffer that grew by doubling is copied
+/// once to its length, so the store's byte count is what the heap holds.
+pub(crate) fn compact(buffer: BytesMut) -> Bytes {
+    if buffer.capacity() - buffer.len() > buffer.len() / 8 {
+        Bytes::copy_from_slice(&buffer)
+    } else {
+        buffer.freeze()
     }
 }
 

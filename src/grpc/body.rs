@@ -83,9 +83,14 @@ impl Recorder {
         }
         self.handle
             .set_hit_for_miss(&self.logical, &self.variant.identity, false);
-        let entry = Entry::new(self.status, self.headers, self.buffer.freeze(), self.ttl)
-            .with_trailers(trailers.clone())
-            .with_identity(self.variant.identity.clone());
+        let entry = Entry::new(
+            self.status,
+            self.headers,
+            crate::entry::compact(self.buffer),
+            self.ttl,
+        )
+        .with_trailers(trailers.clone())
+        .with_identity(self.variant.identity.clone());
         let (handle, logical, variant, ticket, leader) = (
             self.handle,
             self.logical,

@@ -54,7 +54,7 @@ struct Inner {
     used: AtomicU64,
     entries: AtomicU64,
     evictions: AtomicU64,
-    /// CLOCK queue of (map key, variant, vary hash, seconds when queued).
+    /// CLOCK queue of (map key, variant, entry, seconds when queued).
     clock: Mutex<VecDeque<QueuedRef>>,
     sweep_interval: Duration,
     sweeper_started: AtomicBool,
@@ -179,7 +179,7 @@ impl MemoryStore {
                 }
             }
             if next.len() >= MAX_VARY_VARIANTS {
-                let dropped = next.remove(0);
+                let dropped = next.remove(least_recently_used(&next));
                 removed += weight_of(&map_key, &dropped) as u64;
                 replaced += 1;
             }
@@ -309,9 +309,33 @@ fn map_key(namespace: &str, logical: &str) -> String {
     key
 }
 
+/// Whether `new` replaces `existing`: the same response variant of one URL.
+/// Which of a URL's variants to drop for a new one: the least recently read (a flood of junk
+/// `Vary` values must not push out the variant real clients read). Reads are timed to the
+/// second, so among those last read in the same second, one never read after the second it
+/// was stored in goes first (a fresh junk write, against a hot variant read again), then the
+/// oldest.
+fn least_recently_used(variants: &[Arc<Entry>]) -> usize {
+    variants
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, e)| {
+            let last = e.last_access_secs();
+            let read_since_stored = last > e.stored_at_millis() / 1000;
+            (last, read_since_stored, *i)
+        })
+        .map_or(0, |(i, _)| i)
+}
+
+/// What the store itself holds per entry, besides the entry and its key strings: a map slot
+/// (80 bytes, with room to grow: twice that), the key's variant map (about 120 bytes), the
+/// variants list behind its `Arc` (24), and the eviction queue's reference (40, twice with
+/// the queue's room to grow).
+const SLOT_BYTES: usize = 2 * 80 + 120 + 24 + 2 * 40;
+
 /// Bytes charged for an entry: the entry itself plus its key, held in the map and the queue.
 fn weight_of(map_key: &str, entry: &Entry) -> usize {
-    entry.weight() + 2 * map_key.len() + 48
+    entry.weight() + 2 * (map_key.len() + 16) + SLOT_BYTES
 }
 
 impl Inner {
@@ -670,5 +694,87 @@ mod tests {
         assert_eq!(store.invalidate_all("a").await.unwrap(), 0);
         assert!(store.get_now(b).is_some());
         assert_eq!(store.invalidate("b", &Pattern::new("/x")).await.unwrap(), 1);
+    }
+
+    fn variant_entry(hash: u64) -> Arc<Entry> {
+        Arc::new(
+            Entry::new(
+                StatusCode::OK,
+                HeaderMap::new(),
+                Bytes::from_static(b"v"),
+                Duration::from_secs(60),
+            )
+            .with_vary(crate::entry::Vary {
+                names: vec![http::header::USER_AGENT],
+                values: Bytes::copy_from_slice(&hash.to_be_bytes()),
+            }),
+        )
+    }
+
+    /// A hit on the variant with this vary hash, as the handle records it.
+    fn read_variant(store: &MemoryStore, hash: u64) -> bool {
+        let Some(variants) = store.get_now(key("/v")) else {
+            return false;
+        };
+        let Some(entry) = variants
+            .iter()
+            .find(|e| e.vary().values[..] == hash.to_be_bytes())
+        else {
+            return false;
+        };
+        entry.touch(clock::now_millis() / 1000);
+        true
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hot_variant_outlives_a_flood_of_junk_variants() {
+        let store = MemoryStore::new();
+        store.put_now(key("/v"), variant_entry(0));
+        // Junk writes a few a second, the hot variant read between them.
+        for junk in 1..=40 {
+            tokio::time::advance(Duration::from_millis(300)).await;
+            assert!(
+                read_variant(&store, 0),
+                "hot variant evicted before junk {junk}"
+            );
+            store.put_now(key("/v"), variant_entry(junk));
+        }
+        // Then many in the very second of its last read: the tie goes against the junk.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for junk in 100..140 {
+            assert!(
+                read_variant(&store, 0),
+                "hot variant evicted before junk {junk}"
+            );
+            store.put_now(key("/v"), variant_entry(junk));
+        }
+        assert!(read_variant(&store, 0));
+        let variants = store.get_now(key("/v")).unwrap();
+        assert_eq!(variants.len(), MAX_VARY_VARIANTS);
+        // The newest junk is kept, the oldest went; the accounting followed.
+        assert!(variants
+            .iter()
+            .any(|e| e.vary().values[..] == 139u64.to_be_bytes()));
+        assert!(!variants
+            .iter()
+            .any(|e| e.vary().values[..] == 1u64.to_be_bytes()));
+        assert_eq!(store.stats().entries, MAX_VARY_VARIANTS as u64);
+        let weight: u64 = variants.iter().map(|e| weight_of("ns:/v", e) as u64).sum();
+        assert_eq!(store.stats().bytes, weight);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unread_variants_go_oldest_first() {
+        let store = MemoryStore::new();
+        for hash in 0..MAX_VARY_VARIANTS as u64 + 3 {
+            store.put_now(key("/v"), variant_entry(hash));
+            tokio::time::advance(Duration::from_millis(400)).await;
+        }
+        let variants = store.get_now(key("/v")).unwrap();
+        let kept: Vec<u64> = variants
+            .iter()
+            .map(|e| u64::from_be_bytes(e.vary().values[..].try_into().unwrap()))
+            .collect();
+        assert_eq!(kept, (3..MAX_VARY_VARIANTS as u64 + 3).collect::<Vec<_>>());
     }
 }
