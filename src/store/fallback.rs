@@ -16,7 +16,12 @@
 //!
 //! While closed, the probe also watches Redis's `run_id`: a Redis that restarted may hold
 //! entries from a snapshot taken before recent invalidations, so those (the last five
-//! minutes' worth) are replayed before it is read again.
+//! minutes' worth, at most 10 000: this process's own and those heard from other processes
+//! on the channel, which may have exited since) are replayed before it is read again.
+//!
+//! Queueing an invalidation while open and the probe's "nothing left to replay: close" are
+//! one step (under the queue's lock): an invalidation made while the circuit closes is
+//! either sent to Redis or replayed before Redis is read.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), tower_response_cache::StoreError> {
@@ -139,7 +144,12 @@ impl FallbackStoreBuilder {
                 StoreEvent::Remote {
                     namespace,
                     invalidation,
-                } => inner.apply_locally(namespace, invalidation),
+                } => {
+                    inner.apply_locally(namespace, invalidation);
+                    // Replayed too if Redis comes back from a snapshot taken before it: the
+                    // process that made it (the sync pipeline) may be gone by then.
+                    inner.remember(namespace, invalidation);
+                }
                 StoreEvent::ChannelLost => {
                     inner.memory.clear();
                 }
@@ -247,7 +257,18 @@ impl Inner {
             Invalidation::All => self.memory.invalidate_all(namespace).await,
         }
         .unwrap_or(0);
-        if !self.open.load(Ordering::Acquire) {
+        // Queue it, or see the circuit closed, in one step with the probe's "nothing
+        // pending: close" (see `close_if_replayed`): an invalidation is never queued behind
+        // a circuit that closes without replaying it.
+        let queued = {
+            let mut pending = lock(&self.pending);
+            let open = self.open.load(Ordering::Acquire);
+            if open {
+                pending.push((namespace.to_owned(), invalidation.clone()));
+            }
+            open
+        };
+        if !queued {
             match send(&self.redis, namespace, &invalidation).await {
                 Ok(removed) => {
                     self.succeeded();
@@ -255,11 +276,14 @@ impl Inner {
                 }
                 Err(error) => {
                     self.failed(&error);
-                    lock(&self.pending).push((namespace.to_owned(), invalidation));
                     // Whatever went wrong (unreachable, out of memory, read-only), Redis may
                     // still hold what this invalidation covers: stop reading it until the
                     // probe has replayed the invalidation.
-                    self.open_circuit();
+                    {
+                        let mut pending = lock(&self.pending);
+                        pending.push((namespace.to_owned(), invalidation));
+                        self.open_circuit();
+                    }
                     return Err(StoreError::unavailable(
                         "the invalidation did not reach Redis: it applied locally and will be replayed to Redis before Redis is read again",
                         error,
@@ -267,7 +291,6 @@ impl Inner {
                 }
             }
         }
-        lock(&self.pending).push((namespace.to_owned(), invalidation));
         Err(StoreError::unavailable(
             "Redis is unreachable: the invalidation applied locally and will be replayed to Redis before it is read again",
             format!("{local} local entries removed"),
@@ -293,6 +316,22 @@ impl Inner {
                 self.invalidate(namespace, hard()).await
             }
         }
+    }
+
+    /// Close the circuit if nothing is queued, in one step with [`invalidate`]'s "open:
+    /// queue it" (both under the queue's lock). Returns whether it closed.
+    ///
+    /// [`invalidate`]: Self::invalidate
+    fn close_if_replayed(&self, run_id: String) -> bool {
+        let pending = lock(&self.pending);
+        if !pending.is_empty() {
+            return false;
+        }
+        *lock(&self.run_id) = Some(run_id);
+        self.failures.store(0, Ordering::Release);
+        self.open.store(false, Ordering::Release);
+        drop(pending);
+        true
     }
 
     /// Replay queued invalidations in order; stops at the first failure, keeping the rest.
@@ -347,15 +386,23 @@ async fn probe(store: Weak<Inner>) {
             if inner.redis.restore_generation().await.is_err() {
                 continue;
             }
-            if !inner.replay().await {
-                continue;
-            }
             // Entries written while deaf to other processes are not trusted any longer.
-            inner.memory.clear();
-            *lock(&inner.run_id) = Some(run_id);
-            inner.failures.store(0, Ordering::Release);
-            inner.open.store(false, Ordering::Release);
-            tracing::info!("Redis answers again: circuit closed");
+            let mut closed = false;
+            for _ in 0..16 {
+                if !inner.replay().await {
+                    break;
+                }
+                inner.memory.clear();
+                // An invalidation queued since the replay emptied the queue keeps it open:
+                // replay again.
+                if inner.close_if_replayed(run_id.clone()) {
+                    closed = true;
+                    break;
+                }
+            }
+            if closed {
+                tracing::info!("Redis answers again: circuit closed");
+            }
         } else {
             match run_id {
                 Ok(run_id) => {
@@ -419,7 +466,7 @@ impl Store for FallbackStore {
             // Redis's script cannot check this write: check it here against the generation
             // this process has heard of, so another process's invalidation heard since the
             // fetch began still refuses it.
-            if token < inner.redis.write_token() {
+            if inner.redis.refuses_locally(token) {
                 tracing::debug!(key = %key.logical, "not stored: another process invalidated while it was fetched");
                 return Box::pin(std::future::ready(Ok(())));
             }

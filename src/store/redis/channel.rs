@@ -7,7 +7,6 @@
 //! After a reconnect, messages may have been missed: the listener reports
 //! [`StoreEvent::ChannelLost`], and the cache drops what it keeps locally.
 
-use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -19,7 +18,12 @@ use crate::store::{Invalidation, StoreEvent};
 
 pub(crate) const CHANNEL: &str = "tower-response-cache:invalidations";
 
-/// What goes over the channel (JSON).
+/// Longest namespace a message may name (longer ones are not ours: ignored).
+const MAX_NAMESPACE: usize = 4096;
+
+/// What goes over the channel (JSON). Anyone who can `PUBLISH` can send one: a message
+/// that does not parse is ignored and logged, and the generation it claims is never taken
+/// as is (see `RedisStore::heard`).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct Message {
     /// Which process sent it: a process ignores its own.
@@ -71,18 +75,27 @@ pub(crate) async fn listen(store: Weak<Inner>) {
                 tracing::warn!("ignoring a malformed message on the invalidation channel");
                 continue;
             };
-            inner
-                .generation
-                .fetch_max(message.generation, Ordering::Relaxed);
-            if message.origin != inner.origin {
-                notify(
-                    &inner,
-                    &StoreEvent::Remote {
-                        namespace: message.namespace,
-                        invalidation: message.invalidation,
-                    },
-                );
+            if message.origin == inner.origin {
+                continue;
             }
+            if message.namespace.len() > MAX_NAMESPACE {
+                tracing::warn!(
+                    "ignoring a message with an oversized namespace on the invalidation channel"
+                );
+                continue;
+            }
+            // The generation is a claim, not a fact: see `RedisStore::heard`.
+            RedisStore {
+                inner: inner.clone(),
+            }
+            .heard(message.generation);
+            notify(
+                &inner,
+                &StoreEvent::Remote {
+                    namespace: message.namespace,
+                    invalidation: message.invalidation,
+                },
+            );
         }
         tracing::warn!("invalidation channel closed; reconnecting");
     }

@@ -5,8 +5,24 @@
 //!
 //! - `ns:k:L`: a hash; field = the variant, value = the encoded entries of that variant
 //!   (after a header: the generation they were fetched under and a soft-invalidation mark);
+//! - `ns:x:L`: a sorted set beside it, field -> the unix ms the field dies at; every write
+//!   prunes a few dead fields of the hash it writes, so a path with a stream of distinct
+//!   queries keeps about as many fields as are alive (not every variant ever written);
 //! - `ns:m:tag:T`: a set of the entry keys carrying tag `T`;
-//! - `tower-response-cache:gen`: the invalidation counter a write is checked against.
+//! - `tower-response-cache:gen`: the counter every invalidation draws its generation from;
+//! - `tower-response-cache:gen:wide`: raised by globs, tags and `invalidate_all`;
+//! - `tower-response-cache:gen:b:XYZ`: one of 1024 bucket counters (a hash of the namespace
+//!   and the logical key), raised by an exact invalidation of a key in that bucket;
+//! - `tower-response-cache:epoch`: a random number naming this data set; a Redis that
+//!   restarted empty gets a new one, and a write carrying another refuses itself.
+//!
+//! A write is refused when the wide counter or its bucket's counter is above the
+//! generation its request saw (or the epoch differs): an exact invalidation refuses fills of
+//! its own bucket only, a glob, tag or `invalidate_all` every fill in flight.
+//!
+//! The namespace is written with `%` and `:` escaped (`%25`, `%3A`), so the first `:` after
+//! it always ends it: namespace `a:k:b` with key `c` and namespace `a` with key `b:k:c` are
+//! different keys, and a scan of namespace `a` never reaches namespace `a:k:b`.
 //!
 //! A Redis Cluster refuses a script whose keys live in different hash slots, and the write
 //! script touches the entry, the counter and the tag sets together. So in a cluster every
@@ -14,7 +30,8 @@
 //! starts with the bucket's hash tag, `{trc-07}`: the entry, the bucket's own counter and
 //! the bucket's tag sets share a slot, while the buckets spread over the primaries.
 //!
-//! - `{trc-07}ns:k:L`, `{trc-07}ns:m:tag:T`, `{trc-07}tower-response-cache:gen`;
+//! - `{trc-07}ns:k:L`, `{trc-07}ns:x:L`, `{trc-07}ns:m:tag:T`,
+//!   `{trc-07}tower-response-cache:gen`;
 //! - `tower-response-cache:gen` (no tag): the cluster-wide counter each invalidation draws
 //!   its new generation from before it raises the buckets it touches.
 //!
@@ -25,6 +42,8 @@
 //! assert!(Pattern::new("{trc-??}portal:k:/api/*").matches_str("{trc-0a}portal:k:/api/x"));
 //! ```
 
+use std::borrow::Cow;
+
 use crate::pattern::escape;
 
 /// How many buckets a cluster's keys are spread over (16 hash tags: a few per primary in a
@@ -33,6 +52,32 @@ pub(crate) const BUCKETS: u64 = 16;
 
 /// The counter of a single Redis, and the cluster-wide counter of a cluster.
 pub(crate) const CENTRAL_GENERATION: &str = "tower-response-cache:gen";
+
+/// The counter globs, tags and `invalidate_all` raise on one Redis.
+pub(crate) const WIDE_GENERATION: &str = "tower-response-cache:gen:wide";
+
+/// The random number naming a single Redis's data set (see the module docs).
+pub(crate) const EPOCH: &str = "tower-response-cache:epoch";
+
+/// How many bucket counters exact invalidations spread over on one Redis: an exact
+/// invalidation refuses a fill of an unrelated key with odds 1/1024.
+pub(crate) const SINGLE_BUCKETS: u64 = 1024;
+
+/// `namespace` as written into key names: `%` and `:` escaped, so it never contains `:`.
+pub(crate) fn namespace_part(namespace: &str) -> Cow<'_, str> {
+    if !namespace.contains([':', '%']) {
+        return Cow::Borrowed(namespace);
+    }
+    let mut out = String::with_capacity(namespace.len() + 8);
+    for c in namespace.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// One Redis, or a cluster with bucketed hash tags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,23 +108,50 @@ impl Layout {
     /// The hash holding the variants of `logical`. Built by hand, not with `format!`: it
     /// is on every Redis hit.
     pub(crate) fn entry_key(self, namespace: &str, logical: &str) -> String {
+        self.named(namespace, ":k:", logical)
+    }
+
+    /// The sorted set of when each field of the entry hash of `logical` dies.
+    pub(crate) fn expiry_key(self, namespace: &str, logical: &str) -> String {
+        self.named(namespace, ":x:", logical)
+    }
+
+    fn named(self, namespace: &str, kind: &str, logical: &str) -> String {
+        let namespace = namespace_part(namespace);
         let mut key = String::with_capacity(8 + namespace.len() + 3 + logical.len());
         if self == Layout::Cluster {
             key.push_str(&Self::hash_tag(Self::bucket(logical)));
         }
-        key.push_str(namespace);
-        key.push_str(":k:");
+        key.push_str(&namespace);
+        key.push_str(kind);
         key.push_str(logical);
         key
     }
 
+    /// The expiry set beside an entry key of `namespace` found by a scan or in a tag set
+    /// (`None` for a name that is not one of ours).
+    pub(crate) fn expiry_of(self, namespace: &str, entry_key: &[u8]) -> Option<Vec<u8>> {
+        let at = match self {
+            Layout::Single => 0,
+            Layout::Cluster => 8,
+        } + namespace_part(namespace).len();
+        if entry_key.get(at..at + 3)? != b":k:" {
+            return None;
+        }
+        let mut key = entry_key.to_vec();
+        key[at + 1] = b'x';
+        Some(key)
+    }
+
     /// The set listing the entry keys with tag `tag`, for an entry stored under `logical`.
     pub(crate) fn tag_key(self, namespace: &str, logical: &str, tag: &str) -> String {
+        let namespace = namespace_part(namespace);
         format!("{}{namespace}:m:tag:{tag}", self.prefix(logical))
     }
 
     /// Every set that may list entry keys with tag `tag` (one per bucket in a cluster).
     pub(crate) fn tag_keys(self, namespace: &str, tag: &str) -> Vec<String> {
+        let namespace = namespace_part(namespace);
         match self {
             Layout::Single => vec![format!("{namespace}:m:tag:{tag}")],
             Layout::Cluster => (0..BUCKETS)
@@ -88,9 +160,32 @@ impl Layout {
         }
     }
 
-    /// The counter a write of `logical` is checked against.
-    pub(crate) fn generation_key(self, logical: &str) -> String {
-        format!("{}{CENTRAL_GENERATION}", self.prefix(logical))
+    /// The counter an exact invalidation of `logical` raises: on one Redis one of
+    /// [`SINGLE_BUCKETS`] (by namespace and key), in a cluster the bucket's.
+    pub(crate) fn generation_key(self, namespace: &str, logical: &str) -> String {
+        match self {
+            Layout::Single => {
+                let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+                hasher.update(namespace.as_bytes());
+                hasher.update(&[0]);
+                hasher.update(logical.as_bytes());
+                let bucket = hasher.digest() % SINGLE_BUCKETS;
+                format!("{CENTRAL_GENERATION}:b:{bucket:03x}")
+            }
+            Layout::Cluster => format!("{}{CENTRAL_GENERATION}", self.prefix(logical)),
+        }
+    }
+
+    /// Every counter a write of `logical` is checked against (none may be above the
+    /// generation the request saw): on one Redis the wide one and the key's bucket's.
+    pub(crate) fn write_counter_keys(self, namespace: &str, logical: &str) -> Vec<String> {
+        match self {
+            Layout::Single => vec![
+                WIDE_GENERATION.to_owned(),
+                self.generation_key(namespace, logical),
+            ],
+            Layout::Cluster => vec![self.generation_key(namespace, logical)],
+        }
     }
 
     /// Every bucket's counter (none on a single Redis: there the central one is the only).
@@ -106,12 +201,14 @@ impl Layout {
     /// The `SCAN MATCH` pattern for entry keys whose logical key matches `glob` (a pattern
     /// already in Redis glob syntax).
     pub(crate) fn entry_scan(self, namespace: &str, glob: &str) -> String {
-        format!("{}{}:k:{glob}", self.scan_prefix(), escape(namespace))
+        let namespace = namespace_part(namespace);
+        format!("{}{}:k:{glob}", self.scan_prefix(), escape(&namespace))
     }
 
     /// The `SCAN MATCH` pattern for every tag set of `namespace`.
     pub(crate) fn tag_scan(self, namespace: &str) -> String {
-        format!("{}{}:m:tag:*", self.scan_prefix(), escape(namespace))
+        let namespace = namespace_part(namespace);
+        format!("{}{}:m:tag:*", self.scan_prefix(), escape(&namespace))
     }
 
     fn scan_prefix(self) -> &'static str {
@@ -133,8 +230,34 @@ mod tests {
         let l = Layout::Single;
         assert_eq!(l.entry_key("ns", "/a"), "ns:k:/a");
         assert_eq!(l.tag_key("ns", "/a", "t"), "ns:m:tag:t");
-        assert_eq!(l.generation_key("/a"), CENTRAL_GENERATION);
+        assert!(l
+            .generation_key("ns", "/a")
+            .starts_with("tower-response-cache:gen:b:"));
         assert_eq!(l.entry_scan("n*s", "/a*"), "n\\*s:k:/a*");
+        assert_eq!(l.expiry_key("ns", "/a"), "ns:x:/a");
+        assert_eq!(l.expiry_of("ns", b"ns:k:/a").unwrap(), b"ns:x:/a");
+    }
+
+    #[test]
+    fn a_namespace_with_colons_never_aliases_another_namespace() {
+        for l in [Layout::Single, Layout::Cluster] {
+            // Same logical bucket in a cluster: the hash tag depends on the key alone.
+            assert_ne!(l.entry_key("a:k:b", "c"), l.entry_key("a", "b:k:c"));
+            assert_ne!(
+                l.tag_key("a:m:tag:x", "/", "t"),
+                l.tag_key("a", "/", "x:m:tag:t")
+            );
+            let scan = Pattern::new(&l.entry_scan("a", "*"));
+            assert!(!scan.matches_str(&l.entry_key("a:k:b", "c")));
+            assert!(!Pattern::new(&l.tag_scan("a")).matches_str(&l.tag_key("a:m:tag:x", "/", "t")));
+            assert!(scan.matches_str(&l.entry_key("a", "b:k:c")));
+            assert_ne!(l.entry_key("a%3Ab", "c"), l.entry_key("a:b", "c"));
+            let entry = l.entry_key("a:b%", "c");
+            assert_eq!(
+                l.expiry_of("a:b%", entry.as_bytes()).unwrap(),
+                l.expiry_key("a:b%", "c").into_bytes()
+            );
+        }
     }
 
     #[test]
@@ -145,13 +268,13 @@ mod tests {
             let tag = &entry[..8];
             assert!(tag.starts_with("{trc-") && tag.ends_with('}'), "{entry}");
             assert!(l.tag_key("ns", logical, "t").starts_with(tag));
-            assert!(l.generation_key(logical).starts_with(tag));
+            assert!(l.generation_key("ns", logical).starts_with(tag));
             assert!(l
                 .tag_keys("ns", "t")
                 .contains(&l.tag_key("ns", logical, "t")));
             assert!(l
                 .bucket_generation_keys()
-                .contains(&l.generation_key(logical)));
+                .contains(&l.generation_key("ns", logical)));
             // The scan pattern of a glob finds it.
             assert!(Pattern::new(&l.entry_scan("ns", "*")).matches_str(&entry));
             assert!(Pattern::new(&l.tag_scan("ns")).matches_str(&l.tag_key("ns", logical, "t")));

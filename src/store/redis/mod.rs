@@ -8,16 +8,27 @@
 //!
 //! Every invalidation first raises a generation counter. A write carries the generation its
 //! request saw when it began and is dropped, atomically in a script, when an invalidation
-//! happened since: a response fetched before an invalidation never lands after it, whichever
-//! process fetched it. On one Redis the counter is one key and a write must match it
-//! exactly. In a cluster each key bucket has its own counter (a script may only touch one
-//! slot): an invalidation draws a new generation from the cluster-wide counter and raises
-//! the counters of the buckets it touches to it, and a write is dropped when its bucket's
-//! counter is above what the request saw. (A narrow gap the single-Redis check does not
-//! have: if the whole cluster restarts empty while a fetch is in flight in a process that
-//! had seen a higher generation, and another process then invalidates, the counters restart
-//! below that fetch's token and its write can land. The fallback store's restart detection
-//! raises the counters again when it notices; the window is the fetch's duration.)
+//! that may cover it happened since: a response fetched before an invalidation never lands
+//! after it, whichever process fetched it. Each invalidation draws a new generation from
+//! the central counter and raises the counters it touches to it; a write is dropped when
+//! one of its counters is above what the request saw. On one Redis an exact invalidation
+//! raises one of 1024 bucket counters (by namespace and key) and a glob, tag or
+//! `invalidate_all` the wide counter: a `POST` to one path refuses fills of that path (and
+//! of the 1/1024 of keys sharing its bucket), not every fill in flight. A token also
+//! carries the epoch of the data set (a random number the first invalidation after Redis
+//! started empty draws), so a fetch from before an empty restart is refused even when the
+//! new counter happens to equal its generation. In a cluster each of 16 key buckets has
+//! its own counter (a script may only touch one slot) and a glob raises all of them. (A
+//! narrow gap the single-Redis check does not have: if the whole cluster restarts empty
+//! while a fetch is in flight in a process that had seen a higher generation, and another
+//! process then invalidates, the counters restart below that fetch's token and its write
+//! can land. The fallback store's restart detection raises the counters again when it
+//! notices; the window is the fetch's duration.)
+//!
+//! TTLs are clamped to 2^31 − 1 s before they reach Redis, and the write script checks its
+//! arguments and the types of every key it touches before it writes anything: no write is
+//! ever applied in half. Each write also prunes a few dead fields of the hash it writes
+//! (and dead members of its tag sets), so Redis memory follows the live entries.
 //!
 //! Every invalidation is published on the channel `tower-response-cache:invalidations`,
 //! so other processes ban their in-flight fetches and drop their local entries.
@@ -28,8 +39,11 @@
 //!
 //! Every call has a deadline (default 50 ms). Connection problems are returned as
 //! [unavailable](StoreError::is_unavailable) errors, which is what opens a
-//! [`FallbackStore`](super::FallbackStore)'s circuit; errors Redis answers with (wrong
-//! type, out of memory, read-only) are logged and read as a miss or a skipped write.
+//! [`FallbackStore`](super::FallbackStore)'s circuit, and so are the answers of a Redis that
+//! cannot serve now (`BUSY`, `LOADING`, `NOPERM`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`):
+//! nothing is deleted for them. A foreign value under a cache key (`WRONGTYPE`, or bytes
+//! that do not decode) is a miss and is deleted; other answers (out of memory, read-only)
+//! are logged and read as a miss or a skipped write.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), tower_response_cache::StoreError> {
@@ -69,29 +83,84 @@ mod soft;
 use channel::{Message, CHANNEL};
 use codec::{encode_value, MAX_VARY_VARIANTS};
 use connection::{Connection, Node, Timeouts};
-use layout::{Layout, CENTRAL_GENERATION};
+use layout::{Layout, CENTRAL_GENERATION, EPOCH, WIDE_GENERATION};
 use memo::DecodeMemo;
 
 const SCAN_COUNT: usize = 1000;
 
+/// The longest TTL a value gets in Redis: 2^31 − 1 seconds (about 68 years). A longer
+/// `max-age` is clamped to it before it reaches Redis.
+pub(crate) const MAX_TTL_MS: u64 = ((1u64 << 31) - 1) * 1000;
+
+/// Dead fields of the entry hash a write prunes (bounded work per write).
+const PRUNE_PER_WRITE: usize = 8;
+
 /// Store a variant set unless an invalidation happened since the request began.
-/// KEYS: entry hash, generation, tag sets… ARGV: field, value, ttl ms, generation seen,
-/// check (`eq`: the generation must be the one seen, one Redis; `le`: it must not be above
-/// it, a cluster bucket). Returns {stored (0/1), current generation}.
+///
+/// KEYS: entry hash, its expiry set, the counters the write is checked against (ARGV[6] of
+/// them), the epoch key when ARGV[5] is not empty, then the tag sets. ARGV: field, value,
+/// ttl ms, generation seen, epoch seen (`''` in a cluster), how many counters.
+///
+/// Every argument and the type of every key is checked before anything is written: a
+/// script that errs midway would leave half a write (a value without its TTL or its tags).
+/// The write prunes up to ARGV[7] dead fields (and tag set members whose entry is gone).
+/// Returns 1 when stored, 0 when refused.
 const PUT_SCRIPT: &str = r#"
-local gen = tonumber(redis.call('GET', KEYS[2]) or '0')
+local ttl = tonumber(ARGV[3])
 local seen = tonumber(ARGV[4])
-if (ARGV[5] == 'eq' and gen ~= seen) or (ARGV[5] == 'le' and gen > seen) then
-  return {0, gen}
+local counters = tonumber(ARGV[6])
+local prune = tonumber(ARGV[7])
+if not ttl or not seen or not counters or not prune or ttl < 1 or ttl > 2147483647000
+  or ttl % 1 ~= 0 or #ARGV[1] == 0 then
+  return redis.error_reply('ERR tower-response-cache: invalid write arguments')
+end
+local first_tag = 3 + counters
+local epoch = false
+if ARGV[5] ~= '' then
+  epoch = redis.call('GET', KEYS[first_tag])
+  first_tag = first_tag + 1
+end
+local function kind(key) return redis.call('TYPE', key)['ok'] end
+local k = kind(KEYS[1])
+local x = kind(KEYS[2])
+if (k ~= 'none' and k ~= 'hash') or (x ~= 'none' and x ~= 'zset') then
+  return redis.error_reply('WRONGTYPE tower-response-cache: a foreign value under a cache key')
+end
+for i = first_tag, #KEYS do
+  local t = kind(KEYS[i])
+  if t ~= 'none' and t ~= 'set' then
+    return redis.error_reply('WRONGTYPE tower-response-cache: a foreign value under a tag key')
+  end
+end
+-- No epoch yet (nobody invalidated since Redis started empty): only a token that never
+-- learned one (epoch 0) matches.
+if ARGV[5] ~= '' and (epoch or '0') ~= ARGV[5] then return 0 end
+for i = 3, 2 + counters do
+  local g = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if not g or g > seen then return 0 end
+end
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, prune)
+if #dead > 0 then
+  redis.call('HDEL', KEYS[1], unpack(dead))
+  redis.call('ZREM', KEYS[2], unpack(dead))
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local ttl = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-for i = 3, #KEYS do
+if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
+for i = first_tag, #KEYS do
+  local gone = redis.call('SRANDMEMBER', KEYS[i], 2)
+  for _, member in ipairs(gone) do
+    if member ~= KEYS[1] and redis.call('EXISTS', member) == 0 then
+      redis.call('SREM', KEYS[i], member)
+    end
+  end
   redis.call('SADD', KEYS[i], KEYS[1])
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
-return {1, gen}
+return 1
 "#;
 
 /// Mark every value of an entry hash soft-invalidated: bytes 9–24 of each value (see
@@ -125,6 +194,56 @@ if g < floor then redis.call('SET', KEYS[1], floor) return floor end
 return g
 "#;
 
+/// One Redis: draw a new generation from the central counter (KEYS[1]) and raise the
+/// counters KEYS[3..] to it, in one step; the epoch (KEYS[2]) is created as ARGV[1] when
+/// missing (only invalidations create it: until the first one after Redis started empty,
+/// tokens carry epoch 0, which a missing epoch matches). Returns {epoch, generation}.
+const BUMP_SINGLE_SCRIPT: &str = r#"
+local e = redis.call('GET', KEYS[2])
+if not e then redis.call('SET', KEYS[2], ARGV[1]) e = ARGV[1] end
+local g = (tonumber(redis.call('GET', KEYS[1]) or '0') or 0) + 1
+redis.call('SET', KEYS[1], g)
+for i = 3, #KEYS do
+  if (tonumber(redis.call('GET', KEYS[i]) or '0') or 0) < g then redis.call('SET', KEYS[i], g) end
+end
+return {tonumber(e) or 0, g}
+"#;
+
+/// One Redis after a restart: raise the central and wide counters (KEYS[1], KEYS[2]) to at
+/// least ARGV[1], so every fetch in flight from before is refused; returns {epoch (0 when
+/// there is none yet, KEYS[3]), generation}.
+const RESTORE_SINGLE_SCRIPT: &str = r#"
+local e = redis.call('GET', KEYS[3])
+local floor = tonumber(ARGV[1])
+local g = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if g < floor then redis.call('SET', KEYS[1], floor) g = floor end
+if (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) < floor then redis.call('SET', KEYS[2], floor) end
+return {tonumber(e) or 0, g}
+"#;
+
+/// Bits of a write token that hold the generation; the 24 above hold the epoch.
+const GENERATION_BITS: u32 = 40;
+const GENERATION_MASK: u64 = (1 << GENERATION_BITS) - 1;
+const EPOCH_MASK: u64 = (1 << 24) - 1;
+
+/// A write token: the epoch of the data set (one Redis; 0 in a cluster) and the generation.
+fn token(epoch: u64, generation: u64) -> u64 {
+    ((epoch & EPOCH_MASK) << GENERATION_BITS) | generation.min(GENERATION_MASK)
+}
+
+fn token_generation(token: u64) -> u64 {
+    token & GENERATION_MASK
+}
+
+fn token_epoch(token: u64) -> u64 {
+    token >> GENERATION_BITS
+}
+
+/// A fresh epoch: random, never 0 (0 is "none").
+fn new_epoch() -> u64 {
+    (rand_u64() % EPOCH_MASK) + 1
+}
+
 /// A [`Store`] in Redis. Cheap to clone. See the [module docs](crate::store::redis).
 #[derive(Clone)]
 pub struct RedisStore {
@@ -154,7 +273,8 @@ pub(crate) struct Inner {
     subscribers: Vec<redis::Client>,
     deadline: Duration,
     scan_deadline: Duration,
-    /// The highest generation this process has seen.
+    /// The write token this process has: on one Redis the epoch and the generation as
+    /// Redis last told it (see [`token`]), in a cluster the highest generation seen.
     generation: AtomicU64,
     /// Tells published invalidations from this process apart from others'.
     origin: u64,
@@ -163,6 +283,8 @@ pub(crate) struct Inner {
     bump_script: Script,
     raise_script: Script,
     soft_script: Script,
+    bump_single_script: Script,
+    restore_single_script: Script,
     /// Decodings of recent replies, reused when the same bytes come back.
     memo: DecodeMemo,
 }
@@ -223,6 +345,8 @@ impl RedisStoreBuilder {
             bump_script: Script::new(BUMP_SCRIPT),
             raise_script: Script::new(RAISE_SCRIPT),
             soft_script: Script::new(SOFT_SCRIPT),
+            bump_single_script: Script::new(BUMP_SINGLE_SCRIPT),
+            restore_single_script: Script::new(RESTORE_SINGLE_SCRIPT),
             memo: DecodeMemo::new(),
         });
         tokio::spawn(channel::listen(Arc::downgrade(&inner)));
@@ -261,19 +385,31 @@ impl RedisStore {
     /// counters to at least what this process has seen, so a write fetched before the
     /// restart can never pass the check again.
     pub(crate) async fn restore_generation(&self) -> Result<(), StoreError> {
-        let floor = self.inner.generation.load(Ordering::Relaxed);
-        let mut keys = vec![CENTRAL_GENERATION.to_owned()];
-        keys.extend(self.inner.layout.bucket_generation_keys());
-        let raised = try_join_all(keys.iter().map(|key| {
-            let mut invocation = self.inner.raise_script.prepare_invoke();
-            invocation.key(key).arg(floor);
-            self.invoke::<u64>(invocation, self.inner.scan_deadline)
-        }))
-        .await?;
-        let generation = raised.into_iter().max().unwrap_or(floor);
+        let floor = token_generation(self.inner.generation.load(Ordering::Relaxed));
         match self.inner.layout {
-            Layout::Single => self.inner.generation.store(generation, Ordering::Relaxed),
-            Layout::Cluster => self.adopt(generation),
+            Layout::Single => {
+                let mut invocation = self.inner.restore_single_script.prepare_invoke();
+                invocation
+                    .key(CENTRAL_GENERATION)
+                    .key(WIDE_GENERATION)
+                    .key(EPOCH)
+                    .arg(floor);
+                let (epoch, generation) = self
+                    .invoke::<(u64, u64)>(invocation, self.inner.scan_deadline)
+                    .await?;
+                self.set_token(epoch, generation);
+            }
+            Layout::Cluster => {
+                let mut keys = vec![CENTRAL_GENERATION.to_owned()];
+                keys.extend(self.inner.layout.bucket_generation_keys());
+                let raised = try_join_all(keys.iter().map(|key| {
+                    let mut invocation = self.inner.raise_script.prepare_invoke();
+                    invocation.key(key).arg(floor);
+                    self.invoke::<u64>(invocation, self.inner.scan_deadline)
+                }))
+                .await?;
+                self.adopt(raised.into_iter().max().unwrap_or(floor));
+            }
         }
         Ok(())
     }
@@ -284,25 +420,77 @@ impl RedisStore {
         self.learn_generation(self.inner.scan_deadline).await;
     }
 
-    /// Read the generation counter and adopt it (also before each miss fetches, see
-    /// [`Store::current_write_token`]); on failure this process keeps what it knows.
+    /// Read the generation counter (and, on one Redis, the epoch) and adopt it (also before
+    /// each miss fetches, see [`Store::current_write_token`]); on failure this process keeps
+    /// what it knows.
     async fn learn_generation(&self, deadline: Duration) {
-        let cmd = redis::cmd("GET").arg(CENTRAL_GENERATION).clone();
-        let Ok(generation) = self.query::<Option<u64>>(cmd, deadline).await else {
-            return;
-        };
-        let generation = generation.unwrap_or(0);
         match self.inner.layout {
-            // One Redis's counter is the authority, even when it went down (restarted empty).
-            Layout::Single => self.inner.generation.store(generation, Ordering::Relaxed),
-            Layout::Cluster => self.adopt(generation),
+            Layout::Single => {
+                let cmd = redis::cmd("MGET")
+                    .arg(EPOCH)
+                    .arg(CENTRAL_GENERATION)
+                    .clone();
+                if let Ok((epoch, generation)) = self
+                    .query::<(Option<u64>, Option<u64>)>(cmd, deadline)
+                    .await
+                {
+                    let (epoch, generation) = (epoch.unwrap_or(0), generation.unwrap_or(0));
+                    // One Redis is the authority, even when it went down (restarted empty).
+                    self.set_token(epoch, generation);
+                }
+            }
+            Layout::Cluster => {
+                let cmd = redis::cmd("GET").arg(CENTRAL_GENERATION).clone();
+                if let Ok(generation) = self.query::<Option<u64>>(cmd, deadline).await {
+                    self.adopt(generation.unwrap_or(0));
+                }
+            }
         }
     }
 
+    /// One Redis: take its epoch and generation as they are.
+    fn set_token(&self, epoch: u64, generation: u64) {
+        self.inner
+            .generation
+            .store(token(epoch, generation), Ordering::Relaxed);
+    }
+
+    /// A cluster: never go back.
     fn adopt(&self, generation: u64) {
         self.inner
             .generation
-            .fetch_max(generation, Ordering::Relaxed);
+            .fetch_max(token(0, generation), Ordering::Relaxed);
+    }
+
+    /// Another process says it invalidated at `generation`. Not trusted (anyone who can
+    /// `PUBLISH` can say anything): this process moves one step past what it knows, which
+    /// refuses every fetch in flight here that a check against this process's own
+    /// knowledge decides (the fallback's memory writes), and asks Redis for the real value.
+    /// A message claiming `u64::MAX` moves the token by one, not to the end.
+    pub(crate) fn heard(&self, generation: u64) {
+        let now = self.inner.generation.load(Ordering::Relaxed);
+        if generation <= token_generation(now) {
+            return;
+        }
+        let next = token(token_epoch(now), token_generation(now) + 1);
+        let _ = self.inner.generation.compare_exchange(
+            now,
+            next.max(now),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        let store = self.clone();
+        tokio::spawn(async move {
+            store.learn_generation(store.inner.deadline).await;
+        });
+    }
+
+    /// Whether a write carrying `token` must be refused by this process's own knowledge
+    /// (the fallback's memory writes): an invalidation was heard of since it was taken, or
+    /// it names another data set.
+    pub(crate) fn refuses_locally(&self, token: u64) -> bool {
+        let now = self.inner.generation.load(Ordering::Relaxed);
+        token_epoch(token) != token_epoch(now) || token_generation(token) < token_generation(now)
     }
 
     /// `PING` within the deadline.
@@ -391,15 +579,35 @@ impl RedisStore {
         let field = field(key.variant);
         let mut cmd = redis::cmd("HGET");
         cmd.arg(&entry_key).arg(&field);
-        let raw: Option<Vec<u8>> = match self.query(cmd, self.inner.deadline).await {
+        let reply = tokio::time::timeout(self.inner.deadline, async {
+            let mut connection = self.inner.connection.connected().await?;
+            cmd.query_async::<Option<Vec<u8>>>(&mut connection).await
+        })
+        .await
+        .map_err(|_| {
+            StoreError::unavailable(
+                "Redis did not answer within the deadline",
+                format!("{:?}", self.inner.deadline),
+            )
+        })?;
+        let raw = match reply {
             Ok(raw) => raw,
-            Err(error) if !error.is_unavailable() => {
+            Err(error) if error.code() == Some("WRONGTYPE") => {
                 // Something that is not our hash sits under our key: remove it.
                 tracing::warn!(key = %entry_key, %error, "unexpected value under a cache key; deleting it");
                 self.delete_later(redis::cmd("UNLINK").arg(&entry_key).clone());
                 return Ok(None);
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                let error = classify(error);
+                if error.is_unavailable() {
+                    // BUSY, LOADING, NOPERM, a lost connection: an outage, not bad data.
+                    return Err(error);
+                }
+                // Some other answer: read as a miss, and touch nothing.
+                tracing::warn!(key = %entry_key, %error, "Redis refused a cache read; reading it as a miss");
+                return Ok(None);
+            }
         };
         let Some(raw) = raw else { return Ok(None) };
         // Taking the reply's buffer, so the entries can share it.
@@ -441,7 +649,7 @@ impl RedisStore {
         let ttl_ms = variants
             .iter()
             .chain(std::iter::once(&entry))
-            .map(|e| e.retention().as_millis().clamp(1, u64::MAX as u128) as u64)
+            .map(|e| e.retention().as_millis().clamp(1, u128::from(MAX_TTL_MS)) as u64)
             .max()
             .unwrap_or(1);
         let layout = self.inner.layout;
@@ -451,65 +659,83 @@ impl RedisStore {
             .map(|t| layout.tag_key(key.namespace, key.logical, t))
             .collect();
         variants.push(entry);
-        let value = encode_value(&variants, token);
+        let value = encode_value(&variants, token_generation(token));
         let entry_key = layout.entry_key(key.namespace, key.logical);
+        let counters = layout.write_counter_keys(key.namespace, key.logical);
         let mut invocation = self.inner.put_script.prepare_invoke();
         invocation
             .key(&entry_key)
-            .key(layout.generation_key(key.logical));
+            .key(layout.expiry_key(key.namespace, key.logical));
+        for counter in &counters {
+            invocation.key(counter);
+        }
+        let epoch = match layout {
+            Layout::Single => {
+                invocation.key(EPOCH);
+                token_epoch(token).to_string()
+            }
+            Layout::Cluster => String::new(),
+        };
         for tag in &tags {
             invocation.key(tag);
         }
-        let check = match layout {
-            Layout::Single => "eq",
-            Layout::Cluster => "le",
-        };
         invocation
             .arg(field(key.variant))
             .arg(value.as_ref())
             .arg(ttl_ms)
-            .arg(token)
-            .arg(check);
-        let (stored, generation) = self
-            .invoke::<(u8, u64)>(invocation, self.inner.deadline)
-            .await?;
+            .arg(token_generation(token))
+            .arg(epoch)
+            .arg(counters.len())
+            .arg(PRUNE_PER_WRITE);
+        let stored = self.invoke::<u8>(invocation, self.inner.deadline).await?;
         if stored == 0 {
-            match layout {
-                // One Redis's counter is the authority: adopt it, even when it went down (a
-                // Redis that restarted empty), so the next writes carry a matching token.
-                Layout::Single => self.inner.generation.store(generation, Ordering::Relaxed),
-                Layout::Cluster => self.adopt(generation),
-            }
             tracing::debug!(key = %entry_key, "not stored: an invalidation happened while it was fetched");
         }
         Ok(())
     }
 
     /// Raise the generation before removing anything, so a write racing the removal is
-    /// dropped. In a cluster, raise the counters of the buckets `logical` names (every
-    /// bucket for `None`) to a generation above any seen.
-    async fn bump_generation(&self, logical: Option<&str>) -> Result<u64, StoreError> {
+    /// dropped: on one Redis the bucket counter of `logical` (the wide counter for `None`),
+    /// in a cluster the counters of the buckets `logical` names (every bucket for `None`),
+    /// each to a generation above any seen. Returns the generation drawn.
+    async fn bump_generation(
+        &self,
+        namespace: &str,
+        logical: Option<&str>,
+    ) -> Result<u64, StoreError> {
         let layout = self.inner.layout;
-        let generation = match layout {
+        match layout {
             Layout::Single => {
-                let cmd = redis::cmd("INCR").arg(CENTRAL_GENERATION).clone();
-                self.query(cmd, self.inner.deadline).await?
+                let counter = match logical {
+                    Some(logical) => layout.generation_key(namespace, logical),
+                    None => WIDE_GENERATION.to_owned(),
+                };
+                let mut invocation = self.inner.bump_single_script.prepare_invoke();
+                invocation
+                    .key(CENTRAL_GENERATION)
+                    .key(EPOCH)
+                    .key(counter)
+                    .arg(new_epoch());
+                let (epoch, generation) = self
+                    .invoke::<(u64, u64)>(invocation, self.inner.deadline)
+                    .await?;
+                self.set_token(epoch, generation);
+                Ok(generation)
             }
             Layout::Cluster => {
-                let floor = self.inner.generation.load(Ordering::Relaxed) + 1;
+                let floor = token_generation(self.inner.generation.load(Ordering::Relaxed)) + 1;
                 let drawn = self.bump(CENTRAL_GENERATION.to_owned(), floor).await?;
                 let buckets = match logical {
-                    Some(logical) => vec![layout.generation_key(logical)],
+                    Some(logical) => vec![layout.generation_key(namespace, logical)],
                     None => layout.bucket_generation_keys(),
                 };
                 let raised = try_join_all(buckets.into_iter().map(|k| self.bump(k, drawn))).await?;
-                raised.into_iter().max().unwrap_or(drawn)
+                let generation = raised.into_iter().max().unwrap_or(drawn);
+                self.adopt(generation);
+                Ok(generation)
             }
-        };
-        self.adopt(generation);
-        Ok(generation)
+        }
     }
-
     async fn bump(&self, key: String, floor: u64) -> Result<u64, StoreError> {
         let mut invocation = self.inner.bump_script.prepare_invoke();
         invocation.key(key).arg(floor);
@@ -530,10 +756,25 @@ impl RedisStore {
         }
     }
 
-    /// `SCAN MATCH` + `UNLINK` in batches on every primary; returns how many keys were
-    /// removed.
-    async fn unlink_matching(&self, pattern: &str) -> Result<u64, StoreError> {
-        self.on_matching(pattern, None).await
+    /// `SCAN MATCH` + `UNLINK` of entry keys of `namespace` (and their expiry sets) in
+    /// batches on every primary; returns how many entries were removed.
+    async fn unlink_matching(&self, namespace: &str, pattern: &str) -> Result<u64, StoreError> {
+        self.on_matching(namespace, pattern, None).await
+    }
+
+    /// `UNLINK` entry keys of `namespace` and their expiry sets; returns how many entries
+    /// were removed.
+    async fn unlink_entries(&self, namespace: &str, keys: &[Vec<u8>]) -> Result<u64, StoreError> {
+        let removed = self.unlink(keys).await?;
+        let layout = self.inner.layout;
+        let expiry: Vec<Vec<u8>> = keys
+            .iter()
+            .filter_map(|k| layout.expiry_of(namespace, k))
+            .collect();
+        if !expiry.is_empty() {
+            self.unlink(&expiry).await?;
+        }
+        Ok(removed)
     }
 
     /// `UNLINK` one batch of keys (a cluster connection splits it by slot).
@@ -554,9 +795,31 @@ impl RedisStore {
         Ok(marked.into_iter().sum())
     }
 
-    /// Walk the keys matching `pattern` on every primary, batch by batch: `UNLINK` them, or
-    /// with `soft`, mark them soft-invalidated. Returns how many were removed or marked.
-    async fn on_matching(&self, pattern: &str, soft: Option<&[u8]>) -> Result<u64, StoreError> {
+    /// Walk the entry keys of `namespace` matching `pattern` on every primary, batch by
+    /// batch: `UNLINK` them (and their expiry sets), or with `soft`, mark them
+    /// soft-invalidated. Returns how many were removed or marked.
+    async fn on_matching(
+        &self,
+        namespace: &str,
+        pattern: &str,
+        soft: Option<&[u8]>,
+    ) -> Result<u64, StoreError> {
+        self.on_matching_keys(pattern, |keys| async move {
+            match soft {
+                None => self.unlink_entries(namespace, &keys).await,
+                Some(mark) => self.mark_soft(&keys, mark).await,
+            }
+        })
+        .await
+    }
+
+    /// Walk the keys matching `pattern` on every primary, handing each batch to `each`;
+    /// returns the sum of what it returned.
+    async fn on_matching_keys<F, Fut>(&self, pattern: &str, each: F) -> Result<u64, StoreError>
+    where
+        F: Fn(Vec<Vec<u8>>) -> Fut,
+        Fut: std::future::Future<Output = Result<u64, StoreError>>,
+    {
         let deadline = self.inner.scan_deadline;
         let mut removed = 0u64;
         for node in self.primaries(deadline).await? {
@@ -572,10 +835,7 @@ impl RedisStore {
                 let (next, keys): (u64, Vec<Vec<u8>>) =
                     self.query_node(&node, cmd, deadline).await?;
                 if !keys.is_empty() {
-                    removed += match soft {
-                        None => self.unlink(&keys).await?,
-                        Some(mark) => self.mark_soft(&keys, mark).await?,
-                    };
+                    removed += each(keys).await?;
                 }
                 if next == 0 {
                     break;
@@ -594,15 +854,21 @@ impl RedisStore {
         let layout = self.inner.layout;
         let removed = match pattern.literal() {
             Some(literal) => {
-                let generation = self.bump_generation(Some(literal)).await?;
-                let key = layout.entry_key(namespace, literal);
-                let cmd = redis::cmd("UNLINK").arg(key).clone();
-                (generation, self.query(cmd, self.inner.deadline).await?)
+                let generation = self.bump_generation(namespace, Some(literal)).await?;
+                let cmd = redis::cmd("UNLINK")
+                    .arg(layout.entry_key(namespace, literal))
+                    .clone();
+                let removed = self.query(cmd, self.inner.deadline).await?;
+                let cmd = redis::cmd("UNLINK")
+                    .arg(layout.expiry_key(namespace, literal))
+                    .clone();
+                let _: u64 = self.query(cmd, self.inner.deadline).await?;
+                (generation, removed)
             }
             None => {
-                let generation = self.bump_generation(None).await?;
+                let generation = self.bump_generation(namespace, None).await?;
                 let scan = layout.entry_scan(namespace, pattern.as_str());
-                (generation, self.unlink_matching(&scan).await?)
+                (generation, self.unlink_matching(namespace, &scan).await?)
             }
         };
         let (generation, removed) = removed;
@@ -623,7 +889,7 @@ impl RedisStore {
         pattern: &Pattern,
     ) -> Result<u64, StoreError> {
         let layout = self.inner.layout;
-        let generation = self.bump_generation(pattern.literal()).await?;
+        let generation = self.bump_generation(namespace, pattern.literal()).await?;
         let mark = soft::mark(generation, crate::clock::now_millis());
         let marked = match pattern.literal() {
             Some(literal) => {
@@ -632,7 +898,7 @@ impl RedisStore {
             }
             None => {
                 let scan = layout.entry_scan(namespace, pattern.as_str());
-                self.on_matching(&scan, Some(&mark)).await?
+                self.on_matching(namespace, &scan, Some(&mark)).await?
             }
         };
         // Other processes drop their local copies (hard: the safe side) and ban fetches.
@@ -646,15 +912,14 @@ impl RedisStore {
     }
 
     async fn invalidate_by_tag(&self, namespace: &str, tag: &str) -> Result<u64, StoreError> {
-        let generation = self.bump_generation(None).await?;
+        let generation = self.bump_generation(namespace, None).await?;
         let deadline = self.inner.scan_deadline;
         let mut removed = 0;
         for tag_key in self.inner.layout.tag_keys(namespace, tag) {
             let cmd = redis::cmd("SMEMBERS").arg(&tag_key).clone();
             let members: Vec<Vec<u8>> = self.query(cmd, deadline).await?;
             for batch in members.chunks(SCAN_COUNT) {
-                let cmd = redis::cmd("UNLINK").arg(batch).clone();
-                removed += self.query::<u64>(cmd, deadline).await?;
+                removed += self.unlink_entries(namespace, batch).await?;
             }
             let cmd = redis::cmd("UNLINK").arg(&tag_key).clone();
             let _: u64 = self.query(cmd, self.inner.deadline).await?;
@@ -665,12 +930,15 @@ impl RedisStore {
     }
 
     async fn invalidate_namespace(&self, namespace: &str) -> Result<u64, StoreError> {
-        let generation = self.bump_generation(None).await?;
+        let generation = self.bump_generation(namespace, None).await?;
         let layout = self.inner.layout;
         let removed = self
-            .unlink_matching(&layout.entry_scan(namespace, "*"))
+            .unlink_matching(namespace, &layout.entry_scan(namespace, "*"))
             .await?;
-        self.unlink_matching(&layout.tag_scan(namespace)).await?;
+        self.on_matching_keys(&layout.tag_scan(namespace), |keys| async move {
+            self.unlink(&keys).await
+        })
+        .await?;
         self.publish(namespace, generation, Invalidation::All).await;
         Ok(removed)
     }
@@ -682,15 +950,17 @@ fn classify(error: RedisError) -> StoreError {
         return StoreError::connection_lost("the Redis connection failed", error);
     }
     let auth = matches!(error.code(), Some("NOAUTH" | "WRONGPASS"));
-    // A cluster that lost a primary answers CLUSTERDOWN until it heals: an outage too.
+    // A cluster that lost a primary answers CLUSTERDOWN until it heals; a Redis running a
+    // long script answers BUSY, one loading its data LOADING, a user lacking a command
+    // NOPERM: outages too (the circuit opens, nothing is deleted).
     let down = matches!(
         error.code(),
-        Some("CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN")
+        Some("CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "BUSY" | "LOADING" | "NOPERM")
     );
     if error.is_timeout() || auth || down || error.kind() == ErrorKind::AuthenticationFailed {
         return StoreError::unavailable("Redis is unusable", error);
     }
-    // Everything else is an answer: WRONGTYPE, OOM, READONLY, a script error.
+    // Everything else is an answer: OOM, READONLY, a script error.
     StoreError::new("Redis refused the command", error)
 }
 
