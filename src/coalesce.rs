@@ -1,7 +1,10 @@
 //! Single-flight: concurrent misses of one key reach the inner service once.
 //!
 //! The first miss becomes the leader and holds a [`Leader`] guard; later misses follow and
-//! wait (bounded) for its outcome. When the leader's entry is stored, followers look it up.
+//! wait (bounded) for its outcome. Once the leader's response is known to be storable, the
+//! leader shares its fill and followers read it as it arrives (see the `fill` module); a
+//! follower that cannot read it (other `Vary` values, a late join) looks up the stored
+//! entry once the leader is done.
 //! When its response cannot be stored, followers all go to the origin at once rather than
 //! queueing one by one. When the leader vanishes (its client disconnected, its future was
 //! dropped), the guard's drop releases followers and one of them leads next.
@@ -13,8 +16,10 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use tokio::sync::watch;
 
+use crate::fill::Fill;
+
 /// What a leader's flight ended with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Outcome {
     Pending,
     /// The entry is in the store: look it up.
@@ -23,12 +28,23 @@ pub(crate) enum Outcome {
     Uncacheable,
     /// The leader gave up: try to lead.
     Abandoned,
+    /// The response is being read into a fill that followers may read too.
+    Sharing(Arc<Fill>),
 }
 
 /// A flight's identity: namespace-free logical key plus variant.
 /// A flight's key: the logical key and the exact bytes that select the variant (its
 /// identity, plus the values of headers its known variants vary on). Exact, not hashed: a
 /// request only ever waits for a fetch of precisely its own inputs.
+impl PartialEq for Outcome {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Outcome::Sharing(a), Outcome::Sharing(b)) => Arc::ptr_eq(a, b),
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        }
+    }
+}
+
 type FlightKey = (Box<str>, Box<[u8]>);
 
 #[derive(Debug, Default)]
@@ -50,6 +66,22 @@ pub(crate) enum Turn {
     LookAgain,
     /// Waited, and the response cannot be stored: fetch without leading.
     FetchAlone,
+    /// The leader's response is being shared: read it.
+    Read(crate::fill::FillBody),
+    /// The leader's response varies on these headers and this request sends other
+    /// values: fly with the requests that send its own.
+    OtherVariant(Vec<http::HeaderName>),
+}
+
+/// What a follower makes of a response shared while it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Share {
+    /// Read it.
+    Read,
+    /// Not as it arrives (a conditional request): wait for the stored entry.
+    WaitForEntry,
+    /// It is another variant.
+    OtherVariant,
 }
 
 /// Either lead the flight for a key or follow the one in the air.
@@ -89,6 +121,16 @@ impl Coalescer {
     }
 
     /// Flights in the air (for tests and stats).
+    /// Take the flights of keys `matches` says yes to out of the map, so requests arriving
+    /// after an invalidation never join (or read) a fetch from before it. Their leaders
+    /// carry on; only those who joined already hear from them.
+    pub(crate) fn forget(&self, matches: impl Fn(&str) -> bool) {
+        if self.flights.is_empty() {
+            return;
+        }
+        self.flights.retain(|(logical, _), _| !matches(logical));
+    }
+
     #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
         self.flights.len()
@@ -98,9 +140,28 @@ impl Coalescer {
 /// Wait for a leader's outcome, at most `limit`. A leader that outlives the wait counts as
 /// uncacheable for this follower, who then goes to the origin itself.
 pub(crate) async fn follow(mut outcome: watch::Receiver<Outcome>, limit: Duration) -> Outcome {
-    let wait = outcome.wait_for(|o| *o != Outcome::Pending);
+    follow_until(&mut outcome, limit, |o| *o != Outcome::Pending).await
+}
+
+/// Wait (at most `limit`) for an outcome past sharing: the stored entry, or none.
+pub(crate) async fn follow_past_sharing(
+    mut outcome: watch::Receiver<Outcome>,
+    limit: Duration,
+) -> Outcome {
+    follow_until(&mut outcome, limit, |o| {
+        !matches!(o, Outcome::Pending | Outcome::Sharing(_))
+    })
+    .await
+}
+
+async fn follow_until(
+    outcome: &mut watch::Receiver<Outcome>,
+    limit: Duration,
+    done: impl FnMut(&Outcome) -> bool,
+) -> Outcome {
+    let wait = outcome.wait_for(done);
     match tokio::time::timeout(limit, wait).await {
-        Ok(Ok(result)) => *result,
+        Ok(Ok(result)) => result.clone(),
         // The sender was dropped: the leader is gone.
         Ok(Err(_)) => Outcome::Abandoned,
         Err(_) => Outcome::Uncacheable,
@@ -111,6 +172,13 @@ impl Leader {
     /// End the flight: remove it first so newcomers start afresh, then tell followers.
     pub(crate) fn finish(mut self, outcome: Outcome) {
         self.end(outcome);
+    }
+
+    /// Let followers read `fill` while this leader's response arrives.
+    pub(crate) fn share(&self, fill: std::sync::Arc<Fill>) {
+        if let Some(sender) = &self.sender {
+            let _ = sender.send(Outcome::Sharing(fill));
+        }
     }
 
     fn end(&mut self, outcome: Outcome) {

@@ -12,7 +12,7 @@ use http::{HeaderValue, Response};
 use pin_project_lite::pin_project;
 
 use crate::body::ResponseBody;
-use crate::headers::{BYPASS, CACHE_STATUS, X_CACHE};
+use crate::headers::{BYPASS, CACHE_STATUS, CACHE_TAG, X_CACHE};
 
 pub(crate) type BoxResponseFuture<B, E> =
     Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
@@ -73,6 +73,8 @@ where
             } => {
                 let response = ready!(future.poll(cx))?;
                 let (mut parts, body) = response.into_parts();
+                // Tags are the application's internal names: never shown, stored or not.
+                parts.headers.remove(CACHE_TAG);
                 parts.headers.insert(X_CACHE, BYPASS);
                 if let Some(status) = cache_status.take() {
                     parts.headers.insert(CACHE_STATUS, status);

@@ -40,8 +40,9 @@ use serde::Serialize;
 
 use crate::ban::{Ban, BanLog};
 use crate::clock;
-use crate::coalesce::{follow, Coalescer, Outcome, Role, Turn};
+use crate::coalesce::{follow, follow_past_sharing, Coalescer, Outcome, Role, Share, Turn};
 use crate::entry::Entry;
+use crate::fill::{Budget, Fill};
 use crate::key::{vary_matches, Variant};
 use crate::pattern::Pattern;
 use crate::stats::{bump, CacheStats, Counters};
@@ -63,6 +64,7 @@ pub(crate) struct Shared {
     hit_for_miss_ttl: Duration,
     bans: BanLog,
     flights: Arc<Coalescer>,
+    fill_budget: Arc<Budget>,
     /// Keys whose last response could not be stored (hash of key → until when): their
     /// misses go straight to the origin instead of queueing behind each other. Hashed
     /// with a per-process random seed: nobody outside can aim a collision at a key.
@@ -81,6 +83,7 @@ pub struct CacheHandleBuilder {
     stale_while_revalidate: Duration,
     stale_if_error: Duration,
     hit_for_miss_ttl: Duration,
+    fill_budget: usize,
 }
 
 /// An invalidation did not reach the store. The local part of it still applied: no
@@ -164,6 +167,13 @@ impl CacheHandleBuilder {
         self
     }
 
+    /// Bytes all misses being recorded may hold together (default 64 MiB), on top of the
+    /// store's own budget. Past it a miss streams on to its clients unrecorded.
+    pub fn fill_budget(mut self, bytes: usize) -> Self {
+        self.fill_budget = bytes;
+        self
+    }
+
     /// Build the handle.
     ///
     /// # Panics
@@ -184,6 +194,7 @@ impl CacheHandleBuilder {
                 hit_for_miss_ttl: self.hit_for_miss_ttl,
                 bans: BanLog::default(),
                 flights: Arc::new(Coalescer::default()),
+                fill_budget: Arc::new(Budget::new(self.fill_budget)),
                 hit_for_miss: dashmap::DashMap::new(),
                 hit_for_miss_seed: ahash::RandomState::new(),
                 counters: Counters::default(),
@@ -193,6 +204,18 @@ impl CacheHandleBuilder {
         let weak = Arc::downgrade(&handle.shared);
         handle.shared.store.set_listener(Arc::new(move |event| {
             let Some(shared) = weak.upgrade() else { return };
+            // Requests arriving from now on must not read a fetch from before it.
+            match event {
+                StoreEvent::Remote {
+                    namespace,
+                    invalidation: Invalidation::Pattern(p),
+                } if **namespace == *shared.namespace => {
+                    let pattern = Pattern::new(p);
+                    shared.flights.forget(|key| pattern.matches_str(key));
+                }
+                StoreEvent::Remote { namespace, .. } if **namespace != *shared.namespace => {}
+                _ => shared.flights.forget(|_| true),
+            }
             match event {
                 // The store refuses such writes itself, more precisely (see
                 // `Store::checks_remote_invalidations`).
@@ -221,6 +244,7 @@ impl CacheHandle {
             namespace: "cache".to_owned(),
             ttl: Duration::from_secs(3600),
             coalesce_timeout: Duration::from_secs(10),
+            fill_budget: 64 << 20,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             hit_for_miss_ttl: Duration::from_secs(10),
@@ -253,14 +277,19 @@ impl CacheHandle {
     ///
     /// When this returns, no request that began before the call will store a response for
     /// a matching key, and no matching entry stored before the call is served.
+    ///
+    /// A literal key longer than 512 bytes reaches the key it was stored under (which keeps
+    /// its first 256 bytes and a hash of the whole); a glob matches stored keys as they are,
+    /// so past the kept prefix it sees `~` and 32 hex digits.
     pub async fn invalidate(&self, pattern: &str) -> Result<u64, CacheError> {
-        let pattern = Pattern::new(pattern);
+        let pattern = bounded_pattern(Pattern::new(pattern));
         self.invalidate_matching(&pattern).await
     }
 
     pub(crate) async fn invalidate_matching(&self, pattern: &Pattern) -> Result<u64, CacheError> {
         bump!(self.shared.counters, invalidations);
         self.shared.bans.record(Ban::Pattern(pattern));
+        self.shared.flights.forget(|key| pattern.matches_str(key));
         let result = self
             .shared
             .store
@@ -278,9 +307,10 @@ impl CacheHandle {
     /// entry hashes, so every instance sharing it sees the mark; while Redis is unreachable a
     /// soft invalidation is a hard one (queued and replayed as one: the safe side).
     pub async fn invalidate_soft(&self, pattern: &str) -> Result<u64, CacheError> {
-        let pattern = Pattern::new(pattern);
+        let pattern = bounded_pattern(Pattern::new(pattern));
         bump!(self.shared.counters, invalidations);
         self.shared.bans.record(Ban::Pattern(&pattern));
+        self.shared.flights.forget(|key| pattern.matches_str(key));
         let result = self
             .shared
             .store
@@ -293,6 +323,8 @@ impl CacheHandle {
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, CacheError> {
         bump!(self.shared.counters, invalidations);
         self.shared.bans.record(Ban::Tag(tag));
+        // A flight's tags are known only with its response: forget every flight.
+        self.shared.flights.forget(|_| true);
         let result = self
             .shared
             .store
@@ -305,6 +337,7 @@ impl CacheHandle {
     pub async fn invalidate_all(&self) -> Result<u64, CacheError> {
         bump!(self.shared.counters, invalidations);
         self.shared.bans.record(Ban::All);
+        self.shared.flights.forget(|_| true);
         let result = self
             .shared
             .store
@@ -402,8 +435,11 @@ impl CacheHandle {
                 tracing::warn!(key = %logical, "cached value does not decode as the requested type; recomputing");
             }
             bump!(self.shared.counters, misses);
-            match self.take_turn(&logical, &variant.identity).await {
-                Turn::LookAgain => continue,
+            match self
+                .take_turn(&logical, &variant.identity, |_| Share::WaitForEntry)
+                .await
+            {
+                Turn::LookAgain | Turn::Read(_) | Turn::OtherVariant(_) => continue,
                 Turn::FetchAlone => return init.await,
                 Turn::Lead(leader) => {
                     let ticket = self.ticket().await;
@@ -462,18 +498,59 @@ impl CacheHandle {
 
     /// A miss joins the flight for its key: it leads, or it waits (up to the coalesce
     /// timeout, counted as coalesced) for the leader's outcome.
-    pub(crate) async fn take_turn(&self, logical: &str, flight: &[u8]) -> Turn {
+    ///
+    /// When the leader shares its response as it arrives, `share` says what this follower
+    /// makes of it: read it at once, wait for the stored entry, or fly apart (its `Vary`
+    /// values differ).
+    pub(crate) async fn take_turn(
+        &self,
+        logical: &str,
+        flight: &[u8],
+        share: impl FnOnce(&Arc<Fill>) -> Share,
+    ) -> Turn {
         match self.shared.flights.join(logical, flight) {
             Role::Leader(leader) => Turn::Lead(leader),
             Role::Follower(outcome) => {
                 bump!(self.shared.counters, coalesced);
-                match follow(outcome, self.shared.coalesce_timeout).await {
+                let limit = self.shared.coalesce_timeout;
+                let started = tokio::time::Instant::now();
+                let heard = match follow(outcome.clone(), limit).await {
+                    Outcome::Sharing(fill) => {
+                        match share(&fill) {
+                            Share::Read => {
+                                if let Some(reader) = fill.reader() {
+                                    return Turn::Read(reader);
+                                }
+                            }
+                            Share::OtherVariant => {
+                                return Turn::OtherVariant(fill.head.vary.names.clone())
+                            }
+                            Share::WaitForEntry => {}
+                        }
+                        follow_past_sharing(outcome, limit.saturating_sub(started.elapsed())).await
+                    }
+                    other => other,
+                };
+                match heard {
                     // The entry should be there now, or the leader left: look again.
-                    Outcome::Stored | Outcome::Abandoned | Outcome::Pending => Turn::LookAgain,
+                    Outcome::Stored
+                    | Outcome::Abandoned
+                    | Outcome::Pending
+                    | Outcome::Sharing(_) => Turn::LookAgain,
                     Outcome::Uncacheable => Turn::FetchAlone,
                 }
             }
         }
+    }
+
+    /// The bytes all fills of this handle may hold while recording.
+    pub(crate) fn fill_budget(&self) -> Arc<Budget> {
+        self.shared.fill_budget.clone()
+    }
+
+    /// How long a follower waits for its flight's leader.
+    pub(crate) fn coalesce_timeout(&self) -> Duration {
+        self.shared.coalesce_timeout
     }
 
     /// The handle's stale windows, for responses that name none.
@@ -609,6 +686,17 @@ impl CacheHandle {
                 false
             }
         }
+    }
+}
+
+/// A literal pattern as long keys are stored (bounded), so it reaches its key.
+fn bounded_pattern(pattern: Pattern) -> Pattern {
+    match pattern.literal() {
+        Some(literal) if literal.len() > crate::key::MAX_LOGICAL_KEY_LEN => {
+            let stored = crate::key::bound(literal.into());
+            Pattern::new(&crate::pattern::escape(&stored))
+        }
+        _ => pattern,
     }
 }
 

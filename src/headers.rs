@@ -136,6 +136,14 @@ fn push_decimal(out: &mut bytes::BytesMut, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// A follower that read another request's fetch as it arrived (RFC 9211 `collapsed`):
+/// `tower-response-cache; fwd=uri-miss; collapsed`.
+pub(crate) fn collapsed_status(forward: Forward, fallback: bool) -> HeaderValue {
+    let mut value = format!("{CACHE_NAME}; fwd={}; collapsed", forward.as_str());
+    push_detail(&mut value, [None, fallback.then_some("fallback")]);
+    HeaderValue::try_from(value).expect("ASCII header value")
+}
+
 fn push_detail(value: &mut String, parts: [Option<&str>; 2]) {
     let mut first = true;
     for part in parts.into_iter().flatten() {
@@ -157,20 +165,29 @@ pub(crate) fn strip_unstorable(headers: &mut HeaderMap) {
 }
 
 /// Take the `Cache-Tag` header(s) off a response: comma-separated tags.
-pub(crate) fn take_tags(headers: &mut HeaderMap) -> Vec<String> {
+///
+/// `Err` when a value is not ASCII: the entry would be stored without a tag that
+/// `invalidate_tag` must reach, so it must not be stored at all.
+pub(crate) fn take_tags(headers: &mut HeaderMap) -> Result<Vec<String>, ()> {
     let mut tags = Vec::new();
+    let mut readable = true;
     if let http::header::Entry::Occupied(entry) = headers.entry(CACHE_TAG) {
         for value in entry.remove_entry_mult().1 {
-            if let Ok(value) = value.to_str() {
-                tags.extend(
+            match value.to_str() {
+                Ok(value) => tags.extend(
                     value
                         .split(',')
                         .map(str::trim)
                         .filter(|t| !t.is_empty())
                         .map(str::to_owned),
-                );
+                ),
+                Err(_) => readable = false,
             }
         }
     }
-    tags
+    if readable {
+        Ok(tags)
+    } else {
+        Err(())
+    }
 }

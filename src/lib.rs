@@ -48,6 +48,7 @@ mod clock;
 mod coalesce;
 mod config;
 mod entry;
+mod fill;
 mod future;
 #[cfg(feature = "grpc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
@@ -68,7 +69,7 @@ pub mod store;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub use body::ResponseBody;
+pub use body::{BoxError, ResponseBody};
 pub use config::{CacheConfig, ConfigError};
 pub use entry::{DecodeError, Entry};
 pub use future::ResponseFuture;

@@ -1,24 +1,31 @@
-//! What happens to an origin response on a miss: stored as it streams, or passed through.
+//! What happens to an origin response on a miss: shared and stored as it streams, or
+//! passed through.
 //!
-//! A storable response is wrapped in a recording body that tees it into an entry; the
-//! entry is written at end of stream (see [`ResponseBody`]). An unstorable one releases the
+//! A storable response becomes a fill (see the `fill` module): a task reads the origin's
+//! body at its own pace, the leader's client and the flight's followers read the fill, and
+//! at its end the recorded body is committed as an entry. An unstorable one releases the
 //! flight's followers at once and marks the key hit-for-miss, so later misses do not queue.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use bytes::Bytes;
-use http::{HeaderMap, Response};
+use http::header::{CONTENT_LENGTH, ETAG};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::Body;
 
-use crate::body::{Recorder, ResponseBody};
+use crate::body::{BoxError, ResponseBody};
 use crate::coalesce::{Leader, Outcome};
-use crate::entry::Vary;
-use crate::handle::Ticket;
+use crate::entry::{Entry, Vary};
+use crate::fill::{self, Commit, Fill, Head};
+use crate::handle::{CacheHandle, Ticket};
 use crate::headers::{self, Forward, CACHE_STATUS, MISS, X_CACHE};
 use crate::key::{self, Variant, VarySpec};
 use crate::layer::Config;
 use crate::policy::NotStorable;
 use crate::store::Backend;
 
-/// A miss on its way to the origin: what its response will be stored under.
+/// A miss on its way to the origin: what its answer will be stored under.
 pub(crate) struct Miss {
     pub(crate) logical: String,
     pub(crate) variant: Variant,
@@ -28,35 +35,55 @@ pub(crate) struct Miss {
     pub(crate) is_head: bool,
 }
 
-/// Turn the origin's response into the client's: recorded if storable, else passed through.
-pub(crate) fn response<B: Body<Data = Bytes>>(
+/// Wrap the origin's response: a fill when it may be stored, else a pass-through.
+pub(crate) fn response<B>(
     config: &Config,
     miss: Miss,
     response: Response<B>,
     request_headers: &HeaderMap,
-) -> Response<ResponseBody<B>> {
+) -> Response<ResponseBody<B>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     let handle = &config.handle;
     let fallback = handle.backend() == Backend::FallingBack;
     let (mut parts, body) = response.into_parts();
     let tags = headers::take_tags(&mut parts.headers);
-    parts.headers.insert(X_CACHE, MISS);
     let decision = if miss.is_head {
         Err(None)
     } else {
         storable(config, &parts, &body, request_headers).map_err(Some)
     };
-    match decision {
-        Ok((ttl, vary)) => {
+    let (decision, tags) = match tags {
+        Ok(tags) => (decision, tags),
+        Err(()) => (decision.and(Err(Some(NotStorable::Tag))), Vec::new()),
+    };
+    let runtime = tokio::runtime::Handle::try_current();
+    match (decision, runtime) {
+        (Ok((ttl, vary)), Ok(runtime)) => {
             handle.set_hit_for_miss(&miss.logical, &miss.variant.identity, false);
             let mut stored_headers = parts.headers.clone();
             headers::strip_unstorable(&mut stored_headers);
             let windows = config.policy.stale_windows(&parts.headers);
             let (while_revalidate, if_error) = handle.default_stale();
-            parts.headers.insert(
-                CACHE_STATUS,
-                headers::forward_status(miss.forward, true, None, fallback),
+            let head = Head {
+                status: parts.status,
+                headers: parts.headers.clone(),
+                vary: vary.clone(),
+                size_hint: body.size_hint(),
+            };
+            let fill = Fill::new(
+                head,
+                handle.fill_budget(),
+                config.policy.max_body(),
+                handle.coalesce_timeout(),
             );
-            let recorder = Recorder {
+            let reader = fill.reader().expect("a new fill has dropped nothing");
+            if let Some(leader) = &miss.leader {
+                leader.share(fill.clone());
+            }
+            let commit = Committer {
                 handle: handle.clone(),
                 logical: miss.logical,
                 variant: miss.variant,
@@ -71,21 +98,25 @@ pub(crate) fn response<B: Body<Data = Bytes>>(
                 etag: config.policy.etags(),
                 tags,
                 vary,
-                limit: config.policy.max_body(),
                 leader: miss.leader,
-                buffer: bytes::BytesMut::with_capacity(
-                    body.size_hint().exact().unwrap_or(0).min(1 << 20) as usize,
-                ),
             };
-            Response::from_parts(parts, ResponseBody::recording(body, recorder))
+            runtime.spawn(fill::run(fill, body, commit));
+            parts.headers.insert(X_CACHE, MISS);
+            parts.headers.insert(
+                CACHE_STATUS,
+                headers::forward_status(miss.forward, true, None, fallback),
+            );
+            Response::from_parts(parts, ResponseBody::fill(reader))
         }
-        Err(reason) => {
+        (decision, _) => {
+            let reason = decision.err().flatten();
             if reason.is_some() {
                 handle.set_hit_for_miss(&miss.logical, &miss.variant.identity, true);
             }
             if let Some(leader) = miss.leader {
                 leader.finish(Outcome::Uncacheable);
             }
+            parts.headers.insert(X_CACHE, MISS);
             parts.headers.insert(
                 CACHE_STATUS,
                 headers::forward_status(
@@ -100,7 +131,69 @@ pub(crate) fn response<B: Body<Data = Bytes>>(
     }
 }
 
-/// May this response be stored? Returns the TTL and the `Vary` values it was made for.
+/// What a fill's recorded body is stored as, and who hears about it.
+struct Committer {
+    handle: CacheHandle,
+    logical: String,
+    variant: Variant,
+    ticket: Ticket,
+    status: StatusCode,
+    headers: HeaderMap,
+    ttl: Duration,
+    stale: (Duration, Duration),
+    etag: bool,
+    tags: Vec<String>,
+    vary: Vary,
+    leader: Option<Leader>,
+}
+
+impl Commit for Committer {
+    async fn store(mut self, body: Bytes) {
+        let mut headers = std::mem::take(&mut self.headers);
+        if self.status != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
+            headers.insert(CONTENT_LENGTH, body.len().into());
+        }
+        if self.etag && !headers.contains_key(ETAG) {
+            let tag = format!("\"{:032x}\"", xxhash_rust::xxh3::xxh3_128(&body));
+            headers.insert(
+                ETAG,
+                HeaderValue::try_from(tag).expect("hex is a valid header value"),
+            );
+        }
+        let entry = Entry::new(self.status, headers, body, self.ttl)
+            .with_stale(self.stale.0, self.stale.1)
+            .with_tags(std::mem::take(&mut self.tags))
+            .with_vary(std::mem::take(&mut self.vary))
+            .with_identity(self.variant.identity.clone());
+        let stored = self
+            .handle
+            .commit(&self.logical, self.variant.hash, self.ticket, entry)
+            .await;
+        if let Some(leader) = self.leader.take() {
+            leader.finish(if stored {
+                Outcome::Stored
+            } else {
+                Outcome::Uncacheable
+            });
+        }
+    }
+
+    fn abandon(mut self) {
+        self.release_followers();
+    }
+
+    fn release_followers(&mut self) {
+        if let Some(leader) = self.leader.take() {
+            leader.finish(Outcome::Uncacheable);
+        }
+    }
+}
+
+/// Whether a follower may read `fill`: it sends the values the response varies on.
+pub(crate) fn may_share(fill: &Arc<Fill>, request_headers: &HeaderMap) -> bool {
+    key::vary_matches(&fill.head.vary, request_headers)
+}
+
 fn storable<B: Body>(
     config: &Config,
     parts: &http::response::Parts,

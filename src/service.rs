@@ -27,9 +27,10 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::answer::{answer, answer_to, Served};
-use crate::body::ResponseBody;
+use crate::body::{BoxError, ResponseBody};
 use crate::clock;
-use crate::coalesce::{Outcome, Role, Turn};
+use crate::coalesce::{Outcome, Role, Share, Turn};
+use crate::fill::{Fill, FillBody};
 use crate::future::ResponseFuture;
 use crate::handle::{CacheHandle, Found};
 use crate::headers::{self, Forward, CACHE_STATUS, X_CACHE};
@@ -71,6 +72,7 @@ where
     S::Error: Send + 'static,
     ReqB: Body + Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = S::Error;
@@ -202,6 +204,7 @@ where
         }
     }
     let (mut parts, body) = response.into_parts();
+    parts.headers.remove(headers::CACHE_TAG);
     parts.headers.insert(X_CACHE, headers::BYPASS);
     parts.headers.insert(
         CACHE_STATUS,
@@ -261,6 +264,7 @@ where
     S::Future: Send,
     ReqB: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
 {
     let handle = &config.handle;
     let counters = &handle.shared().counters;
@@ -321,7 +325,21 @@ where
             break (forward, None);
         }
         let flight = flight_key(&variant, &vary_names, &parts.headers);
-        match handle.take_turn(&logical, &flight).await {
+        let share = |fill: &Arc<Fill>| {
+            if !record::may_share(fill, &parts.headers) {
+                Share::OtherVariant
+            } else if has_conditionals(&parts.headers) {
+                Share::WaitForEntry
+            } else {
+                Share::Read
+            }
+        };
+        match handle.take_turn(&logical, &flight, share).await {
+            Turn::OtherVariant(names) => vary_names = names,
+            Turn::Read(reader) => {
+                bump!(counters, misses);
+                return Ok(shared_answer(reader, forward, falling_back(handle)));
+            }
             Turn::Lead(leader) => break (forward, Some(leader)),
             Turn::LookAgain => coalesced = true,
             Turn::FetchAlone => break (forward, None),
@@ -391,6 +409,36 @@ fn is_origin_failure(status: http::StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
 
+/// A follower's answer: the leader's response, read as it arrives.
+fn shared_answer<B>(
+    reader: FillBody,
+    forward: Forward,
+    fallback: bool,
+) -> Response<ResponseBody<B>> {
+    let head = reader.head();
+    let mut response = Response::new(());
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers.clone();
+    let headers = response.headers_mut();
+    headers.insert(CACHE_STATUS, headers::collapsed_status(forward, fallback));
+    headers.insert(X_CACHE, headers::MISS);
+    response.map(|()| ResponseBody::fill(reader))
+}
+
+/// A conditional request is answered from the stored entry (its validators, a generated
+/// `ETag` among them, exist only once it is stored), not from a fill in flight.
+fn has_conditionals(headers: &http::HeaderMap) -> bool {
+    [
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_MATCH,
+        IF_UNMODIFIED_SINCE,
+        IF_RANGE,
+    ]
+    .iter()
+    .any(|name| headers.contains_key(name))
+}
+
 fn strip_conditionals(headers: &mut http::HeaderMap) {
     for name in [
         IF_NONE_MATCH,
@@ -418,6 +466,7 @@ fn spawn_refresh<S, ReqB, ResB>(
     S::Future: Send,
     ReqB: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
 {
     tokio::spawn(async move {
         let ticket = config.handle.ticket().await;
@@ -436,9 +485,8 @@ fn spawn_refresh<S, ReqB, ResB>(
             forward: Forward::Stale,
             is_head: false,
         };
-        let response = record::response(&config, miss, response, &request_headers);
-        // Reading the body to its end is what stores it.
-        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+        // The fill reads the body to its end and stores it, with or without a reader.
+        drop(record::response(&config, miss, response, &request_headers));
     });
 }
 

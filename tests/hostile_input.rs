@@ -551,3 +551,184 @@ mod over_http {
         );
     }
 }
+
+/// A fill is read at the origin's pace: a first client that never reads its body makes no
+/// follower wait for it.
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_up_no_follower() {
+    use std::time::Duration;
+    type Stream = http_body_util::StreamBody<
+        futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
+    >;
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let origin = service_fn(|_request: Req| async {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+        // Eight frames over 80 ms: a multi-frame body, as most dynamic pages are.
+        let frames = futures_util::stream::unfold(0u8, |i| async move {
+            if i == 8 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Some((
+                Ok(http_body::Frame::data(Bytes::from(vec![b'a' + i; 1000]))),
+                i + 1,
+            ))
+        });
+        let body: Stream = http_body_util::StreamBody::new(Box::pin(frames));
+        Ok::<_, Infallible>(Response::new(body))
+    });
+    let handle = CacheHandle::builder(MemoryStore::new())
+        .coalesce_timeout(Duration::from_secs(30))
+        .build();
+    let service = CacheLayer::new(handle.clone()).layer(origin);
+    // The first client gets its response head and never reads the body.
+    let stalled = service
+        .clone()
+        .oneshot(Request::get("/p").body(Full::default()).unwrap());
+    let stalled = stalled.await.unwrap();
+    let started = std::time::Instant::now();
+    let followers = (0..5).map(|_| {
+        let service = service.clone();
+        async move {
+            let response = service
+                .oneshot(Request::get("/p").body(Full::default()).unwrap())
+                .await
+                .unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        }
+    });
+    let bodies = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::future::join_all(followers),
+    )
+    .await
+    .expect("a follower waited on the stalled client");
+    for body in bodies {
+        assert_eq!(body.len(), 8000);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(CALLS.load(Ordering::SeqCst), 1, "one origin call for all");
+    // The fill was stored at the origin's pace, the stalled client notwithstanding.
+    let again = service
+        .clone()
+        .oneshot(Request::get("/p").body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["x-cache"], "HIT");
+    // And the stalled client still gets its whole body when it reads at last.
+    let late = stalled.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(late.len(), 8000);
+}
+
+/// A request of another `Vary` variant does not wait for a slow fill of the first.
+#[tokio::test]
+async fn a_junk_variant_never_makes_a_real_one_wait() {
+    use std::time::Duration;
+    type Stream = http_body_util::StreamBody<
+        futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
+    >;
+    let origin = service_fn(|request: Req| async move {
+        let language = request.headers()["accept-language"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        // The junk variant's body trickles for seconds; the real one's is quick.
+        let pause = if language == "junk" { 500 } else { 1 };
+        let frames = futures_util::stream::unfold(0u8, move |i| {
+            let language = language.clone();
+            async move {
+                if i == 4 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                Some((Ok(http_body::Frame::data(Bytes::from(language))), i + 1))
+            }
+        });
+        let body: Stream = http_body_util::StreamBody::new(Box::pin(frames));
+        let mut response = Response::new(body);
+        response
+            .headers_mut()
+            .insert("vary", "accept-language".parse().unwrap());
+        Ok::<_, Infallible>(response)
+    });
+    let handle = CacheHandle::builder(MemoryStore::new())
+        .coalesce_timeout(Duration::from_secs(30))
+        .build();
+    let service = CacheLayer::new(handle).layer(origin);
+    let get = |language: &'static str| {
+        let service = service.clone();
+        async move {
+            let request = Request::get("/p")
+                .header("accept-language", language)
+                .body(Full::default())
+                .unwrap();
+            let response = service.oneshot(request).await.unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        }
+    };
+    let junk = get("junk");
+    let real = async {
+        // Join the junk fill's flight once its head is out.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let body = get("en").await;
+        (body, started.elapsed())
+    };
+    let (junk, (real, waited)) = tokio::join!(junk, real);
+    assert_eq!(junk, "junkjunkjunkjunk");
+    assert_eq!(real, "enenenen");
+    assert!(
+        waited < Duration::from_millis(1000),
+        "waited {waited:?} for the junk fill"
+    );
+}
+
+/// A request that starts after `invalidate` returned never reads a fetch from before it,
+/// not even one still streaming.
+#[tokio::test]
+async fn a_fill_from_before_an_invalidation_is_never_shared_after_it() {
+    use std::time::Duration;
+    type Stream = http_body_util::StreamBody<
+        futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
+    >;
+    static VERSION: AtomicUsize = AtomicUsize::new(0);
+    let origin = service_fn(|_request: Req| async {
+        let version = VERSION.fetch_add(1, Ordering::SeqCst) + 1;
+        let frames = futures_util::stream::unfold(0u8, move |i| async move {
+            if i == 3 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((
+                Ok(http_body::Frame::data(Bytes::from(format!("v{version};")))),
+                i + 1,
+            ))
+        });
+        let body: Stream = http_body_util::StreamBody::new(Box::pin(frames));
+        Ok::<_, Infallible>(Response::new(body))
+    });
+    let handle = CacheHandle::builder(MemoryStore::new()).build();
+    let service = CacheLayer::new(handle.clone()).layer(origin);
+    let get = || {
+        let service = service.clone();
+        async move {
+            let response = service
+                .oneshot(Request::get("/p").body(Full::default()).unwrap())
+                .await
+                .unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        }
+    };
+    let before = get();
+    let after = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        handle.invalidate("/p").await.unwrap();
+        get().await
+    };
+    let (before, after) = tokio::join!(before, after);
+    assert_eq!(before, "v1;v1;v1;");
+    assert_eq!(after, "v2;v2;v2;");
+    // Nor is the old fill stored: the next read is the new version.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get().await, "v2;v2;v2;");
+}

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AGE, CACHE_CONTROL, SET_COOKIE};
+use http::header::{AGE, SET_COOKIE};
 use http::{HeaderMap, Request, Response, StatusCode};
 use tonic::body::Body;
 use tower_service::Service;
@@ -136,9 +136,10 @@ where
         if handle.is_hit_for_miss(&logical, &variant.identity) {
             break (forward, None);
         }
-        match handle.take_turn(&logical, &variant.identity).await {
+        let wait = |_: &_| crate::coalesce::Share::WaitForEntry;
+        match handle.take_turn(&logical, &variant.identity, wait).await {
             Turn::Lead(leader) => break (forward, Some(leader)),
-            Turn::LookAgain => coalesced = true,
+            Turn::LookAgain | Turn::Read(_) | Turn::OtherVariant(_) => coalesced = true,
             Turn::FetchAlone => break (forward, None),
         }
     };
@@ -267,21 +268,14 @@ fn storable<B: http_body::Body>(
 }
 
 /// `cache-control: no-store | private | no-cache` metadata keeps an answer out, as it does
-/// for HTTP responses.
+/// for HTTP responses; so does metadata the cache cannot parse, or `max-age=0`.
 fn says_private(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|d| {
-            d.trim()
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase()
-        })
-        .any(|d| matches!(d.as_str(), "no-store" | "private" | "no-cache"))
+    let cc = crate::cache_control::CacheControl::parse(headers);
+    cc.is_unparseable()
+        || cc.no_store()
+        || cc.private()
+        || cc.no_cache()
+        || cc.max_age().get() == Ok(Some(0))
 }
 
 fn falling_back(handle: &CacheHandle) -> bool {

@@ -5,8 +5,8 @@
 //! `/api/%41BC` is another key, because routers match the raw path), or whatever a key
 //! function returns (`dashboard:ABC`).
 //!
-//! The variant's *identity* is the bytes of the host, the normalised query and the values
-//! of the keyed request headers. Each entry stores its identity, and a hit compares it
+//! The variant's *identity* is the bytes of the scheme, the raw path, the host, the
+//! normalised query and the values of the keyed request headers. Each entry stores its identity, and a hit compares it
 //! byte for byte: the variant's 64-bit hash only indexes the store. `Vary` is handled one
 //! level down the same way: each entry keeps the values of the request headers it varies
 //! on ([`vary_values`]), compared on every hit.
@@ -77,10 +77,14 @@ thread_local! {
     static VARY_VALUES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Write the identity of a request: host, query, keyed header values. Each part is
-/// length-prefixed, so no two different inputs write the same bytes.
+/// Write the identity of a request: scheme, path, host, query, keyed header values. Each
+/// part is length-prefixed, so no two different inputs write the same bytes.
 pub(crate) fn write_identity(parts: &Parts, keyed: &[HeaderName], out: &mut Vec<u8>) {
     out.clear();
+    // The scheme and the raw path: an origin may build links from them, and a key
+    // function (or the bound on long keys) may map several paths to one logical key.
+    put(out, parts.uri.scheme_str().unwrap_or_default().as_bytes());
+    put(out, parts.uri.path().as_bytes());
     // The `Host` an origin reads, bytes as sent (an origin may echo the spelling); the
     // policy already bypasses a request whose `Host` disagrees with its URI's authority.
     // Where the host came from is part of it: an origin can read either.
@@ -148,14 +152,25 @@ fn write_header_values(names: &[HeaderName], headers: &HeaderMap, out: &mut Vec<
 /// `Accept-Encoding` as one canonical string: every coding lower-cased, white space
 /// removed, sorted. `None` when a value is not ASCII (then the values are kept as sent).
 fn accept_encoding_set(headers: &HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(ACCEPT_ENCODING).iter().peekable();
+    // No field (any coding) and an empty one (identity only) differ: keep them apart.
+    values.peek()?;
     let mut codings = Vec::new();
-    for value in headers.get_all(ACCEPT_ENCODING) {
+    for value in values {
         for coding in value.to_str().ok()?.split(',') {
-            let coding: String = coding
-                .chars()
-                .filter(|c| !c.is_ascii_whitespace())
-                .map(|c| c.to_ascii_lowercase())
+            // White space only around `;` and `=` is insignificant.
+            let coding: Vec<String> = coding
+                .split(';')
+                .map(|part| match part.split_once('=') {
+                    Some((name, value)) => format!(
+                        "{}={}",
+                        name.trim().to_ascii_lowercase(),
+                        value.trim().to_ascii_lowercase()
+                    ),
+                    None => part.trim().to_ascii_lowercase(),
+                })
                 .collect();
+            let coding = coding.join(";");
             if !coding.is_empty() {
                 codings.push(coding);
             }
@@ -380,6 +395,9 @@ mod tests {
         assert_eq!(of("gzip;q=0.5, br"), of("br, gzip; q=0.5"));
         assert_ne!(of("gzip;q=0.5, br"), of("gzip, br"));
         assert_ne!(of("gzip"), of("gzip, br"));
+        assert_ne!(of("g zip"), of("gzip"));
+        // An empty field (identity only) is not an absent one (anything goes).
+        assert_ne!(of(""), vary_values(&names, &HeaderMap::new()));
     }
 
     #[test]

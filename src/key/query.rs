@@ -56,6 +56,8 @@ fn name_order(a: &str, b: &str) -> std::cmp::Ordering {
     decoded_name(a).cmp(&decoded_name(b))
 }
 
+/// A name as form decoders read it: escapes decoded, `+` a space, then invalid UTF-8
+/// replaced (as `serde_urlencoded` does), so `%FF` and `%FE` compare equal, as they read.
 fn decoded_name(name: &str) -> Vec<u8> {
     let bytes = name.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -76,7 +78,12 @@ fn decoded_name(name: &str) -> Vec<u8> {
         }
         i += 1;
     }
-    out
+    match String::from_utf8(out) {
+        Ok(text) => text.into_bytes(),
+        Err(error) => String::from_utf8_lossy(error.as_bytes())
+            .into_owned()
+            .into_bytes(),
+    }
 }
 
 /// The name of a query pair: everything before its first `=`.

@@ -107,6 +107,8 @@ pub(crate) enum NotStorable {
     Authorization,
     /// RFC 9111 mode: no explicit freshness and no heuristic applies, or already stale.
     Freshness,
+    /// A `Cache-Tag` value that is not ASCII: stored, it could not be invalidated by tag.
+    Tag,
 }
 
 impl NotStorable {
@@ -119,6 +121,7 @@ impl NotStorable {
             NotStorable::TooLarge => "size",
             NotStorable::Authorization => "authorization",
             NotStorable::Freshness => "freshness",
+            NotStorable::Tag => "cache-tag",
         }
     }
 }

@@ -10,13 +10,18 @@
 //!   `X-Forwarded-Proto`, …): a real proxy in front sends one value, which costs one variant;
 //! - a `GET`/`HEAD` with a body, or whose `Host` disagrees with the URI's authority, bypasses;
 //! - a `Range` request bypasses: it is forwarded with its `If-Range` intact, never leads a
-//!   fill and never stores what comes back.
+//!   fill and never stores what comes back; so do `If-Match` / `If-Unmodified-Since`
+//!   (preconditions the cache does not evaluate), `Upgrade`, and any header name with `_`
+//!   (CGI-style servers read `X_Forwarded_Host` as `X-Forwarded-Host`).
 //!
 //! [`CachePolicy::key_on_header`](super::CachePolicy::key_on_header),
 //! [`bypass_on_header`](super::CachePolicy::bypass_on_header) and
 //! [`ignore_header`](super::CachePolicy::ignore_header) change the lists.
 
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, RANGE, TRANSFER_ENCODING};
+use http::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HOST, IF_MATCH, IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
+    UPGRADE,
+};
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, Method};
 
@@ -26,7 +31,8 @@ use super::CachePolicy;
 
 /// Request headers whose presence sends a request around the cache by default:
 /// credentials, method overrides and URL rewrites.
-pub const DEFAULT_BYPASS_HEADERS: [&str; 16] = [
+pub const DEFAULT_BYPASS_HEADERS: [&str; 40] = [
+    // Credentials and tokens.
     "authorization",
     "cookie",
     "proxy-authorization",
@@ -35,14 +41,40 @@ pub const DEFAULT_BYPASS_HEADERS: [&str; 16] = [
     "x-auth-token",
     "x-access-token",
     "x-session-token",
+    "x-token",
+    "x-csrf-token",
+    "x-xsrf-token",
     "x-amz-security-token",
+    // Identities asserted by an authenticating proxy or a TLS terminator in front.
+    "remote-user",
+    "x-remote-user",
+    "x-user",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-preferred-username",
+    "x-forwarded-groups",
+    "x-forwarded-access-token",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-access-token",
+    "x-forwarded-client-cert",
+    "x-client-cert",
+    "x-ssl-client-cert",
+    "x-ssl-client-dn",
+    "x-amzn-oidc-data",
+    "x-amzn-oidc-identity",
+    "x-amzn-oidc-accesstoken",
+    "x-goog-authenticated-user-email",
+    "x-goog-authenticated-user-id",
+    "cf-access-jwt-assertion",
+    "tailscale-user-login",
+    // Method overrides and URL rewrites.
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
     "x-original-url",
     "x-rewrite-url",
     "x-original-uri",
-    "x-override-url",
 ];
 
 /// Request headers keyed by default: what a proxy in front tells the origin about the
@@ -130,13 +162,21 @@ impl CachePolicy {
         if has_body || headers.contains_key(TRANSFER_ENCODING) || has_content(headers) {
             return bypass;
         }
-        if headers.contains_key(RANGE) || !host_agrees(parts) {
+        // A range, a precondition the cache does not evaluate, a protocol upgrade, or a
+        // `Host` that disagrees with the URI: forwarded as sent.
+        for name in [RANGE, IF_MATCH, IF_UNMODIFIED_SINCE, UPGRADE] {
+            if headers.contains_key(name) {
+                return bypass;
+            }
+        }
+        if !host_agrees(parts) {
             return bypass;
         }
         // One pass over the request's headers (usually few) instead of one lookup per
-        // listed name.
+        // listed name. A name with `_` bypasses too: CGI-style servers read
+        // `X_Forwarded_Host` as `X-Forwarded-Host`, so no list could be complete.
         for name in headers.keys() {
-            if self.rule_of(name) == Some(HeaderRule::Bypass) {
+            if self.rule_of(name) == Some(HeaderRule::Bypass) || name.as_str().contains('_') {
                 return bypass;
             }
         }
@@ -356,6 +396,25 @@ mod tests {
             RequestAction::Lookup
         );
         assert_eq!(action(&p, Method::GET, &[("range", "bytes=0-1")]), BYPASS);
+        for name in [
+            "if-match",
+            "if-unmodified-since",
+            "upgrade",
+            "x_forwarded_host",
+        ] {
+            assert_eq!(action(&p, Method::GET, &[(name, "x")]), BYPASS, "{name}");
+        }
+        for name in [
+            "x-forwarded-user",
+            "x-forwarded-client-cert",
+            "tailscale-user-login",
+        ] {
+            assert_eq!(
+                action(&p, Method::GET, &[(name, "alice")]),
+                BYPASS,
+                "{name}"
+            );
+        }
         let (parts, ()) = Request::get("http://a.example/x")
             .header("host", "b.example")
             .body(())

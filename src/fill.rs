@@ -1,0 +1,606 @@
+//! A fill: one origin response, read at the origin's pace and shared as it arrives.
+//!
+//! The leader of a miss hands the origin's body to a task that reads it independently of
+//! any client, appending each frame to the fill. The leader's client and every request
+//! waiting on the same key read the fill at their own pace: a client that stops reading
+//! holds up nobody (Varnish and Bunny stream a fill to waiting clients the same way).
+//! When the body ends, the recorded bytes become the stored entry.
+//!
+//! Recording is bounded twice: by the policy's `max_body_size` for one fill, and by the
+//! handle's fill budget for all fills in flight ([`Budget`]). Past either bound the fill
+//! stops recording: nobody new joins it, the bytes every reader has read are dropped, and
+//! the task reads the origin only as fast as the readers keep within [`WINDOW`] of it. If
+//! one reader lags while another waits for data for longer than the stall limit, the
+//! laggard is cut off (its body ends with an error) rather than holding the other up.
+//!
+//! ```text
+//!  origin body ──► fill task ──► Fill { frames, end } ◄── reader (leader's client)
+//!                       │                            ◄── reader (follower) …
+//!                       └─ at the end, if still recording: commit the entry
+//! ```
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+
+/// Bytes a fill that stopped recording keeps ahead of its slowest reader.
+pub(crate) const WINDOW: usize = 256 << 10;
+
+/// The error a reader of a fill sees when the origin's body failed, or when it was cut off
+/// for lagging while others waited.
+#[derive(Debug, Clone)]
+pub(crate) struct FillError(Arc<str>);
+
+impl std::fmt::Display for FillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FillError {}
+
+/// Bytes being recorded by all fills of one handle, against a limit.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl Budget {
+    pub(crate) fn new(limit: usize) -> Budget {
+        Budget {
+            limit,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    fn try_reserve(&self, bytes: usize) -> bool {
+        let mut used = self.used.load(Ordering::Relaxed);
+        loop {
+            let Some(next) = used.checked_add(bytes).filter(|n| *n <= self.limit) else {
+                return false;
+            };
+            match self
+                .used
+                .compare_exchange_weak(used, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes held by fills right now.
+    #[cfg(test)]
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// What the head of a shared response says, for requests that join the fill.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub(crate) status: StatusCode,
+    /// The client-visible headers (tags stripped), without the cache's own.
+    pub(crate) headers: HeaderMap,
+    pub(crate) vary: crate::entry::Vary,
+    pub(crate) size_hint: SizeHint,
+}
+
+/// One origin response being read and shared. See the module docs.
+#[derive(Debug)]
+pub(crate) struct Fill {
+    pub(crate) head: Head,
+    state: Mutex<State>,
+    budget: Arc<Budget>,
+    limit: usize,
+    stall: Duration,
+}
+
+#[derive(Debug)]
+struct State {
+    frames: VecDeque<Piece>,
+    /// Stream index of `frames[0]`.
+    base: usize,
+    /// Data bytes in `frames`, all reserved in the budget.
+    held: usize,
+    /// Data bytes recorded so far (while recording, every byte of the body).
+    recorded: usize,
+    recording: bool,
+    end: Option<Result<(), FillError>>,
+    /// Each reader's next stream index; `None`: the slot is free.
+    readers: Vec<Option<Reader>>,
+    reader_wakers: Vec<Waker>,
+    writer: Option<Waker>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Reader {
+    next: usize,
+    cut: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Piece {
+    Data(Bytes),
+    Trailers(HeaderMap),
+}
+
+impl Piece {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Data(d) => d.len(),
+            Piece::Trailers(_) => 0,
+        }
+    }
+}
+
+impl Fill {
+    pub(crate) fn new(head: Head, budget: Arc<Budget>, limit: usize, stall: Duration) -> Arc<Fill> {
+        Arc::new(Fill {
+            head,
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                base: 0,
+                held: 0,
+                recorded: 0,
+                recording: true,
+                end: None,
+                readers: Vec::new(),
+                reader_wakers: Vec::new(),
+                writer: None,
+            }),
+            budget,
+            limit,
+            stall,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind: keep going.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A body reading the fill from its start; `None` once it dropped bytes (it stopped
+    /// recording), so a late joiner fetches alone instead.
+    pub(crate) fn reader(self: &Arc<Self>) -> Option<FillBody> {
+        let mut state = self.lock();
+        if state.base != 0 {
+            return None;
+        }
+        let reader = Reader {
+            next: 0,
+            cut: false,
+        };
+        let id = match state.readers.iter().position(Option::is_none) {
+            Some(free) => {
+                state.readers[free] = Some(reader);
+                free
+            }
+            None => {
+                state.readers.push(Some(reader));
+                state.readers.len() - 1
+            }
+        };
+        Some(FillBody {
+            fill: self.clone(),
+            id,
+            delivered: 0,
+        })
+    }
+
+    /// Whether the fill is still recording the whole body for the store.
+    #[cfg(test)]
+    pub(crate) fn is_recording(&self) -> bool {
+        self.lock().recording
+    }
+
+    /// Append a data frame; returns whether the fill is still recording.
+    fn push_data(&self, data: Bytes) -> bool {
+        let mut state = self.lock();
+        let len = data.len();
+        let fits =
+            state.recording && state.recorded + len <= self.limit && self.budget.try_reserve(len);
+        if state.recording && !fits {
+            state.recording = false;
+        }
+        if fits {
+            state.held += len;
+            state.recorded += len;
+        } else {
+            // Unrecorded bytes are still counted while held: the budget is what fills hold.
+            self.budget.used.fetch_add(len, Ordering::Relaxed);
+            state.held += len;
+        }
+        state.frames.push_back(Piece::Data(data));
+        wake_readers(&mut state);
+        state.recording
+    }
+
+    fn push_trailers(&self, trailers: HeaderMap) {
+        let mut state = self.lock();
+        // A response with trailers is not stored (the layer stores bodies only).
+        state.recording = false;
+        state.frames.push_back(Piece::Trailers(trailers));
+        wake_readers(&mut state);
+    }
+
+    fn finish(&self, end: Result<(), FillError>) {
+        let mut state = self.lock();
+        if end.is_err() {
+            state.recording = false;
+        }
+        state.end = Some(end);
+        wake_readers(&mut state);
+    }
+
+    /// The recorded body, once the origin's body ended and the fill kept all of it.
+    fn recorded_body(&self) -> Option<Bytes> {
+        let state = self.lock();
+        if !state.recording || !matches!(state.end, Some(Ok(()))) || state.base != 0 {
+            return None;
+        }
+        let mut body = BytesMut::with_capacity(state.recorded);
+        for piece in &state.frames {
+            if let Piece::Data(data) = piece {
+                body.extend_from_slice(data);
+            }
+        }
+        Some(body.freeze())
+    }
+
+    /// Drop what every reader has read; whether any reader is left.
+    fn prune(&self, state: &mut State) -> bool {
+        let lowest = state
+            .readers
+            .iter()
+            .flatten()
+            .filter(|r| !r.cut)
+            .map(|r| r.next)
+            .min();
+        let Some(lowest) = lowest else {
+            return false;
+        };
+        while state.base < lowest {
+            let Some(piece) = state.frames.pop_front() else {
+                break;
+            };
+            state.base += 1;
+            state.held -= piece.len();
+            self.budget.release(piece.len());
+        }
+        true
+    }
+
+    /// Wait until the fill may read more of the origin: always while recording; else when
+    /// the readers keep within [`WINDOW`]. `false`: no reader is left.
+    ///
+    /// Everything is decided under the lock in which the writer's waker is registered, so
+    /// no reader's progress is missed; the stall timer runs only while someone waits at the
+    /// head behind a laggard.
+    async fn room(&self) -> bool {
+        let mut stall: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        std::future::poll_fn(|cx| loop {
+            let mut state = self.lock();
+            if state.recording {
+                return Poll::Ready(true);
+            }
+            if !self.prune(&mut state) {
+                return Poll::Ready(false);
+            }
+            if state.held <= WINDOW {
+                return Poll::Ready(true);
+            }
+            let head = state.base + state.frames.len();
+            let waiting = state
+                .readers
+                .iter()
+                .flatten()
+                .any(|r| !r.cut && r.next >= head);
+            if !waiting {
+                stall = None;
+                state.writer = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let timer = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(self.stall)));
+            if timer.as_mut().poll(cx).is_pending() {
+                state.writer = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            // Someone waited at the head for the whole stall limit behind a laggard.
+            stall = None;
+            let base = state.base;
+            for reader in state.readers.iter_mut().flatten() {
+                if reader.next <= base {
+                    reader.cut = true;
+                }
+            }
+            tracing::debug!("a reader of a shared fill lagged while others waited; cut off");
+            wake_readers(&mut state);
+        })
+        .await
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        let held = self.lock().held;
+        self.budget.release(held);
+    }
+}
+
+fn wake_readers(state: &mut State) {
+    for waker in state.reader_wakers.drain(..) {
+        waker.wake();
+    }
+}
+
+/// A request's view of a fill: the frames from the start, at this request's own pace.
+#[derive(Debug)]
+pub(crate) struct FillBody {
+    fill: Arc<Fill>,
+    id: usize,
+    /// Data bytes handed to this reader, for its size hint.
+    delivered: u64,
+}
+
+impl FillBody {
+    /// The head of the response this body belongs to.
+    pub(crate) fn head(&self) -> &Head {
+        &self.fill.head
+    }
+}
+
+impl Body for FillBody {
+    type Data = Bytes;
+    type Error = FillError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, FillError>>> {
+        let this = self.get_mut();
+        let mut state = this.fill.lock();
+        let Some(reader) = state.readers[this.id] else {
+            return Poll::Ready(None);
+        };
+        if reader.cut {
+            return Poll::Ready(Some(Err(FillError("cut off: read too slowly".into()))));
+        }
+        let index = reader.next - state.base;
+        if let Some(piece) = state.frames.get(index).cloned() {
+            state.readers[this.id] = Some(Reader {
+                next: reader.next + 1,
+                cut: false,
+            });
+            if let Some(writer) = state.writer.take() {
+                writer.wake();
+            }
+            return Poll::Ready(Some(Ok(match piece {
+                Piece::Data(data) => {
+                    this.delivered += data.len() as u64;
+                    Frame::data(data)
+                }
+                Piece::Trailers(trailers) => Frame::trailers(trailers),
+            })));
+        }
+        match &state.end {
+            Some(Ok(())) => Poll::Ready(None),
+            Some(Err(error)) => Poll::Ready(Some(Err(error.clone()))),
+            None => {
+                state.reader_wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let state = self.fill.lock();
+        match state.readers[self.id] {
+            Some(reader) => {
+                matches!(state.end, Some(Ok(()))) && reader.next >= state.base + state.frames.len()
+            }
+            None => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let hint = self.fill.head.size_hint;
+        match hint.exact() {
+            Some(total) => SizeHint::with_exact(total.saturating_sub(self.delivered)),
+            None => SizeHint::new(),
+        }
+    }
+}
+
+impl Drop for FillBody {
+    fn drop(&mut self) {
+        let mut state = self.fill.lock();
+        state.readers[self.id] = None;
+        if let Some(writer) = state.writer.take() {
+            writer.wake();
+        }
+    }
+}
+
+/// What happens to a fill's recorded body at its end.
+pub(crate) trait Commit: Send + 'static {
+    /// The body ended and was recorded whole: store it.
+    fn store(self, body: Bytes) -> impl std::future::Future<Output = ()> + Send;
+    /// The fill stopped recording (too large, trailers, an origin error, no runtime).
+    fn abandon(self);
+    /// The fill stopped recording before its end: new requests need not wait for it.
+    fn release_followers(&mut self);
+}
+
+/// Read `body` into `fill` at the origin's pace, then commit.
+pub(crate) async fn run<B, C>(fill: Arc<Fill>, body: B, mut commit: C)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    C: Commit,
+{
+    let mut body = std::pin::pin!(body);
+    let mut released = false;
+    loop {
+        if !fill.room().await {
+            // Every reader left a fill that no longer records: stop reading the origin.
+            tracing::debug!("every reader of an unrecorded fill left; origin body dropped");
+            break;
+        }
+        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+        match frame {
+            None => {
+                fill.finish(Ok(()));
+                break;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if !fill.push_data(data) && !released {
+                        released = true;
+                        commit.release_followers();
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        fill.push_trailers(trailers);
+                    }
+                }
+            },
+            Some(Err(error)) => {
+                let error: Box<dyn std::error::Error + Send + Sync> = error.into();
+                tracing::debug!(%error, "origin body failed during a fill");
+                fill.finish(Err(FillError(
+                    format!("origin body failed: {error}").into(),
+                )));
+                break;
+            }
+        }
+    }
+    match fill.recorded_body() {
+        Some(body) => commit.store(body).await,
+        None => commit.abandon(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+
+    struct Noop(Arc<Mutex<Option<Bytes>>>);
+
+    impl Commit for Noop {
+        async fn store(self, body: Bytes) {
+            *self.0.lock().unwrap() = Some(body);
+        }
+        fn abandon(self) {}
+        fn release_followers(&mut self) {}
+    }
+
+    fn head() -> Head {
+        Head {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            vary: Default::default(),
+            size_hint: SizeHint::new(),
+        }
+    }
+
+    /// An origin body fed frame by frame from the test.
+    fn channel_body() -> (
+        mpsc::Sender<Bytes>,
+        http_body_util::StreamBody<
+            impl futures_util::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>>,
+        >,
+    ) {
+        let (tx, rx) = mpsc::channel::<Bytes>(64);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
+        });
+        (tx, http_body_util::StreamBody::new(stream))
+    }
+
+    #[tokio::test]
+    async fn a_stalled_reader_holds_up_neither_the_origin_nor_other_readers() {
+        let budget = Arc::new(Budget::new(1 << 20));
+        let fill = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(10));
+        let stalled = fill.reader().unwrap();
+        let mut reading = fill.reader().unwrap();
+        let (tx, body) = channel_body();
+        let stored = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(run(fill.clone(), body, Noop(stored.clone())));
+        for i in 0..10u8 {
+            tx.send(Bytes::from(vec![i; 100])).await.unwrap();
+            let frame = reading.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap()[0], i);
+        }
+        drop(tx);
+        assert!(reading.frame().await.is_none());
+        task.await.unwrap();
+        assert_eq!(stored.lock().unwrap().as_ref().unwrap().len(), 1000);
+        // The stalled reader still gets everything when it reads at last.
+        let all = stalled.collect().await.unwrap().to_bytes();
+        assert_eq!(all.len(), 1000);
+        drop(reading);
+        drop(fill);
+        assert_eq!(budget.used(), 0, "the budget is given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_its_limit_a_fill_stops_recording_and_cuts_a_laggard_that_holds_others_up() {
+        let budget = Arc::new(Budget::new(1 << 30));
+        let fill = Fill::new(head(), budget.clone(), 1000, Duration::from_millis(100));
+        let laggard = fill.reader().unwrap();
+        let mut reading = fill.reader().unwrap();
+        let (tx, body) = channel_body();
+        let stored = Arc::new(Mutex::new(None));
+        let task = tokio::spawn(run(fill.clone(), body, Noop(stored.clone())));
+        let chunk = Bytes::from(vec![7; 64 << 10]);
+        let mut read = 0;
+        for _ in 0..16 {
+            tx.send(chunk.clone()).await.unwrap();
+            read += reading
+                .frame()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_data()
+                .unwrap()
+                .len();
+        }
+        assert!(!fill.is_recording());
+        assert_eq!(read, 16 * (64 << 10));
+        drop(tx);
+        assert!(reading.frame().await.is_none());
+        task.await.unwrap();
+        assert!(stored.lock().unwrap().is_none(), "too large to store");
+        // The laggard was cut off instead of holding the other reader.
+        assert!(laggard.collect().await.is_err());
+        assert!(fill.reader().is_none(), "a late joiner fetches alone");
+    }
+
+    #[tokio::test]
+    async fn the_fill_budget_bounds_what_all_fills_record() {
+        let budget = Arc::new(Budget::new(1500));
+        let a = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(1));
+        let b = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(1));
+        assert!(a.push_data(Bytes::from(vec![0; 1000])));
+        assert!(!b.push_data(Bytes::from(vec![0; 1000])), "over the budget");
+        drop((a, b));
+        assert_eq!(budget.used(), 0);
+    }
+}
