@@ -809,6 +809,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_literal_invalidation_reaches_a_key_stored_shortened() {
+        let handle = handle();
+        let long = format!("/search/{}", "q".repeat(2000));
+        let calls = AtomicUsize::new(0);
+        let load = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            1u32
+        };
+        handle.get_or_insert_with(&long, None, load()).await;
+        handle.get_or_insert_with(&long, None, load()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(handle.invalidate(&long).await.unwrap(), 1);
+        handle.get_or_insert_with(&long, None, load()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // A glob over the kept prefix reaches it too.
+        assert_eq!(handle.invalidate("/search/qqq*").await.unwrap(), 1);
+    }
+
+    #[tokio::test]
     async fn typed_values_are_computed_once_and_invalidated_by_key() {
         let cache = handle();
         let calls = AtomicUsize::new(0);

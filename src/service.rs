@@ -86,7 +86,8 @@ where
         let counters = &self.config.handle.shared().counters;
         let (parts, body) = request.into_parts();
         let has_body = !body.is_end_stream();
-        match self.config.policy.request_action(&parts, has_body) {
+        let (action, keyed) = self.config.policy.classify(&parts, has_body);
+        match action {
             RequestAction::Bypass(reason) => {
                 bump!(counters, bypasses);
                 let forward = match reason {
@@ -116,7 +117,12 @@ where
                         status,
                     );
                 };
-                let keyed = config.keyed_for(&parts.headers);
+                // The keyed headers join the identity only when the request carries one.
+                let keyed = if keyed {
+                    config.policy.keyed_headers()
+                } else {
+                    &[]
+                };
                 let handle = &config.handle;
                 // Memory hits are answered here: no boxed future, no clone of the inner
                 // service (which stays ready, unused), and the identity compared from a
@@ -152,16 +158,6 @@ fn take_ready<S: Clone>(inner: &mut S) -> S {
 }
 
 impl Config {
-    /// The keyed headers to write into a request's identity: none when it carries none
-    /// (the common case costs one pass over its headers).
-    fn keyed_for(&self, headers: &http::HeaderMap) -> &[http::HeaderName] {
-        if self.policy.has_keyed(headers) {
-            self.policy.keyed_headers()
-        } else {
-            &[]
-        }
-    }
-
     fn logical_key<'a>(&self, parts: &'a http::request::Parts) -> Option<Cow<'a, str>> {
         match &self.key_fn {
             Some(key_fn) => key_fn(parts).map(|k| Cow::Owned(key::bound(k.into()).into_owned())),

@@ -24,6 +24,7 @@
 //! # let _ = policy;
 //! ```
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use http::header::{AGE, AUTHORIZATION, COOKIE, DATE, EXPIRES, LAST_MODIFIED, SET_COOKIE};
@@ -49,6 +50,8 @@ pub struct CachePolicy {
     header_rules: Vec<(HeaderName, HeaderRule)>,
     /// The keyed names of `header_rules`, in that order.
     keyed: Vec<HeaderName>,
+    /// `header_rules` by name: one lookup per request header.
+    rule_index: HashMap<HeaderName, HeaderRule, ahash::RandomState>,
     statuses: Vec<StatusCode>,
     store_set_cookie: bool,
     respect_cache_control: bool,
@@ -72,6 +75,7 @@ impl Default for CachePolicy {
         let header_rules = CachePolicy::default_header_rules();
         CachePolicy {
             keyed: keyed_names(&header_rules),
+            rule_index: header_rules.iter().cloned().collect(),
             header_rules,
             statuses: DEFAULT_STATUSES
                 .iter()
@@ -193,6 +197,7 @@ impl CachePolicy {
             self.header_rules.push((name, rule));
         }
         self.keyed = keyed_names(&self.header_rules);
+        self.rule_index = self.header_rules.iter().cloned().collect();
         self
     }
 

@@ -115,6 +115,23 @@ pub(crate) enum BypassReason {
     Request,
 }
 
+/// [`RequestAction`] with what the header pass found.
+enum Action {
+    Plain(RequestAction),
+    Lookup { keyed: bool },
+    Revalidate { keyed: bool },
+}
+
+impl From<Action> for RequestAction {
+    fn from(action: Action) -> RequestAction {
+        match action {
+            Action::Plain(action) => action,
+            Action::Lookup { .. } => RequestAction::Lookup,
+            Action::Revalidate { .. } => RequestAction::Revalidate,
+        }
+    }
+}
+
 /// How the policy treats a request header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HeaderRule {
@@ -134,31 +151,44 @@ impl CachePolicy {
     }
 
     fn rule_of(&self, name: &HeaderName) -> Option<HeaderRule> {
-        self.header_rules
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, rule)| *rule)
+        self.rule_index.get(name).copied()
     }
 
     /// Decide what to do with a request. `has_body`: the request body is not empty.
+    #[cfg(test)]
     pub(crate) fn request_action(&self, parts: &Parts, has_body: bool) -> RequestAction {
+        self.classify(parts, has_body).0
+    }
+
+    /// What to do with a request, and whether it carries a keyed header (then its values
+    /// join the identity). One pass over the request's headers decides both.
+    pub(crate) fn classify(&self, parts: &Parts, has_body: bool) -> (RequestAction, bool) {
+        let action = self.action(parts, has_body);
+        let keyed = matches!(
+            action,
+            Action::Lookup { keyed: true } | Action::Revalidate { keyed: true }
+        );
+        (action.into(), keyed)
+    }
+
+    fn action(&self, parts: &Parts, has_body: bool) -> Action {
         let headers = &parts.headers;
         if self.is_grpc(headers) {
             // gRPC is all POSTs: neither cached nor treated as a write to a path.
-            return RequestAction::Bypass(BypassReason::Method);
+            return Action::Plain(RequestAction::Bypass(BypassReason::Method));
         }
         match parts.method {
             Method::GET | Method::HEAD => {}
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
-                return if self.invalidate_on_unsafe {
+                return Action::Plain(if self.invalidate_on_unsafe {
                     RequestAction::Unsafe
                 } else {
                     RequestAction::Bypass(BypassReason::Method)
-                };
+                });
             }
-            _ => return RequestAction::Bypass(BypassReason::Method),
+            _ => return Action::Plain(RequestAction::Bypass(BypassReason::Method)),
         }
-        let bypass = RequestAction::Bypass(BypassReason::Request);
+        let bypass = Action::Plain(RequestAction::Bypass(BypassReason::Request));
         if has_body || headers.contains_key(TRANSFER_ENCODING) || has_content(headers) {
             return bypass;
         }
@@ -175,9 +205,13 @@ impl CachePolicy {
         // One pass over the request's headers (usually few) instead of one lookup per
         // listed name. A name with `_` bypasses too: CGI-style servers read
         // `X_Forwarded_Host` as `X-Forwarded-Host`, so no list could be complete.
+        let mut keyed = false;
         for name in headers.keys() {
-            if self.rule_of(name) == Some(HeaderRule::Bypass) || name.as_str().contains('_') {
-                return bypass;
+            match self.rule_of(name) {
+                Some(HeaderRule::Bypass) => return bypass,
+                Some(HeaderRule::Key) => keyed = true,
+                None if name.as_str().contains('_') => return bypass,
+                None => {}
             }
         }
         let cc = CacheControl::parse(headers);
@@ -192,22 +226,14 @@ impl CachePolicy {
             || cc.max_age().get() == Ok(Some(0))
             || (pragma && matches!(cc, CacheControl::Absent));
         if revalidate && self.rfc9111 {
-            return RequestAction::Revalidate;
+            return Action::Revalidate { keyed };
         }
-        RequestAction::Lookup
+        Action::Lookup { keyed }
     }
 
     /// The headers whose values select the variant, in the policy's order.
     pub(crate) fn keyed_headers(&self) -> &[HeaderName] {
         &self.keyed
-    }
-
-    /// Whether `headers` carry any keyed header (the common request carries none).
-    pub(crate) fn has_keyed(&self, headers: &HeaderMap) -> bool {
-        !self.keyed.is_empty()
-            && headers
-                .keys()
-                .any(|name| self.rule_of(name) == Some(HeaderRule::Key))
     }
 
     /// gRPC and gRPC-Web requests (`application/grpc`, `application/grpc+proto`,
@@ -377,10 +403,16 @@ mod tests {
             action(&p, Method::GET, &[("x-forwarded-host", "evil.example")]),
             RequestAction::Lookup
         );
-        let mut h = HeaderMap::new();
-        h.insert("x-forwarded-host", "evil.example".parse().unwrap());
-        assert!(p.has_keyed(&h));
-        assert!(!p.has_keyed(&HeaderMap::new()));
+        let keyed = |pairs: &[(&str, &str)]| {
+            let mut request = Request::get("/x");
+            for (name, value) in pairs {
+                request = request.header(*name, *value);
+            }
+            let (parts, ()) = request.body(()).unwrap().into_parts();
+            p.classify(&parts, false).1
+        };
+        assert!(keyed(&[("x-forwarded-host", "evil.example")]));
+        assert!(!keyed(&[("accept", "*/*")]));
     }
 
     #[test]
