@@ -552,30 +552,33 @@ mod over_http {
     }
 }
 
+/// A streamed origin body: `frames`, one every `pause`, as most dynamic pages arrive.
+type Trickle = http_body_util::StreamBody<
+    futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
+>;
+
+fn trickle(frames: Vec<Bytes>, pause: std::time::Duration) -> Response<Trickle> {
+    use futures_util::StreamExt;
+    let frames = futures_util::stream::iter(frames).then(move |frame| async move {
+        tokio::time::sleep(pause).await;
+        Ok(http_body::Frame::data(frame))
+    });
+    Response::new(http_body_util::StreamBody::new(frames.boxed()))
+}
+
 /// A fill is read at the origin's pace: a first client that never reads its body makes no
 /// follower wait for it.
 #[tokio::test]
 async fn a_client_that_stops_reading_holds_up_no_follower() {
     use std::time::Duration;
-    type Stream = http_body_util::StreamBody<
-        futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
-    >;
     static CALLS: AtomicUsize = AtomicUsize::new(0);
     let origin = service_fn(|_request: Req| async {
         CALLS.fetch_add(1, Ordering::SeqCst);
-        // Eight frames over 80 ms: a multi-frame body, as most dynamic pages are.
-        let frames = futures_util::stream::unfold(0u8, |i| async move {
-            if i == 8 {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            Some((
-                Ok(http_body::Frame::data(Bytes::from(vec![b'a' + i; 1000]))),
-                i + 1,
-            ))
-        });
-        let body: Stream = http_body_util::StreamBody::new(Box::pin(frames));
-        Ok::<_, Infallible>(Response::new(body))
+        // Eight frames over 80 ms.
+        let frames = (0..8u8)
+            .map(|i| Bytes::from(vec![b'a' + i; 1000]))
+            .collect();
+        Ok::<_, Infallible>(trickle(frames, Duration::from_millis(10)))
     });
     let handle = CacheHandle::builder(MemoryStore::new())
         .coalesce_timeout(Duration::from_secs(30))
@@ -624,9 +627,6 @@ async fn a_client_that_stops_reading_holds_up_no_follower() {
 #[tokio::test]
 async fn a_junk_variant_never_makes_a_real_one_wait() {
     use std::time::Duration;
-    type Stream = http_body_util::StreamBody<
-        futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
-    >;
     let origin = service_fn(|request: Req| async move {
         let language = request.headers()["accept-language"]
             .to_str()
@@ -634,18 +634,8 @@ async fn a_junk_variant_never_makes_a_real_one_wait() {
             .to_owned();
         // The junk variant's body trickles for seconds; the real one's is quick.
         let pause = if language == "junk" { 500 } else { 1 };
-        let frames = futures_util::stream::unfold(0u8, move |i| {
-            let language = language.clone();
-            async move {
-                if i == 4 {
-                    return None;
-                }
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-                Some((Ok(http_body::Frame::data(Bytes::from(language))), i + 1))
-            }
-        });
-        let body: Stream = http_body_util::StreamBody::new(Box::pin(frames));
-        let mut response = Response::new(body);
+        let frames = vec![Bytes::from(language); 4];
+        let mut response = trickle(frames, Duration::from_millis(pause));
         response
             .headers_mut()
             .insert("vary", "accept-language".parse().unwrap());
@@ -688,24 +678,11 @@ async fn a_junk_variant_never_makes_a_real_one_wait() {
 #[tokio::test]
 async fn a_fill_from_before_an_invalidation_is_never_shared_after_it() {
     use std::time::Duration;
-    type Stream = http_body_util::StreamBody<
-        futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
-    >;
     static VERSION: AtomicUsize = AtomicUsize::new(0);
     let origin = service_fn(|_request: Req| async {
         let version = VERSION.fetch_add(1, Ordering::SeqCst) + 1;
-        let frames = futures_util::stream::unfold(0u8, move |i| async move {
-            if i == 3 {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            Some((
-                Ok(http_body::Frame::data(Bytes::from(format!("v{version};")))),
-                i + 1,
-            ))
-        });
-        let body: Stream = http_body_util::StreamBody::new(Box::pin(frames));
-        Ok::<_, Infallible>(Response::new(body))
+        let frames = vec![Bytes::from(format!("v{version};")); 3];
+        Ok::<_, Infallible>(trickle(frames, Duration::from_millis(100)))
     });
     let handle = CacheHandle::builder(MemoryStore::new()).build();
     let service = CacheLayer::new(handle.clone()).layer(origin);
