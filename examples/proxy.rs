@@ -2,7 +2,7 @@
 //! shared-cache preset in front of a hyper client that forwards to an upstream.
 //!
 //! ```sh
-//! cargo run --example proxy -- http://127.0.0.1:3000 127.0.0.1:8080
+//! cargo run --example proxy -- --listen 127.0.0.1:8080 --upstream http://127.0.0.1:3000
 //! curl -i http://127.0.0.1:8080/api/companies   # X-Cache / Cache-Status show what happened
 //! ```
 //!
@@ -45,17 +45,48 @@ pub fn proxy_app(upstream: Uri, cache: CacheHandle) -> Router {
         .layer(CacheLayer::new(cache).policy(CachePolicy::rfc9111()))
 }
 
+const USAGE: &str = "usage: proxy [--listen ADDR] [--upstream URL]   (defaults 127.0.0.1:8080, http://127.0.0.1:3000)";
+
+/// `--listen ADDR --upstream URL`, each optional; anything else is a usage error at start.
+pub fn parse_args(args: impl Iterator<Item = String>) -> Result<(String, Uri), String> {
+    let (mut listen, mut upstream) = ("127.0.0.1:8080".to_owned(), None);
+    let mut args = args.peekable();
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--listen" => {
+                value
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|e| format!("--listen {value}: {e}"))?;
+                listen = value;
+            }
+            "--upstream" => {
+                let uri: Uri = value
+                    .parse()
+                    .map_err(|e| format!("--upstream {value}: {e}"))?;
+                if uri.scheme().is_none() || uri.authority().is_none() {
+                    return Err(format!("--upstream {value}: needs http://host:port"));
+                }
+                upstream = Some(uri);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let upstream = upstream.unwrap_or_else(|| Uri::from_static("http://127.0.0.1:3000"));
+    Ok((listen, upstream))
+}
+
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt::init();
-    let mut args = std::env::args().skip(1);
-    let upstream: Uri = args
-        .next()
-        .unwrap_or_else(|| "http://127.0.0.1:3000".into())
-        .parse()
-        .expect("usage: proxy <upstream-url> [listen-addr]");
-    let listen = args.next().unwrap_or_else(|| "127.0.0.1:8080".into());
+    let (listen, upstream) = match parse_args(std::env::args().skip(1)) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            eprintln!("{error}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
     let cache = CacheHandle::builder(MemoryStore::new())
         .namespace("proxy")
         .ttl(Duration::from_secs(60))

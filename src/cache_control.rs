@@ -58,7 +58,13 @@ impl Seconds {
 impl CacheControl {
     /// Parse every `Cache-Control` field of `headers`.
     pub(crate) fn parse(headers: &HeaderMap) -> CacheControl {
-        let mut fields = headers.get_all(CACHE_CONTROL).iter().peekable();
+        Self::parse_field(headers, &CACHE_CONTROL)
+    }
+
+    /// Parse every field `name` of `headers` with the `Cache-Control` grammar (a targeted
+    /// field such as `CDN-Cache-Control`, RFC 9213).
+    pub(crate) fn parse_field(headers: &HeaderMap, name: &http::HeaderName) -> CacheControl {
+        let mut fields = headers.get_all(name).iter().peekable();
         if fields.peek().is_none() {
             return CacheControl::Absent;
         }
@@ -140,6 +146,102 @@ impl CacheControl {
     /// `s-maxage`.
     pub(crate) fn s_maxage(&self) -> Seconds {
         self.seconds("s-maxage")
+    }
+}
+
+/// Whether every field `name` of `headers` is a valid targeted cache-control field
+/// (RFC 9213): a Structured Field Dictionary (RFC 8941) whose delta-seconds directives are
+/// Integers. A cache ignores an invalid one (and reads `Cache-Control` instead).
+pub(crate) fn is_valid_targeted(headers: &HeaderMap, name: &http::HeaderName) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .all(|value| value.to_str().is_ok_and(is_sf_dictionary))
+}
+
+/// Directives whose value must be an Integer in a targeted field.
+const INTEGER_DIRECTIVES: [&str; 4] = [
+    "max-age",
+    "s-maxage",
+    "stale-while-revalidate",
+    "stale-if-error",
+];
+
+fn is_sf_dictionary(value: &str) -> bool {
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    if value.is_empty() {
+        return true;
+    }
+    value.split(',').all(|member| {
+        let member = member.trim_matches(|c| c == ' ' || c == '\t');
+        // A member: key [ "=" bare-item ] *( ";" key [ "=" bare-item ] ).
+        let mut parts = member.split(';');
+        let Some(first) = parts.next() else {
+            return false;
+        };
+        let (key, item) = match first.split_once('=') {
+            Some((key, item)) => (key, Some(item)),
+            None => (first, None),
+        };
+        if !is_sf_key(key) {
+            return false;
+        }
+        let item_ok = match item {
+            None => true,
+            Some(item) if INTEGER_DIRECTIVES.contains(&key) => is_sf_integer(item),
+            Some(item) => is_sf_bare_item(item),
+        };
+        item_ok
+            && parts.all(|param| {
+                let param = param.trim_start_matches(' ');
+                match param.split_once('=') {
+                    Some((key, item)) => is_sf_key(key) && is_sf_bare_item(item),
+                    None => is_sf_key(param),
+                }
+            })
+    })
+}
+
+fn is_sf_key(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b))
+}
+
+fn is_sf_integer(item: &str) -> bool {
+    let digits = item.strip_prefix('-').unwrap_or(item);
+    (1..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_sf_bare_item(item: &str) -> bool {
+    let bytes = item.as_bytes();
+    match bytes.first() {
+        Some(b'"') => {
+            bytes.len() >= 2
+                && bytes[bytes.len() - 1] == b'"'
+                && bytes[1..bytes.len() - 1]
+                    .iter()
+                    .all(|b| (0x20..0x7f).contains(b))
+        }
+        Some(b'?') => item == "?0" || item == "?1",
+        Some(b':') => bytes.len() >= 2 && bytes[bytes.len() - 1] == b':',
+        Some(b) if b.is_ascii_alphabetic() || *b == b'*' => bytes
+            .iter()
+            .all(|b| is_tchar(*b) || *b == b':' || *b == b'/'),
+        Some(b) if b.is_ascii_digit() || *b == b'-' => {
+            let digits = item.strip_prefix('-').unwrap_or(item);
+            match digits.split_once('.') {
+                Some((int, frac)) => {
+                    (1..=12).contains(&int.len())
+                        && (1..=3).contains(&frac.len())
+                        && int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+                }
+                None => is_sf_integer(item),
+            }
+        }
+        _ => false,
     }
 }
 
@@ -311,6 +413,21 @@ mod tests {
         assert_eq!(cc(&[b"max-age=2, max-age=2"]).max_age(), Seconds::Valid(2));
         // Spaces around `=` are not allowed by the grammar.
         assert!(cc(&[b"max-age = 5"]).is_unparseable());
+    }
+
+    #[test]
+    fn targeted_fields_must_be_structured_dictionaries_with_integer_ages() {
+        let valid = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("cdn-cache-control", http::HeaderValue::from_static(v));
+            is_valid_targeted(&h, &http::HeaderName::from_static("cdn-cache-control"))
+        };
+        assert!(valid("max-age=10000"));
+        assert!(valid("max-age=60, private, stale-while-revalidate=5"));
+        assert!(valid("no-store"));
+        assert!(!valid("max-age=10000, &&&&&"));
+        assert!(!valid("max-age=\"10000\""));
+        assert!(!valid("Max-Age=5"));
     }
 
     #[test]

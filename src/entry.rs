@@ -113,6 +113,15 @@ impl Entry {
         }
     }
 
+    /// The response was already `age` old when it arrived (its `Age`, or its `Date`'s
+    /// distance): it counts in the `Age` answers carry, its expiry stays where it is.
+    pub(crate) fn with_initial_age(mut self, age: Duration) -> Self {
+        let age_ms = millis(age).min(self.stored_at_ms);
+        self.stored_at_ms -= age_ms;
+        self.ttl = self.ttl.saturating_add(Duration::from_millis(age_ms));
+        self
+    }
+
     /// Attach invalidation tags (from the `Cache-Tag` response header).
     pub fn with_tags(mut self, tags: Vec<String>) -> Self {
         self.tags = tags;
@@ -457,6 +466,7 @@ impl Entry {
 
 /// A recorded body as the bytes an entry keeps: a buffer that grew by doubling is copied
 /// once to its length, so the store's byte count is what the heap holds.
+#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
 pub(crate) fn compact(buffer: BytesMut) -> Bytes {
     if buffer.capacity() - buffer.len() > buffer.len() / 8 {
         Bytes::copy_from_slice(&buffer)

@@ -153,8 +153,19 @@ fn push_detail(value: &mut String, parts: [Option<&str>; 2]) {
     }
 }
 
-/// Headers that describe one connection or one transfer, never to be replayed from a store.
+/// Headers that describe one connection or one transfer, never to be replayed from a store:
+/// the hop-by-hop ones, and those `Connection` names (RFC 9111 §3.1).
 pub(crate) fn strip_unstorable(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
     for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE, AGE] {
         headers.remove(name);
     }

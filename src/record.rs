@@ -84,6 +84,7 @@ where
                 leader.share(fill.clone());
             }
             let commit = Committer {
+                initial_age: config.policy.initial_age(&parts.headers),
                 handle: handle.clone(),
                 logical: miss.logical,
                 variant: miss.variant,
@@ -133,6 +134,7 @@ where
 
 /// What a fill's recorded body is stored as, and who hears about it.
 struct Committer {
+    initial_age: Duration,
     handle: CacheHandle,
     logical: String,
     variant: Variant,
@@ -164,7 +166,8 @@ impl Commit for Committer {
             .with_stale(self.stale.0, self.stale.1)
             .with_tags(std::mem::take(&mut self.tags))
             .with_vary(std::mem::take(&mut self.vary))
-            .with_identity(self.variant.identity.clone());
+            .with_identity(self.variant.identity.clone())
+            .with_initial_age(self.initial_age);
         let stored = self
             .handle
             .commit(&self.logical, self.variant.hash, self.ticket, entry)

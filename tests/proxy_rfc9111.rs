@@ -29,8 +29,12 @@ async fn upstream(
     let h: &mut HeaderMap = response.headers_mut();
     for (param, header) in [
         ("cc", "cache-control"),
+        ("cdn", "cdn-cache-control"),
         ("age", "age"),
         ("location", "location"),
+        ("connection", "connection"),
+        ("a", "a"),
+        ("c", "c"),
     ] {
         if let Some(v) = q.get(param) {
             h.insert(
@@ -217,5 +221,64 @@ async fn unsafe_requests_invalidate_location_and_content_location() {
             .await
             .x_cache(),
         "HIT"
+    );
+}
+
+#[test]
+fn the_proxy_takes_listen_and_upstream_flags_and_refuses_anything_else() {
+    let args = |list: &[&str]| proxy::parse_args(list.iter().map(|s| s.to_string()));
+    let (listen, upstream) =
+        args(&["--listen", "127.0.0.1:9000", "--upstream", "http://a:1"]).unwrap();
+    assert_eq!(listen, "127.0.0.1:9000");
+    assert_eq!(upstream, "http://a:1/");
+    assert!(args(&[]).is_ok());
+    for bad in [
+        &["http://a:1", "127.0.0.1:9000"][..],
+        &["--listen"],
+        &["--listen", "not-an-address"],
+        &["--upstream", "/relative"],
+        &["--verbose", "yes"],
+    ] {
+        assert!(args(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn cdn_cache_control_takes_precedence_over_cache_control() {
+    let s = setup().await;
+    let path = "/cdn?cc=no-store&cdn=max-age%3D600";
+    get(&s.client, s.proxy, path).await;
+    s.stored(1).await;
+    assert_eq!(get(&s.client, s.proxy, path).await.x_cache(), "HIT");
+    // Private for this cache although Cache-Control allows it; an invalid targeted
+    // field is ignored.
+    for path in [
+        "/cdn2?cc=max-age%3D600&cdn=private",
+        "/cdn3?cc=no-store&cdn=max-age%3D%2260%22",
+    ] {
+        get(&s.client, s.proxy, path).await;
+        assert_ne!(
+            get(&s.client, s.proxy, path).await.x_cache(),
+            "HIT",
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_age_sent_counts_the_origins_age_and_headers_named_by_connection_are_not_stored() {
+    let s = setup().await;
+    let path = "/aged?cc=max-age%3D600&age=30&connection=a&a=1&c=3";
+    get(&s.client, s.proxy, path).await;
+    s.stored(1).await;
+    let hit = get(&s.client, s.proxy, path).await;
+    assert_eq!(hit.x_cache(), "HIT");
+    let age: u64 = hit.header("age").parse().unwrap();
+    assert!(age >= 30, "age {age} forgets the origin's 30 s");
+    assert_eq!(hit.header("c"), "3");
+    assert_eq!(
+        hit.header("a"),
+        "",
+        "a header named by Connection was replayed"
     );
 }

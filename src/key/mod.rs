@@ -64,6 +64,7 @@ pub(crate) struct Variant {
 
 impl Variant {
     /// A variant of exactly these identity bytes.
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     pub(crate) fn of(identity: Bytes) -> Variant {
         Variant {
             hash: xxh3_64(&identity),

@@ -50,6 +50,8 @@ pub struct CachePolicy {
     header_rules: Vec<(HeaderName, HeaderRule)>,
     /// The keyed names of `header_rules`, in that order.
     keyed: Vec<HeaderName>,
+    /// Targeted cache-control fields (RFC 9213), consulted before `Cache-Control`.
+    targeted: Vec<HeaderName>,
     /// `header_rules` by name: one lookup per request header.
     rule_index: HashMap<HeaderName, HeaderRule, ahash::RandomState>,
     statuses: Vec<StatusCode>,
@@ -77,6 +79,7 @@ impl Default for CachePolicy {
             keyed: keyed_names(&header_rules),
             rule_index: header_rules.iter().cloned().collect(),
             header_rules,
+            targeted: Vec::new(),
             statuses: DEFAULT_STATUSES
                 .iter()
                 .map(|s| StatusCode::from_u16(*s).expect("valid status"))
@@ -160,6 +163,7 @@ impl CachePolicy {
         }
         .ignore_header(AUTHORIZATION)
         .ignore_header(COOKIE)
+        .targeted_cache_control(HeaderName::from_static("cdn-cache-control"))
         .cacheable_statuses(statuses)
     }
 
@@ -198,6 +202,19 @@ impl CachePolicy {
         }
         self.keyed = keyed_names(&self.header_rules);
         self.rule_index = self.header_rules.iter().cloned().collect();
+        self
+    }
+
+    /// Read a targeted cache-control field (RFC 9213) before `Cache-Control`: when a
+    /// response carries it, its directives apply to this cache instead of `Cache-Control`
+    /// and `Expires` (`CDN-Cache-Control`, or one of your own such as
+    /// `Portal-Cache-Control`). Fields named earlier take precedence. The RFC 9111 preset
+    /// reads `CDN-Cache-Control`. A targeted field that is not a valid Structured Field
+    /// Dictionary (RFC 8941, with Integer ages) is ignored, as RFC 9213 says.
+    pub fn targeted_cache_control(mut self, name: HeaderName) -> Self {
+        if !self.targeted.contains(&name) {
+            self.targeted.push(name);
+        }
         self
     }
 
@@ -266,7 +283,9 @@ impl CachePolicy {
         if !self.respect_cache_control {
             return StaleWindows::default();
         }
-        let cc = CacheControl::parse(headers);
+        let Ok((cc, _)) = self.response_cache_control(headers) else {
+            return StaleWindows::default();
+        };
         if cc.must_revalidate() {
             return StaleWindows {
                 while_revalidate: Some(Duration::ZERO),
@@ -310,7 +329,7 @@ impl CachePolicy {
         if !self.respect_cache_control {
             return Ok(default_ttl);
         }
-        let cc = readable_cache_control(headers)?;
+        let (cc, targeted) = self.response_cache_control(headers)?;
         if cc.no_store() || cc.private() || cc.no_cache() {
             return Err(NotStorable::CacheControl);
         }
@@ -318,10 +337,11 @@ impl CachePolicy {
             Ok(None) => cc.max_age().get(),
             other => other,
         };
+        let expires = if targeted { None } else { expires_ttl(headers) };
         let ttl = match explicit {
             Err(()) => return Err(NotStorable::CacheControl),
             Ok(Some(seconds)) => Duration::from_secs(seconds),
-            Ok(None) => match expires_ttl(headers) {
+            Ok(None) => match expires {
                 Some(ttl) => ttl,
                 None => return Ok(default_ttl),
             },
@@ -333,13 +353,32 @@ impl CachePolicy {
     }
 }
 
-/// The response's `Cache-Control`, or "not storable" when it or `Pragma` cannot be read.
-fn readable_cache_control(headers: &HeaderMap) -> Result<CacheControl, NotStorable> {
-    let cc = CacheControl::parse(headers);
-    if cc.is_unparseable() || pragma_no_cache(headers).is_err() {
-        return Err(NotStorable::CacheControl);
+impl CachePolicy {
+    /// The directives that apply to this cache: the first targeted field present
+    /// (RFC 9213: then `Cache-Control` and `Expires` are ignored, `true`), else
+    /// `Cache-Control`. "Not storable" when the field that applies, or `Pragma`, cannot be
+    /// read.
+    fn response_cache_control(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(CacheControl, bool), NotStorable> {
+        if pragma_no_cache(headers).is_err() {
+            return Err(NotStorable::CacheControl);
+        }
+        // An invalid targeted field is ignored (RFC 9213 §2.1): the next one applies, or
+        // `Cache-Control`.
+        let targeted = self.targeted.iter().find(|name| {
+            headers.contains_key(*name) && crate::cache_control::is_valid_targeted(headers, name)
+        });
+        let cc = match targeted {
+            Some(name) => CacheControl::parse_field(headers, name),
+            None => CacheControl::parse(headers),
+        };
+        if cc.is_unparseable() {
+            return Err(NotStorable::CacheControl);
+        }
+        Ok((cc, targeted.is_some()))
     }
-    Ok(cc)
 }
 
 fn keyed_names(rules: &[(HeaderName, HeaderRule)]) -> Vec<HeaderName> {
@@ -363,7 +402,7 @@ impl CachePolicy {
         if !self.statuses.contains(&status) {
             return Err(NotStorable::Status);
         }
-        let cc = readable_cache_control(headers)?;
+        let (cc, targeted) = self.response_cache_control(headers)?;
         if cc.no_store() || cc.private() || cc.no_cache() {
             return Err(NotStorable::CacheControl);
         }
@@ -381,7 +420,7 @@ impl CachePolicy {
         let date = header_date(headers, DATE);
         let lifetime = match s_maxage.or(max_age) {
             Some(seconds) => Duration::from_secs(seconds),
-            None => match expires_ttl(headers) {
+            None => match (!targeted).then(|| expires_ttl(headers)).flatten() {
                 Some(ttl) => ttl,
                 None => {
                     let heuristic = HEURISTIC_STATUSES.contains(&status.as_u16()) || public;
@@ -399,20 +438,34 @@ impl CachePolicy {
             },
         };
         // RFC 9111 §4.2.3: the age the response already has counts against it.
-        let age_header = headers
-            .get(AGE)
-            .and_then(|a| a.to_str().ok())
-            .and_then(crate::cache_control::delta_seconds)
-            .map(Duration::from_secs)
-            .unwrap_or(Duration::ZERO);
-        let apparent = date
-            .and_then(|d| SystemTime::now().duration_since(d).ok())
-            .unwrap_or(Duration::ZERO);
-        let ttl = lifetime.saturating_sub(age_header.max(apparent));
+        let ttl = lifetime.saturating_sub(self.initial_age(headers));
         if ttl.is_zero() {
             return Err(NotStorable::Freshness);
         }
         Ok(ttl)
+    }
+}
+
+impl CachePolicy {
+    /// How old a response already is when it arrives (RFC 9111 §4.2.3: its `Age`, or how
+    /// long ago its `Date` was); zero outside the RFC 9111 preset, where the origin is the
+    /// application itself.
+    pub(crate) fn initial_age(&self, headers: &HeaderMap) -> Duration {
+        if !self.rfc9111 {
+            return Duration::ZERO;
+        }
+        // `Age: 7200, 0` on one line is a list: its first member counts.
+        let age = headers
+            .get(AGE)
+            .and_then(|a| a.to_str().ok())
+            .and_then(|a| a.split(',').next())
+            .and_then(|a| crate::cache_control::delta_seconds(a.trim()))
+            .map(Duration::from_secs)
+            .unwrap_or(Duration::ZERO);
+        let apparent = header_date(headers, DATE)
+            .and_then(|d| SystemTime::now().duration_since(d).ok())
+            .unwrap_or(Duration::ZERO);
+        age.max(apparent)
     }
 }
 
@@ -516,6 +569,78 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_targeted_field_takes_precedence_over_cache_control_and_expires() {
+        let p = CachePolicy::default()
+            .targeted_cache_control(HeaderName::from_static("portal-cache-control"));
+        let store = |pairs: &[(&'static str, &str)]| {
+            p.storable(
+                StatusCode::OK,
+                &headers(pairs),
+                DEFAULT_TTL,
+                &HeaderMap::new(),
+            )
+        };
+        assert_eq!(
+            store(&[
+                ("cache-control", "no-store"),
+                ("portal-cache-control", "max-age=60")
+            ]),
+            Ok(Duration::from_secs(60))
+        );
+        for targeted in ["private", "no-cache", "no-store"] {
+            assert!(
+                store(&[
+                    ("cache-control", "max-age=600"),
+                    ("expires", "Wed, 21 Oct 2099 07:28:00 GMT"),
+                    ("portal-cache-control", targeted)
+                ])
+                .is_err(),
+                "{targeted}"
+            );
+        }
+        // An invalid targeted field is ignored: Cache-Control applies.
+        assert_eq!(
+            store(&[
+                ("cache-control", "no-store"),
+                ("portal-cache-control", "max-age=\"60\"")
+            ]),
+            Err(NotStorable::CacheControl)
+        );
+        // Expires is ignored too: without max-age the handle's TTL applies.
+        assert_eq!(
+            store(&[("expires", "0"), ("portal-cache-control", "public")]),
+            Ok(DEFAULT_TTL)
+        );
+        let rfc = CachePolicy::rfc9111();
+        assert_eq!(
+            rfc.storable(
+                StatusCode::OK,
+                &headers(&[
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=60")
+                ]),
+                DEFAULT_TTL,
+                &HeaderMap::new()
+            ),
+            Ok(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn an_age_list_counts_its_first_member() {
+        let p = CachePolicy::rfc9111();
+        assert_eq!(
+            p.initial_age(&headers(&[("age", "7200, 0")])),
+            Duration::from_secs(7200)
+        );
+        assert_eq!(p.initial_age(&headers(&[("age", "1s")])), Duration::ZERO);
+        assert_eq!(
+            CachePolicy::default().initial_age(&headers(&[("age", "30")])),
+            Duration::ZERO
+        );
     }
 
     #[test]

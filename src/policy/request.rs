@@ -180,12 +180,14 @@ impl CachePolicy {
         match parts.method {
             Method::GET | Method::HEAD => {}
             Method::POST | Method::PUT | Method::PATCH | Method::DELETE => {
-                return Action::Plain(if self.invalidate_on_unsafe {
-                    RequestAction::Unsafe
-                } else {
-                    RequestAction::Bypass(BypassReason::Method)
-                });
+                return Action::Plain(self.unsafe_action());
             }
+            Method::OPTIONS | Method::TRACE | Method::CONNECT => {
+                return Action::Plain(RequestAction::Bypass(BypassReason::Method))
+            }
+            // RFC 9111 §4.4: in the RFC 9111 preset, any method not known to be safe
+            // invalidates (`M-SEARCH`, …).
+            _ if self.rfc9111 => return Action::Plain(self.unsafe_action()),
             _ => return Action::Plain(RequestAction::Bypass(BypassReason::Method)),
         }
         let bypass = Action::Plain(RequestAction::Bypass(BypassReason::Request));
@@ -229,6 +231,14 @@ impl CachePolicy {
             return Action::Revalidate { keyed };
         }
         Action::Lookup { keyed }
+    }
+
+    fn unsafe_action(&self) -> RequestAction {
+        if self.invalidate_on_unsafe {
+            RequestAction::Unsafe
+        } else {
+            RequestAction::Bypass(BypassReason::Method)
+        }
     }
 
     /// The headers whose values select the variant, in the policy's order.
@@ -313,6 +323,19 @@ mod tests {
         let p = p.invalidate_on_unsafe(false);
         assert_eq!(
             action(&p, Method::POST, &[]),
+            RequestAction::Bypass(BypassReason::Method)
+        );
+        let search = Method::from_bytes(b"M-SEARCH").unwrap();
+        assert_eq!(
+            action(&CachePolicy::default(), search.clone(), &[]),
+            RequestAction::Bypass(BypassReason::Method)
+        );
+        assert_eq!(
+            action(&CachePolicy::rfc9111(), search, &[]),
+            RequestAction::Unsafe
+        );
+        assert_eq!(
+            action(&CachePolicy::rfc9111(), Method::OPTIONS, &[]),
             RequestAction::Bypass(BypassReason::Method)
         );
     }
