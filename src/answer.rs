@@ -24,6 +24,8 @@ pub(crate) enum Served {
     StaleWhileRevalidate,
     /// Expired, within its stale-if-error window, instead of a failed origin.
     StaleIfError,
+    /// Expired, validated by the origin with a `304` and freshened.
+    Revalidated,
 }
 
 /// Answer `request` (its parts) from `entry`.
@@ -88,6 +90,7 @@ pub(crate) fn answer_to<B>(
             headers::stale_status(entry.stale_secs(now), true, fallback),
             STALE,
         ),
+        Served::Revalidated => (headers::revalidated_status(fallback), HIT),
     };
     headers.insert(CACHE_STATUS, status);
     headers.insert(X_CACHE, x_cache);

@@ -51,6 +51,9 @@ pub struct Entry {
     stale_while_revalidate: Duration,
     /// How long after expiry the entry may still be served when the origin fails.
     stale_if_error: Duration,
+    /// How long after expiry the entry is kept to be validated upstream (it has a
+    /// validator the origin can check), served only after a `304`.
+    validation_window: Duration,
     tags: Vec<String>,
     /// The exact request inputs besides the logical key this entry answers (host, query,
     /// keyed headers; for gRPC the message): compared on every hit, so a hash collision
@@ -104,6 +107,7 @@ impl Entry {
             ttl,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            validation_window: Duration::ZERO,
             tags: Vec::new(),
             identity: Bytes::new(),
             vary: Vary::default(),
@@ -120,6 +124,33 @@ impl Entry {
         self.stored_at_ms -= age_ms;
         self.ttl = self.ttl.saturating_add(Duration::from_millis(age_ms));
         self
+    }
+
+    /// This entry freshened by a `304 Not Modified` (RFC 9111 §4.3.4): the same body,
+    /// tags and variant, `headers` (the stored ones updated from the 304's), fresh for
+    /// `ttl` from now.
+    pub(crate) fn freshened(&self, headers: HeaderMap, ttl: Duration) -> Entry {
+        Entry::new(self.status, headers, self.body.clone(), ttl)
+            .with_stale(self.stale_while_revalidate, self.stale_if_error)
+            .with_validation_window(validation_window(ttl))
+            .with_tags(self.tags.clone())
+            .with_vary(self.vary.clone())
+            .with_identity(self.identity.clone())
+    }
+
+    /// Keep the entry `window` after expiry to validate it upstream (see the field).
+    pub(crate) fn with_validation_window(mut self, window: Duration) -> Self {
+        self.validation_window = window;
+        self
+    }
+
+    /// Whether the entry is past its freshness and stale windows, kept only to be
+    /// validated upstream.
+    pub(crate) fn within_validation_window(&self, now_ms: u64) -> bool {
+        now_ms
+            < self
+                .expires_at_ms()
+                .saturating_add(millis(self.validation_window))
     }
 
     /// Attach invalidation tags (from the `Cache-Tag` response header).
@@ -202,6 +233,7 @@ impl Entry {
             ttl: self.ttl.min(cap),
             stale_while_revalidate: self.stale_while_revalidate.min(cap),
             stale_if_error: self.stale_if_error.min(cap),
+            validation_window: self.validation_window.min(cap),
             tags: self.tags.clone(),
             identity: self.identity.clone(),
             vary: self.vary.clone(),
@@ -261,14 +293,19 @@ impl Entry {
 
     /// Whether the entry is of no use any more, fresh or stale.
     pub(crate) fn is_dead_at(&self, now_ms: u64) -> bool {
-        !self.within_stale_while_revalidate(now_ms) && !self.within_stale_if_error(now_ms)
+        !self.within_stale_while_revalidate(now_ms)
+            && !self.within_stale_if_error(now_ms)
+            && !self.within_validation_window(now_ms)
     }
 
     /// How long the store must keep the entry: its TTL plus its longest stale window.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn retention(&self) -> Duration {
-        self.ttl
-            .saturating_add(self.stale_while_revalidate.max(self.stale_if_error))
+        let longest = self
+            .stale_while_revalidate
+            .max(self.stale_if_error)
+            .max(self.validation_window);
+        self.ttl.saturating_add(longest)
     }
 
     /// Whole seconds since the entry expired (0 while fresh).
@@ -368,6 +405,7 @@ impl Entry {
         out.put_u64(millis(self.ttl));
         out.put_u64(millis(self.stale_while_revalidate));
         out.put_u64(millis(self.stale_if_error));
+        out.put_u64(millis(self.validation_window));
         put_bytes(&mut out, &self.identity);
         out.put_u32(self.vary.names.len() as u32);
         for name in &self.vary.names {
@@ -419,6 +457,8 @@ impl Entry {
         let ttl = Duration::from_millis(buf.get_u64());
         let stale_while_revalidate = Duration::from_millis(buf.get_u64());
         let stale_if_error = Duration::from_millis(buf.get_u64());
+        need(buf, 8)?;
+        let validation_window = Duration::from_millis(buf.get_u64());
         let identity = share(owner, get_bytes(&mut buf)?);
         let mut names = Vec::new();
         for _ in 0..get_field_count(&mut buf)? {
@@ -451,6 +491,7 @@ impl Entry {
             ttl,
             stale_while_revalidate,
             stale_if_error,
+            validation_window,
             tags,
             identity,
             vary: Vary {
@@ -462,6 +503,12 @@ impl Entry {
             answer_headers: OnceLock::new(),
         })
     }
+}
+
+/// How long an entry fresh for `ttl` is kept after expiry to be validated upstream: as
+/// long again, at least a minute, at most a day.
+pub(crate) fn validation_window(ttl: Duration) -> Duration {
+    ttl.clamp(Duration::from_secs(60), Duration::from_secs(86_400))
 }
 
 /// A recorded body as the bytes an entry keeps: a buffer that grew by doubling is copied
@@ -627,7 +674,7 @@ mod tests {
         // Tens of thousands of tiny header fields: more than HeaderMap can hold.
         let mut entry = sample().encode().to_vec();
         let mut forged = entry.split_off(0);
-        forged.truncate(4 + 1 + 2 + 8 * 4);
+        forged.truncate(4 + 1 + 2 + 8 * 5);
         let field = |out: &mut Vec<u8>, bytes: &[u8]| {
             out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
             out.extend_from_slice(bytes);

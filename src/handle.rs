@@ -660,8 +660,9 @@ impl CacheHandle {
         logical: &str,
         variant: u64,
         ticket: Ticket,
-        entry: Entry,
+        entry: impl Into<Arc<Entry>>,
     ) -> bool {
+        let entry = entry.into();
         let write = {
             let bans = self.shared.bans.read();
             if bans.is_banned(ticket.bans, logical, entry.tags()) {
@@ -669,11 +670,9 @@ impl CacheHandle {
                 return false;
             }
             // Called under the read lock: local stores apply the write here (see `Store`).
-            self.shared.store.put(
-                self.store_key(logical, variant),
-                Arc::new(entry),
-                ticket.store,
-            )
+            self.shared
+                .store
+                .put(self.store_key(logical, variant), entry, ticket.store)
         };
         match write.await {
             Ok(()) => {

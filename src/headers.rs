@@ -136,6 +136,33 @@ fn push_decimal(out: &mut bytes::BytesMut, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// A stale entry the origin validated: `tower-response-cache; fwd=stale; fwd-status=304;
+/// stored`.
+pub(crate) fn revalidated_status(fallback: bool) -> HeaderValue {
+    let mut value = format!("{CACHE_NAME}; fwd=stale; fwd-status=304; stored");
+    push_detail(&mut value, [None, fallback.then_some("fallback")]);
+    HeaderValue::try_from(value).expect("ASCII header value")
+}
+
+/// The stored headers updated from a `304`'s (RFC 9111 §3.2): each field the 304 carries
+/// replaces the stored one, but for `Content-Length` and the fields that describe one
+/// connection or this cache's own answer.
+pub(crate) fn updated_from_304(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut updated = stored.clone();
+    let mut fresh = not_modified.clone();
+    strip_unstorable(&mut fresh);
+    for name in fresh.keys() {
+        if *name == http::header::CONTENT_LENGTH || *name == CACHE_TAG {
+            continue;
+        }
+        updated.remove(name);
+        for value in fresh.get_all(name) {
+            updated.append(name.clone(), value.clone());
+        }
+    }
+    updated
+}
+
 /// A follower that read another request's fetch as it arrived (RFC 9211 `collapsed`):
 /// `tower-response-cache; fwd=uri-miss; collapsed`.
 pub(crate) fn collapsed_status(forward: Forward, fallback: bool) -> HeaderValue {

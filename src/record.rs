@@ -152,6 +152,10 @@ struct Committer {
 impl Commit for Committer {
     async fn store(mut self, body: Bytes) {
         let mut headers = std::mem::take(&mut self.headers);
+        // A validator the origin can check: its own ETag (one this cache makes up means
+        // nothing upstream) or a Last-Modified. Then an expired entry is kept to be validated.
+        let validatable = (!self.etag && headers.contains_key(ETAG))
+            || headers.contains_key(http::header::LAST_MODIFIED);
         if self.status != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
             headers.insert(CONTENT_LENGTH, body.len().into());
         }
@@ -168,6 +172,11 @@ impl Commit for Committer {
             .with_vary(std::mem::take(&mut self.vary))
             .with_identity(self.variant.identity.clone())
             .with_initial_age(self.initial_age);
+        let entry = if validatable {
+            entry.with_validation_window(crate::entry::validation_window(self.ttl))
+        } else {
+            entry
+        };
         let stored = self
             .handle
             .commit(&self.logical, self.variant.hash, self.ticket, entry)

@@ -19,10 +19,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{
-    CONTENT_LOCATION, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
-    IF_UNMODIFIED_SINCE, LOCATION,
+    CONTENT_LOCATION, ETAG, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+    IF_UNMODIFIED_SINCE, LAST_MODIFIED, LOCATION,
 };
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
@@ -30,6 +30,7 @@ use crate::answer::{answer, answer_to, Served};
 use crate::body::{BoxError, ResponseBody};
 use crate::clock;
 use crate::coalesce::{Outcome, Role, Share, Turn};
+use crate::entry::Entry;
 use crate::fill::{Fill, FillBody};
 use crate::future::ResponseFuture;
 use crate::handle::{CacheHandle, Found};
@@ -268,6 +269,8 @@ where
     let mut coalesced = false;
     // An expired entry that may stand in if the origin fails.
     let mut stale = None;
+    // An expired entry the origin may validate instead of sending it again.
+    let mut expired = None;
     let mut skip_lookup = revalidate;
     // The headers the key's stored variants vary on: part of the flight key.
     let mut vary_names = Vec::new();
@@ -305,8 +308,9 @@ where
             }
             Some(Found::Stale(entry)) => {
                 if entry.within_stale_if_error(clock::now_millis()) {
-                    stale = Some(entry);
+                    stale = Some(entry.clone());
                 }
+                expired = Some(entry);
                 Forward::Stale
             }
             Some(Found::UriMiss) => Forward::UriMiss,
@@ -345,10 +349,15 @@ where
     let ticket = handle.ticket().await;
     let mut parts = parts;
     let request_headers = parts.headers.clone();
+    let mut validating = None;
     if !is_head {
         // Ask for the full response, so it can be stored; the client's own conditions
         // are answered from the stored entry later.
         strip_conditionals(&mut parts.headers);
+        // Or ask whether the expired entry still holds (RFC 9111 §4.3.1).
+        if let Some(entry) = expired.filter(|e| add_validators(&config, e, &mut parts.headers)) {
+            validating = Some(entry);
+        }
     }
     let call = inner.call(Request::from_parts(parts, body));
     let response = match stale {
@@ -381,6 +390,42 @@ where
             }
         }
     };
+    if let Some(entry) = validating.filter(|_| response.status() == StatusCode::NOT_MODIFIED) {
+        let (parts, _) = response.into_parts();
+        let headers = headers::updated_from_304(entry.headers(), &parts.headers);
+        let policy = &config.policy;
+        let ttl = policy.storable(entry.status(), &headers, handle.ttl(), &request_headers);
+        let fresh = Arc::new(match ttl {
+            Ok(ttl) => entry
+                .freshened(headers, ttl)
+                .with_initial_age(policy.initial_age(&parts.headers)),
+            // Not storable any more: this answer only, fresh for nobody after it.
+            Err(_) => entry.freshened(headers, std::time::Duration::ZERO),
+        });
+        let stored = match ttl {
+            Ok(_) => {
+                handle
+                    .commit(&logical, variant.hash, ticket, fresh.clone())
+                    .await
+            }
+            Err(_) => false,
+        };
+        if let Some(leader) = leader {
+            leader.finish(if stored {
+                Outcome::Stored
+            } else {
+                Outcome::Uncacheable
+            });
+        }
+        bump!(counters, hits);
+        return Ok(answer_to(
+            &fresh,
+            &request_headers,
+            is_head,
+            Served::Revalidated,
+            falling_back(handle),
+        ));
+    }
     let miss = Miss {
         logical,
         variant,
@@ -390,6 +435,24 @@ where
         is_head,
     };
     Ok(record::response(&config, miss, response, &request_headers))
+}
+
+/// Ask the origin to validate `entry`: its `Last-Modified` as `If-Modified-Since`, and its
+/// `ETag` as `If-None-Match` unless this cache may have made the tag up (then the origin
+/// could not recognise it). Whether any validator was added.
+fn add_validators(config: &Config, entry: &Entry, headers: &mut http::HeaderMap) -> bool {
+    let mut added = false;
+    if !config.policy.etags() {
+        if let Some(etag) = entry.headers().get(ETAG) {
+            headers.insert(IF_NONE_MATCH, etag.clone());
+            added = true;
+        }
+    }
+    if let Some(modified) = entry.headers().get(LAST_MODIFIED) {
+        headers.insert(IF_MODIFIED_SINCE, modified.clone());
+        added = true;
+    }
+    added
 }
 
 /// A flight's key: the request's identity and its values of the headers the key's stored

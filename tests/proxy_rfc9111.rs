@@ -23,9 +23,23 @@ use tower_response_cache::CacheHandle;
 async fn upstream(
     State(calls): State<Arc<AtomicUsize>>,
     Query(q): Query<HashMap<String, String>>,
+    request_headers: HeaderMap,
 ) -> Response {
     let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
     let mut response = Response::new(axum::body::Body::from(format!("#{n}")));
+    // `etag=T`: the answer's ETag; a request naming it in If-None-Match gets a 304.
+    if let Some(etag) = q.get("etag") {
+        if request_headers
+            .get("if-none-match")
+            .is_some_and(|v| v == etag.as_str())
+        {
+            *response.status_mut() = axum::http::StatusCode::NOT_MODIFIED;
+            *response.body_mut() = axum::body::Body::empty();
+        }
+        response
+            .headers_mut()
+            .insert("etag", HeaderValue::from_str(etag).unwrap());
+    }
     let h: &mut HeaderMap = response.headers_mut();
     for (param, header) in [
         ("cc", "cache-control"),
@@ -35,6 +49,7 @@ async fn upstream(
         ("connection", "connection"),
         ("a", "a"),
         ("c", "c"),
+        ("x", "x-version"),
     ] {
         if let Some(v) = q.get(param) {
             h.insert(
@@ -281,4 +296,30 @@ async fn the_age_sent_counts_the_origins_age_and_headers_named_by_connection_are
         "",
         "a header named by Connection was replayed"
     );
+}
+
+#[tokio::test]
+async fn a_stale_entry_is_validated_upstream_and_freshened_by_a_304() {
+    let s = setup().await;
+    let path = "/validated?cc=max-age%3D1&etag=%22v1%22&x=one";
+    assert_eq!(get(&s.client, s.proxy, path).await.text(), "#1");
+    s.stored(1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Stale: the cache asks with If-None-Match and the upstream says 304.
+    let validated = get(&s.client, s.proxy, path).await;
+    assert_eq!(s.calls(), 2);
+    assert_eq!(validated.text(), "#1", "the stored body, not refetched");
+    assert!(
+        validated.header("cache-status").contains("fwd-status=304"),
+        "{}",
+        validated.header("cache-status")
+    );
+    // Freshened: served from the cache again.
+    let hit = get(&s.client, s.proxy, path).await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert_eq!(hit.text(), "#1");
+    assert_eq!(s.calls(), 2);
+    // A client's own condition is answered from the freshened entry.
+    let conditional = get_with(&s.client, s.proxy, path, &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(conditional.status, axum::http::StatusCode::NOT_MODIFIED);
 }
