@@ -55,6 +55,7 @@ async fn origin(
     let h = response.headers_mut();
     for (param, header) in [
         ("cc", "cache-control"),
+        ("pcc", "portal-cache-control"),
         ("vary", "vary"),
         ("tag", "cache-tag"),
     ] {
@@ -501,4 +502,31 @@ async fn bad_input_gets_a_correct_answer() {
     stored(&handle, 5).await;
     assert_eq!(get(&client, addr, &vary_path).await.x_cache(), "HIT");
     assert_eq!(get(&client, addr, &huge_query).await.x_cache(), "HIT");
+}
+
+#[tokio::test]
+async fn a_targeted_field_gives_this_cache_its_own_rules() {
+    let handle = CacheHandle::in_memory();
+    let policy = CachePolicy::default()
+        .targeted_cache_control(HeaderName::from_static("portal-cache-control"));
+    let (origin, addr, client) = start_with(CacheLayer::new(handle.clone()).policy(policy)).await;
+    // Browsers are told not to store it; this cache keeps it for a minute.
+    let path = "/api/dashboard/T?cc=no-store&pcc=max-age%3D60";
+    let first = get(&client, addr, path).await;
+    assert_eq!(first.header("cache-control"), "no-store");
+    let mut hit = None;
+    for _ in 0..100 {
+        let answer = get(&client, addr, path).await;
+        if answer.x_cache() == "HIT" {
+            hit = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(hit.is_some(), "the targeted max-age was not honoured");
+    // And the other way round: cacheable for browsers, private for this cache.
+    let private = "/api/dashboard/P?cc=max-age%3D600&pcc=private";
+    get(&client, addr, private).await;
+    assert_eq!(get(&client, addr, private).await.x_cache(), "MISS");
+    assert!(origin.calls() >= 3);
 }
