@@ -26,6 +26,8 @@ pub(crate) enum Served {
     StaleIfError,
     /// Expired, validated by the origin with a `304` and freshened.
     Revalidated,
+    /// Expired, within what the request's `max-stale` accepts.
+    MaxStale,
 }
 
 /// Answer `request` (its parts) from `entry`.
@@ -91,6 +93,10 @@ pub(crate) fn answer_to<B>(
             STALE,
         ),
         Served::Revalidated => (headers::revalidated_status(fallback), HIT),
+        Served::MaxStale => (
+            headers::stale_status(entry.stale_secs(now), false, fallback),
+            STALE,
+        ),
     };
     headers.insert(CACHE_STATUS, status);
     headers.insert(X_CACHE, x_cache);

@@ -245,6 +245,38 @@ fn is_sf_bare_item(item: &str) -> bool {
     }
 }
 
+/// What a request's `Cache-Control` asks of a stored response (RFC 9111 §5.2.1), for the
+/// RFC 9111 preset: how old, how fresh or how stale it may be, and whether the cache may
+/// go to the origin at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RequestDirectives {
+    pub(crate) max_age: Option<u64>,
+    pub(crate) min_fresh: Option<u64>,
+    /// `max-stale` without a value accepts any staleness.
+    pub(crate) max_stale: Option<u64>,
+    pub(crate) only_if_cached: bool,
+}
+
+impl RequestDirectives {
+    /// The directives of `headers`; `None` when there are none that matter here.
+    pub(crate) fn parse(headers: &HeaderMap) -> Option<RequestDirectives> {
+        if !headers.contains_key(CACHE_CONTROL) {
+            return None;
+        }
+        let cc = CacheControl::parse(headers);
+        let seconds = |name| cc.seconds(name).get().ok().flatten();
+        let directives = RequestDirectives {
+            max_age: seconds("max-age"),
+            min_fresh: seconds("min-fresh"),
+            max_stale: cc
+                .has("max-stale")
+                .then(|| seconds("max-stale").unwrap_or(u64::MAX)),
+            only_if_cached: cc.has("only-if-cached"),
+        };
+        (directives != RequestDirectives::default()).then_some(directives)
+    }
+}
+
 /// Whether a `Pragma` field says `no-cache`, or cannot be read (`Err`).
 pub(crate) fn pragma_no_cache(headers: &HeaderMap) -> Result<bool, ()> {
     let mut directives = Vec::new();

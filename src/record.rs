@@ -84,6 +84,7 @@ where
                 leader.share(fill.clone());
             }
             let commit = Committer {
+                keep_expired: config.policy.is_rfc9111(),
                 initial_age: config.policy.initial_age(&parts.headers),
                 handle: handle.clone(),
                 logical: miss.logical,
@@ -134,6 +135,9 @@ where
 
 /// What a fill's recorded body is stored as, and who hears about it.
 struct Committer {
+    /// Keep expired entries for a while even without a validator: the RFC 9111 preset
+    /// serves them to requests whose `max-stale` accepts them.
+    keep_expired: bool,
     initial_age: Duration,
     handle: CacheHandle,
     logical: String,
@@ -154,7 +158,8 @@ impl Commit for Committer {
         let mut headers = std::mem::take(&mut self.headers);
         // A validator the origin can check: its own ETag (one this cache makes up means
         // nothing upstream) or a Last-Modified. Then an expired entry is kept to be validated.
-        let validatable = (!self.etag && headers.contains_key(ETAG))
+        let validatable = self.keep_expired
+            || (!self.etag && headers.contains_key(ETAG))
             || headers.contains_key(http::header::LAST_MODIFIED);
         if self.status != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
             headers.insert(CONTENT_LENGTH, body.len().into());

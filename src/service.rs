@@ -28,6 +28,7 @@ use tower_service::Service;
 
 use crate::answer::{answer, answer_to, Served};
 use crate::body::{BoxError, ResponseBody};
+use crate::cache_control::RequestDirectives;
 use crate::clock;
 use crate::coalesce::{Outcome, Role, Share, Turn};
 use crate::entry::Entry;
@@ -128,7 +129,7 @@ where
                 // Memory hits are answered here: no boxed future, no clone of the inner
                 // service (which stays ready, unused), and the identity compared from a
                 // reused buffer.
-                if !revalidate {
+                if !revalidate && !config.has_request_directives(&parts.headers) {
                     let found = key::with_identity(&parts, keyed, |identity, hash| {
                         handle.lookup_now(&logical, hash, identity, &parts.headers)
                     });
@@ -159,6 +160,20 @@ fn take_ready<S: Clone>(inner: &mut S) -> S {
 }
 
 impl Config {
+    /// Request `Cache-Control` directives the RFC 9111 preset weighs against a hit.
+    fn request_directives(&self, headers: &http::HeaderMap) -> Option<RequestDirectives> {
+        if !self.policy.is_rfc9111() {
+            return None;
+        }
+        RequestDirectives::parse(headers)
+    }
+
+    fn has_request_directives(&self, headers: &http::HeaderMap) -> bool {
+        self.policy.is_rfc9111()
+            && headers.contains_key(http::header::CACHE_CONTROL)
+            && self.request_directives(headers).is_some()
+    }
+
     fn logical_key<'a>(&self, parts: &'a http::request::Parts) -> Option<Cow<'a, str>> {
         match &self.key_fn {
             Some(key_fn) => key_fn(parts).map(|k| Cow::Owned(key::bound(k.into()).into_owned())),
@@ -274,11 +289,16 @@ where
     let mut skip_lookup = revalidate;
     // The headers the key's stored variants vary on: part of the flight key.
     let mut vary_names = Vec::new();
+    let directives = config.request_directives(&parts.headers);
     let (forward, leader) = loop {
         let found = if std::mem::take(&mut skip_lookup) {
             None
         } else {
-            Some(handle.lookup(&logical, &variant, &parts.headers).await)
+            let found = handle.lookup(&logical, &variant, &parts.headers).await;
+            Some(match directives {
+                Some(directives) => weigh(found, &directives),
+                None => found,
+            })
         };
         let forward = match found {
             None => Forward::Request,
@@ -286,6 +306,15 @@ where
                 bump!(counters, hits);
                 let served = Served::Hit { coalesced };
                 return Ok(answer(&entry, &parts, served, falling_back(handle)));
+            }
+            Some(Found::Stale(entry)) if accepts_stale(directives.as_ref(), &entry) => {
+                bump!(counters, stale);
+                return Ok(answer(
+                    &entry,
+                    &parts,
+                    Served::MaxStale,
+                    falling_back(handle),
+                ));
             }
             Some(Found::Stale(entry))
                 if entry.within_stale_while_revalidate(clock::now_millis()) =>
@@ -345,6 +374,19 @@ where
             Turn::FetchAlone => break (forward, None),
         }
     };
+    if directives.is_some_and(|d| d.only_if_cached) {
+        // RFC 9111 §5.2.1.7: nothing stored that may answer, and the client forbids asking.
+        release(leader);
+        bump!(counters, misses);
+        let mut response = Response::new(ResponseBody::cached(None));
+        *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+        response.headers_mut().insert(X_CACHE, headers::MISS);
+        response.headers_mut().insert(
+            CACHE_STATUS,
+            headers::forward_status(forward, false, Some("only-if-cached"), false),
+        );
+        return Ok(response);
+    }
     bump!(counters, misses);
     let ticket = handle.ticket().await;
     let mut parts = parts;
@@ -453,6 +495,37 @@ fn add_validators(config: &Config, entry: &Entry, headers: &mut http::HeaderMap)
         added = true;
     }
     added
+}
+
+/// A hit the request's `max-age` / `min-fresh` refuse is stale to it.
+fn weigh(found: Found, directives: &RequestDirectives) -> Found {
+    let Found::Hit(entry) = found else {
+        return found;
+    };
+    let now = clock::now_millis();
+    let too_old = directives
+        .max_age
+        .is_some_and(|max| entry.age_secs(now) > max);
+    let too_close = directives
+        .min_fresh
+        .is_some_and(|min| entry.remaining_secs(now) < min);
+    if too_old || too_close {
+        Found::Stale(entry)
+    } else {
+        Found::Hit(entry)
+    }
+}
+
+/// Whether a request's `max-stale` accepts this expired entry (never one that says
+/// `must-revalidate`, nor one a request `max-age`/`min-fresh` refused while fresh).
+fn accepts_stale(directives: Option<&RequestDirectives>, entry: &Entry) -> bool {
+    let Some(max_stale) = directives.and_then(|d| d.max_stale) else {
+        return false;
+    };
+    let now = clock::now_millis();
+    !entry.is_fresh_at(now)
+        && entry.stale_secs(now) <= max_stale
+        && !crate::cache_control::CacheControl::parse(entry.headers()).must_revalidate()
 }
 
 /// A flight's key: the request's identity and its values of the headers the key's stored

@@ -323,3 +323,56 @@ async fn a_stale_entry_is_validated_upstream_and_freshened_by_a_304() {
     let conditional = get_with(&s.client, s.proxy, path, &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(conditional.status, axum::http::StatusCode::NOT_MODIFIED);
 }
+
+#[tokio::test]
+async fn request_directives_weigh_against_a_stored_answer() {
+    let s = setup().await;
+    // only-if-cached with nothing stored: 504, and the upstream is never asked.
+    let none = get_with(
+        &s.client,
+        s.proxy,
+        "/oic",
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(none.status, axum::http::StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(s.calls(), 0);
+    // max-age: an answer older than the request accepts is not served.
+    let path = "/ma?cc=max-age%3D600";
+    get(&s.client, s.proxy, path).await;
+    s.stored(1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh_enough = get_with(&s.client, s.proxy, path, &[("cache-control", "max-age=60")]).await;
+    assert_eq!(fresh_enough.x_cache(), "HIT");
+    let too_old = get_with(
+        &s.client,
+        s.proxy,
+        path,
+        &[("cache-control", "max-age=0, x=1")],
+    )
+    .await;
+    assert_ne!(too_old.x_cache(), "HIT");
+    let picky = get_with(
+        &s.client,
+        s.proxy,
+        path,
+        &[("cache-control", "min-fresh=6000")],
+    )
+    .await;
+    assert_ne!(picky.x_cache(), "HIT");
+    let calls = s.calls();
+    // max-stale: an expired answer the request accepts is served without the upstream.
+    let path = "/ms?cc=max-age%3D1";
+    get(&s.client, s.proxy, path).await;
+    s.stored(2).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stale = get_with(
+        &s.client,
+        s.proxy,
+        path,
+        &[("cache-control", "max-stale=60")],
+    )
+    .await;
+    assert_eq!(stale.x_cache(), "STALE");
+    assert_eq!(s.calls(), calls + 1);
+}
