@@ -566,6 +566,17 @@ fn trickle(frames: Vec<Bytes>, pause: std::time::Duration) -> Response<Trickle> 
     Response::new(http_body_util::StreamBody::new(frames.boxed()))
 }
 
+/// Send a GET of `path` through `service` and read the whole answer.
+async fn body_of<S>(service: S, path: &'static str) -> Bytes
+where
+    S: Service<Req, Response = Response<tower_response_cache::ResponseBody<Trickle>>>,
+    S::Error: std::fmt::Debug,
+{
+    let request = Request::get(path).body(Full::default()).unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
 /// A fill is read at the origin's pace: a first client that never reads its body makes no
 /// follower wait for it.
 #[tokio::test]
@@ -590,16 +601,7 @@ async fn a_client_that_stops_reading_holds_up_no_follower() {
         .oneshot(Request::get("/p").body(Full::default()).unwrap());
     let stalled = stalled.await.unwrap();
     let started = std::time::Instant::now();
-    let followers = (0..5).map(|_| {
-        let service = service.clone();
-        async move {
-            let response = service
-                .oneshot(Request::get("/p").body(Full::default()).unwrap())
-                .await
-                .unwrap();
-            response.into_body().collect().await.unwrap().to_bytes()
-        }
-    });
+    let followers = (0..5).map(|_| body_of(service.clone(), "/p"));
     let bodies = tokio::time::timeout(
         Duration::from_secs(5),
         futures_util::future::join_all(followers),
@@ -686,16 +688,7 @@ async fn a_fill_from_before_an_invalidation_is_never_shared_after_it() {
     });
     let handle = CacheHandle::builder(MemoryStore::new()).build();
     let service = CacheLayer::new(handle.clone()).layer(origin);
-    let get = || {
-        let service = service.clone();
-        async move {
-            let response = service
-                .oneshot(Request::get("/p").body(Full::default()).unwrap())
-                .await
-                .unwrap();
-            response.into_body().collect().await.unwrap().to_bytes()
-        }
-    };
+    let get = || body_of(service.clone(), "/p");
     let before = get();
     let after = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
