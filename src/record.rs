@@ -112,7 +112,8 @@ where
         }
         (decision, _) => {
             let reason = decision.err().flatten();
-            if reason.is_some() {
+            // A 304 answers one client's condition: it says nothing about the key.
+            if reason.is_some() && parts.status != StatusCode::NOT_MODIFIED {
                 handle.set_hit_for_miss(&miss.logical, &miss.variant.identity, true);
             }
             if let Some(leader) = miss.leader {

@@ -392,7 +392,10 @@ where
     let mut parts = parts;
     let request_headers = parts.headers.clone();
     let mut validating = None;
-    if !is_head {
+    // With nothing stored to answer it from, a client's own condition goes to the origin
+    // as sent (RFC 9111 §4.3.2): its 304 passes through, a 200 is stored.
+    let forward_condition = expired.is_none() && has_conditionals(&parts.headers);
+    if !is_head && !forward_condition {
         // Ask for the full response, so it can be stored; the client's own conditions
         // are answered from the stored entry later.
         strip_conditionals(&mut parts.headers);

@@ -376,3 +376,21 @@ async fn request_directives_weigh_against_a_stored_answer() {
     assert_eq!(stale.x_cache(), "STALE");
     assert_eq!(s.calls(), calls + 1);
 }
+
+#[tokio::test]
+async fn a_clients_own_condition_goes_upstream_when_nothing_is_stored() {
+    let s = setup().await;
+    let path = "/cond?cc=max-age%3D600&etag=%22v1%22";
+    // Nothing stored: the condition is forwarded and the upstream's 304 passes through.
+    let first = get_with(&s.client, s.proxy, path, &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(first.status, axum::http::StatusCode::NOT_MODIFIED);
+    assert_eq!(s.calls(), 1);
+    // The key is not marked uncacheable by it: a plain read is stored and then hit.
+    assert_eq!(get(&s.client, s.proxy, path).await.text(), "#2");
+    s.stored(1).await;
+    assert_eq!(get(&s.client, s.proxy, path).await.x_cache(), "HIT");
+    // Stored now: the condition is answered here.
+    let cached = get_with(&s.client, s.proxy, path, &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(cached.status, axum::http::StatusCode::NOT_MODIFIED);
+    assert_eq!(s.calls(), 2);
+}
