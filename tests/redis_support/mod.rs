@@ -15,12 +15,16 @@ pub struct RedisServer {
     extra: Vec<String>,
 }
 
+/// A free loopback port whose cluster bus port (port + 10 000) is free too: cluster nodes
+/// listen on both, and an ephemeral port above 55 535 has no bus port at all.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl RedisServer {
@@ -31,20 +35,41 @@ impl RedisServer {
 
     /// Start a server with extra `redis-server` arguments (e.g. `["--requirepass", "x"]`).
     pub fn start_with(extra: &[&str]) -> RedisServer {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("trc-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        server.spawn();
-        server
+        // A port found free can be taken before the server binds it (other tests run in
+        // parallel): try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("trc-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            if server.try_spawn() {
+                return server;
+            }
+            server.stop_child();
+        }
+        panic!("redis-server did not start on any of five free ports");
+    }
+
+    fn stop_child(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn spawn(&mut self) {
+        if !self.try_spawn() {
+            panic!("redis-server did not start on port {}", self.port);
+        }
+    }
+
+    /// Start the server on its port: whether it came up (the port may have been taken).
+    fn try_spawn(&mut self) -> bool {
         let binary = which("redis-server").unwrap_or_else(|| {
             panic!(
                 "redis-server is required for the Redis tests and was not found on PATH: \
@@ -62,18 +87,24 @@ impl RedisServer {
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
-        self.wait_until_up();
+        self.came_up()
     }
 
-    fn wait_until_up(&self) {
+    fn came_up(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+                return true;
+            }
+            // A server that could not bind exits at once.
+            if let Some(child) = self.child.as_mut() {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return false;
+                }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("redis-server did not start on port {}", self.port);
+        false
     }
 
     pub fn url(&self) -> String {
