@@ -9,7 +9,8 @@
 //! Recording is bounded twice: by the policy's `max_body_size` for one fill, and by the
 //! handle's fill budget for all fills in flight ([`Budget`]). Past either bound the fill
 //! stops recording: nobody new joins it, the bytes every reader has read are dropped, and
-//! the task reads the origin only as fast as the readers keep within [`WINDOW`] of it. If
+//! the task reads the origin only as fast as the readers keep within [`WINDOW`] of it (or
+//! within one frame, while all fills together hold their budget). If
 //! one reader lags while another waits for data for longer than the stall limit, the
 //! laggard is cut off (its body ends with an error) rather than holding the other up.
 //!
@@ -83,7 +84,6 @@ impl Budget {
     }
 
     /// Bytes held by fills right now.
-    #[cfg(test)]
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
@@ -300,7 +300,11 @@ impl Fill {
             if !self.prune(&mut state) {
                 return Poll::Ready(false);
             }
-            if state.held <= WINDOW {
+            // Ahead of the slowest reader by at most the window, and by nothing once all
+            // fills together hold their budget: then a fill is paced by its reader, as a
+            // plain pass-through would be, however many non-reading clients there are.
+            let budget_left = self.budget.used() <= self.budget.limit;
+            if state.held == 0 || (state.held <= WINDOW && budget_left) {
                 return Poll::Ready(true);
             }
             let head = state.base + state.frames.len();
@@ -591,6 +595,32 @@ mod tests {
         // The laggard was cut off instead of holding the other reader.
         assert!(laggard.collect().await.is_err());
         assert!(fill.reader().is_none(), "a late joiner fetches alone");
+    }
+
+    #[tokio::test]
+    async fn with_the_budget_spent_an_unrecorded_fill_runs_no_further_ahead_than_its_reader() {
+        // The budget is spent by another fill's recording.
+        let budget = Arc::new(Budget::new(1000));
+        let hog = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(10));
+        assert!(hog.push_data(Bytes::from(vec![0; 1000])));
+        let fill = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(10));
+        let mut reader = fill.reader().unwrap();
+        let (tx, body) = channel_body();
+        let task = tokio::spawn(run(fill.clone(), body, Noop(Arc::new(Mutex::new(None)))));
+        for _ in 0..8 {
+            let _ = tx.try_send(Bytes::from(vec![1; 10_000]));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The reader has read nothing: the fill took one frame and waits for it.
+        assert_eq!(fill.lock().held, 10_000);
+        reader.frame().await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fill.lock().held, 10_000, "one frame ahead, not the window");
+        drop(reader);
+        drop(tx);
+        task.await.unwrap();
+        drop((hog, fill));
+        assert_eq!(budget.used(), 0);
     }
 
     #[tokio::test]

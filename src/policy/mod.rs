@@ -77,7 +77,7 @@ impl Default for CachePolicy {
         let header_rules = CachePolicy::default_header_rules();
         CachePolicy {
             keyed: keyed_names(&header_rules),
-            rule_index: header_rules.iter().cloned().collect(),
+            rule_index: request::index_rules(&header_rules),
             header_rules,
             targeted: Vec::new(),
             statuses: DEFAULT_STATUSES
@@ -201,7 +201,7 @@ impl CachePolicy {
             self.header_rules.push((name, rule));
         }
         self.keyed = keyed_names(&self.header_rules);
-        self.rule_index = self.header_rules.iter().cloned().collect();
+        self.rule_index = request::index_rules(&self.header_rules);
         self
     }
 

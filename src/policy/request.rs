@@ -18,9 +18,11 @@
 //! [`bypass_on_header`](super::CachePolicy::bypass_on_header) and
 //! [`ignore_header`](super::CachePolicy::ignore_header) change the lists.
 
+use std::collections::HashMap;
+
 use http::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, HOST, IF_MATCH, IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
-    UPGRADE,
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, IF_MATCH, IF_UNMODIFIED_SINCE, PRAGMA,
+    RANGE, TRANSFER_ENCODING, UPGRADE,
 };
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, Method};
@@ -137,6 +139,43 @@ impl From<Action> for RequestAction {
 pub(crate) enum HeaderRule {
     Bypass,
     Key,
+    /// Not listed by the user: its value is looked at after the pass over the headers.
+    Inspect(Inspect),
+}
+
+/// Request headers whose values decide, looked at only when present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inspect {
+    Host,
+    ContentLength,
+    /// `Cache-Control` and `Pragma`.
+    Directives,
+}
+
+/// Headers whose presence alone means "forward as sent", whatever the lists say: a range,
+/// preconditions the cache does not evaluate, a protocol upgrade, a body.
+const STRUCTURAL_BYPASS: [HeaderName; 5] = [
+    RANGE,
+    IF_MATCH,
+    IF_UNMODIFIED_SINCE,
+    UPGRADE,
+    TRANSFER_ENCODING,
+];
+
+/// The lookup table of the pass over a request's headers: the user's rules, then the
+/// structural ones, which no rule overrides.
+pub(crate) fn index_rules(
+    rules: &[(HeaderName, HeaderRule)],
+) -> HashMap<HeaderName, HeaderRule, ahash::RandomState> {
+    let mut index: HashMap<_, _, _> = rules.iter().cloned().collect();
+    for name in STRUCTURAL_BYPASS {
+        index.insert(name, HeaderRule::Bypass);
+    }
+    index.insert(HOST, HeaderRule::Inspect(Inspect::Host));
+    index.insert(CONTENT_LENGTH, HeaderRule::Inspect(Inspect::ContentLength));
+    index.insert(CACHE_CONTROL, HeaderRule::Inspect(Inspect::Directives));
+    index.insert(PRAGMA, HeaderRule::Inspect(Inspect::Directives));
+    index
 }
 
 impl CachePolicy {
@@ -191,30 +230,32 @@ impl CachePolicy {
             _ => return Action::Plain(RequestAction::Bypass(BypassReason::Method)),
         }
         let bypass = Action::Plain(RequestAction::Bypass(BypassReason::Request));
-        if has_body || headers.contains_key(TRANSFER_ENCODING) || has_content(headers) {
+        if has_body {
             return bypass;
         }
-        // A range, a precondition the cache does not evaluate, a protocol upgrade, or a
-        // `Host` that disagrees with the URI: forwarded as sent.
-        for name in [RANGE, IF_MATCH, IF_UNMODIFIED_SINCE, UPGRADE] {
-            if headers.contains_key(name) {
-                return bypass;
-            }
-        }
-        if !host_agrees(parts) {
-            return bypass;
-        }
-        // One pass over the request's headers (usually few) instead of one lookup per
-        // listed name. A name with `_` bypasses too: CGI-style servers read
-        // `X_Forwarded_Host` as `X-Forwarded-Host`, so no list could be complete.
-        let mut keyed = false;
+        // One pass over the request's headers (usually few), one map lookup each, decides
+        // everything: listed names bypass or are keyed, structural ones (`Range`,
+        // preconditions, `Upgrade`, `Transfer-Encoding`) bypass, and the few whose values
+        // matter are looked at afterwards only when present. A name with `_` bypasses too:
+        // CGI-style servers read `X_Forwarded_Host` as `X-Forwarded-Host`, so no list
+        // could be complete.
+        let (mut keyed, mut host, mut length, mut directives) = (false, false, false, false);
         for name in headers.keys() {
             match self.rule_of(name) {
                 Some(HeaderRule::Bypass) => return bypass,
                 Some(HeaderRule::Key) => keyed = true,
+                Some(HeaderRule::Inspect(Inspect::Host)) => host = true,
+                Some(HeaderRule::Inspect(Inspect::ContentLength)) => length = true,
+                Some(HeaderRule::Inspect(Inspect::Directives)) => directives = true,
                 None if name.as_str().contains('_') => return bypass,
                 None => {}
             }
+        }
+        if (length && has_content(headers)) || (host && !host_agrees(parts)) {
+            return bypass;
+        }
+        if !directives {
+            return Action::Lookup { keyed };
         }
         let cc = CacheControl::parse(headers);
         // A request field the cache cannot read may hold a `no-store`.
