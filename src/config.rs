@@ -16,6 +16,8 @@
 //! | `CACHE_MAX_BYTES` | `268435456` | memory store budget (also the fallback's) |
 //! | `CACHE_REDIS_TIMEOUT_MS` | `50` | deadline of each Redis call |
 //! | `CACHE_FALLBACK_TTL_SECONDS` | `30` | longest life of an entry written while Redis is down |
+//! | `CACHE_NEAR_LEASE_MS` | — (off) | turn the near cache (L1 in front of one Redis) on with this lease, 4–10000 ms; every `invalidate` then waits about this long |
+//! | `CACHE_NEAR_MAX_BYTES` | `67108864` | the near cache's byte budget |
 //!
 //! An invalid value is an error naming the variable. Building never fails: with Redis off
 //! (or the `redis` feature not compiled in) the cache is in memory, and with Redis
@@ -64,6 +66,10 @@ pub struct CacheConfig {
     pub redis_timeout: Duration,
     /// Longest life of an entry written while falling back.
     pub fallback_ttl: Duration,
+    /// The near cache's lease, when it is on (see `RedisStoreBuilder::near_cache`).
+    pub near_lease: Option<Duration>,
+    /// The near cache's byte budget.
+    pub near_max_bytes: usize,
 }
 
 /// A configuration variable had a value that could not be used.
@@ -97,6 +103,8 @@ impl Default for CacheConfig {
             max_bytes: 256 << 20,
             redis_timeout: Duration::from_millis(50),
             fallback_ttl: Duration::from_secs(30),
+            near_lease: None,
+            near_max_bytes: 64 << 20,
         }
     }
 }
@@ -180,6 +188,22 @@ impl CacheConfig {
         if let Some(secs) = parse::<u64>(&get, "CACHE_FALLBACK_TTL_SECONDS", "whole seconds")? {
             config.fallback_ttl = Duration::from_secs(secs);
         }
+        if let Some(ms) = parse::<u64>(&get, "CACHE_NEAR_LEASE_MS", "milliseconds")? {
+            if !(4..=10_000).contains(&ms) {
+                return Err(invalid("CACHE_NEAR_LEASE_MS", ms.to_string(), "4 to 10000"));
+            }
+            config.near_lease = Some(Duration::from_millis(ms));
+        }
+        if let Some(bytes) = parse::<usize>(&get, "CACHE_NEAR_MAX_BYTES", "a number of bytes")? {
+            if bytes < 4096 {
+                return Err(invalid(
+                    "CACHE_NEAR_MAX_BYTES",
+                    bytes.to_string(),
+                    "at least 4096",
+                ));
+            }
+            config.near_max_bytes = bytes;
+        }
         Ok(config)
     }
 
@@ -202,7 +226,11 @@ impl CacheConfig {
         } else {
             RedisStore::cluster(self.redis_cluster_nodes.iter().cloned())
         };
-        match redis.deadline(self.redis_timeout).build() {
+        let mut redis = redis.deadline(self.redis_timeout);
+        if let Some(lease) = self.near_lease {
+            redis = redis.near_cache(lease, self.near_max_bytes);
+        }
+        match redis.build() {
             Ok(redis) => {
                 let store = FallbackStore::builder(redis, memory)
                     .fallback_ttl(self.fallback_ttl)
@@ -244,6 +272,8 @@ impl fmt::Debug for CacheConfig {
             .field("max_bytes", &self.max_bytes)
             .field("redis_timeout", &self.redis_timeout)
             .field("fallback_ttl", &self.fallback_ttl)
+            .field("near_lease", &self.near_lease)
+            .field("near_max_bytes", &self.near_max_bytes)
             .finish()
     }
 }
@@ -337,6 +367,20 @@ mod tests {
         assert!(!c.redis_enabled);
         assert_eq!(c.ttl, Duration::from_secs(3600));
         assert_eq!(c.redis_url, "redis://localhost:6379/0");
+    }
+
+    #[test]
+    fn near_cache_variables() {
+        let c = config(&[
+            ("CACHE_NEAR_LEASE_MS", "150"),
+            ("CACHE_NEAR_MAX_BYTES", "1048576"),
+        ])
+        .unwrap();
+        assert_eq!(c.near_lease, Some(Duration::from_millis(150)));
+        assert_eq!(c.near_max_bytes, 1 << 20);
+        assert_eq!(config(&[]).unwrap().near_lease, None);
+        let bad = config(&[("CACHE_NEAR_LEASE_MS", "60000")]).unwrap_err();
+        assert!(bad.to_string().contains("CACHE_NEAR_LEASE_MS"));
     }
 
     #[test]

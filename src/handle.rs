@@ -375,6 +375,9 @@ impl CacheHandle {
             entries: store.entries,
             bytes: store.bytes,
             circuit_openings: store.circuit_openings,
+            l1_hits: store.l1_hits,
+            redis_hits: store.redis_hits,
+            lease_lapses: store.lease_lapses,
             backend: self.shared.store.backend(),
         }
     }

@@ -65,6 +65,13 @@ pub(crate) fn hit_status(ttl_secs: u64, coalesced: bool, fallback: bool) -> Head
     HeaderValue::try_from(value).expect("ASCII header value")
 }
 
+/// `tower-response-cache; hit; ttl=42; detail=l1`: a hit from the near cache in front of
+/// Redis (no Redis call).
+pub(crate) fn l1_hit_status(ttl_secs: u64) -> HeaderValue {
+    HeaderValue::try_from(format!("{CACHE_NAME}; hit; ttl={ttl_secs}; detail=l1"))
+        .expect("ASCII header value")
+}
+
 /// `tower-response-cache; fwd=uri-miss; stored`, or with `detail=` why it was not stored
 /// (and `fallback` while Redis is down).
 pub(crate) fn forward_status(

@@ -136,7 +136,16 @@ where
                     if let Some(Found::Hit(entry)) = found {
                         bump!(counters, hits);
                         let served = Served::Hit { coalesced: false };
-                        let response = answer(&entry, &parts, served, falling_back(handle));
+                        let backend = handle.backend();
+                        let fallback = backend == crate::store::Backend::FallingBack;
+                        let mut response = answer(&entry, &parts, served, fallback);
+                        // Redis answers at once only from its near cache.
+                        if backend == crate::store::Backend::Redis {
+                            let ttl = entry.remaining_secs(clock::now_millis());
+                            response
+                                .headers_mut()
+                                .insert(headers::CACHE_STATUS, headers::l1_hit_status(ttl));
+                        }
                         return ResponseFuture::ready(response);
                     }
                 }

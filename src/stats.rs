@@ -35,6 +35,12 @@ pub struct CacheStats {
     pub bytes: u64,
     /// Times the cache fell back from Redis to memory (a fallback store's circuit opened).
     pub circuit_openings: u64,
+    /// Lookups answered by the near cache in front of Redis, with no Redis call.
+    pub l1_hits: u64,
+    /// Redis reads that found an entry (counted with the near cache on).
+    pub redis_hits: u64,
+    /// Times the near cache's lease lapsed (reads went to Redis until a heartbeat renewed it).
+    pub lease_lapses: u64,
     /// Which backend is serving.
     pub backend: Backend,
 }

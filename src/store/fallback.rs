@@ -510,9 +510,11 @@ impl Store for FallbackStore {
     }
 
     fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
-        // While falling back, memory answers at once; otherwise Redis must be asked.
-        self.is_falling_back()
-            .then(|| self.inner.memory.get_now(key))
+        // While falling back, memory answers at once; otherwise Redis's near cache may.
+        if self.is_falling_back() {
+            return Some(self.inner.memory.get_now(key));
+        }
+        self.inner.redis.try_get_now(key)
     }
 
     fn set_listener(&self, listener: InvalidationListener) {
@@ -554,10 +556,10 @@ impl Store for FallbackStore {
     }
 
     fn stats(&self) -> StoreStats {
-        StoreStats {
+        self.inner.redis.near_stats(StoreStats {
             circuit_openings: self.inner.openings.load(Ordering::Relaxed),
             ..self.inner.memory.stats()
-        }
+        })
     }
 }
 

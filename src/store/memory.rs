@@ -560,7 +560,7 @@ impl Store for MemoryStore {
             entries: self.inner.entries.load(Ordering::Relaxed),
             bytes: self.inner.used.load(Ordering::Relaxed),
             evictions: self.inner.evictions.load(Ordering::Relaxed),
-            circuit_openings: 0,
+            ..StoreStats::default()
         }
     }
 }

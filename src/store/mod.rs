@@ -201,6 +201,16 @@ pub struct StoreStats {
     pub evictions: u64,
     /// Times a fallback store's circuit opened (Redis unusable); 0 for other stores.
     pub circuit_openings: u64,
+    /// Lookups answered by a Redis store's near cache (no Redis call).
+    pub l1_hits: u64,
+    /// Redis reads that found an entry (with a near cache on; 0 without).
+    pub redis_hits: u64,
+    /// Times a near cache's lease lapsed (reads went to Redis until it was renewed).
+    pub lease_lapses: u64,
+    /// Entries a near cache holds now.
+    pub l1_entries: u64,
+    /// Bytes a near cache holds now, as counted against its budget.
+    pub l1_bytes: u64,
 }
 
 /// A store operation failed. Never shown to HTTP clients; logged and counted.

@@ -6,6 +6,11 @@
 //! listener subscribes on one node and moves to the next seed when that one goes away.
 //! After a reconnect, messages may have been missed: the listener reports
 //! [`StoreEvent::ChannelLost`], and the cache drops what it keeps locally.
+//!
+//! With a near cache the same connection also subscribes to this process's heartbeat
+//! channel (see `near.rs`): the near cache is cleared and its lease dropped on every
+//! (re)subscription before any message is read, each invalidation is applied to it before
+//! the next message is read, and the lease is dropped when the connection ends.
 
 use std::sync::Weak;
 use std::time::Duration;
@@ -44,9 +49,16 @@ pub(crate) async fn listen(store: Weak<Inner>) {
         let client = inner.subscribers[attempt % inner.subscribers.len()].clone();
         drop(inner);
         attempt += 1;
+        let heartbeats = store
+            .upgrade()
+            .and_then(|inner| inner.near.as_ref().map(|n| n.channel().to_owned()));
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(CHANNEL).await?;
+            match &heartbeats {
+                // One SUBSCRIBE: both channels on one connection, ordered by one server.
+                Some(heartbeats) => pubsub.subscribe(&[CHANNEL, heartbeats.as_str()]).await?,
+                None => pubsub.subscribe(CHANNEL).await?,
+            }
             Ok::<_, RedisError>(pubsub)
         };
         let pubsub = match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
@@ -56,6 +68,11 @@ pub(crate) async fn listen(store: Weak<Inner>) {
                 continue;
             }
         };
+        // Whatever was missed before this subscription is forgotten; no near-cache hit
+        // until a heartbeat comes back on it.
+        if let Some(near) = store.upgrade().as_ref().and_then(|i| i.near.as_ref()) {
+            near.reset();
+        }
         // Catch up with invalidations made before we listened, so our writes are not
         // refused for carrying an old generation.
         if let Some(inner) = store.upgrade() {
@@ -71,6 +88,12 @@ pub(crate) async fn listen(store: Weak<Inner>) {
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             let Some(inner) = store.upgrade() else { return };
+            if let Some(near) = &inner.near {
+                if heartbeats.as_deref() == Some(message.get_channel_name()) {
+                    near.heard_heartbeat(message.get_payload_bytes());
+                    continue;
+                }
+            }
             let Ok(message) = serde_json::from_slice::<Message>(message.get_payload_bytes()) else {
                 tracing::warn!("ignoring a malformed message on the invalidation channel");
                 continue;
@@ -89,6 +112,9 @@ pub(crate) async fn listen(store: Weak<Inner>) {
                 inner: inner.clone(),
             }
             .heard(message.generation);
+            if let Some(near) = &inner.near {
+                near.apply(&message.namespace, &message.invalidation);
+            }
             notify(
                 &inner,
                 &StoreEvent::Remote {
@@ -96,6 +122,9 @@ pub(crate) async fn listen(store: Weak<Inner>) {
                     invalidation: message.invalidation,
                 },
             );
+        }
+        if let Some(near) = store.upgrade().as_ref().and_then(|i| i.near.as_ref()) {
+            near.lease.drop_lease();
         }
         tracing::warn!("invalidation channel closed; reconnecting");
     }

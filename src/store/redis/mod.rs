@@ -77,7 +77,9 @@ mod channel;
 mod codec;
 mod connection;
 pub mod layout;
+mod lease;
 mod memo;
+mod near;
 mod soft;
 
 use channel::{Message, CHANNEL};
@@ -85,6 +87,7 @@ use codec::{encode_value, MAX_VARY_VARIANTS};
 use connection::{Connection, Node, Timeouts};
 use layout::{Layout, CENTRAL_GENERATION, EPOCH, WIDE_GENERATION};
 use memo::DecodeMemo;
+use near::Near;
 
 const SCAN_COUNT: usize = 1000;
 
@@ -258,6 +261,8 @@ pub struct RedisStoreBuilder {
     deadline: Duration,
     scan_deadline: Duration,
     connect_timeout: Duration,
+    /// The near cache's lease and byte budget, when on.
+    near: Option<(Duration, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -287,6 +292,11 @@ pub(crate) struct Inner {
     restore_single_script: Script,
     /// Decodings of recent replies, reused when the same bytes come back.
     memo: DecodeMemo,
+    /// The near cache, when on (never on a cluster).
+    near: Option<Near>,
+    /// The longest lease other processes advertised (for `invalidate`'s wait).
+    advertised: lease::Advertised,
+    leases_script: Script,
 }
 
 impl RedisStoreBuilder {
@@ -305,6 +315,22 @@ impl RedisStoreBuilder {
     /// Deadline of establishing a connection (default 250 ms).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Keep recently read entries in process memory too (a near cache, or L1), within
+    /// `max_bytes`, answering hits without a Redis round trip while this process holds a
+    /// `lease` (default 200 ms, at most 10 s) renewed by heartbeats over its invalidation
+    /// subscription. Off by default.
+    ///
+    /// The ban guarantee stays: every `invalidate` made through Redis (by any process, with
+    /// a near cache or not) waits for the longest lease any process advertises before it
+    /// returns, so its latency grows by about `lease`. See the
+    /// [near cache's docs](crate::store::redis) and the README. On a Redis Cluster the near
+    /// cache is not used (a warning is logged): its heartbeats would need sharded pub/sub in
+    /// one slot, which this version does not implement.
+    pub fn near_cache(mut self, lease: Duration, max_bytes: usize) -> Self {
+        self.near = Some((lease, max_bytes));
         self
     }
 
@@ -332,6 +358,19 @@ impl RedisStoreBuilder {
             .map(|url| redis::Client::open(url.as_str()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
+        let origin = rand_u64();
+        let near = match (self.near, &self.target) {
+            (Some(_), Target::Cluster(_)) => {
+                tracing::warn!(
+                    "the near cache is not used on a Redis Cluster: every hit reads Redis"
+                );
+                None
+            }
+            (Some((lease, max_bytes)), Target::Single(_)) => {
+                Some(Near::new(lease, max_bytes, origin))
+            }
+            (None, _) => None,
+        };
         let inner = Arc::new(Inner {
             layout: connection.layout(),
             connection,
@@ -339,7 +378,7 @@ impl RedisStoreBuilder {
             deadline: self.deadline,
             scan_deadline: self.scan_deadline,
             generation: AtomicU64::new(0),
-            origin: rand_u64(),
+            origin,
             listener: Mutex::new(None),
             put_script: Script::new(PUT_SCRIPT),
             bump_script: Script::new(BUMP_SCRIPT),
@@ -348,8 +387,14 @@ impl RedisStoreBuilder {
             bump_single_script: Script::new(BUMP_SINGLE_SCRIPT),
             restore_single_script: Script::new(RESTORE_SINGLE_SCRIPT),
             memo: DecodeMemo::new(),
+            near,
+            advertised: lease::Advertised::default(),
+            leases_script: Script::new(lease::LEASES_SCRIPT),
         });
         tokio::spawn(channel::listen(Arc::downgrade(&inner)));
+        if inner.near.is_some() {
+            tokio::spawn(near::heartbeat(Arc::downgrade(&inner)));
+        }
         Ok(RedisStore { inner })
     }
 }
@@ -373,6 +418,7 @@ impl RedisStore {
             deadline: Duration::from_millis(50),
             scan_deadline: Duration::from_secs(2),
             connect_timeout: Duration::from_millis(250),
+            near: None,
         }
     }
 
@@ -577,6 +623,7 @@ impl RedisStore {
     ) -> Result<Option<Variants>, StoreError> {
         let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
         let field = field(key.variant);
+        let ticket = self.inner.near.as_ref().map(Near::ticket);
         let mut cmd = redis::cmd("HGET");
         cmd.arg(&entry_key).arg(&field);
         let reply = tokio::time::timeout(self.inner.deadline, async {
@@ -612,7 +659,12 @@ impl RedisStore {
         let Some(raw) = raw else { return Ok(None) };
         // Taking the reply's buffer, so the entries can share it.
         match (self.inner.memo).decode(entry_key.as_bytes(), key.variant, bytes::Bytes::from(raw)) {
-            Ok(variants) => Ok(Some(variants)),
+            Ok(variants) => {
+                if let (Some(near), Some(ticket)) = (&self.inner.near, ticket) {
+                    near.fill(ticket, key, &variants);
+                }
+                Ok(Some(variants))
+            }
             Err(error) => {
                 tracing::warn!(key = %entry_key, %error, "undecodable cache entry; deleting it");
                 self.delete_later(redis::cmd("HDEL").arg(&entry_key).arg(&field).clone());
@@ -658,7 +710,7 @@ impl RedisStore {
             .iter()
             .map(|t| layout.tag_key(key.namespace, key.logical, t))
             .collect();
-        variants.push(entry);
+        variants.push(entry.clone());
         let value = encode_value(&variants, token_generation(token));
         let entry_key = layout.entry_key(key.namespace, key.logical);
         let counters = layout.write_counter_keys(key.namespace, key.logical);
@@ -687,9 +739,12 @@ impl RedisStore {
             .arg(epoch)
             .arg(counters.len())
             .arg(PRUNE_PER_WRITE);
+        let ticket = self.inner.near.as_ref().map(Near::ticket);
         let stored = self.invoke::<u8>(invocation, self.inner.deadline).await?;
         if stored == 0 {
             tracing::debug!(key = %entry_key, "not stored: an invalidation happened while it was fetched");
+        } else if let (Some(near), Some(ticket)) = (&self.inner.near, ticket) {
+            near.fill_entries(ticket, key, std::slice::from_ref(&entry));
         }
         Ok(())
     }
@@ -742,7 +797,18 @@ impl RedisStore {
         self.invoke(invocation, self.inner.deadline).await
     }
 
-    async fn publish(&self, namespace: &str, generation: u64, invalidation: Invalidation) {
+    /// Tell other processes, after the entries are gone from Redis: this process's near
+    /// cache first, then the channel, then wait for other processes' near-cache leases
+    /// (see `near.rs`).
+    async fn publish(
+        &self,
+        namespace: &str,
+        generation: u64,
+        invalidation: Invalidation,
+    ) -> Result<(), StoreError> {
+        if let Some(near) = &self.inner.near {
+            near.apply(namespace, &invalidation);
+        }
         let message = Message {
             origin: self.inner.origin,
             generation,
@@ -751,9 +817,9 @@ impl RedisStore {
         };
         let payload = serde_json::to_string(&message).expect("message serialises");
         let cmd = redis::cmd("PUBLISH").arg(CHANNEL).arg(payload).clone();
-        if let Err(error) = self.query::<i64>(cmd, self.inner.deadline).await {
-            tracing::warn!(%error, "could not publish an invalidation to other processes");
-        }
+        let published = self.query::<i64>(cmd, self.inner.deadline).await;
+        self.await_leases(published.err(), std::time::Instant::now())
+            .await
     }
 
     /// `SCAN MATCH` + `UNLINK` of entry keys of `namespace` (and their expiry sets) in
@@ -877,7 +943,7 @@ impl RedisStore {
             generation,
             Invalidation::Pattern(pattern.as_str().to_owned()),
         )
-        .await;
+        .await?;
         Ok(removed)
     }
 
@@ -907,7 +973,7 @@ impl RedisStore {
             generation,
             Invalidation::Pattern(pattern.as_str().to_owned()),
         )
-        .await;
+        .await?;
         Ok(marked)
     }
 
@@ -925,7 +991,7 @@ impl RedisStore {
             let _: u64 = self.query(cmd, self.inner.deadline).await?;
         }
         self.publish(namespace, generation, Invalidation::Tag(tag.to_owned()))
-            .await;
+            .await?;
         Ok(removed)
     }
 
@@ -939,7 +1005,8 @@ impl RedisStore {
             self.unlink(&keys).await
         })
         .await?;
-        self.publish(namespace, generation, Invalidation::All).await;
+        self.publish(namespace, generation, Invalidation::All)
+            .await?;
         Ok(removed)
     }
 }
@@ -1000,6 +1067,11 @@ impl Store for RedisStore {
         self.inner.generation.load(Ordering::Relaxed)
     }
 
+    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
+        // Only a near-cache hit answers at once; anything else asks Redis.
+        self.near_get_now(key).map(Some)
+    }
+
     fn checks_remote_invalidations(&self) -> bool {
         true
     }
@@ -1044,7 +1116,7 @@ impl Store for RedisStore {
     }
 
     fn stats(&self) -> StoreStats {
-        StoreStats::default()
+        self.near_stats(StoreStats::default())
     }
 }
 

@@ -1,0 +1,295 @@
+//! Leases: how long this process may trust its near cache without asking Redis, and how
+//! long an invalidation must wait for every other process's lease to run out.
+//!
+//! A process with a near cache publishes a heartbeat every `lease / 4` on a channel of its
+//! own, which its invalidation subscription also listens to. Redis delivers a subscriber's
+//! messages in the order it executed the `PUBLISH`es, so a heartbeat coming back means every
+//! invalidation published before it was delivered first (and applied: the listener handles
+//! messages one at a time). The lease then lasts until the heartbeat's *send* time plus
+//! `lease`, on this process's monotonic clock ([`Lease::renew`]).
+//!
+//! The heartbeat is a script that also advertises `lease` in a sorted set
+//! ([`LEASES_KEY`], one member per process, expiring after [`ADVERT_TTL`] in Redis time) in
+//! the same step as its `PUBLISH`: whenever a heartbeat renews a lease, Redis held its
+//! advertisement at the moment the heartbeat was published. An invalidation reads the
+//! largest live advertisement after its own publish ([`LEASES_SCRIPT`]) and waits that long
+//! (plus a margin for clock-rate drift) from the publish's reply before it returns. The
+//! invalidating process needs no near cache of its own. See the near cache's module docs
+//! for the whole argument.
+//!
+//! Instants are `std::time::Instant` (`CLOCK_MONOTONIC`): a process that is stopped
+//! (`SIGSTOP`) keeps counting, so its lease has lapsed when it continues.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::layout::Layout;
+use super::RedisStore;
+use crate::store::StoreError;
+
+/// The sorted set of advertised leases: member `"{lease ms}:{process}"`, score = when it
+/// expires (Redis time, ms). A hash tag is not needed: the near cache runs on one Redis.
+pub(crate) const LEASES_KEY: &str = "tower-response-cache:near:leases";
+
+/// How long an advertisement outlives its last heartbeat. Much longer than any lease, so a
+/// process whose last heartbeat renewed a lease is still advertised when that lease ends;
+/// a process that exits keeps invalidations waiting for its lease this long at most.
+pub(crate) const ADVERT_TTL: Duration = Duration::from_secs(30);
+
+/// The longest lease a process may take, and the longest an invalidation waits for one
+/// (a forged advertisement cannot hold invalidations up for longer).
+pub(crate) const MAX_LEASE: Duration = Duration::from_secs(10);
+
+/// Heartbeats remembered (by sequence number) to find the send time of one that returns.
+const REMEMBERED_HEARTBEATS: usize = 64;
+
+/// Advertise a lease and publish a heartbeat, in one step. KEYS: the lease set. ARGV:
+/// member, advertisement TTL (ms), channel, payload. Returns the subscribers reached.
+pub(crate) const HEARTBEAT_SCRIPT: &str = r#"
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return redis.call('PUBLISH', ARGV[3], ARGV[4])
+"#;
+
+/// The longest live advertised lease in ms (0 when none); drops the expired ones.
+pub(crate) const LEASES_SCRIPT: &str = r#"
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then return 0 end
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local longest = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, 99)) do
+  local lease = tonumber(string.match(member, '^(%d+):') or '0') or 0
+  if lease > longest then longest = lease end
+end
+return longest
+"#;
+
+/// How long an invalidation waits after its publish for leases of `lease`: the lease, plus
+/// 2 % for clocks that run at different rates, plus 2 ms.
+pub(crate) fn wait_for(lease: Duration) -> Duration {
+    let lease = lease.min(MAX_LEASE);
+    lease + lease / 50 + Duration::from_millis(2)
+}
+
+/// Nanoseconds on this process's monotonic clock (since an arbitrary start).
+fn now_nanos() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// This process's lease.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    lease: Duration,
+    /// Until when (see [`now_nanos`]) the lease is valid; 0 when lapsed.
+    until: AtomicU64,
+    /// Whether the lease was valid when last looked at (to count lapses once each).
+    held: AtomicBool,
+    lapses: AtomicU64,
+    next: AtomicU64,
+    /// Sent heartbeats: (sequence number, send time).
+    sent: Mutex<VecDeque<(u64, u64)>>,
+}
+
+impl Lease {
+    pub(crate) fn new(lease: Duration) -> Lease {
+        Lease {
+            lease,
+            until: AtomicU64::new(0),
+            held: AtomicBool::new(false),
+            lapses: AtomicU64::new(0),
+            next: AtomicU64::new(1),
+            sent: Mutex::new(VecDeque::with_capacity(REMEMBERED_HEARTBEATS)),
+        }
+    }
+
+    pub(crate) fn duration(&self) -> Duration {
+        self.lease
+    }
+
+    /// Whether the lease is valid now. Counts a lapse the first time it is found lapsed.
+    pub(crate) fn is_valid(&self) -> bool {
+        if now_nanos() < self.until.load(Ordering::Acquire) {
+            return true;
+        }
+        self.note_lapse();
+        false
+    }
+
+    fn note_lapse(&self) {
+        if self.held.swap(false, Ordering::AcqRel) {
+            self.lapses.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("tower_response_cache_lease_lapses_total").increment(1);
+            tracing::debug!("near-cache lease lapsed: reads go to Redis");
+        }
+    }
+
+    /// Times the lease ran out (or was dropped) after being held.
+    pub(crate) fn lapses(&self) -> u64 {
+        self.lapses.load(Ordering::Relaxed)
+    }
+
+    /// A heartbeat about to be sent: its sequence number, with its send time remembered.
+    pub(crate) fn sending(&self) -> u64 {
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        if sent.len() == REMEMBERED_HEARTBEATS {
+            sent.pop_front();
+        }
+        sent.push_back((seq, now_nanos()));
+        seq
+    }
+
+    /// Heartbeat `seq` came back on the subscription: valid until its send time + lease.
+    /// Unknown (forged, or long forgotten) sequence numbers renew nothing.
+    pub(crate) fn renew(&self, seq: u64) {
+        let sent_at = {
+            let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+            sent.iter().find(|(s, _)| *s == seq).map(|(_, at)| *at)
+        };
+        let Some(sent_at) = sent_at else { return };
+        let until = sent_at.saturating_add(u64::try_from(self.lease.as_nanos()).unwrap_or(0));
+        if until > now_nanos() {
+            self.until.fetch_max(until, Ordering::AcqRel);
+            self.held.store(true, Ordering::Release);
+        }
+    }
+
+    /// The subscription was lost or is new: no lease until a heartbeat comes back on it.
+    /// Heartbeats sent before now renew nothing either.
+    pub(crate) fn drop_lease(&self) {
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.until.store(0, Ordering::Release);
+        self.note_lapse();
+    }
+}
+
+/// What an invalidating process knows of others' leases: the longest advertisement it has
+/// read, remembered for [`ADVERT_TTL`], so that losing the lease set (Redis restarted empty)
+/// does not cut a wait short in a process that saw it before.
+#[derive(Debug, Default)]
+pub(crate) struct Advertised {
+    seen: Mutex<Option<(Duration, Instant)>>,
+}
+
+impl Advertised {
+    /// The lease to wait for, given what Redis advertises now.
+    pub(crate) fn longest(&self, advertised: Duration) -> Duration {
+        let advertised = advertised.min(MAX_LEASE);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let remembered = match *seen {
+            Some((lease, at)) if at.elapsed() < ADVERT_TTL => lease,
+            _ => Duration::ZERO,
+        };
+        if advertised >= remembered && advertised > Duration::ZERO {
+            *seen = Some((advertised, Instant::now()));
+        }
+        advertised.max(remembered)
+    }
+}
+
+impl RedisStore {
+    /// After an invalidation's publish (replied at `published_at`, or failed with
+    /// `publish_error`): wait until every near-cache lease that may predate it has run out.
+    ///
+    /// A publish that failed while some process advertises a lease is an error (that
+    /// process may never hear of the invalidation: a fallback store replays it); without
+    /// advertised leases it is only logged, as before near caches existed. When the leases
+    /// cannot be read, the invalidation is reported as failed too.
+    pub(super) async fn await_leases(
+        &self,
+        publish_error: Option<StoreError>,
+        published_at: Instant,
+    ) -> Result<(), StoreError> {
+        if self.inner.layout == Layout::Cluster {
+            // No process runs a near cache on a cluster.
+            if let Some(error) = publish_error {
+                tracing::warn!(%error, "could not publish an invalidation to other processes");
+            }
+            return Ok(());
+        }
+        let mut invocation = self.inner.leases_script.prepare_invoke();
+        invocation.key(LEASES_KEY);
+        let advertised = match self.invoke::<u64>(invocation, self.inner.deadline).await {
+            Ok(ms) => Duration::from_millis(ms),
+            Err(error) => {
+                return Err(StoreError::unavailable(
+                    "could not read the near-cache leases after an invalidation: it may not have reached every process yet",
+                    error,
+                ))
+            }
+        };
+        let lease = self.inner.advertised.longest(advertised);
+        if let Some(error) = publish_error {
+            if lease.is_zero() {
+                tracing::warn!(%error, "could not publish an invalidation to other processes");
+                return Ok(());
+            }
+            return Err(StoreError::unavailable(
+                "could not publish an invalidation while near caches hold leases: they may not hear of it",
+                error,
+            ));
+        }
+        if lease.is_zero() {
+            return Ok(());
+        }
+        tokio::time::sleep_until((published_at + wait_for(lease)).into()).await;
+        metrics::histogram!("tower_response_cache_invalidate_wait_seconds")
+            .record(published_at.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_returned_heartbeat_renews_from_its_send_time() {
+        let lease = Lease::new(Duration::from_millis(200));
+        assert!(!lease.is_valid());
+        let seq = lease.sending();
+        lease.renew(seq);
+        assert!(lease.is_valid());
+        lease.drop_lease();
+        assert!(!lease.is_valid());
+        assert_eq!(lease.lapses(), 1);
+        // A heartbeat sent before the subscription was lost renews nothing.
+        lease.renew(seq);
+        assert!(!lease.is_valid());
+    }
+
+    #[test]
+    fn an_old_heartbeat_renews_nothing() {
+        let lease = Lease::new(Duration::from_millis(20));
+        let seq = lease.sending();
+        std::thread::sleep(Duration::from_millis(30));
+        lease.renew(seq);
+        assert!(!lease.is_valid());
+        lease.renew(12345);
+        assert!(!lease.is_valid());
+    }
+
+    #[test]
+    fn the_wait_covers_the_lease_and_is_capped() {
+        assert!(wait_for(Duration::from_millis(200)) > Duration::from_millis(200));
+        assert!(wait_for(Duration::from_secs(3600)) < MAX_LEASE * 2);
+        let advertised = Advertised::default();
+        assert_eq!(
+            advertised.longest(Duration::from_millis(200)),
+            Duration::from_millis(200)
+        );
+        // The set was lost: the remembered lease still counts.
+        assert_eq!(
+            advertised.longest(Duration::ZERO),
+            Duration::from_millis(200)
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! The near cache: a [`MemoryStore`] in front of Redis (an L1) that keeps ban semantics.
+//!
+//! Turned on with [`RedisStoreBuilder::near_cache`](super::RedisStoreBuilder::near_cache)
+//! (or `CACHE_NEAR_LEASE_MS`); off by default. A hit answered from it costs no Redis call.
+//!
+//! # The guarantee, and why it holds
+//!
+//! *When `invalidate` returns, no process serves an entry fetched before it*, with the near
+//! cache on in any number of processes, and whether or not the invalidating process has one.
+//!
+//! 1. A process answers from its near cache only while it holds a lease (`lease.rs`): a
+//!    heartbeat it published at Redis time `h`, sent at `s ≤ h`, came back on its
+//!    invalidation subscription, and its monotonic clock says less than `lease` has passed
+//!    since `s`. Redis delivers one subscriber's messages in the order it executed the
+//!    `PUBLISH`es, and the listener applies each invalidation to the near cache before it
+//!    reads the next message: every invalidation published before `h` was applied when the
+//!    lease was renewed.
+//! 2. `invalidate` raises the generation, removes the entries from Redis, applies itself to
+//!    its own near cache, publishes at Redis time `p`, then reads the longest lease any
+//!    process advertises and waits that long (plus a drift margin) from the publish's reply
+//!    before it returns.
+//! 3. Take a process serving from its near cache after `invalidate` returned, under a lease
+//!    renewed by a heartbeat published at `h`. If `h > p`, it applied the invalidation
+//!    before renewing. If `h < p`, the lease ended by `s + lease < p + lease`, before the
+//!    return; and the heartbeat's script advertised the lease in the same step as its
+//!    `PUBLISH` (with a 30 s expiry), so the invalidation's read after `p` saw it.
+//! 4. A lost subscription is a new one: on every (re)subscription the near cache is cleared
+//!    and the lease dropped before any message is read, so invalidations missed while it
+//!    was down cannot matter, and heartbeats sent before do not renew. A paused Redis, a
+//!    paused process or a dead connection stop the heartbeats: the lease lapses within
+//!    `lease`, and reads go to Redis.
+//! 5. Fills obey the ban: a value read from Redis is stored in the near cache only if no
+//!    invalidation was applied to the near cache (and it was not cleared) since the read was
+//!    sent (an epoch, checked and bumped under one lock). A read that raced an invalidation
+//!    this process hears of later was stored before the invalidation is applied, which
+//!    removes it.
+//!
+//! Only durations on each process's own clock are compared (and Redis's clock for the
+//! advertisement's 30 s expiry, which a forward jump of Redis's clock by that much would cut
+//! short). Not covered: a host suspended (`CLOCK_MONOTONIC` stops) with the process on it;
+//! and a fresh invalidating process started within one lease of Redis restarting empty (the
+//! advertisements are gone, and the listeners may not yet have noticed the lost connection;
+//! a running process remembers the longest lease it saw for 30 s).
+//!
+//! # What the near cache holds
+//!
+//! What Redis answered for a key and variant (every `Vary` variant of it), with the same
+//! expiry (an entry's time is its own, from when it was stored): never longer than Redis
+//! keeps it. Only fresh entries are answered from it; stale ones are asked of Redis. It has
+//! its own byte budget and CLOCK eviction (it is a [`MemoryStore`]). On a Redis Cluster the
+//! near cache is not used (see [`RedisStoreBuilder::near_cache`](super::RedisStoreBuilder::near_cache)).
+//!
+//! # Cost to Redis
+//!
+//! One heartbeat script (`ZADD` + `PUBLISH` to one subscriber) per process per `lease / 4`:
+//! 20 a second per process at the default 200 ms lease. `invalidate` adds one script call
+//! (the lease read) and waits `lease + 2 % + 2 ms` after its publish.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use redis::Script;
+
+use super::lease::{Lease, ADVERT_TTL, HEARTBEAT_SCRIPT, LEASES_KEY, MAX_LEASE};
+use super::{Inner, RedisStore};
+use crate::entry::Entry;
+use crate::pattern::Pattern;
+use crate::store::{Invalidation, MemoryStore, StoreKey, StoreStats, Variants};
+
+/// The near cache of one [`RedisStore`].
+pub(crate) struct Near {
+    memory: MemoryStore,
+    pub(crate) lease: Lease,
+    /// Bumped (under `apply`) by every invalidation applied and every clear.
+    epoch: AtomicU64,
+    apply: Mutex<()>,
+    /// This process's heartbeat channel.
+    channel: String,
+    /// This process's advertisement in [`LEASES_KEY`].
+    member: String,
+    heartbeat: Script,
+    hits: AtomicU64,
+    redis_hits: AtomicU64,
+}
+
+/// Taken before a Redis read; a fill with it is refused when the near cache changed since.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket(u64);
+
+impl Near {
+    pub(crate) fn new(lease: Duration, max_bytes: usize, origin: u64) -> Near {
+        let lease = lease.clamp(Duration::from_millis(4), MAX_LEASE);
+        Near {
+            memory: MemoryStore::builder().max_bytes(max_bytes).build(),
+            lease: Lease::new(lease),
+            epoch: AtomicU64::new(0),
+            apply: Mutex::new(()),
+            channel: format!("tower-response-cache:hb:{origin:016x}"),
+            member: format!("{}:{origin:016x}", lease.as_millis()),
+            heartbeat: Script::new(HEARTBEAT_SCRIPT),
+            hits: AtomicU64::new(0),
+            redis_hits: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Every variant held for `key`, when the lease is valid and some are held.
+    pub(crate) fn get_now(&self, key: StoreKey<'_>) -> Option<Variants> {
+        if !self.lease.is_valid() {
+            return None;
+        }
+        let found = self.memory.get_now(key)?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(found)
+    }
+
+    pub(crate) fn ticket(&self) -> Ticket {
+        Ticket(self.epoch.load(Ordering::Acquire))
+    }
+
+    /// Keep what Redis answered for `key`, unless the near cache changed since `ticket`.
+    pub(crate) fn fill(&self, ticket: Ticket, key: StoreKey<'_>, variants: &[Arc<Entry>]) {
+        self.redis_hits.fetch_add(1, Ordering::Relaxed);
+        self.fill_entries(ticket, key, variants);
+    }
+
+    /// Keep `entries` (just written to Redis, or read from it) unless the near cache changed
+    /// since `ticket`.
+    pub(crate) fn fill_entries(&self, ticket: Ticket, key: StoreKey<'_>, entries: &[Arc<Entry>]) {
+        let _applying = self.apply.lock().unwrap_or_else(|e| e.into_inner());
+        if self.epoch.load(Ordering::Acquire) != ticket.0 {
+            return;
+        }
+        for entry in entries {
+            self.memory.put_now(key, entry.clone());
+        }
+    }
+
+    /// Apply an invalidation (this process's, or one heard on the channel).
+    pub(crate) fn apply(&self, namespace: &str, invalidation: &Invalidation) {
+        let _applying = self.apply.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        // The memory store applies at call time; its future only reports the count.
+        match invalidation {
+            Invalidation::Pattern(p) => drop(crate::store::Store::invalidate(
+                &self.memory,
+                namespace,
+                &Pattern::new(p),
+            )),
+            Invalidation::Tag(t) => drop(crate::store::Store::invalidate_tag(
+                &self.memory,
+                namespace,
+                t,
+            )),
+            Invalidation::All => drop(crate::store::Store::invalidate_all(&self.memory, namespace)),
+        }
+    }
+
+    /// A new subscription: forget everything and hold no lease until a heartbeat returns.
+    pub(crate) fn reset(&self) {
+        let _applying = self.apply.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.lease.drop_lease();
+        self.memory.clear();
+    }
+
+    /// A message on the heartbeat channel.
+    pub(crate) fn heard_heartbeat(&self, payload: &[u8]) {
+        if let Some(seq) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            self.lease.renew(seq);
+        }
+    }
+
+    /// What it counted, and holds now.
+    pub(crate) fn counters(&self) -> NearCounters {
+        let memory = crate::store::Store::stats(&self.memory);
+        NearCounters {
+            hits: self.hits.load(Ordering::Relaxed),
+            redis_hits: self.redis_hits.load(Ordering::Relaxed),
+            lapses: self.lease.lapses(),
+            entries: memory.entries,
+            bytes: memory.bytes,
+        }
+    }
+}
+
+/// What a near cache counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct NearCounters {
+    pub(crate) hits: u64,
+    pub(crate) redis_hits: u64,
+    pub(crate) lapses: u64,
+    pub(crate) entries: u64,
+    pub(crate) bytes: u64,
+}
+
+impl RedisStore {
+    /// A near-cache hit, when there is a near cache, a lease and an entry.
+    pub(super) fn near_get_now(&self, key: StoreKey<'_>) -> Option<Variants> {
+        self.inner.near.as_ref()?.get_now(key)
+    }
+
+    /// `stats` with the near cache's counters.
+    pub(crate) fn near_stats(&self, stats: StoreStats) -> StoreStats {
+        let Some(near) = &self.inner.near else {
+            return stats;
+        };
+        let c = near.counters();
+        StoreStats {
+            l1_hits: c.hits,
+            redis_hits: c.redis_hits,
+            lease_lapses: c.lapses,
+            l1_entries: c.entries,
+            l1_bytes: c.bytes,
+            ..stats
+        }
+    }
+}
+
+/// Publish a heartbeat every `lease / 4` until the store is dropped.
+pub(crate) async fn heartbeat(store: Weak<Inner>) {
+    let Some(period) = store
+        .upgrade()
+        .and_then(|inner| inner.near.as_ref().map(|n| n.lease.duration() / 4))
+    else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(inner) = store.upgrade() else { return };
+        let store = RedisStore { inner };
+        let Some(near) = store.inner.near.as_ref() else {
+            return;
+        };
+        let seq = near.lease.sending();
+        let mut invocation = near.heartbeat.prepare_invoke();
+        invocation
+            .key(LEASES_KEY)
+            .arg(&near.member)
+            .arg(ADVERT_TTL.as_millis() as u64)
+            .arg(&near.channel)
+            .arg(seq.to_string());
+        if let Err(error) = store.invoke::<i64>(invocation, store.inner.deadline).await {
+            tracing::debug!(%error, "near-cache heartbeat failed");
+        }
+    }
+}
