@@ -210,6 +210,9 @@ struct Deployment {
     committed: Arc<AtomicI64>,
     /// How long each returned `invalidate` took (ms).
     waits: Arc<std::sync::Mutex<Vec<u64>>>,
+    /// An instance the checker leaves alone for now (`usize::MAX`: none), so that what its
+    /// near cache holds is not replaced by reads.
+    quiet: Arc<std::sync::atomic::AtomicUsize>,
     _dir: PathBuf,
 }
 
@@ -262,6 +265,7 @@ impl Deployment {
             sync: Some(sync),
             committed,
             waits,
+            quiet: Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
             _dir: dir,
         }
     }
@@ -311,6 +315,7 @@ struct Counts {
 fn check(deployment: &Deployment, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Arc<Counts>> {
     let addrs: Vec<SocketAddr> = deployment.instances.iter().map(|(_, a)| *a).collect();
     let committed = deployment.committed.clone();
+    let quiet = deployment.quiet.clone();
     std::thread::spawn(move || {
         let counts = Arc::new(Counts::default());
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -319,13 +324,18 @@ fn check(deployment: &Deployment, stop: Arc<AtomicBool>) -> std::thread::JoinHan
             .unwrap();
         rt.block_on(async {
             let mut readers = Vec::new();
-            for addr in addrs {
+            for (i, addr) in addrs.into_iter().enumerate() {
                 for _ in 0..2 {
                     let (counts, committed, stop) = (counts.clone(), committed.clone(), stop.clone());
+                    let quiet = quiet.clone();
                     readers.push(tokio::spawn(async move {
                         let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
                         let uri: hyper::Uri = format!("http://{addr}/v").parse().unwrap();
                         while !stop.load(Ordering::SeqCst) {
+                            if quiet.load(Ordering::SeqCst) == i {
+                                tokio::time::sleep(Duration::from_millis(5)).await;
+                                continue;
+                            }
                             let floor = committed.load(Ordering::SeqCst);
                             // A stopped instance answers late (or not before the end).
                             let Ok(Ok(response)) =
@@ -401,15 +411,40 @@ fn near_caches_in_three_processes_never_serve_what_a_sync_process_invalidated() 
     assert!(reads > 100, "too few reads: {reads}");
     assert!(l1 > reads / 10, "the near cache answered {l1} of {reads} reads");
 
+    // Killed, and kept from subscribing again for a while (invalidations published
+    // meanwhile are never delivered), then let back in. Instance 0 is not read meanwhile,
+    // so its near cache still holds what it held before (reads would refill it).
     let (_, _, s) = phase(&deployment, "subscriptions killed", || {
-        for _ in 0..3 {
+        let mut admin = redis.connection();
+        for _ in 0..2 {
+            deployment.quiet.store(0, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(400));
+            let mut acl = |rule: &str| {
+                let _: () = redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg("default")
+                    .arg(rule)
+                    .query(&mut admin)
+                    .unwrap();
+            };
+            acl("-subscribe");
             let _: i64 = redis::cmd("CLIENT")
                 .arg("KILL")
                 .arg("TYPE")
                 .arg("pubsub")
                 .query(&mut redis.connection())
                 .unwrap();
+            std::thread::sleep(Duration::from_millis(600));
+            // No invalidation after the missed ones for a while: nothing else would clear
+            // what instance 0 holds.
+            let sync = deployment.sync.as_ref().unwrap();
+            sync.signal("-STOP");
+            acl("+subscribe");
+            // Subscribed again, a heartbeat back: then read it.
+            std::thread::sleep(Duration::from_millis(400));
+            deployment.quiet.store(usize::MAX, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            sync.signal("-CONT");
         }
         std::thread::sleep(Duration::from_millis(600));
     });
@@ -517,4 +552,91 @@ async fn the_lease_lapses_without_heartbeats_and_returns_with_them() {
         assert!(Instant::now() < deadline, "near-cache hits did not resume");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Invalidations published while the subscription is down are never delivered: when it is
+/// back, the near cache has forgotten what it held (the store alone, without the handle's
+/// own ban on a lost channel).
+#[tokio::test]
+async fn a_lost_subscription_forgets_what_it_held() {
+    use tower_response_cache::Entry;
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .deadline(Duration::from_millis(300))
+        .near_cache(Duration::from_millis(100), 1 << 20)
+        .build()
+        .unwrap();
+    let key = StoreKey {
+        namespace: "near",
+        logical: "/page",
+        variant: 7,
+    };
+    let entry = Entry::new(
+        http::StatusCode::OK,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"old"),
+        Duration::from_secs(60),
+    );
+    let token = store.current_write_token().await.unwrap();
+    store.put(key, Arc::new(entry), token).await.unwrap();
+    let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !near_hit(&store) {
+        assert!(Instant::now() < deadline, "no near-cache hit with heartbeats flowing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut admin = redis.connection();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-subscribe")
+        .query(&mut admin)
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut admin)
+        .unwrap();
+    // Another process invalidates, and this one does not hear of it. Only the Redis entry
+    // goes; what the near cache holds stays unless the lost subscription clears it.
+    let other = RedisStore::builder(redis.url())
+        .deadline(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    other
+        .invalidate("near", &tower_response_cache::Pattern::new("/page"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("+subscribe")
+        .query(&mut admin)
+        .unwrap();
+    // Subscribed again and a lease again (a fresh entry elsewhere hits the near cache)...
+    let fresh = StoreKey {
+        logical: "/fresh",
+        ..key
+    };
+    let entry = Arc::new(Entry::new(
+        http::StatusCode::OK,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"fresh"),
+        Duration::from_secs(60),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let token = store.current_write_token().await.unwrap();
+        store.put(fresh, entry.clone(), token).await.unwrap();
+        if store.try_get_now(fresh).flatten().is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no lease after the subscription came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and the invalidated entry is not served from it.
+    assert!(!near_hit(&store), "the near cache served what it missed the invalidation of");
+    assert!(store.get(key).await.unwrap().is_none());
 }
