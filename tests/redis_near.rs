@@ -138,10 +138,7 @@ async fn sync(redis: Vec<String>, data: PathBuf) {
         std::fs::rename(&tmp, &data).unwrap();
         let started = Instant::now();
         match handle.invalidate("/v").await {
-            Ok(_) => println!(
-                "committed {version} {}",
-                started.elapsed().as_millis()
-            ),
+            Ok(_) => println!("committed {version} {}", started.elapsed().as_millis()),
             Err(error) => eprintln!("sync: invalidate failed: {error}"),
         }
         std::io::stdout().flush().unwrap();
@@ -218,11 +215,8 @@ struct Deployment {
 
 impl Deployment {
     fn start(redis: &str) -> Deployment {
-        let dir = std::env::temp_dir().join(format!(
-            "trc-near-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("trc-near-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let data = dir.join("version");
         std::fs::write(&data, "1").unwrap();
@@ -409,7 +403,10 @@ fn near_caches_in_three_processes_never_serve_what_a_sync_process_invalidated() 
     });
     stale += s;
     assert!(reads > 100, "too few reads: {reads}");
-    assert!(l1 > reads / 10, "the near cache answered {l1} of {reads} reads");
+    assert!(
+        l1 > reads / 10,
+        "the near cache answered {l1} of {reads} reads"
+    );
 
     // Killed, and kept from subscribing again for a while (invalidations published
     // meanwhile are never delivered), then let back in. Instance 0 is not read meanwhile,
@@ -525,7 +522,10 @@ async fn the_lease_lapses_without_heartbeats_and_returns_with_them() {
     let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !near_hit(&store) {
-        assert!(Instant::now() < deadline, "no near-cache hit with heartbeats flowing");
+        assert!(
+            Instant::now() < deadline,
+            "no near-cache hit with heartbeats flowing"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let lapses = store.stats().lease_lapses;
@@ -582,7 +582,10 @@ async fn a_lost_subscription_forgets_what_it_held() {
     let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !near_hit(&store) {
-        assert!(Instant::now() < deadline, "no near-cache hit with heartbeats flowing");
+        assert!(
+            Instant::now() < deadline,
+            "no near-cache hit with heartbeats flowing"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut admin = redis.connection();
@@ -633,10 +636,16 @@ async fn a_lost_subscription_forgets_what_it_held() {
         if store.try_get_now(fresh).flatten().is_some() {
             break;
         }
-        assert!(Instant::now() < deadline, "no lease after the subscription came back");
+        assert!(
+            Instant::now() < deadline,
+            "no lease after the subscription came back"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // ...and the invalidated entry is not served from it.
-    assert!(!near_hit(&store), "the near cache served what it missed the invalidation of");
+    assert!(
+        !near_hit(&store),
+        "the near cache served what it missed the invalidation of"
+    );
     assert!(store.get(key).await.unwrap().is_none());
 }

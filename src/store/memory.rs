@@ -703,7 +703,7 @@ mod tests {
                 entries: 0,
                 bytes: 0,
                 evictions: 0,
-                circuit_openings: 0,
+                ..StoreStats::default()
             }
         );
     }

@@ -254,3 +254,63 @@ pub(crate) async fn heartbeat(store: Weak<Inner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Arc<Entry> {
+        Arc::new(Entry::new(
+            http::StatusCode::OK,
+            http::HeaderMap::new(),
+            bytes::Bytes::from_static(b"body"),
+            Duration::from_secs(60),
+        ))
+    }
+
+    const KEY: StoreKey<'static> = StoreKey {
+        namespace: "ns",
+        logical: "/a",
+        variant: 1,
+    };
+
+    fn leased() -> Near {
+        let near = Near::new(Duration::from_millis(500), 1 << 20, 1);
+        let seq = near.lease.sending();
+        near.lease.renew(seq);
+        near
+    }
+
+    #[test]
+    fn a_read_from_before_an_applied_invalidation_is_not_kept() {
+        let near = leased();
+        let ticket = near.ticket();
+        // Heard while the read was on its way: the read's value may predate it.
+        near.apply("ns", &Invalidation::Pattern("/other".into()));
+        near.fill(ticket, KEY, &[entry()]);
+        assert!(near.get_now(KEY).is_none());
+        // A read after it is kept.
+        near.fill(near.ticket(), KEY, &[entry()]);
+        assert!(near.get_now(KEY).is_some());
+        // And a later invalidation removes it.
+        near.apply("ns", &Invalidation::Pattern("/a".into()));
+        assert!(near.get_now(KEY).is_none());
+    }
+
+    #[test]
+    fn nothing_is_answered_without_a_lease_or_after_a_reset() {
+        let near = Near::new(Duration::from_millis(500), 1 << 20, 1);
+        near.fill(near.ticket(), KEY, &[entry()]);
+        assert!(near.get_now(KEY).is_none(), "no lease yet");
+        let seq = near.lease.sending();
+        near.lease.renew(seq);
+        assert!(near.get_now(KEY).is_some());
+        let ticket = near.ticket();
+        near.reset();
+        assert!(near.get_now(KEY).is_none());
+        near.fill(ticket, KEY, &[entry()]);
+        let seq = near.lease.sending();
+        near.lease.renew(seq);
+        assert!(near.get_now(KEY).is_none(), "a fill from before the reset");
+    }
+}
