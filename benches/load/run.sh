@@ -16,12 +16,15 @@
 #   LOAD_DURATION      oha duration per scenario (default 10s)
 #   LOAD_CONNECTIONS   concurrent connections (default 50)
 #   LOAD_ROUNDS        rounds of the ceiling pair, alternating routes; best of each (default 3)
-#   LOAD_BASE_PORT     first of five loopback ports used (default 3100); throwaway Redis
+#   LOAD_BASE_PORT     first of six loopback ports used (default 3100); throwaway Redis
 #                      servers take the first free ports from LOAD_BASE_PORT + 10
 #   LOAD_OUT           where results go (default: a new temporary directory)
 #   PORTAL_SEED_VOUCHERS  vouchers in the fresh database (default 1000000)
 #   REDIS_URL          an existing Redis for scenarios 1 and 2 (default: a throwaway one)
 #   LOAD_REDIS         `off` skips the Redis scenarios (default: run them when possible)
+#   LOAD_NEAR_LEASE_MS the near cache's lease on the near-cache row (default 200)
+#   LOAD_ONLY_HITS     `1`: only the hit rows of scenario 1 (memory, Redis, Redis + near
+#                      cache), alternating for LOAD_ROUNDS rounds, best of each
 #
 # Needs: cargo, curl, jq; installs oha with `cargo install oha --locked` when missing;
 # redis-server for the Redis scenarios.
@@ -40,6 +43,7 @@ UNCACHED_PORT=$((BASE_PORT + 1))
 CEILING_PORT=$((BASE_PORT + 2))
 REDIS_PORTAL_PORT=$((BASE_PORT + 3))
 KILL_PORTAL_PORT=$((BASE_PORT + 4))
+NEAR_PORTAL_PORT=$((BASE_PORT + 5))
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 log() { echo "== $*" >&2; }
@@ -180,7 +184,16 @@ if [ -n "$redis_mode" ]; then
   # Its own computation (computed_at differs), of the same data.
   [ "$(curl -fsS "$REDIS_PORTAL$DASHBOARD" | jq -c '[.guid, .alter_id, .vouchers]')" = \
     "$(jq -c '[.guid, .alter_id, .vouchers]' "$OUT/dashboard.json")" ] || die "the Redis portal's dashboard differs"
+  # The same with the near cache (L1) in front of Redis, in a namespace of its own.
+  log "starting a portal caching in Redis with a near cache (lease ${LOAD_NEAR_LEASE_MS:-200} ms)"
+  start_portal portal-near "$NEAR_PORTAL_PORT" REDIS_ENABLED=true REDIS_URL="$LOAD_REDIS_URL" \
+    CACHE_NAMESPACE="$REDIS_NAMESPACE-near" CACHE_NEAR_LEASE_MS="${LOAD_NEAR_LEASE_MS:-200}"
+  NEAR_PORTAL=http://127.0.0.1:$NEAR_PORTAL_PORT
+  [ "$(backend "$NEAR_PORTAL")" = redis ] || die "the near-cache portal is not on Redis: see $OUT/portal-near.log"
+  curl -fsS -o /dev/null "$NEAR_PORTAL$DASHBOARD"
+  warm "$NEAR_PORTAL" "$DASHBOARD"
 fi
+
 
 log "starting the ceiling server with the same $(wc -c <"$OUT/dashboard.json") dashboard bytes"
 CEILING_BODY="$OUT/dashboard.json" CEILING_ADDR="127.0.0.1:$CEILING_PORT" \
@@ -244,6 +257,29 @@ row() { # row LABEL NAME NOTE
   echo "| $1 | $(fmt "$(rps "$2")" 0) | $(fmt "$(p50 "$2")" 2) | $(fmt "$(p99 "$2")" 2) | $(failures "$2") | $(cpu_us "$2") | $3 |"
 }
 
+# Only the hit rows: memory, Redis, Redis through the near cache, alternating; best of each.
+if [ "${LOAD_ONLY_HITS:-}" = 1 ]; then
+  [ -n "$redis_mode" ] || die "LOAD_ONLY_HITS needs Redis: $redis_skip"
+  for round in $(seq 1 "$ROUNDS"); do
+    oha_run "memory-$round" "$CACHED$DASHBOARD" portal-cached
+    oha_run "redis-$round" "$REDIS_PORTAL$DASHBOARD" "portal-redis $REDIS_PROCS"
+    oha_run "near-$round" "$NEAR_PORTAL$DASHBOARD" "portal-near $REDIS_PROCS"
+  done
+  {
+    echo "| Scenario | Requests/s | p50 ms | p99 ms | Failures | Server CPU µs/req | Ratio / notes |"
+    echo "|---|---:|---:|---:|---:|---:|---|"
+    for round in $(seq 1 "$ROUNDS"); do
+      m=$(rps "memory-$round")
+      row "round $round: memory hit" "memory-$round" "100 %"
+      row "round $round: Redis hit" "redis-$round" "$(percent "$(rps "redis-$round")" "$m") % of memory"
+      row "round $round: Redis hit through the near cache" "near-$round" "**$(percent "$(rps "near-$round")" "$m") %** of memory (target ≥ 90 %)"
+    done
+    echo
+    echo "near-cache portal: $(curl -fsS "$NEAR_PORTAL/api/cache/stats" | jq -c '{hits, l1_hits, redis_hits, lease_lapses, store_errors, backend}')"
+  } | tee "$OUT/hits.md"
+  exit 0
+fi
+
 # 1. The dashboard: every request to SQLite, then memory hits through the whole portal.
 oha_run uncached "$UNCACHED$DASHBOARD" portal-uncached
 oha_run memory "$CACHED$DASHBOARD" portal-cached
@@ -254,6 +290,10 @@ if [ -n "$redis_mode" ]; then
   oha_run redis "$REDIS_PORTAL$DASHBOARD" "portal-redis $REDIS_PROCS"
   redis_errors=$(($(counter "$REDIS_PORTAL/api/cache/stats" .store_errors) - errors_before))
   redis_backend_after=$(backend "$REDIS_PORTAL")
+  l1_before=$(counter "$NEAR_PORTAL/api/cache/stats" .l1_hits)
+  oha_run near "$NEAR_PORTAL$DASHBOARD" "portal-near $REDIS_PROCS"
+  near_l1_hits=$(($(counter "$NEAR_PORTAL/api/cache/stats" .l1_hits) - l1_before))
+  near_lapses=$(counter "$NEAR_PORTAL/api/cache/stats" .lease_lapses)
 fi
 
 # 2. The ceiling pairs, alternating so both see the same machine state; best of each.
@@ -395,6 +435,8 @@ fi
   if [ -n "$redis_mode" ]; then
     row "1. Dashboard, Redis hit (whole portal)" redis \
       "**$(ratio "$redis_rps" "$uncached_rps")×** uncached (target ≥ 100×); $(percent "$redis_rps" "$memory_rps") % of the memory hit; $(fallback_note "$redis_errors" "$redis_backend_after")"
+    row "1. Dashboard, Redis hit through the near cache (lease ${LOAD_NEAR_LEASE_MS:-200} ms)" near \
+      "**$(percent "$(rps near)" "$memory_rps") %** of the memory hit (target ≥ 90 %); $near_l1_hits of its hits from the near cache, $near_lapses lease lapses"
   else
     echo "| 1. Dashboard, Redis hit | – | – | – | – | – | $redis_skip |"
   fi

@@ -71,10 +71,11 @@ return longest
 "#;
 
 /// How long an invalidation waits after its publish for leases of `lease`: the lease, plus
-/// 2 % for clocks that run at different rates, plus 2 ms.
+/// 0.5 % for clocks that run at different rates (NTP slews a clock by at most 0.05 %), plus
+/// 1 ms.
 pub(crate) fn wait_for(lease: Duration) -> Duration {
     let lease = lease.min(MAX_LEASE);
-    lease + lease / 50 + Duration::from_millis(2)
+    lease + lease / 200 + Duration::from_millis(1)
 }
 
 /// Nanoseconds on this process's monotonic clock (since an arbitrary start).
@@ -124,7 +125,8 @@ impl Lease {
     }
 
     fn note_lapse(&self) {
-        if self.held.swap(false, Ordering::AcqRel) {
+        // A load first: while lapsed, every lookup comes here, from every thread.
+        if self.held.load(Ordering::Relaxed) && self.held.swap(false, Ordering::AcqRel) {
             self.lapses.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("tower_response_cache_lease_lapses_total").increment(1);
             tracing::debug!("near-cache lease lapsed: reads go to Redis");

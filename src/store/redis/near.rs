@@ -54,7 +54,7 @@
 //!
 //! One heartbeat script (`ZADD` + `PUBLISH` to one subscriber) per process per `lease / 4`:
 //! 20 a second per process at the default 200 ms lease. `invalidate` adds one script call
-//! (the lease read) and waits `lease + 2 % + 2 ms` after its publish.
+//! (the lease read) and waits `lease + 0.5 % + 1 ms` after its publish.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
