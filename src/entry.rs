@@ -511,17 +511,6 @@ pub(crate) fn validation_window(ttl: Duration) -> Duration {
     ttl.clamp(Duration::from_secs(60), Duration::from_secs(86_400))
 }
 
-/// A recorded body as the bytes an entry keeps: a buffer that grew by doubling is copied
-/// once to its length, so the store's byte count is what the heap holds.
-#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
-pub(crate) fn compact(buffer: BytesMut) -> Bytes {
-    if buffer.capacity() - buffer.len() > buffer.len() / 8 {
-        Bytes::copy_from_slice(&buffer)
-    } else {
-        buffer.freeze()
-    }
-}
-
 fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }

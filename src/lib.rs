@@ -47,6 +47,7 @@ mod cache_control;
 mod clock;
 mod coalesce;
 mod config;
+mod engine;
 mod entry;
 mod fill;
 mod future;
@@ -69,7 +70,7 @@ pub mod store;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub use body::{BoxError, ResponseBody};
+pub use body::{BoxError, CacheBody};
 pub use config::{CacheConfig, ConfigError};
 pub use entry::{DecodeError, Entry};
 pub use future::ResponseFuture;

@@ -27,10 +27,11 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::answer::{answer, answer_to, Served};
-use crate::body::{BoxError, ResponseBody};
+use crate::body::{BoxError, CacheBody};
 use crate::cache_control::RequestDirectives;
 use crate::clock;
 use crate::coalesce::{Outcome, Role, Share, Turn};
+use crate::engine::{self, falling_back, release, take_ready, Miss};
 use crate::entry::Entry;
 use crate::fill::{Fill, FillBody};
 use crate::future::ResponseFuture;
@@ -40,7 +41,7 @@ use crate::key::{self, Variant};
 use crate::layer::Config;
 use crate::pattern::Pattern;
 use crate::policy::{BypassReason, RequestAction};
-use crate::record::{self, Miss};
+use crate::record;
 use crate::stats::bump;
 
 /// Caches the responses of `S`. Built by [`CacheLayer`](crate::CacheLayer); see the
@@ -76,7 +77,7 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    type Response = Response<ResponseBody<ResB>>;
+    type Response = Response<CacheBody<ResB>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResB, S::Error>;
 
@@ -152,13 +153,6 @@ where
     }
 }
 
-/// The ready service goes into the future; the service keeps a fresh clone (tower's rule:
-/// what `poll_ready` readied is what `call` uses).
-fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
-}
-
 impl Config {
     /// Request `Cache-Control` directives the RFC 9111 preset weighs against a hit.
     fn request_directives(&self, headers: &http::HeaderMap) -> Option<RequestDirectives> {
@@ -189,7 +183,7 @@ async fn invalidate_after<F, B, E>(
     logical: Option<String>,
     host: Option<String>,
     future: F,
-) -> Result<Response<ResponseBody<B>>, E>
+) -> Result<Response<CacheBody<B>>, E>
 where
     F: std::future::Future<Output = Result<Response<B>, E>>,
 {
@@ -222,7 +216,7 @@ where
         CACHE_STATUS,
         headers::forward_status(Forward::Method, false, None, false),
     );
-    Ok(Response::from_parts(parts, ResponseBody::passthrough(body)))
+    Ok(Response::from_parts(parts, CacheBody::passthrough(body)))
 }
 
 fn request_host(parts: &http::request::Parts) -> Option<String> {
@@ -270,7 +264,7 @@ async fn serve<S, ReqB, ResB>(
     logical: String,
     variant: Variant,
     revalidate: bool,
-) -> Result<Response<ResponseBody<ResB>>, S::Error>
+) -> Result<Response<CacheBody<ResB>>, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
     S::Future: Send,
@@ -378,7 +372,7 @@ where
         // RFC 9111 §5.2.1.7: nothing stored that may answer, and the client forbids asking.
         release(leader);
         bump!(counters, misses);
-        let mut response = Response::new(ResponseBody::cached(None));
+        let mut response = Response::new(CacheBody::cached(None, None));
         *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
         response.headers_mut().insert(X_CACHE, headers::MISS);
         response.headers_mut().insert(
@@ -455,13 +449,7 @@ where
             }
             Err(_) => false,
         };
-        if let Some(leader) = leader {
-            leader.finish(if stored {
-                Outcome::Stored
-            } else {
-                Outcome::Uncacheable
-            });
-        }
+        engine::finish(leader, stored);
         bump!(counters, hits);
         return Ok(answer_to(
             &fresh,
@@ -477,9 +465,14 @@ where
         ticket,
         leader,
         forward,
-        is_head,
     };
-    Ok(record::response(&config, miss, response, &request_headers))
+    Ok(record::response(
+        &config,
+        miss,
+        is_head,
+        response,
+        &request_headers,
+    ))
 }
 
 /// Ask the origin to validate `entry`: its `Last-Modified` as `If-Modified-Since`, and its
@@ -545,11 +538,7 @@ fn is_origin_failure(status: http::StatusCode) -> bool {
 }
 
 /// A follower's answer: the leader's response, read as it arrives.
-fn shared_answer<B>(
-    reader: FillBody,
-    forward: Forward,
-    fallback: bool,
-) -> Response<ResponseBody<B>> {
+fn shared_answer<B>(reader: FillBody, forward: Forward, fallback: bool) -> Response<CacheBody<B>> {
     let head = reader.head();
     let mut response = Response::new(());
     *response.status_mut() = head.status;
@@ -557,7 +546,7 @@ fn shared_answer<B>(
     let headers = response.headers_mut();
     headers.insert(CACHE_STATUS, headers::collapsed_status(forward, fallback));
     headers.insert(X_CACHE, headers::MISS);
-    response.map(|()| ResponseBody::fill(reader))
+    response.map(|()| CacheBody::fill(reader))
 }
 
 /// A conditional request is answered from the stored entry (its validators, a generated
@@ -618,22 +607,16 @@ fn spawn_refresh<S, ReqB, ResB>(
             ticket,
             leader: Some(leader),
             forward: Forward::Stale,
-            is_head: false,
         };
         // The fill reads the body to its end and stores it, with or without a reader.
-        drop(record::response(&config, miss, response, &request_headers));
+        drop(record::response(
+            &config,
+            miss,
+            false,
+            response,
+            &request_headers,
+        ));
     });
-}
-
-fn falling_back(handle: &CacheHandle) -> bool {
-    handle.backend() == crate::store::Backend::FallingBack
-}
-
-/// Followers of a leader whose response cannot be stored go to the origin at once.
-fn release(leader: Option<crate::coalesce::Leader>) {
-    if let Some(leader) = leader {
-        leader.finish(Outcome::Uncacheable);
-    }
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for CacheService<S> {

@@ -568,7 +568,7 @@ fn trickle(frames: Vec<Bytes>, pause: std::time::Duration) -> Response<Trickle> 
 /// Send a GET of `path` through `service` and read the whole answer.
 async fn body_of<S>(service: S, path: &'static str) -> Bytes
 where
-    S: Service<Req, Response = Response<tower_response_cache::ResponseBody<Trickle>>>,
+    S: Service<Req, Response = Response<tower_response_cache::CacheBody<Trickle>>>,
     S::Error: std::fmt::Debug,
 {
     let request = Request::get(path).body(Full::default()).unwrap();

@@ -66,14 +66,11 @@
 //! - Entries keep their trailers ([`Entry::trailers`](crate::Entry::trailers)) in memory
 //!   and Redis alike.
 
-mod body;
-mod future;
 mod layer;
+mod record;
 mod request;
 mod service;
 
-pub use body::ResponseBody;
-pub use future::ResponseFuture;
 pub use layer::GrpcCacheLayer;
 pub use service::GrpcCacheService;
 
