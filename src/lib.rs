@@ -56,12 +56,10 @@ mod future;
 pub mod grpc;
 pub mod handle;
 mod headers;
+mod http;
 mod key;
-mod layer;
 mod pattern;
 pub mod policy;
-mod record;
-mod service;
 mod stats;
 pub mod store;
 
@@ -70,6 +68,7 @@ pub mod store;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub use crate::http::{CacheLayer, CacheService};
 pub use body::{BoxError, CacheBody};
 pub use config::{CacheConfig, ConfigError};
 pub use entry::{DecodeError, Entry};
@@ -78,10 +77,8 @@ pub use future::ResponseFuture;
 pub use grpc::{GrpcCacheLayer, GrpcCacheService};
 pub use handle::{CacheError, CacheHandle, CacheHandleBuilder};
 pub use headers::{CACHE_STATUS, CACHE_TAG, X_CACHE};
-pub use layer::CacheLayer;
 pub use pattern::Pattern;
 pub use policy::CachePolicy;
-pub use service::CacheService;
 pub use stats::CacheStats;
 pub use store::{
     Backend, Invalidation, MemoryStore, MemoryStoreBuilder, Store, StoreError, StoreEvent,

@@ -10,25 +10,15 @@ use std::sync::Arc;
 use http::request::Parts;
 use tower_layer::Layer;
 
+use super::config::Config;
+use super::service::CacheService;
 use crate::handle::CacheHandle;
 use crate::policy::CachePolicy;
-use crate::service::CacheService;
-
-/// Maps a request to its logical key; `None` sends the request around the cache.
-pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
 /// Caches the responses of the service it wraps. See the [crate docs](crate) for an example.
 #[derive(Clone)]
 pub struct CacheLayer {
     config: Arc<Config>,
-}
-
-/// What every [`CacheService`] built by one layer shares.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) handle: CacheHandle,
-    pub(crate) policy: CachePolicy,
-    pub(crate) key_fn: Option<KeyFn>,
 }
 
 impl CacheLayer {

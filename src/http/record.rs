@@ -14,6 +14,7 @@ use http::header::{CONTENT_LENGTH, ETAG};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::Body;
 
+use super::config::Config;
 use crate::body::{BoxError, CacheBody};
 use crate::coalesce::Leader;
 use crate::engine::{self, Miss};
@@ -22,7 +23,6 @@ use crate::fill::{Commit, Fill, Head};
 use crate::handle::CacheHandle;
 use crate::headers::{self, CACHE_STATUS, MISS, X_CACHE};
 use crate::key::{self, VarySpec};
-use crate::layer::Config;
 use crate::policy::NotStorable;
 
 /// Wrap the origin's response: a fill when it may be stored, else a pass-through. A
