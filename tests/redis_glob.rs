@@ -102,7 +102,7 @@ fn patterns(rng: &mut Rng, keys: &[String]) -> Vec<String> {
 async fn load(handle: &CacheHandle, key: &str) -> bool {
     let ran = AtomicUsize::new(0);
     let _: u8 = handle
-        .get_or_insert_with(key, None, async {
+        .get_or_insert_with(key, async {
             ran.fetch_add(1, Ordering::SeqCst);
             1u8
         })

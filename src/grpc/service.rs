@@ -32,6 +32,12 @@ pub struct GrpcCacheService<S> {
 }
 
 impl<S> GrpcCacheService<S> {
+    /// A [`GrpcCacheLayer`](super::GrpcCacheLayer) caching into `handle` (no method is cached
+    /// until opted in).
+    pub fn layer(handle: CacheHandle) -> super::GrpcCacheLayer {
+        super::GrpcCacheLayer::new(handle)
+    }
+
     pub(crate) fn from_config(inner: S, config: Arc<Config>) -> Self {
         GrpcCacheService { inner, config }
     }
@@ -44,6 +50,16 @@ impl<S> GrpcCacheService<S> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 
@@ -71,12 +87,12 @@ where
             }
             // Not ours: no cache headers either, so this layer can share a stack with the
             // HTTP `CacheLayer`.
-            _ => return ResponseFuture::untouched(take_ready(&mut self.inner).call(request)),
+            _ => return ResponseFuture::untouched(self.inner.call(request)),
         };
         if request::has_credentials(request.headers(), &config.keyed_metadata) {
             bump!(config.handle.shared().counters, bypasses);
             let status = headers::forward_status(Forward::Request, false, None, false);
-            return ResponseFuture::bypass(take_ready(&mut self.inner).call(request), status);
+            return ResponseFuture::bypass(self.inner.call(request), status);
         }
         let inner = take_ready(&mut self.inner);
         ResponseFuture::cache(Box::pin(serve(config.clone(), inner, request, ttl)))

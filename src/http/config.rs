@@ -23,6 +23,15 @@ pub(crate) struct Config {
 }
 
 impl Config {
+    /// The default policy, keyed by path.
+    pub(crate) fn new(handle: CacheHandle) -> Config {
+        Config {
+            handle,
+            policy: CachePolicy::default(),
+            key_fn: None,
+        }
+    }
+
     /// Request `Cache-Control` directives the RFC 9111 preset weighs against a hit.
     pub(crate) fn request_directives(
         &self,

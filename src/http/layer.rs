@@ -25,11 +25,7 @@ impl CacheLayer {
     /// A layer caching into `handle`'s store with the default [`CachePolicy`].
     pub fn new(handle: CacheHandle) -> Self {
         CacheLayer {
-            config: Arc::new(Config {
-                handle,
-                policy: CachePolicy::default(),
-                key_fn: None,
-            }),
+            config: Arc::new(Config::new(handle)),
         }
     }
 

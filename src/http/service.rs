@@ -14,6 +14,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::config::Config;
+use super::layer::CacheLayer;
 use super::serve::serve;
 use super::unsafe_method::{invalidate_after, request_host};
 use crate::answer::{answer, Served};
@@ -28,7 +29,7 @@ use crate::stats::bump;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-/// Caches the responses of `S`. Built by [`CacheLayer`](crate::CacheLayer); see the
+/// Caches the responses of `S`. Usually built by [`CacheLayer`]; see the
 /// [crate docs](crate) for an example.
 #[derive(Clone)]
 pub struct CacheService<S> {
@@ -37,6 +38,17 @@ pub struct CacheService<S> {
 }
 
 impl<S> CacheService<S> {
+    /// Cache `inner`'s responses into `handle`'s store with the default
+    /// [`CachePolicy`](crate::CachePolicy).
+    pub fn new(inner: S, handle: CacheHandle) -> Self {
+        CacheService::from_config(inner, Arc::new(Config::new(handle)))
+    }
+
+    /// A [`CacheLayer`] caching into `handle`: `ServiceBuilder::new().layer(CacheService::layer(h))`.
+    pub fn layer(handle: CacheHandle) -> CacheLayer {
+        CacheLayer::new(handle)
+    }
+
     pub(crate) fn from_config(inner: S, config: Arc<Config>) -> Self {
         CacheService { inner, config }
     }
@@ -49,6 +61,16 @@ impl<S> CacheService<S> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 
@@ -83,12 +105,12 @@ where
                 };
                 let status = headers::forward_status(forward, false, None, false);
                 let request = Request::from_parts(parts, body);
-                ResponseFuture::bypass(take_ready(&mut self.inner).call(request), status)
+                ResponseFuture::bypass(self.inner.call(request), status)
             }
             RequestAction::Unsafe => {
                 let logical = self.config.logical_key(&parts).map(Cow::into_owned);
                 let host = request_host(&parts);
-                let future = take_ready(&mut self.inner).call(Request::from_parts(parts, body));
+                let future = self.inner.call(Request::from_parts(parts, body));
                 let config = self.config.clone();
                 ResponseFuture::cache(Box::pin(invalidate_after(config, logical, host, future)))
             }
@@ -99,10 +121,7 @@ where
                     bump!(counters, bypasses);
                     let status = headers::forward_status(Forward::Bypass, false, None, false);
                     let request = Request::from_parts(parts, body);
-                    return ResponseFuture::bypass(
-                        take_ready(&mut self.inner).call(request),
-                        status,
-                    );
+                    return ResponseFuture::bypass(self.inner.call(request), status);
                 };
                 // The keyed headers join the identity only when the request carries one.
                 let keyed = if keyed {
