@@ -39,6 +39,7 @@ pin_project! {
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     pub(crate) fn untouched(future: F) -> Self {
         ResponseFuture {
             inner: Inner::Untouched { future },

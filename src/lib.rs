@@ -52,35 +52,52 @@ mod entry;
 mod fill;
 mod future;
 #[cfg(feature = "grpc")]
-#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
-pub mod grpc;
-pub mod handle;
+mod grpc;
+mod handle;
 mod headers;
 mod http;
 mod key;
 mod pattern;
-pub mod policy;
+mod policy;
 mod stats;
-pub mod store;
+mod store;
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+// One public path per item: everything is re-exported here, the modules are private.
+#[doc(inline)]
 pub use crate::http::{CacheLayer, CacheService};
+#[doc(inline)]
 pub use body::{BoxError, CacheBody};
+#[doc(inline)]
 pub use config::{CacheConfig, ConfigError};
+#[doc(inline)]
 pub use entry::{DecodeError, Entry};
+#[doc(inline)]
 pub use future::ResponseFuture;
 #[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+#[doc(inline)]
 pub use grpc::{GrpcCacheLayer, GrpcCacheService};
+#[doc(inline)]
 pub use handle::{CacheError, CacheHandle, CacheHandleBuilder};
+#[doc(inline)]
 pub use headers::{CACHE_STATUS, CACHE_TAG, X_CACHE};
+#[doc(inline)]
 pub use pattern::Pattern;
-pub use policy::CachePolicy;
+#[doc(inline)]
+pub use policy::{CachePolicy, DEFAULT_BYPASS_HEADERS, DEFAULT_KEYED_HEADERS};
+#[doc(inline)]
 pub use stats::CacheStats;
+#[doc(inline)]
 pub use store::{
-    Backend, Invalidation, MemoryStore, MemoryStoreBuilder, Store, StoreError, StoreEvent,
-    StoreKey, StoreStats,
+    Backend, Invalidation, InvalidationListener, MemoryStore, MemoryStoreBuilder, Store,
+    StoreError, StoreEvent, StoreFuture, StoreKey, StoreStats, Variants,
 };
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[doc(inline)]
+pub use store::{FallbackStore, FallbackStoreBuilder, RedisStore, RedisStoreBuilder};

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis_support::RedisServer;
-use tower_response_cache::store::RedisStore;
+use tower_response_cache::RedisStore;
 use tower_response_cache::{CacheHandle, MemoryStore, Pattern};
 
 const ALPHABET: &[u8] = br"ab*?[]^-\";

@@ -17,8 +17,8 @@ use std::time::Duration;
 use common::eventually;
 use redis_stack::*;
 use redis_support::RedisServer;
-use tower_response_cache::store::{RedisStore, StoreKey};
 use tower_response_cache::{Backend, CacheHandle, Entry, Pattern, Store};
+use tower_response_cache::{RedisStore, StoreKey};
 
 fn store(server: &RedisServer) -> RedisStore {
     store_at(&server.url())
@@ -407,7 +407,7 @@ async fn a_busy_redis_opens_the_circuit_and_deletes_nothing() {
 /// delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_refused_by_an_acl_opens_the_circuit_and_deletes_nothing() {
-    use tower_response_cache::store::FallbackStore;
+    use tower_response_cache::FallbackStore;
     use tower_response_cache::MemoryStore;
     let server = RedisServer::start();
     let _: () = cmd(

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis_support::RedisServer;
-use tower_response_cache::store::{FallbackStore, RedisStore};
 use tower_response_cache::{Backend, CacheConfig, CacheHandle, MemoryStore};
+use tower_response_cache::{FallbackStore, RedisStore};
 
 async fn redis_handle(server: &RedisServer, namespace: &str) -> CacheHandle {
     let redis = RedisStore::builder(server.url())

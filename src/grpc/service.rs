@@ -24,7 +24,7 @@ use crate::headers::{self, Forward, BYPASS, CACHE_STATUS, X_CACHE};
 use crate::stats::bump;
 
 /// Caches the opted-in unary methods of `S`. Built by
-/// [`GrpcCacheLayer`](super::GrpcCacheLayer); see the [module docs](super) for an example.
+/// [`GrpcCacheLayer`](super::GrpcCacheLayer), whose docs have an example.
 #[derive(Clone)]
 pub struct GrpcCacheService<S> {
     inner: S,

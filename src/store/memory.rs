@@ -32,7 +32,12 @@ const MAX_VARY_VARIANTS: usize = 16;
 
 /// An in-process [`Store`]. Cheap to clone: clones share the same entries.
 ///
-/// See the [module docs](crate::store) for an example.
+/// ```
+/// use tower_response_cache::{MemoryStore, Store};
+///
+/// let store = MemoryStore::builder().max_bytes(64 << 20).build();
+/// assert_eq!(store.stats().entries, 0);
+/// ```
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
