@@ -5,23 +5,33 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use axum::{routing::get, Router};
+//! use axum::{body::Body, routing::get, Router};
+//! use http::Request;
+//! use http_body_util::BodyExt;
+//! use tower::ServiceExt;
 //! use tower_response_cache::{CacheHandle, CacheLayer, MemoryStore};
 //!
 //! # async fn dashboard() -> &'static str { "{}" }
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), tower_response_cache::CacheError> {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cache = CacheHandle::builder(MemoryStore::builder().max_bytes(256 << 20).build())
 //!     .namespace("portal")
 //!     .ttl(Duration::from_secs(3600))
 //!     .build();
-//! let app: Router = Router::new()
+//! let app = Router::new()
 //!     .route("/api/dashboard/{guid}", get(dashboard))
 //!     .layer(CacheLayer::new(cache.clone()));
 //!
+//! let get = || Request::get("/api/dashboard/ABC").body(Body::empty());
+//! let first = app.clone().oneshot(get()?).await?;
+//! assert_eq!(first.headers()["x-cache"], "MISS");
+//! first.into_body().collect().await?; // stored as it streamed
+//! let second = app.clone().oneshot(get()?).await?;
+//! assert_eq!(second.headers()["x-cache"], "HIT");
+//!
 //! // Later, when a sync for company ABC finished:
 //! let removed = cache.invalidate("/api/dashboard/ABC*").await?;
-//! # let _ = (app, removed);
+//! assert_eq!(removed, 1);
 //! # Ok(()) }
 //! ```
 //!
