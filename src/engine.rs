@@ -7,6 +7,8 @@
 //! lookup, single flight, the bans checked at commit, the fill budget, hit-for-miss —
 //! happens here and in the [`CacheHandle`].
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body::Body;
 
@@ -68,30 +70,31 @@ pub(crate) fn finish(leader: Option<Leader>, stored: bool) {
     }
 }
 
-/// Read `body` in a fill task of its own, recorded for `commit` within `limit` bytes, and
-/// share it with the followers of `commit`'s flight. The leader's client reads the
-/// returned body; without a runtime to run the task on, `body` and `commit` come back
-/// unused.
-pub(crate) fn start_fill<B, C>(
+/// A fill for the origin's answer, recorded within `limit` bytes, shared with the followers
+/// of `leader`'s flight. Without a runtime to read it on, `None`.
+pub(crate) fn new_fill(
     handle: &CacheHandle,
     head: Head,
     limit: usize,
-    body: B,
-    commit: C,
-) -> Result<FillBody, (B, C)>
+    leader: Option<&Leader>,
+) -> Option<Arc<Fill>> {
+    tokio::runtime::Handle::try_current().ok()?;
+    let fill = Fill::new(head, handle.fill_budget(), limit, handle.coalesce_timeout());
+    if let Some(leader) = leader {
+        leader.share(fill.clone());
+    }
+    Some(fill)
+}
+
+/// Read `body` into `fill` on a task of its own and hand the recording to `commit` at its
+/// end; the leader's client reads the returned body.
+pub(crate) fn run_fill<B, C>(fill: Arc<Fill>, body: B, commit: C) -> FillBody
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
     C: Commit,
 {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return Err((body, commit));
-    };
-    let fill = Fill::new(head, handle.fill_budget(), limit, handle.coalesce_timeout());
     let reader = fill.reader().expect("a new fill has dropped nothing");
-    if let Some(leader) = commit.leader() {
-        leader.share(fill.clone());
-    }
-    runtime.spawn(fill::run(fill, body, commit));
-    Ok(reader)
+    tokio::spawn(fill::run(fill, body, commit));
+    reader
 }

@@ -455,8 +455,6 @@ pub(crate) trait Commit: Send + 'static {
     fn abandon(self);
     /// The fill stopped recording before its end: new requests need not wait for it.
     fn release_followers(&mut self);
-    /// The flight whose followers may read the fill.
-    fn leader(&self) -> Option<&crate::coalesce::Leader>;
     /// Whether the answer may still be storable after this data frame (a gRPC answer stops
     /// being one at the start of a second message).
     fn record(&mut self, _data: &[u8]) -> bool {
@@ -559,9 +557,6 @@ mod tests {
         }
         fn abandon(self) {}
         fn release_followers(&mut self) {}
-        fn leader(&self) -> Option<&crate::coalesce::Leader> {
-            None
-        }
     }
 
     fn head() -> Head {

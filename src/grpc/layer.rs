@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::HeaderName;
 use tower_layer::Layer;
 
+use super::config::Config;
 use super::service::GrpcCacheService;
 use crate::handle::CacheHandle;
 
@@ -88,17 +89,6 @@ const DEFAULT_MAX_RESPONSE: usize = 4 << 20;
 #[derive(Clone)]
 pub struct GrpcCacheLayer {
     config: Arc<Config>,
-}
-
-/// What every [`GrpcCacheService`] built by one layer shares.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) handle: CacheHandle,
-    /// Method path → its TTL (`None`: the handle's).
-    pub(crate) methods: HashMap<Box<str>, Option<Duration>>,
-    pub(crate) max_request_size: usize,
-    pub(crate) max_response_size: usize,
-    pub(crate) keyed_metadata: Vec<HeaderName>,
 }
 
 impl GrpcCacheLayer {
@@ -183,6 +173,13 @@ impl GrpcCacheLayer {
     /// The handle this layer caches into.
     pub fn handle(&self) -> &CacheHandle {
         &self.config.handle
+    }
+}
+
+impl<S> GrpcCacheService<S> {
+    /// A [`GrpcCacheLayer`] caching into `handle` (no method is cached until opted in).
+    pub fn layer(handle: CacheHandle) -> GrpcCacheLayer {
+        GrpcCacheLayer::new(handle)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Opt-in caching of unary gRPC methods (feature `grpc`).
 
+mod config;
 mod layer;
 mod record;
 mod request;

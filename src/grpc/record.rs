@@ -11,11 +11,10 @@ use bytes::Bytes;
 use http::header::SET_COOKIE;
 use http::{HeaderMap, Response, StatusCode};
 
-use super::layer::Config;
+use super::config::Config;
 use super::request::{is_grpc, is_one_message};
 use super::GRPC_STATUS;
 use crate::body::{BoxError, CacheBody};
-use crate::coalesce::Leader;
 use crate::engine::{self, Miss};
 use crate::entry::Entry;
 use crate::fill::{Commit, Head};
@@ -53,6 +52,11 @@ where
         vary: Default::default(),
         size_hint: body.size_hint(),
     };
+    let Some(fill) = engine::new_fill(handle, head, config.max_response_size, miss.leader.as_ref())
+    else {
+        miss.give_up(handle, false);
+        return Response::from_parts(parts, CacheBody::passthrough(body));
+    };
     let commit = Committer {
         handle: handle.clone(),
         status: parts.status,
@@ -61,14 +65,8 @@ where
         miss,
         message: MessageTracker::default(),
     };
-    let body = match engine::start_fill(handle, head, config.max_response_size, body, commit) {
-        Ok(reader) => CacheBody::fill(reader),
-        Err((body, commit)) => {
-            commit.miss.give_up(handle, false);
-            CacheBody::passthrough(body)
-        }
-    };
-    Response::from_parts(parts, body)
+    let reader = engine::run_fill(fill, body, commit);
+    Response::from_parts(parts, CacheBody::fill(reader))
 }
 
 /// Stores a call that succeeded with one message, trailers included.
@@ -135,10 +133,6 @@ impl Commit for Committer {
 
     fn release_followers(&mut self) {
         engine::release(self.miss.leader.take());
-    }
-
-    fn leader(&self) -> Option<&Leader> {
-        self.miss.leader.as_ref()
     }
 
     fn record(&mut self, data: &[u8]) -> bool {

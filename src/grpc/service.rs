@@ -10,7 +10,7 @@ use http::{Request, Response};
 use tonic::body::Body;
 use tower_service::Service;
 
-use super::layer::Config;
+use super::config::Config;
 use super::request::{self, is_grpc_call};
 use super::{record, GRPC_STATUS};
 use crate::answer::{answer_to, Served};
@@ -32,12 +32,6 @@ pub struct GrpcCacheService<S> {
 }
 
 impl<S> GrpcCacheService<S> {
-    /// A [`GrpcCacheLayer`](super::GrpcCacheLayer) caching into `handle` (no method is cached
-    /// until opted in).
-    pub fn layer(handle: CacheHandle) -> super::GrpcCacheLayer {
-        super::GrpcCacheLayer::new(handle)
-    }
-
     pub(crate) fn from_config(inner: S, config: Arc<Config>) -> Self {
         GrpcCacheService { inner, config }
     }

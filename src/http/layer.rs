@@ -67,6 +67,14 @@ impl CacheLayer {
     }
 }
 
+impl<S> CacheService<S> {
+    /// A [`CacheLayer`] caching into `handle`:
+    /// `ServiceBuilder::new().layer(CacheService::layer(handle))`.
+    pub fn layer(handle: CacheHandle) -> CacheLayer {
+        CacheLayer::new(handle)
+    }
+}
+
 impl<S> Layer<S> for CacheLayer {
     type Service = CacheService<S>;
 

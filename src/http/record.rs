@@ -16,12 +16,11 @@ use http_body::Body;
 
 use super::config::Config;
 use crate::body::{BoxError, CacheBody};
-use crate::coalesce::Leader;
 use crate::engine::{self, Miss};
 use crate::entry::{Entry, Vary};
 use crate::fill::{Commit, Fill, Head};
 use crate::handle::CacheHandle;
-use crate::headers::{self, CACHE_STATUS, MISS, X_CACHE};
+use crate::headers::{self, Forward, CACHE_STATUS, MISS, X_CACHE};
 use crate::key::{self, VarySpec};
 use crate::policy::NotStorable;
 
@@ -52,7 +51,7 @@ where
         Err(()) => (decision.and(Err(Some(NotStorable::Tag))), Vec::new()),
     };
     let forward = miss.forward;
-    let body = match decision {
+    let reason = match decision {
         Ok((ttl, vary)) => {
             handle.set_hit_for_miss(&miss.logical, &miss.variant.identity, false);
             let mut stored_headers = parts.headers.clone();
@@ -64,6 +63,12 @@ where
                 headers: parts.headers.clone(),
                 vary: vary.clone(),
                 size_hint: body.size_hint(),
+            };
+            let Some(fill) =
+                engine::new_fill(handle, head, config.policy.max_body(), miss.leader.as_ref())
+            else {
+                miss.give_up(handle, false);
+                return passthrough(parts, body, forward, None, fallback);
             };
             let commit = Committer {
                 keep_expired: config.policy.is_rfc9111(),
@@ -81,29 +86,32 @@ where
                 vary,
                 miss,
             };
-            match engine::start_fill(handle, head, config.policy.max_body(), body, commit) {
-                Ok(reader) => {
-                    parts.headers.insert(X_CACHE, MISS);
-                    parts.headers.insert(
-                        CACHE_STATUS,
-                        headers::forward_status(forward, true, None, fallback),
-                    );
-                    return Response::from_parts(parts, CacheBody::fill(reader));
-                }
-                Err((body, commit)) => {
-                    commit.miss.give_up(handle, false);
-                    (body, None)
-                }
-            }
+            parts.headers.insert(X_CACHE, MISS);
+            parts.headers.insert(
+                CACHE_STATUS,
+                headers::forward_status(forward, true, None, fallback),
+            );
+            let reader = engine::run_fill(fill, body, commit);
+            return Response::from_parts(parts, CacheBody::fill(reader));
         }
         Err(reason) => {
             // A 304 answers one client's condition: it says nothing about the key.
             let remember = reason.is_some() && parts.status != StatusCode::NOT_MODIFIED;
             miss.give_up(handle, remember);
-            (body, reason)
+            reason
         }
     };
-    let (body, reason) = body;
+    passthrough(parts, body, forward, reason, fallback)
+}
+
+/// The origin's answer as it is, marked as a miss that was not stored (and why).
+fn passthrough<B>(
+    mut parts: http::response::Parts,
+    body: B,
+    forward: Forward,
+    reason: Option<NotStorable>,
+    fallback: bool,
+) -> Response<CacheBody<B>> {
     parts.headers.insert(X_CACHE, MISS);
     parts.headers.insert(
         CACHE_STATUS,
@@ -176,10 +184,6 @@ impl Commit for Committer {
 
     fn release_followers(&mut self) {
         engine::release(self.miss.leader.take());
-    }
-
-    fn leader(&self) -> Option<&Leader> {
-        self.miss.leader.as_ref()
     }
 }
 

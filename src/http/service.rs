@@ -14,7 +14,6 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::config::Config;
-use super::layer::CacheLayer;
 use super::serve::serve;
 use super::unsafe_method::{invalidate_after, request_host};
 use crate::answer::{answer, Served};
@@ -29,7 +28,7 @@ use crate::stats::bump;
 use std::borrow::Cow;
 use std::sync::Arc;
 
-/// Caches the responses of `S`. Usually built by [`CacheLayer`]; see the
+/// Caches the responses of `S`. Usually built by [`CacheLayer`](crate::CacheLayer); see the
 /// [crate docs](crate) for an example.
 #[derive(Clone)]
 pub struct CacheService<S> {
@@ -42,11 +41,6 @@ impl<S> CacheService<S> {
     /// [`CachePolicy`](crate::CachePolicy).
     pub fn new(inner: S, handle: CacheHandle) -> Self {
         CacheService::from_config(inner, Arc::new(Config::new(handle)))
-    }
-
-    /// A [`CacheLayer`] caching into `handle`: `ServiceBuilder::new().layer(CacheService::layer(h))`.
-    pub fn layer(handle: CacheHandle) -> CacheLayer {
-        CacheLayer::new(handle)
     }
 
     pub(crate) fn from_config(inner: S, config: Arc<Config>) -> Self {
