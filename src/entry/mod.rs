@@ -361,8 +361,6 @@ impl Entry {
             + self.vary.values.len()
             + self.vary.names.len() * 32
     }
-
-
 }
 
 /// How long an entry fresh for `ttl` is kept after expiry to be validated upstream: as
@@ -423,5 +421,4 @@ mod tests {
         });
         assert!(!other_vary.same_variant(&sample()));
     }
-
 }

@@ -443,4 +443,3 @@ fn in_namespace(key: &str, namespace: &str) -> bool {
         && key.starts_with(namespace)
         && key.as_bytes()[namespace.len()] == b':'
 }
-
