@@ -5,7 +5,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// `Cache-Status` (RFC 9211).
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-/// The seed's simple `X-Cache: HIT | MISS | BYPASS | STALE`.
+/// `X-Cache: HIT | MISS | BYPASS | STALE`: the one-word answer older tools and dashboards read.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// Where a response names its invalidation tags; stripped before the client sees it.
 pub const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
