@@ -229,3 +229,13 @@ pub(crate) fn take_tags(headers: &mut HeaderMap) -> Result<Vec<String>, ()> {
         Err(())
     }
 }
+
+/// An HTTP-date value (RFC 9110 §5.6.7); `None` when it is not one.
+pub(crate) fn parse_date(value: &HeaderValue) -> Option<std::time::SystemTime> {
+    httpdate::parse_http_date(value.to_str().ok()?).ok()
+}
+
+/// The first `name` field of `headers` as an HTTP-date.
+pub(crate) fn date(headers: &http::HeaderMap, name: HeaderName) -> Option<std::time::SystemTime> {
+    headers.get(name).and_then(parse_date)
+}
