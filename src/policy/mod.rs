@@ -1,28 +1,4 @@
 //! What may be served from the cache and what may be stored.
-//!
-//! The defaults are those of an application cache shared by every user of a server:
-//!
-//! - only `GET` is stored, and `HEAD` is answered from stored `GET` entries;
-//! - requests carrying credentials (`Authorization`, `Cookie`, API keys, …), a method
-//!   override, a URL rewrite, a body, a `Range`, or a `Host` that disagrees with the URI
-//!   bypass the cache; forwarding headers (`X-Forwarded-Host`, `Forwarded`, …) are keyed
-//!   (see [`DEFAULT_BYPASS_HEADERS`] and [`DEFAULT_KEYED_HEADERS`]; each list is a switch);
-//! - responses with `Set-Cookie`, `Cache-Control: no-store | private | no-cache`, or
-//!   `max-age=0` are not stored; nor is a response whose `Cache-Control`, `Pragma` or
-//!   `Vary` cannot be parsed; `s-maxage`, `max-age` and `Expires` set the TTL;
-//! - only 200, 203, 204, 300, 301, 308, 404 and 410 are stored (never 206 or 416);
-//! - a successful `POST`, `PUT`, `PATCH` or `DELETE` invalidates its path (RFC 9111 §4.4).
-//!
-//! ```
-//! use http::{header::AUTHORIZATION, StatusCode};
-//! use tower_response_cache::CachePolicy;
-//!
-//! // A cache that also keeps 302s and caches per user.
-//! let policy = CachePolicy::default()
-//!     .cacheable_statuses([StatusCode::OK, StatusCode::FOUND])
-//!     .key_on_header(AUTHORIZATION);
-//! # let _ = policy;
-//! ```
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -42,7 +18,31 @@ pub use request::{DEFAULT_BYPASS_HEADERS, DEFAULT_KEYED_HEADERS};
 /// application rarely wants repeated (206 needs range handling; 405/414/501 are errors).
 const DEFAULT_STATUSES: [u16; 8] = [200, 203, 204, 300, 301, 308, 404, 410];
 
-/// The rules for serving and storing. See the [module docs](crate::policy).
+/// What may be served from the cache and what may be stored.
+///
+/// The defaults are those of an application cache shared by every user of a server:
+///
+/// - only `GET` is stored, and `HEAD` is answered from stored `GET` entries;
+/// - requests carrying credentials (`Authorization`, `Cookie`, API keys, …), a method
+///   override, a URL rewrite, a body, a `Range`, or a `Host` that disagrees with the URI
+///   bypass the cache; forwarding headers (`X-Forwarded-Host`, `Forwarded`, …) are keyed
+///   (see [`DEFAULT_BYPASS_HEADERS`] and [`DEFAULT_KEYED_HEADERS`]; each list is a switch);
+/// - responses with `Set-Cookie`, `Cache-Control: no-store | private | no-cache`, or
+///   `max-age=0` are not stored; nor is a response whose `Cache-Control`, `Pragma` or
+///   `Vary` cannot be parsed; `s-maxage`, `max-age` and `Expires` set the TTL;
+/// - only 200, 203, 204, 300, 301, 308, 404 and 410 are stored (never 206 or 416);
+/// - a successful `POST`, `PUT`, `PATCH` or `DELETE` invalidates its path (RFC 9111 §4.4).
+///
+/// ```
+/// use http::{header::AUTHORIZATION, StatusCode};
+/// use tower_response_cache::CachePolicy;
+///
+/// // A cache that also keeps 302s and caches per user.
+/// let policy = CachePolicy::default()
+///     .cacheable_statuses([StatusCode::OK, StatusCode::FOUND])
+///     .key_on_header(AUTHORIZATION);
+/// # let _ = policy;
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct CachePolicy {
@@ -417,14 +417,14 @@ impl CachePolicy {
         if !self.store_set_cookie && headers.contains_key(SET_COOKIE) {
             return Err(NotStorable::SetCookie);
         }
-        let date = header_date(headers, DATE);
+        let date = crate::headers::date(headers, DATE);
         let lifetime = match s_maxage.or(max_age) {
             Some(seconds) => Duration::from_secs(seconds),
             None => match (!targeted).then(|| expires_ttl(headers)).flatten() {
                 Some(ttl) => ttl,
                 None => {
                     let heuristic = HEURISTIC_STATUSES.contains(&status.as_u16()) || public;
-                    let modified = header_date(headers, LAST_MODIFIED);
+                    let modified = crate::headers::date(headers, LAST_MODIFIED);
                     match (heuristic, modified) {
                         (true, Some(modified)) => date
                             .unwrap_or_else(SystemTime::now)
@@ -462,36 +462,21 @@ impl CachePolicy {
             .and_then(|a| crate::cache_control::delta_seconds(a.trim()))
             .map(Duration::from_secs)
             .unwrap_or(Duration::ZERO);
-        let apparent = header_date(headers, DATE)
+        let apparent = crate::headers::date(headers, DATE)
             .and_then(|d| SystemTime::now().duration_since(d).ok())
             .unwrap_or(Duration::ZERO);
         age.max(apparent)
     }
 }
 
-fn header_date(headers: &HeaderMap, name: http::header::HeaderName) -> Option<SystemTime> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-}
-
 /// Freshness from `Expires`, relative to the response's `Date` when present. An invalid
 /// `Expires` means "already expired" (RFC 9111 §5.3).
 fn expires_ttl(headers: &HeaderMap) -> Option<Duration> {
     let expires = headers.get(EXPIRES)?;
-    let Some(expires) = expires
-        .to_str()
-        .ok()
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-    else {
+    let Some(expires) = crate::headers::parse_date(expires) else {
         return Some(Duration::ZERO);
     };
-    let now = headers
-        .get(DATE)
-        .and_then(|d| d.to_str().ok())
-        .and_then(|d| httpdate::parse_http_date(d).ok())
-        .unwrap_or_else(SystemTime::now);
+    let now = crate::headers::date(headers, DATE).unwrap_or_else(SystemTime::now);
     Some(expires.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
