@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use tower_response_cache::store::RedisStore;
+use tower_response_cache::RedisStore;
 use tower_response_cache::{Pattern, Store};
 
 #[tokio::main]

@@ -27,8 +27,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use redis_support::{RedisCluster, RedisServer};
-use tower_response_cache::store::{RedisStore, RedisStoreBuilder};
 use tower_response_cache::{CacheHandle, CacheLayer, Store, StoreKey};
+use tower_response_cache::{RedisStore, RedisStoreBuilder};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 

@@ -322,15 +322,15 @@ impl RedisStoreBuilder {
 
     /// Keep recently read entries in process memory too (a near cache, or L1), within
     /// `max_bytes`, answering hits without a Redis round trip while this process holds a
-    /// `lease` (default 200 ms, at most 10 s) renewed by heartbeats over its invalidation
-    /// subscription. Off by default.
+    /// `lease` (4 ms to 10 s; 200 ms is a good start) renewed by heartbeats over its
+    /// invalidation subscription. Off unless called.
     ///
-    /// The ban guarantee stays: every `invalidate` made through Redis (by any process, with
-    /// a near cache or not) waits for the longest lease any process advertises before it
-    /// returns, so its latency grows by about `lease`. See the
-    /// [near cache's docs](crate::store::redis) and the README. On a Redis Cluster the near
-    /// cache is not used (a warning is logged): its heartbeats would need sharded pub/sub in
-    /// one slot, which this version does not implement.
+    /// The ban guarantee stays: every `invalidate` made through this Redis (by any process,
+    /// with a near cache or not) waits for the longest lease any process advertises before
+    /// it returns, so its latency grows by about `lease`. See the README; the argument is in
+    /// the docs of `src/store/redis/near.rs`. On a Redis Cluster the near cache is not used
+    /// (a warning is logged): its heartbeats would need sharded pub/sub in one slot, which
+    /// this version does not implement.
     pub fn near_cache(mut self, lease: Duration, max_bytes: usize) -> Self {
         self.near = Some((lease, max_bytes));
         self
