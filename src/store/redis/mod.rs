@@ -320,22 +320,6 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Keep recently read entries in process memory too (a near cache, or L1), within
-    /// `max_bytes`, answering hits without a Redis round trip while this process holds a
-    /// `lease` (4 ms to 10 s; 200 ms is a good start) renewed by heartbeats over its
-    /// invalidation subscription. Off unless called.
-    ///
-    /// The ban guarantee stays: every `invalidate` made through this Redis (by any process,
-    /// with a near cache or not) waits for the longest lease any process advertises before
-    /// it returns, so its latency grows by about `lease`. See the README; the argument is in
-    /// the docs of `src/store/redis/near.rs`. On a Redis Cluster the near cache is not used
-    /// (a warning is logged): its heartbeats would need sharded pub/sub in one slot, which
-    /// this version does not implement.
-    pub fn near_cache(mut self, lease: Duration, max_bytes: usize) -> Self {
-        self.near = Some((lease, max_bytes));
-        self
-    }
-
     /// Build the store. Connects lazily: an unreachable Redis is not an error here, only
     /// an invalid URL is. Must be called within a Tokio runtime (it starts the task that
     /// listens for other processes' invalidations).
@@ -361,18 +345,7 @@ impl RedisStoreBuilder {
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
         let origin = rand_u64();
-        let near = match (self.near, &self.target) {
-            (Some(_), Target::Cluster(_)) => {
-                tracing::warn!(
-                    "the near cache is not used on a Redis Cluster: every hit reads Redis"
-                );
-                None
-            }
-            (Some((lease, max_bytes)), Target::Single(_)) => {
-                Some(Near::new(lease, max_bytes, origin))
-            }
-            (None, _) => None,
-        };
+        let near = self.near_for(origin);
         let inner = Arc::new(Inner {
             layout: connection.layout(),
             connection,

@@ -63,7 +63,7 @@ use std::time::Duration;
 use redis::Script;
 
 use super::lease::{Lease, ADVERT_TTL, HEARTBEAT_SCRIPT, LEASES_KEY, MAX_LEASE};
-use super::{Inner, RedisStore};
+use super::{Inner, RedisStore, RedisStoreBuilder, Target};
 use crate::entry::Entry;
 use crate::pattern::Pattern;
 use crate::store::{Invalidation, MemoryStore, StoreKey, StoreStats, Variants};
@@ -199,6 +199,40 @@ pub(crate) struct NearCounters {
     pub(crate) lapses: u64,
     pub(crate) entries: u64,
     pub(crate) bytes: u64,
+}
+
+impl RedisStoreBuilder {
+    /// Keep recently read entries in process memory too (a near cache, or L1), within
+    /// `max_bytes`, answering hits without a Redis round trip while this process holds a
+    /// `lease` (4 ms to 10 s; 200 ms is a good start) renewed by heartbeats over its
+    /// invalidation subscription. Off unless called.
+    ///
+    /// The ban guarantee stays: every `invalidate` made through this Redis (by any process,
+    /// with a near cache or not) waits for the longest lease any process advertises before
+    /// it returns, so its latency grows by about `lease`. See the README; the argument is in
+    /// the docs of `src/store/redis/near.rs`. On a Redis Cluster the near cache is not used
+    /// (a warning is logged): its heartbeats would need sharded pub/sub in one slot, which
+    /// this version does not implement.
+    pub fn near_cache(mut self, lease: Duration, max_bytes: usize) -> Self {
+        self.near = Some((lease, max_bytes));
+        self
+    }
+
+    /// The near cache to build, if any (none on a cluster).
+    pub(super) fn near_for(&self, origin: u64) -> Option<Near> {
+        match (self.near, &self.target) {
+            (Some(_), Target::Cluster(_)) => {
+                tracing::warn!(
+                    "the near cache is not used on a Redis Cluster: every hit reads Redis"
+                );
+                None
+            }
+            (Some((lease, max_bytes)), Target::Single(_)) => {
+                Some(Near::new(lease, max_bytes, origin))
+            }
+            (None, _) => None,
+        }
+    }
 }
 
 impl RedisStore {
