@@ -12,6 +12,7 @@
 //! tested elsewhere, and this checks what the near cache adds.
 #![cfg(feature = "redis")]
 
+mod common;
 mod redis_support;
 
 use std::io::{BufRead, BufReader, Write};
@@ -648,4 +649,55 @@ async fn a_lost_subscription_forgets_what_it_held() {
         "the near cache served what it missed the invalidation of"
     );
     assert!(store.get(key).await.unwrap().is_none());
+}
+
+/// From the environment's settings to a near-cache hit over HTTP: `CACHE_NEAR_LEASE_MS`
+/// turns it on behind the memory fallback, `Cache-Status` says `detail=l1`, and the stats
+/// count it; an invalidation through the handle is not served afterwards.
+#[tokio::test]
+async fn configured_from_the_environment_hits_say_l1() {
+    use axum::routing::get;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let config = tower_response_cache::CacheConfig::from_lookup(|name| match name {
+        "REDIS_ENABLED" => Some("true".into()),
+        "REDIS_URL" => Some(url.clone()),
+        "CACHE_REDIS_TIMEOUT_MS" => Some("300".into()),
+        "CACHE_NEAR_LEASE_MS" => Some("100".into()),
+        _ => None,
+    })
+    .unwrap();
+    let handle = config.build().await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new()
+        .route(
+            "/page",
+            get(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { format!("call {n}") }
+            }),
+        )
+        .layer(CacheLayer::new(handle.clone()));
+    let addr = common::serve(app).await;
+    let client = common::client();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = common::get(&client, addr, "/page").await;
+        if answer.header("cache-status").contains("detail=l1") {
+            assert_eq!(answer.text(), "call 1");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never a near-cache hit: {}",
+            answer.header("cache-status")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = handle.stats();
+    assert!(stats.l1_hits > 0, "{stats:?}");
+    handle.invalidate("/page").await.unwrap();
+    let answer = common::get(&client, addr, "/page").await;
+    assert_eq!(answer.text(), "call 2", "{}", answer.header("cache-status"));
 }
