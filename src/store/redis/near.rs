@@ -15,10 +15,12 @@
 //!    `PUBLISH`es, and the listener applies each invalidation to the near cache before it
 //!    reads the next message: every invalidation published before `h` was applied when the
 //!    lease was renewed.
-//! 2. `invalidate` raises the generation, removes the entries from Redis, applies itself to
-//!    its own near cache, publishes at Redis time `p`, then reads the longest lease any
-//!    process advertises and waits that long (plus a drift margin) from the publish's reply
-//!    before it returns.
+//! 2. `invalidate` raises the generation, removes the entries from Redis, then applies
+//!    itself to its own near cache (after the removal, so no read of this process can
+//!    refill it with what was removed), publishes at Redis time `p`, reads the longest lease
+//!    any process advertises and waits that long (plus a drift margin) from the publish's
+//!    reply before it returns. A publish that fails while leases are advertised, or a lease
+//!    read that fails, makes `invalidate` fail (a fallback store replays it).
 //! 3. Take a process serving from its near cache after `invalidate` returned, under a lease
 //!    renewed by a heartbeat published at `h`. If `h > p`, it applied the invalidation
 //!    before renewing. If `h < p`, the lease ended by `s + lease < p + lease`, before the
@@ -44,16 +46,19 @@
 //!
 //! # What the near cache holds
 //!
-//! What Redis answered for a key and variant (every `Vary` variant of it), with the same
-//! expiry (an entry's time is its own, from when it was stored): never longer than Redis
-//! keeps it. Only fresh entries are answered from it; stale ones are asked of Redis. It has
-//! its own byte budget and CLOCK eviction (it is a [`MemoryStore`]). On a Redis Cluster the
+//! What Redis answered for a key and variant (every `Vary` variant of it), and what this
+//! process wrote to Redis, with the same expiry (an entry's time is its own, from when it
+//! was stored): never longer than Redis keeps it. Only fresh entries are answered from it;
+//! stale ones, and `Vary` variants it does not hold, are asked of Redis. It may still hold
+//! a variant Redis has since replaced or pruned, never one an invalidation covers. It has
+//! its own byte budget and CLOCK eviction (it is a [`MemoryStore`]). Used by the HTTP
+//! layer's hits (`Store::try_get_now`); typed reads and gRPC read Redis. On a Redis Cluster the
 //! near cache is not used (see [`RedisStoreBuilder::near_cache`](super::RedisStoreBuilder::near_cache)).
 //!
 //! # Cost to Redis
 //!
 //! One heartbeat script (`ZADD` + `PUBLISH` to one subscriber) per process per `lease / 4`:
-//! 20 a second per process at the default 200 ms lease. `invalidate` adds one script call
+//! 20 a second per process at a 200 ms lease. `invalidate` adds one script call
 //! (the lease read) and waits `lease + 0.5 % + 1 ms` after its publish.
 
 use std::sync::atomic::{AtomicU64, Ordering};
