@@ -394,3 +394,82 @@ async fn a_clients_own_condition_goes_upstream_when_nothing_is_stored() {
     assert_eq!(cached.status, axum::http::StatusCode::NOT_MODIFIED);
     assert_eq!(s.calls(), 2);
 }
+
+/// An upstream that answers every request with `103 Early Hints` and then a cacheable
+/// `200`, counting the requests.
+async fn early_hints_upstream(calls: Arc<AtomicUsize>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0; 1024];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                    if request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        request.clear();
+                        let hints =
+                            "HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n";
+                        socket.write_all(hints.as_bytes()).await.unwrap();
+                        socket.flush().await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let last = "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: 2\r\n\r\nok";
+                        socket.write_all(last.as_bytes()).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One request over a plain socket: everything the proxy wrote, interim responses included.
+async fn raw_exchange(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: proxy\r\nconnection: close\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    socket.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).to_lowercase()
+}
+
+#[tokio::test]
+async fn interim_responses_reach_the_client_and_are_never_cached() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = early_hints_upstream(calls.clone()).await;
+    let cache = CacheHandle::in_memory();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = proxy::proxy_app(format!("http://{origin}").parse().unwrap(), cache.clone());
+    tokio::spawn(proxy::serve(listener, app));
+
+    let first = raw_exchange(addr, "/hinted").await;
+    assert!(first.starts_with("http/1.1 103"), "{first}");
+    let final_head = first.find("http/1.1 200").expect("a final response");
+    assert!(
+        first[..final_head].contains("link: </s.css>; rel=preload"),
+        "{first}"
+    );
+    assert!(first.ends_with("\r\n\r\nok"), "{first}");
+    for _ in 0..200 {
+        if cache.stats().stores >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // From the cache: the final response alone, no 103 and none of its fields.
+    let second = raw_exchange(addr, "/hinted").await;
+    assert!(second.starts_with("http/1.1 200"), "{second}");
+    assert!(second.contains("x-cache: hit"), "{second}");
+    assert!(!second.contains("link:"), "{second}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -220,11 +220,11 @@ impl CachePolicy {
 
     /// Which statuses may be stored (default 200, 203, 204, 300, 301, 308, 404, 410).
     /// 206, 304 and 416 are never stored, whatever the list says: they answer one request's
-    /// range or condition, not the resource.
+    /// range or condition, not the resource. Nor is a 1xx: it is not a final response.
     pub fn cacheable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.statuses = statuses
             .into_iter()
-            .filter(|s| !NEVER_STORED.contains(&s.as_u16()))
+            .filter(|s| !NEVER_STORED.contains(&s.as_u16()) && !s.is_informational())
             .collect();
         self
     }
@@ -531,9 +531,10 @@ mod tests {
 
     #[test]
     fn partial_and_conditional_answers_are_never_stored_whatever_the_list() {
-        let p = CachePolicy::default()
-            .cacheable_statuses([206, 304, 416, 200].map(|s| StatusCode::from_u16(s).unwrap()));
-        for status in [206, 304, 416] {
+        let p = CachePolicy::default().cacheable_statuses(
+            [103, 206, 304, 416, 200].map(|s| StatusCode::from_u16(s).unwrap()),
+        );
+        for status in [103, 206, 304, 416] {
             let status = StatusCode::from_u16(status).unwrap();
             assert_eq!(
                 p.storable(status, &HeaderMap::new(), DEFAULT_TTL, &HeaderMap::new()),
