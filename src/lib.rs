@@ -59,6 +59,7 @@ mod key;
 mod layer;
 mod pattern;
 pub mod policy;
+mod range;
 mod record;
 mod service;
 mod stats;

@@ -107,6 +107,10 @@ where
                 let config = self.config.clone();
                 ResponseFuture::cache(Box::pin(invalidate_after(config, logical, host, future)))
             }
+            RequestAction::Range => {
+                let inner = take_ready(&mut self.inner);
+                crate::range::call(&self.config, inner, parts, body, keyed)
+            }
             action @ (RequestAction::Lookup | RequestAction::Revalidate) => {
                 let revalidate = action == RequestAction::Revalidate;
                 let config = &self.config;
@@ -161,7 +165,10 @@ fn take_ready<S: Clone>(inner: &mut S) -> S {
 
 impl Config {
     /// Request `Cache-Control` directives the RFC 9111 preset weighs against a hit.
-    fn request_directives(&self, headers: &http::HeaderMap) -> Option<RequestDirectives> {
+    pub(crate) fn request_directives(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Option<RequestDirectives> {
         if !self.policy.is_rfc9111() {
             return None;
         }
@@ -174,7 +181,7 @@ impl Config {
             && self.request_directives(headers).is_some()
     }
 
-    fn logical_key<'a>(&self, parts: &'a http::request::Parts) -> Option<Cow<'a, str>> {
+    pub(crate) fn logical_key<'a>(&self, parts: &'a http::request::Parts) -> Option<Cow<'a, str>> {
         match &self.key_fn {
             Some(key_fn) => key_fn(parts).map(|k| Cow::Owned(key::bound(k.into()).into_owned())),
             None => Some(key::logical_from_path(parts)),
