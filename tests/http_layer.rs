@@ -17,7 +17,7 @@ use common::*;
 use tower_response_cache::{CacheHandle, CacheLayer, CachePolicy, MemoryStore};
 
 /// Counts the requests that reach it, and answers with what the query asks for:
-/// `status=`, `cc=` (Cache-Control), `vary=`, `cookie=1` (Set-Cookie), `tag=` (Cache-Tag),
+/// `status=`, `cc=` (Cache-Control), `pcc=` / `cdn=` (targeted fields), `vary=`, `cookie=1` (Set-Cookie), `tag=` (Cache-Tag),
 /// `size=` (body bytes), `delay_ms=`.
 #[derive(Clone, Default)]
 struct Origin {
@@ -56,6 +56,7 @@ async fn origin(
     for (param, header) in [
         ("cc", "cache-control"),
         ("pcc", "portal-cache-control"),
+        ("cdn", "cdn-cache-control"),
         ("vary", "vary"),
         ("tag", "cache-tag"),
     ] {
@@ -529,4 +530,204 @@ async fn a_targeted_field_gives_this_cache_its_own_rules() {
     get(&client, addr, private).await;
     assert_eq!(get(&client, addr, private).await.x_cache(), "MISS");
     assert!(origin.calls() >= 3);
+}
+
+#[tokio::test]
+async fn targeted_fields_override_cache_control_in_the_order_named() {
+    let handle = CacheHandle::in_memory();
+    let policy = CachePolicy::default()
+        .targeted_cache_control(HeaderName::from_static("portal-cache-control"))
+        .targeted_cache_control(HeaderName::from_static("cdn-cache-control"));
+    let (origin, addr, client) = start_with(CacheLayer::new(handle.clone()).policy(policy)).await;
+    // CDN-Cache-Control stores what Cache-Control forbids.
+    let cdn = "/t/cdn?cc=no-store&cdn=max-age%3D60";
+    get(&client, addr, cdn).await;
+    stored(&handle, 1).await;
+    assert_eq!(get(&client, addr, cdn).await.x_cache(), "HIT");
+    // The field named first wins over the one named after it.
+    let both = "/t/both?cdn=max-age%3D60&pcc=no-store";
+    get(&client, addr, both).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(get(&client, addr, both).await.x_cache(), "MISS");
+    // Without the policy naming it, CDN-Cache-Control is just a header.
+    let (_, plain, client, _) = start().await;
+    get(&client, plain, cdn).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(get(&client, plain, cdn).await.x_cache(), "MISS");
+    assert_eq!(origin.calls(), 3);
+}
+
+/// An origin with validators: `ETag: "v1"` (unless `?no_etag`) and a fixed
+/// `Last-Modified`; it answers a matching `If-None-Match` / `If-Modified-Since` with `304`
+/// carrying `x-version: <call>`, records the conditions it was sent, and answers `Range`
+/// itself with a `206` (echoing `If-Range`).
+#[derive(Clone, Default)]
+struct Validating {
+    calls: Arc<AtomicUsize>,
+    seen: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+
+async fn validating(State(v): State<Validating>, uri: Uri, headers: HeaderMap) -> Response {
+    let n = v.calls.fetch_add(1, Ordering::SeqCst) + 1;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|h| h.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let seen = ["if-none-match", "if-modified-since", "range", "if-range"];
+    for name in seen {
+        if headers.contains_key(name) {
+            v.seen.lock().unwrap().push((name.to_owned(), header(name)));
+        }
+    }
+    let etag = !uri.query().unwrap_or("").contains("no_etag");
+    let matches = (etag && header("if-none-match") == "\"v1\"")
+        || (!headers.contains_key("if-none-match") && header("if-modified-since") == LAST_MODIFIED);
+    let mut response = Response::new(Body::from(format!("body #{n}")));
+    if matches {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        *response.body_mut() = Body::empty();
+    } else if headers.contains_key("range") {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        *response.body_mut() = Body::from("bo");
+        response
+            .headers_mut()
+            .insert("content-range", HeaderValue::from_static("bytes 0-1/7"));
+    }
+    let h = response.headers_mut();
+    h.insert("cache-control", HeaderValue::from_static("max-age=1"));
+    h.insert("last-modified", HeaderValue::from_static(LAST_MODIFIED));
+    h.insert("x-version", HeaderValue::from(n));
+    if etag {
+        h.insert("etag", HeaderValue::from_static("\"v1\""));
+    }
+    response
+}
+
+async fn start_validating(policy: CachePolicy) -> (Validating, std::net::SocketAddr, HttpClient) {
+    let v = Validating::default();
+    let app = Router::new()
+        .fallback(any(validating))
+        .with_state(v.clone())
+        .layer(CacheLayer::new(CacheHandle::in_memory()).policy(policy));
+    (v, serve(app).await, client())
+}
+
+impl Validating {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn take_seen(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.seen.lock().unwrap())
+    }
+}
+
+#[tokio::test]
+async fn a_stale_entry_is_revalidated_with_its_validators_and_freshened_from_a_304() {
+    // The origin's own ETag (none generated here) goes upstream as If-None-Match.
+    let (v, addr, client) = start_validating(CachePolicy::default().generate_etag(false)).await;
+    let first = eventually_hit(&client, addr, "/v").await;
+    v.take_seen();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let validated = get(&client, addr, "/v").await;
+    let calls = v.calls();
+    assert_eq!(
+        validated.text(),
+        first.text(),
+        "the stored body, not refetched"
+    );
+    assert_eq!(
+        validated.header("x-version"),
+        calls.to_string(),
+        "headers updated from the 304"
+    );
+    assert_eq!(
+        v.take_seen(),
+        [
+            ("if-none-match".to_owned(), "\"v1\"".to_owned()),
+            ("if-modified-since".to_owned(), LAST_MODIFIED.to_owned()),
+        ]
+    );
+    // Freshened: a hit again, with the updated header.
+    let hit = get(&client, addr, "/v").await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert_eq!(hit.header("x-version"), calls.to_string());
+    assert_eq!(v.calls(), calls);
+}
+
+#[tokio::test]
+async fn a_generated_etag_is_never_sent_upstream_but_last_modified_validates() {
+    let (v, addr, client) = start_validating(CachePolicy::default()).await;
+    let first = eventually_hit(&client, addr, "/g?no_etag").await;
+    assert!(first.header("etag").starts_with('"'), "a generated ETag");
+    v.take_seen();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let validated = get(&client, addr, "/g?no_etag").await;
+    assert_eq!(validated.text(), first.text());
+    assert_eq!(
+        v.take_seen(),
+        [("if-modified-since".to_owned(), LAST_MODIFIED.to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn ranges_are_answered_from_a_stored_200_in_the_application_preset() {
+    let (v, addr, client) = start_validating(CachePolicy::default()).await;
+    // Nothing stored: forwarded as sent, If-Range included; the 206 is not stored.
+    let condition = [("range", "bytes=0-1"), ("if-range", "\"v1\"")];
+    let forwarded = get_with(&client, addr, "/r", &condition).await;
+    assert_eq!(forwarded.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(forwarded.x_cache(), "MISS");
+    assert_eq!(
+        v.take_seen(),
+        [
+            ("range".to_owned(), "bytes=0-1".to_owned()),
+            ("if-range".to_owned(), "\"v1\"".to_owned()),
+        ]
+    );
+    let full = eventually_hit(&client, addr, "/r").await;
+    let body = full.text();
+    assert_ne!(body, "bo", "the 206 was never stored");
+    assert_eq!(body.len(), 7);
+    let calls = v.calls();
+    let one = get_with(&client, addr, "/r", &[("range", "bytes=5-")]).await;
+    assert_eq!(one.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(one.text(), body[5..]);
+    assert_eq!(one.header("content-range"), "bytes 5-6/7");
+    assert_eq!(one.header("content-length"), "2");
+    assert_eq!(one.header("etag"), "\"v1\"");
+    let suffix = get_with(&client, addr, "/r", &[("range", "bytes=-3")]).await;
+    assert_eq!(suffix.text(), body[4..]);
+    let first = get_with(&client, addr, "/r", &[("range", "bytes=0-3")]).await;
+    assert_eq!(first.text(), "body");
+    let none = get_with(&client, addr, "/r", &[("range", "bytes=7-")]).await;
+    assert_eq!(none.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(none.header("content-range"), "bytes */7");
+    assert!(none.body.is_empty());
+    // Several ranges, a stale If-Range, or a weak one: the whole 200.
+    for headers in [
+        &[("range", "bytes=0-1, 4-5")][..],
+        &[("range", "bytes=0-1"), ("if-range", "\"v0\"")],
+        &[("range", "bytes=0-1"), ("if-range", "W/\"v1\"")],
+    ] {
+        let whole = get_with(&client, addr, "/r", headers).await;
+        assert_eq!(whole.status, StatusCode::OK, "{headers:?}");
+        assert_eq!(whole.text(), body, "{headers:?}");
+    }
+    // A matching If-Range, by ETag or by the (strong) Last-Modified: the range.
+    for validator in ["\"v1\"", LAST_MODIFIED] {
+        let headers = [("range", "bytes=0-1"), ("if-range", validator)];
+        let matched = get_with(&client, addr, "/r", &headers).await;
+        assert_eq!(matched.status, StatusCode::PARTIAL_CONTENT, "{validator}");
+        assert_eq!(matched.text(), "bo", "{validator}");
+        assert_eq!(matched.x_cache(), "HIT", "{validator}");
+    }
+    // HEAD ignores Range.
+    let head = request(&client, "HEAD", addr, "/r", &[("range", "bytes=0-1")]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(v.calls(), calls, "every range came from the cache");
 }

@@ -473,3 +473,89 @@ async fn interim_responses_reach_the_client_and_are_never_cached() {
     assert!(!second.contains("link:"), "{second}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn ranges_are_answered_from_a_stored_200_and_otherwise_forwarded_unstored() {
+    let s = setup().await;
+    let path = "/bytes?cc=max-age%3D600";
+    assert_eq!(get(&s.client, s.proxy, path).await.text(), "#1");
+    s.stored(1).await;
+    for (range, status, body, content_range) in [
+        ("bytes=1-", 206, "1", "bytes 1-1/2"),
+        ("bytes=0-0", 206, "#", "bytes 0-0/2"),
+        ("bytes=-1", 206, "1", "bytes 1-1/2"),
+        ("bytes=5-", 416, "", "bytes */2"),
+    ] {
+        let answer = get_with(&s.client, s.proxy, path, &[("range", range)]).await;
+        assert_eq!(answer.status.as_u16(), status, "{range}");
+        assert_eq!(answer.text(), body, "{range}");
+        assert_eq!(answer.header("content-range"), content_range, "{range}");
+        assert_eq!(answer.x_cache(), "HIT", "{range}");
+    }
+    assert_eq!(s.calls(), 1);
+    // A client that wants it fresh: forwarded as sent, and what comes back is not stored.
+    let forced = get_with(
+        &s.client,
+        s.proxy,
+        path,
+        &[("range", "bytes=0-0"), ("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(forced.text(), "#2", "the upstream ignores ranges");
+    assert_eq!(get(&s.client, s.proxy, path).await.text(), "#1");
+    // Nothing stored: forwarded, and the answer to a range never fills the cache.
+    let miss = "/unstored?cc=max-age%3D600";
+    let ranged = get_with(&s.client, s.proxy, miss, &[("range", "bytes=0-0")]).await;
+    assert_eq!(ranged.x_cache(), "MISS");
+    assert_eq!(s.calls(), 3);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get(&s.client, s.proxy, miss).await.x_cache(), "MISS");
+    assert_eq!(s.calls(), 4);
+}
+
+#[tokio::test]
+async fn freshness_fields_are_read_to_the_letter() {
+    let s = setup().await;
+    // Conflicting max-age, a decimal, spaces around `=`: no usable lifetime, not reused.
+    for (i, cc) in [
+        "max-age%3D60,%20max-age%3D120",
+        "max-age%3D60.5",
+        "max-age%20%3D%2060",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = format!("/strict{i}?cc={cc}");
+        get(&s.client, s.proxy, &path).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let again = get(&s.client, s.proxy, &path).await;
+        assert_ne!(again.x_cache(), "HIT", "{cc}");
+    }
+    assert_eq!(s.calls(), 6);
+    // An Age with a suffix is not an age: the whole max-age is the lifetime.
+    let path = "/suffixed?cc=max-age%3D600&age=500s";
+    get(&s.client, s.proxy, path).await;
+    s.stored(1).await;
+    let hit = get(&s.client, s.proxy, path).await;
+    assert_eq!(hit.x_cache(), "HIT");
+    let ttl: u64 = hit
+        .header("cache-status")
+        .rsplit("ttl=")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ttl > 500, "{}", hit.header("cache-status"));
+}
+
+#[tokio::test]
+async fn an_unknown_unsafe_method_invalidates() {
+    let s = setup().await;
+    let path = "/searched?cc=max-age%3D600";
+    get(&s.client, s.proxy, path).await;
+    s.stored(1).await;
+    assert_eq!(get(&s.client, s.proxy, path).await.x_cache(), "HIT");
+    let search = request(&s.client, "M-SEARCH", s.proxy, path, &[]).await;
+    assert_eq!(search.status, http::StatusCode::OK);
+    assert_eq!(get(&s.client, s.proxy, path).await.x_cache(), "MISS");
+}

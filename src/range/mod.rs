@@ -18,6 +18,7 @@
 mod spec;
 
 use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{
@@ -132,7 +133,9 @@ fn ranged<B>(
     entry: &Entry,
     request: &http::HeaderMap,
 ) -> Response<ResponseBody<B>> {
-    if full.status() != StatusCode::OK || !spec::if_range_holds(request, entry.headers()) {
+    let received = UNIX_EPOCH + Duration::from_millis(entry.stored_at_millis());
+    if full.status() != StatusCode::OK || !spec::if_range_holds(request, entry.headers(), received)
+    {
         return full;
     }
     let len = entry.body().len() as u64;

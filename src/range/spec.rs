@@ -9,6 +9,8 @@
 //! - none satisfiable: `416` with `Content-Range: bytes */len`;
 //! - a field that is not a `bytes` range set this parser reads: the whole `200`.
 
+use std::time::SystemTime;
+
 use http::header::{DATE, ETAG, LAST_MODIFIED};
 use http::{HeaderMap, HeaderValue};
 
@@ -129,8 +131,13 @@ pub(crate) fn select<'a>(lines: impl IntoIterator<Item = &'a HeaderValue>, len: 
 /// Whether `If-Range` (if any) lets the range apply to the stored response with these
 /// headers (RFC 9110 §13.1.5): an entity tag must match its `ETag` strongly (a weak tag
 /// never does); a date must equal its `Last-Modified`, which must be strong (a `Date` at
-/// least a second later, §8.8.2.2). Otherwise the whole representation is sent.
-pub(crate) fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
+/// least a second later, §8.8.2.2; without `Date`, the time the cache `received` it, as
+/// §6.6.1 lets a recipient assume). Otherwise the whole representation is sent.
+pub(crate) fn if_range_holds(
+    request: &HeaderMap,
+    stored: &HeaderMap,
+    received: SystemTime,
+) -> bool {
     let mut lines = request.get_all(http::header::IF_RANGE).iter();
     let condition = match (lines.next(), lines.next()) {
         (None, _) => return true,
@@ -148,12 +155,18 @@ pub(crate) fn if_range_holds(request: &HeaderMap, stored: &HeaderMap) -> bool {
             .ok()
             .and_then(|v| httpdate::parse_http_date(v).ok())
     };
-    let (Some(since), Some(modified), Some(sent)) = (
+    let (Some(since), Some(modified)) = (
         date(condition),
         stored.get(LAST_MODIFIED).and_then(|v| date(v.as_bytes())),
-        stored.get(DATE).and_then(|v| date(v.as_bytes())),
     ) else {
         return false;
+    };
+    let sent = match stored.get(DATE) {
+        Some(value) => match date(value.as_bytes()) {
+            Some(sent) => sent,
+            None => return false,
+        },
+        None => received,
     };
     since == modified
         && sent
@@ -232,6 +245,11 @@ mod tests {
             .collect()
     }
 
+    /// Received long before the dates in these tests.
+    fn if_range_holds_at(request: &HeaderMap, stored: &HeaderMap) -> bool {
+        if_range_holds(request, stored, SystemTime::UNIX_EPOCH)
+    }
+
     #[test]
     fn if_range_needs_a_strong_match() {
         let stored = map(&[
@@ -239,24 +257,31 @@ mod tests {
             ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
             ("date", "Wed, 21 Oct 2015 07:30:00 GMT"),
         ]);
-        assert!(if_range_holds(&map(&[]), &stored));
-        assert!(if_range_holds(&map(&[("if-range", "\"v1\"")]), &stored));
-        assert!(!if_range_holds(&map(&[("if-range", "\"v2\"")]), &stored));
-        assert!(!if_range_holds(&map(&[("if-range", "W/\"v1\"")]), &stored));
-        let weak = map(&[("etag", "W/\"v1\"")]);
-        assert!(!if_range_holds(&map(&[("if-range", "W/\"v1\"")]), &weak));
-        let lm = "Wed, 21 Oct 2015 07:28:00 GMT";
-        assert!(if_range_holds(&map(&[("if-range", lm)]), &stored));
-        let other = "Wed, 21 Oct 2015 07:28:01 GMT";
-        assert!(!if_range_holds(&map(&[("if-range", other)]), &stored));
-        // A Last-Modified within a second of Date is weak; without Date, unknown.
-        let close = map(&[("last-modified", lm), ("date", lm)]);
-        assert!(!if_range_holds(&map(&[("if-range", lm)]), &close));
-        assert!(!if_range_holds(
-            &map(&[("if-range", lm)]),
-            &map(&[("last-modified", lm)])
+        assert!(if_range_holds_at(&map(&[]), &stored));
+        assert!(if_range_holds_at(&map(&[("if-range", "\"v1\"")]), &stored));
+        assert!(!if_range_holds_at(&map(&[("if-range", "\"v2\"")]), &stored));
+        assert!(!if_range_holds_at(
+            &map(&[("if-range", "W/\"v1\"")]),
+            &stored
         ));
-        assert!(!if_range_holds(&map(&[("if-range", "garbage")]), &stored));
+        let weak = map(&[("etag", "W/\"v1\"")]);
+        assert!(!if_range_holds_at(&map(&[("if-range", "W/\"v1\"")]), &weak));
+        let lm = "Wed, 21 Oct 2015 07:28:00 GMT";
+        assert!(if_range_holds_at(&map(&[("if-range", lm)]), &stored));
+        let other = "Wed, 21 Oct 2015 07:28:01 GMT";
+        assert!(!if_range_holds_at(&map(&[("if-range", other)]), &stored));
+        // A Last-Modified within a second of Date is weak; without Date, the time the
+        // cache received it decides.
+        let close = map(&[("last-modified", lm), ("date", lm)]);
+        assert!(!if_range_holds_at(&map(&[("if-range", lm)]), &close));
+        let undated = map(&[("last-modified", lm)]);
+        assert!(!if_range_holds_at(&map(&[("if-range", lm)]), &undated));
+        let later = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:01 GMT").unwrap();
+        assert!(if_range_holds(&map(&[("if-range", lm)]), &undated, later));
+        assert!(!if_range_holds_at(
+            &map(&[("if-range", "garbage")]),
+            &stored
+        ));
     }
 
     proptest! {
