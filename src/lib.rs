@@ -54,6 +54,7 @@ mod future;
 #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
 pub mod grpc;
 pub mod handle;
+mod head_update;
 mod headers;
 mod key;
 mod layer;

@@ -402,6 +402,7 @@ where
     // With nothing stored to answer it from, a client's own condition goes to the origin
     // as sent (RFC 9111 §4.3.2): its 304 passes through, a 200 is stored.
     let forward_condition = expired.is_none() && has_conditionals(&parts.headers);
+    let head_of = if is_head { expired.take() } else { None };
     if !is_head && !forward_condition {
         // Ask for the full response, so it can be stored; the client's own conditions
         // are answered from the stored entry later.
@@ -442,6 +443,24 @@ where
             }
         }
     };
+    // RFC 9111 §4.3.5: a 200 to a HEAD freshens the stored GET it describes.
+    if let Some(entry) = head_of.filter(|_| response.status() == StatusCode::OK) {
+        let head = response.headers();
+        let hash = variant.hash;
+        if let Some(answer) = crate::head_update::freshen(
+            &config,
+            &entry,
+            head,
+            &logical,
+            hash,
+            ticket,
+            &request_headers,
+        )
+        .await
+        {
+            return Ok(answer);
+        }
+    }
     if let Some(entry) = validating.filter(|_| response.status() == StatusCode::NOT_MODIFIED) {
         let (parts, _) = response.into_parts();
         let headers = headers::updated_from_304(entry.headers(), &parts.headers);

@@ -731,3 +731,21 @@ async fn ranges_are_answered_from_a_stored_200_in_the_application_preset() {
     assert_eq!(head.status, StatusCode::OK);
     assert_eq!(v.calls(), calls, "every range came from the cache");
 }
+
+#[tokio::test]
+async fn a_200_to_a_head_freshens_the_stored_get() {
+    let (v, addr, client) = start_validating(CachePolicy::default()).await;
+    let first = eventually_hit(&client, addr, "/h").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Stale: the HEAD goes to the origin, and its 200 updates the stored headers.
+    let head = request(&client, "HEAD", addr, "/h", &[]).await;
+    let calls = v.calls();
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.header("x-version"), calls.to_string());
+    // The next GET is a hit: the stored body with the HEAD's fields.
+    let hit = get(&client, addr, "/h").await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert_eq!(hit.text(), first.text());
+    assert_eq!(hit.header("x-version"), calls.to_string());
+    assert_eq!(v.calls(), calls);
+}
