@@ -323,8 +323,11 @@ where
                     falling_back(handle),
                 ));
             }
+            // Never for an entry the request's `max-age` / `min-fresh` refused (RFC 9111
+            // §4.2.4: no stale answer against an explicit directive).
             Some(Found::Stale(entry))
-                if entry.within_stale_while_revalidate(clock::now_millis()) =>
+                if entry.within_stale_while_revalidate(clock::now_millis())
+                    && directives.is_none_or(|d| d.max_age.is_none() && d.min_fresh.is_none()) =>
             {
                 bump!(counters, stale);
                 let response = answer(
