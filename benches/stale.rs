@@ -36,7 +36,7 @@ fn get() -> Req {
 
 async fn drive<S>(service: &S) -> String
 where
-    S: Service<Req, Response = Response<tower_response_cache::ResponseBody<Full<Bytes>>>> + Clone,
+    S: Service<Req, Response = Response<tower_response_cache::CacheBody<Full<Bytes>>>> + Clone,
     S::Error: std::fmt::Debug,
 {
     let response = service.clone().oneshot(get()).await.unwrap();

@@ -70,7 +70,7 @@ fn get(uri: &str) -> Req {
 
 async fn drive<S>(service: &S, uri: &str) -> (String, Bytes)
 where
-    S: Service<Req, Response = Response<tower_response_cache::ResponseBody<Full<Bytes>>>> + Clone,
+    S: Service<Req, Response = Response<tower_response_cache::CacheBody<Full<Bytes>>>> + Clone,
     S::Error: std::fmt::Debug,
 {
     let response = service.clone().oneshot(get(uri)).await.expect("infallible");

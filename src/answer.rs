@@ -10,7 +10,7 @@ use http::header::{
 };
 use http::{HeaderMap, Response, StatusCode};
 
-use crate::body::ResponseBody;
+use crate::body::CacheBody;
 use crate::clock;
 use crate::entry::Entry;
 use crate::headers::{self, CACHE_STATUS, HIT, STALE, X_CACHE};
@@ -36,7 +36,7 @@ pub(crate) fn answer<B>(
     request: &http::request::Parts,
     served: Served,
     fallback: bool,
-) -> Response<ResponseBody<B>> {
+) -> Response<CacheBody<B>> {
     let is_head = request.method == http::Method::HEAD;
     answer_to(entry, &request.headers, is_head, served, fallback)
 }
@@ -48,10 +48,10 @@ pub(crate) fn answer_to<B>(
     is_head: bool,
     served: Served,
     fallback: bool,
-) -> Response<ResponseBody<B>> {
+) -> Response<CacheBody<B>> {
     let now = clock::now_millis();
     let mut response = if not_modified(entry, request_headers) {
-        let mut response = Response::new(ResponseBody::cached(None));
+        let mut response = Response::new(CacheBody::cached(None, None));
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         // RFC 9110 §15.4.5: the headers a 304 carries.
         for name in [
@@ -69,8 +69,11 @@ pub(crate) fn answer_to<B>(
         }
         response
     } else {
-        let body = (!is_head).then(|| entry.body().clone());
-        let mut response = Response::new(ResponseBody::cached(body));
+        let (body, trailers) = match is_head {
+            true => (None, None),
+            false => (Some(entry.body().clone()), entry.trailers().cloned()),
+        };
+        let mut response = Response::new(CacheBody::cached(body, trailers));
         *response.status_mut() = entry.status();
         // A clone copies the table without rehashing every name, and has room for the
         // headers set below (they replace placeholders: no growing).
@@ -194,7 +197,7 @@ mod tests {
     #[test]
     fn a_304_has_no_body_and_keeps_validators() {
         let e = entry(&[("etag", "\"v1\""), ("content-type", "text/plain")]);
-        let r: Response<ResponseBody<http_body_util::Empty<Bytes>>> = answer_to(
+        let r: Response<CacheBody<http_body_util::Empty<Bytes>>> = answer_to(
             &e,
             &request(&[("if-none-match", "\"v1\"")]),
             false,

@@ -4,7 +4,9 @@
 //! any client, appending each frame to the fill. The leader's client and every request
 //! waiting on the same key read the fill at their own pace: a client that stops reading
 //! holds up nobody (Varnish and Bunny stream a fill to waiting clients the same way).
-//! When the body ends, the recorded bytes become the stored entry.
+//! When the body ends, the recorded bytes (and trailers, if any) become the stored entry,
+//! written before the readers see the end where the store writes at once (memory): a
+//! client that asks again the moment its answer ends finds the entry.
 //!
 //! Recording is bounded twice: by the policy's `max_body_size` for one fill, and by the
 //! handle's fill budget for all fills in flight ([`Budget`]). Past either bound the fill
@@ -229,10 +231,12 @@ impl Fill {
         state.recording
     }
 
+    fn stop_recording(&self) {
+        self.lock().recording = false;
+    }
+
     fn push_trailers(&self, trailers: HeaderMap) {
         let mut state = self.lock();
-        // A response with trailers is not stored (the layer stores bodies only).
-        state.recording = false;
         state.frames.push_back(Piece::Trailers(trailers));
         wake_readers(&mut state);
     }
@@ -246,10 +250,10 @@ impl Fill {
         wake_readers(&mut state);
     }
 
-    /// The recorded body, once the origin's body ended and the fill kept all of it.
+    /// The recorded body, when the fill kept all of it (asked once the origin's body ended).
     fn recorded_body(&self) -> Option<Bytes> {
         let state = self.lock();
-        if !state.recording || !matches!(state.end, Some(Ok(()))) || state.base != 0 {
+        if !state.recording || state.base != 0 {
             return None;
         }
         let mut body = BytesMut::with_capacity(state.recorded);
@@ -441,12 +445,30 @@ impl Drop for FillBody {
 
 /// What happens to a fill's recorded body at its end.
 pub(crate) trait Commit: Send + 'static {
-    /// The body ended and was recorded whole: store it.
-    fn store(self, body: Bytes) -> impl std::future::Future<Output = ()> + Send;
-    /// The fill stopped recording (too large, trailers, an origin error, no runtime).
+    /// The body ended and was recorded whole (with its trailers, if it had any): store it.
+    fn store(
+        self,
+        body: Bytes,
+        trailers: Option<HeaderMap>,
+    ) -> impl std::future::Future<Output = ()> + Send;
+    /// The fill stopped recording (too large, an origin error, every reader gone).
     fn abandon(self);
     /// The fill stopped recording before its end: new requests need not wait for it.
     fn release_followers(&mut self);
+    /// Whether the answer may still be storable after this data frame (a gRPC answer stops
+    /// being one at the start of a second message).
+    fn record(&mut self, _data: &[u8]) -> bool {
+        true
+    }
+}
+
+/// How the origin's body ended.
+enum End {
+    /// Its last frame arrived, trailers or not.
+    Complete(Option<HeaderMap>),
+    Failed(FillError),
+    /// Every reader left a fill that no longer records.
+    Deserted,
 }
 
 /// Read `body` into `fill` at the origin's pace, then commit.
@@ -458,44 +480,66 @@ where
 {
     let mut body = std::pin::pin!(body);
     let mut released = false;
-    loop {
+    let end = loop {
         if !fill.room().await {
-            // Every reader left a fill that no longer records: stop reading the origin.
             tracing::debug!("every reader of an unrecorded fill left; origin body dropped");
-            break;
+            break End::Deserted;
         }
         let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
         match frame {
-            None => {
-                fill.finish(Ok(()));
-                break;
-            }
+            None => break End::Complete(None),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
+                    if !commit.record(&data) {
+                        fill.stop_recording();
+                    }
                     if !fill.push_data(data) && !released {
                         released = true;
                         commit.release_followers();
                     }
                 }
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        fill.push_trailers(trailers);
-                    }
-                }
+                // Trailers are the last frame of a body.
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => break End::Complete(Some(trailers)),
+                    Err(_) => continue,
+                },
             },
             Some(Err(error)) => {
                 let error: Box<dyn std::error::Error + Send + Sync> = error.into();
                 tracing::debug!(%error, "origin body failed during a fill");
-                fill.finish(Err(FillError(
-                    format!("origin body failed: {error}").into(),
-                )));
-                break;
+                break End::Failed(FillError(format!("origin body failed: {error}").into()));
             }
         }
+    };
+    let trailers = match end {
+        End::Complete(trailers) => trailers,
+        End::Failed(error) => {
+            fill.finish(Err(error));
+            return commit.abandon();
+        }
+        End::Deserted => return commit.abandon(),
+    };
+    let Some(recorded) = fill.recorded_body() else {
+        commit.abandon();
+        return fill.end_with(trailers);
+    };
+    let mut store = std::pin::pin!(commit.store(recorded, trailers.clone()));
+    // The first poll writes to a local store; only then do the readers see the end.
+    let pending =
+        std::future::poll_fn(|cx| Poll::Ready(store.as_mut().poll(cx).is_pending())).await;
+    fill.end_with(trailers);
+    if pending {
+        store.await;
     }
-    match fill.recorded_body() {
-        Some(body) => commit.store(body).await,
-        None => commit.abandon(),
+}
+
+impl Fill {
+    /// The body is complete: hand on its trailers, if any, and end every reader's stream.
+    fn end_with(&self, trailers: Option<HeaderMap>) {
+        if let Some(trailers) = trailers {
+            self.push_trailers(trailers);
+        }
+        self.finish(Ok(()));
     }
 }
 
@@ -508,7 +552,7 @@ mod tests {
     struct Noop(Arc<Mutex<Option<Bytes>>>);
 
     impl Commit for Noop {
-        async fn store(self, body: Bytes) {
+        async fn store(self, body: Bytes, _: Option<HeaderMap>) {
             *self.0.lock().unwrap() = Some(body);
         }
         fn abandon(self) {}

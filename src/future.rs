@@ -1,8 +1,9 @@
 //! [`ResponseFuture`]: the future a [`CacheService`](crate::CacheService) returns.
 //!
-//! Requests that bypass the cache poll the inner future in place (no allocation); those
-//! that consult the cache run as one boxed state machine, since a lookup, a wait for
-//! another request's fetch and the inner call follow one another.
+//! Requests that bypass the cache poll the inner future in place (no allocation); hits
+//! answered at once are ready; those that consult the cache further run as one boxed state
+//! machine, since a lookup, a wait for another request's fetch and the inner call follow
+//! one another.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,14 +12,14 @@ use std::task::{ready, Context, Poll};
 use http::{HeaderValue, Response};
 use pin_project_lite::pin_project;
 
-use crate::body::ResponseBody;
+use crate::body::CacheBody;
 use crate::headers::{BYPASS, CACHE_STATUS, CACHE_TAG, X_CACHE};
 
 pub(crate) type BoxResponseFuture<B, E> =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
 
 pin_project! {
-    /// Response future of [`CacheService`](crate::CacheService).
+    /// Response future of [`CacheService`](crate::CacheService) (and of the gRPC service).
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         inner: Inner<F, B, E>,
@@ -28,13 +29,23 @@ pin_project! {
 pin_project! {
     #[project = InnerProj]
     enum Inner<F, B, E> {
+        /// Not a request the layer is concerned with: the answer is left as it is.
+        Untouched { #[pin] future: F },
+        /// One the cache may not answer: marked as a bypass.
         Bypass { #[pin] future: F, cache_status: Option<HeaderValue> },
-        Ready { response: Option<Response<ResponseBody<B>>> },
+        Ready { response: Option<Response<CacheBody<B>>> },
         Cache { future: BoxResponseFuture<B, E> },
     }
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
+    pub(crate) fn untouched(future: F) -> Self {
+        ResponseFuture {
+            inner: Inner::Untouched { future },
+        }
+    }
+
     pub(crate) fn bypass(future: F, cache_status: HeaderValue) -> Self {
         ResponseFuture {
             inner: Inner::Bypass {
@@ -44,7 +55,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn ready(response: Response<ResponseBody<B>>) -> Self {
+    pub(crate) fn ready(response: Response<CacheBody<B>>) -> Self {
         ResponseFuture {
             inner: Inner::Ready {
                 response: Some(response),
@@ -63,10 +74,14 @@ impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<ResponseBody<B>>, E>;
+    type Output = Result<Response<CacheBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().inner.project() {
+            InnerProj::Untouched { future } => {
+                let response = ready!(future.poll(cx))?;
+                Poll::Ready(Ok(response.map(CacheBody::passthrough)))
+            }
             InnerProj::Bypass {
                 future,
                 cache_status,
@@ -81,7 +96,7 @@ where
                 }
                 Poll::Ready(Ok(Response::from_parts(
                     parts,
-                    ResponseBody::passthrough(body),
+                    CacheBody::passthrough(body),
                 )))
             }
             InnerProj::Ready { response } => Poll::Ready(Ok(response

@@ -5,23 +5,33 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use axum::{routing::get, Router};
+//! use axum::{body::Body, routing::get, Router};
+//! use http::Request;
+//! use http_body_util::BodyExt;
+//! use tower::ServiceExt;
 //! use tower_response_cache::{CacheHandle, CacheLayer, MemoryStore};
 //!
 //! # async fn dashboard() -> &'static str { "{}" }
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), tower_response_cache::CacheError> {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let cache = CacheHandle::builder(MemoryStore::builder().max_bytes(256 << 20).build())
 //!     .namespace("portal")
 //!     .ttl(Duration::from_secs(3600))
 //!     .build();
-//! let app: Router = Router::new()
+//! let app = Router::new()
 //!     .route("/api/dashboard/{guid}", get(dashboard))
 //!     .layer(CacheLayer::new(cache.clone()));
 //!
+//! let get = || Request::get("/api/dashboard/ABC").body(Body::empty());
+//! let first = app.clone().oneshot(get()?).await?;
+//! assert_eq!(first.headers()["x-cache"], "MISS");
+//! first.into_body().collect().await?; // stored as it streamed
+//! let second = app.clone().oneshot(get()?).await?;
+//! assert_eq!(second.headers()["x-cache"], "HIT");
+//!
 //! // Later, when a sync for company ABC finished:
 //! let removed = cache.invalidate("/api/dashboard/ABC*").await?;
-//! # let _ = (app, removed);
+//! assert_eq!(removed, 1);
 //! # Ok(()) }
 //! ```
 //!
@@ -47,44 +57,57 @@ mod cache_control;
 mod clock;
 mod coalesce;
 mod config;
+mod engine;
 mod entry;
 mod fill;
 mod future;
 #[cfg(feature = "grpc")]
-#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
-pub mod grpc;
-pub mod handle;
-mod head_update;
+mod grpc;
+mod handle;
 mod headers;
+mod http;
 mod key;
-mod layer;
 mod pattern;
-pub mod policy;
-mod range;
-mod record;
-mod service;
+mod policy;
 mod stats;
-pub mod store;
+mod store;
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
-pub use body::{BoxError, ResponseBody};
+// One public path per item: everything is re-exported here, the modules are private.
+#[doc(inline)]
+pub use crate::http::{CacheLayer, CacheService};
+#[doc(inline)]
+pub use body::{BoxError, CacheBody};
+#[doc(inline)]
 pub use config::{CacheConfig, ConfigError};
+#[doc(inline)]
 pub use entry::{DecodeError, Entry};
+#[doc(inline)]
 pub use future::ResponseFuture;
 #[cfg(feature = "grpc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+#[doc(inline)]
 pub use grpc::{GrpcCacheLayer, GrpcCacheService};
+#[doc(inline)]
 pub use handle::{CacheError, CacheHandle, CacheHandleBuilder};
+#[doc(inline)]
 pub use headers::{CACHE_STATUS, CACHE_TAG, X_CACHE};
-pub use layer::CacheLayer;
+#[doc(inline)]
 pub use pattern::Pattern;
-pub use policy::CachePolicy;
-pub use service::CacheService;
+#[doc(inline)]
+pub use policy::{CachePolicy, DEFAULT_BYPASS_HEADERS, DEFAULT_KEYED_HEADERS};
+#[doc(inline)]
 pub use stats::CacheStats;
+#[doc(inline)]
 pub use store::{
-    Backend, Invalidation, MemoryStore, MemoryStoreBuilder, Store, StoreError, StoreEvent,
-    StoreKey, StoreStats,
+    Backend, Invalidation, InvalidationListener, MemoryStore, MemoryStoreBuilder, Store,
+    StoreError, StoreEvent, StoreFuture, StoreKey, StoreStats, Variants,
 };
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[doc(inline)]
+pub use store::{FallbackStore, FallbackStoreBuilder, RedisStore, RedisStoreBuilder};

@@ -604,7 +604,7 @@ mod redis_support;
 async fn instances_sharing_redis_share_entries_with_their_trailers() {
     let redis = redis_support::RedisServer::start();
     let handle = || {
-        let store = tower_response_cache::store::RedisStore::builder(redis.url())
+        let store = tower_response_cache::RedisStore::builder(redis.url())
             .deadline(Duration::from_millis(500))
             .build()
             .unwrap();

@@ -315,9 +315,9 @@ fn the_property_sees_hits_and_plain_repeats_are_served_from_the_cache() {
 fn headers_the_echo_reads_are_what_the_cache_keys_or_bypasses() {
     // A guard on the test itself: each header the origin reads is in one of the layer's
     // documented lists (or varied on by the response).
-    let policy_lists: Vec<&str> = tower_response_cache::policy::DEFAULT_BYPASS_HEADERS
+    let policy_lists: Vec<&str> = tower_response_cache::DEFAULT_BYPASS_HEADERS
         .iter()
-        .chain(tower_response_cache::policy::DEFAULT_KEYED_HEADERS.iter())
+        .chain(tower_response_cache::DEFAULT_KEYED_HEADERS.iter())
         .copied()
         .collect();
     for name in READ_HEADERS {
@@ -568,7 +568,7 @@ fn trickle(frames: Vec<Bytes>, pause: std::time::Duration) -> Response<Trickle> 
 /// Send a GET of `path` through `service` and read the whole answer.
 async fn body_of<S>(service: S, path: &'static str) -> Bytes
 where
-    S: Service<Req, Response = Response<tower_response_cache::ResponseBody<Trickle>>>,
+    S: Service<Req, Response = Response<tower_response_cache::CacheBody<Trickle>>>,
     S::Error: std::fmt::Debug,
 {
     let request = Request::get(path).body(Full::default()).unwrap();

@@ -19,7 +19,7 @@ use axum::routing::any;
 use axum::Router;
 use common::{client, eventually, get, Answer, HttpClient};
 use redis_support::RedisCluster;
-use tower_response_cache::store::RedisStore;
+use tower_response_cache::RedisStore;
 use tower_response_cache::{
     Backend, CacheConfig, CacheHandle, CacheLayer, Entry, Invalidation, Pattern, Store, StoreEvent,
     StoreKey,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis_support::RedisServer;
-use tower_response_cache::store::RedisStore;
+use tower_response_cache::RedisStore;
 use tower_response_cache::{CacheHandle, MemoryStore, Pattern};
 
 const ALPHABET: &[u8] = br"ab*?[]^-\";
@@ -102,7 +102,7 @@ fn patterns(rng: &mut Rng, keys: &[String]) -> Vec<String> {
 async fn load(handle: &CacheHandle, key: &str) -> bool {
     let ran = AtomicUsize::new(0);
     let _: u8 = handle
-        .get_or_insert_with(key, None, async {
+        .get_or_insert_with(key, async {
             ran.fetch_add(1, Ordering::SeqCst);
             1u8
         })

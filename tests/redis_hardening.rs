@@ -17,8 +17,8 @@ use std::time::Duration;
 use common::eventually;
 use redis_stack::*;
 use redis_support::RedisServer;
-use tower_response_cache::store::{RedisStore, StoreKey};
 use tower_response_cache::{Backend, CacheHandle, Entry, Pattern, Store};
+use tower_response_cache::{RedisStore, StoreKey};
 
 fn store(server: &RedisServer) -> RedisStore {
     store_at(&server.url())
@@ -337,7 +337,7 @@ async fn namespaces_with_colons_never_alias_each_other() {
         let calls = &calls;
         async move {
             handle
-                .get_or_insert_with(key, None, async {
+                .get_or_insert_with(key, async {
                     calls.fetch_add(1, Ordering::SeqCst);
                     value.to_owned()
                 })
@@ -407,7 +407,7 @@ async fn a_busy_redis_opens_the_circuit_and_deletes_nothing() {
 /// delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_refused_by_an_acl_opens_the_circuit_and_deletes_nothing() {
-    use tower_response_cache::store::FallbackStore;
+    use tower_response_cache::FallbackStore;
     use tower_response_cache::MemoryStore;
     let server = RedisServer::start();
     let _: () = cmd(
@@ -418,7 +418,7 @@ async fn a_read_refused_by_an_acl_opens_the_circuit_and_deletes_nothing() {
     );
     let admin = CacheHandle::builder(store(&server)).namespace("t").build();
     let value = admin
-        .get_or_insert_with("k", None, async { "stored".to_owned() })
+        .get_or_insert_with("k", async { "stored".to_owned() })
         .await;
     assert_eq!(value, "stored");
     assert_eq!(server.keys("t:k:k").len(), 1);
@@ -433,7 +433,7 @@ async fn a_read_refused_by_an_acl_opens_the_circuit_and_deletes_nothing() {
         .build();
     for _ in 0..5 {
         let read = handle
-            .get_or_insert_with("k", None, async { "origin".to_owned() })
+            .get_or_insert_with("k", async { "origin".to_owned() })
             .await;
         assert!(read == "origin" || read == "stored");
     }

@@ -18,8 +18,8 @@ use axum::routing::any;
 use axum::Router;
 use common::{client, eventually, get, HttpClient};
 use redis_support::RedisServer;
-use tower_response_cache::store::{FallbackStore, RedisStore};
 use tower_response_cache::{CacheHandle, CacheLayer, Entry, MemoryStore, Pattern, Store, StoreKey};
+use tower_response_cache::{FallbackStore, RedisStore};
 
 #[derive(Clone, Default)]
 struct Origin {

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis_support::RedisServer;
-use tower_response_cache::store::{FallbackStore, RedisStore};
 use tower_response_cache::{Backend, CacheConfig, CacheHandle, MemoryStore};
+use tower_response_cache::{FallbackStore, RedisStore};
 
 async fn redis_handle(server: &RedisServer, namespace: &str) -> CacheHandle {
     let redis = RedisStore::builder(server.url())
@@ -30,7 +30,7 @@ async fn fallback_handle(server: &RedisServer, namespace: &str) -> CacheHandle {
 
 async fn load(handle: &CacheHandle, key: &str, calls: &AtomicUsize, value: &str) -> String {
     handle
-        .get_or_insert_with(key, None, async {
+        .get_or_insert_with(key, async {
             calls.fetch_add(1, Ordering::SeqCst);
             value.to_owned()
         })
@@ -89,7 +89,7 @@ async fn a_fetch_started_before_another_instances_invalidation_is_not_stored() {
     let slow = {
         let a = a.clone();
         tokio::spawn(async move {
-            a.get_or_insert_with("companies_all_synced", None, async move {
+            a.get_or_insert_with("companies_all_synced", async move {
                 started_tx.send(()).unwrap();
                 release_rx.await.unwrap();
                 "stale".to_string()
@@ -183,7 +183,7 @@ async fn fallback_stores_drop_fetches_in_flight_across_another_process_invalidat
         let portal = portal.clone();
         tokio::spawn(async move {
             portal
-                .get_or_insert_with("dashboard:ABC", None, async move {
+                .get_or_insert_with("dashboard:ABC", async move {
                     started_tx.send(()).unwrap();
                     release_rx.await.unwrap();
                     1u32
@@ -198,7 +198,7 @@ async fn fallback_stores_drop_fetches_in_flight_across_another_process_invalidat
     assert!(server.keys("portal:k:*").is_empty());
     let calls = AtomicUsize::new(0);
     let v = portal
-        .get_or_insert_with("dashboard:ABC", None, async {
+        .get_or_insert_with("dashboard:ABC", async {
             calls.fetch_add(1, Ordering::SeqCst);
             2u32
         })
@@ -301,7 +301,7 @@ async fn a_late_message_about_an_earlier_invalidation_does_not_discard_a_fresh_f
             let handle = handle.clone();
             tokio::spawn(async move {
                 handle
-                    .get_or_insert_with("dashboard:x", None, async move {
+                    .get_or_insert_with("dashboard:x", async move {
                         started_tx.send(()).unwrap();
                         release_rx.await.unwrap();
                         "current".to_owned()

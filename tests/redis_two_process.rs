@@ -19,8 +19,8 @@ use common::{client, Answer, HttpClient};
 use redis_support::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tower_response_cache::store::{FallbackStore, RedisStore};
 use tower_response_cache::{Backend, CacheConfig, CacheHandle, CacheLayer, MemoryStore};
+use tower_response_cache::{FallbackStore, RedisStore};
 
 const CHANNEL: &str = "tower-response-cache:invalidations";
 

@@ -130,7 +130,7 @@ async fn companies(State(state): State<AppState>) -> Result<Response, ApiError> 
         Some(cache) => {
             let mut loaded = false;
             let companies: Vec<db::Company> = cache
-                .try_get_or_insert_with(COMPANIES_KEY, None, async {
+                .try_get_or_insert_with(COMPANIES_KEY, async {
                     loaded = true;
                     load.await
                 })

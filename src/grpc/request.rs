@@ -51,15 +51,6 @@ pub(crate) fn is_one_message(bytes: &[u8]) -> bool {
     bytes.len() - PREFIX_LEN == len
 }
 
-/// Does `bytes` hold more than one length-prefixed message (the start of a second one)?
-pub(crate) fn exceeds_one_message(bytes: &[u8]) -> bool {
-    if bytes.len() < PREFIX_LEN {
-        return false;
-    }
-    let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-    bytes.len() - PREFIX_LEN > len
-}
-
 /// Why a request body was forwarded instead of keyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum NotKeyed {
@@ -201,9 +192,6 @@ mod tests {
         assert!(!is_one_message(&two));
         assert!(!is_one_message(&framed(b"abc")[..6]));
         assert!(!is_one_message(b""));
-        assert!(exceeds_one_message(&two));
-        assert!(!exceeds_one_message(&framed(b"abc")));
-        assert!(!exceeds_one_message(&framed(b"abc")[..6]));
     }
 
     #[test]

@@ -1,28 +1,4 @@
 //! What may be served from the cache and what may be stored.
-//!
-//! The defaults are those of an application cache shared by every user of a server:
-//!
-//! - only `GET` is stored, and `HEAD` is answered from stored `GET` entries;
-//! - requests carrying credentials (`Authorization`, `Cookie`, API keys, …), a method
-//!   override, a URL rewrite, a body, a `Range`, or a `Host` that disagrees with the URI
-//!   bypass the cache; forwarding headers (`X-Forwarded-Host`, `Forwarded`, …) are keyed
-//!   (see [`DEFAULT_BYPASS_HEADERS`] and [`DEFAULT_KEYED_HEADERS`]; each list is a switch);
-//! - responses with `Set-Cookie`, `Cache-Control: no-store | private | no-cache`, or
-//!   `max-age=0` are not stored; nor is a response whose `Cache-Control`, `Pragma` or
-//!   `Vary` cannot be parsed; `s-maxage`, `max-age` and `Expires` set the TTL;
-//! - only 200, 203, 204, 300, 301, 308, 404 and 410 are stored (never 206 or 416);
-//! - a successful `POST`, `PUT`, `PATCH` or `DELETE` invalidates its path (RFC 9111 §4.4).
-//!
-//! ```
-//! use http::{header::AUTHORIZATION, StatusCode};
-//! use tower_response_cache::CachePolicy;
-//!
-//! // A cache that also keeps 302s and caches per user.
-//! let policy = CachePolicy::default()
-//!     .cacheable_statuses([StatusCode::OK, StatusCode::FOUND])
-//!     .key_on_header(AUTHORIZATION);
-//! # let _ = policy;
-//! ```
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -42,7 +18,31 @@ pub use request::{DEFAULT_BYPASS_HEADERS, DEFAULT_KEYED_HEADERS};
 /// application rarely wants repeated (206 needs range handling; 405/414/501 are errors).
 const DEFAULT_STATUSES: [u16; 8] = [200, 203, 204, 300, 301, 308, 404, 410];
 
-/// The rules for serving and storing. See the [module docs](crate::policy).
+/// What may be served from the cache and what may be stored.
+///
+/// The defaults are those of an application cache shared by every user of a server:
+///
+/// - only `GET` is stored, and `HEAD` is answered from stored `GET` entries;
+/// - requests carrying credentials (`Authorization`, `Cookie`, API keys, …), a method
+///   override, a URL rewrite, a body, a `Range`, or a `Host` that disagrees with the URI
+///   bypass the cache; forwarding headers (`X-Forwarded-Host`, `Forwarded`, …) are keyed
+///   (see [`DEFAULT_BYPASS_HEADERS`] and [`DEFAULT_KEYED_HEADERS`]; each list is a switch);
+/// - responses with `Set-Cookie`, `Cache-Control: no-store | private | no-cache`, or
+///   `max-age=0` are not stored; nor is a response whose `Cache-Control`, `Pragma` or
+///   `Vary` cannot be parsed; `s-maxage`, `max-age` and `Expires` set the TTL;
+/// - only 200, 203, 204, 300, 301, 308, 404 and 410 are stored (never 206 or 416);
+/// - a successful `POST`, `PUT`, `PATCH` or `DELETE` invalidates its path (RFC 9111 §4.4).
+///
+/// ```
+/// use http::{header::AUTHORIZATION, StatusCode};
+/// use tower_response_cache::CachePolicy;
+///
+/// // A cache that also keeps 302s and caches per user.
+/// let policy = CachePolicy::default()
+///     .cacheable_statuses([StatusCode::OK, StatusCode::FOUND])
+///     .key_on_header(AUTHORIZATION);
+/// # let _ = policy;
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct CachePolicy {

@@ -1,42 +1,4 @@
 //! [`FallbackStore`]: Redis first, process memory when Redis fails, healing on its own.
-//!
-//! A circuit breaker decides which store serves:
-//!
-//! - **closed** (Redis healthy): every call goes to Redis, each within its deadline. An
-//!   unreachable-Redis error falls through to memory for that call and counts a failure;
-//!   `failure_threshold` failures in a row open the circuit.
-//! - **open** (falling back): calls go to memory without touching Redis. Entries written
-//!   then live at most `fallback_ttl` (default 30 s), because this process cannot hear other
-//!   processes' invalidations meanwhile. Invalidations apply to memory at once, are reported
-//!   as not having reached Redis, and are queued.
-//! - a background probe `PING`s Redis every `probe_interval` while open. When Redis answers,
-//!   the queued invalidations are replayed to it, the fallback entries are dropped, and
-//!   only then does the circuit close: Redis is never read before it has heard every
-//!   invalidation made during the outage.
-//!
-//! While closed, the probe also watches Redis's `run_id`: a Redis that restarted may hold
-//! entries from a snapshot taken before recent invalidations, so those (the last five
-//! minutes' worth, at most 10 000: this process's own and those heard from other processes
-//! on the channel, which may have exited since) are replayed before it is read again.
-//!
-//! Queueing an invalidation while open and the probe's "nothing left to replay: close" are
-//! one step (under the queue's lock): an invalidation made while the circuit closes is
-//! either sent to Redis or replayed before Redis is read.
-//!
-//! ```no_run
-//! # async fn run() -> Result<(), tower_response_cache::StoreError> {
-//! use std::time::Duration;
-//! use tower_response_cache::store::{FallbackStore, RedisStore};
-//! use tower_response_cache::{CacheHandle, MemoryStore};
-//!
-//! let redis = RedisStore::builder("redis://127.0.0.1:6379/0").build()?;
-//! let store = FallbackStore::builder(redis, MemoryStore::new())
-//!     .fallback_ttl(Duration::from_secs(30))
-//!     .build()
-//!     .await;
-//! let cache = CacheHandle::builder(store).namespace("portal").build();
-//! # let _ = cache; Ok(()) }
-//! ```
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -59,7 +21,45 @@ const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 const MAX_REMEMBERED: usize = 10_000;
 
 /// Redis with a memory fallback and a circuit breaker. Cheap to clone.
-/// See the [module docs](crate::store::fallback).
+/// [`FallbackStore`]: Redis first, process memory when Redis fails, healing on its own.
+///
+/// A circuit breaker decides which store serves:
+///
+/// - **closed** (Redis healthy): every call goes to Redis, each within its deadline. An
+///   unreachable-Redis error falls through to memory for that call and counts a failure;
+///   `failure_threshold` failures in a row open the circuit.
+/// - **open** (falling back): calls go to memory without touching Redis. Entries written
+///   then live at most `fallback_ttl` (default 30 s), because this process cannot hear other
+///   processes' invalidations meanwhile. Invalidations apply to memory at once, are reported
+///   as not having reached Redis, and are queued.
+/// - a background probe `PING`s Redis every `probe_interval` while open. When Redis answers,
+///   the queued invalidations are replayed to it, the fallback entries are dropped, and
+///   only then does the circuit close: Redis is never read before it has heard every
+///   invalidation made during the outage.
+///
+/// While closed, the probe also watches Redis's `run_id`: a Redis that restarted may hold
+/// entries from a snapshot taken before recent invalidations, so those (the last five
+/// minutes' worth, at most 10 000: this process's own and those heard from other processes
+/// on the channel, which may have exited since) are replayed before it is read again.
+///
+/// Queueing an invalidation while open and the probe's "nothing left to replay: close" are
+/// one step (under the queue's lock): an invalidation made while the circuit closes is
+/// either sent to Redis or replayed before Redis is read.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tower_response_cache::StoreError> {
+/// use std::time::Duration;
+/// use tower_response_cache::{FallbackStore, RedisStore};
+/// use tower_response_cache::{CacheHandle, MemoryStore};
+///
+/// let redis = RedisStore::builder("redis://127.0.0.1:6379/0").build()?;
+/// let store = FallbackStore::builder(redis, MemoryStore::new())
+///     .fallback_ttl(Duration::from_secs(30))
+///     .build()
+///     .await;
+/// let cache = CacheHandle::builder(store).namespace("portal").build();
+/// # let _ = cache; Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct FallbackStore {
     inner: Arc<Inner>,

@@ -22,10 +22,10 @@ use crate::entry::Entry;
 use crate::pattern::Pattern;
 
 #[cfg(feature = "redis")]
-pub mod fallback;
+mod fallback;
 mod memory;
 #[cfg(feature = "redis")]
-pub mod redis;
+mod redis;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};

@@ -15,8 +15,8 @@ use axum::routing::any;
 use axum::Router;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use tower_response_cache::store::{FallbackStore, FallbackStoreBuilder, RedisStore};
 use tower_response_cache::{Backend, CacheHandle, CacheLayer, MemoryStore};
+use tower_response_cache::{FallbackStore, FallbackStoreBuilder, RedisStore};
 
 use crate::common::{self, client, eventually, Answer, HttpClient};
 use crate::redis_support::RedisServer;

@@ -1,63 +1,4 @@
 //! [`RedisStore`]: entries in Redis, shared by every process that points at it — one
-//! Redis server, or a Redis Cluster.
-//!
-//! [`layout`] names the keys. On one Redis, for namespace `ns` and logical key `L`, the
-//! entry is the hash `ns:k:L` (field = the variant, value = its encoded [`Vary`] variants,
-//! see `codec.rs`, after a header with the generation it was fetched under and a soft
-//! invalidation's mark, see `soft.rs`): a hit is one `HGET`, one round trip.
-//!
-//! Every invalidation first raises a generation counter. A write carries the generation its
-//! request saw when it began and is dropped, atomically in a script, when an invalidation
-//! that may cover it happened since: a response fetched before an invalidation never lands
-//! after it, whichever process fetched it. Each invalidation draws a new generation from
-//! the central counter and raises the counters it touches to it; a write is dropped when
-//! one of its counters is above what the request saw. On one Redis an exact invalidation
-//! raises one of 1024 bucket counters (by namespace and key) and a glob, tag or
-//! `invalidate_all` the wide counter: a `POST` to one path refuses fills of that path (and
-//! of the 1/1024 of keys sharing its bucket), not every fill in flight. A token also
-//! carries the epoch of the data set (a random number the first invalidation after Redis
-//! started empty draws), so a fetch from before an empty restart is refused even when the
-//! new counter happens to equal its generation. In a cluster each of 16 key buckets has
-//! its own counter (a script may only touch one slot) and a glob raises all of them. (A
-//! narrow gap the single-Redis check does not have: if the whole cluster restarts empty
-//! while a fetch is in flight in a process that had seen a higher generation, and another
-//! process then invalidates, the counters restart below that fetch's token and its write
-//! can land. The fallback store's restart detection raises the counters again when it
-//! notices; the window is the fetch's duration.)
-//!
-//! TTLs are clamped to 2^31 − 1 s before they reach Redis, and the write script checks its
-//! arguments and the types of every key it touches before it writes anything: no write is
-//! ever applied in half. Each write also prunes a few dead fields of the hash it writes
-//! (and dead members of its tag sets), so Redis memory follows the live entries.
-//!
-//! Every invalidation is published on the channel `tower-response-cache:invalidations`,
-//! so other processes ban their in-flight fetches and drop their local entries.
-//!
-//! Pattern invalidation walks `SCAN MATCH <pattern> COUNT 1000` on every primary and
-//! `UNLINK`s each batch: Redis does the matching, in small steps that never block other
-//! clients long. Exact keys take one `UNLINK`. `KEYS` is never used.
-//!
-//! Every call has a deadline (default 50 ms). Connection problems are returned as
-//! [unavailable](StoreError::is_unavailable) errors, which is what opens a
-//! [`FallbackStore`](super::FallbackStore)'s circuit, and so are the answers of a Redis that
-//! cannot serve now (`BUSY`, `LOADING`, `NOPERM`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`):
-//! nothing is deleted for them. A foreign value under a cache key (`WRONGTYPE`, or bytes
-//! that do not decode) is a miss and is deleted; other answers (out of memory, read-only)
-//! are logged and read as a miss or a skipped write.
-//!
-//! ```no_run
-//! # async fn run() -> Result<(), tower_response_cache::StoreError> {
-//! use tower_response_cache::{store::RedisStore, CacheHandle};
-//!
-//! let redis = RedisStore::builder("redis://127.0.0.1:6379/0").build()?;
-//! let cache = CacheHandle::builder(redis).namespace("portal").build();
-//!
-//! // A cluster: any of its nodes as seeds.
-//! let cluster = RedisStore::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]).build()?;
-//! # let _ = (cache, cluster); Ok(()) }
-//! ```
-//!
-//! [`Vary`]: http::header::VARY
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,7 +17,7 @@ use crate::pattern::Pattern;
 mod channel;
 mod codec;
 mod connection;
-pub mod layout;
+mod layout;
 mod memo;
 mod soft;
 
@@ -244,7 +185,68 @@ fn new_epoch() -> u64 {
     (rand_u64() % EPOCH_MASK) + 1
 }
 
-/// A [`Store`] in Redis. Cheap to clone. See the [module docs](crate::store::redis).
+/// A [`Store`] in Redis. Cheap to clone.
+///
+/// [`RedisStore`]: entries in Redis, shared by every process that points at it — one
+/// Redis server, or a Redis Cluster.
+///
+/// `layout.rs` names the keys. On one Redis, for namespace `ns` and logical key `L`, the
+/// entry is the hash `ns:k:L` (field = the variant, value = its encoded [`Vary`] variants,
+/// see `codec.rs`, after a header with the generation it was fetched under and a soft
+/// invalidation's mark, see `soft.rs`): a hit is one `HGET`, one round trip.
+///
+/// Every invalidation first raises a generation counter. A write carries the generation its
+/// request saw when it began and is dropped, atomically in a script, when an invalidation
+/// that may cover it happened since: a response fetched before an invalidation never lands
+/// after it, whichever process fetched it. Each invalidation draws a new generation from
+/// the central counter and raises the counters it touches to it; a write is dropped when
+/// one of its counters is above what the request saw. On one Redis an exact invalidation
+/// raises one of 1024 bucket counters (by namespace and key) and a glob, tag or
+/// `invalidate_all` the wide counter: a `POST` to one path refuses fills of that path (and
+/// of the 1/1024 of keys sharing its bucket), not every fill in flight. A token also
+/// carries the epoch of the data set (a random number the first invalidation after Redis
+/// started empty draws), so a fetch from before an empty restart is refused even when the
+/// new counter happens to equal its generation. In a cluster each of 16 key buckets has
+/// its own counter (a script may only touch one slot) and a glob raises all of them. (A
+/// narrow gap the single-Redis check does not have: if the whole cluster restarts empty
+/// while a fetch is in flight in a process that had seen a higher generation, and another
+/// process then invalidates, the counters restart below that fetch's token and its write
+/// can land. The fallback store's restart detection raises the counters again when it
+/// notices; the window is the fetch's duration.)
+///
+/// TTLs are clamped to 2^31 − 1 s before they reach Redis, and the write script checks its
+/// arguments and the types of every key it touches before it writes anything: no write is
+/// ever applied in half. Each write also prunes a few dead fields of the hash it writes
+/// (and dead members of its tag sets), so Redis memory follows the live entries.
+///
+/// Every invalidation is published on the channel `tower-response-cache:invalidations`,
+/// so other processes ban their in-flight fetches and drop their local entries.
+///
+/// Pattern invalidation walks `SCAN MATCH <pattern> COUNT 1000` on every primary and
+/// `UNLINK`s each batch: Redis does the matching, in small steps that never block other
+/// clients long. Exact keys take one `UNLINK`. `KEYS` is never used.
+///
+/// Every call has a deadline (default 50 ms). Connection problems are returned as
+/// [unavailable](StoreError::is_unavailable) errors, which is what opens a
+/// [`FallbackStore`](super::FallbackStore)'s circuit, and so are the answers of a Redis that
+/// cannot serve now (`BUSY`, `LOADING`, `NOPERM`, `MASTERDOWN`, `CLUSTERDOWN`, `TRYAGAIN`):
+/// nothing is deleted for them. A foreign value under a cache key (`WRONGTYPE`, or bytes
+/// that do not decode) is a miss and is deleted; other answers (out of memory, read-only)
+/// are logged and read as a miss or a skipped write.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tower_response_cache::StoreError> {
+/// use tower_response_cache::{CacheHandle, RedisStore};
+///
+/// let redis = RedisStore::builder("redis://127.0.0.1:6379/0").build()?;
+/// let cache = CacheHandle::builder(redis).namespace("portal").build();
+///
+/// // A cluster: any of its nodes as seeds.
+/// let cluster = RedisStore::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]).build()?;
+/// # let _ = (cache, cluster); Ok(()) }
+/// ```
+///
+/// [`Vary`]: http::header::VARY
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -362,7 +364,7 @@ impl RedisStore {
 
     /// A builder for the Redis Cluster that `seeds` belong to (`redis://[:password@]host:port`,
     /// any nodes of it; the rest are discovered). Keys are spread over the primaries in hash
-    /// tagged buckets; see [`layout`].
+    /// tagged buckets (see the type docs).
     pub fn cluster<S: Into<String>>(seeds: impl IntoIterator<Item = S>) -> RedisStoreBuilder {
         Self::with_target(Target::Cluster(seeds.into_iter().map(Into::into).collect()))
     }

@@ -23,19 +23,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{AGE, CONTENT_LENGTH};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::clock;
 use crate::headers::{CACHE_STATUS, X_CACHE};
 
-const MAGIC: &[u8; 4] = b"TRC\x00";
-/// The format version; bytes of any other version read as a miss.
-const VERSION: u8 = 4;
-/// Most header (or trailer) fields a decoded entry may have: a forged count must not drive
-/// `HeaderMap` past its capacity (which panics) or allocate without bound.
-const MAX_FIELDS: u32 = 1024;
+mod codec;
+
+pub use codec::DecodeError;
+
 /// Fixed per-entry overhead counted against a memory budget: the struct itself behind its
 /// `Arc` (456 + 16 bytes on 64-bit targets; a store adds its own slot costs).
 const OVERHEAD_BYTES: usize = std::mem::size_of::<Entry>() + 16;
@@ -75,24 +73,6 @@ pub struct Entry {
 pub(crate) struct Vary {
     pub(crate) names: Vec<HeaderName>,
     pub(crate) values: Bytes,
-}
-
-/// Why bytes could not be decoded into an [`Entry`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError {
-    reason: &'static str,
-}
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "not a cache entry: {}", self.reason)
-    }
-}
-
-impl std::error::Error for DecodeError {}
-
-fn bad(reason: &'static str) -> DecodeError {
-    DecodeError { reason }
 }
 
 impl Entry {
@@ -381,128 +361,6 @@ impl Entry {
             + self.vary.values.len()
             + self.vary.names.len() * 32
     }
-
-    /// Encode into the versioned byte format.
-    pub fn encode(&self) -> Bytes {
-        let map_len = |m: &HeaderMap| {
-            m.iter()
-                .map(|(n, v)| n.as_str().len() + v.len() + 8)
-                .sum::<usize>()
-        };
-        let estimate = 128
-            + self.body.len()
-            + self.identity.len()
-            + self.vary.values.len()
-            + self.vary.names.len() * 32
-            + self.tags.iter().map(|t| t.len() + 4).sum::<usize>()
-            + map_len(&self.headers)
-            + self.trailers.as_ref().map_or(0, map_len);
-        let mut out = BytesMut::with_capacity(estimate);
-        out.put_slice(MAGIC);
-        out.put_u8(VERSION);
-        out.put_u16(self.status.as_u16());
-        out.put_u64(self.stored_at_ms);
-        out.put_u64(millis(self.ttl));
-        out.put_u64(millis(self.stale_while_revalidate));
-        out.put_u64(millis(self.stale_if_error));
-        out.put_u64(millis(self.validation_window));
-        put_bytes(&mut out, &self.identity);
-        out.put_u32(self.vary.names.len() as u32);
-        for name in &self.vary.names {
-            put_bytes(&mut out, name.as_str().as_bytes());
-        }
-        put_bytes(&mut out, &self.vary.values);
-        out.put_u32(self.tags.len() as u32);
-        for tag in &self.tags {
-            put_bytes(&mut out, tag.as_bytes());
-        }
-        put_headers(&mut out, &self.headers);
-        put_bytes(&mut out, &self.body);
-        // A presence byte, then the trailers like the headers.
-        match &self.trailers {
-            None => out.put_u8(0),
-            Some(trailers) => {
-                out.put_u8(1);
-                put_headers(&mut out, trailers);
-            }
-        }
-        out.freeze()
-    }
-
-    /// Decode bytes made by [`Entry::encode`]. Anything else is an error, never a panic.
-    pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
-        Self::decode_from(bytes, None)
-    }
-
-    /// [`decode`](Entry::decode) without copying: the body and header values share `bytes`'
-    /// buffer (what a Redis hit reads is decoded in place).
-    pub fn decode_shared(bytes: &Bytes) -> Result<Entry, DecodeError> {
-        Self::decode_from(bytes, Some(bytes))
-    }
-
-    /// Decode `bytes`; with `owner` (the `Bytes` that `bytes` is), slices share it.
-    fn decode_from(bytes: &[u8], owner: Option<&Bytes>) -> Result<Entry, DecodeError> {
-        let mut buf = bytes;
-        if buf.len() < MAGIC.len() + 1 || &buf[..MAGIC.len()] != MAGIC {
-            return Err(bad("missing magic"));
-        }
-        buf.advance(MAGIC.len());
-        let version = buf.get_u8();
-        if version != VERSION {
-            return Err(bad("unknown version"));
-        }
-        need(buf, 2 + 8 + 8 + 8 + 8)?;
-        let status = StatusCode::from_u16(buf.get_u16()).map_err(|_| bad("invalid status code"))?;
-        let stored_at_ms = buf.get_u64();
-        let ttl = Duration::from_millis(buf.get_u64());
-        let stale_while_revalidate = Duration::from_millis(buf.get_u64());
-        let stale_if_error = Duration::from_millis(buf.get_u64());
-        need(buf, 8)?;
-        let validation_window = Duration::from_millis(buf.get_u64());
-        let identity = share(owner, get_bytes(&mut buf)?);
-        let mut names = Vec::new();
-        for _ in 0..get_field_count(&mut buf)? {
-            let raw = get_bytes(&mut buf)?;
-            names.push(HeaderName::from_bytes(raw).map_err(|_| bad("invalid vary name"))?);
-        }
-        let vary_values = share(owner, get_bytes(&mut buf)?);
-        let mut tags = Vec::new();
-        for _ in 0..get_count(&mut buf)? {
-            let raw = get_bytes(&mut buf)?;
-            let tag = std::str::from_utf8(raw).map_err(|_| bad("tag is not UTF-8"))?;
-            tags.push(tag.to_owned());
-        }
-        let headers = get_headers(&mut buf, owner)?;
-        let body = share(owner, get_bytes(&mut buf)?);
-        need(buf, 1)?;
-        let trailers = match buf.get_u8() {
-            0 => None,
-            1 => Some(get_headers(&mut buf, owner)?),
-            _ => return Err(bad("invalid trailers flag")),
-        };
-        if !buf.is_empty() {
-            return Err(bad("trailing bytes"));
-        }
-        Ok(Entry {
-            status,
-            headers,
-            body,
-            stored_at_ms,
-            ttl,
-            stale_while_revalidate,
-            stale_if_error,
-            validation_window,
-            tags,
-            identity,
-            vary: Vary {
-                names,
-                values: vary_values,
-            },
-            trailers,
-            last_access: AtomicU64::new(clock::now_millis() / 1000),
-            answer_headers: OnceLock::new(),
-        })
-    }
 }
 
 /// How long an entry fresh for `ttl` is kept after expiry to be validated upstream: as
@@ -511,91 +369,8 @@ pub(crate) fn validation_window(ttl: Duration) -> Duration {
     ttl.clamp(Duration::from_secs(60), Duration::from_secs(86_400))
 }
 
-/// A recorded body as the bytes an entry keeps: a buffer that grew by doubling is copied
-/// once to its length, so the store's byte count is what the heap holds.
-#[cfg_attr(not(feature = "grpc"), allow(dead_code))]
-pub(crate) fn compact(buffer: BytesMut) -> Bytes {
-    if buffer.capacity() - buffer.len() > buffer.len() / 8 {
-        Bytes::copy_from_slice(&buffer)
-    } else {
-        buffer.freeze()
-    }
-}
-
 fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
-}
-
-fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
-    out.put_u32(bytes.len() as u32);
-    out.put_slice(bytes);
-}
-
-fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
-    out.put_u32(headers.len() as u32);
-    for (name, value) in headers {
-        put_bytes(out, name.as_str().as_bytes());
-        put_bytes(out, value.as_bytes());
-    }
-}
-
-/// `raw` as `Bytes`: a slice of `owner` when there is one (no copy), else a copy.
-fn share(owner: Option<&Bytes>, raw: &[u8]) -> Bytes {
-    match owner {
-        Some(owner) => owner.slice_ref(raw),
-        None => Bytes::copy_from_slice(raw),
-    }
-}
-
-fn get_headers(buf: &mut &[u8], owner: Option<&Bytes>) -> Result<HeaderMap, DecodeError> {
-    let count = get_field_count(buf)?;
-    let mut headers = HeaderMap::with_capacity(count as usize);
-    for _ in 0..count {
-        let name = get_bytes(buf)?;
-        let value = get_bytes(buf)?;
-        let name = HeaderName::from_bytes(name).map_err(|_| bad("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(share(owner, value))
-            .map_err(|_| bad("invalid header value"))?;
-        headers.append(name, value);
-    }
-    Ok(headers)
-}
-
-fn need(buf: &[u8], n: usize) -> Result<(), DecodeError> {
-    if buf.len() < n {
-        Err(bad("truncated"))
-    } else {
-        Ok(())
-    }
-}
-
-fn get_count(buf: &mut &[u8]) -> Result<u32, DecodeError> {
-    need(buf, 4)?;
-    let n = buf.get_u32();
-    // Every counted item takes at least four bytes: a larger count is corrupt, and checking
-    // here keeps a forged count from driving a huge loop.
-    if (n as usize).saturating_mul(4) > buf.len() {
-        return Err(bad("count exceeds the data"));
-    }
-    Ok(n)
-}
-
-/// A count of header fields or names, at most [`MAX_FIELDS`].
-fn get_field_count(buf: &mut &[u8]) -> Result<u32, DecodeError> {
-    let n = get_count(buf)?;
-    if n > MAX_FIELDS {
-        return Err(bad("too many fields"));
-    }
-    Ok(n)
-}
-
-fn get_bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
-    need(buf, 4)?;
-    let len = buf.get_u32() as usize;
-    need(buf, len)?;
-    let (head, rest) = buf.split_at(len);
-    *buf = rest;
-    Ok(head)
 }
 
 impl fmt::Debug for Entry {
@@ -615,7 +390,6 @@ impl fmt::Debug for Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     fn sample() -> Entry {
         let mut headers = HeaderMap::new();
@@ -638,27 +412,6 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_keeps_every_field() {
-        let entry = sample();
-        let back = Entry::decode(&entry.encode()).unwrap();
-        assert_eq!(back.status(), StatusCode::NOT_FOUND);
-        assert_eq!(back.headers(), entry.headers());
-        assert_eq!(back.body(), entry.body());
-        assert_eq!(back.ttl(), Duration::from_secs(42));
-        assert_eq!(back.stored_at_millis(), entry.stored_at_millis());
-        assert_eq!(back.tags(), entry.tags());
-        assert_eq!(back.retention(), Duration::from_secs(642));
-        let expired = back.stored_at_millis() + 42_000;
-        assert!(back.within_stale_while_revalidate(expired + 4_999));
-        assert!(!back.within_stale_while_revalidate(expired + 5_000));
-        assert!(back.within_stale_if_error(expired + 599_999));
-        assert!(back.is_dead_at(expired + 600_000));
-        assert_eq!(back.vary(), entry.vary());
-        assert_eq!(back.identity(), entry.identity());
-        assert!(back.same_variant(&entry));
-    }
-
-    #[test]
     fn entries_for_other_inputs_are_other_variants() {
         let other = sample().with_identity(Bytes::from_static(b"host\xffq=2"));
         assert!(!other.same_variant(&sample()));
@@ -667,116 +420,5 @@ mod tests {
             values: Bytes::from_static(b"de"),
         });
         assert!(!other_vary.same_variant(&sample()));
-    }
-
-    #[test]
-    fn a_forged_field_count_is_an_error_not_a_panic() {
-        // Tens of thousands of tiny header fields: more than HeaderMap can hold.
-        let mut entry = sample().encode().to_vec();
-        let mut forged = entry.split_off(0);
-        forged.truncate(4 + 1 + 2 + 8 * 5);
-        let field = |out: &mut Vec<u8>, bytes: &[u8]| {
-            out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-            out.extend_from_slice(bytes);
-        };
-        field(&mut forged, b"id");
-        forged.extend_from_slice(&0u32.to_be_bytes()); // vary names
-        field(&mut forged, b""); // vary values
-        forged.extend_from_slice(&0u32.to_be_bytes()); // tags
-        let n = 40_000u32;
-        forged.extend_from_slice(&n.to_be_bytes());
-        for i in 0..n {
-            field(&mut forged, format!("x{i}").as_bytes());
-            field(&mut forged, b"");
-        }
-        field(&mut forged, b"body");
-        forged.push(0);
-        assert!(Entry::decode(&forged).is_err());
-    }
-
-    #[test]
-    fn trailers_round_trip_and_count_in_the_weight() {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        trailers.insert("grpc-message", HeaderValue::from_static("ok"));
-        let plain = sample();
-        let entry = sample().with_trailers(trailers.clone());
-        assert!(entry.weight() > plain.weight());
-        let back = Entry::decode(&entry.encode()).unwrap();
-        assert_eq!(back.trailers(), Some(&trailers));
-        assert_eq!(back.body(), entry.body());
-        assert_eq!(back.headers(), entry.headers());
-        // No trailers and empty trailers are told apart.
-        assert_eq!(Entry::decode(&plain.encode()).unwrap().trailers(), None);
-        let empty = sample().with_trailers(HeaderMap::new());
-        assert_eq!(
-            Entry::decode(&empty.encode()).unwrap().trailers(),
-            Some(&HeaderMap::new())
-        );
-        assert_eq!(
-            entry.capped(Duration::from_secs(1)).trailers(),
-            Some(&trailers)
-        );
-    }
-
-    #[test]
-    fn every_truncation_is_an_error() {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        for entry in [sample(), sample().with_trailers(trailers)] {
-            let bytes = entry.encode();
-            for len in 0..bytes.len() {
-                assert!(
-                    Entry::decode(&bytes[..len]).is_err(),
-                    "prefix of {len} bytes"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn foreign_bytes_are_errors() {
-        assert!(Entry::decode(b"").is_err());
-        assert!(Entry::decode(b"{\"json\": true}").is_err());
-        let mut wrong_version = sample().encode().to_vec();
-        wrong_version[4] = 99;
-        assert!(Entry::decode(&wrong_version).is_err());
-        let mut trailing = sample().encode().to_vec();
-        trailing.push(0);
-        assert!(Entry::decode(&trailing).is_err());
-    }
-
-    proptest! {
-        #[test]
-        fn decoding_random_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = Entry::decode(&bytes);
-            let _ = Entry::decode_shared(&Bytes::from(bytes));
-        }
-
-        #[test]
-        fn corrupting_any_byte_never_panics(index in 0usize..200, value in any::<u8>()) {
-            let mut bytes = sample().encode().to_vec();
-            let i = index % bytes.len();
-            bytes[i] = value;
-            let _ = Entry::decode(&bytes);
-            let _ = Entry::decode_shared(&Bytes::from(bytes));
-        }
-    }
-
-    #[test]
-    fn shared_decoding_copies_no_body_and_agrees_with_decoding() {
-        let encoded = sample().encode();
-        let shared = Entry::decode_shared(&encoded).unwrap();
-        let copied = Entry::decode(&encoded).unwrap();
-        let range = encoded.as_ptr_range();
-        assert!(
-            range.contains(&shared.body().as_ptr()),
-            "the body was copied out of the buffer"
-        );
-        assert!(!range.contains(&copied.body().as_ptr()));
-        assert_eq!(shared.body(), copied.body());
-        assert_eq!(shared.headers(), copied.headers());
-        assert_eq!(shared.status(), copied.status());
-        assert_eq!(shared.tags(), copied.tags());
     }
 }

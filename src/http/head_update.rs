@@ -13,11 +13,11 @@ use http::header::{CONTENT_LENGTH, ETAG, LAST_MODIFIED};
 use http::{HeaderMap, Response, StatusCode};
 
 use crate::answer::{answer_to, Served};
-use crate::body::ResponseBody;
+use crate::body::CacheBody;
 use crate::entry::Entry;
 use crate::handle::Ticket;
 use crate::headers;
-use crate::layer::Config;
+use crate::http::config::Config;
 
 /// Freshen `entry` from the headers of a `200` answering a `HEAD`, store it, and answer
 /// the `HEAD` from it; `None` when the answer describes another representation or makes
@@ -30,7 +30,7 @@ pub(crate) async fn freshen<B>(
     variant: u64,
     ticket: Ticket,
     request_headers: &HeaderMap,
-) -> Option<Response<ResponseBody<B>>> {
+) -> Option<Response<CacheBody<B>>> {
     if entry.status() != StatusCode::OK || !same_representation(entry, head) {
         return None;
     }

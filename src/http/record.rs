@@ -14,43 +14,34 @@ use http::header::{CONTENT_LENGTH, ETAG};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::Body;
 
-use crate::body::{BoxError, ResponseBody};
-use crate::coalesce::{Leader, Outcome};
+use super::config::Config;
+use crate::body::{BoxError, CacheBody};
+use crate::engine::{self, Miss};
 use crate::entry::{Entry, Vary};
-use crate::fill::{self, Commit, Fill, Head};
-use crate::handle::{CacheHandle, Ticket};
+use crate::fill::{Commit, Fill, Head};
+use crate::handle::CacheHandle;
 use crate::headers::{self, Forward, CACHE_STATUS, MISS, X_CACHE};
-use crate::key::{self, Variant, VarySpec};
-use crate::layer::Config;
+use crate::key::{self, VarySpec};
 use crate::policy::NotStorable;
-use crate::store::Backend;
 
-/// A miss on its way to the origin: what its answer will be stored under.
-pub(crate) struct Miss {
-    pub(crate) logical: String,
-    pub(crate) variant: Variant,
-    pub(crate) ticket: Ticket,
-    pub(crate) leader: Option<Leader>,
-    pub(crate) forward: Forward,
-    pub(crate) is_head: bool,
-}
-
-/// Wrap the origin's response: a fill when it may be stored, else a pass-through.
+/// Wrap the origin's response: a fill when it may be stored, else a pass-through. A
+/// `HEAD` is never stored as a `GET` entry.
 pub(crate) fn response<B>(
     config: &Config,
     miss: Miss,
+    is_head: bool,
     response: Response<B>,
     request_headers: &HeaderMap,
-) -> Response<ResponseBody<B>>
+) -> Response<CacheBody<B>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let handle = &config.handle;
-    let fallback = handle.backend() == Backend::FallingBack;
+    let fallback = engine::falling_back(handle);
     let (mut parts, body) = response.into_parts();
     let tags = headers::take_tags(&mut parts.headers);
-    let decision = if miss.is_head {
+    let decision = if is_head {
         Err(None)
     } else {
         storable(config, &parts, &body, request_headers).map_err(Some)
@@ -59,9 +50,9 @@ where
         Ok(tags) => (decision, tags),
         Err(()) => (decision.and(Err(Some(NotStorable::Tag))), Vec::new()),
     };
-    let runtime = tokio::runtime::Handle::try_current();
-    match (decision, runtime) {
-        (Ok((ttl, vary)), Ok(runtime)) => {
+    let forward = miss.forward;
+    let reason = match decision {
+        Ok((ttl, vary)) => {
             handle.set_hit_for_miss(&miss.logical, &miss.variant.identity, false);
             let mut stored_headers = parts.headers.clone();
             headers::strip_unstorable(&mut stored_headers);
@@ -73,23 +64,16 @@ where
                 vary: vary.clone(),
                 size_hint: body.size_hint(),
             };
-            let fill = Fill::new(
-                head,
-                handle.fill_budget(),
-                config.policy.max_body(),
-                handle.coalesce_timeout(),
-            );
-            let reader = fill.reader().expect("a new fill has dropped nothing");
-            if let Some(leader) = &miss.leader {
-                leader.share(fill.clone());
-            }
+            let Some(fill) =
+                engine::new_fill(handle, head, config.policy.max_body(), miss.leader.as_ref())
+            else {
+                miss.give_up(handle, false);
+                return passthrough(parts, body, forward, None, fallback);
+            };
             let commit = Committer {
                 keep_expired: config.policy.is_rfc9111(),
                 initial_age: config.policy.initial_age(&parts.headers),
                 handle: handle.clone(),
-                logical: miss.logical,
-                variant: miss.variant,
-                ticket: miss.ticket,
                 status: parts.status,
                 headers: stored_headers,
                 ttl,
@@ -100,38 +84,40 @@ where
                 etag: config.policy.etags(),
                 tags,
                 vary,
-                leader: miss.leader,
+                miss,
             };
-            runtime.spawn(fill::run(fill, body, commit));
             parts.headers.insert(X_CACHE, MISS);
             parts.headers.insert(
                 CACHE_STATUS,
-                headers::forward_status(miss.forward, true, None, fallback),
+                headers::forward_status(forward, true, None, fallback),
             );
-            Response::from_parts(parts, ResponseBody::fill(reader))
+            let reader = engine::run_fill(fill, body, commit);
+            return Response::from_parts(parts, CacheBody::fill(reader));
         }
-        (decision, _) => {
-            let reason = decision.err().flatten();
+        Err(reason) => {
             // A 304 answers one client's condition: it says nothing about the key.
-            if reason.is_some() && parts.status != StatusCode::NOT_MODIFIED {
-                handle.set_hit_for_miss(&miss.logical, &miss.variant.identity, true);
-            }
-            if let Some(leader) = miss.leader {
-                leader.finish(Outcome::Uncacheable);
-            }
-            parts.headers.insert(X_CACHE, MISS);
-            parts.headers.insert(
-                CACHE_STATUS,
-                headers::forward_status(
-                    miss.forward,
-                    false,
-                    reason.map(NotStorable::as_str),
-                    fallback,
-                ),
-            );
-            Response::from_parts(parts, ResponseBody::passthrough(body))
+            let remember = reason.is_some() && parts.status != StatusCode::NOT_MODIFIED;
+            miss.give_up(handle, remember);
+            reason
         }
-    }
+    };
+    passthrough(parts, body, forward, reason, fallback)
+}
+
+/// The origin's answer as it is, marked as a miss that was not stored (and why).
+fn passthrough<B>(
+    mut parts: http::response::Parts,
+    body: B,
+    forward: Forward,
+    reason: Option<NotStorable>,
+    fallback: bool,
+) -> Response<CacheBody<B>> {
+    parts.headers.insert(X_CACHE, MISS);
+    parts.headers.insert(
+        CACHE_STATUS,
+        headers::forward_status(forward, false, reason.map(NotStorable::as_str), fallback),
+    );
+    Response::from_parts(parts, CacheBody::passthrough(body))
 }
 
 /// What a fill's recorded body is stored as, and who hears about it.
@@ -141,9 +127,6 @@ struct Committer {
     keep_expired: bool,
     initial_age: Duration,
     handle: CacheHandle,
-    logical: String,
-    variant: Variant,
-    ticket: Ticket,
     status: StatusCode,
     headers: HeaderMap,
     ttl: Duration,
@@ -151,11 +134,15 @@ struct Committer {
     etag: bool,
     tags: Vec<String>,
     vary: Vary,
-    leader: Option<Leader>,
+    miss: Miss,
 }
 
 impl Commit for Committer {
-    async fn store(mut self, body: Bytes) {
+    async fn store(mut self, body: Bytes, trailers: Option<HeaderMap>) {
+        if trailers.is_some() {
+            // The layer stores bodies only; trailers are passed through, never replayed.
+            return self.abandon();
+        }
         let mut headers = std::mem::take(&mut self.headers);
         // A validator the origin can check: its own ETag (one this cache makes up means
         // nothing upstream) or a Last-Modified. Then an expired entry is kept to be validated.
@@ -176,34 +163,27 @@ impl Commit for Committer {
             .with_stale(self.stale.0, self.stale.1)
             .with_tags(std::mem::take(&mut self.tags))
             .with_vary(std::mem::take(&mut self.vary))
-            .with_identity(self.variant.identity.clone())
+            .with_identity(self.miss.variant.identity.clone())
             .with_initial_age(self.initial_age);
         let entry = if validatable {
             entry.with_validation_window(crate::entry::validation_window(self.ttl))
         } else {
             entry
         };
+        let miss = self.miss;
         let stored = self
             .handle
-            .commit(&self.logical, self.variant.hash, self.ticket, entry)
+            .commit(&miss.logical, miss.variant.hash, miss.ticket, entry)
             .await;
-        if let Some(leader) = self.leader.take() {
-            leader.finish(if stored {
-                Outcome::Stored
-            } else {
-                Outcome::Uncacheable
-            });
-        }
+        engine::finish(miss.leader, stored);
     }
 
-    fn abandon(mut self) {
-        self.release_followers();
+    fn abandon(self) {
+        engine::release(self.miss.leader);
     }
 
     fn release_followers(&mut self) {
-        if let Some(leader) = self.leader.take() {
-            leader.finish(Outcome::Uncacheable);
-        }
+        engine::release(self.miss.leader.take());
     }
 }
 

@@ -10,12 +10,10 @@ use std::sync::Arc;
 use http::request::Parts;
 use tower_layer::Layer;
 
+use super::config::Config;
+use super::service::CacheService;
 use crate::handle::CacheHandle;
 use crate::policy::CachePolicy;
-use crate::service::CacheService;
-
-/// Maps a request to its logical key; `None` sends the request around the cache.
-pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
 /// Caches the responses of the service it wraps. See the [crate docs](crate) for an example.
 #[derive(Clone)]
@@ -23,23 +21,11 @@ pub struct CacheLayer {
     config: Arc<Config>,
 }
 
-/// What every [`CacheService`] built by one layer shares.
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) handle: CacheHandle,
-    pub(crate) policy: CachePolicy,
-    pub(crate) key_fn: Option<KeyFn>,
-}
-
 impl CacheLayer {
     /// A layer caching into `handle`'s store with the default [`CachePolicy`].
     pub fn new(handle: CacheHandle) -> Self {
         CacheLayer {
-            config: Arc::new(Config {
-                handle,
-                policy: CachePolicy::default(),
-                key_fn: None,
-            }),
+            config: Arc::new(Config::new(handle)),
         }
     }
 
@@ -78,6 +64,14 @@ impl CacheLayer {
     /// The handle this layer caches into.
     pub fn handle(&self) -> &CacheHandle {
         &self.config.handle
+    }
+}
+
+impl<S> CacheService<S> {
+    /// A [`CacheLayer`] caching into `handle`:
+    /// `ServiceBuilder::new().layer(CacheService::layer(handle))`.
+    pub fn layer(handle: CacheHandle) -> CacheLayer {
+        CacheLayer::new(handle)
     }
 }
 

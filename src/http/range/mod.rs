@@ -29,15 +29,15 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::answer::{answer, Served};
-use crate::body::{BoxError, ResponseBody};
+use crate::body::{BoxError, CacheBody};
 use crate::cache_control::RequestDirectives;
 use crate::clock;
 use crate::entry::Entry;
 use crate::future::ResponseFuture;
 use crate::handle::Found;
 use crate::headers::{self, Forward, CACHE_STATUS, CACHE_TAG, X_CACHE};
+use crate::http::config::Config;
 use crate::key;
-use crate::layer::Config;
 use crate::stats::bump;
 
 use self::spec::Selection;
@@ -95,7 +95,7 @@ where
         bump!(counters, misses);
         if directives.is_some_and(|d| d.only_if_cached) {
             // RFC 9111 §5.2.1.7: nothing stored may answer, and the client forbids asking.
-            let mut response = Response::new(ResponseBody::cached(None));
+            let mut response = Response::new(CacheBody::cached(None, None));
             *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
             response.headers_mut().insert(X_CACHE, headers::MISS);
             let status = headers::forward_status(forward, false, Some("only-if-cached"), fallback);
@@ -110,7 +110,7 @@ where
             CACHE_STATUS,
             headers::forward_status(forward, false, Some("range"), fallback),
         );
-        Ok(Response::from_parts(parts, ResponseBody::passthrough(body)))
+        Ok(Response::from_parts(parts, CacheBody::passthrough(body)))
     }))
 }
 
@@ -129,10 +129,10 @@ fn acceptable(entry: &Entry, directives: &RequestDirectives) -> bool {
 /// The hit point: turn the full answer from a stored `200` into what the request's
 /// `Range` and `If-Range` ask for. A `304` (the client's own condition held) stays one.
 fn ranged<B>(
-    full: Response<ResponseBody<B>>,
+    full: Response<CacheBody<B>>,
     entry: &Entry,
     request: &http::HeaderMap,
-) -> Response<ResponseBody<B>> {
+) -> Response<CacheBody<B>> {
     let received = UNIX_EPOCH + Duration::from_millis(entry.stored_at_millis());
     if full.status() != StatusCode::OK || !spec::if_range_holds(request, entry.headers(), received)
     {
@@ -157,10 +157,10 @@ fn ranged<B>(
                 .insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             // Positions are below `len`, a `usize`.
             let slice = entry.body().slice(start as usize..end as usize);
-            Response::from_parts(parts, ResponseBody::cached(Some(slice)))
+            Response::from_parts(parts, CacheBody::cached(Some(slice), None))
         }
         Selection::Unsatisfiable => {
-            let mut response = Response::new(ResponseBody::cached(None));
+            let mut response = Response::new(CacheBody::cached(None, None));
             *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
             let headers = response.headers_mut();
             let range = format!("bytes */{len}");

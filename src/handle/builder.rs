@@ -1,0 +1,169 @@
+//! [`CacheHandleBuilder`]: a handle's settings, and the listener that makes other
+//! processes' invalidations ban this process's in-flight fetches.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{CacheHandle, Shared};
+use crate::ban::{Ban, BanLog};
+use crate::coalesce::Coalescer;
+use crate::fill::Budget;
+use crate::pattern::Pattern;
+use crate::stats::Counters;
+use crate::store::{Invalidation, Store, StoreEvent};
+
+/// Builds a [`CacheHandle`].
+#[must_use]
+pub struct CacheHandleBuilder {
+    store: Arc<dyn Store>,
+    namespace: String,
+    ttl: Duration,
+    coalesce_timeout: Duration,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    hit_for_miss_ttl: Duration,
+    fill_budget: usize,
+}
+
+impl CacheHandleBuilder {
+    /// Prefix of every key, so several applications can share one store (default `"cache"`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// How long entries stay fresh when the response says nothing (default one hour).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long a miss waits for another request fetching the same key (default 10 s);
+    /// after that it goes to the origin itself.
+    pub fn coalesce_timeout(mut self, timeout: Duration) -> Self {
+        self.coalesce_timeout = timeout;
+        self
+    }
+
+    /// Serve an expired entry for this long while one background request refreshes it
+    /// (RFC 5861 `stale-while-revalidate`; default 0: never). A response's own
+    /// `Cache-Control: stale-while-revalidate=N` wins.
+    pub fn stale_while_revalidate(mut self, window: Duration) -> Self {
+        self.stale_while_revalidate = window;
+        self
+    }
+
+    /// Serve an expired entry for this long when the origin fails (5xx, an error, or the
+    /// policy's origin timeout; RFC 5861 `stale-if-error`; default 0: never).
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = window;
+        self
+    }
+
+    /// After a response for a key could not be stored, let misses of that key go to the
+    /// origin without waiting for each other for this long (Varnish's hit-for-miss;
+    /// default 10 s).
+    pub fn hit_for_miss_ttl(mut self, ttl: Duration) -> Self {
+        self.hit_for_miss_ttl = ttl;
+        self
+    }
+
+    /// Bytes all misses being recorded may hold together (default 64 MiB), on top of the
+    /// store's own budget. Past it a miss streams on to its clients unrecorded.
+    pub fn fill_budget(mut self, bytes: usize) -> Self {
+        self.fill_budget = bytes;
+        self
+    }
+
+    /// Build the handle.
+    ///
+    /// # Panics
+    /// If the namespace is empty.
+    pub fn build(self) -> CacheHandle {
+        assert!(
+            !self.namespace.is_empty(),
+            "cache namespace must not be empty"
+        );
+        let handle = CacheHandle {
+            shared: Arc::new(Shared {
+                store: self.store,
+                namespace: self.namespace.into_boxed_str(),
+                ttl: self.ttl,
+                coalesce_timeout: self.coalesce_timeout,
+                stale_while_revalidate: self.stale_while_revalidate,
+                stale_if_error: self.stale_if_error,
+                hit_for_miss_ttl: self.hit_for_miss_ttl,
+                bans: BanLog::default(),
+                flights: Arc::new(Coalescer::default()),
+                fill_budget: Arc::new(Budget::new(self.fill_budget)),
+                hit_for_miss: dashmap::DashMap::new(),
+                hit_for_miss_seed: ahash::RandomState::new(),
+                counters: Counters::default(),
+            }),
+        };
+        // Invalidations made by other processes ban in-flight fetches here too.
+        let weak = Arc::downgrade(&handle.shared);
+        handle.shared.store.set_listener(Arc::new(move |event| {
+            let Some(shared) = weak.upgrade() else { return };
+            // Requests arriving from now on must not read a fetch from before it.
+            match event {
+                StoreEvent::Remote {
+                    namespace,
+                    invalidation: Invalidation::Pattern(p),
+                } if **namespace == *shared.namespace => {
+                    let pattern = Pattern::new(p);
+                    shared.flights.forget(|key| pattern.matches_str(key));
+                }
+                StoreEvent::Remote { namespace, .. } if **namespace != *shared.namespace => {}
+                _ => shared.flights.forget(|_| true),
+            }
+            match event {
+                // The store refuses such writes itself, more precisely (see
+                // `Store::checks_remote_invalidations`).
+                StoreEvent::Remote { .. } if shared.store.checks_remote_invalidations() => {}
+                StoreEvent::Remote {
+                    namespace,
+                    invalidation,
+                } if **namespace == *shared.namespace => match invalidation {
+                    Invalidation::Pattern(p) => shared.bans.record(Ban::Pattern(&Pattern::new(p))),
+                    Invalidation::Tag(t) => shared.bans.record(Ban::Tag(t)),
+                    Invalidation::All => shared.bans.record(Ban::All),
+                },
+                StoreEvent::Remote { .. } => {}
+                StoreEvent::ChannelLost => shared.bans.record(Ban::All),
+            }
+        }));
+        handle
+    }
+}
+
+impl CacheHandle {
+    /// A builder over `store`, with namespace `"cache"` and a one-hour TTL.
+    pub fn builder(store: impl Store) -> CacheHandleBuilder {
+        CacheHandleBuilder {
+            store: Arc::new(store),
+            namespace: "cache".to_owned(),
+            ttl: Duration::from_secs(3600),
+            coalesce_timeout: Duration::from_secs(10),
+            fill_budget: 64 << 20,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            hit_for_miss_ttl: Duration::from_secs(10),
+        }
+    }
+
+    /// A handle on a fresh [`MemoryStore`](crate::MemoryStore) with the defaults.
+    pub fn in_memory() -> CacheHandle {
+        Self::builder(crate::MemoryStore::new()).build()
+    }
+}
+
+impl fmt::Debug for CacheHandleBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheHandleBuilder")
+            .field("namespace", &self.namespace)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}

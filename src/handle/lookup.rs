@@ -1,0 +1,204 @@
+//! Reading and writing entries: a lookup picks the entry that answers a request's exact
+//! identity and `Vary` values; a commit stores an entry unless an invalidation since its
+//! ticket covers it.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use super::{CacheHandle, Ticket};
+use crate::clock;
+use crate::entry::Entry;
+use crate::key::{vary_matches, Variant};
+use crate::stats::bump;
+use crate::store::StoreKey;
+
+/// What a lookup found.
+pub(crate) enum Found {
+    Hit(Arc<Entry>),
+    /// An expired entry still within one of its stale windows.
+    Stale(Arc<Entry>),
+    /// Nothing under this URL.
+    UriMiss,
+    /// Entries exist under this URL, but for other values of the `Vary` headers (named).
+    VaryMiss(Vec<http::HeaderName>),
+}
+
+impl CacheHandle {
+    fn store_key<'a>(&'a self, logical: &'a str, variant: u64) -> StoreKey<'a> {
+        StoreKey {
+            namespace: &self.shared.namespace,
+            logical,
+            variant,
+        }
+    }
+
+    /// Find a fresh entry for the request. Store errors are logged and read as a miss.
+    pub(crate) async fn lookup(
+        &self,
+        logical: &str,
+        variant: &Variant,
+        request_headers: &HeaderMap,
+    ) -> Found {
+        let variants = match self
+            .shared
+            .store
+            .get(self.store_key(logical, variant.hash))
+            .await
+        {
+            Ok(Some(variants)) => variants,
+            Ok(None) => return Found::UriMiss,
+            Err(error) => {
+                bump!(self.shared.counters, store_errors);
+                tracing::warn!(key = %logical, %error, "cache lookup failed; treating as a miss");
+                return Found::UriMiss;
+            }
+        };
+        pick(&variants, &variant.identity, request_headers)
+    }
+
+    /// [`lookup`](Self::lookup) without waiting, where the store can answer at once (memory):
+    /// `None` means the store must be asked asynchronously.
+    pub(crate) fn lookup_now(
+        &self,
+        logical: &str,
+        hash: u64,
+        identity: &[u8],
+        request_headers: &HeaderMap,
+    ) -> Option<Found> {
+        let found = self
+            .shared
+            .store
+            .try_get_now(self.store_key(logical, hash))?;
+        Some(match found {
+            Some(variants) => pick(&variants, identity, request_headers),
+            None => Found::UriMiss,
+        })
+    }
+
+    /// Store `entry` unless an invalidation since `ticket` covers it. Returns whether it
+    /// was handed to the store. Never fails: errors are logged.
+    pub(crate) async fn commit(
+        &self,
+        logical: &str,
+        variant: u64,
+        ticket: Ticket,
+        entry: impl Into<Arc<Entry>>,
+    ) -> bool {
+        let entry = entry.into();
+        let write = {
+            let bans = self.shared.bans.read();
+            if bans.is_banned(ticket.bans, logical, entry.tags()) {
+                tracing::debug!(key = %logical, "not storing a response fetched before an invalidation");
+                return false;
+            }
+            // Called under the read lock: local stores apply the write here (see `Store`).
+            self.shared
+                .store
+                .put(self.store_key(logical, variant), entry, ticket.store)
+        };
+        match write.await {
+            Ok(()) => {
+                bump!(self.shared.counters, stores);
+                true
+            }
+            Err(error) => {
+                bump!(self.shared.counters, store_errors);
+                tracing::warn!(key = %logical, %error, "cache write failed; response served uncached");
+                false
+            }
+        }
+    }
+}
+
+/// The entry among `variants` that answers a request of this identity with these headers:
+/// fresh, else stale (within a stale window), else a miss saying whether other `Vary`
+/// variants exist. Entries of another identity (sharing the index by a hash collision)
+/// answer nothing.
+fn pick(variants: &[Arc<Entry>], identity: &[u8], request_headers: &HeaderMap) -> Found {
+    let now = clock::now_millis();
+    let usable = |entry: &&Arc<Entry>| !entry.is_dead_at(now) && entry.identity() == identity;
+    let mut stale = None;
+    for entry in variants.iter().filter(usable) {
+        if vary_matches(entry.vary(), request_headers) {
+            if entry.is_fresh_at(now) {
+                // Recency for the memory store's eviction.
+                entry.touch(now / 1000);
+                return Found::Hit(entry.clone());
+            }
+            stale = Some(entry.clone());
+        }
+    }
+    if let Some(entry) = stale {
+        return Found::Stale(entry);
+    }
+    // A miss: name the headers the other variants vary on, so this request's fetch is
+    // coalesced only with requests that send the same values.
+    let mut names: Vec<http::HeaderName> = Vec::new();
+    let mut any = false;
+    for entry in variants.iter().filter(usable) {
+        any = true;
+        for name in &entry.vary().names {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    if !any {
+        return Found::UriMiss;
+    }
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    Found::VaryMiss(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+    use bytes::Bytes;
+    use http::StatusCode;
+    use std::time::Duration;
+
+    fn handle() -> CacheHandle {
+        CacheHandle::builder(MemoryStore::new())
+            .namespace("t")
+            .build()
+    }
+
+    #[tokio::test]
+    async fn an_entry_answers_only_its_exact_identity_whatever_its_index() {
+        let handle = handle();
+        // Two requests whose identities share an index hash (what an attacker computes
+        // for xxh3): the store files them under one slot.
+        let victim = Variant {
+            hash: 42,
+            identity: Bytes::from_static(b"victim"),
+        };
+        let attacker = Variant {
+            hash: 42,
+            identity: Bytes::from_static(b"attacker"),
+        };
+        let entry = Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"poison"),
+            Duration::from_secs(60),
+        )
+        .with_identity(attacker.identity.clone());
+        let ticket = handle.ticket().await;
+        assert!(handle.commit("/page", 42, ticket, entry).await);
+        let empty = HeaderMap::new();
+        assert!(matches!(
+            handle.lookup("/page", &victim, &empty).await,
+            Found::UriMiss
+        ));
+        assert!(matches!(
+            handle.lookup_now("/page", 42, b"victim", &empty),
+            Some(Found::UriMiss)
+        ));
+        assert!(matches!(
+            handle.lookup("/page", &attacker, &empty).await,
+            Found::Hit(_)
+        ));
+    }
+}

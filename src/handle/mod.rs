@@ -1,0 +1,276 @@
+//! [`CacheHandle`]: the application's side of the cache.
+//!
+//! A handle owns the store, the namespace, the default TTL and the invalidation machinery.
+//! It is cheap to clone (an `Arc` inside) and every method takes `&self`, so the web layer,
+//! the data-access code and the sync pipeline can each hold one.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_response_cache::CacheError> {
+//! use std::time::Duration;
+//! use tower_response_cache::{CacheHandle, MemoryStore};
+//!
+//! let cache = CacheHandle::builder(MemoryStore::new())
+//!     .namespace("portal")
+//!     .ttl(Duration::from_secs(3600))
+//!     .build();
+//!
+//! // Data-level caching, coalesced like HTTP misses: the closure runs once.
+//! let companies: Vec<String> = cache
+//!     .get_or_insert_with("companies_all_synced", async { vec!["ACME".to_string()] })
+//!     .await;
+//! assert_eq!(companies, ["ACME"]);
+//!
+//! // After a sync: drop the list and every dashboard of company ABC.
+//! cache.invalidate("companies_all_synced").await?;
+//! cache.invalidate("dashboard:ABC*").await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ban::{Ban, BanLog};
+use crate::coalesce::Coalescer;
+use crate::fill::Budget;
+use crate::pattern::Pattern;
+use crate::stats::{bump, CacheStats, Counters};
+use crate::store::{Backend, Store, StoreError};
+
+mod builder;
+mod flight;
+mod lookup;
+mod typed;
+
+pub use builder::CacheHandleBuilder;
+pub(crate) use flight::Ticket;
+pub(crate) use lookup::Found;
+
+/// The application's handle on a cache: cheap to clone (an `Arc` inside), every method
+/// takes `&self`.
+#[derive(Clone)]
+pub struct CacheHandle {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    store: Arc<dyn Store>,
+    namespace: Box<str>,
+    ttl: Duration,
+    coalesce_timeout: Duration,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    hit_for_miss_ttl: Duration,
+    bans: BanLog,
+    flights: Arc<Coalescer>,
+    fill_budget: Arc<Budget>,
+    /// Keys whose last response could not be stored (hash of key → until when): their
+    /// misses go straight to the origin instead of queueing behind each other. Hashed
+    /// with a per-process random seed: nobody outside can aim a collision at a key.
+    hit_for_miss: dashmap::DashMap<u64, tokio::time::Instant>,
+    hit_for_miss_seed: ahash::RandomState,
+    pub(crate) counters: Counters,
+}
+
+/// An invalidation did not reach the store. The local part of it still applied: no
+/// response fetched before the call will be stored by this process afterwards.
+#[derive(Debug)]
+pub struct CacheError {
+    operation: &'static str,
+    source: StoreError,
+}
+
+impl fmt::Display for CacheError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cache {} failed", self.operation)
+    }
+}
+
+impl std::error::Error for CacheError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl CacheHandle {
+    /// The namespace every key is stored under.
+    pub fn namespace(&self) -> &str {
+        &self.shared.namespace
+    }
+
+    /// The default TTL.
+    pub fn ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
+    /// Which backend is serving now.
+    pub fn backend(&self) -> Backend {
+        self.shared.store.backend()
+    }
+
+    /// Remove every entry whose logical key matches `pattern`, a Redis-style glob anchored
+    /// at both ends (`*`, `?`, `[abc]`, `[^a]`, `[a-z]`, `\` escapes). A pattern without glob
+    /// characters removes exactly that key, in O(1). Returns how many entries were removed.
+    ///
+    /// When this returns, no request that began before the call will store a response for
+    /// a matching key, and no matching entry stored before the call is served.
+    ///
+    /// A literal key longer than 512 bytes reaches the key it was stored under (which keeps
+    /// its first 256 bytes and a hash of the whole); a glob matches stored keys as they are,
+    /// so past the kept prefix it sees `~` and 32 hex digits.
+    pub async fn invalidate(&self, pattern: &str) -> Result<u64, CacheError> {
+        let pattern = bounded_pattern(Pattern::new(pattern));
+        self.invalidate_matching(&pattern).await
+    }
+
+    pub(crate) async fn invalidate_matching(&self, pattern: &Pattern) -> Result<u64, CacheError> {
+        bump!(self.shared.counters, invalidations);
+        self.shared.bans.record(Ban::Pattern(pattern));
+        self.shared.flights.forget(|key| pattern.matches_str(key));
+        let result = self
+            .shared
+            .store
+            .invalidate(&self.shared.namespace, pattern)
+            .await;
+        self.report("invalidate", result)
+    }
+
+    /// Mark entries whose logical key matches `pattern` stale instead of removing them:
+    /// they are served under their stale-while-revalidate window while one request refreshes
+    /// them (for pipelines that prefer a fast page over a fresh one for a few seconds).
+    /// Entries without such a window are removed (in Redis: read as expired). Responses
+    /// fetched before the call are not stored after it, as with
+    /// [`invalidate`](Self::invalidate). The memory store marks in place; Redis marks the
+    /// entry hashes, so every instance sharing it sees the mark; while Redis is unreachable a
+    /// soft invalidation is a hard one (queued and replayed as one: the safe side).
+    pub async fn invalidate_soft(&self, pattern: &str) -> Result<u64, CacheError> {
+        let pattern = bounded_pattern(Pattern::new(pattern));
+        bump!(self.shared.counters, invalidations);
+        self.shared.bans.record(Ban::Pattern(&pattern));
+        self.shared.flights.forget(|key| pattern.matches_str(key));
+        let result = self
+            .shared
+            .store
+            .invalidate_soft(&self.shared.namespace, &pattern)
+            .await;
+        self.report("invalidate_soft", result)
+    }
+
+    /// Remove every entry whose response named `tag` in its `Cache-Tag` header.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, CacheError> {
+        bump!(self.shared.counters, invalidations);
+        self.shared.bans.record(Ban::Tag(tag));
+        // A flight's tags are known only with its response: forget every flight.
+        self.shared.flights.forget(|_| true);
+        let result = self
+            .shared
+            .store
+            .invalidate_tag(&self.shared.namespace, tag)
+            .await;
+        self.report("invalidate_tag", result)
+    }
+
+    /// Remove every entry in this handle's namespace.
+    pub async fn invalidate_all(&self) -> Result<u64, CacheError> {
+        bump!(self.shared.counters, invalidations);
+        self.shared.bans.record(Ban::All);
+        self.shared.flights.forget(|_| true);
+        let result = self
+            .shared
+            .store
+            .invalidate_all(&self.shared.namespace)
+            .await;
+        self.report("invalidate_all", result)
+    }
+
+    fn report<T>(
+        &self,
+        operation: &'static str,
+        result: Result<T, StoreError>,
+    ) -> Result<T, CacheError> {
+        result.map_err(|source| {
+            bump!(self.shared.counters, store_errors);
+            tracing::warn!(operation, error = %source, "cache invalidation did not reach the store");
+            CacheError { operation, source }
+        })
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.shared.counters;
+        let store = self.shared.store.stats();
+        CacheStats {
+            hits: c.hits.get(),
+            misses: c.misses.get(),
+            stale: c.stale.get(),
+            stores: c.stores.get(),
+            evictions: store.evictions,
+            bypasses: c.bypasses.get(),
+            coalesced: c.coalesced.get(),
+            invalidations: c.invalidations.get(),
+            store_errors: c.store_errors.get(),
+            entries: store.entries,
+            bytes: store.bytes,
+            circuit_openings: store.circuit_openings,
+            backend: self.shared.store.backend(),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+/// A literal pattern as long keys are stored (bounded), so it reaches its key.
+fn bounded_pattern(pattern: Pattern) -> Pattern {
+    match pattern.literal() {
+        Some(literal) if literal.len() > crate::key::MAX_LOGICAL_KEY_LEN => {
+            let stored = crate::key::bound(literal.into());
+            Pattern::new(&crate::pattern::escape(&stored))
+        }
+        _ => pattern,
+    }
+}
+
+impl fmt::Debug for CacheHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheHandle")
+            .field("namespace", &self.shared.namespace)
+            .field("ttl", &self.shared.ttl)
+            .field("backend", &self.backend())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn handle() -> CacheHandle {
+        CacheHandle::builder(MemoryStore::new())
+            .namespace("t")
+            .build()
+    }
+
+    #[tokio::test]
+    async fn a_literal_invalidation_reaches_a_key_stored_shortened() {
+        let handle = handle();
+        let long = format!("/search/{}", "q".repeat(2000));
+        let calls = AtomicUsize::new(0);
+        let load = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            1u32
+        };
+        handle.get_or_insert_with(&long, load()).await;
+        handle.get_or_insert_with(&long, load()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(handle.invalidate(&long).await.unwrap(), 1);
+        handle.get_or_insert_with(&long, load()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // A glob over the kept prefix reaches it too.
+        assert_eq!(handle.invalidate("/search/qqq*").await.unwrap(), 1);
+    }
+}

@@ -1,0 +1,58 @@
+//! What every [`CacheService`](super::CacheService) built by one layer shares: the handle,
+//! the policy and the key function, and the request rules that read them.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::request::Parts;
+
+use crate::cache_control::RequestDirectives;
+use crate::handle::CacheHandle;
+use crate::key;
+use crate::policy::CachePolicy;
+
+/// Maps a request to its logical key; `None` sends the request around the cache.
+pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// What every [`CacheService`] built by one layer shares.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) handle: CacheHandle,
+    pub(crate) policy: CachePolicy,
+    pub(crate) key_fn: Option<KeyFn>,
+}
+
+impl Config {
+    /// The default policy, keyed by path.
+    pub(crate) fn new(handle: CacheHandle) -> Config {
+        Config {
+            handle,
+            policy: CachePolicy::default(),
+            key_fn: None,
+        }
+    }
+
+    /// Request `Cache-Control` directives the RFC 9111 preset weighs against a hit.
+    pub(crate) fn request_directives(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Option<RequestDirectives> {
+        if !self.policy.is_rfc9111() {
+            return None;
+        }
+        RequestDirectives::parse(headers)
+    }
+
+    pub(crate) fn has_request_directives(&self, headers: &http::HeaderMap) -> bool {
+        self.policy.is_rfc9111()
+            && headers.contains_key(http::header::CACHE_CONTROL)
+            && self.request_directives(headers).is_some()
+    }
+
+    pub(crate) fn logical_key<'a>(&self, parts: &'a http::request::Parts) -> Option<Cow<'a, str>> {
+        match &self.key_fn {
+            Some(key_fn) => key_fn(parts).map(|k| Cow::Owned(key::bound(k.into()).into_owned())),
+            None => Some(key::logical_from_path(parts)),
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! [`CacheService`]: decide what a request is to the cache, and answer a fresh memory hit
+//! on the spot.
+//!
+//! A request the cache may not answer goes to the inner service as it is (no clone of the
+//! service, no allocation); an unsafe method invalidates its key after it succeeds; a
+//! fresh memory hit is answered here, without a boxed future; everything else runs
+//! [`serve`](super::serve) as one boxed future.
+
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::config::Config;
+use super::serve::serve;
+use super::unsafe_method::{invalidate_after, request_host};
+use crate::answer::{answer, Served};
+use crate::body::{BoxError, CacheBody};
+use crate::engine::{falling_back, take_ready};
+use crate::future::ResponseFuture;
+use crate::handle::{CacheHandle, Found};
+use crate::headers::{self, Forward};
+use crate::key;
+use crate::policy::{BypassReason, RequestAction};
+use crate::stats::bump;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Caches the responses of `S`. Usually built by [`CacheLayer`](crate::CacheLayer); see the
+/// [crate docs](crate) for an example.
+#[derive(Clone)]
+pub struct CacheService<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> CacheService<S> {
+    /// Cache `inner`'s responses into `handle`'s store with the default
+    /// [`CachePolicy`](crate::CachePolicy).
+    pub fn new(inner: S, handle: CacheHandle) -> Self {
+        CacheService::from_config(inner, Arc::new(Config::new(handle)))
+    }
+
+    pub(crate) fn from_config(inner: S, config: Arc<Config>) -> Self {
+        CacheService { inner, config }
+    }
+
+    /// The handle this service caches into.
+    pub fn handle(&self) -> &CacheHandle {
+        &self.config.handle
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for CacheService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Body + Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<CacheBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResB, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let counters = &self.config.handle.shared().counters;
+        let (parts, body) = request.into_parts();
+        let has_body = !body.is_end_stream();
+        let (action, keyed) = self.config.policy.classify(&parts, has_body);
+        match action {
+            RequestAction::Bypass(reason) => {
+                bump!(counters, bypasses);
+                let forward = match reason {
+                    BypassReason::Method => Forward::Method,
+                    BypassReason::Request => Forward::Request,
+                };
+                let status = headers::forward_status(forward, false, None, false);
+                let request = Request::from_parts(parts, body);
+                ResponseFuture::bypass(self.inner.call(request), status)
+            }
+            RequestAction::Unsafe => {
+                let logical = self.config.logical_key(&parts).map(Cow::into_owned);
+                let host = request_host(&parts);
+                let future = self.inner.call(Request::from_parts(parts, body));
+                let config = self.config.clone();
+                ResponseFuture::cache(Box::pin(invalidate_after(config, logical, host, future)))
+            }
+            RequestAction::Range => {
+                let inner = take_ready(&mut self.inner);
+                super::range::call(&self.config, inner, parts, body, keyed)
+            }
+            action @ (RequestAction::Lookup | RequestAction::Revalidate) => {
+                let revalidate = action == RequestAction::Revalidate;
+                let config = &self.config;
+                let Some(logical) = config.logical_key(&parts) else {
+                    bump!(counters, bypasses);
+                    let status = headers::forward_status(Forward::Bypass, false, None, false);
+                    let request = Request::from_parts(parts, body);
+                    return ResponseFuture::bypass(self.inner.call(request), status);
+                };
+                // The keyed headers join the identity only when the request carries one.
+                let keyed = if keyed {
+                    config.policy.keyed_headers()
+                } else {
+                    &[]
+                };
+                let handle = &config.handle;
+                // Memory hits are answered here: no boxed future, no clone of the inner
+                // service (which stays ready, unused), and the identity compared from a
+                // reused buffer.
+                if !revalidate && !config.has_request_directives(&parts.headers) {
+                    let found = key::with_identity(&parts, keyed, |identity, hash| {
+                        handle.lookup_now(&logical, hash, identity, &parts.headers)
+                    });
+                    if let Some(Found::Hit(entry)) = found {
+                        bump!(counters, hits);
+                        let served = Served::Hit { coalesced: false };
+                        let response = answer(&entry, &parts, served, falling_back(handle));
+                        return ResponseFuture::ready(response);
+                    }
+                }
+                let variant = key::variant(&parts, keyed);
+                let logical = logical.into_owned();
+                let config = self.config.clone();
+                let inner = take_ready(&mut self.inner);
+                ResponseFuture::cache(Box::pin(serve(
+                    config, inner, parts, body, logical, variant, revalidate,
+                )))
+            }
+        }
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for CacheService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheService")
+            .field("inner", &self.inner)
+            .field("handle", &self.config.handle)
+            .finish()
+    }
+}

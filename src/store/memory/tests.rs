@@ -1,0 +1,253 @@
+//! The memory store's rules: budget, eviction, variants, sweeping, invalidation.
+
+use super::eviction::compaction_threshold;
+use super::*;
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+fn entry(body_len: usize, ttl_secs: u64) -> Arc<Entry> {
+    Arc::new(Entry::new(
+        StatusCode::OK,
+        HeaderMap::new(),
+        Bytes::from(vec![b'x'; body_len]),
+        Duration::from_secs(ttl_secs),
+    ))
+}
+
+fn key(logical: &str) -> StoreKey<'_> {
+    StoreKey {
+        namespace: "ns",
+        logical,
+        variant: 1,
+    }
+}
+
+#[test]
+fn a_flood_of_unique_keys_stays_within_the_budget() {
+    let store = MemoryStore::builder().max_bytes(1 << 20).build();
+    for i in 0..100_000 {
+        let logical = format!("/flood/{i}/{}", "k".repeat(i % 300));
+        store.put_now(key(&logical), entry(i % 2000, 60));
+        assert!(store.stats().bytes <= 1 << 20, "over budget after {i}");
+    }
+    let stats = store.stats();
+    assert!(stats.evictions > 90_000, "{stats:?}");
+    assert!(stats.entries > 100, "{stats:?}");
+    // The eviction queue does not grow without bound either.
+    let queue = store.inner.clock.lock().unwrap().len() as u64;
+    assert!(
+        queue as usize <= compaction_threshold(stats.entries as usize) + 1,
+        "{queue} refs for {stats:?}"
+    );
+}
+
+#[test]
+fn dead_references_stay_under_half_a_live_entry() {
+    // Many live entries, each replaced again and again (or removed and stored again, as
+    // an unsafe request's invalidation does): every replaced entry leaves a dead
+    // reference, which keeps its allocation until the queue is compacted.
+    let store = MemoryStore::new();
+    let live = 10_000;
+    let started = std::time::Instant::now();
+    for round in 0..10 {
+        for i in 0..live {
+            let logical = format!("/live/{i}");
+            if round % 2 == 1 {
+                store.remove_key(&map_key("ns", &logical));
+            }
+            store.put_now(key(&logical), entry(10, 60));
+            let queue = store.inner.clock.lock().unwrap().len();
+            let entries = store.stats().entries as usize;
+            assert!(
+                queue <= entries + entries / 2 + 1025,
+                "{queue} refs for {entries} entries"
+            );
+        }
+    }
+    assert_eq!(store.stats().entries, live as u64);
+    let dead = store
+        .inner
+        .clock
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.entry.strong_count() == 0)
+        .count();
+    assert!(dead <= live / 2 + 1025, "{dead} dead refs");
+    // Amortised O(1): 100 000 puts in well under a second in a release build.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn replacing_one_key_again_and_again_keeps_the_queue_small() {
+    let store = MemoryStore::new();
+    let started = std::time::Instant::now();
+    for _ in 0..20_000 {
+        store.put_now(key("/hot"), entry(10, 60));
+    }
+    let queue = store.inner.clock.lock().unwrap().len();
+    assert!(queue <= 1025 + 2, "{queue} queue references for one entry");
+    // Quadratic behaviour took seconds here; linear takes milliseconds.
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
+
+#[test]
+fn recently_read_entries_survive_eviction() {
+    let store = MemoryStore::builder().max_bytes(64 * 1024).build();
+    store.put_now(key("/hot"), entry(1000, 60));
+    for i in 0..500 {
+        // The hot key is read between puts; its read time must move past its queue time.
+        if let Some(slot) = store.inner.map.get("ns:/hot") {
+            slot.variants[&1][0].touch(u64::MAX);
+        }
+        store.put_now(key(&format!("/cold/{i}")), entry(1000, 60));
+    }
+    assert!(store.get_now(key("/hot")).is_some());
+    assert!(store.get_now(key("/cold/0")).is_none());
+}
+
+#[test]
+fn entries_too_big_for_the_budget_are_refused() {
+    let store = MemoryStore::builder().max_bytes(10_000).build();
+    assert!(!store.put_now(key("/big"), entry(5000, 60)));
+    assert!(store.put_now(key("/small"), entry(100, 60)));
+    assert_eq!(store.stats().entries, 1);
+}
+
+#[test]
+fn replacing_an_entry_keeps_the_accounting_exact() {
+    let store = MemoryStore::builder().build();
+    store.put_now(key("/a"), entry(100, 60));
+    let once = store.stats();
+    for _ in 0..10 {
+        store.put_now(key("/a"), entry(100, 60));
+    }
+    assert_eq!(store.stats().bytes, once.bytes);
+    assert_eq!(store.stats().entries, 1);
+    store.remove_key("ns:/a");
+    assert_eq!(
+        store.stats(),
+        StoreStats {
+            entries: 0,
+            bytes: 0,
+            evictions: 0,
+            circuit_openings: 0,
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_entries_are_swept_in_the_background() {
+    let store = MemoryStore::builder()
+        .sweep_interval(Duration::from_secs(5))
+        .build();
+    store.put_now(key("/short"), entry(10, 2));
+    store.put_now(key("/long"), entry(10, 600));
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(store.stats().entries, 1);
+    assert!(store.get_now(key("/short")).is_none());
+    assert!(store.get_now(key("/long")).is_some());
+}
+
+#[tokio::test]
+async fn namespaces_are_kept_apart() {
+    let store = MemoryStore::new();
+    let a = StoreKey {
+        namespace: "a",
+        logical: "/x",
+        variant: 1,
+    };
+    let b = StoreKey {
+        namespace: "b",
+        logical: "/x",
+        variant: 1,
+    };
+    store.put_now(a, entry(1, 60));
+    store.put_now(b, entry(1, 60));
+    assert_eq!(store.invalidate("a", &Pattern::new("*")).await.unwrap(), 1);
+    assert_eq!(store.invalidate_all("a").await.unwrap(), 0);
+    assert!(store.get_now(b).is_some());
+    assert_eq!(store.invalidate("b", &Pattern::new("/x")).await.unwrap(), 1);
+}
+
+fn variant_entry(hash: u64) -> Arc<Entry> {
+    Arc::new(
+        Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"v"),
+            Duration::from_secs(60),
+        )
+        .with_vary(crate::entry::Vary {
+            names: vec![http::header::USER_AGENT],
+            values: Bytes::copy_from_slice(&hash.to_be_bytes()),
+        }),
+    )
+}
+
+/// A hit on the variant with this vary hash, as the handle records it.
+fn read_variant(store: &MemoryStore, hash: u64) -> bool {
+    let Some(variants) = store.get_now(key("/v")) else {
+        return false;
+    };
+    let Some(entry) = variants
+        .iter()
+        .find(|e| e.vary().values[..] == hash.to_be_bytes())
+    else {
+        return false;
+    };
+    entry.touch(clock::now_millis() / 1000);
+    true
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hot_variant_outlives_a_flood_of_junk_variants() {
+    let store = MemoryStore::new();
+    store.put_now(key("/v"), variant_entry(0));
+    // Junk writes a few a second, the hot variant read between them.
+    for junk in 1..=40 {
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert!(
+            read_variant(&store, 0),
+            "hot variant evicted before junk {junk}"
+        );
+        store.put_now(key("/v"), variant_entry(junk));
+    }
+    // Then many in the very second of its last read: the tie goes against the junk.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    for junk in 100..140 {
+        assert!(
+            read_variant(&store, 0),
+            "hot variant evicted before junk {junk}"
+        );
+        store.put_now(key("/v"), variant_entry(junk));
+    }
+    assert!(read_variant(&store, 0));
+    let variants = store.get_now(key("/v")).unwrap();
+    assert_eq!(variants.len(), MAX_VARY_VARIANTS);
+    // The newest junk is kept, the oldest went; the accounting followed.
+    assert!(variants
+        .iter()
+        .any(|e| e.vary().values[..] == 139u64.to_be_bytes()));
+    assert!(!variants
+        .iter()
+        .any(|e| e.vary().values[..] == 1u64.to_be_bytes()));
+    assert_eq!(store.stats().entries, MAX_VARY_VARIANTS as u64);
+    let weight: u64 = variants.iter().map(|e| weight_of("ns:/v", e) as u64).sum();
+    assert_eq!(store.stats().bytes, weight);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unread_variants_go_oldest_first() {
+    let store = MemoryStore::new();
+    for hash in 0..MAX_VARY_VARIANTS as u64 + 3 {
+        store.put_now(key("/v"), variant_entry(hash));
+        tokio::time::advance(Duration::from_millis(400)).await;
+    }
+    let variants = store.get_now(key("/v")).unwrap();
+    let kept: Vec<u64> = variants
+        .iter()
+        .map(|e| u64::from_be_bytes(e.vary().values[..].try_into().unwrap()))
+        .collect();
+    assert_eq!(kept, (3..MAX_VARY_VARIANTS as u64 + 3).collect::<Vec<_>>());
+}
