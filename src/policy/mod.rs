@@ -24,9 +24,11 @@ const DEFAULT_STATUSES: [u16; 8] = [200, 203, 204, 300, 301, 308, 404, 410];
 ///
 /// - only `GET` is stored, and `HEAD` is answered from stored `GET` entries;
 /// - requests carrying credentials (`Authorization`, `Cookie`, API keys, …), a method
-///   override, a URL rewrite, a body, a `Range`, or a `Host` that disagrees with the URI
-///   bypass the cache; forwarding headers (`X-Forwarded-Host`, `Forwarded`, …) are keyed
-///   (see [`DEFAULT_BYPASS_HEADERS`] and [`DEFAULT_KEYED_HEADERS`]; each list is a switch);
+///   override, a URL rewrite, a body, or a `Host` that disagrees with the URI bypass the
+///   cache; forwarding headers (`X-Forwarded-Host`, `Forwarded`, …) are keyed (see
+///   [`DEFAULT_BYPASS_HEADERS`] and [`DEFAULT_KEYED_HEADERS`]; each list is a switch);
+/// - a `GET` with `Range` is answered from a fresh stored `200` (`206`, `416`, or the whole
+///   `200` for several ranges), else forwarded as sent and its answer never stored;
 /// - responses with `Set-Cookie`, `Cache-Control: no-store | private | no-cache`, or
 ///   `max-age=0` are not stored; nor is a response whose `Cache-Control`, `Pragma` or
 ///   `Vary` cannot be parsed; `s-maxage`, `max-age` and `Expires` set the TTL;
