@@ -117,10 +117,12 @@ async fn main() {
 }
 
 /// Serve `app` over HTTP/1.1, relaying the upstream's 1xx interim responses (see the
-/// module docs). Runs until the listener fails.
+/// module docs). Runs forever.
 pub async fn serve(listener: TcpListener, app: Router) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: let connections close before accepting again.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let relay = Arc::new(Mutex::new(Relay::default()));
