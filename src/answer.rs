@@ -123,11 +123,7 @@ fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
         let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
         return condition.trim() == "*" || condition.split(',').any(|t| opaque(t) == opaque(etag));
     }
-    let date = |map: &HeaderMap, name| {
-        map.get(name)
-            .and_then(|v: &http::HeaderValue| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-    };
+    let date = headers::date;
     // The request first: most carry no condition, and parsing the entry's date is the cost.
     let Some(since) = date(request, IF_MODIFIED_SINCE) else {
         return false;

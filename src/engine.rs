@@ -20,6 +20,33 @@ use crate::headers::Forward;
 use crate::key::Variant;
 use crate::store::Backend;
 
+/// `handle`, `get_ref`, `get_mut` and `into_inner` for a service over `inner` and a
+/// `config` holding the handle (tower-http's accessor set).
+macro_rules! inner_service_accessors {
+    () => {
+        /// The handle this service caches into.
+        pub fn handle(&self) -> &crate::CacheHandle {
+            &self.config.handle
+        }
+
+        /// The wrapped service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The wrapped service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// The wrapped service, unwrapped.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+pub(crate) use inner_service_accessors;
+
 /// The ready service goes into the future; the service keeps a fresh clone (tower's rule:
 /// what `poll_ready` readied is what `call` uses).
 pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {

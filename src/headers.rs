@@ -5,7 +5,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// `Cache-Status` (RFC 9211).
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-/// The seed's simple `X-Cache: HIT | MISS | BYPASS | STALE`.
+/// `X-Cache: HIT | MISS | BYPASS | STALE`: the one-word answer older tools and dashboards read.
 pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 /// Where a response names its invalidation tags; stripped before the client sees it.
 pub const CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
@@ -228,4 +228,14 @@ pub(crate) fn take_tags(headers: &mut HeaderMap) -> Result<Vec<String>, ()> {
     } else {
         Err(())
     }
+}
+
+/// An HTTP-date value (RFC 9110 §5.6.7); `None` when it is not one.
+pub(crate) fn parse_date(value: &HeaderValue) -> Option<std::time::SystemTime> {
+    httpdate::parse_http_date(value.to_str().ok()?).ok()
+}
+
+/// The first `name` field of `headers` as an HTTP-date.
+pub(crate) fn date(headers: &http::HeaderMap, name: HeaderName) -> Option<std::time::SystemTime> {
+    headers.get(name).and_then(parse_date)
 }

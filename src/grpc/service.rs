@@ -16,10 +16,10 @@ use super::{record, GRPC_STATUS};
 use crate::answer::{answer_to, Served};
 use crate::body::{BoxError, CacheBody};
 use crate::coalesce::{Share, Turn};
-use crate::engine::{falling_back, take_ready, Miss};
+use crate::engine::{self, falling_back, take_ready, Miss};
 use crate::entry::Entry;
 use crate::future::ResponseFuture;
-use crate::handle::{CacheHandle, Found};
+use crate::handle::Found;
 use crate::headers::{self, Forward, BYPASS, CACHE_STATUS, X_CACHE};
 use crate::stats::bump;
 
@@ -36,25 +36,7 @@ impl<S> GrpcCacheService<S> {
         GrpcCacheService { inner, config }
     }
 
-    /// The handle this service caches into.
-    pub fn handle(&self) -> &CacheHandle {
-        &self.config.handle
-    }
-
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The wrapped service, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    engine::inner_service_accessors!();
 }
 
 impl<S, ResB> Service<Request<Body>> for GrpcCacheService<S>

@@ -14,11 +14,11 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::config::Config;
-use super::serve::serve;
+use super::serve::Visit;
 use super::unsafe_method::{invalidate_after, request_host};
 use crate::answer::{answer, Served};
 use crate::body::{BoxError, CacheBody};
-use crate::engine::{falling_back, take_ready};
+use crate::engine::{self, falling_back, take_ready};
 use crate::future::ResponseFuture;
 use crate::handle::{CacheHandle, Found};
 use crate::headers::{self, Forward};
@@ -47,25 +47,7 @@ impl<S> CacheService<S> {
         CacheService { inner, config }
     }
 
-    /// The handle this service caches into.
-    pub fn handle(&self) -> &CacheHandle {
-        &self.config.handle
-    }
-
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The wrapped service, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    engine::inner_service_accessors!();
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for CacheService<S>
@@ -146,9 +128,16 @@ where
                 let logical = logical.into_owned();
                 let config = self.config.clone();
                 let inner = take_ready(&mut self.inner);
-                ResponseFuture::cache(Box::pin(serve(
-                    config, inner, parts, body, logical, variant, revalidate,
-                )))
+                let visit = Visit {
+                    config,
+                    inner,
+                    parts,
+                    body,
+                    logical,
+                    variant,
+                    revalidate,
+                };
+                ResponseFuture::cache(Box::pin(visit.serve()))
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Query-string normalisation for the variant identity.
 //!
 //! Requests that every reasonable server treats alike should share an entry; requests that
-//! some server may treat differently must not. Hence, per the design notes:
+//! some server may treat differently must not. Hence:
 //!
 //! - Query pairs are split on `&` (empty pieces dropped) and stably sorted by name, the text
 //!   before the first `=`: order between names is noise, order within one name is not

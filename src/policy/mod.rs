@@ -419,14 +419,14 @@ impl CachePolicy {
         if !self.store_set_cookie && headers.contains_key(SET_COOKIE) {
             return Err(NotStorable::SetCookie);
         }
-        let date = header_date(headers, DATE);
+        let date = crate::headers::date(headers, DATE);
         let lifetime = match s_maxage.or(max_age) {
             Some(seconds) => Duration::from_secs(seconds),
             None => match (!targeted).then(|| expires_ttl(headers)).flatten() {
                 Some(ttl) => ttl,
                 None => {
                     let heuristic = HEURISTIC_STATUSES.contains(&status.as_u16()) || public;
-                    let modified = header_date(headers, LAST_MODIFIED);
+                    let modified = crate::headers::date(headers, LAST_MODIFIED);
                     match (heuristic, modified) {
                         (true, Some(modified)) => date
                             .unwrap_or_else(SystemTime::now)
@@ -464,36 +464,21 @@ impl CachePolicy {
             .and_then(|a| crate::cache_control::delta_seconds(a.trim()))
             .map(Duration::from_secs)
             .unwrap_or(Duration::ZERO);
-        let apparent = header_date(headers, DATE)
+        let apparent = crate::headers::date(headers, DATE)
             .and_then(|d| SystemTime::now().duration_since(d).ok())
             .unwrap_or(Duration::ZERO);
         age.max(apparent)
     }
 }
 
-fn header_date(headers: &HeaderMap, name: http::header::HeaderName) -> Option<SystemTime> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-}
-
 /// Freshness from `Expires`, relative to the response's `Date` when present. An invalid
 /// `Expires` means "already expired" (RFC 9111 §5.3).
 fn expires_ttl(headers: &HeaderMap) -> Option<Duration> {
     let expires = headers.get(EXPIRES)?;
-    let Some(expires) = expires
-        .to_str()
-        .ok()
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-    else {
+    let Some(expires) = crate::headers::parse_date(expires) else {
         return Some(Duration::ZERO);
     };
-    let now = headers
-        .get(DATE)
-        .and_then(|d| d.to_str().ok())
-        .and_then(|d| httpdate::parse_http_date(d).ok())
-        .unwrap_or_else(SystemTime::now);
+    let now = crate::headers::date(headers, DATE).unwrap_or_else(SystemTime::now);
     Some(expires.duration_since(now).unwrap_or(Duration::ZERO))
 }
 

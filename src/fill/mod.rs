@@ -25,14 +25,20 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, SizeHint};
+
+mod budget;
+mod reader;
+
+pub(crate) use budget::Budget;
+pub(crate) use reader::FillBody;
 
 /// Bytes a fill that stopped recording keeps ahead of its slowest reader.
 pub(crate) const WINDOW: usize = 256 << 10;
@@ -49,47 +55,6 @@ impl std::fmt::Display for FillError {
 }
 
 impl std::error::Error for FillError {}
-
-/// Bytes being recorded by all fills of one handle, against a limit.
-#[derive(Debug)]
-pub(crate) struct Budget {
-    limit: usize,
-    used: AtomicUsize,
-}
-
-impl Budget {
-    pub(crate) fn new(limit: usize) -> Budget {
-        Budget {
-            limit,
-            used: AtomicUsize::new(0),
-        }
-    }
-
-    fn try_reserve(&self, bytes: usize) -> bool {
-        let mut used = self.used.load(Ordering::Relaxed);
-        loop {
-            let Some(next) = used.checked_add(bytes).filter(|n| *n <= self.limit) else {
-                return false;
-            };
-            match self
-                .used
-                .compare_exchange_weak(used, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return true,
-                Err(now) => used = now,
-            }
-        }
-    }
-
-    fn release(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Ordering::Relaxed);
-    }
-
-    /// Bytes held by fills right now.
-    pub(crate) fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-}
 
 /// What the head of a shared response says, for requests that join the fill.
 #[derive(Debug)]
@@ -355,94 +320,6 @@ fn wake_readers(state: &mut State) {
     }
 }
 
-/// A request's view of a fill: the frames from the start, at this request's own pace.
-#[derive(Debug)]
-pub(crate) struct FillBody {
-    fill: Arc<Fill>,
-    id: usize,
-    /// Data bytes handed to this reader, for its size hint.
-    delivered: u64,
-}
-
-impl FillBody {
-    /// The head of the response this body belongs to.
-    pub(crate) fn head(&self) -> &Head {
-        &self.fill.head
-    }
-}
-
-impl Body for FillBody {
-    type Data = Bytes;
-    type Error = FillError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, FillError>>> {
-        let this = self.get_mut();
-        let mut state = this.fill.lock();
-        let Some(reader) = state.readers[this.id] else {
-            return Poll::Ready(None);
-        };
-        if reader.cut {
-            return Poll::Ready(Some(Err(FillError("cut off: read too slowly".into()))));
-        }
-        let index = reader.next - state.base;
-        if let Some(piece) = state.frames.get(index).cloned() {
-            state.readers[this.id] = Some(Reader {
-                next: reader.next + 1,
-                cut: false,
-            });
-            if let Some(writer) = state.writer.take() {
-                writer.wake();
-            }
-            return Poll::Ready(Some(Ok(match piece {
-                Piece::Data(data) => {
-                    this.delivered += data.len() as u64;
-                    Frame::data(data)
-                }
-                Piece::Trailers(trailers) => Frame::trailers(trailers),
-            })));
-        }
-        match &state.end {
-            Some(Ok(())) => Poll::Ready(None),
-            Some(Err(error)) => Poll::Ready(Some(Err(error.clone()))),
-            None => {
-                state.reader_wakers.push(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        let state = self.fill.lock();
-        match state.readers[self.id] {
-            Some(reader) => {
-                matches!(state.end, Some(Ok(()))) && reader.next >= state.base + state.frames.len()
-            }
-            None => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let hint = self.fill.head.size_hint;
-        match hint.exact() {
-            Some(total) => SizeHint::with_exact(total.saturating_sub(self.delivered)),
-            None => SizeHint::new(),
-        }
-    }
-}
-
-impl Drop for FillBody {
-    fn drop(&mut self) {
-        let mut state = self.fill.lock();
-        state.readers[self.id] = None;
-        if let Some(writer) = state.writer.take() {
-            writer.wake();
-        }
-    }
-}
-
 /// What happens to a fill's recorded body at its end.
 pub(crate) trait Commit: Send + 'static {
     /// The body ended and was recorded whole (with its trailers, if it had any): store it.
@@ -544,137 +421,4 @@ impl Fill {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-    use tokio::sync::mpsc;
-
-    struct Noop(Arc<Mutex<Option<Bytes>>>);
-
-    impl Commit for Noop {
-        async fn store(self, body: Bytes, _: Option<HeaderMap>) {
-            *self.0.lock().unwrap() = Some(body);
-        }
-        fn abandon(self) {}
-        fn release_followers(&mut self) {}
-    }
-
-    fn head() -> Head {
-        Head {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            vary: Default::default(),
-            size_hint: SizeHint::new(),
-        }
-    }
-
-    /// An origin body fed frame by frame from the test.
-    fn channel_body() -> (
-        mpsc::Sender<Bytes>,
-        http_body_util::StreamBody<
-            impl futures_util::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>>,
-        >,
-    ) {
-        let (tx, rx) = mpsc::channel::<Bytes>(64);
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
-        });
-        (tx, http_body_util::StreamBody::new(stream))
-    }
-
-    #[tokio::test]
-    async fn a_stalled_reader_holds_up_neither_the_origin_nor_other_readers() {
-        let budget = Arc::new(Budget::new(1 << 20));
-        let fill = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(10));
-        let stalled = fill.reader().unwrap();
-        let mut reading = fill.reader().unwrap();
-        let (tx, body) = channel_body();
-        let stored = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(run(fill.clone(), body, Noop(stored.clone())));
-        for i in 0..10u8 {
-            tx.send(Bytes::from(vec![i; 100])).await.unwrap();
-            let frame = reading.frame().await.unwrap().unwrap();
-            assert_eq!(frame.into_data().unwrap()[0], i);
-        }
-        drop(tx);
-        assert!(reading.frame().await.is_none());
-        task.await.unwrap();
-        assert_eq!(stored.lock().unwrap().as_ref().unwrap().len(), 1000);
-        // The stalled reader still gets everything when it reads at last.
-        let all = stalled.collect().await.unwrap().to_bytes();
-        assert_eq!(all.len(), 1000);
-        drop(reading);
-        drop(fill);
-        assert_eq!(budget.used(), 0, "the budget is given back");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn past_its_limit_a_fill_stops_recording_and_cuts_a_laggard_that_holds_others_up() {
-        let budget = Arc::new(Budget::new(1 << 30));
-        let fill = Fill::new(head(), budget.clone(), 1000, Duration::from_millis(100));
-        let laggard = fill.reader().unwrap();
-        let mut reading = fill.reader().unwrap();
-        let (tx, body) = channel_body();
-        let stored = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(run(fill.clone(), body, Noop(stored.clone())));
-        let chunk = Bytes::from(vec![7; 64 << 10]);
-        let mut read = 0;
-        for _ in 0..16 {
-            tx.send(chunk.clone()).await.unwrap();
-            read += reading
-                .frame()
-                .await
-                .unwrap()
-                .unwrap()
-                .into_data()
-                .unwrap()
-                .len();
-        }
-        assert!(!fill.is_recording());
-        assert_eq!(read, 16 * (64 << 10));
-        drop(tx);
-        assert!(reading.frame().await.is_none());
-        task.await.unwrap();
-        assert!(stored.lock().unwrap().is_none(), "too large to store");
-        // The laggard was cut off instead of holding the other reader.
-        assert!(laggard.collect().await.is_err());
-        assert!(fill.reader().is_none(), "a late joiner fetches alone");
-    }
-
-    #[tokio::test]
-    async fn with_the_budget_spent_an_unrecorded_fill_runs_no_further_ahead_than_its_reader() {
-        // The budget is spent by another fill's recording.
-        let budget = Arc::new(Budget::new(1000));
-        let hog = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(10));
-        assert!(hog.push_data(Bytes::from(vec![0; 1000])));
-        let fill = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(10));
-        let mut reader = fill.reader().unwrap();
-        let (tx, body) = channel_body();
-        let task = tokio::spawn(run(fill.clone(), body, Noop(Arc::new(Mutex::new(None)))));
-        for _ in 0..8 {
-            let _ = tx.try_send(Bytes::from(vec![1; 10_000]));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // The reader has read nothing: the fill took one frame and waits for it.
-        assert_eq!(fill.lock().held, 10_000);
-        reader.frame().await.unwrap().unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(fill.lock().held, 10_000, "one frame ahead, not the window");
-        drop(reader);
-        drop(tx);
-        task.await.unwrap();
-        drop((hog, fill));
-        assert_eq!(budget.used(), 0);
-    }
-
-    #[tokio::test]
-    async fn the_fill_budget_bounds_what_all_fills_record() {
-        let budget = Arc::new(Budget::new(1500));
-        let a = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(1));
-        let b = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(1));
-        assert!(a.push_data(Bytes::from(vec![0; 1000])));
-        assert!(!b.push_data(Bytes::from(vec![0; 1000])), "over the budget");
-        drop((a, b));
-        assert_eq!(budget.used(), 0);
-    }
-}
+mod tests;
