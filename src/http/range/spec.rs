@@ -14,6 +14,8 @@ use std::time::SystemTime;
 use http::header::{DATE, ETAG, LAST_MODIFIED};
 use http::{HeaderMap, HeaderValue};
 
+use crate::headers::{date, parse_date};
+
 /// At most this many ranges are read; a longer list is answered whole.
 const MAX_RANGES: usize = 64;
 
@@ -139,30 +141,23 @@ pub(crate) fn if_range_holds(
     received: SystemTime,
 ) -> bool {
     let mut lines = request.get_all(http::header::IF_RANGE).iter();
-    let condition = match (lines.next(), lines.next()) {
+    let value = match (lines.next(), lines.next()) {
         (None, _) => return true,
-        (Some(condition), None) => condition.as_bytes(),
+        (Some(value), None) => value,
         (Some(_), Some(_)) => return false,
     };
+    let condition = value.as_bytes();
     if condition.starts_with(b"\"") || condition.starts_with(b"W/") {
         let Some(etag) = stored.get(ETAG).map(HeaderValue::as_bytes) else {
             return false;
         };
         return condition.starts_with(b"\"") && etag.starts_with(b"\"") && etag == condition;
     }
-    let date = |value: &[u8]| {
-        std::str::from_utf8(value)
-            .ok()
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-    };
-    let (Some(since), Some(modified)) = (
-        date(condition),
-        stored.get(LAST_MODIFIED).and_then(|v| date(v.as_bytes())),
-    ) else {
+    let (Some(since), Some(modified)) = (parse_date(value), date(stored, LAST_MODIFIED)) else {
         return false;
     };
     let sent = match stored.get(DATE) {
-        Some(value) => match date(value.as_bytes()) {
+        Some(value) => match parse_date(value) {
             Some(sent) => sent,
             None => return false,
         },
