@@ -7,16 +7,31 @@
 //! ```
 //!
 //! Also a way to test the layer against any HTTP origin.
+//!
+//! Interim responses: the origin's `103 Early Hints` or `102 Processing` reach the client
+//! before the final response, and are never stored (the client after it gets the cached
+//! final response alone). hyper's server has no API to send a 1xx (a `Service` returns one
+//! response), so [`serve`] relays them itself: the upstream client hands each 1xx to the
+//! request's [`InterimSlot`] (`hyper::ext::on_informational`), and the connection's IO
+//! ([`RelayIo`]) writes it out before the final response head. HTTP/1.1 only: the relay
+//! writes HTTP/1.1 framing.
 
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::IntoResponse;
 use axum::Router;
-use http::{StatusCode, Uri};
+use bytes::{Buf, BytesMut};
+use http::{HeaderMap, StatusCode, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
 use tower_response_cache::{CacheHandle, CacheLayer, CachePolicy, MemoryStore};
 
 /// The proxy: every request is forwarded to `upstream` (scheme and authority replaced),
@@ -32,6 +47,11 @@ pub fn proxy_app(upstream: Uri, cache: CacheHandle) -> Router {
             target.path_and_query = path.parse().ok();
             *request.uri_mut() = Uri::from_parts(target).expect("upstream URI");
             request.headers_mut().remove(http::header::HOST);
+            if let Some(slot) = request.extensions().get::<InterimSlot>().cloned() {
+                hyper::ext::on_informational(&mut request, move |interim| {
+                    slot.push(interim.status(), interim.headers());
+                });
+            }
             match client.request(request).await {
                 Ok(response) => response.map(Body::new).into_response(),
                 Err(error) => {
@@ -91,9 +111,195 @@ async fn main() {
         .namespace("proxy")
         .ttl(Duration::from_secs(60))
         .build();
-    let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
+    let listener = TcpListener::bind(&listen).await.expect("bind");
     println!("caching proxy on http://{listen} -> {upstream}");
-    axum::serve(listener, proxy_app(upstream, cache))
-        .await
-        .expect("serve");
+    serve(listener, proxy_app(upstream, cache)).await;
+}
+
+/// Serve `app` over HTTP/1.1, relaying the upstream's 1xx interim responses (see the
+/// module docs). Runs forever.
+pub async fn serve(listener: TcpListener, app: Router) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: let connections close before accepting again.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let relay = Arc::new(Mutex::new(Relay::default()));
+        let io = RelayIo {
+            inner: stream,
+            relay: relay.clone(),
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<_>| {
+            let slot = InterimSlot::begin(&relay);
+            request.extensions_mut().insert(slot.clone());
+            let response = tower::ServiceExt::oneshot(app.clone(), request);
+            async move {
+                let response = response.await;
+                // The final response goes out next: a 1xx arriving later is dropped.
+                slot.close();
+                response
+            }
+        });
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended");
+            }
+        });
+    }
+}
+
+/// One connection's interim responses waiting to be written, in HTTP/1.1 framing.
+#[derive(Default)]
+struct Relay {
+    /// Bumped for every request; a slot of an older request writes nothing.
+    request: u64,
+    /// The current request's final response has not been handed to hyper yet.
+    open: bool,
+    /// hyper's own write buffer has been empty since the current request began (it calls
+    /// the IO's `poll_flush` only then): bytes written now follow the previous response.
+    drained: bool,
+    pending: BytesMut,
+    /// The connection task, woken to write a 1xx while the final response is awaited.
+    waker: Option<Waker>,
+}
+
+/// A request's way to its connection: the upstream client pushes each 1xx here.
+#[derive(Clone)]
+pub struct InterimSlot {
+    relay: Arc<Mutex<Relay>>,
+    request: u64,
+}
+
+impl InterimSlot {
+    fn begin(relay: &Arc<Mutex<Relay>>) -> InterimSlot {
+        let mut state = relay.lock().unwrap();
+        state.request += 1;
+        state.open = true;
+        state.drained = false;
+        state.pending.clear();
+        InterimSlot {
+            relay: relay.clone(),
+            request: state.request,
+        }
+    }
+
+    fn close(&self) {
+        let mut state = self.relay.lock().unwrap();
+        if state.request == self.request {
+            state.open = false;
+        }
+    }
+
+    /// Queue an interim response for the client. `100 Continue` is hyper's own business
+    /// (it answers `Expect` itself) and `101` would need an upgrade: neither is relayed.
+    fn push(&self, status: StatusCode, headers: &HeaderMap) {
+        if matches!(status.as_u16(), 100 | 101) || !status.is_informational() {
+            return;
+        }
+        let mut state = self.relay.lock().unwrap();
+        if state.request != self.request || !state.open {
+            return;
+        }
+        let reason = status.canonical_reason().unwrap_or("");
+        let line = format!("HTTP/1.1 {} {reason}\r\n", status.as_u16());
+        state.pending.extend_from_slice(line.as_bytes());
+        for (name, value) in headers {
+            if name == http::header::CONNECTION || name == "keep-alive" {
+                continue;
+            }
+            state.pending.extend_from_slice(name.as_str().as_bytes());
+            state.pending.extend_from_slice(b": ");
+            state.pending.extend_from_slice(value.as_bytes());
+            state.pending.extend_from_slice(b"\r\n");
+        }
+        state.pending.extend_from_slice(b"\r\n");
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// The client connection with the relay's bytes written ahead of hyper's.
+struct RelayIo {
+    inner: tokio::net::TcpStream,
+    relay: Arc<Mutex<Relay>>,
+}
+
+impl RelayIo {
+    /// Write the queued interim responses first. `flushing`: hyper's buffer is empty now.
+    fn poll_relay(&mut self, cx: &mut Context<'_>, flushing: bool) -> Poll<io::Result<()>> {
+        let mut state = self.relay.lock().unwrap();
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        if flushing {
+            state.drained = true;
+        }
+        if !state.drained {
+            // hyper may still hold the previous response's tail: a 1xx now could land
+            // inside it, so it is dropped (only when the client reads that slowly).
+            state.pending.clear();
+        }
+        while !state.pending.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &state.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            state.pending.advance(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for RelayIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for RelayIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_relay(cx, false))?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_relay(cx, false))?;
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_relay(cx, true))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

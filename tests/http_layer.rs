@@ -17,7 +17,7 @@ use common::*;
 use tower_response_cache::{CacheHandle, CacheLayer, CachePolicy, MemoryStore};
 
 /// Counts the requests that reach it, and answers with what the query asks for:
-/// `status=`, `cc=` (Cache-Control), `vary=`, `cookie=1` (Set-Cookie), `tag=` (Cache-Tag),
+/// `status=`, `cc=` (Cache-Control), `pcc=` / `cdn=` (targeted fields), `vary=`, `cookie=1` (Set-Cookie), `tag=` (Cache-Tag),
 /// `size=` (body bytes), `delay_ms=`.
 #[derive(Clone, Default)]
 struct Origin {
@@ -56,6 +56,7 @@ async fn origin(
     for (param, header) in [
         ("cc", "cache-control"),
         ("pcc", "portal-cache-control"),
+        ("cdn", "cdn-cache-control"),
         ("vary", "vary"),
         ("tag", "cache-tag"),
     ] {
@@ -529,4 +530,29 @@ async fn a_targeted_field_gives_this_cache_its_own_rules() {
     get(&client, addr, private).await;
     assert_eq!(get(&client, addr, private).await.x_cache(), "MISS");
     assert!(origin.calls() >= 3);
+}
+
+#[tokio::test]
+async fn targeted_fields_override_cache_control_in_the_order_named() {
+    let handle = CacheHandle::in_memory();
+    let policy = CachePolicy::default()
+        .targeted_cache_control(HeaderName::from_static("portal-cache-control"))
+        .targeted_cache_control(HeaderName::from_static("cdn-cache-control"));
+    let (origin, addr, client) = start_with(CacheLayer::new(handle.clone()).policy(policy)).await;
+    // CDN-Cache-Control stores what Cache-Control forbids.
+    let cdn = "/t/cdn?cc=no-store&cdn=max-age%3D60";
+    get(&client, addr, cdn).await;
+    stored(&handle, 1).await;
+    assert_eq!(get(&client, addr, cdn).await.x_cache(), "HIT");
+    // The field named first wins over the one named after it.
+    let both = "/t/both?cdn=max-age%3D60&pcc=no-store";
+    get(&client, addr, both).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(get(&client, addr, both).await.x_cache(), "MISS");
+    // Without the policy naming it, CDN-Cache-Control is just a header.
+    let (_, plain, client, _) = start().await;
+    get(&client, plain, cdn).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(get(&client, plain, cdn).await.x_cache(), "MISS");
+    assert_eq!(origin.calls(), 3);
 }

@@ -351,7 +351,8 @@ async fn request_directives_weigh_against_a_stored_answer() {
         &[("cache-control", "max-age=0, x=1")],
     )
     .await;
-    assert_ne!(too_old.x_cache(), "HIT");
+    assert_eq!(too_old.x_cache(), "MISS", "not even as a stale answer");
+    assert_eq!(s.calls(), 2);
     let picky = get_with(
         &s.client,
         s.proxy,
@@ -359,7 +360,8 @@ async fn request_directives_weigh_against_a_stored_answer() {
         &[("cache-control", "min-fresh=6000")],
     )
     .await;
-    assert_ne!(picky.x_cache(), "HIT");
+    assert_eq!(picky.x_cache(), "MISS", "not even as a stale answer");
+    assert_eq!(s.calls(), 3);
     let calls = s.calls();
     // max-stale: an expired answer the request accepts is served without the upstream.
     let path = "/ms?cc=max-age%3D1";
@@ -393,4 +395,169 @@ async fn a_clients_own_condition_goes_upstream_when_nothing_is_stored() {
     let cached = get_with(&s.client, s.proxy, path, &[("if-none-match", "\"v1\"")]).await;
     assert_eq!(cached.status, axum::http::StatusCode::NOT_MODIFIED);
     assert_eq!(s.calls(), 2);
+}
+
+/// An upstream that answers every request with `103 Early Hints` and then a cacheable
+/// `200`, counting the requests.
+async fn early_hints_upstream(calls: Arc<AtomicUsize>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0; 1024];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                    if request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        request.clear();
+                        let hints =
+                            "HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n";
+                        socket.write_all(hints.as_bytes()).await.unwrap();
+                        socket.flush().await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let last = "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: 2\r\n\r\nok";
+                        socket.write_all(last.as_bytes()).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One request over a plain socket: everything the proxy wrote, interim responses included.
+async fn raw_exchange(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: proxy\r\nconnection: close\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    socket.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer).to_lowercase()
+}
+
+#[tokio::test]
+async fn interim_responses_reach_the_client_and_are_never_cached() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = early_hints_upstream(calls.clone()).await;
+    let cache = CacheHandle::in_memory();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = proxy::proxy_app(format!("http://{origin}").parse().unwrap(), cache.clone());
+    tokio::spawn(proxy::serve(listener, app));
+
+    let first = raw_exchange(addr, "/hinted").await;
+    assert!(first.starts_with("http/1.1 103"), "{first}");
+    let final_head = first.find("http/1.1 200").expect("a final response");
+    assert!(
+        first[..final_head].contains("link: </s.css>; rel=preload"),
+        "{first}"
+    );
+    assert!(first.ends_with("\r\n\r\nok"), "{first}");
+    for _ in 0..200 {
+        if cache.stats().stores >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // From the cache: the final response alone, no 103 and none of its fields.
+    let second = raw_exchange(addr, "/hinted").await;
+    assert!(second.starts_with("http/1.1 200"), "{second}");
+    assert!(second.contains("x-cache: hit"), "{second}");
+    assert!(!second.contains("link:"), "{second}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn ranges_are_answered_from_a_stored_200_and_otherwise_forwarded_unstored() {
+    let s = setup().await;
+    let path = "/bytes?cc=max-age%3D600";
+    assert_eq!(get(&s.client, s.proxy, path).await.text(), "#1");
+    s.stored(1).await;
+    for (range, status, body, content_range) in [
+        ("bytes=1-", 206, "1", "bytes 1-1/2"),
+        ("bytes=0-0", 206, "#", "bytes 0-0/2"),
+        ("bytes=-1", 206, "1", "bytes 1-1/2"),
+        ("bytes=5-", 416, "", "bytes */2"),
+    ] {
+        let answer = get_with(&s.client, s.proxy, path, &[("range", range)]).await;
+        assert_eq!(answer.status.as_u16(), status, "{range}");
+        assert_eq!(answer.text(), body, "{range}");
+        assert_eq!(answer.header("content-range"), content_range, "{range}");
+        assert_eq!(answer.x_cache(), "HIT", "{range}");
+    }
+    assert_eq!(s.calls(), 1);
+    // A client that wants it fresh: forwarded as sent, and what comes back is not stored.
+    let forced = get_with(
+        &s.client,
+        s.proxy,
+        path,
+        &[("range", "bytes=0-0"), ("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(forced.text(), "#2", "the upstream ignores ranges");
+    assert_eq!(get(&s.client, s.proxy, path).await.text(), "#1");
+    // Nothing stored: forwarded, and the answer to a range never fills the cache.
+    let miss = "/unstored?cc=max-age%3D600";
+    let ranged = get_with(&s.client, s.proxy, miss, &[("range", "bytes=0-0")]).await;
+    assert_eq!(ranged.x_cache(), "MISS");
+    assert_eq!(s.calls(), 3);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get(&s.client, s.proxy, miss).await.x_cache(), "MISS");
+    assert_eq!(s.calls(), 4);
+}
+
+#[tokio::test]
+async fn freshness_fields_are_read_to_the_letter() {
+    let s = setup().await;
+    // Conflicting max-age, a decimal, spaces around `=`: no usable lifetime, not reused.
+    for (i, cc) in [
+        "max-age%3D60,%20max-age%3D120",
+        "max-age%3D60.5",
+        "max-age%20%3D%2060",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let path = format!("/strict{i}?cc={cc}");
+        get(&s.client, s.proxy, &path).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let again = get(&s.client, s.proxy, &path).await;
+        assert_ne!(again.x_cache(), "HIT", "{cc}");
+    }
+    assert_eq!(s.calls(), 6);
+    // An Age with a suffix is not an age: the whole max-age is the lifetime.
+    let path = "/suffixed?cc=max-age%3D600&age=500s";
+    get(&s.client, s.proxy, path).await;
+    s.stored(1).await;
+    let hit = get(&s.client, s.proxy, path).await;
+    assert_eq!(hit.x_cache(), "HIT");
+    let ttl: u64 = hit
+        .header("cache-status")
+        .rsplit("ttl=")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ttl > 500, "{}", hit.header("cache-status"));
+}
+
+#[tokio::test]
+async fn an_unknown_unsafe_method_invalidates() {
+    let s = setup().await;
+    let path = "/searched?cc=max-age%3D600";
+    get(&s.client, s.proxy, path).await;
+    s.stored(1).await;
+    assert_eq!(get(&s.client, s.proxy, path).await.x_cache(), "HIT");
+    let search = request(&s.client, "M-SEARCH", s.proxy, path, &[]).await;
+    assert_eq!(search.status, http::StatusCode::OK);
+    assert_eq!(get(&s.client, s.proxy, path).await.x_cache(), "MISS");
 }

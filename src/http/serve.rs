@@ -11,9 +11,11 @@
 //! that fails (stale-if-error), or validated upstream and freshened by a `304`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
@@ -24,8 +26,7 @@ use crate::answer::{answer, answer_to, Served};
 use crate::body::{BoxError, CacheBody};
 use crate::cache_control::RequestDirectives;
 use crate::clock;
-use crate::coalesce::Outcome;
-use crate::coalesce::{Role, Share, Turn};
+use crate::coalesce::{Leader, Role, Share, Turn};
 use crate::engine::{self, falling_back, release, Miss};
 use crate::entry::Entry;
 use crate::fill::{Fill, FillBody};
@@ -34,17 +35,36 @@ use crate::headers::{self, Forward, CACHE_STATUS, X_CACHE};
 use crate::key::{self, Variant};
 use crate::stats::bump;
 
-/// A `GET` or `HEAD` the cache may answer; `revalidate` skips the lookup (the client asked
-/// for a fresh answer) but still stores what comes back.
-pub(super) async fn serve<S, ReqB, ResB>(
-    config: Arc<Config>,
-    mut inner: S,
-    parts: http::request::Parts,
-    body: ReqB,
-    logical: String,
-    variant: Variant,
-    revalidate: bool,
-) -> Result<Response<CacheBody<ResB>>, S::Error>
+/// A `GET` or `HEAD` the cache may answer, on its way through the cache.
+pub(super) struct Visit<S, ReqB> {
+    pub(super) config: Arc<Config>,
+    /// The ready inner service.
+    pub(super) inner: S,
+    pub(super) parts: Parts,
+    pub(super) body: ReqB,
+    pub(super) logical: String,
+    pub(super) variant: Variant,
+    /// Skip the lookup (the client asked for a fresh answer), but store what comes back.
+    pub(super) revalidate: bool,
+}
+
+/// What a lookup leaves for the origin.
+struct Fetch {
+    forward: Forward,
+    leader: Option<Leader>,
+    /// An expired entry the origin may validate instead of sending it again.
+    expired: Option<Arc<Entry>>,
+    /// An expired entry that may stand in if the origin fails.
+    stale_if_error: Option<Arc<Entry>>,
+}
+
+/// How a lookup ended.
+enum Looked<S, ReqB, B> {
+    Answered(Response<CacheBody<B>>),
+    Fetch(Visit<S, ReqB>, Fetch),
+}
+
+impl<S, ReqB, ResB> Visit<S, ReqB>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
     S::Future: Send,
@@ -52,207 +72,334 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    let handle = &config.handle;
-    let counters = &handle.shared().counters;
-    let is_head = parts.method == Method::HEAD;
-    let mut coalesced = false;
-    // An expired entry that may stand in if the origin fails.
-    let mut stale = None;
-    // An expired entry the origin may validate instead of sending it again.
-    let mut expired = None;
-    let mut skip_lookup = revalidate;
-    // The headers the key's stored variants vary on: part of the flight key.
-    let mut vary_names = Vec::new();
-    let directives = config.request_directives(&parts.headers);
-    let (forward, leader) = loop {
-        let found = if std::mem::take(&mut skip_lookup) {
-            None
-        } else {
-            let found = handle.lookup(&logical, &variant, &parts.headers).await;
-            Some(match directives {
-                Some(directives) => weigh(found, &directives),
-                None => found,
-            })
+    /// Answer from the cache, from a flight in the air, or from the origin.
+    pub(super) async fn serve(self) -> Result<Response<CacheBody<ResB>>, S::Error> {
+        let directives = self.config.request_directives(&self.parts.headers);
+        let (visit, fetch) = match self.look(directives.as_ref()).await {
+            Looked::Answered(response) => return Ok(response),
+            Looked::Fetch(visit, fetch) => (visit, fetch),
         };
-        let forward = match found {
-            None => Forward::Request,
-            Some(Found::Hit(entry)) => {
-                bump!(counters, hits);
-                let served = Served::Hit { coalesced };
-                return Ok(answer(&entry, &parts, served, falling_back(handle)));
-            }
-            Some(Found::Stale(entry)) if accepts_stale(directives.as_ref(), &entry) => {
-                bump!(counters, stale);
-                return Ok(answer(
-                    &entry,
-                    &parts,
-                    Served::MaxStale,
-                    falling_back(handle),
-                ));
-            }
-            Some(Found::Stale(entry))
-                if entry.within_stale_while_revalidate(clock::now_millis()) =>
-            {
-                bump!(counters, stale);
-                let response = answer(
-                    &entry,
-                    &parts,
-                    Served::StaleWhileRevalidate,
-                    falling_back(handle),
-                );
-                // One refresh per key: if a flight is in the air, it is the refresh.
-                if !is_head {
-                    let flight = flight_key(&variant, &entry.vary().names, &parts.headers);
-                    if let Role::Leader(leader) = handle.flights().join(&logical, &flight) {
-                        spawn_refresh(config.clone(), inner, parts, body, logical, variant, leader);
-                    }
-                }
-                return Ok(response);
-            }
-            Some(Found::Stale(entry)) => {
-                if entry.within_stale_if_error(clock::now_millis()) {
-                    stale = Some(entry.clone());
-                }
-                expired = Some(entry);
-                Forward::Stale
-            }
-            Some(Found::UriMiss) => Forward::UriMiss,
-            Some(Found::VaryMiss(names)) => {
-                vary_names = names;
-                Forward::VaryMiss
-            }
-        };
-        if is_head || handle.is_hit_for_miss(&logical, &variant.identity) {
-            // A HEAD miss is answered by the origin and never stored as a GET entry; a key
-            // whose responses are not storable does not queue behind one leader.
-            break (forward, None);
+        if directives.is_some_and(|d| d.only_if_cached) {
+            // RFC 9111 §5.2.1.7: nothing stored may answer, and the client forbids asking.
+            release(fetch.leader);
+            bump!(visit.config.handle.shared().counters, misses);
+            return Ok(gateway_timeout(fetch.forward));
         }
-        let flight = flight_key(&variant, &vary_names, &parts.headers);
-        let share = |fill: &Arc<Fill>| {
-            if !record::may_share(fill, &parts.headers) {
-                Share::OtherVariant
-            } else if has_conditionals(&parts.headers) {
-                Share::WaitForEntry
+        visit.fetch(fetch).await
+    }
+
+    /// Look up until something answers, or this request leads (or flies alone) to the
+    /// origin.
+    async fn look(self, directives: Option<&RequestDirectives>) -> Looked<S, ReqB, ResB> {
+        let handle = &self.config.handle;
+        let counters = &handle.shared().counters;
+        let is_head = self.parts.method == Method::HEAD;
+        let mut coalesced = false;
+        let mut expired = None;
+        let mut stale_if_error = None;
+        let mut skip_lookup = self.revalidate;
+        // The headers the key's stored variants vary on: part of the flight key.
+        let mut vary_names = Vec::new();
+        let (forward, leader) = loop {
+            let found = if std::mem::take(&mut skip_lookup) {
+                None
             } else {
-                Share::Read
+                let found = handle
+                    .lookup(&self.logical, &self.variant, &self.parts.headers)
+                    .await;
+                Some(match directives {
+                    Some(directives) => weigh(found, directives),
+                    None => found,
+                })
+            };
+            let served = |entry: &Entry, served| {
+                Looked::Answered(answer(entry, &self.parts, served, falling_back(handle)))
+            };
+            let forward = match found {
+                None => Forward::Request,
+                Some(Found::Hit(entry)) => {
+                    bump!(counters, hits);
+                    return served(&entry, Served::Hit { coalesced });
+                }
+                Some(Found::Stale(entry)) if accepts_stale(directives, &entry) => {
+                    bump!(counters, stale);
+                    return served(&entry, Served::MaxStale);
+                }
+                // Never for an entry the request's `max-age` / `min-fresh` refused (RFC 9111
+                // §4.2.4: no stale answer against an explicit directive).
+                Some(Found::Stale(entry))
+                    if entry.within_stale_while_revalidate(clock::now_millis())
+                        && directives
+                            .is_none_or(|d| d.max_age.is_none() && d.min_fresh.is_none()) =>
+                {
+                    bump!(counters, stale);
+                    let response = served(&entry, Served::StaleWhileRevalidate);
+                    // One refresh per key: if a flight is in the air, it is the refresh.
+                    if !is_head {
+                        let flight =
+                            flight_key(&self.variant, &entry.vary().names, &self.parts.headers);
+                        if let Role::Leader(leader) = handle.flights().join(&self.logical, &flight)
+                        {
+                            self.spawn_refresh(leader);
+                        }
+                    }
+                    return response;
+                }
+                Some(Found::Stale(entry)) => {
+                    if entry.within_stale_if_error(clock::now_millis()) {
+                        stale_if_error = Some(entry.clone());
+                    }
+                    expired = Some(entry);
+                    Forward::Stale
+                }
+                Some(Found::UriMiss) => Forward::UriMiss,
+                Some(Found::VaryMiss(names)) => {
+                    vary_names = names;
+                    Forward::VaryMiss
+                }
+            };
+            if is_head || handle.is_hit_for_miss(&self.logical, &self.variant.identity) {
+                // A HEAD miss is answered by the origin and never stored as a GET entry; a
+                // key whose responses are not storable does not queue behind one leader.
+                break (forward, None);
+            }
+            let flight = flight_key(&self.variant, &vary_names, &self.parts.headers);
+            let headers = &self.parts.headers;
+            let share = |fill: &Arc<Fill>| {
+                if !record::may_share(fill, headers) {
+                    Share::OtherVariant
+                } else if has_conditionals(headers) {
+                    Share::WaitForEntry
+                } else {
+                    Share::Read
+                }
+            };
+            match handle.take_turn(&self.logical, &flight, share).await {
+                Turn::OtherVariant(names) => vary_names = names,
+                Turn::Read(reader) => {
+                    bump!(counters, misses);
+                    let fallback = falling_back(handle);
+                    return Looked::Answered(shared_answer(reader, forward, fallback));
+                }
+                Turn::Lead(leader) => break (forward, Some(leader)),
+                Turn::LookAgain => coalesced = true,
+                Turn::FetchAlone => break (forward, None),
             }
         };
-        match handle.take_turn(&logical, &flight, share).await {
-            Turn::OtherVariant(names) => vary_names = names,
-            Turn::Read(reader) => {
-                bump!(counters, misses);
-                return Ok(shared_answer(reader, forward, falling_back(handle)));
-            }
-            Turn::Lead(leader) => break (forward, Some(leader)),
-            Turn::LookAgain => coalesced = true,
-            Turn::FetchAlone => break (forward, None),
-        }
-    };
-    if directives.is_some_and(|d| d.only_if_cached) {
-        // RFC 9111 §5.2.1.7: nothing stored that may answer, and the client forbids asking.
-        release(leader);
+        let fetch = Fetch {
+            forward,
+            leader,
+            expired,
+            stale_if_error,
+        };
+        Looked::Fetch(self, fetch)
+    }
+
+    /// Ask the origin: for the full answer (recorded when storable), or whether the expired
+    /// entry still holds; fall back on a stale entry if the origin fails.
+    async fn fetch(self, fetch: Fetch) -> Result<Response<CacheBody<ResB>>, S::Error> {
+        let Visit {
+            config,
+            mut inner,
+            mut parts,
+            body,
+            logical,
+            variant,
+            ..
+        } = self;
+        let handle = &config.handle;
+        let counters = &handle.shared().counters;
         bump!(counters, misses);
-        let mut response = Response::new(CacheBody::cached(None, None));
-        *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-        response.headers_mut().insert(X_CACHE, headers::MISS);
-        response.headers_mut().insert(
-            CACHE_STATUS,
-            headers::forward_status(forward, false, Some("only-if-cached"), false),
-        );
-        return Ok(response);
-    }
-    bump!(counters, misses);
-    let ticket = handle.ticket().await;
-    let mut parts = parts;
-    let request_headers = parts.headers.clone();
-    let mut validating = None;
-    // With nothing stored to answer it from, a client's own condition goes to the origin
-    // as sent (RFC 9111 §4.3.2): its 304 passes through, a 200 is stored.
-    let forward_condition = expired.is_none() && has_conditionals(&parts.headers);
-    if !is_head && !forward_condition {
-        // Ask for the full response, so it can be stored; the client's own conditions
-        // are answered from the stored entry later.
-        strip_conditionals(&mut parts.headers);
-        // Or ask whether the expired entry still holds (RFC 9111 §4.3.1).
-        if let Some(entry) = expired.filter(|e| add_validators(&config, e, &mut parts.headers)) {
-            validating = Some(entry);
+        let ticket = handle.ticket().await;
+        let is_head = parts.method == Method::HEAD;
+        let request_headers = parts.headers.clone();
+        let mut validating = None;
+        // With nothing stored to answer it from, a client's own condition goes to the
+        // origin as sent (RFC 9111 §4.3.2): its 304 passes through, a 200 is stored.
+        let forward_condition = fetch.expired.is_none() && has_conditionals(&parts.headers);
+        let head_of = if is_head { fetch.expired.clone() } else { None };
+        if !is_head && !forward_condition {
+            // Ask for the full response, so it can be stored; the client's own conditions
+            // are answered from the stored entry later.
+            strip_conditionals(&mut parts.headers);
+            // Or ask whether the expired entry still holds (RFC 9111 §4.3.1).
+            validating = fetch
+                .expired
+                .filter(|e| add_validators(&config, e, &mut parts.headers));
         }
-    }
-    let call = inner.call(Request::from_parts(parts, body));
-    let response = match stale {
-        None => call.await?,
-        Some(entry) => {
-            let answered = match config.policy.origin_deadline() {
-                Some(deadline) => tokio::time::timeout(deadline, call).await.ok(),
-                None => Some(call.await),
-            };
-            match answered {
-                Some(Ok(response)) if !is_origin_failure(response.status()) => response,
-                failure => {
-                    let status = match &failure {
-                        Some(Ok(response)) => response.status().as_u16().to_string(),
-                        Some(Err(_)) => "error".to_owned(),
-                        None => "timeout".to_owned(),
-                    };
-                    tracing::debug!(key = %logical, origin = %status, "origin failed; serving stale");
-                    release(leader);
+        let call = inner.call(Request::from_parts(parts, body));
+        let response = match fetch.stale_if_error {
+            None => call.await?,
+            Some(entry) => match origin_or_failure(&config, call).await {
+                Ok(response) => response,
+                Err(failure) => {
+                    tracing::debug!(key = %logical, origin = %failure, "origin failed; serving stale");
+                    release(fetch.leader);
                     bump!(counters, stale);
                     let served = Served::StaleIfError;
+                    let fallback = falling_back(handle);
                     return Ok(answer_to(
                         &entry,
                         &request_headers,
                         is_head,
                         served,
-                        falling_back(handle),
+                        fallback,
                     ));
                 }
+            },
+        };
+        // RFC 9111 §4.3.5: a 200 to a HEAD freshens the stored GET it describes.
+        if let Some(entry) = head_of.filter(|_| response.status() == StatusCode::OK) {
+            let head = response.headers();
+            let (hash, headers) = (variant.hash, &request_headers);
+            let freshened =
+                super::head_update::freshen(&config, &entry, head, &logical, hash, ticket, headers);
+            if let Some(answer) = freshened.await {
+                return Ok(answer);
             }
         }
-    };
-    if let Some(entry) = validating.filter(|_| response.status() == StatusCode::NOT_MODIFIED) {
-        let (parts, _) = response.into_parts();
-        let headers = headers::updated_from_304(entry.headers(), &parts.headers);
-        let policy = &config.policy;
-        let ttl = policy.storable(entry.status(), &headers, handle.ttl(), &request_headers);
-        let fresh = Arc::new(match ttl {
-            Ok(ttl) => entry
-                .freshened(headers, ttl)
-                .with_initial_age(policy.initial_age(&parts.headers)),
-            // Not storable any more: this answer only, fresh for nobody after it.
-            Err(_) => entry.freshened(headers, std::time::Duration::ZERO),
-        });
-        let stored = match ttl {
-            Ok(_) => {
-                handle
-                    .commit(&logical, variant.hash, ticket, fresh.clone())
-                    .await
-            }
-            Err(_) => false,
+        if let Some(entry) = validating.filter(|_| response.status() == StatusCode::NOT_MODIFIED) {
+            let (parts, _) = response.into_parts();
+            let fresh = freshen(&config, &entry, &parts.headers, &request_headers);
+            let stored = match &fresh {
+                Ok(fresh) => {
+                    handle
+                        .commit(&logical, variant.hash, ticket, fresh.clone())
+                        .await
+                }
+                Err(_) => false,
+            };
+            engine::finish(fetch.leader, stored);
+            bump!(counters, hits);
+            let fresh = fresh.unwrap_or_else(|answer_only| answer_only);
+            let fallback = falling_back(handle);
+            return Ok(answer_to(
+                &fresh,
+                &request_headers,
+                is_head,
+                Served::Revalidated,
+                fallback,
+            ));
+        }
+        let miss = Miss {
+            logical,
+            variant,
+            ticket,
+            leader: fetch.leader,
+            forward: fetch.forward,
         };
-        engine::finish(leader, stored);
-        bump!(counters, hits);
-        return Ok(answer_to(
-            &fresh,
-            &request_headers,
+        Ok(record::response(
+            &config,
+            miss,
             is_head,
-            Served::Revalidated,
-            falling_back(handle),
-        ));
+            response,
+            &request_headers,
+        ))
     }
-    let miss = Miss {
-        logical,
-        variant,
-        ticket,
-        leader,
-        forward,
+}
+
+/// The origin's answer, or why it does not count (a 5xx, an error, past the deadline):
+/// then a stale entry answers instead (RFC 5861 stale-if-error).
+async fn origin_or_failure<F, B, E>(config: &Config, call: F) -> Result<Response<B>, String>
+where
+    F: std::future::Future<Output = Result<Response<B>, E>>,
+{
+    let answered = match config.policy.origin_deadline() {
+        Some(deadline) => tokio::time::timeout(deadline, call).await.ok(),
+        None => Some(call.await),
     };
-    Ok(record::response(
-        &config,
-        miss,
-        is_head,
-        response,
-        &request_headers,
-    ))
+    match answered {
+        Some(Ok(response)) if !is_origin_failure(response.status()) => Ok(response),
+        Some(Ok(response)) => Err(response.status().as_u16().to_string()),
+        Some(Err(_)) => Err("error".to_owned()),
+        None => Err("timeout".to_owned()),
+    }
+}
+
+/// The expired `entry` freshened by the origin's `304` (RFC 9111 §3.2, §4.3.4): `Ok` to
+/// store, `Err` when the new headers make it unstorable (it then answers this request only,
+/// fresh for nobody after it).
+fn freshen(
+    config: &Config,
+    entry: &Entry,
+    not_modified: &HeaderMap,
+    request_headers: &HeaderMap,
+) -> Result<Arc<Entry>, Arc<Entry>> {
+    let headers = headers::updated_from_304(entry.headers(), not_modified);
+    let policy = &config.policy;
+    match policy.storable(
+        entry.status(),
+        &headers,
+        config.handle.ttl(),
+        request_headers,
+    ) {
+        Ok(ttl) => Ok(Arc::new(
+            entry
+                .freshened(headers, ttl)
+                .with_initial_age(policy.initial_age(not_modified)),
+        )),
+        Err(_) => Err(Arc::new(entry.freshened(headers, Duration::ZERO))),
+    }
+}
+
+impl<S, ReqB, ResB> Visit<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    /// Refresh an entry in the background: the client already has the stale copy. The
+    /// task runs to completion (the body is drained and stored) even when no client waits.
+    fn spawn_refresh(self, leader: Leader) {
+        let Visit {
+            config,
+            mut inner,
+            mut parts,
+            body,
+            logical,
+            variant,
+            ..
+        } = self;
+        tokio::spawn(async move {
+            let ticket = config.handle.ticket().await;
+            let request_headers = parts.headers.clone();
+            strip_conditionals(&mut parts.headers);
+            let Ok(response) = inner.call(Request::from_parts(parts, body)).await else {
+                tracing::debug!(key = %logical, "background refresh failed; the stale entry stays");
+                release(Some(leader));
+                return;
+            };
+            let miss = Miss {
+                logical,
+                variant,
+                ticket,
+                leader: Some(leader),
+                forward: Forward::Stale,
+            };
+            // The fill reads the body to its end and stores it, with or without a reader.
+            drop(record::response(
+                &config,
+                miss,
+                false,
+                response,
+                &request_headers,
+            ));
+        });
+    }
+}
+
+/// `504` for a request whose `only-if-cached` nothing stored could answer.
+fn gateway_timeout<B>(forward: Forward) -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::cached(None, None));
+    *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    response.headers_mut().insert(X_CACHE, headers::MISS);
+    response.headers_mut().insert(
+        CACHE_STATUS,
+        headers::forward_status(forward, false, Some("only-if-cached"), false),
+    );
+    response
 }
 
 /// A hit the request's `max-age` / `min-fresh` refuse is stale to it.
@@ -309,48 +456,4 @@ fn shared_answer<B>(reader: FillBody, forward: Forward, fallback: bool) -> Respo
     headers.insert(CACHE_STATUS, headers::collapsed_status(forward, fallback));
     headers.insert(X_CACHE, headers::MISS);
     response.map(|()| CacheBody::fill(reader))
-}
-
-/// Refresh an entry in the background: the client already has the stale copy. The task
-/// runs to completion (the body is drained and stored) even when no client waits.
-fn spawn_refresh<S, ReqB, ResB>(
-    config: Arc<Config>,
-    mut inner: S,
-    mut parts: http::request::Parts,
-    body: ReqB,
-    logical: String,
-    variant: Variant,
-    leader: crate::coalesce::Leader,
-) where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
-    S::Future: Send,
-    ReqB: Send + 'static,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
-{
-    tokio::spawn(async move {
-        let ticket = config.handle.ticket().await;
-        let request_headers = parts.headers.clone();
-        strip_conditionals(&mut parts.headers);
-        let Ok(response) = inner.call(Request::from_parts(parts, body)).await else {
-            tracing::debug!(key = %logical, "background refresh failed; the stale entry stays");
-            leader.finish(Outcome::Uncacheable);
-            return;
-        };
-        let miss = Miss {
-            logical,
-            variant,
-            ticket,
-            leader: Some(leader),
-            forward: Forward::Stale,
-        };
-        // The fill reads the body to its end and stores it, with or without a reader.
-        drop(record::response(
-            &config,
-            miss,
-            false,
-            response,
-            &request_headers,
-        ));
-    });
 }

@@ -14,7 +14,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::config::Config;
-use super::serve::serve;
+use super::serve::Visit;
 use super::unsafe_method::{invalidate_after, request_host};
 use crate::answer::{answer, Served};
 use crate::body::{BoxError, CacheBody};
@@ -90,6 +90,10 @@ where
                 let config = self.config.clone();
                 ResponseFuture::cache(Box::pin(invalidate_after(config, logical, host, future)))
             }
+            RequestAction::Range => {
+                let inner = take_ready(&mut self.inner);
+                super::range::call(&self.config, inner, parts, body, keyed)
+            }
             action @ (RequestAction::Lookup | RequestAction::Revalidate) => {
                 let revalidate = action == RequestAction::Revalidate;
                 let config = &self.config;
@@ -134,9 +138,16 @@ where
                 let logical = logical.into_owned();
                 let config = self.config.clone();
                 let inner = take_ready(&mut self.inner);
-                ResponseFuture::cache(Box::pin(serve(
-                    config, inner, parts, body, logical, variant, revalidate,
-                )))
+                let visit = Visit {
+                    config,
+                    inner,
+                    parts,
+                    body,
+                    logical,
+                    variant,
+                    revalidate,
+                };
+                ResponseFuture::cache(Box::pin(visit.serve()))
             }
         }
     }

@@ -9,10 +9,12 @@
 //! - [`DEFAULT_KEYED_HEADERS`]: the forwarding headers (`Forwarded`, `X-Forwarded-Host`,
 //!   `X-Forwarded-Proto`, …): a real proxy in front sends one value, which costs one variant;
 //! - a `GET`/`HEAD` with a body, or whose `Host` disagrees with the URI's authority, bypasses;
-//! - a `Range` request bypasses: it is forwarded with its `If-Range` intact, never leads a
-//!   fill and never stores what comes back; so do `If-Match` / `If-Unmodified-Since`
-//!   (preconditions the cache does not evaluate), `Upgrade`, and any header name with `_`
-//!   (CGI-style servers read `X_Forwarded_Host` as `X-Forwarded-Host`).
+//! - a `GET` with `Range` is looked up but answered only from a fresh stored `200` (see the
+//!   `range` module); otherwise it is forwarded with its `If-Range` intact, never leads a
+//!   fill and never stores what comes back. A `HEAD` ignores `Range` (RFC 9110 §14.2);
+//! - `If-Match` / `If-Unmodified-Since` (preconditions the cache does not evaluate),
+//!   `Upgrade`, and any header name with `_` bypass (CGI-style servers read
+//!   `X_Forwarded_Host` as `X-Forwarded-Host`).
 //!
 //! [`CachePolicy::key_on_header`](super::CachePolicy::key_on_header),
 //! [`bypass_on_header`](super::CachePolicy::bypass_on_header) and
@@ -105,6 +107,8 @@ pub(crate) enum RequestAction {
     /// The client asked for a fresh answer (`no-cache`, `max-age=0`; RFC 9111 mode): skip
     /// the lookup, store what the origin says.
     Revalidate,
+    /// A `GET` with `Range`: answered from a fresh stored `200`, else forwarded as sent.
+    Range,
 }
 
 /// Why a request went around the cache.
@@ -122,6 +126,7 @@ enum Action {
     Plain(RequestAction),
     Lookup { keyed: bool },
     Revalidate { keyed: bool },
+    Range { keyed: bool },
 }
 
 impl From<Action> for RequestAction {
@@ -130,6 +135,7 @@ impl From<Action> for RequestAction {
             Action::Plain(action) => action,
             Action::Lookup { .. } => RequestAction::Lookup,
             Action::Revalidate { .. } => RequestAction::Revalidate,
+            Action::Range { .. } => RequestAction::Range,
         }
     }
 }
@@ -150,17 +156,13 @@ pub(crate) enum Inspect {
     ContentLength,
     /// `Cache-Control` and `Pragma`.
     Directives,
+    Range,
 }
 
-/// Headers whose presence alone means "forward as sent", whatever the lists say: a range,
+/// Headers whose presence alone means "forward as sent", whatever the lists say:
 /// preconditions the cache does not evaluate, a protocol upgrade, a body.
-const STRUCTURAL_BYPASS: [HeaderName; 5] = [
-    RANGE,
-    IF_MATCH,
-    IF_UNMODIFIED_SINCE,
-    UPGRADE,
-    TRANSFER_ENCODING,
-];
+const STRUCTURAL_BYPASS: [HeaderName; 4] =
+    [IF_MATCH, IF_UNMODIFIED_SINCE, UPGRADE, TRANSFER_ENCODING];
 
 /// The lookup table of the pass over a request's headers: the user's rules, then the
 /// structural ones, which no rule overrides.
@@ -175,6 +177,7 @@ pub(crate) fn index_rules(
     index.insert(CONTENT_LENGTH, HeaderRule::Inspect(Inspect::ContentLength));
     index.insert(CACHE_CONTROL, HeaderRule::Inspect(Inspect::Directives));
     index.insert(PRAGMA, HeaderRule::Inspect(Inspect::Directives));
+    index.insert(RANGE, HeaderRule::Inspect(Inspect::Range));
     index
 }
 
@@ -205,7 +208,9 @@ impl CachePolicy {
         let action = self.action(parts, has_body);
         let keyed = matches!(
             action,
-            Action::Lookup { keyed: true } | Action::Revalidate { keyed: true }
+            Action::Lookup { keyed: true }
+                | Action::Revalidate { keyed: true }
+                | Action::Range { keyed: true }
         );
         (action.into(), keyed)
     }
@@ -234,12 +239,13 @@ impl CachePolicy {
             return bypass;
         }
         // One pass over the request's headers (usually few), one map lookup each, decides
-        // everything: listed names bypass or are keyed, structural ones (`Range`,
-        // preconditions, `Upgrade`, `Transfer-Encoding`) bypass, and the few whose values
+        // everything: listed names bypass or are keyed, structural ones (preconditions,
+        // `Upgrade`, `Transfer-Encoding`) bypass, and the few whose values
         // matter are looked at afterwards only when present. A name with `_` bypasses too:
         // CGI-style servers read `X_Forwarded_Host` as `X-Forwarded-Host`, so no list
         // could be complete.
         let (mut keyed, mut host, mut length, mut directives) = (false, false, false, false);
+        let mut range = false;
         for name in headers.keys() {
             match self.rule_of(name) {
                 Some(HeaderRule::Bypass) => return bypass,
@@ -247,6 +253,7 @@ impl CachePolicy {
                 Some(HeaderRule::Inspect(Inspect::Host)) => host = true,
                 Some(HeaderRule::Inspect(Inspect::ContentLength)) => length = true,
                 Some(HeaderRule::Inspect(Inspect::Directives)) => directives = true,
+                Some(HeaderRule::Inspect(Inspect::Range)) => range = true,
                 None if name.as_str().contains('_') => return bypass,
                 None => {}
             }
@@ -254,8 +261,14 @@ impl CachePolicy {
         if (length && has_content(headers)) || (host && !host_agrees(parts)) {
             return bypass;
         }
+        // A HEAD ignores `Range` (RFC 9110 §14.2).
+        let range = range && parts.method == Method::GET;
         if !directives {
-            return Action::Lookup { keyed };
+            return if range {
+                Action::Range { keyed }
+            } else {
+                Action::Lookup { keyed }
+            };
         }
         let cc = CacheControl::parse(headers);
         // A request field the cache cannot read may hold a `no-store`.
@@ -269,7 +282,15 @@ impl CachePolicy {
             || cc.max_age().get() == Ok(Some(0))
             || (pragma && matches!(cc, CacheControl::Absent));
         if revalidate && self.rfc9111 {
-            return Action::Revalidate { keyed };
+            // A range the client wants fresh goes to the origin as sent.
+            return if range {
+                bypass
+            } else {
+                Action::Revalidate { keyed }
+            };
+        }
+        if range {
+            return Action::Range { keyed };
         }
         Action::Lookup { keyed }
     }
@@ -491,7 +512,30 @@ mod tests {
             action(&p, Method::GET, &[("content-length", "0")]),
             RequestAction::Lookup
         );
-        assert_eq!(action(&p, Method::GET, &[("range", "bytes=0-1")]), BYPASS);
+        assert_eq!(
+            action(&p, Method::GET, &[("range", "bytes=0-1")]),
+            RequestAction::Range
+        );
+        assert_eq!(
+            action(&p, Method::HEAD, &[("range", "bytes=0-1")]),
+            RequestAction::Lookup
+        );
+        assert_eq!(
+            action(
+                &p,
+                Method::GET,
+                &[("range", "bytes=0-1"), ("authorization", "Basic x")]
+            ),
+            BYPASS
+        );
+        assert_eq!(
+            action(
+                &p,
+                Method::GET,
+                &[("range", "bytes=0-1"), ("cache-control", "no-store")]
+            ),
+            BYPASS
+        );
         for name in [
             "if-match",
             "if-unmodified-since",

@@ -1,0 +1,69 @@
+//! A `200` to a `HEAD` freshens the stored `GET` response it describes (RFC 9111 §4.3.5).
+//!
+//! Why: a stale entry asked about with `HEAD` goes to the origin; the origin's answer
+//! carries the same fields a `GET` would, so it can update the stored headers and
+//! freshness just as a `304` does (never the body, never `Content-Length`), and the next
+//! `GET` is a hit instead of a second trip. A `HEAD` answer whose `ETag`, `Last-Modified`
+//! or `Content-Length` differ from the stored ones describes another representation: it
+//! passes through and the entry stays stale, to be validated or replaced by the next `GET`.
+
+use std::sync::Arc;
+
+use http::header::{CONTENT_LENGTH, ETAG, LAST_MODIFIED};
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::answer::{answer_to, Served};
+use crate::body::CacheBody;
+use crate::entry::Entry;
+use crate::handle::Ticket;
+use crate::headers;
+use crate::http::config::Config;
+
+/// Freshen `entry` from the headers of a `200` answering a `HEAD`, store it, and answer
+/// the `HEAD` from it; `None` when the answer describes another representation or makes
+/// the response unstorable (then it passes through as it came).
+pub(crate) async fn freshen<B>(
+    config: &Config,
+    entry: &Entry,
+    head: &HeaderMap,
+    logical: &str,
+    variant: u64,
+    ticket: Ticket,
+    request_headers: &HeaderMap,
+) -> Option<Response<CacheBody<B>>> {
+    if entry.status() != StatusCode::OK || !same_representation(entry, head) {
+        return None;
+    }
+    let handle = &config.handle;
+    let policy = &config.policy;
+    let headers = headers::updated_from_304(entry.headers(), head);
+    let ttl = policy
+        .storable(entry.status(), &headers, handle.ttl(), request_headers)
+        .ok()?;
+    let fresh = Arc::new(
+        entry
+            .freshened(headers, ttl)
+            .with_initial_age(policy.initial_age(head)),
+    );
+    handle.commit(logical, variant, ticket, fresh.clone()).await;
+    let fallback = handle.backend() == crate::store::Backend::FallingBack;
+    Some(answer_to(
+        &fresh,
+        request_headers,
+        true,
+        Served::Revalidated,
+        fallback,
+    ))
+}
+
+/// Whether a `HEAD` answer's validators and length agree with the stored response.
+fn same_representation(entry: &Entry, head: &HeaderMap) -> bool {
+    let agrees = |name| match (entry.headers().get(&name), head.get(&name)) {
+        (Some(stored), Some(fresh)) => stored == fresh,
+        _ => true,
+    };
+    let length = head
+        .get(CONTENT_LENGTH)
+        .is_none_or(|l| l.as_bytes() == entry.body().len().to_string().as_bytes());
+    agrees(ETAG) && agrees(LAST_MODIFIED) && length
+}
