@@ -472,7 +472,7 @@ fn near_caches_in_three_processes_never_serve_what_a_sync_process_invalidated() 
         .sum();
     let waits = deployment.waits.lock().unwrap().clone();
     eprintln!(
-        "invalidate: {} returned, p99 {} ms (lease {} ms); lease lapses {lapses}",
+        "invalidate: {} returned, p99 {} ms (lease {} ms; includes the sync process's own stop); lease lapses {lapses}",
         waits.len(),
         p99(&waits),
         LEASE.as_millis()
