@@ -701,3 +701,97 @@ async fn configured_from_the_environment_hits_say_l1() {
     let answer = common::get(&client, addr, "/page").await;
     assert_eq!(answer.text(), "call 2", "{}", answer.header("cache-status"));
 }
+
+/// A histogram that keeps what it was given.
+struct Recorded(Arc<std::sync::Mutex<Vec<(String, f64)>>>);
+
+impl metrics::Recorder for Recorded {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        struct Keep(String, Arc<std::sync::Mutex<Vec<(String, f64)>>>);
+        impl metrics::HistogramFn for Keep {
+            fn record(&self, value: f64) {
+                self.1.lock().unwrap().push((self.0.clone(), value));
+            }
+        }
+        metrics::Histogram::from_arc(Arc::new(Keep(key.name().to_owned(), self.0.clone())))
+    }
+}
+
+/// A process without a near cache (the sync pipeline) still waits for another process's
+/// lease, and the wait is exported as a histogram.
+#[test]
+fn an_invalidation_waits_for_advertised_leases_and_exports_the_wait() {
+    let redis = RedisServer::start();
+    let values = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = Recorded(values.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lease = Duration::from_millis(150);
+    let took = metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let invalidator = RedisStore::builder(redis.url())
+                .deadline(Duration::from_millis(300))
+                .build()
+                .unwrap();
+            let pattern = tower_response_cache::Pattern::new("/page");
+            // Nobody advertises a lease yet: no wait.
+            let started = Instant::now();
+            invalidator.invalidate("near", &pattern).await.unwrap();
+            assert!(started.elapsed() < lease, "waited with no lease advertised");
+            let _holder = RedisStore::builder(redis.url())
+                .deadline(Duration::from_millis(300))
+                .near_cache(lease, 1 << 20)
+                .build()
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let started = Instant::now();
+            invalidator.invalidate("near", &pattern).await.unwrap();
+            started.elapsed()
+        })
+    });
+    assert!(
+        took >= lease,
+        "returned after {took:?}, before the lease of {lease:?}"
+    );
+    let values = values.lock().unwrap();
+    let waits: Vec<f64> = values
+        .iter()
+        .filter(|(name, _)| name == "tower_response_cache_invalidate_wait_seconds")
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(waits.len(), 1, "{values:?}");
+    assert!(waits[0] >= lease.as_secs_f64(), "{waits:?}");
+}
