@@ -1067,7 +1067,12 @@ impl Store for RedisStore {
     }
 
     fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
-        Box::pin(self.invalidate_pattern(namespace, pattern))
+        let invalidation = || Invalidation::Pattern(pattern.as_str().to_owned());
+        Box::pin(self.near_on_failure(
+            namespace,
+            invalidation,
+            self.invalidate_pattern(namespace, pattern),
+        ))
     }
 
     fn invalidate_soft<'a>(
@@ -1075,15 +1080,27 @@ impl Store for RedisStore {
         namespace: &'a str,
         pattern: &'a Pattern,
     ) -> StoreFuture<'a, u64> {
-        Box::pin(self.invalidate_pattern_soft(namespace, pattern))
+        let invalidation = || Invalidation::Pattern(pattern.as_str().to_owned());
+        let soft = self.invalidate_pattern_soft(namespace, pattern);
+        Box::pin(self.near_on_failure(namespace, invalidation, soft))
     }
 
     fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64> {
-        Box::pin(self.invalidate_by_tag(namespace, tag))
+        let invalidation = || Invalidation::Tag(tag.to_owned());
+        Box::pin(self.near_on_failure(
+            namespace,
+            invalidation,
+            self.invalidate_by_tag(namespace, tag),
+        ))
     }
 
     fn invalidate_all<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, u64> {
-        Box::pin(self.invalidate_namespace(namespace))
+        let invalidation = || Invalidation::All;
+        Box::pin(self.near_on_failure(
+            namespace,
+            invalidation,
+            self.invalidate_namespace(namespace),
+        ))
     }
 
     fn backend(&self) -> Backend {

@@ -246,6 +246,23 @@ impl RedisStore {
         self.inner.near.as_ref()?.get_now(key)
     }
 
+    /// Run an invalidation; when it fails (it may have stopped before its publish, which
+    /// applies it to this process's near cache), apply it to the near cache anyway.
+    pub(super) async fn near_on_failure<T>(
+        &self,
+        namespace: &str,
+        invalidation: impl FnOnce() -> Invalidation,
+        run: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
+    ) -> Result<T, crate::store::StoreError> {
+        let result = run.await;
+        if result.is_err() {
+            if let Some(near) = &self.inner.near {
+                near.apply(namespace, &invalidation());
+            }
+        }
+        result
+    }
+
     /// `stats` with the near cache's counters.
     pub(crate) fn near_stats(&self, stats: StoreStats) -> StoreStats {
         let Some(near) = &self.inner.near else {
