@@ -795,3 +795,65 @@ fn an_invalidation_waits_for_advertised_leases_and_exports_the_wait() {
     assert_eq!(waits.len(), 1, "{values:?}");
     assert!(waits[0] >= lease.as_secs_f64(), "{waits:?}");
 }
+
+/// An invalidation that fails (here: Redis holds writes longer than the deadline) still
+/// clears this process's near cache: it returned an error, but this process does not serve
+/// what it tried to remove.
+#[tokio::test]
+async fn a_failed_invalidation_still_clears_this_process_near_cache() {
+    use tower_response_cache::Entry;
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .deadline(Duration::from_millis(200))
+        .near_cache(Duration::from_millis(100), 1 << 20)
+        .build()
+        .unwrap();
+    let key = StoreKey {
+        namespace: "near",
+        logical: "/page",
+        variant: 7,
+    };
+    let fresh = StoreKey {
+        logical: "/fresh",
+        ..key
+    };
+    let entry = Arc::new(Entry::new(
+        http::StatusCode::OK,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"old"),
+        Duration::from_secs(60),
+    ));
+    for key in [key, fresh] {
+        let token = store.current_write_token().await.unwrap();
+        store.put(key, entry.clone(), token).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.try_get_now(key).flatten().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no near-cache hit with heartbeats flowing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(500)
+        .arg("WRITE")
+        .query(&mut redis.connection())
+        .unwrap();
+    let failed = store
+        .invalidate("near", &tower_response_cache::Pattern::new("/page"))
+        .await;
+    assert!(
+        failed.is_err(),
+        "the invalidation was held past its deadline"
+    );
+    // The lease comes back once writes flow again (the other key hits again)...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.try_get_now(fresh).flatten().is_none() {
+        assert!(Instant::now() < deadline, "near-cache hits did not resume");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...and the key it tried to invalidate is not among them.
+    assert!(store.try_get_now(key).flatten().is_none());
+}
