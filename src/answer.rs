@@ -50,7 +50,8 @@ pub(crate) fn answer_to<B>(
     fallback: bool,
 ) -> Response<CacheBody<B>> {
     let now = clock::now_millis();
-    let mut response = if not_modified(entry, request_headers) {
+    let from_template = !not_modified(entry, request_headers);
+    let mut response = if !from_template {
         let mut response = Response::new(CacheBody::cached(None, None));
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         // RFC 9110 §15.4.5: the headers a 304 carries.
@@ -102,7 +103,10 @@ pub(crate) fn answer_to<B>(
         ),
     };
     headers.insert(CACHE_STATUS, status);
-    headers.insert(X_CACHE, x_cache);
+    // The template already says `X-Cache: HIT`.
+    if !from_template || x_cache != HIT {
+        headers.insert(X_CACHE, x_cache);
+    }
     response
 }
 

@@ -225,8 +225,9 @@ impl Entry {
 
     /// The headers a full answer from this entry starts from: the stored ones, its
     /// `Content-Length` (but for a 204), and slots for the `Age`, `Cache-Status` and
-    /// `X-Cache` each answer sets. Built once, at the first answer: a hit clones a map that
-    /// already has room for what it adds, instead of growing a copy of the stored one.
+    /// `X-Cache` each answer sets (`X-Cache` already says `HIT`, what most answers say).
+    /// Built once, at the first answer: a hit clones a map that already has room for what it
+    /// adds, instead of growing a copy of the stored one.
     pub(crate) fn answer_headers(&self) -> &HeaderMap {
         self.answer_headers.get_or_init(|| {
             let mut headers = HeaderMap::with_capacity(self.headers.len() + 4);
@@ -236,9 +237,10 @@ impl Entry {
             if self.status != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
                 headers.insert(CONTENT_LENGTH, self.body.len().into());
             }
-            for name in [AGE, CACHE_STATUS, X_CACHE] {
+            for name in [AGE, CACHE_STATUS] {
                 headers.insert(name, HeaderValue::from_static(""));
             }
+            headers.insert(X_CACHE, crate::headers::HIT);
             headers
         })
     }
