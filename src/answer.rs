@@ -84,6 +84,9 @@ pub(crate) fn answer_to<B>(
     let headers = response.headers_mut();
     headers.insert(AGE, headers::int_value(entry.age_secs(now)));
     let (status, x_cache) = match served {
+        Served::Hit { coalesced: false } if !fallback => {
+            (entry.hit_status(entry.remaining_secs(now)), HIT)
+        }
         Served::Hit { coalesced } => (
             headers::hit_status(entry.remaining_secs(now), coalesced, fallback),
             HIT,
