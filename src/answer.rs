@@ -50,7 +50,8 @@ pub(crate) fn answer_to<B>(
     fallback: bool,
 ) -> Response<CacheBody<B>> {
     let now = clock::now_millis();
-    let mut response = if not_modified(entry, request_headers) {
+    let from_template = !not_modified(entry, request_headers);
+    let mut response = if !from_template {
         let mut response = Response::new(CacheBody::cached(None, None));
         *response.status_mut() = StatusCode::NOT_MODIFIED;
         // RFC 9110 §15.4.5: the headers a 304 carries.
@@ -83,6 +84,9 @@ pub(crate) fn answer_to<B>(
     let headers = response.headers_mut();
     headers.insert(AGE, headers::int_value(entry.age_secs(now)));
     let (status, x_cache) = match served {
+        Served::Hit { coalesced: false } if !fallback => {
+            (entry.hit_status(entry.remaining_secs(now)), HIT)
+        }
         Served::Hit { coalesced } => (
             headers::hit_status(entry.remaining_secs(now), coalesced, fallback),
             HIT,
@@ -102,7 +106,10 @@ pub(crate) fn answer_to<B>(
         ),
     };
     headers.insert(CACHE_STATUS, status);
-    headers.insert(X_CACHE, x_cache);
+    // The template already says `X-Cache: HIT`.
+    if !from_template || x_cache != HIT {
+        headers.insert(X_CACHE, x_cache);
+    }
     response
 }
 

@@ -35,8 +35,8 @@ mod codec;
 pub use codec::DecodeError;
 
 /// Fixed per-entry overhead counted against a memory budget: the struct itself behind its
-/// `Arc` (456 + 16 bytes on 64-bit targets; a store adds its own slot costs).
-const OVERHEAD_BYTES: usize = std::mem::size_of::<Entry>() + 16;
+/// `Arc`, and the `Cache-Status` value a hit keeps (a store adds its own slot costs).
+const OVERHEAD_BYTES: usize = std::mem::size_of::<Entry>() + 16 + 64;
 
 /// A cached response: status, headers, body, when it was stored and for how long it is fresh.
 pub struct Entry {
@@ -65,6 +65,9 @@ pub struct Entry {
     /// What a full answer's headers start from; built at the first answer. See
     /// [`answer_headers`](Entry::answer_headers).
     answer_headers: OnceLock<HeaderMap>,
+    /// The last plain hit's `Cache-Status` and the TTL it named: answers within the same
+    /// second share it instead of writing it anew.
+    hit_status: std::sync::Mutex<Option<(u64, HeaderValue)>>,
 }
 
 /// The request headers a response varies on and their values in the request that
@@ -94,6 +97,7 @@ impl Entry {
             trailers: None,
             last_access: AtomicU64::new(now / 1000),
             answer_headers: OnceLock::new(),
+            hit_status: std::sync::Mutex::new(None),
         }
     }
 
@@ -220,13 +224,15 @@ impl Entry {
             trailers: self.trailers.clone(),
             last_access: AtomicU64::new(self.last_access_secs()),
             answer_headers: OnceLock::new(),
+            hit_status: std::sync::Mutex::new(None),
         }
     }
 
     /// The headers a full answer from this entry starts from: the stored ones, its
     /// `Content-Length` (but for a 204), and slots for the `Age`, `Cache-Status` and
-    /// `X-Cache` each answer sets. Built once, at the first answer: a hit clones a map that
-    /// already has room for what it adds, instead of growing a copy of the stored one.
+    /// `X-Cache` each answer sets (`X-Cache` already says `HIT`, what most answers say).
+    /// Built once, at the first answer: a hit clones a map that already has room for what it
+    /// adds, instead of growing a copy of the stored one.
     pub(crate) fn answer_headers(&self) -> &HeaderMap {
         self.answer_headers.get_or_init(|| {
             let mut headers = HeaderMap::with_capacity(self.headers.len() + 4);
@@ -236,11 +242,28 @@ impl Entry {
             if self.status != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
                 headers.insert(CONTENT_LENGTH, self.body.len().into());
             }
-            for name in [AGE, CACHE_STATUS, X_CACHE] {
+            for name in [AGE, CACHE_STATUS] {
                 headers.insert(name, HeaderValue::from_static(""));
             }
+            headers.insert(X_CACHE, crate::headers::HIT);
             headers
         })
+    }
+
+    /// `Cache-Status` of a plain hit with `ttl_secs` left.
+    pub(crate) fn hit_status(&self, ttl_secs: u64) -> HeaderValue {
+        // Contended: write it anew rather than wait.
+        let Ok(mut last) = self.hit_status.try_lock() else {
+            return crate::headers::hit_status(ttl_secs, false, false);
+        };
+        match &*last {
+            Some((secs, value)) if *secs == ttl_secs => value.clone(),
+            _ => {
+                let value = crate::headers::hit_status(ttl_secs, false, false);
+                *last = Some((ttl_secs, value.clone()));
+                value
+            }
+        }
     }
 
     pub(crate) fn vary(&self) -> &Vary {
