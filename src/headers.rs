@@ -68,8 +68,21 @@ pub(crate) fn hit_status(ttl_secs: u64, coalesced: bool, fallback: bool) -> Head
 /// `tower-response-cache; hit; ttl=42; detail=l1`: a hit from the near cache in front of
 /// Redis (no Redis call).
 pub(crate) fn l1_hit_status(ttl_secs: u64) -> HeaderValue {
-    HeaderValue::try_from(format!("{CACHE_NAME}; hit; ttl={ttl_secs}; detail=l1"))
-        .expect("ASCII header value")
+    // Hits in a row mostly name the same TTL: each thread keeps the last value it wrote (a
+    // `HeaderValue` clone shares its bytes).
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((ttl, value)) if *ttl == ttl_secs => value.clone(),
+        _ => {
+            let value =
+                HeaderValue::try_from(format!("{CACHE_NAME}; hit; ttl={ttl_secs}; detail=l1"))
+                    .expect("ASCII header value");
+            *last = Some((ttl_secs, value.clone()));
+            value
+        }
+    })
 }
 
 /// `tower-response-cache; fwd=uri-miss; stored`, or with `detail=` why it was not stored
