@@ -1,7 +1,7 @@
 //! Redis failing under a real axum server: killed, paused, restarted with old data or empty,
 //! down at start, and a pattern invalidation over a large keyspace. Through all of it no
 //! request fails or waits much longer than the deadline, and no invalidated entry comes back.
-//! Bad data and refusing Redis servers are in `redis_bad_data.rs`.
+//! Bad data and refusing Redis servers are in `bad_data.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
