@@ -3,7 +3,6 @@
 //! from escaped and plain paths, reordered and duplicated query pairs, host forms,
 //! forwarding, credential, override and `Vary`-ed headers, and bodies.
 
-
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

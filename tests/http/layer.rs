@@ -1,18 +1,17 @@
 //! The layer's rules, shown through a real axum server on a loopback port.
 
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
-use crate::support::*;
 use tower_response_cache::{CacheHandle, CacheLayer, CachePolicy, MemoryStore};
 
 /// Counts the requests that reach it, and answers with what the query asks for:

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
-use crate::support::*;
 use tower_response_cache::CacheHandle;
 
 /// Upstream: answers `#n`, with headers named by the query (`cc`, `age`, `location`,

@@ -2,12 +2,12 @@
 //! conditional requests and hit-for-miss — each through a real HTTP server with an origin
 //! that counts its calls.
 
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -15,7 +15,6 @@ use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
 use bytes::Bytes;
-use crate::support::*;
 use http_body_util::{BodyExt, Full};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_response_cache::{CacheHandle, CacheLayer, CachePolicy, MemoryStore};

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::support::eventually;
-use crate::support::stack::*;
 use crate::support::redis::RedisServer;
+use crate::support::stack::*;
 use tower_response_cache::Backend;
 
 /// The variant fields of an entry hash (not `<variant>:g` or `soft`).

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::redis::RedisCluster;
+use crate::support::{client, eventually, get, Answer, HttpClient};
 use axum::extract::State;
 use axum::http::Uri;
 use axum::routing::any;
 use axum::Router;
-use crate::support::{client, eventually, get, Answer, HttpClient};
-use crate::support::redis::RedisCluster;
 use tower_response_cache::{
     Backend, CacheConfig, CacheHandle, CacheLayer, Entry, Invalidation, Pattern, Store, StoreEvent,
     StoreKey,

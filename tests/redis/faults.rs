@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{client, eventually, Answer, Origin};
-use crate::support::stack::*;
 use crate::support::redis::RedisServer;
+use crate::support::stack::*;
+use crate::support::{client, eventually, Answer, Origin};
 use tower_response_cache::{Backend, CacheConfig};
 
 /// Concurrent GET loops over a few paths, checking every answer, until stopped.

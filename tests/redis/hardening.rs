@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::eventually;
-use crate::support::stack::*;
 use crate::support::redis::RedisServer;
+use crate::support::stack::*;
 use tower_response_cache::{Backend, CacheHandle, Entry, Pattern, Store};
 use tower_response_cache::{RedisStore, StoreKey};
 

@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::redis::RedisServer;
+use crate::support::{client, eventually, get, HttpClient};
 use axum::extract::State;
 use axum::http::Uri;
 use axum::routing::any;
 use axum::Router;
-use crate::support::{client, eventually, get, HttpClient};
-use crate::support::redis::RedisServer;
 use tower_response_cache::{CacheHandle, CacheLayer, Entry, MemoryStore, Pattern, Store, StoreKey};
 use tower_response_cache::{FallbackStore, RedisStore};
 

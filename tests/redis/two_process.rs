@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::redis::RedisServer;
+use crate::support::{client, Answer, HttpClient};
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
-use crate::support::{client, Answer, HttpClient};
-use crate::support::redis::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower_response_cache::{Backend, CacheConfig, CacheHandle, CacheLayer, MemoryStore};

@@ -52,7 +52,9 @@ async fn main() -> ExitCode {
         .init();
     let base = config.portal_url();
     let Some(guid) = std::env::args().nth(1) else {
-        eprintln!("usage: cargo run -p portal --bin sync -- <company guid>\n\ncompanies at {base}:");
+        eprintln!(
+            "usage: cargo run -p portal --bin sync -- <company guid>\n\ncompanies at {base}:"
+        );
         return over_http(Method::GET, &format!("{base}/api/companies")).await;
     };
     match shared_cache(&config).await {
@@ -77,7 +79,9 @@ async fn shared_cache(config: &Config) -> Result<CacheHandle, String> {
         return Err("the cache is in memory (REDIS_ENABLED is not true)".to_owned());
     }
     if !cfg!(feature = "redis") {
-        return Err("this build has no Redis support (run it with `-p portal --features redis`)".to_owned());
+        return Err(
+            "this build has no Redis support (run it with `-p portal --features redis`)".to_owned(),
+        );
     }
     let Some(cache) = config.cache().await else {
         return Err("the portal's cache is off".to_owned());
@@ -162,9 +166,7 @@ async fn over_http(method: Method, url: &str) -> ExitCode {
             }
         }
         Err(error) => {
-            eprintln!(
-                "sync: {url}: {error}\n(is the portal running? `cargo run -p portal`)"
-            );
+            eprintln!("sync: {url}: {error}\n(is the portal running? `cargo run -p portal`)");
             ExitCode::FAILURE
         }
     }
