@@ -34,12 +34,15 @@ use tonic_health::ServingStatus;
 use tower::{Layer, Service};
 use tower_response_cache::{CacheHandle, GrpcCacheLayer, MemoryStore};
 
+use crate::support::eventually;
+
 const CHECK: &str = "/grpc.health.v1.Health/Check";
 const WATCH: &str = "/grpc.health.v1.Health/Watch";
 const SERVICE: &str = "portal.Sync";
 const WAIT: Duration = Duration::from_secs(5);
 
-/// Counts the calls that reach the service, per method path.
+/// The gRPC counterpart of the support module's HTTP origin: a layer in front of the
+/// health service that counts the calls reaching it, per method path.
 #[derive(Clone, Default)]
 struct Origin {
     calls: Arc<Mutex<HashMap<String, usize>>>,
@@ -56,13 +59,8 @@ impl Origin {
     }
 
     async fn wait_for_calls(&self, path: &str, n: usize) {
-        tokio::time::timeout(WAIT, async {
-            while self.calls(path) < n {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("calls reached the origin in time");
+        let reached = eventually(WAIT, || async { self.calls(path) >= n }).await;
+        assert!(reached, "{n} calls of {path} reached the origin in time");
     }
 }
 

@@ -204,7 +204,7 @@ async fn grpc_calls_count_as_bypasses_never_hits_or_stores() {
 /// Control: a layer that drops trailers makes the unary check above fail, so that test
 /// would catch a cache layer that lost them.
 #[tokio::test]
-async fn control_a_layer_dropping_trailers_breaks_grpc() {
+async fn a_layer_that_drops_trailers_breaks_grpc_calls() {
     fn drop_trailers(
         response: http::Response<tonic::body::Body>,
     ) -> http::Response<tonic::body::Body> {

@@ -265,7 +265,16 @@ fn run(specs: &[Spec]) -> Result<usize, TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 192, ..ProptestConfig::default() })]
+    // Past failures are replayed first from `hostile_input.proptest-regressions`, beside
+    // this file (proptest's default would look for a `proptest-regressions/` folder beside
+    // the binary's `main.rs`).
+    #![proptest_config(ProptestConfig {
+        cases: 192,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn a_cached_answer_always_echoes_the_request_it_answers(

@@ -1,86 +1,14 @@
 //! The layer's rules, shown through a real axum server on a loopback port.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
-use axum::body::Body;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
-use axum::response::Response;
-use axum::routing::any;
-use axum::Router;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use tower_response_cache::{CacheHandle, CacheLayer, CachePolicy, MemoryStore};
-
-/// Counts the requests that reach it, and answers with what the query asks for:
-/// `status=`, `cc=` (Cache-Control), `pcc=` / `cdn=` (targeted fields), `vary=`, `cookie=1` (Set-Cookie), `tag=` (Cache-Tag),
-/// `size=` (body bytes), `delay_ms=`.
-#[derive(Clone, Default)]
-struct Origin {
-    calls: Arc<AtomicUsize>,
-}
-
-impl Origin {
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-async fn origin(
-    State(origin): State<Origin>,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let n = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
-    if let Some(ms) = q.get("delay_ms") {
-        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
-    }
-    let lang = headers
-        .get("accept-language")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = match q.get("size") {
-        Some(size) => "x".repeat(size.parse().unwrap()),
-        None => format!("{} #{n} lang={lang}", uri.path()),
-    };
-    let mut response = Response::new(Body::from(body));
-    if let Some(status) = q.get("status") {
-        *response.status_mut() = StatusCode::from_u16(status.parse().unwrap()).unwrap();
-    }
-    let h = response.headers_mut();
-    for (param, header) in [
-        ("cc", "cache-control"),
-        ("pcc", "portal-cache-control"),
-        ("cdn", "cdn-cache-control"),
-        ("vary", "vary"),
-        ("tag", "cache-tag"),
-    ] {
-        if let Some(value) = q.get(param) {
-            h.insert(
-                HeaderName::from_static(header),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-    }
-    if q.contains_key("cookie") {
-        h.insert("set-cookie", HeaderValue::from_static("session=secret"));
-    }
-    response
-}
-
-fn app(origin: &Origin, layer: CacheLayer) -> Router {
-    Router::new()
-        .fallback(any(self::origin))
-        .with_state(origin.clone())
-        .layer(layer)
-}
 
 async fn start_with(layer: CacheLayer) -> (Origin, std::net::SocketAddr, HttpClient) {
     let origin = Origin::default();
-    let addr = serve(app(&origin, layer)).await;
+    let addr = origin.serve(layer).await;
     (origin, addr, client())
 }
 
@@ -105,7 +33,7 @@ async fn a_repeat_read_is_a_hit_with_cache_headers() {
     assert!(first.header("age").is_empty());
 
     // The entry is written after the body ends, off the response path.
-    let second = eventually_hit(&client, addr, "/api/dashboard/ABC").await;
+    let second = until_hit(&client, addr, "/api/dashboard/ABC").await;
     assert_eq!(second.body, first.body);
     assert_eq!(second.header("age"), "0");
     assert!(second
@@ -117,31 +45,8 @@ async fn a_repeat_read_is_a_hit_with_cache_headers() {
     assert!(stats.hits >= 1);
 }
 
-/// Read until the entry shows up (it is stored on a spawned task at end of body).
-async fn eventually_hit(client: &HttpClient, addr: std::net::SocketAddr, path: &str) -> Answer {
-    for _ in 0..50 {
-        let answer = get(client, addr, path).await;
-        if answer.x_cache() == "HIT" {
-            return answer;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{path} never became a hit");
-}
-
-/// Wait until `n` entries are stored.
-async fn stored(handle: &CacheHandle, n: u64) {
-    for _ in 0..200 {
-        if handle.stats().stores >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("expected {n} stores, have {:?}", handle.stats());
-}
-
 #[tokio::test]
-async fn query_normalisation_selects_entries() {
+async fn equivalent_queries_share_an_entry_and_distinct_ones_never_do() {
     let (origin, addr, client, handle) = start().await;
     get(&client, addr, "/q?b=2&a=1").await;
     stored(&handle, 1).await;
@@ -266,7 +171,7 @@ async fn a_successful_write_invalidates_its_path() {
         assert_eq!(written.status, StatusCode::OK);
         let after = get(&client, addr, "/api/items").await;
         assert_eq!(after.x_cache(), "MISS", "{method} did not invalidate");
-        eventually_hit(&client, addr, "/api/items").await;
+        until_hit(&client, addr, "/api/items").await;
     }
     assert_eq!(origin.calls(), 1 + 1 + 4 * 2);
 }
@@ -297,7 +202,7 @@ async fn invalidate_by_pattern_removes_exactly_the_matching_keys() {
 }
 
 #[tokio::test]
-async fn key_fn_names_the_logical_key() {
+async fn the_key_fn_names_the_logical_key_and_its_none_bypasses() {
     let handle = CacheHandle::in_memory();
     let layer = CacheLayer::new(handle.clone()).key_fn(|parts| {
         let guid = parts.uri.path().strip_prefix("/api/dashboard/")?;
@@ -321,7 +226,7 @@ async fn key_fn_names_the_logical_key() {
 }
 
 #[tokio::test]
-async fn cache_tags_are_stripped_and_invalidate() {
+async fn cache_tags_are_stripped_from_answers_and_invalidate_their_entries() {
     let (_, addr, client, handle) = start().await;
     let first = get(&client, addr, "/t1?tag=company:ABC,%20dashboard").await;
     assert!(first.headers.get("cache-tag").is_none());
@@ -477,7 +382,7 @@ async fn raw_status(addr: std::net::SocketAddr, target: &str) -> String {
 }
 
 #[tokio::test]
-async fn bad_input_gets_a_correct_answer() {
+async fn malformed_or_huge_requests_get_a_correct_answer_and_still_cache() {
     let (_, addr, client, handle) = start().await;
     // Near the longest URI `http` can represent (65 534 bytes).
     let huge_query = format!("/big?{}", "a=1&".repeat(16_000));

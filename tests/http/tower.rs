@@ -13,29 +13,14 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
 use tokio::sync::mpsc;
 use tower::{service_fn, Service, ServiceExt};
+
+use crate::support::Origin;
 use tower_response_cache::{CacheHandle, CacheLayer, MemoryStore};
 
 type Req = Request<Full<Bytes>>;
 
 fn req(path: &str) -> Req {
     Request::get(path).body(Full::default()).unwrap()
-}
-
-fn counting_origin(
-    calls: Arc<AtomicUsize>,
-) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone {
-    service_fn(move |r: Req| {
-        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-        async move {
-            let mut response = Response::new(Full::new(Bytes::from(format!("#{n}"))));
-            if let Some(cc) = r.uri().query().and_then(|q| q.strip_prefix("cc=")) {
-                response
-                    .headers_mut()
-                    .insert("cache-control", cc.replace("%3D", "=").parse().unwrap());
-            }
-            Ok::<_, Infallible>(response)
-        }
-    })
 }
 
 async fn body_text<B: Body<Data = Bytes>>(body: B) -> String
@@ -54,14 +39,14 @@ async fn settle() {
 
 #[tokio::test(start_paused = true)]
 async fn entries_expire_after_the_ttl_and_age_counts_up() {
-    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::default();
     let handle = CacheHandle::builder(MemoryStore::new())
         .ttl(Duration::from_secs(60))
         .build();
-    let svc = CacheLayer::new(handle.clone()).layer_service(counting_origin(calls.clone()));
+    let svc = CacheLayer::new(handle.clone()).layer_service(origin.router());
 
     let first = svc.clone().oneshot(req("/a")).await.unwrap();
-    assert_eq!(body_text(first.into_body()).await, "#1");
+    assert_eq!(body_text(first.into_body()).await, "/a #1");
     settle().await;
     tokio::time::advance(Duration::from_secs(59)).await;
     let hit = svc.clone().oneshot(req("/a")).await.unwrap();
@@ -70,11 +55,11 @@ async fn entries_expire_after_the_ttl_and_age_counts_up() {
         hit.headers()["cache-status"],
         "tower-response-cache; hit; ttl=1"
     );
-    assert_eq!(body_text(hit.into_body()).await, "#1");
+    assert_eq!(body_text(hit.into_body()).await, "/a #1");
     tokio::time::advance(Duration::from_secs(2)).await;
     let expired = svc.clone().oneshot(req("/a")).await.unwrap();
     assert_eq!(expired.headers()["x-cache"], "MISS");
-    assert_eq!(body_text(expired.into_body()).await, "#2");
+    assert_eq!(body_text(expired.into_body()).await, "/a #2");
 
     // max-age overrides the handle's TTL.
     let short = svc.clone().oneshot(req("/b?cc=max-age%3D5")).await.unwrap();
@@ -86,7 +71,7 @@ async fn entries_expire_after_the_ttl_and_age_counts_up() {
     tokio::time::advance(Duration::from_secs(2)).await;
     let gone = svc.clone().oneshot(req("/b?cc=max-age%3D5")).await.unwrap();
     assert_eq!(gone.headers()["x-cache"], "MISS");
-    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert_eq!(origin.calls(), 4);
 }
 
 trait LayerService {

@@ -4,28 +4,13 @@
 //! invalidation is never stored after it, and a hard invalidation beats it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::redis::RedisServer;
-use crate::support::{client, eventually, get, HttpClient};
-use axum::extract::State;
-use axum::http::Uri;
-use axum::routing::any;
-use axum::Router;
+use crate::support::{client, eventually, get, HttpClient, Origin};
 use tower_response_cache::{CacheHandle, CacheLayer, Entry, MemoryStore, Pattern, Store, StoreKey};
 use tower_response_cache::{FallbackStore, RedisStore};
-
-#[derive(Clone, Default)]
-struct Origin {
-    calls: Arc<AtomicUsize>,
-}
-
-async fn origin(State(origin): State<Origin>, uri: Uri) -> String {
-    let n = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
-    format!("{} #{n}", uri.path())
-}
 
 /// One application instance: a handle on a fallback store over the shared Redis, with a
 /// stale-while-revalidate window, behind an axum server.
@@ -41,11 +26,8 @@ async fn instance(server: &RedisServer, origin: &Origin) -> (CacheHandle, Socket
         .namespace("t")
         .stale_while_revalidate(Duration::from_secs(60))
         .build();
-    let app = Router::new()
-        .fallback(any(self::origin))
-        .with_state(origin.clone())
-        .layer(CacheLayer::new(handle.clone()));
-    (handle, crate::support::serve(app).await)
+    let addr = origin.serve(CacheLayer::new(handle.clone())).await;
+    (handle, addr)
 }
 
 async fn read(client: &HttpClient, addr: SocketAddr, path: &str) -> (String, String) {
@@ -86,11 +68,7 @@ async fn a_soft_invalidation_in_redis_serves_stale_refreshes_once_and_hard_beats
     })
     .await;
     assert!(refreshed, "the stale entry was never refreshed");
-    assert_eq!(
-        origin.calls.load(Ordering::SeqCst),
-        3,
-        "one refresh, not more"
-    );
+    assert_eq!(origin.calls(), 3, "one refresh, not more");
 
     // Hard beats soft.
     b.invalidate_soft("/api/dashboard/*").await.unwrap();

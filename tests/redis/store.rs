@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::support::redis::RedisServer;
-use tower_response_cache::{Backend, CacheConfig, CacheHandle, MemoryStore};
+use crate::support::{client, eventually, get, Origin};
+use tower_response_cache::{Backend, CacheConfig, CacheHandle, CacheLayer, MemoryStore};
 use tower_response_cache::{FallbackStore, RedisStore};
 
 async fn redis_handle(server: &RedisServer, namespace: &str) -> CacheHandle {
@@ -116,55 +117,28 @@ async fn a_fetch_started_before_another_instances_invalidation_is_not_stored() {
 
 #[tokio::test]
 async fn tags_invalidate_across_instances() {
-    use axum::routing::get;
-    use tower_response_cache::CacheLayer;
     let server = RedisServer::start();
     let a = redis_handle(&server, "t").await;
     let b = redis_handle(&server, "t").await;
-    let app = axum::Router::new()
-        .route(
-            "/c/{id}",
-            get(
-                |axum::extract::Path(id): axum::extract::Path<String>| async move {
-                    ([("cache-tag", format!("company:{id}, dashboards"))], id)
-                },
-            ),
-        )
-        .layer(CacheLayer::new(a.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let client = reqwest_like_get;
+    let addr = Origin::default().serve(CacheLayer::new(a.clone())).await;
+    let client = client();
     for id in ["A", "B"] {
-        client(addr, &format!("/c/{id}")).await;
+        get(
+            &client,
+            addr,
+            &format!("/c/{id}?tag=company:{id},%20dashboards"),
+        )
+        .await;
     }
-    wait_for(|| server.keys("t:k:*").len() == 2).await;
+    let both = eventually(Duration::from_secs(5), || async {
+        server.keys("t:k:*").len() == 2
+    })
+    .await;
+    assert!(both, "both entries reach Redis");
     assert_eq!(b.invalidate_tag("company:A").await.unwrap(), 1);
     assert_eq!(server.keys("t:k:*"), vec!["t:k:/c/B".to_string()]);
     assert_eq!(b.invalidate_tag("dashboards").await.unwrap(), 1);
     assert!(server.keys("t:k:*").is_empty());
-}
-
-async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let response = client
-        .get(format!("http://{addr}{path}").parse().unwrap())
-        .await
-        .unwrap();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8(body.to_vec()).unwrap()
-}
-
-async fn wait_for(mut condition: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition never held");
 }
 
 #[tokio::test]
@@ -204,7 +178,7 @@ async fn fallback_stores_drop_fetches_in_flight_across_another_process_invalidat
 }
 
 #[tokio::test]
-async fn config_from_environment_variables_uses_redis() {
+async fn a_handle_configured_from_environment_variables_caches_in_redis() {
     let server = RedisServer::start();
     let port = server.port.to_string();
     let vars = [
@@ -319,18 +293,11 @@ async fn a_late_message_about_an_earlier_invalidation_does_not_discard_a_fresh_f
         tokio::time::sleep(Duration::from_millis(100)).await;
         release_tx.send(()).unwrap();
         assert_eq!(fetch.await.unwrap(), "current");
-        let stored = eventually_true(|| server.keys("portal:k:dashboard:x").len() == 1).await;
+        let stored = eventually(Duration::from_secs(2), || async {
+            server.keys("portal:k:dashboard:x").len() == 1
+        })
+        .await;
         assert!(stored, "{key}: the fresh answer was thrown away");
         handle.invalidate("dashboard:*").await.unwrap();
     }
-}
-
-async fn eventually_true(mut condition: impl FnMut() -> bool) -> bool {
-    for _ in 0..200 {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
 }

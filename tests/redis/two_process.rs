@@ -4,37 +4,18 @@
 //! from its memory fallback, which hears of it by pub/sub.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::redis::RedisServer;
-use crate::support::{client, Answer, HttpClient};
-use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::Router;
+use crate::support::{client, eventually, Answer, HttpClient, Origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower_response_cache::{Backend, CacheConfig, CacheHandle, CacheLayer, MemoryStore};
 use tower_response_cache::{FallbackStore, RedisStore};
 
 const CHANNEL: &str = "tower-response-cache:invalidations";
-
-/// The portal's dashboard route, answering `<guid> #<call number>`.
-fn portal(handle: &CacheHandle, calls: &Arc<AtomicUsize>) -> Router {
-    Router::new()
-        .route(
-            "/api/dashboard/{guid}",
-            get(
-                |State(calls): State<Arc<AtomicUsize>>, Path(guid): Path<String>| async move {
-                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                    format!("dashboard {guid} #{n}")
-                },
-            ),
-        )
-        .with_state(calls.clone())
-        .layer(CacheLayer::new(handle.clone()))
-}
 
 struct Instance {
     addr: SocketAddr,
@@ -43,8 +24,9 @@ struct Instance {
 }
 
 impl Instance {
-    async fn start(handle: CacheHandle, calls: &Arc<AtomicUsize>) -> Instance {
-        let addr = crate::support::serve(portal(&handle, calls)).await;
+    /// An application instance on `handle`, in front of the shared `origin`.
+    async fn start(handle: CacheHandle, origin: &Origin) -> Instance {
+        let addr = origin.serve(CacheLayer::new(handle.clone())).await;
         Instance {
             addr,
             client: client(),
@@ -58,21 +40,16 @@ impl Instance {
         answer
     }
 
-    /// Read until a hit; `fallback` says whether it must come from the memory fallback.
+    /// Read until a hit (within 5 s); `fallback` says whether it must come from the memory
+    /// fallback.
     async fn warm(&self, path: &str, fallback: bool) -> Answer {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        eventually(Duration::from_secs(5), || async {
             let answer = self.read(path).await;
-            let status = answer.header("cache-status").to_owned();
-            if answer.x_cache() == "HIT" && status.contains("fallback") == fallback {
-                return answer;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{path} never became a hit (fallback: {fallback}); last {status}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            let status = answer.header("cache-status");
+            (answer.x_cache() == "HIT" && status.contains("fallback") == fallback).then_some(answer)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{path} never became a hit (fallback: {fallback})"))
     }
 }
 
@@ -192,7 +169,7 @@ async fn invalidate_in_another_process(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_separate_sync_process_invalidates_every_server_instance() {
     let server = RedisServer::start();
-    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = Origin::default();
 
     // The server, configured as the portal is: from the environment.
     let url = server.url();
@@ -208,7 +185,7 @@ async fn a_separate_sync_process_invalidates_every_server_instance() {
             .map(|(_, v)| v.to_string())
     })
     .unwrap();
-    let a = Instance::start(config.build().await, &calls).await;
+    let a = Instance::start(config.build().await, &origin).await;
     assert_eq!(a.handle.backend(), Backend::Redis);
 
     // A second instance behind a slow link: every call misses its 50 ms deadline, so it
@@ -225,7 +202,7 @@ async fn a_separate_sync_process_invalidates_every_server_instance() {
         .await;
     let b = Instance::start(
         CacheHandle::builder(slow).namespace("portal").build(),
-        &calls,
+        &origin,
     )
     .await;
     assert_eq!(b.handle.backend(), Backend::FallingBack);

@@ -30,16 +30,19 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use tower_response_cache::CacheLayer;
+use tower_response_cache::{CacheHandle, CacheLayer};
 
 /// The origin behind the cache: counts the requests that reach it and answers
 /// `<path> #<call number>` (then ` lang=<value>` when the request has `Accept-Language`),
 /// so a body tells which fetch made it.
 ///
-/// The query scripts the answer: `status=`, `cc=` (`Cache-Control`), `pcc=`
-/// (`Portal-Cache-Control`), `vary=`, `tag=` (`Cache-Tag`), `cookie` (a `Set-Cookie`),
-/// `lm` (a `Last-Modified`), `size=` (a body of that many `x`), `delay_ms=`. Two switches
-/// hold for every answer while set: [`failing`](Self::failing) answers 503,
+/// The query scripts the answer: `status=`, `size=` (a body of that many `x`), `delay_ms=`;
+/// response headers `cc=` (`Cache-Control`), `pcc=` (`Portal-Cache-Control`), `cdn=`
+/// (`CDN-Cache-Control`), `vary=`, `tag=` (`Cache-Tag`), `age=`, `location=`,
+/// `connection=`, `a=`, `c=`, `x=` (`X-Version`); `cookie` (a `Set-Cookie`), `lm` (a fixed
+/// `Last-Modified` in 2015), `lm_hour_ago` (a `Last-Modified` an hour ago with a current
+/// `Date`), `etag=` (that `ETag`, and a 304 with no body to an `If-None-Match` naming it).
+/// Two switches hold for every answer while set: [`failing`](Self::failing) answers 503,
 /// [`no_store`](Self::no_store) adds `Cache-Control: no-store`.
 #[derive(Clone, Default)]
 pub struct Origin {
@@ -54,12 +57,14 @@ impl Origin {
         self.calls.load(Ordering::SeqCst)
     }
 
+    /// Every path answered by this origin, uncached.
+    pub fn router(&self) -> Router {
+        Router::new().fallback(any(answer)).with_state(self.clone())
+    }
+
     /// Every path answered by this origin, behind `layer`.
     pub fn app(&self, layer: CacheLayer) -> Router {
-        Router::new()
-            .fallback(any(answer))
-            .with_state(self.clone())
-            .layer(layer)
+        self.router().layer(layer)
     }
 
     /// [`app`](Self::app), served on a free loopback port.
@@ -90,12 +95,31 @@ async fn answer(
     if origin.failing.load(Ordering::SeqCst) {
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     }
+    if let Some(etag) = q.get("etag") {
+        if headers
+            .get("if-none-match")
+            .is_some_and(|v| v == etag.as_str())
+        {
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            *response.body_mut() = Body::empty();
+        }
+        response
+            .headers_mut()
+            .insert("etag", HeaderValue::from_str(etag).unwrap());
+    }
     let h = response.headers_mut();
     for (param, header) in [
         ("cc", "cache-control"),
         ("pcc", "portal-cache-control"),
+        ("cdn", "cdn-cache-control"),
         ("vary", "vary"),
         ("tag", "cache-tag"),
+        ("age", "age"),
+        ("location", "location"),
+        ("connection", "connection"),
+        ("a", "a"),
+        ("c", "c"),
+        ("x", "x-version"),
     ] {
         if let Some(value) = q.get(param) {
             h.insert(
@@ -111,6 +135,15 @@ async fn answer(
         h.insert(
             "last-modified",
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+    }
+    if q.contains_key("lm_hour_ago") {
+        let now = std::time::SystemTime::now();
+        let hour_ago = now - Duration::from_secs(3600);
+        h.insert("date", httpdate::fmt_http_date(now).parse().unwrap());
+        h.insert(
+            "last-modified",
+            httpdate::fmt_http_date(hour_ago).parse().unwrap(),
         );
     }
     if origin.no_store.load(Ordering::SeqCst) {
@@ -234,6 +267,16 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Wait (up to 5 s) until `handle` has stored at least `n` entries (a miss is stored after
+/// its body ends, off the response path).
+pub async fn stored(handle: &CacheHandle, n: u64) {
+    let done = eventually(Duration::from_secs(5), || async {
+        handle.stats().stores >= n
+    })
+    .await;
+    assert!(done, "expected {n} stores, have {:?}", handle.stats());
 }
 
 /// Read `path` until it is a hit (a miss is stored after its body ends, off the response

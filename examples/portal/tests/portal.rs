@@ -259,7 +259,7 @@ async fn dashboards_are_cached_and_a_sync_invalidates_only_its_company() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn errors_are_json_with_the_right_status() {
+async fn every_error_is_json_with_its_status() {
     let portal = Portal::start(true).await;
     let guid = portal.companies().await[0]["guid"]
         .as_str()
@@ -341,7 +341,7 @@ async fn with_the_cache_off_every_read_reaches_the_database() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_is_served() {
+async fn the_index_page_is_html_and_links_the_dashboards() {
     let portal = Portal::start(true).await;
     let request = Request::get(format!("http://{}/", portal.addr))
         .body(Full::default())
