@@ -611,13 +611,11 @@ async fn instances_sharing_redis_share_entries_with_their_trailers() {
     assert_eq!(check(&mut a.client().await, SERVICE).await.x_cache, "MISS");
     // The Redis write finishes off the response path: wait for it.
     let mut client = b.client().await;
-    let hit = tokio::time::timeout(WAIT, async {
-        loop {
+    let hit = eventually(WAIT, || {
+        let mut client = client.clone();
+        async move {
             let checked = check(&mut client, SERVICE).await;
-            if checked.x_cache == "HIT" {
-                break checked;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            (checked.x_cache == "HIT").then_some(checked)
         }
     })
     .await

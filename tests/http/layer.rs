@@ -352,9 +352,7 @@ async fn a_response_fetched_before_an_invalidation_is_not_stored_after_it() {
         tokio::spawn(async move { get(&client, addr, "/api/dashboard/ABC?delay_ms=300").await })
     };
     // Let the slow request reach the origin, then invalidate while it is in flight.
-    while origin.calls() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    assert!(eventually(Duration::from_secs(5), || async { origin.calls() > 0 }).await);
     handle.invalidate("/api/dashboard/*").await.unwrap();
     let stale = slow.await.unwrap();
     assert_eq!(stale.x_cache(), "MISS");

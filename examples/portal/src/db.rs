@@ -338,7 +338,7 @@ pub fn sync(conn: &mut Connection, guid: &str) -> Result<Option<Synced>, DbError
         .to_string();
     // Deterministic per company and state, like the seed.
     let mut rng = Rng((id as u64) << 32 ^ alter_id as u64);
-    let inserted = 100 + (rng.next() % 400) as i64;
+    let inserted = 100 + (rng.next_u64() % 400) as i64;
     {
         let mut voucher = tx.prepare_cached(
             "INSERT INTO vouchers (company_id, alter_id, date, voucher_type, ledger, amount_cents)

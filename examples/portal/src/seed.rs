@@ -203,7 +203,7 @@ pub struct Voucher {
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -213,7 +213,7 @@ impl Rng {
 
     /// A GUID-shaped identifier (lower-case hex), like the source system's.
     fn guid(&mut self) -> String {
-        let (a, b) = (self.next(), self.next());
+        let (a, b) = (self.next_u64(), self.next_u64());
         format!(
             "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
             a >> 32,
@@ -225,7 +225,7 @@ impl Rng {
     }
 
     pub fn voucher(&mut self) -> Voucher {
-        let r = self.next();
+        let r = self.next_u64();
         let mut pick = r % 100;
         let voucher_type = VOUCHER_TYPES
             .iter()
