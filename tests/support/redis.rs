@@ -1,6 +1,10 @@
 //! A real `redis-server` per test, on a free loopback port, that tests can kill, pause and
-//! restart. The Redis tests never skip: without `redis-server` they fail and say how to get
-//! it (`scripts/test.sh` installs it when run as root).
+//! restart, and a three-primary cluster of them. The Redis tests never skip (whether or not
+//! `TRC_REQUIRE_REDIS=1` is set, as `scripts/test.sh` sets it): without `redis-server` they
+//! fail and say how to get it (`scripts/test.sh` installs it when run as root).
+//!
+//! Self-contained (std and the `redis` crate only), so the portal's tests include this very
+//! file rather than a copy.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -177,7 +181,7 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         if self.child.is_some() {
-            // A paused server ignores SIGKILL until continued? No: SIGKILL always works.
+            // SIGKILL ends a paused (SIGSTOPped) server too.
             self.kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
