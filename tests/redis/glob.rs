@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::support::redis::RedisServer;
-use tower_response_cache::{CacheHandle, MemoryStore, Pattern};
+use tower_response_cache::{CacheHandle, MemoryStore, Pattern, RedisStore};
 
 const ALPHABET: &[u8] = br"ab*?[]^-\";
 const NAMESPACE: &str = "g";
