@@ -8,6 +8,7 @@ mod ban_flood;
 mod hostile_input;
 mod layer;
 mod proxy_rfc9111;
+mod semantics;
 mod stale;
 mod tower;
 mod vary;

@@ -1,34 +1,21 @@
 //! The application preset's HTTP semantics through a real axum server: revalidation with
 //! the origin's validators, ranges answered from stored responses, `HEAD` updates.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
-use common::*;
 use tower_response_cache::{CacheHandle, CacheLayer, CachePolicy};
 
-/// Read until the entry shows up (it is stored on a spawned task at end of body).
-async fn eventually_hit(client: &HttpClient, addr: std::net::SocketAddr, path: &str) -> Answer {
-    for _ in 0..50 {
-        let answer = get(client, addr, path).await;
-        if answer.x_cache() == "HIT" {
-            return answer;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{path} never became a hit");
-}
-
-/// An origin with validators: `ETag: "v1"` (unless `?no_etag`) and a fixed
+/// An origin with validators (beside the support module's [`Origin`], which has none of
+/// this bookkeeping): `ETag: "v1"` (unless `?no_etag`) and a fixed
 /// `Last-Modified`; it answers a matching `If-None-Match` / `If-Modified-Since` with `304`
 /// carrying `x-version: <call>`, records the conditions it was sent, and answers `Range`
 /// itself with a `206` (echoing `If-Range`).
@@ -101,7 +88,7 @@ impl Validating {
 async fn a_stale_entry_is_revalidated_with_its_validators_and_freshened_from_a_304() {
     // The origin's own ETag (none generated here) goes upstream as If-None-Match.
     let (v, addr, client) = start_validating(CachePolicy::default().generate_etag(false)).await;
-    let first = eventually_hit(&client, addr, "/v").await;
+    let first = until_hit(&client, addr, "/v").await;
     v.take_seen();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let validated = get(&client, addr, "/v").await;
@@ -133,7 +120,7 @@ async fn a_stale_entry_is_revalidated_with_its_validators_and_freshened_from_a_3
 #[tokio::test]
 async fn a_generated_etag_is_never_sent_upstream_but_last_modified_validates() {
     let (v, addr, client) = start_validating(CachePolicy::default()).await;
-    let first = eventually_hit(&client, addr, "/g?no_etag").await;
+    let first = until_hit(&client, addr, "/g?no_etag").await;
     assert!(first.header("etag").starts_with('"'), "a generated ETag");
     v.take_seen();
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -160,7 +147,7 @@ async fn ranges_are_answered_from_a_stored_200_in_the_application_preset() {
             ("if-range".to_owned(), "\"v1\"".to_owned()),
         ]
     );
-    let full = eventually_hit(&client, addr, "/r").await;
+    let full = until_hit(&client, addr, "/r").await;
     let body = full.text();
     assert_ne!(body, "bo", "the 206 was never stored");
     assert_eq!(body.len(), 7);
@@ -206,7 +193,7 @@ async fn ranges_are_answered_from_a_stored_200_in_the_application_preset() {
 #[tokio::test]
 async fn a_200_to_a_head_freshens_the_stored_get() {
     let (v, addr, client) = start_validating(CachePolicy::default()).await;
-    let first = eventually_hit(&client, addr, "/h").await;
+    let first = until_hit(&client, addr, "/h").await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Stale: the HEAD goes to the origin, and its 200 updates the stored headers.
     let head = request(&client, "HEAD", addr, "/h", &[]).await;
