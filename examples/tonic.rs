@@ -10,7 +10,7 @@
 //! cargo run --example tonic -- check 127.0.0.1:50051
 //! ```
 //!
-//! `tests/tonic.rs` serves this same stack (it includes this file as a module).
+//! `tests/grpc/passthrough.rs` serves this same stack (it includes this file as a module).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -17,16 +17,17 @@ fi
 # Redis tests must run, never skip themselves.
 export TRC_REQUIRE_REDIS=1
 
+# The whole workspace: the library and the portal (examples/portal).
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets --all-features -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== cargo test (all features)"
-cargo test --all-features --all-targets
+cargo test --workspace --all-features --all-targets
 echo "== doc tests"
-cargo test --all-features --doc
+cargo test --workspace --all-features --doc
 echo "== cargo test (default features)"
-cargo test --lib --tests
+cargo test --workspace --lib --tests
 echo "== benches build (release)"
-cargo bench --all-features --no-run
+cargo bench --workspace --all-features --no-run
 echo "all tests passed"

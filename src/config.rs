@@ -1,27 +1,7 @@
 //! [`CacheConfig`]: the cache configured from environment variables.
 //!
-//! The variables are the seed application's, plus a few of ours:
-//!
-//! | variable | default | meaning |
-//! |---|---|---|
-//! | `REDIS_ENABLED` | `false` | use Redis (with the memory fallback) |
-//! | `REDIS_URL` | — | `redis://[:password@]host:port/db`; overrides the four below |
-//! | `REDIS_HOST` | `localhost` | Redis host |
-//! | `REDIS_PORT` | `6379` | Redis port |
-//! | `REDIS_DB` | `0` | Redis database number |
-//! | `REDIS_PASSWORD` | — | Redis password |
-//! | `REDIS_CLUSTER_NODES` | — | comma-separated `host:port` (or `redis://` URLs) of Redis Cluster nodes; when set, Redis is a cluster and `REDIS_URL`/`HOST`/`PORT`/`DB` are not used |
-//! | `CACHE_TTL_SECONDS` | `3600` | TTL when a response gives none |
-//! | `CACHE_NAMESPACE` | `cache` | prefix of every key |
-//! | `CACHE_MAX_BYTES` | `268435456` | memory store budget (also the fallback's) |
-//! | `CACHE_REDIS_TIMEOUT_MS` | `50` | deadline of each Redis call |
-//! | `CACHE_FALLBACK_TTL_SECONDS` | `30` | longest life of an entry written while Redis is down |
-//! | `CACHE_NEAR_LEASE_MS` | — (off) | turn the near cache (L1 in front of one Redis) on with this lease, 4–10000 ms; every `invalidate` then waits about this long |
-//! | `CACHE_NEAR_MAX_BYTES` | `67108864` | the near cache's byte budget |
-//!
-//! An invalid value is an error naming the variable. Building never fails: with Redis off
-//! (or the `redis` feature not compiled in) the cache is in memory, and with Redis
-//! unreachable it starts on memory at once and switches to Redis when it answers.
+//! The variables and their defaults are listed once, in [`CacheConfig`]'s docs (the README
+//! links there).
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -47,6 +27,30 @@ use crate::handle::CacheHandle;
 use crate::store::MemoryStore;
 
 /// Cache settings, usually read by [`CacheConfig::from_env`].
+///
+/// # Environment variables
+///
+/// | variable | default | meaning |
+/// |---|---|---|
+/// | `REDIS_ENABLED` | `false` | use Redis (with the memory fallback): `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` |
+/// | `REDIS_URL` | — | `redis://[:password@]host:port/db` (also `rediss://`, `redis+unix://`, `unix://`); when set, the four below do not build the URL |
+/// | `REDIS_HOST` | `localhost` | Redis host |
+/// | `REDIS_PORT` | `6379` | Redis port |
+/// | `REDIS_DB` | `0` | Redis database number |
+/// | `REDIS_PASSWORD` | — | Redis password (percent-encoded into the URL); also used for every cluster node that names none |
+/// | `REDIS_CLUSTER_NODES` | — | `host:port,host:port,…` (or `redis://` / `rediss://` URLs) of Redis Cluster nodes, any of them as seeds; when set, Redis is a cluster and `REDIS_URL`/`HOST`/`PORT`/`DB` are not used |
+/// | `CACHE_TTL_SECONDS` | `3600` | TTL, in whole seconds, when a response gives none |
+/// | `CACHE_NAMESPACE` | `cache` | prefix of every key (several applications can share one Redis) |
+/// | `CACHE_MAX_BYTES` | `268435456` | memory store budget, at least 4096 (also the fallback's) |
+/// | `CACHE_REDIS_TIMEOUT_MS` | `50` | deadline of each Redis call, more than 0 |
+/// | `CACHE_FALLBACK_TTL_SECONDS` | `30` | longest life of an entry written while Redis is down |
+/// | `CACHE_NEAR_LEASE_MS` | — (off) | turn the near cache (an L1 in front of one Redis) on with this lease, 4–10 000 ms; every `invalidate` on that Redis then waits about this long |
+/// | `CACHE_NEAR_MAX_BYTES` | `67108864` | the near cache's byte budget |
+///
+/// Values are trimmed; an empty value is the same as none. An invalid value is an error
+/// naming the variable. Building never fails: with Redis off (or the `redis` feature not
+/// compiled in) the cache is in memory, and with Redis unreachable it starts on memory at
+/// once and switches to Redis when it answers.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CacheConfig {
     /// Use Redis.
@@ -110,7 +114,7 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    /// Read the process environment.
+    /// Read the process environment: the variables in the table of [`CacheConfig`].
     pub fn from_env() -> Result<CacheConfig, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }

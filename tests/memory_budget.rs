@@ -2,7 +2,9 @@
 //!
 //! A counting global allocator (this test binary only) measures the bytes live on the heap
 //! while a flood of unique keys, with some hits, goes through the layer onto a
-//! `MemoryStore`, and compares them with the budget.
+//! `MemoryStore`, and compares them with the budget. It is a binary of its own, outside
+//! `tests/http`, because the allocator counts every allocation of the process: tests running
+//! beside it would be counted too.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;

@@ -79,8 +79,10 @@ FEATURES=()
 [ -n "$redis_mode" ] && FEATURES=(--features redis)
 
 log "building the portal, the ceiling server and the stale-read checker (release${FEATURES[*]:+, ${FEATURES[*]}})"
-cargo build --release "${FEATURES[@]}" --example portal --example ceiling --example stale_check
-BIN=$TARGET_DIR/release/examples
+cargo build --release -p portal "${FEATURES[@]}" --bin portal --bin stale_check
+cargo build --release "${FEATURES[@]}" --example ceiling
+BIN=$TARGET_DIR/release
+EXAMPLES=$TARGET_DIR/release/examples
 
 PIDS=()
 cleanup() {
@@ -198,7 +200,7 @@ fi
 log "starting the ceiling server with the same $(wc -c <"$OUT/dashboard.json") dashboard bytes"
 CEILING_BODY="$OUT/dashboard.json" CEILING_ADDR="127.0.0.1:$CEILING_PORT" \
   CEILING_REDIS_URL="${LOAD_REDIS_URL:-}" CACHE_NAMESPACE="$CEILING_NAMESPACE" \
-  "$BIN/ceiling" >"$OUT/ceiling.log" 2>&1 &
+  "$EXAMPLES/ceiling" >"$OUT/ceiling.log" 2>&1 &
 PIDS+=($!)
 echo $! >"$OUT/ceiling.pid"
 CEILING=http://127.0.0.1:$CEILING_PORT

@@ -1,0 +1,712 @@
+//! The poisoning rule, stated as a property: against an origin that echoes every input it
+//! reads, a cached answer always echoes the request it answers. Requests are generated
+//! from escaped and plain paths, reordered and duplicated query pairs, host forms,
+//! forwarding, credential, override and `Vary`-ed headers, and bodies.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use proptest::prelude::*;
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_response_cache::{CacheHandle, CacheLayer, MemoryStore};
+
+type Req = Request<Full<Bytes>>;
+
+/// Headers the origin reads (so the cache must key on them or go around).
+const READ_HEADERS: [&str; 9] = [
+    "x-forwarded-host",
+    "forwarded",
+    "x-forwarded-proto",
+    "x-api-key",
+    "authorization",
+    "cookie",
+    "x-http-method-override",
+    "x-original-url",
+    "accept-language",
+];
+
+/// What a form decoder makes of a query: pairs, `+` as space, escapes decoded, in the
+/// order a map keyed by name would list them (stable by name).
+fn decoded_pairs(query: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn decode(s: &str) -> Vec<u8> {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            let hex = |j: usize| b.get(j).and_then(|c| (*c as char).to_digit(16));
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if hex(i + 1).is_some() && hex(i + 2).is_some() => {
+                    out.push((hex(i + 1).unwrap() * 16 + hex(i + 2).unwrap()) as u8);
+                    i += 2;
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        out
+    }
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((n, v)) => (decode(n), decode(v)),
+            None => (decode(p), Vec::new()),
+        })
+        .collect();
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    pairs
+}
+
+/// Everything the origin reads, as the origin sees it.
+fn echo(parts: &http::request::Parts, body: &[u8]) -> String {
+    let host = parts
+        .headers
+        .get("host")
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+    let mut out = format!(
+        "path={} query={:?} host={host:?} authority={:?} body={:?}",
+        parts.uri.path(),
+        parts.uri.query().map(decoded_pairs),
+        parts.uri.authority().map(|a| a.as_str()),
+        body
+    );
+    for name in READ_HEADERS {
+        let values: Vec<_> = parts.headers.get_all(name).iter().collect();
+        out.push_str(&format!(" {name}={values:?}"));
+    }
+    // An origin choosing an encoding reads the set of codings, whatever their order.
+    let mut codings: Vec<String> = parts
+        .headers
+        .get_all("accept-encoding")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(|c| c.replace(' ', "").to_ascii_lowercase())
+        .filter(|c| !c.is_empty())
+        .collect();
+    codings.sort();
+    codings.dedup();
+    out.push_str(&format!(" accept-encoding={codings:?}"));
+    out
+}
+
+fn echo_origin(
+    calls: &'static AtomicUsize,
+) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone {
+    service_fn(move |request: Req| async move {
+        calls.fetch_add(1, Ordering::Relaxed);
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        let text = echo(&parts, &body);
+        // A router matching the raw path: anything but `/page` is its (storable) 404.
+        let status = if parts.uri.path() == "/page" {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert("vary", "Accept-Language, Accept-Encoding".parse().unwrap());
+        Ok::<_, Infallible>(response)
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Spec {
+    path: &'static str,
+    pairs: Vec<(&'static str, &'static str)>,
+    empty_piece: bool,
+    host: Option<&'static str>,
+    authority: Option<&'static str>,
+    headers: Vec<(&'static str, &'static str)>,
+    body: &'static str,
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    let path = prop::sample::select(vec![
+        "/page", "/%70age", "/pag%65", "/page/", "/Page", "/a%2Fb", "/a/b",
+    ]);
+    let pair = (
+        prop::sample::select(vec!["a", "b", "a+b", "a%20b", "%61", "A"]),
+        prop::sample::select(vec!["1", "2", "%31", "", "x+y", "x%20y"]),
+    );
+    let host = prop::option::of(prop::sample::select(vec![
+        "a.example",
+        "A.example",
+        "b.example",
+    ]));
+    let authority = prop::option::of(prop::sample::select(vec!["a.example", "b.example"]));
+    let header = prop::sample::select(vec![
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-host", "a.example"),
+        ("forwarded", "host=evil.example"),
+        ("x-forwarded-proto", "http"),
+        ("x-api-key", "alice"),
+        ("x-api-key", "bob"),
+        ("authorization", "Bearer alice"),
+        ("cookie", "sid=1"),
+        ("x-http-method-override", "DELETE"),
+        ("x-original-url", "/admin"),
+        ("accept-language", "en"),
+        ("accept-language", "de"),
+        ("accept-encoding", "gzip, br"),
+        ("accept-encoding", "BR,gzip"),
+        ("accept-encoding", "gzip"),
+    ]);
+    (
+        path,
+        prop::collection::vec(pair, 0..4),
+        any::<bool>(),
+        host,
+        authority,
+        prop::collection::vec(header, 0..3),
+        prop::sample::select(vec!["", "", "", "x"]),
+    )
+        .prop_map(
+            |(path, pairs, empty_piece, host, authority, headers, body)| Spec {
+                path,
+                pairs,
+                empty_piece,
+                host,
+                authority,
+                headers,
+                body,
+            },
+        )
+}
+
+/// `spec` with one input taken from `other`.
+fn twin(mut spec: Spec, change: usize, other: Spec) -> Spec {
+    match change {
+        0 => spec.path = other.path,
+        1 => spec.pairs.reverse(),
+        2 => spec.pairs = other.pairs,
+        3 => spec.host = other.host,
+        4 => spec.authority = other.authority,
+        5 => spec.headers.extend(other.headers),
+        6 => spec.headers = other.headers,
+        _ => spec.body = "x",
+    }
+    spec
+}
+
+fn build(spec: &Spec) -> Req {
+    let mut query: Vec<String> = spec.pairs.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    if spec.empty_piece {
+        query.push(String::new());
+    }
+    let mut target = spec.path.to_owned();
+    if !spec.pairs.is_empty() || spec.empty_piece {
+        target.push('?');
+        target.push_str(&query.join("&"));
+    }
+    let uri = match spec.authority {
+        Some(authority) => format!("http://{authority}{target}"),
+        None => target,
+    };
+    let mut request = Request::get(uri);
+    if let Some(host) = spec.host {
+        request = request.header("host", host);
+    }
+    for (name, value) in &spec.headers {
+        request = request.header(*name, *value);
+    }
+    request
+        .body(Full::new(Bytes::from_static(spec.body.as_bytes())))
+        .unwrap()
+}
+
+/// Run `specs` in order through one cache; return how many answers were hits.
+fn run(specs: &[Spec]) -> Result<usize, TestCaseError> {
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let handle = CacheHandle::builder(MemoryStore::new()).build();
+        let service = CacheLayer::new(handle).layer(echo_origin(&CALLS));
+        let mut hits = 0;
+        for spec in specs {
+            let request = build(spec);
+            let (parts, body) = request.into_parts();
+            let expected = echo(&parts, &body.clone().collect().await.unwrap().to_bytes());
+            let response = service
+                .clone()
+                .oneshot(Request::from_parts(parts, body))
+                .await
+                .unwrap();
+            let hit = response
+                .headers()
+                .get("x-cache")
+                .is_some_and(|v| v == "HIT");
+            hits += usize::from(hit);
+            let got = response.into_body().collect().await.unwrap().to_bytes();
+            prop_assert_eq!(
+                String::from_utf8_lossy(&got),
+                expected,
+                "request {:?} (hit: {})",
+                spec,
+                hit
+            );
+            // Let the spawned store write land before the next request.
+            for _ in 0..20 {
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(hits)
+    })
+}
+
+proptest! {
+    // Past failures are replayed first from `hostile_input.proptest-regressions`, beside
+    // this file (proptest's default would look for a `proptest-regressions/` folder beside
+    // the binary's `main.rs`).
+    #![proptest_config(ProptestConfig {
+        cases: 192,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn a_cached_answer_always_echoes_the_request_it_answers(
+        specs in prop::collection::vec(spec(), 1..24),
+        twins in prop::collection::vec((any::<prop::sample::Index>(), 0usize..8, spec()), 1..6),
+    ) {
+        // Each sequence ends with near twins of its requests (one input changed) and an
+        // exact repeat: the inputs a cache could wrongly merge, right after a request
+        // that filled the entry.
+        let mut specs = specs;
+        for (index, change, other) in twins {
+            let original = specs[index.index(specs.len())].clone();
+            specs.push(original.clone());
+            specs.push(twin(original, change, other));
+        }
+        run(&specs)?;
+    }
+}
+
+/// The property above would pass for a cache that never hits: show that it does hit.
+#[test]
+fn the_property_sees_hits_and_plain_repeats_are_served_from_the_cache() {
+    let plain = Spec {
+        path: "/page",
+        pairs: vec![("b", "2"), ("a", "1")],
+        empty_piece: false,
+        host: Some("a.example"),
+        authority: None,
+        headers: vec![("accept-language", "en"), ("x-forwarded-host", "a.example")],
+        body: "",
+    };
+    let reordered = Spec {
+        pairs: vec![("a", "1"), ("b", "2")],
+        ..plain.clone()
+    };
+    let mut encodings = plain.clone();
+    encodings.headers.push(("accept-encoding", "gzip, br"));
+    let mut encodings_again = plain.clone();
+    encodings_again.headers.push(("accept-encoding", "BR,gzip"));
+    let hits = run(&[plain.clone(), plain, reordered, encodings, encodings_again]).unwrap();
+    assert_eq!(hits, 3);
+}
+
+#[test]
+fn headers_the_echo_reads_are_what_the_cache_keys_or_bypasses() {
+    // A guard on the test itself: each header the origin reads is in one of the layer's
+    // documented lists (or varied on by the response).
+    let policy_lists: Vec<&str> = tower_response_cache::DEFAULT_BYPASS_HEADERS
+        .iter()
+        .chain(tower_response_cache::DEFAULT_KEYED_HEADERS.iter())
+        .copied()
+        .collect();
+    for name in READ_HEADERS {
+        assert!(
+            policy_lists.contains(&name) || name == "accept-language",
+            "{name}"
+        );
+    }
+}
+
+/// The same rules through a real axum server and real HTTP.
+mod over_http {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::extract::Request as AxumRequest;
+    use axum::routing;
+    use axum::Router;
+    use bytes::Bytes;
+    use http::{Request, StatusCode};
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower_response_cache::{CacheHandle, CacheLayer, MemoryStore};
+
+    use crate::support::{client, get, get_with, send, serve};
+
+    /// An app whose answers show what it read; `/page` is a route, the rest its 404.
+    fn app(calls: Arc<AtomicUsize>) -> (Router, CacheHandle) {
+        let handle = CacheHandle::builder(MemoryStore::new()).build();
+        let calls_page = calls.clone();
+        let page = move |request: AxumRequest| {
+            let calls = calls_page.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let read = |name: &str| {
+                    request
+                        .headers()
+                        .get(name)
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .unwrap_or_default()
+                };
+                let cc = read("x-test-cache-control");
+                let vary = read("x-test-vary");
+                let mut response = axum::response::Response::new(axum::body::Body::from(format!(
+                    "page host={} fwd={} range={} if-range={}",
+                    read("host"),
+                    read("x-forwarded-host"),
+                    read("range"),
+                    read("if-range")
+                )));
+                if !read("range").is_empty() {
+                    *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                    response
+                        .headers_mut()
+                        .insert("content-range", "bytes 0-3/20".parse().unwrap());
+                }
+                if !cc.is_empty() {
+                    let value = http::HeaderValue::from_bytes(&hex(&cc)).unwrap();
+                    response.headers_mut().insert("cache-control", value);
+                }
+                if !vary.is_empty() {
+                    let value = http::HeaderValue::from_bytes(&hex(&vary)).unwrap();
+                    response.headers_mut().insert("vary", value);
+                }
+                response
+            }
+        };
+        let router = Router::new()
+            .route("/page", routing::get(page))
+            .fallback(move || {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    (StatusCode::NOT_FOUND, "not found")
+                }
+            })
+            .layer(CacheLayer::new(handle.clone()));
+        (router, handle)
+    }
+
+    /// Test headers carry raw bytes as hex, so a test can send one non-ASCII byte.
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn to_hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[tokio::test]
+    async fn an_escaped_spelling_of_a_route_never_files_its_404_under_the_page() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (router, _) = app(calls.clone());
+        let addr = serve(router).await;
+        let c = client();
+        // The attacker's spelling reaches the fallback 404 (storable by default) ...
+        assert_eq!(get(&c, addr, "/%70age").await.status, StatusCode::NOT_FOUND);
+        assert_eq!(get(&c, addr, "/%70age").await.x_cache(), "HIT");
+        // ... and the real page is still the page.
+        let page = get(&c, addr, "/page").await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(page.x_cache(), "MISS");
+    }
+
+    #[tokio::test]
+    async fn forwarded_host_is_keyed_and_api_keys_bypass() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (router, _) = app(calls.clone());
+        let addr = serve(router).await;
+        let c = client();
+        let evil = get_with(&c, addr, "/page", &[("x-forwarded-host", "evil.example")]).await;
+        assert!(evil.text().contains("fwd=evil.example"));
+        let plain = get(&c, addr, "/page").await;
+        assert_eq!(plain.x_cache(), "MISS");
+        assert!(!plain.text().contains("evil"));
+        assert_eq!(get(&c, addr, "/page").await.x_cache(), "HIT");
+        for (name, value) in [
+            ("x-api-key", "alice"),
+            ("proxy-authorization", "Basic x"),
+            ("x-http-method-override", "DELETE"),
+            ("x-original-url", "/admin"),
+        ] {
+            let answer = get_with(&c, addr, "/page", &[(name, value)]).await;
+            assert_eq!(answer.x_cache(), "BYPASS", "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_get_with_a_body_bypasses() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (router, _) = app(calls.clone());
+        let addr = serve(router).await;
+        let c = client();
+        let request = Request::get(format!("http://{addr}/page"))
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        assert_eq!(send(&c, request).await.x_cache(), "BYPASS");
+        assert_eq!(get(&c, addr, "/page").await.x_cache(), "MISS");
+    }
+
+    /// A raw HTTP/1.1 request (hyper's client always agrees with itself).
+    async fn raw(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_host_that_disagrees_with_the_absolute_uri_bypasses() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (router, _) = app(calls.clone());
+        let addr = serve(router).await;
+        let mismatch = raw(
+            addr,
+            "GET http://victim.example/page HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(mismatch.contains("x-cache: BYPASS"), "{mismatch}");
+        let victim = raw(
+            addr,
+            "GET /page HTTP/1.1\r\nHost: victim.example\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(victim.contains("host=victim.example"), "{victim}");
+    }
+
+    #[tokio::test]
+    async fn range_requests_are_forwarded_whole_and_their_206_never_stored() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (router, _) = app(calls.clone());
+        let addr = serve(router).await;
+        let c = client();
+        let ranged = get_with(
+            &c,
+            addr,
+            "/page",
+            &[("range", "bytes=0-3"), ("if-range", "\"v1\"")],
+        )
+        .await;
+        // Nothing stored: forwarded as sent, never leading a fill.
+        assert_eq!(ranged.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(ranged.x_cache(), "MISS");
+        assert!(ranged.header("cache-status").contains("detail=range"));
+        // The condition travels with the range: no splice of a changed representation.
+        assert!(
+            ranged.text().contains("if-range=\"v1\""),
+            "{}",
+            ranged.text()
+        );
+        let again = get_with(&c, addr, "/page", &[("range", "bytes=0-3")]).await;
+        assert_eq!(again.x_cache(), "MISS");
+        // The 206 was stored nowhere, and the key is not left uncacheable.
+        let full = get(&c, addr, "/page").await;
+        assert_eq!(full.status, StatusCode::OK);
+        assert_eq!(full.x_cache(), "MISS");
+        assert_eq!(get(&c, addr, "/page").await.x_cache(), "HIT");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_cache_control_or_vary_is_not_stored() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (router, _) = app(calls.clone());
+        let addr = serve(router).await;
+        let c = client();
+        let cases = [
+            ("x-test-cache-control", &b"max-age=60, private, \xff"[..]),
+            ("x-test-vary", b"Accept-Language, Cookie\xe9"),
+        ];
+        for (name, bytes) in cases {
+            let header = [(name, to_hex(bytes))];
+            let headers: Vec<(&str, &str)> = header.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            // Keyed by the test header itself so each case has its own entry.
+            let path = format!("/page?case={name}");
+            get_with(&c, addr, &path, &headers).await;
+            let second = get_with(&c, addr, &path, &headers).await;
+            assert_ne!(second.x_cache(), "HIT", "{name}");
+        }
+        // A readable one is stored.
+        let readable = [("x-test-cache-control", to_hex(b"max-age=60"))];
+        let headers: Vec<(&str, &str)> = readable.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        get_with(&c, addr, "/page?case=ok", &headers).await;
+        assert_eq!(
+            get_with(&c, addr, "/page?case=ok", &headers)
+                .await
+                .x_cache(),
+            "HIT"
+        );
+    }
+}
+
+/// A streamed origin body: `frames`, one every `pause`, as most dynamic pages arrive.
+type Trickle = http_body_util::StreamBody<
+    futures_util::stream::BoxStream<'static, Result<http_body::Frame<Bytes>, Infallible>>,
+>;
+
+fn trickle(frames: Vec<Bytes>, pause: std::time::Duration) -> Response<Trickle> {
+    use futures_util::StreamExt;
+    let frames = futures_util::stream::iter(frames).then(move |frame| async move {
+        tokio::time::sleep(pause).await;
+        Ok(http_body::Frame::data(frame))
+    });
+    Response::new(http_body_util::StreamBody::new(frames.boxed()))
+}
+
+/// Send a GET of `path` through `service` and read the whole answer.
+async fn body_of<S>(service: S, path: &'static str) -> Bytes
+where
+    S: Service<Req, Response = Response<tower_response_cache::CacheBody<Trickle>>>,
+    S::Error: std::fmt::Debug,
+{
+    let request = Request::get(path).body(Full::default()).unwrap();
+    let response = service.oneshot(request).await.unwrap();
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+/// A fill is read at the origin's pace: a first client that never reads its body makes no
+/// follower wait for it.
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_up_no_follower() {
+    use std::time::Duration;
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let origin = service_fn(|_request: Req| async {
+        CALLS.fetch_add(1, Ordering::SeqCst);
+        // Eight frames over 80 ms.
+        let frames = (0..8u8)
+            .map(|i| Bytes::from(vec![b'a' + i; 1000]))
+            .collect();
+        Ok::<_, Infallible>(trickle(frames, Duration::from_millis(10)))
+    });
+    let handle = CacheHandle::builder(MemoryStore::new())
+        .coalesce_timeout(Duration::from_secs(30))
+        .build();
+    let service = CacheLayer::new(handle.clone()).layer(origin);
+    // The first client gets its response head and never reads the body.
+    let stalled = service
+        .clone()
+        .oneshot(Request::get("/p").body(Full::default()).unwrap());
+    let stalled = stalled.await.unwrap();
+    let started = std::time::Instant::now();
+    let followers = (0..5).map(|_| body_of(service.clone(), "/p"));
+    let bodies = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::future::join_all(followers),
+    )
+    .await
+    .expect("a follower waited on the stalled client");
+    for body in bodies {
+        assert_eq!(body.len(), 8000);
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(CALLS.load(Ordering::SeqCst), 1, "one origin call for all");
+    // The fill was stored at the origin's pace, the stalled client notwithstanding.
+    let again = service
+        .clone()
+        .oneshot(Request::get("/p").body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["x-cache"], "HIT");
+    // And the stalled client still gets its whole body when it reads at last.
+    let late = stalled.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(late.len(), 8000);
+}
+
+/// A request of another `Vary` variant does not wait for a slow fill of the first.
+#[tokio::test]
+async fn a_junk_variant_never_makes_a_real_one_wait() {
+    use std::time::Duration;
+    let origin = service_fn(|request: Req| async move {
+        let language = request.headers()["accept-language"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        // The junk variant's body trickles for seconds; the real one's is quick.
+        let pause = if language == "junk" { 500 } else { 1 };
+        let frames = vec![Bytes::from(language); 4];
+        let mut response = trickle(frames, Duration::from_millis(pause));
+        response
+            .headers_mut()
+            .insert("vary", "accept-language".parse().unwrap());
+        Ok::<_, Infallible>(response)
+    });
+    let handle = CacheHandle::builder(MemoryStore::new())
+        .coalesce_timeout(Duration::from_secs(30))
+        .build();
+    let service = CacheLayer::new(handle).layer(origin);
+    let get = |language: &'static str| {
+        let service = service.clone();
+        async move {
+            let request = Request::get("/p")
+                .header("accept-language", language)
+                .body(Full::default())
+                .unwrap();
+            let response = service.oneshot(request).await.unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        }
+    };
+    let junk = get("junk");
+    let real = async {
+        // Join the junk fill's flight once its head is out.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let body = get("en").await;
+        (body, started.elapsed())
+    };
+    let (junk, (real, waited)) = tokio::join!(junk, real);
+    assert_eq!(junk, "junkjunkjunkjunk");
+    assert_eq!(real, "enenenen");
+    assert!(
+        waited < Duration::from_millis(1000),
+        "waited {waited:?} for the junk fill"
+    );
+}
+
+/// A request that starts after `invalidate` returned never reads a fetch from before it,
+/// not even one still streaming.
+#[tokio::test]
+async fn a_fill_from_before_an_invalidation_is_never_shared_after_it() {
+    use std::time::Duration;
+    static VERSION: AtomicUsize = AtomicUsize::new(0);
+    let origin = service_fn(|_request: Req| async {
+        let version = VERSION.fetch_add(1, Ordering::SeqCst) + 1;
+        let frames = vec![Bytes::from(format!("v{version};")); 3];
+        Ok::<_, Infallible>(trickle(frames, Duration::from_millis(100)))
+    });
+    let handle = CacheHandle::builder(MemoryStore::new()).build();
+    let service = CacheLayer::new(handle.clone()).layer(origin);
+    let get = || body_of(service.clone(), "/p");
+    let before = get();
+    let after = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        handle.invalidate("/p").await.unwrap();
+        get().await
+    };
+    let (before, after) = tokio::join!(before, after);
+    assert_eq!(before, "v1;v1;v1;");
+    assert_eq!(after, "v2;v2;v2;");
+    // Nor is the old fill stored: the next read is the new version.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get().await, "v2;v2;v2;");
+}

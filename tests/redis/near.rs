@@ -1,0 +1,447 @@
+//! The near cache (L1 in front of Redis) across OS processes: three server instances with a
+//! near cache, a separate sync process without one invalidating every 100 ms, and a checker
+//! reading every instance continuously. A read that started after an `invalidate` returned
+//! must never carry an older version: not in steady state, not while the subscription
+//! connections are killed (`CLIENT KILL TYPE pubsub`), not while Redis is paused (SIGSTOP)
+//! and resumed, not while one instance's process is stopped and continued.
+//!
+//! The instances and the sync process are this test binary run again (`near_helper`, with
+//! `NEAR_ROLE` set): separate processes with their own clocks, connections and leases. The
+//! origin's data is a file the sync process rewrites before each invalidation. Instances use
+//! a bare `RedisStore` (no memory fallback): the fallback's outage rules are unchanged and
+//! tested elsewhere, and this checks what the near cache adds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::near_processes::{p99, phase, Deployment, Recorded, LEASE};
+use crate::support::redis::{RedisCluster, RedisServer};
+use bytes::Bytes;
+use tower_response_cache::{CacheLayer, RedisStore, Store, StoreKey};
+
+/// Not a test of its own: the instance and sync processes run this binary again with
+/// `NEAR_ROLE` set. Without it, returns at once.
+#[test]
+fn near_helper() {
+    crate::near_processes::run_helper();
+}
+
+#[test]
+fn near_caches_in_three_processes_never_serve_what_a_sync_process_invalidated() {
+    let redis = RedisServer::start();
+    let deployment = Deployment::start(&redis.url());
+    let mut stale = 0;
+
+    let (reads, l1, s) = phase(&deployment, "steady", || {
+        std::thread::sleep(Duration::from_secs(2))
+    });
+    stale += s;
+    assert!(reads > 100, "too few reads: {reads}");
+    assert!(
+        l1 > reads / 10,
+        "the near cache answered {l1} of {reads} reads"
+    );
+
+    // Killed, and kept from subscribing again for a while (invalidations published
+    // meanwhile are never delivered), then let back in. Instance 0 is not read meanwhile,
+    // so its near cache still holds what it held before (reads would refill it).
+    let (_, _, s) = phase(&deployment, "subscriptions killed", || {
+        let mut admin = redis.connection();
+        for _ in 0..2 {
+            deployment.quiet.store(0, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(400));
+            let mut acl = |rule: &str| {
+                let _: () = redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg("default")
+                    .arg(rule)
+                    .query(&mut admin)
+                    .unwrap();
+            };
+            acl("-subscribe");
+            let _: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query(&mut redis.connection())
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(600));
+            // No invalidation after the missed ones for a while: nothing else would clear
+            // what instance 0 holds.
+            let sync = deployment.sync.as_ref().unwrap();
+            sync.signal("-STOP");
+            acl("+subscribe");
+            // Subscribed again, a heartbeat back: then read it.
+            std::thread::sleep(Duration::from_millis(400));
+            deployment.quiet.store(usize::MAX, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(300));
+            sync.signal("-CONT");
+        }
+        std::thread::sleep(Duration::from_millis(600));
+    });
+    stale += s;
+
+    let (_, _, s) = phase(&deployment, "redis paused", || {
+        std::thread::sleep(Duration::from_millis(500));
+        redis.pause();
+        std::thread::sleep(Duration::from_millis(700));
+        redis.resume();
+        std::thread::sleep(Duration::from_millis(1000));
+    });
+    stale += s;
+
+    let (_, _, s) = phase(&deployment, "instance paused", || {
+        std::thread::sleep(Duration::from_millis(500));
+        let instance = &deployment.instances[1].0;
+        instance.signal("-STOP");
+        std::thread::sleep(Duration::from_millis(700));
+        instance.signal("-CONT");
+        std::thread::sleep(Duration::from_millis(1000));
+    });
+    stale += s;
+
+    let lapses: u64 = (0..3)
+        .map(|i| deployment.stats(i)["lease_lapses"].as_u64().unwrap())
+        .sum();
+    let waits = deployment.waits.lock().unwrap().clone();
+    eprintln!(
+        "invalidate: {} returned, p99 {} ms (lease {} ms; includes the sync process's own stop); lease lapses {lapses}",
+        waits.len(),
+        p99(&waits),
+        LEASE.as_millis()
+    );
+    assert_eq!(stale, 0, "stale reads after an invalidate returned");
+    // The killed subscriptions and the paused Redis made leases lapse.
+    assert!(lapses >= 3, "lease lapses: {lapses}");
+}
+
+#[test]
+fn on_a_cluster_the_near_cache_steps_aside_and_nothing_is_stale() {
+    let cluster = RedisCluster::start();
+    cluster.wait_until_ok();
+    let deployment = Deployment::start(&cluster.seeds().join(","));
+    let (reads, l1, stale) = phase(&deployment, "cluster", || {
+        std::thread::sleep(Duration::from_secs(2))
+    });
+    assert!(reads > 100, "too few reads: {reads}");
+    assert_eq!(l1, 0, "no near cache on a cluster");
+    assert_eq!(stale, 0, "stale reads after an invalidate returned");
+}
+
+/// Heartbeats stop (Redis refuses writes and publishes for a while): the lease lapses and
+/// reads go to Redis; when heartbeats return, hits come from the near cache again.
+#[tokio::test]
+async fn the_lease_lapses_without_heartbeats_and_returns_with_them() {
+    use tower_response_cache::Entry;
+    let redis = RedisServer::start();
+    let lease = Duration::from_millis(100);
+    let store = RedisStore::builder(redis.url())
+        .deadline(Duration::from_millis(300))
+        .near_cache(lease, 1 << 20)
+        .build()
+        .unwrap();
+    let key = StoreKey {
+        namespace: "near",
+        logical: "/page",
+        variant: 7,
+    };
+    let entry = Entry::new(
+        http::StatusCode::OK,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"hello"),
+        Duration::from_secs(60),
+    );
+    let token = store.current_write_token().await.unwrap();
+    store.put(key, Arc::new(entry), token).await.unwrap();
+    let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !near_hit(&store) {
+        assert!(
+            Instant::now() < deadline,
+            "no near-cache hit with heartbeats flowing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lapses = store.stats().lease_lapses;
+
+    // Writes (the heartbeat script) and PUBLISH wait while reads go on.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1000)
+        .arg("WRITE")
+        .query(&mut redis.connection())
+        .unwrap();
+    tokio::time::sleep(lease + lease / 2).await;
+    // No lease: `try_get_now` declines, so the layer asks Redis (`get`).
+    assert!(!near_hit(&store), "a near-cache hit without a lease");
+    assert!(store.stats().lease_lapses > lapses, "the lapse is counted");
+    // (The read queues behind the paused heartbeat on the multiplexed connection.)
+    let before = store.stats().redis_hits;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(store.get(key).await.unwrap().is_some(), "Redis answers");
+    assert!(store.stats().redis_hits > before);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !near_hit(&store) {
+        assert!(Instant::now() < deadline, "near-cache hits did not resume");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Invalidations published while the subscription is down are never delivered: when it is
+/// back, the near cache has forgotten what it held (the store alone, without the handle's
+/// own ban on a lost channel).
+#[tokio::test]
+async fn a_lost_subscription_forgets_what_it_held() {
+    use tower_response_cache::Entry;
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .deadline(Duration::from_millis(300))
+        .near_cache(Duration::from_millis(100), 1 << 20)
+        .build()
+        .unwrap();
+    let key = StoreKey {
+        namespace: "near",
+        logical: "/page",
+        variant: 7,
+    };
+    let entry = Entry::new(
+        http::StatusCode::OK,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"old"),
+        Duration::from_secs(60),
+    );
+    let token = store.current_write_token().await.unwrap();
+    store.put(key, Arc::new(entry), token).await.unwrap();
+    let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !near_hit(&store) {
+        assert!(
+            Instant::now() < deadline,
+            "no near-cache hit with heartbeats flowing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut admin = redis.connection();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-subscribe")
+        .query(&mut admin)
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut admin)
+        .unwrap();
+    // Another process invalidates, and this one does not hear of it. Only the Redis entry
+    // goes; what the near cache holds stays unless the lost subscription clears it.
+    let other = RedisStore::builder(redis.url())
+        .deadline(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    other
+        .invalidate("near", &tower_response_cache::Pattern::new("/page"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("+subscribe")
+        .query(&mut admin)
+        .unwrap();
+    // Subscribed again and a lease again (a fresh entry elsewhere hits the near cache)...
+    let fresh = StoreKey {
+        logical: "/fresh",
+        ..key
+    };
+    let entry = Arc::new(Entry::new(
+        http::StatusCode::OK,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"fresh"),
+        Duration::from_secs(60),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let token = store.current_write_token().await.unwrap();
+        store.put(fresh, entry.clone(), token).await.unwrap();
+        if store.try_get_now(fresh).flatten().is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lease after the subscription came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and the invalidated entry is not served from it.
+    assert!(
+        !near_hit(&store),
+        "the near cache served what it missed the invalidation of"
+    );
+    assert!(store.get(key).await.unwrap().is_none());
+}
+
+/// From the environment's settings to a near-cache hit over HTTP: `CACHE_NEAR_LEASE_MS`
+/// turns it on behind the memory fallback, `Cache-Status` says `detail=l1`, and the stats
+/// count it; an invalidation through the handle is not served afterwards.
+#[tokio::test]
+async fn configured_from_the_environment_hits_say_l1() {
+    use axum::routing::get;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let config = tower_response_cache::CacheConfig::from_lookup(|name| match name {
+        "REDIS_ENABLED" => Some("true".into()),
+        "REDIS_URL" => Some(url.clone()),
+        "CACHE_REDIS_TIMEOUT_MS" => Some("300".into()),
+        "CACHE_NEAR_LEASE_MS" => Some("100".into()),
+        _ => None,
+    })
+    .unwrap();
+    let handle = config.build().await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new()
+        .route(
+            "/page",
+            get(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { format!("call {n}") }
+            }),
+        )
+        .layer(CacheLayer::new(handle.clone()));
+    let addr = crate::support::serve(app).await;
+    let client = crate::support::client();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = crate::support::get(&client, addr, "/page").await;
+        if answer.header("cache-status").contains("detail=l1") {
+            assert_eq!(answer.text(), "call 1");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never a near-cache hit: {}",
+            answer.header("cache-status")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = handle.stats();
+    assert!(stats.l1_hits > 0, "{stats:?}");
+    handle.invalidate("/page").await.unwrap();
+    let answer = crate::support::get(&client, addr, "/page").await;
+    assert_eq!(answer.text(), "call 2", "{}", answer.header("cache-status"));
+}
+
+/// A process without a near cache (the sync pipeline) still waits for another process's
+/// lease, and the wait is exported as a histogram.
+#[test]
+fn an_invalidation_waits_for_advertised_leases_and_exports_the_wait() {
+    let redis = RedisServer::start();
+    let values = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = Recorded(values.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lease = Duration::from_millis(150);
+    let took = metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let invalidator = RedisStore::builder(redis.url())
+                .deadline(Duration::from_millis(300))
+                .build()
+                .unwrap();
+            let pattern = tower_response_cache::Pattern::new("/page");
+            // Nobody advertises a lease yet: no wait.
+            let started = Instant::now();
+            invalidator.invalidate("near", &pattern).await.unwrap();
+            assert!(started.elapsed() < lease, "waited with no lease advertised");
+            let _holder = RedisStore::builder(redis.url())
+                .deadline(Duration::from_millis(300))
+                .near_cache(lease, 1 << 20)
+                .build()
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let started = Instant::now();
+            invalidator.invalidate("near", &pattern).await.unwrap();
+            started.elapsed()
+        })
+    });
+    assert!(
+        took >= lease,
+        "returned after {took:?}, before the lease of {lease:?}"
+    );
+    let values = values.lock().unwrap();
+    let waits: Vec<f64> = values
+        .iter()
+        .filter(|(name, _)| name == "tower_response_cache_invalidate_wait_seconds")
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(waits.len(), 1, "{values:?}");
+    assert!(waits[0] >= lease.as_secs_f64(), "{waits:?}");
+}
+
+/// An invalidation that fails (here: Redis holds writes longer than the deadline) still
+/// clears this process's near cache: it returned an error, but this process does not serve
+/// what it tried to remove.
+#[tokio::test]
+async fn a_failed_invalidation_still_clears_this_process_near_cache() {
+    use tower_response_cache::Entry;
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .deadline(Duration::from_millis(200))
+        .near_cache(Duration::from_millis(100), 1 << 20)
+        .build()
+        .unwrap();
+    let key = StoreKey {
+        namespace: "near",
+        logical: "/page",
+        variant: 7,
+    };
+    let fresh = StoreKey {
+        logical: "/fresh",
+        ..key
+    };
+    let entry = Arc::new(Entry::new(
+        http::StatusCode::OK,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"old"),
+        Duration::from_secs(60),
+    ));
+    for key in [key, fresh] {
+        let token = store.current_write_token().await.unwrap();
+        store.put(key, entry.clone(), token).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.try_get_now(key).flatten().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no near-cache hit with heartbeats flowing"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(500)
+        .arg("WRITE")
+        .query(&mut redis.connection())
+        .unwrap();
+    let failed = store
+        .invalidate("near", &tower_response_cache::Pattern::new("/page"))
+        .await;
+    assert!(
+        failed.is_err(),
+        "the invalidation was held past its deadline"
+    );
+    // The lease comes back once writes flow again (the other key hits again)...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.try_get_now(fresh).flatten().is_none() {
+        assert!(Instant::now() < deadline, "near-cache hits did not resume");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...and the key it tried to invalidate is not among them.
+    assert!(store.try_get_now(key).flatten().is_none());
+}

@@ -1,0 +1,152 @@
+//! Soft invalidation on a real `redis-server`: matching entries are served stale (within
+//! their stale-while-revalidate window) while one background fetch refreshes them, every
+//! instance sharing the Redis sees the same, a response fetched before the soft
+//! invalidation is never stored after it, and a hard invalidation beats it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::support::redis::RedisServer;
+use crate::support::{client, eventually, get, HttpClient, Origin};
+use tower_response_cache::{CacheHandle, CacheLayer, Entry, MemoryStore, Pattern, Store, StoreKey};
+use tower_response_cache::{FallbackStore, RedisStore};
+
+/// One application instance: a handle on a fallback store over the shared Redis, with a
+/// stale-while-revalidate window, behind an axum server.
+async fn instance(server: &RedisServer, origin: &Origin) -> (CacheHandle, SocketAddr) {
+    let redis = RedisStore::builder(server.url())
+        .deadline(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let store = FallbackStore::builder(redis, MemoryStore::new())
+        .build()
+        .await;
+    let handle = CacheHandle::builder(store)
+        .namespace("t")
+        .stale_while_revalidate(Duration::from_secs(60))
+        .build();
+    let addr = origin.serve(CacheLayer::new(handle.clone())).await;
+    (handle, addr)
+}
+
+async fn read(client: &HttpClient, addr: SocketAddr, path: &str) -> (String, String) {
+    let answer = get(client, addr, path).await;
+    assert_eq!(answer.status, 200);
+    (answer.x_cache().to_owned(), answer.text())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_invalidation_in_redis_serves_stale_refreshes_once_and_hard_beats_it() {
+    let server = RedisServer::start();
+    let origin = Origin::default();
+    // Instance A serves; instance B (another process, as far as Redis can tell) only
+    // invalidates.
+    let (_a, at_a) = instance(&server, &origin).await;
+    let (b, _) = instance(&server, &origin).await;
+    let client = client();
+    read(&client, at_a, "/api/dashboard/ABC").await;
+    read(&client, at_a, "/api/dashboard/XYZ").await;
+    let stored = eventually(Duration::from_secs(5), || async {
+        server.keys("t:k:*").len() == 2
+    })
+    .await;
+    assert!(stored, "the entries never reached Redis");
+
+    // Marked in Redis, not removed: A serves the old answer as stale, without waiting.
+    assert_eq!(b.invalidate_soft("/api/dashboard/A*").await.unwrap(), 1);
+    assert_eq!(server.keys("t:k:*").len(), 2);
+    assert_eq!(
+        read(&client, at_a, "/api/dashboard/ABC").await,
+        ("STALE".to_owned(), "/api/dashboard/ABC #1".to_owned())
+    );
+    assert_eq!(read(&client, at_a, "/api/dashboard/XYZ").await.0, "HIT");
+    // One background fetch refreshed it; then it reads as fresh.
+    let refreshed = eventually(Duration::from_secs(5), || async {
+        read(&client, at_a, "/api/dashboard/ABC").await
+            == ("HIT".to_owned(), "/api/dashboard/ABC #3".to_owned())
+    })
+    .await;
+    assert!(refreshed, "the stale entry was never refreshed");
+    assert_eq!(origin.calls(), 3, "one refresh, not more");
+
+    // Hard beats soft.
+    b.invalidate_soft("/api/dashboard/*").await.unwrap();
+    b.invalidate("/api/dashboard/*").await.unwrap();
+    assert_eq!(read(&client, at_a, "/api/dashboard/XYZ").await.0, "MISS");
+    assert!(server.keys("t:k:/api/dashboard/ABC").is_empty());
+}
+
+fn entry(body: &'static str) -> Arc<Entry> {
+    Arc::new(
+        Entry::new(
+            http::StatusCode::OK,
+            http::HeaderMap::new(),
+            bytes::Bytes::from_static(body.as_bytes()),
+            Duration::from_secs(600),
+        )
+        .with_stale(Duration::from_secs(60), Duration::ZERO),
+    )
+}
+
+fn is_fresh(entry: &Entry) -> bool {
+    // An expired entry has spent its TTL: its age reaches it.
+    entry.stored_at_millis() + entry.ttl().as_millis() as u64
+        > std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_fetched_before_a_soft_invalidation_is_not_stored_after_it() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(server.url())
+        .deadline(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let key = StoreKey {
+        namespace: "t",
+        logical: "/a",
+        variant: 1,
+    };
+    store
+        .put(key, entry("v1"), store.write_token())
+        .await
+        .unwrap();
+    let fetched_before = store.write_token();
+    let exact = Pattern::new("/a");
+    assert_eq!(store.invalidate_soft("t", &exact).await.unwrap(), 1);
+    store.put(key, entry("v2"), fetched_before).await.unwrap();
+    let seen = store.get(key).await.unwrap().expect("still there, marked");
+    assert_eq!(
+        seen[0].body(),
+        "v1",
+        "a write fetched before the mark landed"
+    );
+    assert!(
+        !is_fresh(&seen[0]),
+        "a soft-invalidated entry read as fresh"
+    );
+
+    // A fetch that began after the mark lands, and reads as fresh.
+    store
+        .put(key, entry("v3"), store.write_token())
+        .await
+        .unwrap();
+    let seen = store.get(key).await.unwrap().unwrap();
+    assert_eq!(seen[0].body(), "v3");
+    assert!(is_fresh(&seen[0]));
+    // A glob marks too, and an entry that is gone is not resurrected by a mark.
+    assert_eq!(
+        store
+            .invalidate_soft("t", &Pattern::new("/*"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!is_fresh(&store.get(key).await.unwrap().unwrap()[0]));
+    store.invalidate("t", &exact).await.unwrap();
+    assert_eq!(store.invalidate_soft("t", &exact).await.unwrap(), 0);
+    assert!(server.keys("t:k:*").is_empty());
+}

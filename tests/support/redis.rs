@@ -1,0 +1,317 @@
+//! A real `redis-server` per test, on a free loopback port, that tests can kill, pause and
+//! restart, and a three-primary cluster of them. The Redis tests never skip (whether or not
+//! `TRC_REQUIRE_REDIS=1` is set, as `scripts/test.sh` sets it): without `redis-server` they
+//! fail and say how to get it (`scripts/test.sh` installs it when run as root).
+//!
+//! Self-contained (std and the `redis` crate only), so the portal's tests include this very
+//! file rather than a copy.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+/// A free loopback port whose cluster bus port (port + 10 000) is free too: cluster nodes
+/// listen on both, and an ephemeral port above 55 535 has no bus port at all.
+fn free_port() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl RedisServer {
+    /// Start a server with no persistence.
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Start a server with extra `redis-server` arguments (e.g. `["--requirepass", "x"]`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        // A port found free can be taken before the server binds it (other tests run in
+        // parallel): try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("trc-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            if server.try_spawn() {
+                return server;
+            }
+            server.stop_child();
+        }
+        panic!("redis-server did not start on any of five free ports");
+    }
+
+    fn stop_child(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn spawn(&mut self) {
+        if !self.try_spawn() {
+            panic!("redis-server did not start on port {}", self.port);
+        }
+    }
+
+    /// Start the server on its port: whether it came up (the port may have been taken).
+    fn try_spawn(&mut self) -> bool {
+        let binary = which("redis-server").unwrap_or_else(|| {
+            panic!(
+                "redis-server is required for the Redis tests and was not found on PATH: \
+                 install it (apt-get install redis-server) or run scripts/test.sh as root"
+            )
+        });
+        let child = Command::new(binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        self.came_up()
+    }
+
+    fn came_up(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            // A server that could not bind exits at once.
+            if let Some(child) = self.child.as_mut() {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return false;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// SIGKILL: gone at once, no chance to save.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the port stays open but nothing answers (a hanging Redis).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Write an RDB snapshot now (so a restart comes back with today's data).
+    pub fn save(&self) {
+        let _: () = redis::cmd("SAVE").query(&mut self.connection()).unwrap();
+    }
+
+    /// Start again on the same port; with a snapshot in the directory, with its data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Start again on the same port with no data at all.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+        self.spawn();
+    }
+
+    /// A plain synchronous connection, for setting up and inspecting state.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut self.connection())
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // SIGKILL ends a paused (SIGSTOPped) server too.
+            self.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn which(binary: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(binary))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A Redis Cluster of three primaries (no replicas) on loopback ports, built with
+/// `redis-cli --cluster create`. Each node is a [`RedisServer`] the tests can kill, pause
+/// and restart; a node keeps its `nodes.conf`, so a restarted node rejoins with its slots.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                // The cluster bus gets a port of its own (not port + 10000, which may not
+                // exist above 55535).
+                let bus = free_port().to_string();
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "1000",
+                ])
+            })
+            .collect();
+        let cli = which("redis-cli").expect("redis-cli (package redis-tools) is required");
+        let output = Command::new(cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Node URLs, to seed a cluster client.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect()
+    }
+
+    /// Wait until every running node reports `cluster_state:ok` and agrees on the slots.
+    pub fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut n.connection())
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Keys matching `pattern` on each node, node by node.
+    pub fn keys_per_node(&self, pattern: &str) -> Vec<Vec<String>> {
+        self.nodes.iter().map(|n| n.keys(pattern)).collect()
+    }
+
+    /// Keys matching `pattern` on all nodes together.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self.keys_per_node(pattern).concat();
+        keys.sort();
+        keys
+    }
+
+    /// The index in [`nodes`](Self::nodes) of the node that holds `key`'s slot (asked of a
+    /// running node).
+    pub fn owner_of(&self, key: &str) -> usize {
+        let mut connection = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a running node")
+            .connection();
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut connection)
+            .unwrap();
+        let table: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut connection)
+            .unwrap();
+        let port = table
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let owns = fields.iter().skip(8).any(|range| {
+                    let (low, high) = range.split_once('-').unwrap_or((range, range));
+                    matches!((low.parse::<u16>(), high.parse::<u16>()), (Ok(l), Ok(h)) if l <= slot && slot <= h)
+                });
+                let address = fields.get(1)?.split('@').next()?;
+                owns.then(|| address.rsplit_once(':').unwrap().1.parse::<u16>().unwrap())
+            })
+            .expect("some node owns every slot");
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .expect("the owner is one of ours")
+    }
+}
