@@ -61,14 +61,21 @@ async fn a_soft_invalidation_in_redis_serves_stale_refreshes_once_and_hard_beats
         ("STALE".to_owned(), "/api/dashboard/ABC #1".to_owned())
     );
     assert_eq!(read(&client, at_a, "/api/dashboard/XYZ").await.0, "HIT");
-    // One background fetch refreshed it; then it reads as fresh.
+    // One background fetch refreshed it; then it reads as fresh. (B's message reaches A
+    // over pub/sub, maybe after A's refresh began: A then forgets that flight, since it
+    // cannot tell it from one that began before the invalidation, and the next stale read
+    // refreshes once more. So one refresh, or two when the message is late; never more.)
     let refreshed = eventually(Duration::from_secs(5), || async {
-        read(&client, at_a, "/api/dashboard/ABC").await
-            == ("HIT".to_owned(), "/api/dashboard/ABC #3".to_owned())
+        let (x_cache, body) = read(&client, at_a, "/api/dashboard/ABC").await;
+        x_cache == "HIT" && body != "/api/dashboard/ABC #1"
     })
     .await;
     assert!(refreshed, "the stale entry was never refreshed");
-    assert_eq!(origin.calls(), 3, "one refresh, not more");
+    assert!(
+        (3..=4).contains(&origin.calls()),
+        "one refresh (two with a late message), not more: {} origin calls",
+        origin.calls()
+    );
 
     // Hard beats soft.
     b.invalidate_soft("/api/dashboard/*").await.unwrap();
