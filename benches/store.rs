@@ -26,6 +26,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
+use tower_response_cache::Coordination;
 use tower_response_cache::{CacheHandle, CacheLayer, Entry, MemoryStore, Pattern, Store, StoreKey};
 
 const NAMESPACE: &str = "bench";
@@ -137,7 +138,7 @@ fn long_query(messy: bool) -> String {
 async fn put_all(store: &MemoryStore, entry: &Arc<Entry>, keys: &[&String], variant: u64) {
     for k in keys {
         store
-            .put(key_in(k, variant), entry.clone(), store.write_token())
+            .put_checked(key_in(k, variant), entry.clone(), store.write_token())
             .await
             .unwrap();
     }
@@ -202,7 +203,7 @@ fn store_benches(c: &mut Criterion) {
     let entry = entry();
     rt.block_on(async {
         store
-            .put(
+            .put_checked(
                 key("/api/dashboard/ABC"),
                 entry.clone(),
                 store.write_token(),
@@ -233,7 +234,7 @@ fn store_benches(c: &mut Criterion) {
             let (distinct, entry) = (&distinct, &entry);
             async move {
                 distinct
-                    .put(key(&logical), entry.clone(), distinct.write_token())
+                    .put_checked(key(&logical), entry.clone(), distinct.write_token())
                     .await
                     .unwrap()
             }
@@ -257,7 +258,7 @@ fn store_benches(c: &mut Criterion) {
                     let fresh = MemoryStore::builder().max_bytes(64 << 20).build();
                     for _ in 0..n {
                         fresh
-                            .put(
+                            .put_checked(
                                 key("/api/dashboard/ABC"),
                                 entry.clone(),
                                 fresh.write_token(),

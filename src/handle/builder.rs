@@ -103,8 +103,11 @@ impl CacheHandleBuilder {
             }),
         };
         // Invalidations made by other processes ban in-flight fetches here too.
+        let Some(coordination) = handle.shared.store.coordination() else {
+            return handle;
+        };
         let weak = Arc::downgrade(&handle.shared);
-        handle.shared.store.set_listener(Arc::new(move |event| {
+        coordination.set_listener(Arc::new(move |event| {
             let Some(shared) = weak.upgrade() else { return };
             // Requests arriving from now on must not read a fetch from before it.
             match event {
@@ -121,7 +124,11 @@ impl CacheHandleBuilder {
             match event {
                 // The store refuses such writes itself, more precisely (see
                 // `Store::checks_remote_invalidations`).
-                StoreEvent::Remote { .. } if shared.store.checks_remote_invalidations() => {}
+                StoreEvent::Remote { .. }
+                    if shared
+                        .store
+                        .coordination()
+                        .is_some_and(|c| c.checks_remote_invalidations()) => {}
                 StoreEvent::Remote {
                     namespace,
                     invalidation,

@@ -23,9 +23,12 @@ impl CacheHandle {
     /// that began after another process's invalidation is not refused for it).
     pub(crate) async fn ticket(&self) -> Ticket {
         let bans = self.shared.bans.ticket();
-        let store = match self.shared.store.current_write_token().await {
-            Ok(token) => token,
-            Err(_) => self.shared.store.write_token(),
+        let store = match self.shared.store.coordination() {
+            Some(store) => match store.current_write_token().await {
+                Ok(token) => token,
+                Err(_) => store.write_token(),
+            },
+            None => 0,
         };
         Ticket { bans, store }
     }

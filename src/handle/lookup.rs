@@ -69,6 +69,7 @@ impl CacheHandle {
         let found = self
             .shared
             .store
+            .coordination()?
             .try_get_now(self.store_key(logical, hash))?;
         Some(match found {
             Some(variants) => pick(&variants, identity, request_headers),
@@ -93,9 +94,11 @@ impl CacheHandle {
                 return false;
             }
             // Called under the read lock: local stores apply the write here (see `Store`).
-            self.shared
-                .store
-                .put(self.store_key(logical, variant), entry, ticket.store)
+            let key = self.store_key(logical, variant);
+            match self.shared.store.coordination() {
+                Some(store) => store.put_checked(key, entry, ticket.store),
+                None => self.shared.store.put(key, entry),
+            }
         };
         match write.await {
             Ok(()) => {

@@ -9,8 +9,8 @@ use tokio::time::Instant;
 
 use super::redis::RedisStore;
 use super::{
-    Backend, Invalidation, InvalidationListener, MemoryStore, Store, StoreError, StoreEvent,
-    StoreFuture, StoreKey, StoreStats, Variants,
+    Backend, Coordination, Invalidation, InvalidationListener, MemoryStore, Store, StoreError,
+    StoreEvent, StoreFuture, StoreKey, StoreStats, Variants,
 };
 use crate::entry::Entry;
 use crate::pattern::Pattern;
@@ -460,65 +460,8 @@ impl Store for FallbackStore {
         })
     }
 
-    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>, token: u64) -> StoreFuture<'a, ()> {
-        let inner = &self.inner;
-        if inner.open.load(Ordering::Acquire) {
-            // Redis's script cannot check this write: check it here against the generation
-            // this process has heard of, so another process's invalidation heard since the
-            // fetch began still refuses it.
-            if inner.redis.refuses_locally(token) {
-                tracing::debug!(key = %key.logical, "not stored: another process invalidated while it was fetched");
-                return Box::pin(std::future::ready(Ok(())));
-            }
-            // Applied now, under the caller's ban lock (see `Store`).
-            inner
-                .memory
-                .put_now(key, Arc::new(entry.capped(inner.fallback_ttl)));
-            return Box::pin(std::future::ready(Ok(())));
-        }
-        Box::pin(async move {
-            match inner.redis.put(key, entry, token).await {
-                Ok(()) => {
-                    inner.succeeded();
-                    Ok(())
-                }
-                Err(error) => {
-                    // Not written to memory instead: this write is past the caller's ban
-                    // check, so an invalidation may have slipped in meanwhile. Once the
-                    // circuit is open, writes go to memory under that check.
-                    inner.failed(&error);
-                    Err(error)
-                }
-            }
-        })
-    }
-
-    fn write_token(&self) -> u64 {
-        self.inner.redis.write_token()
-    }
-
-    fn checks_remote_invalidations(&self) -> bool {
-        true
-    }
-
-    fn current_write_token(&self) -> StoreFuture<'_, u64> {
-        if self.is_falling_back() {
-            // Writes go to memory, which takes no token.
-            return Box::pin(std::future::ready(Ok(self.write_token())));
-        }
-        self.inner.redis.current_write_token()
-    }
-
-    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
-        // While falling back, memory answers at once; otherwise Redis's near cache may.
-        if self.is_falling_back() {
-            return Some(self.inner.memory.get_now(key));
-        }
-        self.inner.redis.try_get_now(key)
-    }
-
-    fn set_listener(&self, listener: InvalidationListener) {
-        *lock(&self.inner.listener) = Some(listener);
+    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()> {
+        self.put_checked(key, entry, self.write_token())
     }
 
     fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
@@ -560,6 +503,78 @@ impl Store for FallbackStore {
             circuit_openings: self.inner.openings.load(Ordering::Relaxed),
             ..self.inner.memory.stats()
         })
+    }
+
+    fn coordination(&self) -> Option<&dyn Coordination> {
+        Some(self)
+    }
+}
+
+impl Coordination for FallbackStore {
+    fn put_checked<'a>(
+        &'a self,
+        key: StoreKey<'a>,
+        entry: Arc<Entry>,
+        token: u64,
+    ) -> StoreFuture<'a, ()> {
+        let inner = &self.inner;
+        if inner.open.load(Ordering::Acquire) {
+            // Redis's script cannot check this write: check it here against the generation
+            // this process has heard of, so another process's invalidation heard since the
+            // fetch began still refuses it.
+            if inner.redis.refuses_locally(token) {
+                tracing::debug!(key = %key.logical, "not stored: another process invalidated while it was fetched");
+                return Box::pin(std::future::ready(Ok(())));
+            }
+            // Applied now, under the caller's ban lock (see `Store`).
+            inner
+                .memory
+                .put_now(key, Arc::new(entry.capped(inner.fallback_ttl)));
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        Box::pin(async move {
+            match inner.redis.put_checked(key, entry, token).await {
+                Ok(()) => {
+                    inner.succeeded();
+                    Ok(())
+                }
+                Err(error) => {
+                    // Not written to memory instead: this write is past the caller's ban
+                    // check, so an invalidation may have slipped in meanwhile. Once the
+                    // circuit is open, writes go to memory under that check.
+                    inner.failed(&error);
+                    Err(error)
+                }
+            }
+        })
+    }
+
+    fn write_token(&self) -> u64 {
+        self.inner.redis.write_token()
+    }
+
+    fn checks_remote_invalidations(&self) -> bool {
+        true
+    }
+
+    fn current_write_token(&self) -> StoreFuture<'_, u64> {
+        if self.is_falling_back() {
+            // Writes go to memory, which takes no token.
+            return Box::pin(std::future::ready(Ok(self.write_token())));
+        }
+        self.inner.redis.current_write_token()
+    }
+
+    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
+        // While falling back, memory answers at once; otherwise Redis's near cache may.
+        if self.is_falling_back() {
+            return Some(self.inner.memory.get_now(key));
+        }
+        self.inner.redis.try_get_now(key)
+    }
+
+    fn set_listener(&self, listener: InvalidationListener) {
+        *lock(&self.inner.listener) = Some(listener);
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use crate::entry::Entry;
 use crate::pattern::Pattern;
 
+mod coordination;
 #[cfg(feature = "redis")]
 mod fallback;
 mod memory;
@@ -29,6 +30,7 @@ mod redis;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
+pub use coordination::Coordination;
 #[cfg(feature = "redis")]
 pub use fallback::{FallbackStore, FallbackStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
@@ -51,7 +53,7 @@ pub struct StoreKey<'a> {
     pub variant: u64,
 }
 
-/// A place to keep cached entries.
+/// A place to keep cached entries: what a store of one's own implements.
 ///
 /// Implementations must be cheap to share (`Arc` inside) and must never panic on bad data:
 /// bytes that do not decode are a miss. Errors are logged by the caller and never fail a
@@ -59,54 +61,16 @@ pub struct StoreKey<'a> {
 ///
 /// Ban semantics rely on one rule for stores that apply writes locally: the write is applied
 /// when `put` is *called* (before the future is polled). The caller holds its invalidation
-/// lock only for that call, so an invalidation either sees the write or bans it.
+/// lock only for that call, so an invalidation either sees the write or bans it. A store
+/// shared by several processes needs more than that (write tokens checked by the store,
+/// other processes' invalidations heard): that protocol is [`Coordination`], which only the
+/// built-in stores implement.
 pub trait Store: Send + Sync + 'static {
     /// Every variant stored under `key`, fresh or not; `None` when there is none.
     fn get<'a>(&'a self, key: StoreKey<'a>) -> StoreFuture<'a, Option<Variants>>;
 
-    /// Answer [`get`](Store::get) without waiting, when the store can (process memory):
-    /// `None` means "ask `get`". Lets the layer answer memory hits without a future.
-    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
-        let _ = key;
-        None
-    }
-
     /// Store `entry` under `key`, replacing the entry with the same `Vary` values.
-    ///
-    /// `token` is what [`write_token`](Store::write_token) returned when the request began:
-    /// a shared store drops the write when another process invalidated since.
-    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>, token: u64) -> StoreFuture<'a, ()>;
-
-    /// A token naming the store's invalidation state now, taken before a miss calls the
-    /// origin and handed back to [`put`](Store::put). Local stores return 0.
-    fn write_token(&self) -> u64 {
-        0
-    }
-
-    /// [`write_token`](Store::write_token) as the store's authority has it now, not as this
-    /// process last heard of it: a shared store asks (one round trip, on misses only). A
-    /// fetch that begins after another process's invalidation is then not refused for
-    /// carrying a token this process had not caught up with yet. Falls back to
-    /// `write_token` (the default for local stores).
-    fn current_write_token(&self) -> StoreFuture<'_, u64> {
-        Box::pin(std::future::ready(Ok(self.write_token())))
-    }
-
-    /// Whether [`put`](Store::put) itself refuses a write whose token is older than an
-    /// invalidation made by another process (Redis's write script does). Then the handle
-    /// does not also ban in-flight fetches when another process's invalidation is heard:
-    /// that message may arrive after a fetch that began after the invalidation, and the
-    /// ban would throw a good answer away. Stores that apply writes without such a check
-    /// (the default) keep the ban.
-    fn checks_remote_invalidations(&self) -> bool {
-        false
-    }
-
-    /// Register what to call when another process invalidates through this store (a
-    /// shared store hears of it, e.g. by Redis pub/sub). Local stores never call it.
-    fn set_listener(&self, listener: InvalidationListener) {
-        let _ = listener;
-    }
+    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()>;
 
     /// Remove every entry whose logical key in `namespace` matches `pattern`; returns how
     /// many entries were removed (as far as the store can tell).
@@ -130,11 +94,22 @@ pub trait Store: Send + Sync + 'static {
     /// Remove every entry in `namespace`.
     fn invalidate_all<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, u64>;
 
-    /// Which backend is serving now.
-    fn backend(&self) -> Backend;
+    /// Which backend is serving now (default: memory).
+    fn backend(&self) -> Backend {
+        Backend::Memory
+    }
 
-    /// Counters the store keeps itself.
-    fn stats(&self) -> StoreStats;
+    /// Counters the store keeps itself (default: none).
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
+
+    /// How a built-in store coordinates with the handle; `None` (the default) for every
+    /// other store.
+    #[doc(hidden)]
+    fn coordination(&self) -> Option<&dyn Coordination> {
+        None
+    }
 }
 
 /// An invalidation, as sent between processes sharing a store.
@@ -164,7 +139,7 @@ pub enum StoreEvent {
     ChannelLost,
 }
 
-/// Called with [`StoreEvent`]s (see [`Store::set_listener`]).
+/// Called with [`StoreEvent`]s (see [`Coordination::set_listener`]).
 pub type InvalidationListener = Arc<dyn Fn(&StoreEvent) + Send + Sync>;
 
 /// Which backend a store is serving from.
@@ -303,23 +278,8 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     fn get<'a>(&'a self, key: StoreKey<'a>) -> StoreFuture<'a, Option<Variants>> {
         (**self).get(key)
     }
-    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>, token: u64) -> StoreFuture<'a, ()> {
-        (**self).put(key, entry, token)
-    }
-    fn write_token(&self) -> u64 {
-        (**self).write_token()
-    }
-    fn current_write_token(&self) -> StoreFuture<'_, u64> {
-        (**self).current_write_token()
-    }
-    fn checks_remote_invalidations(&self) -> bool {
-        (**self).checks_remote_invalidations()
-    }
-    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
-        (**self).try_get_now(key)
-    }
-    fn set_listener(&self, listener: InvalidationListener) {
-        (**self).set_listener(listener)
+    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()> {
+        (**self).put(key, entry)
     }
     fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
         (**self).invalidate(namespace, pattern)
@@ -342,5 +302,8 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn stats(&self) -> StoreStats {
         (**self).stats()
+    }
+    fn coordination(&self) -> Option<&dyn Coordination> {
+        (**self).coordination()
     }
 }

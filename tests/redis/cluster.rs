@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::redis::RedisCluster;
 use crate::support::{client, eventually, get, Answer, HttpClient, Origin};
+use tower_response_cache::Coordination;
 use tower_response_cache::RedisStore;
 use tower_response_cache::{
     Backend, CacheConfig, CacheHandle, CacheLayer, Entry, Invalidation, Pattern, Store, StoreEvent,
@@ -264,7 +265,10 @@ async fn a_response_fetched_before_another_process_invalidated_it_is_never_store
             .invalidate(NAMESPACE, &Pattern::new(pattern))
             .await
             .unwrap();
-        writer.put(key(logical), entry("old"), token).await.unwrap();
+        writer
+            .put_checked(key(logical), entry("old"), token)
+            .await
+            .unwrap();
         assert!(
             writer.get(key(logical)).await.unwrap().is_none(),
             "{what}: a write fetched before the invalidation was stored after it"
@@ -286,7 +290,7 @@ async fn a_response_fetched_before_another_process_invalidated_it_is_never_store
         for i in 0..64 {
             let logical = format!("/cold/{i}");
             writer
-                .put(key(&logical), entry("new"), token)
+                .put_checked(key(&logical), entry("new"), token)
                 .await
                 .unwrap();
             all &= writer.get(key(&logical)).await.unwrap().is_some();

@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::support::eventually;
 use crate::support::redis::RedisServer;
 use crate::support::stack::*;
+use tower_response_cache::Coordination;
 use tower_response_cache::{Backend, CacheHandle, Entry, Pattern, Store};
 use tower_response_cache::{RedisStore, StoreKey};
 
@@ -72,13 +73,13 @@ async fn an_exact_invalidation_refuses_fills_of_its_own_key_only() {
     // Fills in flight of /a, /b and /a in another namespace; another process POSTs to /a.
     let token = web.current_write_token().await.unwrap();
     sync.invalidate("t", &Pattern::new("/a")).await.unwrap();
-    web.put(key("t", "/a"), entry("a", long), token)
+    web.put_checked(key("t", "/a"), entry("a", long), token)
         .await
         .unwrap();
-    web.put(key("t", "/b"), entry("b", long), token)
+    web.put_checked(key("t", "/b"), entry("b", long), token)
         .await
         .unwrap();
-    web.put(key("u", "/a"), entry("ua", long), token)
+    web.put_checked(key("u", "/a"), entry("ua", long), token)
         .await
         .unwrap();
     assert!(
@@ -102,7 +103,7 @@ async fn an_exact_invalidation_refuses_fills_of_its_own_key_only() {
         sync.invalidate("t", &Pattern::new(&format!("/post/{i}")))
             .await
             .unwrap();
-        web.put(key("t", &path), entry("x", long), token)
+        web.put_checked(key("t", &path), entry("x", long), token)
             .await
             .unwrap();
         landed += usize::from(stored(&web, key("t", &path)).await);
@@ -121,7 +122,7 @@ async fn an_exact_invalidation_refuses_fills_of_its_own_key_only() {
             "tag" => drop(sync.invalidate_tag("t", "some-tag").await),
             _ => drop(sync.invalidate_all("t").await),
         }
-        web.put(key("t", &path), entry("w", long), token)
+        web.put_checked(key("t", &path), entry("w", long), token)
             .await
             .unwrap();
         assert!(
@@ -151,7 +152,7 @@ async fn a_fetch_from_before_an_empty_restart_is_refused_even_when_the_counter_m
     assert_eq!(counter, 3, "premise: the new counter equals the old one");
     // The connection noticed the restart: retry the write until it is sent.
     let written = eventually(Duration::from_secs(5), || async {
-        web.put(
+        web.put_checked(
             key("t", "/a"),
             entry("stale", Duration::from_secs(60)),
             token,
@@ -167,7 +168,7 @@ async fn a_fetch_from_before_an_empty_restart_is_refused_even_when_the_counter_m
     );
     // A fresh token writes again.
     let token = web.current_write_token().await.unwrap();
-    web.put(
+    web.put_checked(
         key("t", "/a"),
         entry("fresh", Duration::from_secs(60)),
         token,
@@ -195,7 +196,9 @@ async fn dead_variants_and_tag_members_are_pruned_as_new_ones_are_written() {
             logical: "/search",
             variant,
         };
-        web.put(search, entry("results", ttl), token).await.unwrap();
+        web.put_checked(search, entry("results", ttl), token)
+            .await
+            .unwrap();
         let item = format!("/item/{variant}");
         let tagged = Arc::new(
             Entry::new(
@@ -206,7 +209,9 @@ async fn dead_variants_and_tag_members_are_pruned_as_new_ones_are_written() {
             )
             .with_tags(vec!["items".into()]),
         );
-        web.put(key("t", &item), tagged, token).await.unwrap();
+        web.put_checked(key("t", &item), tagged, token)
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let fields: u64 = cmd(&server, &["HLEN", "t:k:/search"]);
@@ -251,7 +256,7 @@ async fn an_absurd_ttl_is_clamped_and_no_write_is_ever_half_applied() {
             .with_tags(vec!["company:ABC".into()]),
         )
     };
-    web.put(key("t", "/huge"), tagged("v"), web.write_token())
+    web.put_checked(key("t", "/huge"), tagged("v"), web.write_token())
         .await
         .unwrap();
     let ttl: i64 = cmd(&server, &["PTTL", "t:k:/huge"]);
@@ -267,7 +272,7 @@ async fn an_absurd_ttl_is_clamped_and_no_write_is_ever_half_applied() {
     // A foreign value under the tag key: the write is refused whole, not applied in half.
     let _: () = cmd(&server, &["SET", "t:m:tag:company:ABC", "foreign"]);
     let _ = web
-        .put(key("t", "/half"), tagged("v"), web.write_token())
+        .put_checked(key("t", "/half"), tagged("v"), web.write_token())
         .await;
     let entry_there: bool = cmd(&server, &["EXISTS", "t:k:/half"]);
     assert!(

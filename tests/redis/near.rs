@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crate::near_processes::{p99, phase, Deployment, Recorded, LEASE};
 use crate::support::redis::{RedisCluster, RedisServer};
 use bytes::Bytes;
+use tower_response_cache::Coordination;
 use tower_response_cache::{CacheLayer, RedisStore, Store, StoreKey};
 
 /// Not a test of its own: the instance and sync processes run this binary again with
@@ -153,7 +154,10 @@ async fn the_lease_lapses_without_heartbeats_and_returns_with_them() {
         Duration::from_secs(60),
     );
     let token = store.current_write_token().await.unwrap();
-    store.put(key, Arc::new(entry), token).await.unwrap();
+    store
+        .put_checked(key, Arc::new(entry), token)
+        .await
+        .unwrap();
     let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !near_hit(&store) {
@@ -213,7 +217,10 @@ async fn a_lost_subscription_forgets_what_it_held() {
         Duration::from_secs(60),
     );
     let token = store.current_write_token().await.unwrap();
-    store.put(key, Arc::new(entry), token).await.unwrap();
+    store
+        .put_checked(key, Arc::new(entry), token)
+        .await
+        .unwrap();
     let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !near_hit(&store) {
@@ -267,7 +274,10 @@ async fn a_lost_subscription_forgets_what_it_held() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let token = store.current_write_token().await.unwrap();
-        store.put(fresh, entry.clone(), token).await.unwrap();
+        store
+            .put_checked(fresh, entry.clone(), token)
+            .await
+            .unwrap();
         if store.try_get_now(fresh).flatten().is_some() {
             break;
         }
@@ -413,7 +423,7 @@ async fn a_failed_invalidation_still_clears_this_process_near_cache() {
     ));
     for key in [key, fresh] {
         let token = store.current_write_token().await.unwrap();
-        store.put(key, entry.clone(), token).await.unwrap();
+        store.put_checked(key, entry.clone(), token).await.unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while store.try_get_now(key).flatten().is_none() {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::support::redis::RedisServer;
 use crate::support::{client, eventually, get, HttpClient, Origin};
+use tower_response_cache::Coordination;
 use tower_response_cache::{CacheHandle, CacheLayer, Entry, MemoryStore, Pattern, Store, StoreKey};
 use tower_response_cache::{FallbackStore, RedisStore};
 
@@ -118,13 +119,16 @@ async fn a_response_fetched_before_a_soft_invalidation_is_not_stored_after_it() 
         variant: 1,
     };
     store
-        .put(key, entry("v1"), store.write_token())
+        .put_checked(key, entry("v1"), store.write_token())
         .await
         .unwrap();
     let fetched_before = store.write_token();
     let exact = Pattern::new("/a");
     assert_eq!(store.invalidate_soft("t", &exact).await.unwrap(), 1);
-    store.put(key, entry("v2"), fetched_before).await.unwrap();
+    store
+        .put_checked(key, entry("v2"), fetched_before)
+        .await
+        .unwrap();
     let seen = store.get(key).await.unwrap().expect("still there, marked");
     assert_eq!(
         seen[0].body(),
@@ -138,7 +142,7 @@ async fn a_response_fetched_before_a_soft_invalidation_is_not_stored_after_it() 
 
     // A fetch that began after the mark lands, and reads as fresh.
     store
-        .put(key, entry("v3"), store.write_token())
+        .put_checked(key, entry("v3"), store.write_token())
         .await
         .unwrap();
     let seen = store.get(key).await.unwrap().unwrap();

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::{Backend, Store, StoreFuture, StoreKey, StoreStats, Variants};
+use super::{Backend, Coordination, Store, StoreFuture, StoreKey, StoreStats, Variants};
 use crate::clock;
 use crate::entry::Entry;
 use crate::pattern::Pattern;
@@ -349,14 +349,8 @@ impl Store for MemoryStore {
         Box::pin(std::future::ready(Ok(found)))
     }
 
-    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
-        Some(self.get_now(key))
-    }
-
-    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>, _token: u64) -> StoreFuture<'a, ()> {
-        // Applied now, not when polled: see the ban rule on `Store`.
-        self.put_now(key, entry);
-        Box::pin(std::future::ready(Ok(())))
+    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()> {
+        self.put_checked(key, entry, self.write_token())
     }
 
     fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
@@ -435,6 +429,27 @@ impl Store for MemoryStore {
             evictions: self.inner.evictions.load(Ordering::Relaxed),
             ..StoreStats::default()
         }
+    }
+
+    fn coordination(&self) -> Option<&dyn Coordination> {
+        Some(self)
+    }
+}
+
+impl Coordination for MemoryStore {
+    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
+        Some(self.get_now(key))
+    }
+
+    fn put_checked<'a>(
+        &'a self,
+        key: StoreKey<'a>,
+        entry: Arc<Entry>,
+        _token: u64,
+    ) -> StoreFuture<'a, ()> {
+        // Applied now, not when polled: see the ban rule on `Store`.
+        self.put_now(key, entry);
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 

@@ -8,8 +8,8 @@ use futures_util::future::try_join_all;
 use redis::{ErrorKind, RedisError, Script};
 
 use super::{
-    Backend, Invalidation, InvalidationListener, Store, StoreError, StoreFuture, StoreKey,
-    StoreStats, Variants,
+    Backend, Coordination, Invalidation, InvalidationListener, Store, StoreError, StoreFuture,
+    StoreKey, StoreStats, Variants,
 };
 use crate::entry::Entry;
 use crate::pattern::Pattern;
@@ -1034,36 +1034,8 @@ impl Store for RedisStore {
         Box::pin(self.get_variants(key))
     }
 
-    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>, token: u64) -> StoreFuture<'a, ()> {
-        Box::pin(self.put_entry(key, entry, token))
-    }
-
-    fn write_token(&self) -> u64 {
-        self.inner.generation.load(Ordering::Relaxed)
-    }
-
-    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
-        // Only a near-cache hit answers at once; anything else asks Redis.
-        self.near_get_now(key).map(Some)
-    }
-
-    fn checks_remote_invalidations(&self) -> bool {
-        true
-    }
-
-    fn current_write_token(&self) -> StoreFuture<'_, u64> {
-        Box::pin(async move {
-            self.learn_generation(self.inner.deadline).await;
-            Ok(self.write_token())
-        })
-    }
-
-    fn set_listener(&self, listener: InvalidationListener) {
-        *self
-            .inner
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(listener);
+    fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()> {
+        self.put_checked(key, entry, self.write_token())
     }
 
     fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
@@ -1109,6 +1081,49 @@ impl Store for RedisStore {
 
     fn stats(&self) -> StoreStats {
         self.near_stats(StoreStats::default())
+    }
+
+    fn coordination(&self) -> Option<&dyn Coordination> {
+        Some(self)
+    }
+}
+
+impl Coordination for RedisStore {
+    fn put_checked<'a>(
+        &'a self,
+        key: StoreKey<'a>,
+        entry: Arc<Entry>,
+        token: u64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.put_entry(key, entry, token))
+    }
+
+    fn write_token(&self) -> u64 {
+        self.inner.generation.load(Ordering::Relaxed)
+    }
+
+    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
+        // Only a near-cache hit answers at once; anything else asks Redis.
+        self.near_get_now(key).map(Some)
+    }
+
+    fn checks_remote_invalidations(&self) -> bool {
+        true
+    }
+
+    fn current_write_token(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            self.learn_generation(self.inner.deadline).await;
+            Ok(self.write_token())
+        })
+    }
+
+    fn set_listener(&self, listener: InvalidationListener) {
+        *self
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(listener);
     }
 }
 

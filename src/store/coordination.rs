@@ -1,0 +1,70 @@
+//! [`Coordination`]: what the built-in stores and the handle agree on beyond [`Store`]:
+//! answers without waiting, write tokens a shared store checks itself, and other
+//! processes' invalidations. Sealed: its rules are the ban semantics' and the handle relies
+//! on them, so no other store implements it (they get the handle's local bans, which is
+//! right for a store only one process uses).
+
+use std::sync::Arc;
+
+use super::{InvalidationListener, Store, StoreFuture, StoreKey, Variants};
+use crate::entry::Entry;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::store::MemoryStore {}
+    #[cfg(feature = "redis")]
+    impl Sealed for crate::store::RedisStore {}
+    #[cfg(feature = "redis")]
+    impl Sealed for crate::store::FallbackStore {}
+}
+
+/// The coordination protocol of the built-in stores (sealed; see the module docs).
+/// Public so that tools and tests can drive a store the way the handle does.
+pub trait Coordination: sealed::Sealed + Store {
+    /// Answer [`get`](Store::get) without waiting, when the store can (process memory):
+    /// `None` means "ask `get`". Lets the layer answer memory hits without a future.
+    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
+        let _ = key;
+        None
+    }
+
+    /// Store `entry` under `key` unless another process invalidated since `token` (what
+    /// [`write_token`](Coordination::write_token) or
+    /// [`current_write_token`](Coordination::current_write_token) returned when the
+    /// request began).
+    fn put_checked<'a>(
+        &'a self,
+        key: StoreKey<'a>,
+        entry: Arc<Entry>,
+        token: u64,
+    ) -> StoreFuture<'a, ()>;
+
+    /// A token naming the store's invalidation state as this process last heard of it.
+    /// Local stores return 0.
+    fn write_token(&self) -> u64 {
+        0
+    }
+
+    /// [`write_token`](Coordination::write_token) as the store's authority has it now: a
+    /// shared store asks (one round trip, on misses only). A fetch that begins after
+    /// another process's invalidation is then not refused for carrying a token this process
+    /// had not caught up with yet.
+    fn current_write_token(&self) -> StoreFuture<'_, u64> {
+        Box::pin(std::future::ready(Ok(self.write_token())))
+    }
+
+    /// Whether [`put_checked`](Coordination::put_checked) itself refuses a write whose token
+    /// is older than an invalidation made by another process (Redis's write script does).
+    /// Then the handle does not also ban in-flight fetches when another process's
+    /// invalidation is heard: that message may arrive after a fetch that began after the
+    /// invalidation, and the ban would throw a good answer away.
+    fn checks_remote_invalidations(&self) -> bool {
+        false
+    }
+
+    /// Register what to call when another process invalidates through this store (a
+    /// shared store hears of it, e.g. by Redis pub/sub). Local stores never call it.
+    fn set_listener(&self, listener: InvalidationListener) {
+        let _ = listener;
+    }
+}
