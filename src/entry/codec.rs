@@ -239,27 +239,8 @@ fn get_bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entry::tests::sample;
     use proptest::prelude::*;
-
-    fn sample() -> Entry {
-        let mut headers = HeaderMap::new();
-        headers.insert("content-type", HeaderValue::from_static("application/json"));
-        headers.append("x-multi", HeaderValue::from_static("a"));
-        headers.append("x-multi", HeaderValue::from_static("b"));
-        Entry::new(
-            StatusCode::NOT_FOUND,
-            headers,
-            Bytes::from_static(b"{\"a\":1}"),
-            Duration::from_secs(42),
-        )
-        .with_tags(vec!["company:ABC".into(), "dashboard".into()])
-        .with_stale(Duration::from_secs(5), Duration::from_secs(600))
-        .with_vary(Vary {
-            names: vec![HeaderName::from_static("accept-language")],
-            values: Bytes::from_static(b"\0\0\0\x01\0\0\0\x02en"),
-        })
-        .with_identity(Bytes::from_static(b"host\xffq=1"))
-    }
 
     #[test]
     fn round_trip_keeps_every_field() {

@@ -411,10 +411,11 @@ impl fmt::Debug for Entry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn sample() -> Entry {
+    /// An entry with every field set.
+    pub(in crate::entry) fn sample() -> Entry {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
         headers.append("x-multi", HeaderValue::from_static("a"));

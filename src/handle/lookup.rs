@@ -157,16 +157,11 @@ fn pick(variants: &[Arc<Entry>], identity: &[u8], request_headers: &HeaderMap) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MemoryStore;
     use bytes::Bytes;
     use http::StatusCode;
     use std::time::Duration;
 
-    fn handle() -> CacheHandle {
-        CacheHandle::builder(MemoryStore::new())
-            .namespace("t")
-            .build()
-    }
+    use crate::handle::test_handle as handle;
 
     #[tokio::test]
     async fn an_entry_answers_only_its_exact_identity_whatever_its_index() {

@@ -246,17 +246,19 @@ impl fmt::Debug for CacheHandle {
     }
 }
 
+/// A handle on a fresh memory store, namespace `t`, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_handle() -> CacheHandle {
+    CacheHandle::builder(crate::MemoryStore::new())
+        .namespace("t")
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::MemoryStore;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn handle() -> CacheHandle {
-        CacheHandle::builder(MemoryStore::new())
-            .namespace("t")
-            .build()
-    }
+    use super::test_handle as handle;
 
     #[tokio::test]
     async fn a_literal_invalidation_reaches_a_key_stored_shortened() {

@@ -152,15 +152,10 @@ impl CacheHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MemoryStore;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    fn handle() -> CacheHandle {
-        CacheHandle::builder(MemoryStore::new())
-            .namespace("t")
-            .build()
-    }
+    use crate::handle::test_handle as handle;
 
     #[tokio::test]
     async fn typed_values_are_computed_once_and_invalidated_by_key() {
