@@ -1,0 +1,192 @@
+//! Generations and write tokens: every invalidation raises a generation counter first, and
+//! a write carries the token (epoch and generation) its request saw when it began; the write
+//! script refuses it when an invalidation that may cover it happened since (see the
+//! [`RedisStore`] docs).
+
+// The store's own vocabulary (its imports, scripts and helpers).
+use super::*;
+
+/// Bits of a write token that hold the generation; the 24 above hold the epoch.
+pub(super) const GENERATION_BITS: u32 = 40;
+pub(super) const GENERATION_MASK: u64 = (1 << GENERATION_BITS) - 1;
+pub(super) const EPOCH_MASK: u64 = (1 << 24) - 1;
+
+/// A write token: the epoch of the data set (one Redis; 0 in a cluster) and the generation.
+pub(super) fn token(epoch: u64, generation: u64) -> u64 {
+    ((epoch & EPOCH_MASK) << GENERATION_BITS) | generation.min(GENERATION_MASK)
+}
+
+pub(super) fn token_generation(token: u64) -> u64 {
+    token & GENERATION_MASK
+}
+
+pub(super) fn token_epoch(token: u64) -> u64 {
+    token >> GENERATION_BITS
+}
+
+/// A fresh epoch: random, never 0 (0 is "none").
+pub(super) fn new_epoch() -> u64 {
+    (rand_u64() % EPOCH_MASK) + 1
+}
+
+impl RedisStore {
+    /// After Redis restarted (its counters may have gone back), raise its invalidation
+    /// counters to at least what this process has seen, so a write fetched before the
+    /// restart can never pass the check again.
+    pub(crate) async fn restore_generation(&self) -> Result<(), StoreError> {
+        let floor = token_generation(self.inner.generation.load(Ordering::Relaxed));
+        match self.inner.layout {
+            Layout::Single => {
+                let mut invocation = self.inner.restore_single_script.prepare_invoke();
+                invocation
+                    .key(CENTRAL_GENERATION)
+                    .key(WIDE_GENERATION)
+                    .key(EPOCH)
+                    .arg(floor);
+                let (epoch, generation) = self
+                    .invoke::<(u64, u64)>(invocation, self.inner.scan_deadline)
+                    .await?;
+                self.set_token(epoch, generation);
+            }
+            Layout::Cluster => {
+                let mut keys = vec![CENTRAL_GENERATION.to_owned()];
+                keys.extend(self.inner.layout.bucket_generation_keys());
+                let raised = try_join_all(keys.iter().map(|key| {
+                    let mut invocation = self.inner.raise_script.prepare_invoke();
+                    invocation.key(key).arg(floor);
+                    self.invoke::<u64>(invocation, self.inner.scan_deadline)
+                }))
+                .await?;
+                self.adopt(raised.into_iter().max().unwrap_or(floor));
+            }
+        }
+        Ok(())
+    }
+
+    /// Learn the current generation (when the channel (re)connects), so this process's
+    /// writes are not refused for carrying an old one.
+    pub(crate) async fn catch_up_generation(&self) {
+        self.learn_generation(self.inner.scan_deadline).await;
+    }
+
+    /// Read the generation counter (and, on one Redis, the epoch) and adopt it (also before
+    /// each miss fetches, see [`Store::current_write_token`]); on failure this process keeps
+    /// what it knows.
+    pub(super) async fn learn_generation(&self, deadline: Duration) {
+        match self.inner.layout {
+            Layout::Single => {
+                let cmd = redis::cmd("MGET")
+                    .arg(EPOCH)
+                    .arg(CENTRAL_GENERATION)
+                    .clone();
+                if let Ok((epoch, generation)) = self
+                    .query::<(Option<u64>, Option<u64>)>(cmd, deadline)
+                    .await
+                {
+                    let (epoch, generation) = (epoch.unwrap_or(0), generation.unwrap_or(0));
+                    // One Redis is the authority, even when it went down (restarted empty).
+                    self.set_token(epoch, generation);
+                }
+            }
+            Layout::Cluster => {
+                let cmd = redis::cmd("GET").arg(CENTRAL_GENERATION).clone();
+                if let Ok(generation) = self.query::<Option<u64>>(cmd, deadline).await {
+                    self.adopt(generation.unwrap_or(0));
+                }
+            }
+        }
+    }
+
+    /// One Redis: take its epoch and generation as they are.
+    pub(super) fn set_token(&self, epoch: u64, generation: u64) {
+        self.inner
+            .generation
+            .store(token(epoch, generation), Ordering::Relaxed);
+    }
+
+    /// A cluster: never go back.
+    pub(super) fn adopt(&self, generation: u64) {
+        self.inner
+            .generation
+            .fetch_max(token(0, generation), Ordering::Relaxed);
+    }
+
+    /// Another process says it invalidated at `generation`. Not trusted (anyone who can
+    /// `PUBLISH` can say anything): this process moves one step past what it knows, which
+    /// refuses every fetch in flight here that a check against this process's own
+    /// knowledge decides (the fallback's memory writes), and asks Redis for the real value.
+    /// A message claiming `u64::MAX` moves the token by one, not to the end.
+    pub(crate) fn heard(&self, generation: u64) {
+        let now = self.inner.generation.load(Ordering::Relaxed);
+        if generation <= token_generation(now) {
+            return;
+        }
+        let next = token(token_epoch(now), token_generation(now) + 1);
+        let _ = self.inner.generation.compare_exchange(
+            now,
+            next.max(now),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        let store = self.clone();
+        tokio::spawn(async move {
+            store.learn_generation(store.inner.deadline).await;
+        });
+    }
+
+    /// Whether a write carrying `token` must be refused by this process's own knowledge
+    /// (the fallback's memory writes): an invalidation was heard of since it was taken, or
+    /// it names another data set.
+    pub(crate) fn refuses_locally(&self, token: u64) -> bool {
+        let now = self.inner.generation.load(Ordering::Relaxed);
+        token_epoch(token) != token_epoch(now) || token_generation(token) < token_generation(now)
+    }
+
+    /// Raise the generation before removing anything, so a write racing the removal is
+    /// dropped: on one Redis the bucket counter of `logical` (the wide counter for `None`),
+    /// in a cluster the counters of the buckets `logical` names (every bucket for `None`),
+    /// each to a generation above any seen. Returns the generation drawn.
+    pub(super) async fn bump_generation(
+        &self,
+        namespace: &str,
+        logical: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let layout = self.inner.layout;
+        match layout {
+            Layout::Single => {
+                let counter = match logical {
+                    Some(logical) => layout.generation_key(namespace, logical),
+                    None => WIDE_GENERATION.to_owned(),
+                };
+                let mut invocation = self.inner.bump_single_script.prepare_invoke();
+                invocation
+                    .key(CENTRAL_GENERATION)
+                    .key(EPOCH)
+                    .key(counter)
+                    .arg(new_epoch());
+                let (epoch, generation) = self
+                    .invoke::<(u64, u64)>(invocation, self.inner.deadline)
+                    .await?;
+                self.set_token(epoch, generation);
+                Ok(generation)
+            }
+            Layout::Cluster => {
+                let floor = token_generation(self.inner.generation.load(Ordering::Relaxed)) + 1;
+                let drawn = self.bump(CENTRAL_GENERATION.to_owned(), floor).await?;
+                let buckets = match logical {
+                    Some(logical) => vec![layout.generation_key(namespace, logical)],
+                    None => layout.bucket_generation_keys(),
+                };
+                let raised = try_join_all(buckets.into_iter().map(|k| self.bump(k, drawn))).await?;
+                let generation = raised.into_iter().max().unwrap_or(drawn);
+                self.adopt(generation);
+                Ok(generation)
+            }
+        }
+    }
+    pub(super) async fn bump(&self, key: String, floor: u64) -> Result<u64, StoreError> {
+        let mut invocation = self.inner.bump_script.prepare_invoke();
+        invocation.key(key).arg(floor);
+        self.invoke(invocation, self.inner.deadline).await
+    }
+}

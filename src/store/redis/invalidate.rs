@@ -1,0 +1,237 @@
+//! Invalidation in Redis: remove (or mark, for a soft invalidation) what matches —
+//! `SCAN MATCH` on every primary and `UNLINK` in batches, an index for tags — after raising
+//! the generation, then tell other processes.
+
+// The store's own vocabulary (its imports, scripts and helpers).
+use super::*;
+
+impl RedisStore {
+    /// Tell other processes, after the entries are gone from Redis: this process's near
+    /// cache first, then the channel, then wait for other processes' near-cache leases
+    /// (see `near.rs`).
+    pub(super) async fn publish(
+        &self,
+        namespace: &str,
+        generation: u64,
+        invalidation: Invalidation,
+    ) -> Result<(), StoreError> {
+        if let Some(near) = &self.inner.near {
+            near.apply(namespace, &invalidation);
+        }
+        let message = Message {
+            origin: self.inner.origin,
+            generation,
+            namespace: namespace.to_owned(),
+            invalidation,
+        };
+        let payload = serde_json::to_string(&message).expect("message serialises");
+        let cmd = redis::cmd("PUBLISH").arg(CHANNEL).arg(payload).clone();
+        let published = self.query::<i64>(cmd, self.inner.deadline).await;
+        self.await_leases(published.err(), std::time::Instant::now())
+            .await
+    }
+
+    /// `SCAN MATCH` + `UNLINK` of entry keys of `namespace` (and their expiry sets) in
+    /// batches on every primary; returns how many entries were removed.
+    pub(super) async fn unlink_matching(
+        &self,
+        namespace: &str,
+        pattern: &str,
+    ) -> Result<u64, StoreError> {
+        self.on_matching(namespace, pattern, None).await
+    }
+
+    /// `UNLINK` entry keys of `namespace` and their expiry sets; returns how many entries
+    /// were removed.
+    pub(super) async fn unlink_entries(
+        &self,
+        namespace: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<u64, StoreError> {
+        let removed = self.unlink(keys).await?;
+        let layout = self.inner.layout;
+        let expiry: Vec<Vec<u8>> = keys
+            .iter()
+            .filter_map(|k| layout.expiry_of(namespace, k))
+            .collect();
+        if !expiry.is_empty() {
+            self.unlink(&expiry).await?;
+        }
+        Ok(removed)
+    }
+
+    /// `UNLINK` one batch of keys (a cluster connection splits it by slot).
+    pub(super) async fn unlink(&self, keys: &[Vec<u8>]) -> Result<u64, StoreError> {
+        let cmd = redis::cmd("UNLINK").arg(keys).clone();
+        self.query::<u64>(cmd, self.inner.scan_deadline).await
+    }
+
+    /// Mark each of `keys` soft-invalidated with `mark`, one script per key (a script may
+    /// only touch one slot), sent together; returns how many were still there.
+    pub(super) async fn mark_soft(&self, keys: &[Vec<u8>], mark: &[u8]) -> Result<u64, StoreError> {
+        let marked = try_join_all(keys.iter().map(|key| {
+            let mut invocation = self.inner.soft_script.prepare_invoke();
+            invocation.key(key.as_slice()).arg(mark);
+            self.invoke::<u64>(invocation, self.inner.scan_deadline)
+        }))
+        .await?;
+        Ok(marked.into_iter().sum())
+    }
+
+    /// Walk the entry keys of `namespace` matching `pattern` on every primary, batch by
+    /// batch: `UNLINK` them (and their expiry sets), or with `soft`, mark them
+    /// soft-invalidated. Returns how many were removed or marked.
+    pub(super) async fn on_matching(
+        &self,
+        namespace: &str,
+        pattern: &str,
+        soft: Option<&[u8]>,
+    ) -> Result<u64, StoreError> {
+        self.on_matching_keys(pattern, |keys| async move {
+            match soft {
+                None => self.unlink_entries(namespace, &keys).await,
+                Some(mark) => self.mark_soft(&keys, mark).await,
+            }
+        })
+        .await
+    }
+
+    /// Walk the keys matching `pattern` on every primary, handing each batch to `each`;
+    /// returns the sum of what it returned.
+    pub(super) async fn on_matching_keys<F, Fut>(
+        &self,
+        pattern: &str,
+        each: F,
+    ) -> Result<u64, StoreError>
+    where
+        F: Fn(Vec<Vec<u8>>) -> Fut,
+        Fut: std::future::Future<Output = Result<u64, StoreError>>,
+    {
+        let deadline = self.inner.scan_deadline;
+        let mut removed = 0u64;
+        for node in self.primaries(deadline).await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let cmd = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT)
+                    .clone();
+                let (next, keys): (u64, Vec<Vec<u8>>) =
+                    self.query_node(&node, cmd, deadline).await?;
+                if !keys.is_empty() {
+                    removed += each(keys).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(removed)
+    }
+
+    pub(super) async fn invalidate_pattern(
+        &self,
+        namespace: &str,
+        pattern: &Pattern,
+    ) -> Result<u64, StoreError> {
+        let layout = self.inner.layout;
+        let removed = match pattern.literal() {
+            Some(literal) => {
+                let generation = self.bump_generation(namespace, Some(literal)).await?;
+                let cmd = redis::cmd("UNLINK")
+                    .arg(layout.entry_key(namespace, literal))
+                    .clone();
+                let removed = self.query(cmd, self.inner.deadline).await?;
+                let cmd = redis::cmd("UNLINK")
+                    .arg(layout.expiry_key(namespace, literal))
+                    .clone();
+                let _: u64 = self.query(cmd, self.inner.deadline).await?;
+                (generation, removed)
+            }
+            None => {
+                let generation = self.bump_generation(namespace, None).await?;
+                let scan = layout.entry_scan(namespace, pattern.as_str());
+                (generation, self.unlink_matching(namespace, &scan).await?)
+            }
+        };
+        let (generation, removed) = removed;
+        self.publish(
+            namespace,
+            generation,
+            Invalidation::Pattern(pattern.as_str().to_owned()),
+        )
+        .await?;
+        Ok(removed)
+    }
+
+    /// Mark the matching entries stale instead of removing them: a read compares the mark's
+    /// generation with the one each value was fetched under (see `soft.rs`).
+    pub(super) async fn invalidate_pattern_soft(
+        &self,
+        namespace: &str,
+        pattern: &Pattern,
+    ) -> Result<u64, StoreError> {
+        let layout = self.inner.layout;
+        let generation = self.bump_generation(namespace, pattern.literal()).await?;
+        let mark = soft::mark(generation, crate::clock::now_millis());
+        let marked = match pattern.literal() {
+            Some(literal) => {
+                let key = layout.entry_key(namespace, literal).into_bytes();
+                self.mark_soft(&[key], &mark).await?
+            }
+            None => {
+                let scan = layout.entry_scan(namespace, pattern.as_str());
+                self.on_matching(namespace, &scan, Some(&mark)).await?
+            }
+        };
+        // Other processes drop their local copies (hard: the safe side) and ban fetches.
+        self.publish(
+            namespace,
+            generation,
+            Invalidation::Pattern(pattern.as_str().to_owned()),
+        )
+        .await?;
+        Ok(marked)
+    }
+
+    pub(super) async fn invalidate_by_tag(
+        &self,
+        namespace: &str,
+        tag: &str,
+    ) -> Result<u64, StoreError> {
+        let generation = self.bump_generation(namespace, None).await?;
+        let deadline = self.inner.scan_deadline;
+        let mut removed = 0;
+        for tag_key in self.inner.layout.tag_keys(namespace, tag) {
+            let cmd = redis::cmd("SMEMBERS").arg(&tag_key).clone();
+            let members: Vec<Vec<u8>> = self.query(cmd, deadline).await?;
+            for batch in members.chunks(SCAN_COUNT) {
+                removed += self.unlink_entries(namespace, batch).await?;
+            }
+            let cmd = redis::cmd("UNLINK").arg(&tag_key).clone();
+            let _: u64 = self.query(cmd, self.inner.deadline).await?;
+        }
+        self.publish(namespace, generation, Invalidation::Tag(tag.to_owned()))
+            .await?;
+        Ok(removed)
+    }
+
+    pub(super) async fn invalidate_namespace(&self, namespace: &str) -> Result<u64, StoreError> {
+        let generation = self.bump_generation(namespace, None).await?;
+        let layout = self.inner.layout;
+        let removed = self
+            .unlink_matching(namespace, &layout.entry_scan(namespace, "*"))
+            .await?;
+        self.on_matching_keys(&layout.tag_scan(namespace), |keys| async move {
+            self.unlink(&keys).await
+        })
+        .await?;
+        self.publish(namespace, generation, Invalidation::All)
+            .await?;
+        Ok(removed)
+    }
+}

@@ -1,0 +1,128 @@
+//! The Lua scripts the store runs: each checks its arguments and the types of the keys it
+//! touches before it writes anything, so no write is ever applied in half.
+
+/// Store a variant set unless an invalidation happened since the request began.
+///
+/// KEYS: entry hash, its expiry set, the counters the write is checked against (ARGV[6] of
+/// them), the epoch key when ARGV[5] is not empty, then the tag sets. ARGV: field, value,
+/// ttl ms, generation seen, epoch seen (`''` in a cluster), how many counters.
+///
+/// Every argument and the type of every key is checked before anything is written: a
+/// script that errs midway would leave half a write (a value without its TTL or its tags).
+/// The write prunes up to ARGV[7] dead fields (and tag set members whose entry is gone).
+/// Returns 1 when stored, 0 when refused.
+pub(super) const PUT_SCRIPT: &str = r#"
+local ttl = tonumber(ARGV[3])
+local seen = tonumber(ARGV[4])
+local counters = tonumber(ARGV[6])
+local prune = tonumber(ARGV[7])
+if not ttl or not seen or not counters or not prune or ttl < 1 or ttl > 2147483647000
+  or ttl % 1 ~= 0 or #ARGV[1] == 0 then
+  return redis.error_reply('ERR tower-response-cache: invalid write arguments')
+end
+local first_tag = 3 + counters
+local epoch = false
+if ARGV[5] ~= '' then
+  epoch = redis.call('GET', KEYS[first_tag])
+  first_tag = first_tag + 1
+end
+local function kind(key) return redis.call('TYPE', key)['ok'] end
+local k = kind(KEYS[1])
+local x = kind(KEYS[2])
+if (k ~= 'none' and k ~= 'hash') or (x ~= 'none' and x ~= 'zset') then
+  return redis.error_reply('WRONGTYPE tower-response-cache: a foreign value under a cache key')
+end
+for i = first_tag, #KEYS do
+  local t = kind(KEYS[i])
+  if t ~= 'none' and t ~= 'set' then
+    return redis.error_reply('WRONGTYPE tower-response-cache: a foreign value under a tag key')
+  end
+end
+-- No epoch yet (nobody invalidated since Redis started empty): only a token that never
+-- learned one (epoch 0) matches.
+if ARGV[5] ~= '' and (epoch or '0') ~= ARGV[5] then return 0 end
+for i = 3, 2 + counters do
+  local g = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if not g or g > seen then return 0 end
+end
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, prune)
+if #dead > 0 then
+  redis.call('HDEL', KEYS[1], unpack(dead))
+  redis.call('ZREM', KEYS[2], unpack(dead))
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
+for i = first_tag, #KEYS do
+  local gone = redis.call('SRANDMEMBER', KEYS[i], 2)
+  for _, member in ipairs(gone) do
+    if member ~= KEYS[1] and redis.call('EXISTS', member) == 0 then
+      redis.call('SREM', KEYS[i], member)
+    end
+  end
+  redis.call('SADD', KEYS[i], KEYS[1])
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return 1
+"#;
+
+/// Mark every value of an entry hash soft-invalidated: bytes 9–24 of each value (see
+/// `codec.rs`) become ARGV[1], the mark. Returns 1 when the hash was there.
+pub(super) const SOFT_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local value = fields[i + 1]
+  if #value >= 24 then
+    redis.call('HSET', KEYS[1], fields[i], string.sub(value, 1, 8) .. ARGV[1] .. string.sub(value, 25))
+  end
+end
+return 1
+"#;
+
+/// Raise a counter past where it is and to at least ARGV[1]; return the new value.
+pub(super) const BUMP_SCRIPT: &str = r#"
+local g = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+local floor = tonumber(ARGV[1])
+if g < floor then g = floor end
+redis.call('SET', KEYS[1], g)
+return g
+"#;
+
+/// Raise a counter to at least ARGV[1] (never lower it); return its value.
+pub(super) const RAISE_SCRIPT: &str = r#"
+local g = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+if g < floor then redis.call('SET', KEYS[1], floor) return floor end
+return g
+"#;
+
+/// One Redis: draw a new generation from the central counter (KEYS[1]) and raise the
+/// counters KEYS[3..] to it, in one step; the epoch (KEYS[2]) is created as ARGV[1] when
+/// missing (only invalidations create it: until the first one after Redis started empty,
+/// tokens carry epoch 0, which a missing epoch matches). Returns {epoch, generation}.
+pub(super) const BUMP_SINGLE_SCRIPT: &str = r#"
+local e = redis.call('GET', KEYS[2])
+if not e then redis.call('SET', KEYS[2], ARGV[1]) e = ARGV[1] end
+local g = (tonumber(redis.call('GET', KEYS[1]) or '0') or 0) + 1
+redis.call('SET', KEYS[1], g)
+for i = 3, #KEYS do
+  if (tonumber(redis.call('GET', KEYS[i]) or '0') or 0) < g then redis.call('SET', KEYS[i], g) end
+end
+return {tonumber(e) or 0, g}
+"#;
+
+/// One Redis after a restart: raise the central and wide counters (KEYS[1], KEYS[2]) to at
+/// least ARGV[1], so every fetch in flight from before is refused; returns {epoch (0 when
+/// there is none yet, KEYS[3]), generation}.
+pub(super) const RESTORE_SINGLE_SCRIPT: &str = r#"
+local e = redis.call('GET', KEYS[3])
+local floor = tonumber(ARGV[1])
+local g = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if g < floor then redis.call('SET', KEYS[1], floor) g = floor end
+if (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) < floor then redis.call('SET', KEYS[2], floor) end
+return {tonumber(e) or 0, g}
+"#;
