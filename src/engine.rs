@@ -47,6 +47,24 @@ macro_rules! inner_service_accessors {
 }
 pub(crate) use inner_service_accessors;
 
+/// The associated types and `poll_ready` every cache service shares: the inner service's
+/// readiness and error, the answer's body wrapped in [`CacheBody`](crate::CacheBody).
+macro_rules! cache_service_types {
+    ($body:ty) => {
+        type Response = http::Response<crate::CacheBody<$body>>;
+        type Error = S::Error;
+        type Future = crate::ResponseFuture<S::Future, $body, S::Error>;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.inner.poll_ready(cx)
+        }
+    };
+}
+pub(crate) use cache_service_types;
+
 /// The ready service goes into the future; the service keeps a fresh clone (tower's rule:
 /// what `poll_ready` readied is what `call` uses).
 pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {

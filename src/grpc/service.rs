@@ -2,7 +2,6 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,13 +46,7 @@ where
     ResB: http_body::Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    type Response = Response<CacheBody<ResB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResB, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    engine::cache_service_types!(ResB);
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let config = &self.config;

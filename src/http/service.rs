@@ -6,8 +6,6 @@
 //! fresh memory hit is answered here, without a boxed future; everything else runs
 //! [`serve`](super::serve) as one boxed future.
 
-use std::task::{Context, Poll};
-
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
@@ -17,7 +15,7 @@ use super::config::Config;
 use super::serve::Visit;
 use super::unsafe_method::{invalidate_after, request_host};
 use crate::answer::{answer, Served};
-use crate::body::{BoxError, CacheBody};
+use crate::body::BoxError;
 use crate::engine::{self, take_ready};
 use crate::future::ResponseFuture;
 use crate::handle::{CacheHandle, Found};
@@ -59,13 +57,7 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    type Response = Response<CacheBody<ResB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResB, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
+    engine::cache_service_types!(ResB);
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let counters = &self.config.handle.shared().counters;
