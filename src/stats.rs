@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::store::Backend;
 
 /// A snapshot of what the cache has done. See [`CacheHandle::stats`](crate::CacheHandle::stats).
+/// New counters may be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Requests (and typed reads) answered from the cache.
     pub hits: u64,

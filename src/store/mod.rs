@@ -165,8 +165,10 @@ impl Backend {
     }
 }
 
-/// Counters kept by a store.
+/// Counters kept by a store. New counters may be added: a store of one's own starts from
+/// `StoreStats::default()` and sets the fields it keeps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct StoreStats {
     /// Entries held now (memory stores; 0 where unknown).
     pub entries: u64,
