@@ -49,8 +49,31 @@ pub(crate) fn answer_to<B>(
     served: Served,
     fallback: bool,
 ) -> Response<CacheBody<B>> {
+    let condition = not_modified(entry, request_headers);
+    build(entry, condition, is_head, served, fallback)
+}
+
+/// [`answer`] for a request the request rules saw carry no condition: no `304` to weigh.
+pub(crate) fn answer_unconditional<B>(
+    entry: &Entry,
+    request: &http::request::Parts,
+    served: Served,
+    fallback: bool,
+) -> Response<CacheBody<B>> {
+    let is_head = request.method == http::Method::HEAD;
+    build(entry, false, is_head, served, fallback)
+}
+
+/// The answer: `304` when `not_modified`, else the entry's status, headers and body.
+fn build<B>(
+    entry: &Entry,
+    not_modified: bool,
+    is_head: bool,
+    served: Served,
+    fallback: bool,
+) -> Response<CacheBody<B>> {
     let now = clock::now_millis();
-    let from_template = !not_modified(entry, request_headers);
+    let from_template = !not_modified;
     let mut response = if !from_template {
         let mut response = Response::new(CacheBody::cached(None, None));
         *response.status_mut() = StatusCode::NOT_MODIFIED;

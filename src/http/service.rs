@@ -14,14 +14,14 @@ use tower_service::Service;
 use super::config::Config;
 use super::serve::Visit;
 use super::unsafe_method::{invalidate_after, request_host};
-use crate::answer::{answer, Served};
+use crate::answer::{answer, answer_unconditional, Served};
 use crate::body::BoxError;
 use crate::engine::{self, take_ready};
 use crate::future::ResponseFuture;
 use crate::handle::{CacheHandle, Found};
 use crate::headers::{self, Forward};
 use crate::key;
-use crate::policy::{BypassReason, RequestAction};
+use crate::policy::{BypassReason, Classified, RequestAction};
 use crate::stats::bump;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -63,7 +63,11 @@ where
         let counters = &self.config.handle.shared().counters;
         let (parts, body) = request.into_parts();
         let has_body = !body.is_end_stream();
-        let (action, keyed) = self.config.policy.classify(&parts, has_body);
+        let Classified {
+            action,
+            keyed,
+            conditional,
+        } = self.config.policy.classify_request(&parts, has_body);
         match action {
             RequestAction::Bypass(reason) => {
                 bump!(counters, bypasses);
@@ -114,7 +118,11 @@ where
                         let served = Served::Hit { coalesced: false };
                         let backend = handle.backend();
                         let fallback = backend == crate::store::Backend::FallingBack;
-                        let mut response = answer(&entry, &parts, served, fallback);
+                        let mut response = if conditional {
+                            answer(&entry, &parts, served, fallback)
+                        } else {
+                            answer_unconditional(&entry, &parts, served, fallback)
+                        };
                         // Redis answers at once only from its near cache.
                         if backend == crate::store::Backend::Redis {
                             let ttl = entry.remaining_secs(crate::clock::now_millis());

@@ -13,7 +13,7 @@ pub(crate) use response::NotStorable;
 use response::NEVER_STORED;
 
 use request::HeaderRule;
-pub(crate) use request::{BypassReason, RequestAction};
+pub(crate) use request::{BypassReason, Classified, RequestAction};
 pub use request::{DEFAULT_BYPASS_HEADERS, DEFAULT_KEYED_HEADERS};
 
 /// Statuses stored by default: cacheable by default per RFC 9110, minus the ones an

@@ -23,8 +23,8 @@
 use std::collections::HashMap;
 
 use http::header::{
-    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, IF_MATCH, IF_UNMODIFIED_SINCE, PRAGMA,
-    RANGE, TRANSFER_ENCODING, UPGRADE,
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_UNMODIFIED_SINCE, PRAGMA, RANGE, TRANSFER_ENCODING, UPGRADE,
 };
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, Method};
@@ -124,9 +124,26 @@ pub(crate) enum BypassReason {
 /// [`RequestAction`] with what the header pass found.
 enum Action {
     Plain(RequestAction),
-    Lookup { keyed: bool },
-    Revalidate { keyed: bool },
-    Range { keyed: bool },
+    /// `conditional`: the request carries `If-None-Match` or `If-Modified-Since`.
+    Lookup {
+        keyed: bool,
+        conditional: bool,
+    },
+    Revalidate {
+        keyed: bool,
+    },
+    Range {
+        keyed: bool,
+    },
+}
+
+/// What the pass over a request decided.
+pub(crate) struct Classified {
+    pub(crate) action: RequestAction,
+    /// It carries a keyed header: their values join the identity.
+    pub(crate) keyed: bool,
+    /// It may carry a condition the answer must weigh.
+    pub(crate) conditional: bool,
 }
 
 impl From<Action> for RequestAction {
@@ -157,6 +174,8 @@ pub(crate) enum Inspect {
     /// `Cache-Control` and `Pragma`.
     Directives,
     Range,
+    /// `If-None-Match` and `If-Modified-Since`: answered from a stored entry.
+    Condition,
 }
 
 /// Headers whose presence alone means "forward as sent", whatever the lists say:
@@ -178,6 +197,11 @@ pub(crate) fn index_rules(
     index.insert(CACHE_CONTROL, HeaderRule::Inspect(Inspect::Directives));
     index.insert(PRAGMA, HeaderRule::Inspect(Inspect::Directives));
     index.insert(RANGE, HeaderRule::Inspect(Inspect::Range));
+    for name in [IF_NONE_MATCH, IF_MODIFIED_SINCE] {
+        index
+            .entry(name)
+            .or_insert(HeaderRule::Inspect(Inspect::Condition));
+    }
     index
 }
 
@@ -204,15 +228,34 @@ impl CachePolicy {
 
     /// What to do with a request, and whether it carries a keyed header (then its values
     /// join the identity). One pass over the request's headers decides both.
+    #[cfg(test)]
     pub(crate) fn classify(&self, parts: &Parts, has_body: bool) -> (RequestAction, bool) {
+        let classified = self.classify_request(parts, has_body);
+        (classified.action, classified.keyed)
+    }
+
+    /// [`classify`](Self::classify), also saying whether a lookup may have to answer a
+    /// condition (`true` unless the pass saw that it carries none).
+    pub(crate) fn classify_request(&self, parts: &Parts, has_body: bool) -> Classified {
         let action = self.action(parts, has_body);
         let keyed = matches!(
             action,
-            Action::Lookup { keyed: true }
+            Action::Lookup { keyed: true, .. }
                 | Action::Revalidate { keyed: true }
                 | Action::Range { keyed: true }
         );
-        (action.into(), keyed)
+        let conditional = !matches!(
+            action,
+            Action::Lookup {
+                conditional: false,
+                ..
+            }
+        );
+        Classified {
+            action: action.into(),
+            keyed,
+            conditional,
+        }
     }
 
     fn action(&self, parts: &Parts, has_body: bool) -> Action {
@@ -245,11 +288,16 @@ impl CachePolicy {
         // CGI-style servers read `X_Forwarded_Host` as `X-Forwarded-Host`, so no list
         // could be complete.
         let (mut keyed, mut host, mut length, mut directives) = (false, false, false, false);
-        let mut range = false;
+        let (mut range, mut conditional) = (false, false);
         for name in headers.keys() {
             match self.rule_of(name) {
                 Some(HeaderRule::Bypass) => return bypass,
-                Some(HeaderRule::Key) => keyed = true,
+                Some(HeaderRule::Key) => {
+                    keyed = true;
+                    // A condition header the user keys on is still a condition.
+                    conditional |= *name == IF_NONE_MATCH || *name == IF_MODIFIED_SINCE;
+                }
+                Some(HeaderRule::Inspect(Inspect::Condition)) => conditional = true,
                 Some(HeaderRule::Inspect(Inspect::Host)) => host = true,
                 Some(HeaderRule::Inspect(Inspect::ContentLength)) => length = true,
                 Some(HeaderRule::Inspect(Inspect::Directives)) => directives = true,
@@ -267,7 +315,7 @@ impl CachePolicy {
             return if range {
                 Action::Range { keyed }
             } else {
-                Action::Lookup { keyed }
+                Action::Lookup { keyed, conditional }
             };
         }
         let cc = CacheControl::parse(headers);
@@ -292,7 +340,7 @@ impl CachePolicy {
         if range {
             return Action::Range { keyed };
         }
-        Action::Lookup { keyed }
+        Action::Lookup { keyed, conditional }
     }
 
     fn unsafe_action(&self) -> RequestAction {
@@ -369,6 +417,31 @@ mod tests {
     }
 
     const BYPASS: RequestAction = RequestAction::Bypass(BypassReason::Request);
+
+    fn conditional(policy: &CachePolicy, pairs: &[(&str, &str)]) -> bool {
+        let mut request = Request::get("/x");
+        for (name, value) in pairs {
+            request = request.header(*name, *value);
+        }
+        let (parts, ()) = request.body(()).unwrap().into_parts();
+        policy.classify_request(&parts, false).conditional
+    }
+
+    #[test]
+    fn a_lookup_knows_whether_it_carries_a_condition_to_answer() {
+        let plain = CachePolicy::default();
+        assert!(!conditional(&plain, &[("accept", "text/html")]));
+        assert!(conditional(&plain, &[("if-none-match", "\"v1\"")]));
+        assert!(conditional(
+            &plain,
+            &[("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT")]
+        ));
+        // Keyed by the user, it is still a condition.
+        let keyed = CachePolicy::default().key_on_header(IF_NONE_MATCH);
+        assert!(conditional(&keyed, &[("if-none-match", "\"v1\"")]));
+        // Anything but a plain lookup (here a range) is weighed in full.
+        assert!(conditional(&plain, &[("range", "bytes=0-1")]));
+    }
 
     #[test]
     fn only_get_and_head_are_looked_up() {
