@@ -8,7 +8,7 @@ use http::header::{
     AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH,
     LAST_MODIFIED, VARY,
 };
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::body::CacheBody;
 use crate::clock;
@@ -105,7 +105,7 @@ fn build<B>(
         response
     };
     let headers = response.headers_mut();
-    headers.insert(AGE, headers::int_value(entry.age_secs(now)));
+    let age = headers::int_value(entry.age_secs(now));
     let (status, x_cache) = match served {
         Served::Hit { coalesced: false } if !fallback => {
             (entry.hit_status(entry.remaining_secs(now)), HIT)
@@ -128,12 +128,46 @@ fn build<B>(
             STALE,
         ),
     };
-    headers.insert(CACHE_STATUS, status);
-    // The template already says `X-Cache: HIT`.
-    if !from_template || x_cache != HIT {
+    if from_template {
+        fill_placeholders(headers, age, status);
+        // The template already says `X-Cache: HIT`.
+        if x_cache != HIT {
+            headers.insert(X_CACHE, x_cache);
+        }
+    } else {
+        headers.insert(AGE, age);
+        headers.insert(CACHE_STATUS, status);
         headers.insert(X_CACHE, x_cache);
     }
     response
+}
+
+/// Write `Age` and `Cache-Status` into the template's placeholders (one of each, see
+/// `Entry::answer_headers`) by walking its few entries: cheaper than hashing both names
+/// again to insert them.
+fn fill_placeholders(headers: &mut HeaderMap, age: HeaderValue, status: HeaderValue) {
+    let (mut age, mut status) = (Some(age), Some(status));
+    for (name, value) in headers.iter_mut() {
+        if *name == AGE {
+            if let Some(age) = age.take() {
+                *value = age;
+            }
+        } else if *name == CACHE_STATUS {
+            if let Some(status) = status.take() {
+                *value = status;
+            }
+        }
+        if age.is_none() && status.is_none() {
+            return;
+        }
+    }
+    // Not a template after all: set what was not found.
+    if let Some(age) = age {
+        headers.insert(AGE, age);
+    }
+    if let Some(status) = status {
+        headers.insert(CACHE_STATUS, status);
+    }
 }
 
 /// Does the client already hold this entry's version? Only for 200s (RFC 9110 §13.2.1);
@@ -218,6 +252,26 @@ mod tests {
             ("if-none-match", "\"other\""),
         ]);
         assert!(!not_modified(&e, &both));
+    }
+
+    #[test]
+    fn a_hit_fills_the_template_with_one_age_and_one_cache_status() {
+        // The origin's own `Age` and `Cache-Status` never reach the answer.
+        let e = entry(&[("age", "99"), ("cache-status", "upstream; hit")]);
+        for served in [
+            Served::Hit { coalesced: false },
+            Served::StaleWhileRevalidate,
+        ] {
+            let r: Response<CacheBody<http_body_util::Empty<Bytes>>> =
+                answer_to(&e, &HeaderMap::new(), false, served, false);
+            let all = |name| r.headers().get_all(name).iter().count();
+            assert_eq!((all(AGE), all(CACHE_STATUS), all(X_CACHE)), (1, 1, 1));
+            assert_eq!(r.headers()[AGE], "0");
+            assert!(r.headers()[CACHE_STATUS]
+                .to_str()
+                .unwrap()
+                .starts_with("tower-response-cache; "));
+        }
     }
 
     #[test]
