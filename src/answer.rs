@@ -20,6 +20,8 @@ use crate::headers::{self, CACHE_STATUS, HIT, STALE, X_CACHE};
 pub(crate) enum Served {
     /// Fresh; `coalesced` after waiting for another request's fetch.
     Hit { coalesced: bool },
+    /// Fresh, from the near cache in front of Redis (`detail=l1`).
+    NearHit,
     /// Expired, within its stale-while-revalidate window; a refresh runs meanwhile.
     StaleWhileRevalidate,
     /// Expired, within its stale-if-error window, instead of a failed origin.
@@ -114,6 +116,7 @@ fn build<B>(
             headers::hit_status(entry.remaining_secs(now), coalesced, fallback),
             HIT,
         ),
+        Served::NearHit => (headers::l1_hit_status(entry.remaining_secs(now)), HIT),
         Served::StaleWhileRevalidate => (
             headers::stale_status(entry.stale_secs(now), false, fallback),
             STALE,

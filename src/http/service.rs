@@ -115,22 +115,18 @@ where
                     });
                     if let Some(Found::Hit(entry)) = found {
                         bump!(counters, hits);
-                        let served = Served::Hit { coalesced: false };
                         let backend = handle.backend();
                         let fallback = backend == crate::store::Backend::FallingBack;
-                        let mut response = if conditional {
+                        // Redis answers at once only from its near cache.
+                        let served = match backend {
+                            crate::store::Backend::Redis => Served::NearHit,
+                            _ => Served::Hit { coalesced: false },
+                        };
+                        let response = if conditional {
                             answer(&entry, &parts, served, fallback)
                         } else {
                             answer_unconditional(&entry, &parts, served, fallback)
                         };
-                        // Redis answers at once only from its near cache.
-                        if backend == crate::store::Backend::Redis {
-                            let ttl = entry.remaining_secs(crate::clock::now_millis());
-                            response.headers_mut().insert(
-                                crate::headers::CACHE_STATUS,
-                                crate::headers::l1_hit_status(ttl),
-                            );
-                        }
                         return ResponseFuture::ready(response);
                     }
                 }
