@@ -118,16 +118,53 @@ fn near_caches_in_three_processes_never_serve_what_a_sync_process_invalidated() 
 }
 
 #[test]
-fn on_a_cluster_the_near_cache_steps_aside_and_nothing_is_stale() {
+fn on_a_cluster_near_caches_never_serve_what_a_sync_process_invalidated() {
     let cluster = RedisCluster::start();
     cluster.wait_until_ok();
     let deployment = Deployment::start(&cluster.seeds().join(","));
-    let (reads, l1, stale) = phase(&deployment, "cluster", || {
+    let mut stale = 0;
+    let (reads, l1, s) = phase(&deployment, "cluster", || {
         std::thread::sleep(Duration::from_secs(2))
     });
+    stale += s;
     assert!(reads > 100, "too few reads: {reads}");
-    assert_eq!(l1, 0, "no near cache on a cluster");
+    assert!(
+        l1 > reads / 10,
+        "the near cache answered {l1} of {reads} reads"
+    );
+    // The sharded subscriptions live on the primary owning `{tower-response-cache}`.
+    let owner = &cluster.nodes[cluster.owner_of("{tower-response-cache}")];
+    let (_, _, s) = phase(&deployment, "cluster subscriptions killed", || {
+        for _ in 0..2 {
+            std::thread::sleep(Duration::from_millis(400));
+            let _: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query(&mut owner.connection())
+                .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(800));
+    });
+    stale += s;
+    let (_, _, s) = phase(&deployment, "cluster slot owner paused", || {
+        std::thread::sleep(Duration::from_millis(400));
+        owner.pause();
+        std::thread::sleep(Duration::from_millis(600));
+        owner.resume();
+        std::thread::sleep(Duration::from_millis(1000));
+    });
+    stale += s;
+    let (_, l1, s) = phase(&deployment, "cluster after the faults", || {
+        std::thread::sleep(Duration::from_secs(1))
+    });
+    stale += s;
+    assert!(l1 > 0, "near-cache hits did not come back");
+    let lapses: u64 = (0..3)
+        .map(|i| deployment.stats(i)["lease_lapses"].as_u64().unwrap())
+        .sum();
     assert_eq!(stale, 0, "stale reads after an invalidate returned");
+    assert!(lapses >= 3, "lease lapses: {lapses}");
 }
 
 /// Heartbeats stop (Redis refuses writes and publishes for a while): the lease lapses and
@@ -346,10 +383,11 @@ async fn configured_from_the_environment_hits_say_l1() {
     assert_eq!(answer.text(), "call 2", "{}", answer.header("cache-status"));
 }
 
-/// A process without a near cache (the sync pipeline) still waits for another process's
-/// lease, and the wait is exported as a histogram.
+/// A process without a near cache (the sync pipeline) returns as soon as every process
+/// holding a lease acknowledged its invalidation; an advertised lease nobody acknowledges
+/// (a stopped or cut-off process) is waited out. Both waits are exported as a histogram.
 #[test]
-fn an_invalidation_waits_for_advertised_leases_and_exports_the_wait() {
+fn an_invalidation_waits_for_acknowledgements_or_the_advertised_lease() {
     let redis = RedisServer::start();
     let values = Arc::new(std::sync::Mutex::new(Vec::new()));
     let recorder = Recorded(values.clone());
@@ -357,8 +395,8 @@ fn an_invalidation_waits_for_advertised_leases_and_exports_the_wait() {
         .enable_all()
         .build()
         .unwrap();
-    let lease = Duration::from_millis(150);
-    let took = metrics::with_local_recorder(&recorder, || {
+    let lease = Duration::from_secs(2);
+    let (acknowledged, silent) = metrics::with_local_recorder(&recorder, || {
         rt.block_on(async {
             let invalidator = RedisStore::builder(redis.url())
                 .deadline(Duration::from_millis(300))
@@ -368,21 +406,42 @@ fn an_invalidation_waits_for_advertised_leases_and_exports_the_wait() {
             // Nobody advertises a lease yet: no wait.
             let started = Instant::now();
             invalidator.invalidate("near", &pattern).await.unwrap();
-            assert!(started.elapsed() < lease, "waited with no lease advertised");
+            assert!(
+                started.elapsed() < lease / 4,
+                "waited with no lease advertised"
+            );
             let _holder = RedisStore::builder(redis.url())
                 .deadline(Duration::from_millis(300))
                 .near_cache(lease, 1 << 20)
                 .build()
                 .unwrap();
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
             let started = Instant::now();
             invalidator.invalidate("near", &pattern).await.unwrap();
-            started.elapsed()
+            let acknowledged = started.elapsed();
+            // A process that advertises a 300 ms lease and never answers.
+            let _: () = redis::cmd("ZADD")
+                .arg("tower-response-cache:near:leases")
+                .arg(u64::MAX / 2)
+                .arg("300:00000000deadbeef")
+                .query(&mut redis.connection())
+                .unwrap();
+            let started = Instant::now();
+            invalidator.invalidate("near", &pattern).await.unwrap();
+            (acknowledged, started.elapsed())
         })
     });
     assert!(
-        took >= lease,
-        "returned after {took:?}, before the lease of {lease:?}"
+        acknowledged < lease / 4,
+        "the holder acknowledged, yet invalidate took {acknowledged:?} (lease {lease:?})"
+    );
+    assert!(
+        silent >= Duration::from_millis(300),
+        "returned after {silent:?}, before the silent process's lease of 300 ms"
+    );
+    assert!(
+        silent < lease,
+        "waited {silent:?}: the holder had acknowledged"
     );
     let values = values.lock().unwrap();
     let waits: Vec<f64> = values
@@ -390,8 +449,39 @@ fn an_invalidation_waits_for_advertised_leases_and_exports_the_wait() {
         .filter(|(name, _)| name == "tower_response_cache_invalidate_wait_seconds")
         .map(|(_, v)| *v)
         .collect();
-    assert_eq!(waits.len(), 1, "{values:?}");
-    assert!(waits[0] >= lease.as_secs_f64(), "{waits:?}");
+    assert_eq!(waits.len(), 2, "{values:?}");
+    assert!(waits[1] >= 0.3, "{waits:?}");
+}
+
+/// A process that drops its near-cache store withdraws its advertisement: invalidations
+/// elsewhere stop waiting for its lease at once, not 30 s later.
+#[tokio::test]
+async fn a_dropped_near_cache_no_longer_holds_invalidations_up() {
+    let redis = RedisServer::start();
+    let lease = Duration::from_secs(3);
+    let invalidator = RedisStore::builder(redis.url())
+        .deadline(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let holder = RedisStore::builder(redis.url())
+        .deadline(Duration::from_millis(300))
+        .near_cache(lease, 1 << 20)
+        .build()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(holder);
+    // Its listener is gone too: it would never acknowledge.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    invalidator
+        .invalidate("near", &tower_response_cache::Pattern::new("/page"))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < lease / 3,
+        "waited {took:?} for a dropped store's lease"
+    );
 }
 
 /// An invalidation that fails (here: Redis holds writes longer than the deadline) still

@@ -1,27 +1,28 @@
 //! The invalidation channel: every invalidation a [`RedisStore`](super::RedisStore) makes is
-//! published on `tower-response-cache:invalidations`, and every store listens there, so
-//! other processes ban their in-flight fetches and drop their local entries.
+//! published on the layout's channel (`tower-response-cache:invalidations`), and every
+//! store listens there, so other processes ban their in-flight fetches and drop their
+//! local entries.
 //!
-//! Plain pub/sub reaches every node of a Redis Cluster (the cluster bus forwards it), so the
-//! listener subscribes on one node and moves to the next seed when that one goes away.
-//! After a reconnect, messages may have been missed: the listener reports
-//! [`StoreEvent::ChannelLost`], and the cache drops what it keeps locally.
+//! On a Redis Cluster the channel is a sharded one in the slot of `{tower-response-cache}`
+//! (see `layout.rs`): the listener follows the slot to its primary, and the stream ends
+//! when that connection drops or the slot moves. After a reconnect, messages may have been
+//! missed: the listener reports [`StoreEvent::ChannelLost`], and the cache drops what it
+//! keeps locally.
 //!
-//! With a near cache the same connection also subscribes to this process's heartbeat
-//! channel (see `near.rs`): the near cache is cleared and its lease dropped on every
-//! (re)subscription before any message is read, each invalidation is applied to it before
-//! the next message is read, and the lease is dropped when the connection ends.
+//! The same connection subscribes to this process's own channel: its near-cache
+//! heartbeats come back there, and other processes acknowledge its invalidations there
+//! (`ack.rs`). The near cache is cleared and its lease dropped on every (re)subscription
+//! before any message is read, each invalidation is applied to it (and then acknowledged)
+//! before the next message is read, and the lease is dropped when the connection ends.
 
 use std::sync::Weak;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::RedisError;
 
+use super::ack::ack_payload;
 use super::{Inner, RedisStore};
 use crate::store::{Invalidation, StoreEvent};
-
-pub(crate) const CHANNEL: &str = "tower-response-cache:invalidations";
 
 /// Longest namespace a message may name (longer ones are not ours: ignored).
 const MAX_NAMESPACE: usize = 4096;
@@ -37,37 +38,39 @@ pub(crate) struct Message {
     pub(crate) generation: u64,
     pub(crate) namespace: String,
     pub(crate) invalidation: Invalidation,
+    /// The sender's sequence number for acknowledgements (`ack.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ack: Option<u64>,
 }
 
-/// Listen until the store is dropped, reconnecting (to the next seed in a cluster) with a
-/// short backoff.
+/// Listen until the store is dropped, resubscribing with a short backoff.
 pub(crate) async fn listen(store: Weak<Inner>) {
     let mut connected_before = false;
-    let mut attempt = 0usize;
+    let mut failing = false;
     loop {
         let Some(inner) = store.upgrade() else { return };
-        let client = inner.subscribers[attempt % inner.subscribers.len()].clone();
+        let subscriber = inner.subscriber.clone();
+        let own = inner.layout.process_channel(inner.origin);
+        let channels = [inner.layout.channel().to_owned(), own.clone()];
         drop(inner);
-        attempt += 1;
-        let heartbeats = store
-            .upgrade()
-            .and_then(|inner| inner.near.as_ref().map(|n| n.channel().to_owned()));
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            match &heartbeats {
-                // One SUBSCRIBE: both channels on one connection, ordered by one server.
-                Some(heartbeats) => pubsub.subscribe(&[CHANNEL, heartbeats.as_str()]).await?,
-                None => pubsub.subscribe(CHANNEL).await?,
-            }
-            Ok::<_, RedisError>(pubsub)
-        };
-        let pubsub = match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
-            Ok(Ok(pubsub)) => pubsub,
-            _ => {
+        let subscribed =
+            tokio::time::timeout(Duration::from_secs(2), subscriber.subscribe(&channels)).await;
+        let mut messages = match subscribed {
+            Ok(Ok(messages)) => messages,
+            failed => {
+                if !failing {
+                    let error = match failed {
+                        Ok(Err(error)) => error.to_string(),
+                        _ => "timed out".to_owned(),
+                    };
+                    tracing::warn!(%error, "could not subscribe to the invalidation channel; retrying");
+                    failing = true;
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
+        failing = false;
         // Whatever was missed before this subscription is forgotten; no near-cache hit
         // until a heartbeat comes back on it.
         if let Some(near) = store.upgrade().as_ref().and_then(|i| i.near.as_ref()) {
@@ -85,48 +88,78 @@ pub(crate) async fn listen(store: Weak<Inner>) {
             }
         }
         connected_before = true;
-        let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             let Some(inner) = store.upgrade() else { return };
-            if let Some(near) = &inner.near {
-                if heartbeats.as_deref() == Some(message.get_channel_name()) {
-                    near.heard_heartbeat(message.get_payload_bytes());
-                    continue;
-                }
+            let payload = message.get_payload_bytes();
+            if message.get_channel_name() == own {
+                heard_own(&inner, payload);
+            } else {
+                heard_invalidation(inner, payload);
             }
-            let Ok(message) = serde_json::from_slice::<Message>(message.get_payload_bytes()) else {
-                tracing::warn!("ignoring a malformed message on the invalidation channel");
-                continue;
-            };
-            if message.origin == inner.origin {
-                continue;
-            }
-            if message.namespace.len() > MAX_NAMESPACE {
-                tracing::warn!(
-                    "ignoring a message with an oversized namespace on the invalidation channel"
-                );
-                continue;
-            }
-            // The generation is a claim, not a fact: see `RedisStore::heard`.
-            RedisStore {
-                inner: inner.clone(),
-            }
-            .heard(message.generation);
-            if let Some(near) = &inner.near {
-                near.apply(&message.namespace, &message.invalidation);
-            }
-            notify(
-                &inner,
-                &StoreEvent::Remote {
-                    namespace: message.namespace,
-                    invalidation: message.invalidation,
-                },
-            );
         }
         if let Some(near) = store.upgrade().as_ref().and_then(|i| i.near.as_ref()) {
             near.lease.drop_lease();
         }
         tracing::warn!("invalidation channel closed; reconnecting");
+    }
+}
+
+/// A message on this process's channel: an acknowledgement, or a heartbeat.
+fn heard_own(inner: &Inner, payload: &[u8]) {
+    if inner.acks.heard(payload) {
+        return;
+    }
+    if let Some(near) = &inner.near {
+        near.heard_heartbeat(payload);
+    }
+}
+
+/// A message on the invalidation channel.
+fn heard_invalidation(inner: std::sync::Arc<Inner>, payload: &[u8]) {
+    let Ok(message) = serde_json::from_slice::<Message>(payload) else {
+        tracing::warn!("ignoring a malformed message on the invalidation channel");
+        return;
+    };
+    if message.origin == inner.origin {
+        return;
+    }
+    if message.namespace.len() > MAX_NAMESPACE {
+        tracing::warn!(
+            "ignoring a message with an oversized namespace on the invalidation channel"
+        );
+        return;
+    }
+    let store = RedisStore { inner };
+    // The generation is a claim, not a fact: see `RedisStore::heard`.
+    store.heard(message.generation);
+    if let Some(near) = &store.inner.near {
+        near.apply(&message.namespace, &message.invalidation);
+        if let Some(seq) = message.ack {
+            // Applied: the sender may stop waiting for this process's lease.
+            let store = store.clone();
+            tokio::spawn(async move { store.acknowledge(message.origin, seq).await });
+        }
+    }
+    notify(
+        &store.inner,
+        &StoreEvent::Remote {
+            namespace: message.namespace,
+            invalidation: message.invalidation,
+        },
+    );
+}
+
+impl RedisStore {
+    /// Tell process `origin` that its invalidation `seq` was applied here.
+    async fn acknowledge(&self, origin: u64, seq: u64) {
+        let layout = self.inner.layout;
+        let cmd = redis::cmd(layout.publish_command())
+            .arg(layout.process_channel(origin))
+            .arg(ack_payload(self.inner.origin, seq))
+            .clone();
+        if let Err(error) = self.query::<i64>(cmd, self.inner.deadline).await {
+            tracing::debug!(%error, "could not acknowledge an invalidation");
+        }
     }
 }
 

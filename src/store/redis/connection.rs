@@ -5,15 +5,19 @@
 //! Both are used through [`redis::aio::ConnectionLike`], so the store's commands and
 //! scripts are written once. What differs is what must reach every primary of a cluster
 //! (`SCAN`, `INFO`): [`Connection::primaries`] lists them and [`Node`] addresses one.
+//!
+//! A [`Subscriber`] opens the separate connection the invalidation channel is read on:
+//! plain pub/sub on one Redis, sharded pub/sub (RESP3 pushes) on a cluster.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{BoxStream, StreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Cmd, RedisError, RedisFuture, RedisResult, Value};
+use redis::{Cmd, Msg, PushKind, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
 use super::layout::Layout;
@@ -169,6 +173,70 @@ fn parse_primaries(text: &str) -> Vec<Node> {
         .collect();
     nodes.sort_by_key(|n| format!("{n:?}"));
     nodes
+}
+
+/// Where the invalidation channel is subscribed.
+#[derive(Clone)]
+pub(crate) enum Subscriber {
+    /// `SUBSCRIBE` on the one Redis.
+    Plain(redis::Client),
+    /// `SSUBSCRIBE` on the primary owning the channels' slot, found through the seeds.
+    Sharded {
+        seeds: Vec<String>,
+        connect: Duration,
+    },
+}
+
+impl Subscriber {
+    /// Subscribe to `channels` (one slot, on a cluster) on a new connection. The stream
+    /// ends when the connection is lost: then messages may have been missed, and the
+    /// listener starts over with a new subscription.
+    pub(crate) async fn subscribe(
+        &self,
+        channels: &[String],
+    ) -> RedisResult<BoxStream<'static, Msg>> {
+        match self {
+            Subscriber::Plain(client) => {
+                let mut pubsub = client.get_async_pubsub().await?;
+                // One SUBSCRIBE: every channel on one connection, ordered by one server.
+                pubsub.subscribe(channels).await?;
+                Ok(pubsub.into_on_message().boxed())
+            }
+            Subscriber::Sharded { seeds, connect } => {
+                let (pushes, received) = tokio::sync::mpsc::unbounded_channel();
+                let client = ClusterClient::builder(seeds.iter().map(String::as_str))
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(pushes)
+                    .retries(1)
+                    .connection_timeout(*connect)
+                    .response_timeout(*connect)
+                    .build()?;
+                let mut connection = client.get_async_connection().await?;
+                connection.ssubscribe(channels).await?;
+                // The connection lives as long as the stream. A dropped connection, or the
+                // slot moving away (the server's `sunsubscribe`), ends the stream: the
+                // client would resubscribe on its own, silently past what was missed.
+                let stream = futures_util::stream::unfold(
+                    (received, connection),
+                    |(mut received, connection)| async move {
+                        loop {
+                            let push = received.recv().await?;
+                            match push.kind {
+                                PushKind::SMessage => {
+                                    if let Some(message) = Msg::from_push_info(push) {
+                                        return Some((message, (received, connection)));
+                                    }
+                                }
+                                PushKind::Disconnection | PushKind::SUnsubscribe => return None,
+                                _ => {}
+                            }
+                        }
+                    },
+                );
+                Ok(stream.boxed())
+            }
+        }
+    }
 }
 
 impl ConnectionLike for Connected {

@@ -7,8 +7,8 @@ use super::*;
 
 impl RedisStore {
     /// Tell other processes, after the entries are gone from Redis: this process's near
-    /// cache first, then the channel, then wait for other processes' near-cache leases
-    /// (see `near.rs`).
+    /// cache first, then the channel, then wait for other processes' near-cache leases or
+    /// their acknowledgements (see `near.rs`).
     pub(super) async fn publish(
         &self,
         namespace: &str,
@@ -18,16 +18,23 @@ impl RedisStore {
         if let Some(near) = &self.inner.near {
             near.apply(namespace, &invalidation);
         }
+        // Listening for acknowledgements before the publish: they may beat its reply.
+        let awaiting = self.inner.acks.expect();
         let message = Message {
             origin: self.inner.origin,
             generation,
             namespace: namespace.to_owned(),
             invalidation,
+            ack: Some(awaiting.seq()),
         };
         let payload = serde_json::to_string(&message).expect("message serialises");
-        let cmd = redis::cmd("PUBLISH").arg(CHANNEL).arg(payload).clone();
+        let layout = self.inner.layout;
+        let cmd = redis::cmd(layout.publish_command())
+            .arg(layout.channel())
+            .arg(payload)
+            .clone();
         let published = self.query::<i64>(cmd, self.inner.deadline).await;
-        self.await_leases(published.err(), std::time::Instant::now())
+        self.await_leases(published.err(), std::time::Instant::now(), &awaiting)
             .await
     }
 

@@ -35,6 +35,18 @@
 //! - `tower-response-cache:gen` (no tag): the cluster-wide counter each invalidation draws
 //!   its new generation from before it raises the buckets it touches.
 //!
+//! The processes sharing a Redis meet on pub/sub channels and one key (names by
+//! [`Layout::channel`] and the functions beside it): the invalidation channel every store
+//! subscribes to, one channel per process (its near-cache heartbeats come back on it, and
+//! other processes' acknowledgements of its invalidations arrive on it), and the sorted set
+//! of advertised near-cache leases. On one Redis they are plain pub/sub
+//! (`tower-response-cache:invalidations`, `tower-response-cache:p:<process>`,
+//! `tower-response-cache:near:leases`). On a cluster they all carry the hash tag
+//! `{tower-response-cache}` and travel by sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`):
+//! one slot, so one primary executes every publish and delivers them to each subscriber
+//! in that one order, which the near cache's lease argument needs, and a script can
+//! advertise a lease and publish its heartbeat in one step.
+//!
 //! ```
 //! # // The module is private; the doctest shows the names through the public pattern API.
 //! use tower_response_cache::Pattern;
@@ -88,7 +100,43 @@ pub(crate) enum Layout {
     Cluster,
 }
 
+/// The hash tag of the names processes meet at on a cluster (see the module docs).
+const MEETING_TAG: &str = "{tower-response-cache}";
+
 impl Layout {
+    /// The channel every invalidation is published on.
+    pub(crate) fn channel(self) -> &'static str {
+        match self {
+            Layout::Single => "tower-response-cache:invalidations",
+            Layout::Cluster => "{tower-response-cache}:invalidations",
+        }
+    }
+
+    /// The channel of the process named `origin`: its heartbeats, and acknowledgements of
+    /// its invalidations.
+    pub(crate) fn process_channel(self, origin: u64) -> String {
+        match self {
+            Layout::Single => format!("tower-response-cache:p:{origin:016x}"),
+            Layout::Cluster => format!("{MEETING_TAG}:p:{origin:016x}"),
+        }
+    }
+
+    /// The sorted set of advertised near-cache leases.
+    pub(crate) fn leases_key(self) -> &'static str {
+        match self {
+            Layout::Single => "tower-response-cache:near:leases",
+            Layout::Cluster => "{tower-response-cache}:near:leases",
+        }
+    }
+
+    /// The command that publishes on these channels.
+    pub(crate) fn publish_command(self) -> &'static str {
+        match self {
+            Layout::Single => "PUBLISH",
+            Layout::Cluster => "SPUBLISH",
+        }
+    }
+
     /// The bucket a logical key falls in.
     pub(crate) fn bucket(logical: &str) -> u64 {
         xxhash_rust::xxh3::xxh3_64(logical.as_bytes()) % BUCKETS
@@ -236,6 +284,20 @@ mod tests {
         assert_eq!(l.entry_scan("n*s", "/a*"), "n\\*s:k:/a*");
         assert_eq!(l.expiry_key("ns", "/a"), "ns:x:/a");
         assert_eq!(l.expiry_of("ns", b"ns:k:/a").unwrap(), b"ns:x:/a");
+    }
+
+    #[test]
+    fn the_cluster_meeting_names_share_one_slot() {
+        // Redis hashes only the first `{...}` of a name: every one starts with the tag.
+        let cluster = Layout::Cluster;
+        for name in [
+            cluster.channel().to_owned(),
+            cluster.process_channel(7),
+            cluster.leases_key().to_owned(),
+        ] {
+            assert!(name.starts_with(MEETING_TAG), "{name}");
+        }
+        assert!(!Layout::Single.channel().contains('{'));
     }
 
     #[test]

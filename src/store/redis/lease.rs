@@ -8,14 +8,14 @@
 //! messages one at a time). The lease then lasts until the heartbeat's *send* time plus
 //! `lease`, on this process's monotonic clock ([`Lease::renew`]).
 //!
-//! The heartbeat is a script that also advertises `lease` in a sorted set
-//! ([`LEASES_KEY`], one member per process, expiring after [`ADVERT_TTL`] in Redis time) in
+//! The heartbeat is a script that also advertises `lease` in a sorted set (the layout's
+//! `leases_key`, one member per process, expiring after [`ADVERT_TTL`] in Redis time) in
 //! the same step as its `PUBLISH`: whenever a heartbeat renews a lease, Redis held its
 //! advertisement at the moment the heartbeat was published. An invalidation reads the
-//! largest live advertisement after its own publish ([`LEASES_SCRIPT`]) and waits that long
-//! (plus a margin for clock-rate drift) from the publish's reply before it returns. The
-//! invalidating process needs no near cache of its own. See the near cache's module docs
-//! for the whole argument.
+//! live advertisements after its own publish ([`LEASES_SCRIPT`]) and waits for the longest
+//! (plus a margin for clock-rate drift) from the publish's reply before it returns, unless
+//! every advertising process acknowledged it first (`ack.rs`). The invalidating process
+//! needs no near cache of its own. See the near cache's module docs for the whole argument.
 //!
 //! Instants are `std::time::Instant` (`CLOCK_MONOTONIC`): a process that is stopped
 //! (`SIGSTOP`) keeps counting, so its lease has lapsed when it continues.
@@ -25,13 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::layout::Layout;
+use super::ack::{holders, Awaiting, Holder};
 use super::RedisStore;
 use crate::store::StoreError;
-
-/// The sorted set of advertised leases: member `"{lease ms}:{process}"`, score = when it
-/// expires (Redis time, ms). A hash tag is not needed: the near cache runs on one Redis.
-pub(crate) const LEASES_KEY: &str = "tower-response-cache:near:leases";
 
 /// How long an advertisement outlives its last heartbeat. Much longer than any lease, so a
 /// process whose last heartbeat renewed a lease is still advertised when that lease ends;
@@ -45,30 +41,27 @@ pub(crate) const MAX_LEASE: Duration = Duration::from_secs(10);
 /// Heartbeats remembered (by sequence number) to find the send time of one that returns.
 const REMEMBERED_HEARTBEATS: usize = 64;
 
-/// Advertise a lease and publish a heartbeat, in one step. KEYS: the lease set. ARGV:
-/// member, advertisement TTL (ms), channel, payload. Returns the subscribers reached.
+/// Advertise a lease and publish a heartbeat, in one step. KEYS: the lease set (member
+/// `"{lease ms}:{process}"`, score = when it expires, Redis time in ms). ARGV: member,
+/// advertisement TTL (ms), channel, payload, the publish command (`SPUBLISH` on a cluster,
+/// where the channel shares the set's slot). Returns the subscribers reached.
 pub(crate) const HEARTBEAT_SCRIPT: &str = r#"
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local ttl = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-return redis.call('PUBLISH', ARGV[3], ARGV[4])
+return redis.call(ARGV[5], ARGV[3], ARGV[4])
 "#;
 
-/// The longest live advertised lease in ms (0 when none); drops the expired ones. Reads
-/// every member: one per process with a near cache.
+/// The live advertisements (members), after dropping the expired ones: one per process
+/// with a near cache.
 pub(crate) const LEASES_SCRIPT: &str = r#"
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then return 0 end
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then return {} end
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local longest = 0
-for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local lease = tonumber(string.match(member, '^(%d+):') or '0') or 0
-  if lease > longest then longest = lease end
-end
-return longest
+return redis.call('ZRANGE', KEYS[1], 0, -1)
 "#;
 
 /// How long an invalidation waits after its publish for leases of `lease`: the lease, plus
@@ -200,7 +193,8 @@ impl Advertised {
 
 impl RedisStore {
     /// After an invalidation's publish (replied at `published_at`, or failed with
-    /// `publish_error`): wait until every near-cache lease that may predate it has run out.
+    /// `publish_error`): wait until each process advertising a near-cache lease that may
+    /// predate it acknowledged it (`awaiting`) or that lease has run out.
     ///
     /// A publish that failed while some process advertises a lease is an error (that
     /// process may never hear of the invalidation: a fallback store replays it); without
@@ -210,18 +204,15 @@ impl RedisStore {
         &self,
         publish_error: Option<StoreError>,
         published_at: Instant,
+        awaiting: &Awaiting<'_>,
     ) -> Result<(), StoreError> {
-        if self.inner.layout == Layout::Cluster {
-            // No process runs a near cache on a cluster.
-            if let Some(error) = publish_error {
-                tracing::warn!(%error, "could not publish an invalidation to other processes");
-            }
-            return Ok(());
-        }
         let mut invocation = self.inner.leases_script.prepare_invoke();
-        invocation.key(LEASES_KEY);
-        let advertised = match self.invoke::<u64>(invocation, self.inner.deadline).await {
-            Ok(ms) => Duration::from_millis(ms),
+        invocation.key(self.inner.layout.leases_key());
+        let mut holders = match self
+            .invoke::<Vec<String>>(invocation, self.inner.deadline)
+            .await
+        {
+            Ok(members) => holders(&members, self.inner.origin),
             Err(error) => {
                 return Err(StoreError::unavailable(
                     "could not read the near-cache leases after an invalidation: it may not have reached every process yet",
@@ -229,6 +220,10 @@ impl RedisStore {
                 ))
             }
         };
+        for holder in &mut holders {
+            holder.lease = holder.lease.min(MAX_LEASE);
+        }
+        let advertised = holders.iter().map(|h| h.lease).max().unwrap_or_default();
         let lease = self.inner.advertised.longest(advertised);
         if let Some(error) = publish_error {
             if lease.is_zero() {
@@ -243,7 +238,17 @@ impl RedisStore {
         if lease.is_zero() {
             return Ok(());
         }
-        tokio::time::sleep_until((published_at + wait_for(lease)).into()).await;
+        if lease > advertised {
+            // A lease remembered from before the set was lost (Redis restarted empty): its
+            // holder is unknown, so it is waited out.
+            holders.push(Holder {
+                process: None,
+                lease,
+            });
+        }
+        awaiting
+            .settled(&holders, |h| published_at + wait_for(h.lease))
+            .await;
         metrics::histogram!("tower_response_cache_invalidate_wait_seconds")
             .record(published_at.elapsed().as_secs_f64());
         Ok(())

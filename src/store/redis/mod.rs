@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
-use redis::{ErrorKind, RedisError, Script};
+use redis::Script;
 
 use super::{
     Backend, Coordination, Invalidation, InvalidationListener, Store, StoreError, StoreFuture,
@@ -14,6 +14,8 @@ use super::{
 use crate::entry::Entry;
 use crate::pattern::Pattern;
 
+mod ack;
+mod call;
 mod channel;
 mod codec;
 mod connection;
@@ -26,9 +28,10 @@ mod near;
 mod scripts;
 mod soft;
 
-use channel::{Message, CHANNEL};
+use call::classify;
+use channel::Message;
 use codec::{encode_value, MAX_VARY_VARIANTS};
-use connection::{Connection, Node, Timeouts};
+use connection::{Connection, Subscriber, Timeouts};
 use generation::*;
 use layout::{Layout, CENTRAL_GENERATION, EPOCH, WIDE_GENERATION};
 use memo::DecodeMemo;
@@ -78,8 +81,9 @@ const PRUNE_PER_WRITE: usize = 8;
 /// ever applied in half. Each write also prunes a few dead fields of the hash it writes
 /// (and dead members of its tag sets), so Redis memory follows the live entries.
 ///
-/// Every invalidation is published on the channel `tower-response-cache:invalidations`,
-/// so other processes ban their in-flight fetches and drop their local entries.
+/// Every invalidation is published on the channel `tower-response-cache:invalidations`
+/// (on a cluster, the sharded channel `{tower-response-cache}:invalidations`: Redis 7 or
+/// later), so other processes ban their in-flight fetches and drop their local entries.
 ///
 /// Pattern invalidation walks `SCAN MATCH <pattern> COUNT 1000` on every primary and
 /// `UNLINK`s each batch: Redis does the matching, in small steps that never block other
@@ -132,8 +136,8 @@ enum Target {
 pub(crate) struct Inner {
     connection: Connection,
     layout: Layout,
-    /// Where the invalidation channel can be subscribed (every seed of a cluster).
-    subscribers: Vec<redis::Client>,
+    /// Where the invalidation channel is subscribed.
+    subscriber: Subscriber,
     deadline: Duration,
     scan_deadline: Duration,
     /// The write token this process has: on one Redis the epoch and the generation as
@@ -150,8 +154,10 @@ pub(crate) struct Inner {
     restore_single_script: Script,
     /// Decodings of recent replies, reused when the same bytes come back.
     memo: DecodeMemo,
-    /// The near cache, when on (never on a cluster).
+    /// The near cache, when on.
     near: Option<Near>,
+    /// This process's invalidations waiting for acknowledgements.
+    acks: ack::Acks,
     /// The longest lease other processes advertised (for `invalidate`'s wait).
     advertised: lease::Advertised,
     leases_script: Script,
@@ -185,27 +191,34 @@ impl RedisStoreBuilder {
             response: self.scan_deadline,
             connect: self.connect_timeout,
         };
-        let (connection, urls) = match &self.target {
-            Target::Single(url) => (Connection::single(url, &timeouts), vec![url.clone()]),
+        let (connection, subscriber) = match &self.target {
+            Target::Single(url) => (
+                Connection::single(url, &timeouts),
+                Subscriber::Plain(redis::Client::open(url.as_str()).map_err(invalid)?),
+            ),
             Target::Cluster(seeds) if seeds.is_empty() => {
                 return Err(StoreError::msg(
                     "a Redis Cluster needs at least one seed node",
                 ))
             }
-            Target::Cluster(seeds) => (Connection::cluster(seeds, &timeouts), seeds.clone()),
+            Target::Cluster(seeds) => (
+                Connection::cluster(seeds, &timeouts),
+                Subscriber::Sharded {
+                    seeds: seeds.clone(),
+                    connect: self.connect_timeout.max(Duration::from_secs(1)),
+                },
+            ),
         };
         let connection = connection.map_err(invalid)?;
-        let subscribers = urls
-            .iter()
-            .map(|url| redis::Client::open(url.as_str()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid)?;
         let origin = rand_u64();
-        let near = self.near_for(origin);
+        let layout = connection.layout();
+        let near = self
+            .near
+            .map(|(lease, max_bytes)| Near::new(lease, max_bytes, layout.process_channel(origin)));
         let inner = Arc::new(Inner {
-            layout: connection.layout(),
+            layout,
             connection,
-            subscribers,
+            subscriber,
             deadline: self.deadline,
             scan_deadline: self.scan_deadline,
             generation: AtomicU64::new(0),
@@ -219,6 +232,7 @@ impl RedisStoreBuilder {
             restore_single_script: Script::new(RESTORE_SINGLE_SCRIPT),
             memo: DecodeMemo::new(),
             near,
+            acks: ack::Acks::default(),
             advertised: lease::Advertised::default(),
             leases_script: Script::new(lease::LEASES_SCRIPT),
         });
@@ -279,60 +293,6 @@ impl RedisStore {
             ids.push(id.to_owned());
         }
         Ok(ids.join(","))
-    }
-
-    async fn within<T>(
-        deadline: Duration,
-        call: impl std::future::Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(deadline, call).await {
-            Ok(result) => result.map_err(classify),
-            Err(_) => Err(StoreError::unavailable(
-                "Redis did not answer within the deadline",
-                format!("{deadline:?}"),
-            )),
-        }
-    }
-
-    async fn query<T: redis::FromRedisValue>(
-        &self,
-        cmd: redis::Cmd,
-        deadline: Duration,
-    ) -> Result<T, StoreError> {
-        Self::within(deadline, async {
-            let mut connection = self.inner.connection.connected().await?;
-            cmd.query_async::<T>(&mut connection).await
-        })
-        .await
-    }
-
-    async fn invoke<T: redis::FromRedisValue>(
-        &self,
-        invocation: redis::ScriptInvocation<'_>,
-        deadline: Duration,
-    ) -> Result<T, StoreError> {
-        Self::within(deadline, async {
-            let mut connection = self.inner.connection.connected().await?;
-            invocation.invoke_async::<T>(&mut connection).await
-        })
-        .await
-    }
-
-    async fn query_node<T: redis::FromRedisValue>(
-        &self,
-        node: &Node,
-        cmd: redis::Cmd,
-        deadline: Duration,
-    ) -> Result<T, StoreError> {
-        Self::within(deadline, async {
-            let value = self.inner.connection.query_node(node, cmd).await?;
-            Ok(redis::from_redis_value(value.extract_error()?)?)
-        })
-        .await
-    }
-
-    async fn primaries(&self, deadline: Duration) -> Result<Vec<Node>, StoreError> {
-        Self::within(deadline, self.inner.connection.primaries()).await
     }
 
     /// [`Store::get`] without the box (the fallback store awaits it directly).
@@ -467,26 +427,6 @@ impl RedisStore {
         }
         Ok(())
     }
-}
-
-/// Connection trouble is "unavailable"; anything Redis answered with is not.
-fn classify(error: RedisError) -> StoreError {
-    if error.is_io_error() || error.is_connection_dropped() || error.is_connection_refusal() {
-        return StoreError::connection_lost("the Redis connection failed", error);
-    }
-    let auth = matches!(error.code(), Some("NOAUTH" | "WRONGPASS"));
-    // A cluster that lost a primary answers CLUSTERDOWN until it heals; a Redis running a
-    // long script answers BUSY, one loading its data LOADING, a user lacking a command
-    // NOPERM: outages too (the circuit opens, nothing is deleted).
-    let down = matches!(
-        error.code(),
-        Some("CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "BUSY" | "LOADING" | "NOPERM")
-    );
-    if error.is_timeout() || auth || down || error.kind() == ErrorKind::AuthenticationFailed {
-        return StoreError::unavailable("Redis is unusable", error);
-    }
-    // Everything else is an answer: OOM, READONLY, a script error.
-    StoreError::new("Redis refused the command", error)
 }
 
 /// The hash field of a variant: 16 lowercase hex digits (by hand: it is on every hit).

@@ -17,15 +17,18 @@
 //!    lease was renewed.
 //! 2. `invalidate` raises the generation, removes the entries from Redis, then applies
 //!    itself to its own near cache (after the removal, so no read of this process can
-//!    refill it with what was removed), publishes at Redis time `p`, reads the longest lease
-//!    any process advertises and waits that long (plus a drift margin) from the publish's
-//!    reply before it returns. A publish that fails while leases are advertised, or a lease
-//!    read that fails, makes `invalidate` fail (a fallback store replays it).
+//!    refill it with what was removed), publishes at Redis time `p`, and reads which
+//!    processes advertise a lease and the longest one. It returns when each of those
+//!    processes acknowledged the message (`ack.rs`: sent after applying it), or at the
+//!    latest after the longest lease (plus a drift margin) from the publish's reply. A
+//!    publish that fails while leases are advertised, or a lease read that fails, makes
+//!    `invalidate` fail (a fallback store replays it).
 //! 3. Take a process serving from its near cache after `invalidate` returned, under a lease
 //!    renewed by a heartbeat published at `h`. If `h > p`, it applied the invalidation
-//!    before renewing. If `h < p`, the lease ended by `s + lease < p + lease`, before the
-//!    return; and the heartbeat's script advertised the lease in the same step as its
-//!    `PUBLISH` (with a 30 s expiry), so the invalidation's read after `p` saw it.
+//!    before renewing. If `h < p`, the heartbeat's script advertised the lease in the same
+//!    step as its `PUBLISH` (with a 30 s expiry), so the read after `p` listed the process:
+//!    either it acknowledged, so it had applied the invalidation, or `invalidate` waited
+//!    until its lease had ended (by `s + lease < p + lease`).
 //! 4. A lost subscription is a new one: on every (re)subscription the near cache is cleared
 //!    and the lease dropped before any message is read, so invalidations missed while it
 //!    was down cannot matter, and heartbeats sent before do not renew. A paused Redis, a
@@ -52,14 +55,20 @@
 //! stale ones, and `Vary` variants it does not hold, are asked of Redis. It may still hold
 //! a variant Redis has since replaced or pruned, never one an invalidation covers. It has
 //! its own byte budget and CLOCK eviction (it is a [`MemoryStore`]). Used by the HTTP
-//! layer's hits (`Store::try_get_now`); typed reads and gRPC read Redis. On a Redis Cluster the
-//! near cache is not used (see [`RedisStoreBuilder::near_cache`](super::RedisStoreBuilder::near_cache)).
+//! layer's hits (`Store::try_get_now`); typed reads and gRPC read Redis.
+//!
+//! On a Redis Cluster every name the processes meet at shares the slot of the hash tag
+//! `{tower-response-cache}`, and they use sharded pub/sub: one primary executes every
+//! publish, so the order argument of 1. holds, and the heartbeat script may publish on a
+//! channel of its key's slot. The listener's stream ends when that primary's connection
+//! drops or the slot moves (point 4).
 //!
 //! # Cost to Redis
 //!
 //! One heartbeat script (`ZADD` + `PUBLISH` to one subscriber) per process per `lease / 4`:
-//! 20 a second per process at a 200 ms lease. `invalidate` adds one script call
-//! (the lease read) and waits `lease + 0.5 % + 1 ms` after its publish.
+//! 20 a second per process at a 200 ms lease. `invalidate` adds one script call (the lease
+//! read), and each process with a near cache publishes one acknowledgement per
+//! invalidation it hears.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -67,8 +76,8 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::lease::{Lease, ADVERT_TTL, HEARTBEAT_SCRIPT, LEASES_KEY, MAX_LEASE};
-use super::{Inner, RedisStore, RedisStoreBuilder, Target};
+use super::lease::{Lease, ADVERT_TTL, HEARTBEAT_SCRIPT, MAX_LEASE};
+use super::{Inner, RedisStore, RedisStoreBuilder};
 use crate::entry::Entry;
 use crate::pattern::Pattern;
 use crate::store::{Invalidation, MemoryStore, StoreKey, StoreStats, Variants};
@@ -80,9 +89,9 @@ pub(crate) struct Near {
     /// Bumped (under `apply`) by every invalidation applied and every clear.
     epoch: AtomicU64,
     apply: Mutex<()>,
-    /// This process's heartbeat channel.
+    /// This process's channel, which its heartbeats are published on.
     channel: String,
-    /// This process's advertisement in [`LEASES_KEY`].
+    /// This process's advertisement in the lease set.
     member: String,
     heartbeat: Script,
     hits: AtomicU64,
@@ -94,23 +103,21 @@ pub(crate) struct Near {
 pub(crate) struct Ticket(u64);
 
 impl Near {
-    pub(crate) fn new(lease: Duration, max_bytes: usize, origin: u64) -> Near {
+    /// A near cache for the process whose channel is `channel` (named after `origin`).
+    pub(crate) fn new(lease: Duration, max_bytes: usize, channel: String) -> Near {
         let lease = lease.clamp(Duration::from_millis(4), MAX_LEASE);
+        let process = channel.rsplit(':').next().unwrap_or_default().to_owned();
         Near {
             memory: MemoryStore::builder().max_bytes(max_bytes).build(),
             lease: Lease::new(lease),
             epoch: AtomicU64::new(0),
             apply: Mutex::new(()),
-            channel: format!("tower-response-cache:hb:{origin:016x}"),
-            member: format!("{}:{origin:016x}", lease.as_millis()),
+            member: format!("{}:{process}", lease.as_millis()),
+            channel,
             heartbeat: Script::new(HEARTBEAT_SCRIPT),
             hits: AtomicU64::new(0),
             redis_hits: AtomicU64::new(0),
         }
-    }
-
-    pub(crate) fn channel(&self) -> &str {
-        &self.channel
     }
 
     /// Every variant held for `key`, when the lease is valid and some are held.
@@ -213,30 +220,15 @@ impl RedisStoreBuilder {
     /// invalidation subscription. Off unless called.
     ///
     /// The ban guarantee stays: every `invalidate` made through this Redis (by any process,
-    /// with a near cache or not) waits for the longest lease any process advertises before
-    /// it returns, so its latency grows by about `lease`. See the README; the argument is in
-    /// the docs of `src/store/redis/near.rs`. On a Redis Cluster the near cache is not used
-    /// (a warning is logged): its heartbeats would need sharded pub/sub in one slot, which
-    /// this version does not implement.
+    /// with a near cache or not) returns only when every process advertising a lease has
+    /// acknowledged it, or after the longest advertised lease: a round trip or two while
+    /// every process is healthy, about `lease` when one is stopped or cut off. See the
+    /// README; the argument is in the docs of `src/store/redis/near.rs`. On a Redis Cluster
+    /// (Redis 7 or later) the heartbeats and invalidations travel by sharded pub/sub in one
+    /// slot.
     pub fn near_cache(mut self, lease: Duration, max_bytes: usize) -> Self {
         self.near = Some((lease, max_bytes));
         self
-    }
-
-    /// The near cache to build, if any (none on a cluster).
-    pub(super) fn near_for(&self, origin: u64) -> Option<Near> {
-        match (self.near, &self.target) {
-            (Some(_), Target::Cluster(_)) => {
-                tracing::warn!(
-                    "the near cache is not used on a Redis Cluster: every hit reads Redis"
-                );
-                None
-            }
-            (Some((lease, max_bytes)), Target::Single(_)) => {
-                Some(Near::new(lease, max_bytes, origin))
-            }
-            (None, _) => None,
-        }
     }
 }
 
@@ -280,6 +272,32 @@ impl RedisStore {
     }
 }
 
+/// A store dropped within a runtime withdraws its advertisement (best effort): its near
+/// cache is gone with it, and other processes' invalidations need not wait for its lease
+/// for the 30 s the advertisement would otherwise live.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let (Some(near), Ok(runtime)) = (&self.near, tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let connection = self.connection.clone();
+        let cmd = redis::cmd("ZREM")
+            .arg(self.layout.leases_key())
+            .arg(&near.member)
+            .clone();
+        runtime.spawn(async move {
+            let withdrawn = async {
+                let mut connected = connection.connected().await?;
+                cmd.query_async::<i64>(&mut connected).await
+            };
+            let outcome = tokio::time::timeout(Duration::from_secs(1), withdrawn).await;
+            if !matches!(outcome, Ok(Ok(_))) {
+                tracing::debug!("could not withdraw the near-cache advertisement");
+            }
+        });
+    }
+}
+
 /// Publish a heartbeat every `lease / 4` until the store is dropped.
 pub(crate) async fn heartbeat(store: Weak<Inner>) {
     let Some(period) = store
@@ -300,11 +318,12 @@ pub(crate) async fn heartbeat(store: Weak<Inner>) {
         let seq = near.lease.sending();
         let mut invocation = near.heartbeat.prepare_invoke();
         invocation
-            .key(LEASES_KEY)
+            .key(store.inner.layout.leases_key())
             .arg(&near.member)
             .arg(ADVERT_TTL.as_millis() as u64)
             .arg(&near.channel)
-            .arg(seq.to_string());
+            .arg(seq.to_string())
+            .arg(store.inner.layout.publish_command());
         if let Err(error) = store.invoke::<i64>(invocation, store.inner.deadline).await {
             tracing::debug!(%error, "near-cache heartbeat failed");
         }
@@ -331,7 +350,11 @@ mod tests {
     };
 
     fn leased() -> Near {
-        let near = Near::new(Duration::from_millis(500), 1 << 20, 1);
+        let near = Near::new(
+            Duration::from_millis(500),
+            1 << 20,
+            "p:0000000000000001".into(),
+        );
         let seq = near.lease.sending();
         near.lease.renew(seq);
         near
@@ -355,7 +378,11 @@ mod tests {
 
     #[test]
     fn nothing_is_answered_without_a_lease_or_after_a_reset() {
-        let near = Near::new(Duration::from_millis(500), 1 << 20, 1);
+        let near = Near::new(
+            Duration::from_millis(500),
+            1 << 20,
+            "p:0000000000000001".into(),
+        );
         near.fill(near.ticket(), KEY, &[entry()]);
         assert!(near.get_now(KEY).is_none(), "no lease yet");
         let seq = near.lease.sending();
