@@ -34,12 +34,20 @@ impl CacheHandle {
     }
 
     /// Find a fresh entry for the request. Store errors are logged and read as a miss.
+    ///
+    /// A hit the store can answer at once (a near cache in front of Redis) is taken first;
+    /// anything else (a miss, a stale entry, a variant it does not hold) asks the store.
     pub(crate) async fn lookup(
         &self,
         logical: &str,
         variant: &Variant,
         request_headers: &HeaderMap,
     ) -> Found {
+        if let Some(Found::Hit(entry)) =
+            self.lookup_now(logical, variant.hash, &variant.identity, request_headers)
+        {
+            return Found::Hit(entry);
+        }
         let variants = match self
             .shared
             .store

@@ -383,6 +383,44 @@ async fn configured_from_the_environment_hits_say_l1() {
     assert_eq!(answer.text(), "call 2", "{}", answer.header("cache-status"));
 }
 
+/// Typed reads (`get_or_insert_with`) are answered from the near cache too, and an
+/// invalidation through the handle makes the next read compute the value again.
+#[tokio::test]
+async fn typed_reads_hit_the_near_cache_and_obey_invalidations() {
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .deadline(Duration::from_millis(300))
+        .near_cache(Duration::from_millis(200), 1 << 20)
+        .build()
+        .unwrap();
+    let handle = tower_response_cache::CacheHandle::builder(store)
+        .namespace("typed")
+        .ttl(Duration::from_secs(60))
+        .build();
+    let calls = AtomicU64::new(0);
+    let read = || async {
+        handle
+            .get_or_insert_with("report:1", async {
+                calls.fetch_add(1, Ordering::SeqCst) + 1
+            })
+            .await
+    };
+    assert_eq!(read().await, 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while handle.stats().l1_hits == 0 {
+        assert_eq!(read().await, 1, "served from Redis or the near cache");
+        assert!(
+            Instant::now() < deadline,
+            "never a near-cache hit: {:?}",
+            handle.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.invalidate("report:*").await.unwrap();
+    assert_eq!(read().await, 2, "the invalidated value was served");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
 /// A process without a near cache (the sync pipeline) returns as soon as every process
 /// holding a lease acknowledged its invalidation; an advertised lease nobody acknowledges
 /// (a stopped or cut-off process) is waited out. Both waits are exported as a histogram.

@@ -55,7 +55,7 @@
 //! stale ones, and `Vary` variants it does not hold, are asked of Redis. It may still hold
 //! a variant Redis has since replaced or pruned, never one an invalidation covers. It has
 //! its own byte budget and CLOCK eviction (it is a [`MemoryStore`]). Used by the HTTP
-//! layer's hits (`Store::try_get_now`); typed reads and gRPC read Redis.
+//! layer's, the gRPC layer's and typed reads' hits (through `Coordination::try_get_now`).
 //!
 //! On a Redis Cluster every name the processes meet at shares the slot of the hash tag
 //! `{tower-response-cache}`, and they use sharded pub/sub: one primary executes every
