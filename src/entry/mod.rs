@@ -236,14 +236,18 @@ impl Entry {
     pub(crate) fn answer_headers(&self) -> &HeaderMap {
         self.answer_headers.get_or_init(|| {
             let mut headers = HeaderMap::with_capacity(self.headers.len() + 4);
+            // The slots first: an answer finds both after two steps of a walk in order.
+            for name in [AGE, CACHE_STATUS] {
+                headers.insert(name, HeaderValue::from_static(""));
+            }
             for (name, value) in &self.headers {
-                headers.append(name.clone(), value.clone());
+                // A stored `Age` or `Cache-Status` is replaced by the answer's own.
+                if name != AGE && name != CACHE_STATUS {
+                    headers.append(name.clone(), value.clone());
+                }
             }
             if self.status != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
                 headers.insert(CONTENT_LENGTH, self.body.len().into());
-            }
-            for name in [AGE, CACHE_STATUS] {
-                headers.insert(name, HeaderValue::from_static(""));
             }
             headers.insert(X_CACHE, crate::headers::HIT);
             headers
