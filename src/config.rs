@@ -44,7 +44,7 @@ use crate::store::MemoryStore;
 /// | `CACHE_MAX_BYTES` | `268435456` | memory store budget, at least 4096 (also the fallback's) |
 /// | `CACHE_REDIS_TIMEOUT_MS` | `50` | deadline of each Redis call, more than 0 |
 /// | `CACHE_FALLBACK_TTL_SECONDS` | `30` | longest life of an entry written while Redis is down |
-/// | `CACHE_NEAR_LEASE_MS` | — (off) | turn the near cache (an L1 in front of one Redis) on with this lease, 4–10 000 ms; every `invalidate` on that Redis then waits about this long |
+/// | `CACHE_NEAR_LEASE_MS` | — (off) | turn the near cache (an L1 in front of Redis or a Redis Cluster) on with this lease, 4–10 000 ms; an `invalidate` then waits for every process's acknowledgement, or this long for one that does not answer |
 /// | `CACHE_NEAR_MAX_BYTES` | `67108864` | the near cache's byte budget |
 ///
 /// Values are trimmed; an empty value is the same as none. An invalid value is an error
