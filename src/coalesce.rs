@@ -56,6 +56,9 @@ pub(crate) struct Coalescer {
 struct Flight {
     id: u64,
     outcome: watch::Receiver<Outcome>,
+    /// The store's write token its leader took before calling the origin; `None` until
+    /// then (see [`Coalescer::forget_fetched_before`]).
+    token: Option<u64>,
 }
 
 /// What a miss does after joining the flight for its key (see `CacheHandle::take_turn`).
@@ -109,7 +112,11 @@ impl Coalescer {
             MapEntry::Vacant(slot) => {
                 let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (sender, outcome) = watch::channel(Outcome::Pending);
-                slot.insert(Flight { id, outcome });
+                slot.insert(Flight {
+                    id,
+                    outcome,
+                    token: None,
+                });
                 Role::Leader(Leader {
                     coalescer: self.clone(),
                     key,
@@ -120,7 +127,6 @@ impl Coalescer {
         }
     }
 
-    /// Flights in the air (for tests and stats).
     /// Take the flights of keys `matches` says yes to out of the map, so requests arriving
     /// after an invalidation never join (or read) a fetch from before it. Their leaders
     /// carry on; only those who joined already hear from them.
@@ -131,6 +137,25 @@ impl Coalescer {
         self.flights.retain(|(logical, _), _| !matches(logical));
     }
 
+    /// [`forget`](Self::forget) for another process's invalidation, heard late: only the
+    /// flights whose token `fetched_before` says predates it. A flight whose leader has
+    /// not taken its token yet has not called the origin either (the origin is called
+    /// after the token is taken), so what it fetches is fresh with respect to this
+    /// invalidation: it stays.
+    pub(crate) fn forget_fetched_before(
+        &self,
+        matches: impl Fn(&str) -> bool,
+        fetched_before: impl Fn(u64) -> bool,
+    ) {
+        if self.flights.is_empty() {
+            return;
+        }
+        self.flights.retain(|(logical, _), flight| {
+            !(matches(logical) && flight.token.is_some_and(&fetched_before))
+        });
+    }
+
+    /// Flights in the air (for tests and stats).
     #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
         self.flights.len()
@@ -172,6 +197,15 @@ impl Leader {
     /// End the flight: remove it first so newcomers start afresh, then tell followers.
     pub(crate) fn finish(mut self, outcome: Outcome) {
         self.end(outcome);
+    }
+
+    /// Record the write token this leader took, before it calls the origin.
+    pub(crate) fn took(&self, token: u64) {
+        if let Some(mut flight) = self.coalescer.flights.get_mut(&self.key) {
+            if flight.id == self.id {
+                flight.token = Some(token);
+            }
+        }
     }
 
     /// Let followers read `fill` while this leader's response arrives.
@@ -255,5 +289,43 @@ mod tests {
         let _a = lead(&c);
         assert!(matches!(c.join("/k", b"2"), Role::Leader(_)));
         assert!(matches!(c.join("/other", b"1"), Role::Leader(_)));
+    }
+
+    #[test]
+    fn a_late_invalidation_forgets_only_flights_that_took_their_token_before_it() {
+        let c = Arc::new(Coalescer::default());
+        let before = lead(&c);
+        before.took(4);
+        let after = match c.join("/k", b"2") {
+            Role::Leader(l) => l,
+            Role::Follower(_) => panic!("expected to lead"),
+        };
+        after.took(5);
+        // Not yet at the origin: what it fetches is fetched after the invalidation.
+        let _untaken = match c.join("/k", b"3") {
+            Role::Leader(l) => l,
+            Role::Follower(_) => panic!("expected to lead"),
+        };
+        let _elsewhere = match c.join("/other", b"1") {
+            Role::Leader(l) => l,
+            Role::Follower(_) => panic!("expected to lead"),
+        };
+        c.forget_fetched_before(|key| key == "/k", |token| token < 5);
+        assert!(matches!(c.join("/k", b"1"), Role::Leader(_)));
+        assert!(matches!(c.join("/k", b"2"), Role::Follower(_)));
+        assert!(matches!(c.join("/k", b"3"), Role::Follower(_)));
+        assert!(matches!(c.join("/other", b"1"), Role::Follower(_)));
+    }
+
+    #[test]
+    fn a_token_recorded_after_the_flight_ended_names_no_other_flight() {
+        let c = Arc::new(Coalescer::default());
+        let first = lead(&c);
+        c.forget(|_| true);
+        let second = lead(&c);
+        first.took(1);
+        second.took(9);
+        c.forget_fetched_before(|_| true, |token| token < 5);
+        assert!(matches!(c.join("/k", b"1"), Role::Follower(_)));
     }
 }

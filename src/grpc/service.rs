@@ -125,7 +125,7 @@ where
         }
     };
     bump!(counters, misses);
-    let ticket = handle.ticket().await;
+    let ticket = handle.ticket(leader.as_ref()).await;
     let response = inner
         .call(Request::from_parts(parts, request::whole(message)))
         .await?;

@@ -109,29 +109,43 @@ impl CacheHandleBuilder {
         let weak = Arc::downgrade(&handle.shared);
         coordination.set_listener(Arc::new(move |event| {
             let Some(shared) = weak.upgrade() else { return };
-            // Requests arriving from now on must not read a fetch from before it.
+            let Some(coordination) = shared.store.coordination() else {
+                return;
+            };
+            // Requests arriving from now on must not read a fetch from before it. The message
+            // may arrive after fetches that began after the invalidation: those stay.
             match event {
                 StoreEvent::Remote {
                     namespace,
-                    invalidation: Invalidation::Pattern(p),
+                    invalidation,
+                    generation,
+                    ..
                 } if **namespace == *shared.namespace => {
-                    let pattern = Pattern::new(p);
-                    shared.flights.forget(|key| pattern.matches_str(key));
+                    let before = |token| coordination.fetched_before(token, *generation);
+                    match invalidation {
+                        Invalidation::Pattern(p) => {
+                            let pattern = Pattern::new(p);
+                            let matches = |key: &str| pattern.matches_str(key);
+                            shared.flights.forget_fetched_before(matches, before);
+                        }
+                        // A flight's tags are known only with its response.
+                        Invalidation::Tag(_) | Invalidation::All => {
+                            shared.flights.forget_fetched_before(|_| true, before);
+                        }
+                    }
                 }
-                StoreEvent::Remote { namespace, .. } if **namespace != *shared.namespace => {}
-                _ => shared.flights.forget(|_| true),
+                StoreEvent::Remote { .. } => {}
+                // Missed messages, of unknown generations: every flight may predate one.
+                StoreEvent::ChannelLost => shared.flights.forget(|_| true),
             }
             match event {
                 // The store refuses such writes itself, more precisely (see
                 // `Store::checks_remote_invalidations`).
-                StoreEvent::Remote { .. }
-                    if shared
-                        .store
-                        .coordination()
-                        .is_some_and(|c| c.checks_remote_invalidations()) => {}
+                StoreEvent::Remote { .. } if coordination.checks_remote_invalidations() => {}
                 StoreEvent::Remote {
                     namespace,
                     invalidation,
+                    ..
                 } if **namespace == *shared.namespace => match invalidation {
                     Invalidation::Pattern(p) => shared.bans.record(Ban::Pattern(&Pattern::new(p))),
                     Invalidation::Tag(t) => shared.bans.record(Ban::Tag(t)),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::CacheHandle;
-use crate::coalesce::{follow, follow_past_sharing, Coalescer, Outcome, Role, Share, Turn};
+use crate::coalesce::{follow, follow_past_sharing, Coalescer, Leader, Outcome, Role, Share, Turn};
 use crate::fill::{Budget, Fill};
 use crate::stats::bump;
 
@@ -17,11 +17,14 @@ pub(crate) struct Ticket {
 }
 
 impl CacheHandle {
-    /// The ticket for a miss that is about to fetch: what its write will be checked against.
     /// What a miss carries from before it calls the origin to its store write: the ban
     /// epoch, and the store's current write token (asked of a shared store, so a fetch
     /// that began after another process's invalidation is not refused for it).
-    pub(crate) async fn ticket(&self) -> Ticket {
+    ///
+    /// A flight's `leader` takes it before it calls the origin; its flight records the
+    /// token, so that another process's invalidation heard later forgets the flight only
+    /// when the fetch began before it.
+    pub(crate) async fn ticket(&self, leader: Option<&Leader>) -> Ticket {
         let bans = self.shared.bans.ticket();
         let store = match self.shared.store.coordination() {
             Some(store) => match store.current_write_token().await {
@@ -30,6 +33,9 @@ impl CacheHandle {
             },
             None => 0,
         };
+        if let Some(leader) = leader {
+            leader.took(store);
+        }
         Ticket { bans, store }
     }
 

@@ -191,7 +191,7 @@ mod tests {
             Duration::from_secs(60),
         )
         .with_identity(attacker.identity.clone());
-        let ticket = handle.ticket().await;
+        let ticket = handle.ticket(None).await;
         assert!(handle.commit("/page", 42, ticket, entry).await);
         let empty = HeaderMap::new();
         assert!(matches!(

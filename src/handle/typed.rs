@@ -111,7 +111,7 @@ impl CacheHandle {
                 Turn::LookAgain | Turn::Read(_) | Turn::OtherVariant(_) => continue,
                 Turn::FetchAlone => return init.await,
                 Turn::Lead(leader) => {
-                    let ticket = self.ticket().await;
+                    let ticket = self.ticket(Some(&leader)).await;
                     let value = match init.await {
                         Ok(value) => value,
                         Err(error) => {

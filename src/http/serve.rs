@@ -210,7 +210,7 @@ where
         let handle = &config.handle;
         let counters = &handle.shared().counters;
         bump!(counters, misses);
-        let ticket = handle.ticket().await;
+        let ticket = handle.ticket(fetch.leader.as_ref()).await;
         let is_head = parts.method == Method::HEAD;
         let request_headers = parts.headers.clone();
         let mut validating = None;
@@ -363,7 +363,7 @@ where
             ..
         } = self;
         tokio::spawn(async move {
-            let ticket = config.handle.ticket().await;
+            let ticket = config.handle.ticket(Some(&leader)).await;
             let request_headers = parts.headers.clone();
             strip_conditionals(&mut parts.headers);
             let Ok(response) = inner.call(Request::from_parts(parts, body)).await else {

@@ -53,6 +53,17 @@ pub trait Coordination: sealed::Sealed + Store {
         Box::pin(std::future::ready(Ok(self.write_token())))
     }
 
+    /// Whether a fetch that took `token` (from
+    /// [`current_write_token`](Coordination::current_write_token) or
+    /// [`write_token`](Coordination::write_token)) began before the invalidation another
+    /// process made at `generation` (a [`StoreEvent::Remote`](super::StoreEvent::Remote)):
+    /// its answer must then not reach a request that arrives after that invalidation is
+    /// heard. The default says yes to every fetch.
+    fn fetched_before(&self, token: u64, generation: u64) -> bool {
+        let _ = (token, generation);
+        true
+    }
+
     /// Whether [`put_checked`](Coordination::put_checked) itself refuses a write whose token
     /// is older than an invalidation made by another process (Redis's write script does).
     /// Then the handle does not also ban in-flight fetches when another process's

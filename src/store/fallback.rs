@@ -144,6 +144,7 @@ impl FallbackStoreBuilder {
                 StoreEvent::Remote {
                     namespace,
                     invalidation,
+                    ..
                 } => {
                     inner.apply_locally(namespace, invalidation);
                     // Replayed too if Redis comes back from a snapshot taken before it: the
@@ -555,6 +556,10 @@ impl Coordination for FallbackStore {
 
     fn checks_remote_invalidations(&self) -> bool {
         true
+    }
+
+    fn fetched_before(&self, token: u64, generation: u64) -> bool {
+        self.inner.redis.fetched_before(token, generation)
     }
 
     fn current_write_token(&self) -> StoreFuture<'_, u64> {

@@ -128,11 +128,17 @@ pub enum Invalidation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreEvent {
     /// Another process invalidated in `namespace`.
+    #[non_exhaustive]
     Remote {
         /// The namespace the invalidation applies to.
         namespace: String,
         /// What was invalidated.
         invalidation: Invalidation,
+        /// The generation the invalidation drew, as its message claims: a fetch whose
+        /// write token is from that generation on began after it (see
+        /// [`Coordination::fetched_before`]). Only a claim, and harmless as one: a low
+        /// claim spares fetches from a forged invalidation, a high one discards fetches.
+        generation: u64,
     },
     /// The channel invalidations arrive on was lost and re-established: some may have been
     /// missed, so anything fetched before now is suspect.

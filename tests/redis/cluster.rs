@@ -317,6 +317,7 @@ async fn an_invalidation_reaches_a_store_listening_on_another_node() {
         if let StoreEvent::Remote {
             namespace,
             invalidation: Invalidation::Pattern(pattern),
+            ..
         } = event
         {
             sink.lock().unwrap().push(format!("{namespace} {pattern}"));

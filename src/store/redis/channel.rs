@@ -145,6 +145,7 @@ fn heard_invalidation(inner: std::sync::Arc<Inner>, payload: &[u8]) {
         &StoreEvent::Remote {
             namespace: message.namespace,
             invalidation: message.invalidation,
+            generation: message.generation,
         },
     );
 }

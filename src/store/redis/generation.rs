@@ -142,6 +142,16 @@ impl RedisStore {
         token_epoch(token) != token_epoch(now) || token_generation(token) < token_generation(now)
     }
 
+    /// Whether a fetch that took `token` may have begun before an invalidation that drew
+    /// `generation`: its token names an earlier generation (a token read after the
+    /// invalidation raised the counter names that one or a later one), or another data set
+    /// than the one this process knows now. On one Redis the write script refuses the same
+    /// writes to the keys the invalidation covers.
+    pub(crate) fn predates(&self, token: u64, generation: u64) -> bool {
+        let now = self.inner.generation.load(Ordering::Relaxed);
+        token_epoch(token) != token_epoch(now) || token_generation(token) < generation
+    }
+
     /// Raise the generation before removing anything, so a write racing the removal is
     /// dropped: on one Redis the bucket counter of `logical` (the wide counter for `None`),
     /// in a cluster the counters of the buckets `logical` names (every bucket for `None`),

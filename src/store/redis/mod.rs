@@ -534,6 +534,10 @@ impl Coordination for RedisStore {
         true
     }
 
+    fn fetched_before(&self, token: u64, generation: u64) -> bool {
+        self.predates(token, generation)
+    }
+
     fn current_write_token(&self) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             self.learn_generation(self.inner.deadline).await;
