@@ -234,10 +234,7 @@ async fn a_miss_after_an_invalidation_this_process_has_not_heard_of_is_stored() 
     let calls = AtomicUsize::new(0);
     load(&handle, "warm", &calls, "v").await;
     for _ in 0..3 {
-        let () = redis::cmd("INCR")
-            .arg("tower-response-cache:gen")
-            .query(&mut server.connection())
-            .unwrap();
+        server.draw_generation();
     }
     assert_eq!(load(&handle, "dashboard", &calls, "v1").await, "v1");
     assert_eq!(
@@ -262,10 +259,7 @@ async fn a_late_message_about_an_earlier_invalidation_does_not_discard_a_fresh_f
     ] {
         let key = format!("dashboard:{}", handle.backend().as_str());
         // The other process's invalidation: the counter moves first...
-        let generation: u64 = redis::cmd("INCR")
-            .arg("tower-response-cache:gen")
-            .query(&mut server.connection())
-            .unwrap();
+        let generation = server.draw_generation();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
         let fetch = {
@@ -282,14 +276,7 @@ async fn a_late_message_about_an_earlier_invalidation_does_not_discard_a_fresh_f
         };
         started_rx.await.unwrap();
         // ...and its message arrives while this fetch is in flight.
-        let message = format!(
-            r#"{{"origin":1,"generation":{generation},"namespace":"portal","invalidation":{{"kind":"pattern","value":"dashboard:*"}}}}"#
-        );
-        let () = redis::cmd("PUBLISH")
-            .arg("tower-response-cache:invalidations")
-            .arg(message)
-            .query(&mut server.connection())
-            .unwrap();
+        server.publish_invalidation(generation, "portal", "dashboard:*");
         tokio::time::sleep(Duration::from_millis(100)).await;
         release_tx.send(()).unwrap();
         assert_eq!(fetch.await.unwrap(), "current");
@@ -299,5 +286,64 @@ async fn a_late_message_about_an_earlier_invalidation_does_not_discard_a_fresh_f
         .await;
         assert!(stored, "{key}: the fresh answer was thrown away");
         handle.invalidate("dashboard:*").await.unwrap();
+    }
+}
+
+/// A late message about an invalidation that a fetch in flight began after leaves that
+/// fetch in the air: the next request for the key waits for it instead of fetching again.
+/// A message about one it began before still parts the next request from it.
+#[tokio::test]
+async fn a_late_message_parts_requests_only_from_fetches_that_began_before_its_invalidation() {
+    let server = RedisServer::start();
+    let handles = [
+        redis_handle(&server, "portal").await,
+        fallback_handle(&server, "portal").await,
+    ];
+    for (store, handle) in handles.into_iter().enumerate() {
+        // `after`: how many generations past the fetch's token the invalidation drew.
+        for (after, joins) in [(0, true), (1, false)] {
+            let key = format!("flight:{store}:{after}");
+            let generation = server.draw_generation();
+            let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+            let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+            let first = {
+                let (handle, key) = (handle.clone(), key.clone());
+                tokio::spawn(async move {
+                    handle
+                        .get_or_insert_with(&key, async move {
+                            started_tx.send(()).unwrap();
+                            release_rx.await.unwrap();
+                            "first".to_owned()
+                        })
+                        .await
+                })
+            };
+            started_rx.await.unwrap();
+            server.publish_invalidation(generation + after, "portal", "flight:*");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let calls = std::sync::Arc::new(AtomicUsize::new(0));
+            let second = {
+                let (handle, key, calls) = (handle.clone(), key.clone(), calls.clone());
+                tokio::spawn(async move { load(&handle, &key, &calls, "second").await })
+            };
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            release_tx.send(()).unwrap();
+            assert_eq!(first.await.unwrap(), "first");
+            let second = second.await.unwrap();
+            let fetched = calls.load(Ordering::SeqCst);
+            if joins {
+                assert_eq!(
+                    (second.as_str(), fetched),
+                    ("first", 0),
+                    "store {store}: a fetch that began after the invalidation was fetched again"
+                );
+            } else {
+                assert_eq!(
+                    (second.as_str(), fetched),
+                    ("second", 1),
+                    "store {store}: a request after the invalidation waited for a fetch from before it"
+                );
+            }
+        }
     }
 }

@@ -176,6 +176,37 @@ impl RedisServer {
             .query(&mut self.connection())
             .unwrap()
     }
+
+    /// The generation the last invalidation drew (the store's central counter).
+    pub fn generation(&self) -> u64 {
+        redis::cmd("GET")
+            .arg("tower-response-cache:gen")
+            .query::<Option<u64>>(&mut self.connection())
+            .unwrap()
+            .unwrap_or(0)
+    }
+
+    /// Another process's invalidation, as far as the stores can tell: its counter moves,
+    /// with no message yet (send one with [`publish_invalidation`](Self::publish_invalidation)).
+    pub fn draw_generation(&self) -> u64 {
+        redis::cmd("INCR")
+            .arg("tower-response-cache:gen")
+            .query(&mut self.connection())
+            .unwrap()
+    }
+
+    /// The message another process sends about invalidating `pattern` in `namespace` at
+    /// `generation`; sending it again is how a test makes a message arrive late.
+    pub fn publish_invalidation(&self, generation: u64, namespace: &str, pattern: &str) {
+        let message = format!(
+            r#"{{"origin":1,"generation":{generation},"namespace":"{namespace}","invalidation":{{"kind":"pattern","value":"{pattern}"}}}}"#
+        );
+        let () = redis::cmd("PUBLISH")
+            .arg("tower-response-cache:invalidations")
+            .arg(message)
+            .query(&mut self.connection())
+            .unwrap();
+    }
 }
 
 impl Drop for RedisServer {
