@@ -2,22 +2,26 @@
 //! inner service, the flight's turn, and the fill that reads the origin's answer and hands
 //! it to the committer at its end.
 //!
-//! An adapter decides what a request's key is, whether an answer may be stored and how a
-//! recorded answer becomes an [`Entry`](crate::Entry) (its [`Commit`]); everything else —
-//! lookup, single flight, the bans checked at commit, the fill budget, hit-for-miss —
-//! happens here and in the [`CacheHandle`].
+//! An adapter decides what a request's key is, what a stored entry means to it (its
+//! [`Lookup`]), whether an answer may be stored and how a recorded answer becomes an
+//! [`Entry`](crate::Entry) (its [`Commit`]); everything else — the lookup loop, single
+//! flight, the bans checked at commit, the fill budget, hit-for-miss — happens here
+//! ([`look`]) and in the [`CacheHandle`].
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::{HeaderMap, Response};
 use http_body::Body;
 
-use crate::body::BoxError;
-use crate::coalesce::{Leader, Outcome};
+use crate::body::{BoxError, CacheBody};
+use crate::coalesce::{Leader, Outcome, Share, Turn};
 use crate::fill::{self, Commit, Fill, FillBody, Head};
-use crate::handle::{CacheHandle, Ticket};
-use crate::headers::Forward;
-use crate::key::Variant;
+use crate::handle::{CacheHandle, Found, Ticket};
+use crate::headers::{self, Forward, CACHE_STATUS, X_CACHE};
+use crate::key::{self, Variant};
+use crate::stats::bump;
 use crate::store::Backend;
 
 /// `handle`, `get_ref`, `get_mut` and `into_inner` for a service over `inner` and a
@@ -75,6 +79,116 @@ pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
 /// Whether answers are served from the memory fallback (`Cache-Status` says so).
 pub(crate) fn falling_back(handle: &CacheHandle) -> bool {
     handle.backend() == Backend::FallingBack
+}
+
+/// An adapter's part in the lookup loop ([`look`]): what its request is keyed by and what
+/// a stored entry means to it. `B` is the body of the answers it gives.
+pub(crate) trait Lookup<B>: Sized {
+    /// The request's logical key, variant and headers.
+    fn key(&self) -> (&str, &Variant, &HeaderMap);
+
+    /// What a lookup's `found` (`None`: no lookup, the client asked for a fresh answer)
+    /// means to this request: an answer (`Break`), or on to the origin (`Continue`), with
+    /// what the lookup found to say so (`Cache-Status`'s `fwd`). `coalesced`: it waited
+    /// for another request's fetch first.
+    fn weigh(self, found: Option<Found>, coalesced: bool) -> Weighed<Self, B>;
+
+    /// Whether this request may lead a flight (one whose answer is never stored, a HEAD,
+    /// goes to the origin alone).
+    fn may_lead(&self) -> bool {
+        true
+    }
+
+    /// What a follower sending `headers` makes of its leader's answer as it arrives.
+    fn share(fill: &Arc<Fill>, headers: &HeaderMap) -> Share;
+}
+
+/// What an adapter makes of one lookup (see [`Lookup::weigh`]).
+pub(crate) type Weighed<V, B> = ControlFlow<Response<CacheBody<B>>, (V, Forward)>;
+
+/// A request the lookup loop sends on to the origin, as its flight's leader or alone.
+pub(crate) struct Fetching<V> {
+    pub(crate) visit: V,
+    pub(crate) forward: Forward,
+    pub(crate) leader: Option<Leader>,
+}
+
+/// Look up until something answers (`Break`), or this request leads (or flies alone) to
+/// the origin (`Continue`): a follower reads its leader's answer as it arrives, or looks
+/// again once the leader is done. With `skip_lookup`, the first round asks the store
+/// nothing.
+pub(crate) async fn look<B, V: Lookup<B>>(
+    handle: &CacheHandle,
+    mut visit: V,
+    mut skip_lookup: bool,
+) -> ControlFlow<Response<CacheBody<B>>, Fetching<V>> {
+    let mut coalesced = false;
+    // The headers the key's stored variants vary on: part of the flight key.
+    let mut vary_names = Vec::new();
+    let (visit, forward, leader) = loop {
+        let found = if std::mem::take(&mut skip_lookup) {
+            None
+        } else {
+            let (logical, variant, headers) = visit.key();
+            let found = handle.lookup(logical, variant, headers).await;
+            if let Found::VaryMiss(names) = &found {
+                vary_names.clone_from(names);
+            }
+            Some(found)
+        };
+        let forward;
+        (visit, forward) = match visit.weigh(found, coalesced) {
+            ControlFlow::Break(response) => return ControlFlow::Break(response),
+            ControlFlow::Continue(fetch) => fetch,
+        };
+        let (logical, variant, headers) = visit.key();
+        // A key whose answers are not storable does not queue behind one leader.
+        if !visit.may_lead() || handle.is_hit_for_miss(logical, &variant.identity) {
+            break (visit, forward, None);
+        }
+        let flight = flight_key(variant, &vary_names, headers);
+        let share = |fill: &Arc<Fill>| V::share(fill, headers);
+        match handle.take_turn(logical, &flight, share).await {
+            Turn::OtherVariant(names) => vary_names = names,
+            Turn::Read(reader) => {
+                bump!(handle.shared().counters, misses);
+                let fallback = falling_back(handle);
+                return ControlFlow::Break(shared_answer(reader, forward, fallback));
+            }
+            Turn::Lead(leader) => break (visit, forward, Some(leader)),
+            Turn::LookAgain => coalesced = true,
+            Turn::FetchAlone => break (visit, forward, None),
+        }
+    };
+    ControlFlow::Continue(Fetching {
+        visit,
+        forward,
+        leader,
+    })
+}
+
+/// A flight's key: the request's identity and its values of the headers the key's stored
+/// variants vary on. A request with other values (a junk `User-Agent`) flies alone.
+pub(crate) fn flight_key(
+    variant: &Variant,
+    vary: &[http::HeaderName],
+    headers: &HeaderMap,
+) -> Vec<u8> {
+    let mut flight = variant.identity.to_vec();
+    flight.extend_from_slice(&key::vary_values(vary, headers));
+    flight
+}
+
+/// A follower's answer: the leader's response, read as it arrives.
+fn shared_answer<B>(reader: FillBody, forward: Forward, fallback: bool) -> Response<CacheBody<B>> {
+    let head = reader.head();
+    let mut response = Response::new(());
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers.clone();
+    let headers = response.headers_mut();
+    headers.insert(CACHE_STATUS, headers::collapsed_status(forward, fallback));
+    headers.insert(X_CACHE, headers::MISS);
+    response.map(|()| CacheBody::fill(reader))
 }
 
 /// A miss on its way to the origin: what its answer will be stored under.

@@ -1,11 +1,15 @@
-//! [`GrpcCacheService`]: read the message, look up, coalesce, call the inner service, record.
+//! [`GrpcCacheService`]: read the message, go through the shared lookup loop
+//! (`engine::look`; only a fresh entry this layer wrote answers), call the inner service,
+//! record.
 
 use std::borrow::Cow;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::request::Parts;
+use http::{HeaderMap, Request, Response};
 use tonic::body::Body;
 use tower_service::Service;
 
@@ -14,12 +18,14 @@ use super::request::{self, is_grpc_call};
 use super::{record, GRPC_STATUS};
 use crate::answer::{answer_to, Served};
 use crate::body::{BoxError, CacheBody};
-use crate::coalesce::{Share, Turn};
-use crate::engine::{self, falling_back, take_ready, Miss};
+use crate::coalesce::Share;
+use crate::engine::{self, falling_back, take_ready, Fetching, Miss, Weighed};
 use crate::entry::Entry;
+use crate::fill::Fill;
 use crate::future::ResponseFuture;
-use crate::handle::Found;
+use crate::handle::{CacheHandle, Found};
 use crate::headers::{self, Forward, BYPASS, CACHE_STATUS, X_CACHE};
+use crate::key::Variant;
 use crate::stats::bump;
 
 /// Caches the opted-in unary methods of `S`. Built by
@@ -82,12 +88,11 @@ where
     ResB::Error: Into<BoxError>,
 {
     let handle = &config.handle;
-    let counters = &handle.shared().counters;
     let (parts, body) = request.into_parts();
     let message = match request::read_message(body, config.max_request_size).await {
         Ok(message) => message,
         Err((body, reason)) => {
-            bump!(counters, bypasses);
+            bump!(handle.shared().counters, bypasses);
             let response = inner.call(Request::from_parts(parts, body)).await?;
             let status = headers::forward_status(
                 Forward::Request,
@@ -100,43 +105,71 @@ where
     };
     let logical = crate::key::bound(Cow::Borrowed(parts.uri.path())).into_owned();
     let variant = request::variant(&parts, &message, &config.keyed_metadata);
-    let mut coalesced = false;
-    let (forward, leader) = loop {
-        let forward = match handle.lookup(&logical, &variant, &parts.headers).await {
-            Found::Hit(entry) if is_grpc_entry(&entry) => {
-                bump!(counters, hits);
-                let served = Served::Hit { coalesced };
-                let fallback = falling_back(handle);
-                return Ok(answer_to(&entry, &parts.headers, false, served, fallback));
-            }
-            // Something else under this key (not a gRPC answer), or expired: fetch anew.
-            Found::Hit(_) | Found::UriMiss | Found::VaryMiss(_) => Forward::UriMiss,
-            Found::Stale(_) => Forward::Stale,
-        };
-        if handle.is_hit_for_miss(&logical, &variant.identity) {
-            break (forward, None);
-        }
-        // Followers wait for the entry: it is written before the leader's trailers go out.
-        let wait = |_: &_| Share::WaitForEntry;
-        match handle.take_turn(&logical, &variant.identity, wait).await {
-            Turn::Lead(leader) => break (forward, Some(leader)),
-            Turn::LookAgain | Turn::Read(_) | Turn::OtherVariant(_) => coalesced = true,
-            Turn::FetchAlone => break (forward, None),
-        }
-    };
-    bump!(counters, misses);
-    let ticket = handle.ticket(leader.as_ref()).await;
-    let response = inner
-        .call(Request::from_parts(parts, request::whole(message)))
-        .await?;
-    let miss = Miss {
+    let call = Call {
+        handle: handle.clone(),
+        parts,
         logical,
         variant,
+    };
+    let fetching = match engine::look(handle, call, false).await {
+        ControlFlow::Break(response) => return Ok(response),
+        ControlFlow::Continue(fetching) => fetching,
+    };
+    bump!(handle.shared().counters, misses);
+    let Fetching {
+        visit: call,
+        forward,
+        leader,
+    } = fetching;
+    let ticket = handle.ticket(leader.as_ref()).await;
+    let response = inner
+        .call(Request::from_parts(call.parts, request::whole(message)))
+        .await?;
+    let miss = Miss {
+        logical: call.logical,
+        variant: call.variant,
         ticket,
         leader,
         forward,
     };
     Ok(record::response(&config, miss, ttl, response))
+}
+
+/// An opted-in call, read and keyed, in the lookup loop.
+struct Call {
+    handle: CacheHandle,
+    parts: Parts,
+    logical: String,
+    variant: Variant,
+}
+
+impl<B> engine::Lookup<B> for Call {
+    fn key(&self) -> (&str, &Variant, &HeaderMap) {
+        (&self.logical, &self.variant, &self.parts.headers)
+    }
+
+    /// Only a fresh entry this layer wrote answers.
+    fn weigh(self, found: Option<Found>, coalesced: bool) -> Weighed<Self, B> {
+        let forward = match found {
+            Some(Found::Hit(entry)) if is_grpc_entry(&entry) => {
+                let handle = &self.handle;
+                bump!(handle.shared().counters, hits);
+                let served = Served::Hit { coalesced };
+                let fallback = falling_back(handle);
+                let headers = &self.parts.headers;
+                return ControlFlow::Break(answer_to(&entry, headers, false, served, fallback));
+            }
+            // Something else under this key (not a gRPC answer), or expired: fetch anew.
+            Some(Found::Hit(_) | Found::UriMiss | Found::VaryMiss(_)) | None => Forward::UriMiss,
+            Some(Found::Stale(_)) => Forward::Stale,
+        };
+        ControlFlow::Continue((self, forward))
+    }
+
+    /// Followers wait for the entry: it is written before the leader's trailers go out.
+    fn share(_: &Arc<Fill>, _: &HeaderMap) -> Share {
+        Share::WaitForEntry
+    }
 }
 
 /// Only entries this layer wrote: a successful call with its trailers.

@@ -6,10 +6,14 @@
 //!    waits for its entry), the leader calls the inner service;
 //! 3. the answer is recorded as it streams when it may be stored (`record`).
 //!
+//! Steps 1 and 2 are the shared loop (`engine::look`); this file says what a stored entry
+//! means to an HTTP request (its request directives, stale windows, `HEAD`).
+//!
 //! Expired entries get a second life within their stale windows: served at once while one
 //! background request refreshes them (stale-while-revalidate), served instead of an origin
 //! that fails (stale-if-error), or validated upstream and freshened by a `304`.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,13 +30,13 @@ use crate::answer::{answer, answer_to, Served};
 use crate::body::{BoxError, CacheBody};
 use crate::cache_control::RequestDirectives;
 use crate::clock;
-use crate::coalesce::{Leader, Role, Share, Turn};
-use crate::engine::{self, falling_back, release, Miss};
+use crate::coalesce::{Leader, Role, Share};
+use crate::engine::{self, falling_back, release, Fetching, Miss, Weighed};
 use crate::entry::Entry;
-use crate::fill::{Fill, FillBody};
+use crate::fill::Fill;
 use crate::handle::Found;
 use crate::headers::{self, Forward, CACHE_STATUS, X_CACHE};
-use crate::key::{self, Variant};
+use crate::key::Variant;
 use crate::stats::bump;
 
 /// A `GET` or `HEAD` the cache may answer, on its way through the cache.
@@ -58,10 +62,12 @@ struct Fetch {
     stale_if_error: Option<Arc<Entry>>,
 }
 
-/// How a lookup ended.
-enum Looked<S, ReqB, B> {
-    Answered(Response<CacheBody<B>>),
-    Fetch(Visit<S, ReqB>, Fetch),
+/// A visit in the lookup loop, with what its lookups found for the origin to use.
+struct Looking<S, ReqB> {
+    visit: Visit<S, ReqB>,
+    directives: Option<RequestDirectives>,
+    expired: Option<Arc<Entry>>,
+    stale_if_error: Option<Arc<Entry>>,
 }
 
 impl<S, ReqB, ResB> Visit<S, ReqB>
@@ -74,125 +80,37 @@ where
 {
     /// Answer from the cache, from a flight in the air, or from the origin.
     pub(super) async fn serve(self) -> Result<Response<CacheBody<ResB>>, S::Error> {
-        let directives = self.config.request_directives(&self.parts.headers);
-        let (visit, fetch) = match self.look(directives.as_ref()).await {
-            Looked::Answered(response) => return Ok(response),
-            Looked::Fetch(visit, fetch) => (visit, fetch),
+        let config = self.config.clone();
+        let directives = config.request_directives(&self.parts.headers);
+        let only_if_cached = directives.as_ref().is_some_and(|d| d.only_if_cached);
+        let skip_lookup = self.revalidate;
+        let looking = Looking {
+            visit: self,
+            directives,
+            expired: None,
+            stale_if_error: None,
         };
-        if directives.is_some_and(|d| d.only_if_cached) {
+        let Fetching {
+            visit: looking,
+            forward,
+            leader,
+        } = match engine::look(&config.handle, looking, skip_lookup).await {
+            ControlFlow::Break(response) => return Ok(response),
+            ControlFlow::Continue(fetching) => fetching,
+        };
+        if only_if_cached {
             // RFC 9111 §5.2.1.7: nothing stored may answer, and the client forbids asking.
-            release(fetch.leader);
-            bump!(visit.config.handle.shared().counters, misses);
-            return Ok(gateway_timeout(fetch.forward));
+            release(leader);
+            bump!(config.handle.shared().counters, misses);
+            return Ok(gateway_timeout(forward));
         }
-        visit.fetch(fetch).await
-    }
-
-    /// Look up until something answers, or this request leads (or flies alone) to the
-    /// origin.
-    async fn look(self, directives: Option<&RequestDirectives>) -> Looked<S, ReqB, ResB> {
-        let handle = &self.config.handle;
-        let counters = &handle.shared().counters;
-        let is_head = self.parts.method == Method::HEAD;
-        let mut coalesced = false;
-        let mut expired = None;
-        let mut stale_if_error = None;
-        let mut skip_lookup = self.revalidate;
-        // The headers the key's stored variants vary on: part of the flight key.
-        let mut vary_names = Vec::new();
-        let (forward, leader) = loop {
-            let found = if std::mem::take(&mut skip_lookup) {
-                None
-            } else {
-                let found = handle
-                    .lookup(&self.logical, &self.variant, &self.parts.headers)
-                    .await;
-                Some(match directives {
-                    Some(directives) => weigh(found, directives),
-                    None => found,
-                })
-            };
-            let served = |entry: &Entry, served| {
-                Looked::Answered(answer(entry, &self.parts, served, falling_back(handle)))
-            };
-            let forward = match found {
-                None => Forward::Request,
-                Some(Found::Hit(entry)) => {
-                    bump!(counters, hits);
-                    return served(&entry, Served::Hit { coalesced });
-                }
-                Some(Found::Stale(entry)) if accepts_stale(directives, &entry) => {
-                    bump!(counters, stale);
-                    return served(&entry, Served::MaxStale);
-                }
-                // Never for an entry the request's `max-age` / `min-fresh` refused (RFC 9111
-                // §4.2.4: no stale answer against an explicit directive).
-                Some(Found::Stale(entry))
-                    if entry.within_stale_while_revalidate(clock::now_millis())
-                        && directives
-                            .is_none_or(|d| d.max_age.is_none() && d.min_fresh.is_none()) =>
-                {
-                    bump!(counters, stale);
-                    let response = served(&entry, Served::StaleWhileRevalidate);
-                    // One refresh per key: if a flight is in the air, it is the refresh.
-                    if !is_head {
-                        let flight =
-                            flight_key(&self.variant, &entry.vary().names, &self.parts.headers);
-                        if let Role::Leader(leader) = handle.flights().join(&self.logical, &flight)
-                        {
-                            self.spawn_refresh(leader);
-                        }
-                    }
-                    return response;
-                }
-                Some(Found::Stale(entry)) => {
-                    if entry.within_stale_if_error(clock::now_millis()) {
-                        stale_if_error = Some(entry.clone());
-                    }
-                    expired = Some(entry);
-                    Forward::Stale
-                }
-                Some(Found::UriMiss) => Forward::UriMiss,
-                Some(Found::VaryMiss(names)) => {
-                    vary_names = names;
-                    Forward::VaryMiss
-                }
-            };
-            if is_head || handle.is_hit_for_miss(&self.logical, &self.variant.identity) {
-                // A HEAD miss is answered by the origin and never stored as a GET entry; a
-                // key whose responses are not storable does not queue behind one leader.
-                break (forward, None);
-            }
-            let flight = flight_key(&self.variant, &vary_names, &self.parts.headers);
-            let headers = &self.parts.headers;
-            let share = |fill: &Arc<Fill>| {
-                if !record::may_share(fill, headers) {
-                    Share::OtherVariant
-                } else if has_conditionals(headers) {
-                    Share::WaitForEntry
-                } else {
-                    Share::Read
-                }
-            };
-            match handle.take_turn(&self.logical, &flight, share).await {
-                Turn::OtherVariant(names) => vary_names = names,
-                Turn::Read(reader) => {
-                    bump!(counters, misses);
-                    let fallback = falling_back(handle);
-                    return Looked::Answered(shared_answer(reader, forward, fallback));
-                }
-                Turn::Lead(leader) => break (forward, Some(leader)),
-                Turn::LookAgain => coalesced = true,
-                Turn::FetchAlone => break (forward, None),
-            }
-        };
         let fetch = Fetch {
             forward,
             leader,
-            expired,
-            stale_if_error,
+            expired: looking.expired,
+            stale_if_error: looking.stale_if_error,
         };
-        Looked::Fetch(self, fetch)
+        looking.visit.fetch(fetch).await
     }
 
     /// Ask the origin: for the full answer (recorded when storable), or whether the expired
@@ -295,6 +213,94 @@ where
             response,
             &request_headers,
         ))
+    }
+}
+
+impl<S, ReqB, ResB> engine::Lookup<ResB> for Looking<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    fn key(&self) -> (&str, &Variant, &HeaderMap) {
+        let visit = &self.visit;
+        (&visit.logical, &visit.variant, &visit.parts.headers)
+    }
+
+    /// A fresh hit answers, and so does an expired entry a request's `max-stale` accepts
+    /// or one within its stale-while-revalidate window (while one background request
+    /// refreshes it); any other expired entry goes along to the origin, to be validated
+    /// or to stand in for a failing origin.
+    fn weigh(mut self, found: Option<Found>, coalesced: bool) -> Weighed<Self, ResB> {
+        let Some(found) = found else {
+            return ControlFlow::Continue((self, Forward::Request));
+        };
+        let directives = self.directives.as_ref();
+        let found = match directives {
+            Some(directives) => weigh(found, directives),
+            None => found,
+        };
+        let visit = &self.visit;
+        let handle = &visit.config.handle;
+        let counters = &handle.shared().counters;
+        let served = |entry: &Entry, served| {
+            ControlFlow::Break(answer(entry, &visit.parts, served, falling_back(handle)))
+        };
+        let forward = match found {
+            Found::Hit(entry) => {
+                bump!(counters, hits);
+                return served(&entry, Served::Hit { coalesced });
+            }
+            Found::Stale(entry) if accepts_stale(directives, &entry) => {
+                bump!(counters, stale);
+                return served(&entry, Served::MaxStale);
+            }
+            // Never for an entry the request's `max-age` / `min-fresh` refused (RFC 9111
+            // §4.2.4: no stale answer against an explicit directive).
+            Found::Stale(entry)
+                if entry.within_stale_while_revalidate(clock::now_millis())
+                    && directives.is_none_or(|d| d.max_age.is_none() && d.min_fresh.is_none()) =>
+            {
+                bump!(counters, stale);
+                let response = served(&entry, Served::StaleWhileRevalidate);
+                // One refresh per key: if a flight is in the air, it is the refresh.
+                if visit.parts.method != Method::HEAD {
+                    let names = &entry.vary().names;
+                    let flight = engine::flight_key(&visit.variant, names, &visit.parts.headers);
+                    if let Role::Leader(leader) = handle.flights().join(&visit.logical, &flight) {
+                        self.visit.spawn_refresh(leader);
+                    }
+                }
+                return response;
+            }
+            Found::Stale(entry) => {
+                if entry.within_stale_if_error(clock::now_millis()) {
+                    self.stale_if_error = Some(entry.clone());
+                }
+                self.expired = Some(entry);
+                Forward::Stale
+            }
+            Found::UriMiss => Forward::UriMiss,
+            Found::VaryMiss(_) => Forward::VaryMiss,
+        };
+        ControlFlow::Continue((self, forward))
+    }
+
+    /// A HEAD miss is answered by the origin and never stored as a GET entry.
+    fn may_lead(&self) -> bool {
+        self.visit.parts.method != Method::HEAD
+    }
+
+    fn share(fill: &Arc<Fill>, headers: &HeaderMap) -> Share {
+        if !record::may_share(fill, headers) {
+            Share::OtherVariant
+        } else if has_conditionals(headers) {
+            Share::WaitForEntry
+        } else {
+            Share::Read
+        }
     }
 }
 
@@ -433,27 +439,7 @@ fn accepts_stale(directives: Option<&RequestDirectives>, entry: &Entry) -> bool 
         && !crate::cache_control::CacheControl::parse(entry.headers()).must_revalidate()
 }
 
-/// A flight's key: the request's identity and its values of the headers the key's stored
-/// variants vary on. A request with other values (a junk `User-Agent`) flies alone.
-fn flight_key(variant: &Variant, vary: &[http::HeaderName], headers: &http::HeaderMap) -> Vec<u8> {
-    let mut flight = variant.identity.to_vec();
-    flight.extend_from_slice(&key::vary_values(vary, headers));
-    flight
-}
-
 /// Statuses for which an expired entry is better than the origin's answer (RFC 5861).
 fn is_origin_failure(status: http::StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
-}
-
-/// A follower's answer: the leader's response, read as it arrives.
-fn shared_answer<B>(reader: FillBody, forward: Forward, fallback: bool) -> Response<CacheBody<B>> {
-    let head = reader.head();
-    let mut response = Response::new(());
-    *response.status_mut() = head.status;
-    *response.headers_mut() = head.headers.clone();
-    let headers = response.headers_mut();
-    headers.insert(CACHE_STATUS, headers::collapsed_status(forward, fallback));
-    headers.insert(X_CACHE, headers::MISS);
-    response.map(|()| CacheBody::fill(reader))
 }
