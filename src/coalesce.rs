@@ -237,7 +237,11 @@ mod tests {
     use super::*;
 
     fn lead(c: &Arc<Coalescer>) -> Leader {
-        match c.join("/k", b"1") {
+        lead_at(c, "/k", b"1")
+    }
+
+    fn lead_at(c: &Arc<Coalescer>, logical: &str, flight: &[u8]) -> Leader {
+        match c.join(logical, flight) {
             Role::Leader(l) => l,
             Role::Follower(_) => panic!("expected to lead"),
         }
@@ -296,20 +300,11 @@ mod tests {
         let c = Arc::new(Coalescer::default());
         let before = lead(&c);
         before.took(4);
-        let after = match c.join("/k", b"2") {
-            Role::Leader(l) => l,
-            Role::Follower(_) => panic!("expected to lead"),
-        };
+        let after = lead_at(&c, "/k", b"2");
         after.took(5);
         // Not yet at the origin: what it fetches is fetched after the invalidation.
-        let _untaken = match c.join("/k", b"3") {
-            Role::Leader(l) => l,
-            Role::Follower(_) => panic!("expected to lead"),
-        };
-        let _elsewhere = match c.join("/other", b"1") {
-            Role::Leader(l) => l,
-            Role::Follower(_) => panic!("expected to lead"),
-        };
+        let _untaken = lead_at(&c, "/k", b"3");
+        let _elsewhere = lead_at(&c, "/other", b"1");
         c.forget_fetched_before(|key| key == "/k", |token| token < 5);
         assert!(matches!(c.join("/k", b"1"), Role::Leader(_)));
         assert!(matches!(c.join("/k", b"2"), Role::Follower(_)));

@@ -69,6 +69,43 @@ macro_rules! cache_service_types {
 }
 pub(crate) use cache_service_types;
 
+/// `$service::layer(handle)` (documented by `$doc`) and `$layer`'s `Layer` impl, which
+/// builds each service from the layer's shared config.
+macro_rules! layer_impls {
+    ($layer:ident, $service:ident, $doc:literal) => {
+        impl<S> $service<S> {
+            #[doc = $doc]
+            pub fn layer(handle: crate::CacheHandle) -> $layer {
+                $layer::new(handle)
+            }
+        }
+
+        impl<S> tower_layer::Layer<S> for $layer {
+            type Service = $service<S>;
+
+            fn layer(&self, inner: S) -> $service<S> {
+                $service::from_config(inner, self.config.clone())
+            }
+        }
+    };
+}
+pub(crate) use layer_impls;
+
+/// `Debug` for a cache service: its inner service and its handle.
+macro_rules! debug_service {
+    ($service:ident) => {
+        impl<S: std::fmt::Debug> std::fmt::Debug for $service<S> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($service))
+                    .field("inner", &self.inner)
+                    .field("handle", &self.config.handle)
+                    .finish()
+            }
+        }
+    };
+}
+pub(crate) use debug_service;
+
 /// The ready service goes into the future; the service keeps a fresh clone (tower's rule:
 /// what `poll_ready` readied is what `call` uses).
 pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {

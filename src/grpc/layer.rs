@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use tower_layer::Layer;
 
 use super::config::Config;
 use super::service::GrpcCacheService;
@@ -176,20 +175,11 @@ impl GrpcCacheLayer {
     }
 }
 
-impl<S> GrpcCacheService<S> {
-    /// A [`GrpcCacheLayer`] caching into `handle` (no method is cached until opted in).
-    pub fn layer(handle: CacheHandle) -> GrpcCacheLayer {
-        GrpcCacheLayer::new(handle)
-    }
-}
-
-impl<S> Layer<S> for GrpcCacheLayer {
-    type Service = GrpcCacheService<S>;
-
-    fn layer(&self, inner: S) -> GrpcCacheService<S> {
-        GrpcCacheService::from_config(inner, self.config.clone())
-    }
-}
+crate::engine::layer_impls!(
+    GrpcCacheLayer,
+    GrpcCacheService,
+    "A [`GrpcCacheLayer`] caching into `handle` (no method is cached until opted in)."
+);
 
 impl fmt::Debug for GrpcCacheLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -191,11 +191,4 @@ fn mark<B>(
     Response::from_parts(parts, CacheBody::passthrough(body))
 }
 
-impl<S: std::fmt::Debug> std::fmt::Debug for GrpcCacheService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcCacheService")
-            .field("inner", &self.inner)
-            .field("handle", &self.config.handle)
-            .finish()
-    }
-}
+engine::debug_service!(GrpcCacheService);

@@ -8,7 +8,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::request::Parts;
-use tower_layer::Layer;
 
 use super::config::Config;
 use super::service::CacheService;
@@ -67,21 +66,12 @@ impl CacheLayer {
     }
 }
 
-impl<S> CacheService<S> {
-    /// A [`CacheLayer`] caching into `handle`:
-    /// `ServiceBuilder::new().layer(CacheService::layer(handle))`.
-    pub fn layer(handle: CacheHandle) -> CacheLayer {
-        CacheLayer::new(handle)
-    }
-}
-
-impl<S> Layer<S> for CacheLayer {
-    type Service = CacheService<S>;
-
-    fn layer(&self, inner: S) -> CacheService<S> {
-        CacheService::from_config(inner, self.config.clone())
-    }
-}
+crate::engine::layer_impls!(
+    CacheLayer,
+    CacheService,
+    "A [`CacheLayer`] caching into `handle`: \
+     `ServiceBuilder::new().layer(CacheService::layer(handle))`."
+);
 
 impl fmt::Debug for CacheLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

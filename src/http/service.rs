@@ -149,11 +149,4 @@ where
     }
 }
 
-impl<S: std::fmt::Debug> std::fmt::Debug for CacheService<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheService")
-            .field("inner", &self.inner)
-            .field("handle", &self.config.handle)
-            .finish()
-    }
-}
+engine::debug_service!(CacheService);
