@@ -97,11 +97,19 @@ impl RedisStore {
         }
     }
 
-    /// One Redis: take its epoch and generation as they are.
+    /// One Redis: take its epoch as it is (a new one means Redis restarted empty), and
+    /// within one epoch never go back. Replies are adopted in the order their tasks run,
+    /// not the order Redis answered them: a reply from before an invalidation's bump, adopted
+    /// after it, would otherwise make this process's next writes refuse themselves.
     pub(super) fn set_token(&self, epoch: u64, generation: u64) {
-        self.inner
+        let told = token(epoch, generation);
+        let _ = self
+            .inner
             .generation
-            .store(token(epoch, generation), Ordering::Relaxed);
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |now| {
+                let same_epoch = token_epoch(now) == token_epoch(told);
+                Some(if same_epoch { now.max(told) } else { told })
+            });
     }
 
     /// A cluster: never go back.
@@ -198,5 +206,24 @@ impl RedisStore {
         let mut invocation = self.inner.bump_script.prepare_invoke();
         invocation.key(key).arg(floor);
         self.invoke(invocation, self.inner.deadline).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn within_an_epoch_the_token_never_goes_back() {
+        // Never connected: only the token bookkeeping is exercised.
+        let store = RedisStore::builder("redis://127.0.0.1:1/").build().unwrap();
+        let now = || store.inner.generation.load(Ordering::Relaxed);
+        store.set_token(7, 5);
+        // A reply from before the bump, adopted late.
+        store.set_token(7, 3);
+        assert_eq!(now(), token(7, 5));
+        // Redis restarted empty: its new epoch is the truth, whatever its generation.
+        store.set_token(9, 1);
+        assert_eq!(now(), token(9, 1));
     }
 }
