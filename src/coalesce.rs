@@ -32,10 +32,8 @@ pub(crate) enum Outcome {
     Sharing(Arc<Fill>),
 }
 
-/// A flight's identity: namespace-free logical key plus variant.
-/// A flight's key: the logical key and the exact bytes that select the variant (its
-/// identity, plus the values of headers its known variants vary on). Exact, not hashed: a
-/// request only ever waits for a fetch of precisely its own inputs.
+/// Two outcomes are the same when they are the same state (and, sharing, the same fill):
+/// what a follower's `watch` wakes on.
 impl PartialEq for Outcome {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
@@ -45,6 +43,9 @@ impl PartialEq for Outcome {
     }
 }
 
+/// A flight's key: the logical key and the exact bytes that select the variant (its
+/// identity, plus the values of headers its known variants vary on). Exact, not hashed: a
+/// request only ever waits for a fetch of precisely its own inputs.
 type FlightKey = (Box<str>, Box<[u8]>);
 
 #[derive(Debug, Default)]
