@@ -52,18 +52,29 @@ pub(crate) fn answer_to<B>(
     fallback: bool,
 ) -> Response<CacheBody<B>> {
     let condition = not_modified(entry, request_headers);
-    build(entry, condition, is_head, served, fallback)
+    build(
+        entry,
+        condition,
+        is_head,
+        served,
+        fallback,
+        clock::now_millis(),
+    )
 }
 
-/// [`answer`] for a request the request rules saw carry no condition: no `304` to weigh.
-pub(crate) fn answer_unconditional<B>(
+/// [`answer`] on the hit path: at `now` (the instant the lookup judged freshness at), and
+/// with no `304` to weigh when the request rules saw no condition (`conditional` false).
+pub(crate) fn answer_at<B>(
     entry: &Entry,
     request: &http::request::Parts,
     served: Served,
     fallback: bool,
+    conditional: bool,
+    now: u64,
 ) -> Response<CacheBody<B>> {
     let is_head = request.method == http::Method::HEAD;
-    build(entry, false, is_head, served, fallback)
+    let condition = conditional && not_modified(entry, &request.headers);
+    build(entry, condition, is_head, served, fallback, now)
 }
 
 /// The answer: `304` when `not_modified`, else the entry's status, headers and body.
@@ -73,8 +84,8 @@ fn build<B>(
     is_head: bool,
     served: Served,
     fallback: bool,
+    now: u64,
 ) -> Response<CacheBody<B>> {
-    let now = clock::now_millis();
     let from_template = !not_modified;
     let mut response = if !from_template {
         let mut response = Response::new(CacheBody::cached(None, None));

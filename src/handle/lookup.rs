@@ -43,8 +43,10 @@ impl CacheHandle {
         variant: &Variant,
         request_headers: &HeaderMap,
     ) -> Found {
+        let (hash, identity) = (variant.hash, &variant.identity);
+        let now = clock::now_millis();
         if let Some(Found::Hit(entry)) =
-            self.lookup_now(logical, variant.hash, &variant.identity, request_headers)
+            self.lookup_now(logical, hash, identity, request_headers, now)
         {
             return Found::Hit(entry);
         }
@@ -62,17 +64,18 @@ impl CacheHandle {
                 return Found::UriMiss;
             }
         };
-        pick(&variants, &variant.identity, request_headers)
+        pick(&variants, &variant.identity, request_headers, now)
     }
 
-    /// [`lookup`](Self::lookup) without waiting, where the store can answer at once (memory):
-    /// `None` means the store must be asked asynchronously.
+    /// [`lookup`](Self::lookup) without waiting, where the store can answer at once (memory),
+    /// judging freshness at `now`: `None` means the store must be asked asynchronously.
     pub(crate) fn lookup_now(
         &self,
         logical: &str,
         hash: u64,
         identity: &[u8],
         request_headers: &HeaderMap,
+        now: u64,
     ) -> Option<Found> {
         let found = self
             .shared
@@ -80,7 +83,7 @@ impl CacheHandle {
             .coordination()?
             .try_get_now(self.store_key(logical, hash))?;
         Some(match found {
-            Some(variants) => pick(&variants, identity, request_headers),
+            Some(variants) => pick(&variants, identity, request_headers, now),
             None => Found::UriMiss,
         })
     }
@@ -126,8 +129,7 @@ impl CacheHandle {
 /// fresh, else stale (within a stale window), else a miss saying whether other `Vary`
 /// variants exist. Entries of another identity (sharing the index by a hash collision)
 /// answer nothing.
-fn pick(variants: &[Arc<Entry>], identity: &[u8], request_headers: &HeaderMap) -> Found {
-    let now = clock::now_millis();
+fn pick(variants: &[Arc<Entry>], identity: &[u8], request_headers: &HeaderMap, now: u64) -> Found {
     let usable = |entry: &&Arc<Entry>| !entry.is_dead_at(now) && entry.identity() == identity;
     let mut stale = None;
     for entry in variants.iter().filter(usable) {
@@ -199,7 +201,7 @@ mod tests {
             Found::UriMiss
         ));
         assert!(matches!(
-            handle.lookup_now("/page", 42, b"victim", &empty),
+            handle.lookup_now("/page", 42, b"victim", &empty, crate::clock::now_millis()),
             Some(Found::UriMiss)
         ));
         assert!(matches!(

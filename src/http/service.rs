@@ -14,7 +14,7 @@ use tower_service::Service;
 use super::config::Config;
 use super::serve::Visit;
 use super::unsafe_method::{invalidate_after, request_host};
-use crate::answer::{answer, answer_unconditional, Served};
+use crate::answer::{answer_at, Served};
 use crate::body::BoxError;
 use crate::engine::{self, take_ready};
 use crate::future::ResponseFuture;
@@ -110,8 +110,10 @@ where
                 // service (which stays ready, unused), and the identity compared from a
                 // reused buffer.
                 if !revalidate && !config.has_request_directives(&parts.headers) {
+                    // One clock read for the lookup's freshness and the answer's `Age`.
+                    let now = crate::clock::now_millis();
                     let found = key::with_identity(&parts, keyed, |identity, hash| {
-                        handle.lookup_now(&logical, hash, identity, &parts.headers)
+                        handle.lookup_now(&logical, hash, identity, &parts.headers, now)
                     });
                     if let Some(Found::Hit(entry)) = found {
                         bump!(counters, hits);
@@ -122,11 +124,8 @@ where
                             crate::store::Backend::Redis => Served::NearHit,
                             _ => Served::Hit { coalesced: false },
                         };
-                        let response = if conditional {
-                            answer(&entry, &parts, served, fallback)
-                        } else {
-                            answer_unconditional(&entry, &parts, served, fallback)
-                        };
+                        let response =
+                            answer_at(&entry, &parts, served, fallback, conditional, now);
                         return ResponseFuture::ready(response);
                     }
                 }
