@@ -492,7 +492,8 @@ fn an_invalidation_waits_for_acknowledgements_or_the_advertised_lease() {
 }
 
 /// A process that drops its near-cache store withdraws its advertisement: invalidations
-/// elsewhere stop waiting for its lease at once, not 30 s later.
+/// elsewhere stop waiting for its lease at once, not 30 s later, also in a process that
+/// read (and remembers) its lease before.
 #[tokio::test]
 async fn a_dropped_near_cache_no_longer_holds_invalidations_up() {
     let redis = RedisServer::start();
@@ -507,19 +508,112 @@ async fn a_dropped_near_cache_no_longer_holds_invalidations_up() {
         .build()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
+    let pattern = tower_response_cache::Pattern::new("/page");
+    // Seen by the invalidator (it remembers the longest lease it read) and acknowledged.
+    let started = Instant::now();
+    invalidator.invalidate("near", &pattern).await.unwrap();
+    assert!(
+        started.elapsed() < lease / 3,
+        "the holder did not acknowledge"
+    );
     drop(holder);
     // Its listener is gone too: it would never acknowledge.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    invalidator
-        .invalidate("near", &tower_response_cache::Pattern::new("/page"))
-        .await
-        .unwrap();
+    invalidator.invalidate("near", &pattern).await.unwrap();
     let took = started.elapsed();
     assert!(
         took < lease / 3,
         "waited {took:?} for a dropped store's lease"
     );
+}
+
+/// A caller that stops waiting for an `invalidate` (a timeout, a client gone) does not
+/// stop it halfway: the entry goes from Redis and from the near cache all the same.
+#[tokio::test]
+async fn an_invalidation_whose_caller_gave_up_still_reaches_the_near_cache() {
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .deadline(Duration::from_millis(300))
+        .near_cache(Duration::from_secs(2), 1 << 20)
+        .build()
+        .unwrap();
+    let key = StoreKey {
+        namespace: "near",
+        logical: "/page",
+        variant: 1,
+    };
+    let entry = Arc::new(tower_response_cache::Entry::new(
+        http::StatusCode::OK,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"old"),
+        Duration::from_secs(60),
+    ));
+    let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !near_hit(&store) {
+        let token = store.current_write_token().await.unwrap();
+        store.put_checked(key, entry.clone(), token).await.unwrap();
+        assert!(Instant::now() < deadline, "no near-cache hit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pattern = tower_response_cache::Pattern::new("/page");
+    let gave_up =
+        tokio::time::timeout(Duration::from_micros(1), store.invalidate("near", &pattern));
+    assert!(gave_up.await.is_err(), "finished before its caller gave up");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while near_hit(&store) {
+        assert!(
+            Instant::now() < deadline,
+            "the near cache still serves what the abandoned invalidation removed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(store.get(key).await.unwrap().is_none(), "still in Redis");
+}
+
+/// A message on the invalidation channel that cannot be read (another version's, or junk)
+/// may have been an invalidation: the near cache forgets what it held.
+#[tokio::test]
+async fn an_unreadable_message_empties_the_near_cache() {
+    let redis = RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .deadline(Duration::from_millis(300))
+        .near_cache(Duration::from_secs(2), 1 << 20)
+        .build()
+        .unwrap();
+    let key = StoreKey {
+        namespace: "near",
+        logical: "/page",
+        variant: 1,
+    };
+    let entry = Arc::new(tower_response_cache::Entry::new(
+        http::StatusCode::OK,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"old"),
+        Duration::from_secs(60),
+    ));
+    let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !near_hit(&store) {
+        let token = store.current_write_token().await.unwrap();
+        store.put_checked(key, entry.clone(), token).await.unwrap();
+        assert!(Instant::now() < deadline, "no near-cache hit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("tower-response-cache:invalidations")
+        .arg(r#"{"origin":1,"generation":9,"namespace":"near","invalidation":{"Future":"x"}}"#)
+        .query(&mut redis.connection())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while near_hit(&store) {
+        assert!(
+            Instant::now() < deadline,
+            "the near cache kept what an unreadable message may have covered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// An invalidation that fails (here: Redis holds writes longer than the deadline) still

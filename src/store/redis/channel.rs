@@ -116,30 +116,32 @@ fn heard_own(inner: &Inner, payload: &[u8]) {
 
 /// A message on the invalidation channel.
 fn heard_invalidation(inner: std::sync::Arc<Inner>, payload: &[u8]) {
+    // What cannot be read may have been an invalidation: the near cache forgets all it
+    // holds rather than risk serving what it covered.
+    let unreadable = |why: &str| {
+        tracing::warn!("ignoring a message on the invalidation channel: {why}");
+        if let Some(near) = &inner.near {
+            near.forget_all();
+        }
+    };
     let Ok(message) = serde_json::from_slice::<Message>(payload) else {
-        tracing::warn!("ignoring a malformed message on the invalidation channel");
-        return;
+        return unreadable("malformed");
     };
     if message.origin == inner.origin {
         return;
     }
     if message.namespace.len() > MAX_NAMESPACE {
-        tracing::warn!(
-            "ignoring a message with an oversized namespace on the invalidation channel"
-        );
-        return;
+        return unreadable("oversized namespace");
     }
     let store = RedisStore { inner };
     // The generation is a claim, not a fact: see `RedisStore::heard`.
     store.heard(message.generation);
+    let (origin, ack) = (message.origin, message.ack);
     if let Some(near) = &store.inner.near {
         near.apply(&message.namespace, &message.invalidation);
-        if let Some(seq) = message.ack {
-            // Applied: the sender may stop waiting for this process's lease.
-            let store = store.clone();
-            tokio::spawn(async move { store.acknowledge(message.origin, seq).await });
-        }
     }
+    // The handle forgets the fetches in flight before it, and the fallback drops its local
+    // entries, before the sender can hear that this process is done.
     notify(
         &store.inner,
         &StoreEvent::Remote {
@@ -148,6 +150,10 @@ fn heard_invalidation(inner: std::sync::Arc<Inner>, payload: &[u8]) {
             generation: message.generation,
         },
     );
+    if let (Some(_), Some(seq)) = (&store.inner.near, ack) {
+        // Applied everywhere in this process: the sender may stop waiting for its lease.
+        tokio::spawn(async move { store.acknowledge(origin, seq).await });
+    }
 }
 
 impl RedisStore {

@@ -5,7 +5,53 @@
 // The store's own vocabulary (its imports, scripts and helpers).
 use super::*;
 
+/// One invalidation, owned (it runs in a task of its own).
+pub(super) enum Removal {
+    Pattern(Pattern),
+    Soft(Pattern),
+    Tag(String),
+    All,
+}
+
+impl Removal {
+    /// What the channel and the near caches hear of it.
+    fn invalidation(&self) -> Invalidation {
+        match self {
+            Removal::Pattern(p) | Removal::Soft(p) => Invalidation::Pattern(p.as_str().to_owned()),
+            Removal::Tag(t) => Invalidation::Tag(t.clone()),
+            Removal::All => Invalidation::All,
+        }
+    }
+}
+
 impl RedisStore {
+    /// Run `removal` in a task of its own, which the returned future only waits for: a
+    /// caller that stops waiting (a timeout, a client gone) does not stop it halfway, after
+    /// the entries are gone from Redis and before other processes and the near caches hear
+    /// of it. When it fails (it may have stopped before its publish, which applies it to
+    /// this process's near cache), it is applied to the near cache anyway.
+    pub(super) fn detached(&self, namespace: &str, removal: Removal) -> StoreFuture<'static, u64> {
+        let (store, namespace) = (self.clone(), namespace.to_owned());
+        let task = tokio::spawn(async move {
+            let result = match &removal {
+                Removal::Pattern(p) => store.invalidate_pattern(&namespace, p).await,
+                Removal::Soft(p) => store.invalidate_pattern_soft(&namespace, p).await,
+                Removal::Tag(t) => store.invalidate_by_tag(&namespace, t).await,
+                Removal::All => store.invalidate_namespace(&namespace).await,
+            };
+            if result.is_err() {
+                if let Some(near) = &store.inner.near {
+                    near.apply(&namespace, &removal.invalidation());
+                }
+            }
+            result
+        });
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(StoreError::new("the invalidation task failed", e)))
+        })
+    }
+
     /// Tell other processes, after the entries are gone from Redis: this process's near
     /// cache first, then the channel, then wait for other processes' near-cache leases or
     /// their acknowledgements (see `near.rs`).

@@ -129,6 +129,14 @@ impl Layout {
         }
     }
 
+    /// The random value naming the lease set's data (see `lease.rs`).
+    pub(crate) fn leases_epoch_key(self) -> &'static str {
+        match self {
+            Layout::Single => "tower-response-cache:near:epoch",
+            Layout::Cluster => "{tower-response-cache}:near:epoch",
+        }
+    }
+
     /// The command that publishes on these channels.
     pub(crate) fn publish_command(self) -> &'static str {
         match self {
@@ -294,6 +302,7 @@ mod tests {
             cluster.channel().to_owned(),
             cluster.process_channel(7),
             cluster.leases_key().to_owned(),
+            cluster.leases_epoch_key().to_owned(),
         ] {
             assert!(name.starts_with(MEETING_TAG), "{name}");
         }

@@ -41,27 +41,36 @@ pub(crate) const MAX_LEASE: Duration = Duration::from_secs(10);
 /// Heartbeats remembered (by sequence number) to find the send time of one that returns.
 const REMEMBERED_HEARTBEATS: usize = 64;
 
-/// Advertise a lease and publish a heartbeat, in one step. KEYS: the lease set (member
-/// `"{lease ms}:{process}"`, score = when it expires, Redis time in ms). ARGV: member,
-/// advertisement TTL (ms), channel, payload, the publish command (`SPUBLISH` on a cluster,
-/// where the channel shares the set's slot). Returns the subscribers reached.
+/// Advertise a lease and publish a heartbeat, in one step; drop expired advertisements.
+/// KEYS: the lease set (member `"{lease ms}:{process}"`, score = when it expires, Redis
+/// time in ms), its epoch (a random value set when missing: a new one means the set was
+/// lost). ARGV: member, advertisement TTL (ms), channel, payload, the publish command
+/// (`SPUBLISH` on a cluster, where the channel shares the set's slot), a new epoch.
+/// Returns the subscribers reached.
 pub(crate) const HEARTBEAT_SCRIPT: &str = r#"
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+redis.call('SET', KEYS[2], ARGV[6], 'NX')
 return redis.call(ARGV[5], ARGV[3], ARGV[4])
 "#;
 
-/// The live advertisements (members), after dropping the expired ones: one per process
-/// with a near cache.
+/// The lease set's epoch (`""` when there is none), then the live advertisements
+/// (members), after dropping the expired ones: one per process with a near cache.
+/// KEYS: the lease set, its epoch.
 pub(crate) const LEASES_SCRIPT: &str = r#"
-if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then return {} end
+local epoch = redis.call('GET', KEYS[2])
+if type(epoch) ~= 'string' then epoch = '' end
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then return {epoch} end
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+local out = redis.call('ZRANGE', KEYS[1], 0, -1)
+table.insert(out, 1, epoch)
+return out
 "#;
 
 /// How long an invalidation waits after its publish for leases of `lease`: the lease, plus
@@ -168,24 +177,33 @@ impl Lease {
 }
 
 /// What an invalidating process knows of others' leases: the longest advertisement it has
-/// read, remembered for [`ADVERT_TTL`], so that losing the lease set (Redis restarted empty)
-/// does not cut a wait short in a process that saw it before.
+/// read and the epoch of the set it read it in, remembered for [`ADVERT_TTL`], so that
+/// losing the lease set (Redis restarted empty: the epoch is gone or new) does not cut a
+/// wait short in a process that saw it before. While the epoch is the one remembered, the
+/// set is complete as read: a process that withdrew or expired is not waited for.
 #[derive(Debug, Default)]
 pub(crate) struct Advertised {
-    seen: Mutex<Option<(Duration, Instant)>>,
+    seen: Mutex<Option<(Duration, Instant, String)>>,
 }
 
 impl Advertised {
-    /// The lease to wait for, given what Redis advertises now.
-    pub(crate) fn longest(&self, advertised: Duration) -> Duration {
+    /// The lease to wait for, given what Redis advertises now in the set of `epoch`.
+    pub(crate) fn longest(&self, advertised: Duration, epoch: &str) -> Duration {
         let advertised = advertised.min(MAX_LEASE);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let remembered = match *seen {
-            Some((lease, at)) if at.elapsed() < ADVERT_TTL => lease,
+        let remembered = match &*seen {
+            Some((lease, at, seen_in)) if at.elapsed() < ADVERT_TTL => {
+                let same_set = !epoch.is_empty() && seen_in == epoch;
+                if same_set {
+                    Duration::ZERO
+                } else {
+                    *lease
+                }
+            }
             _ => Duration::ZERO,
         };
         if advertised >= remembered && advertised > Duration::ZERO {
-            *seen = Some((advertised, Instant::now()));
+            *seen = Some((advertised, Instant::now(), epoch.to_owned()));
         }
         advertised.max(remembered)
     }
@@ -207,12 +225,19 @@ impl RedisStore {
         awaiting: &Awaiting<'_>,
     ) -> Result<(), StoreError> {
         let mut invocation = self.inner.leases_script.prepare_invoke();
-        invocation.key(self.inner.layout.leases_key());
-        let mut holders = match self
+        let layout = self.inner.layout;
+        invocation
+            .key(layout.leases_key())
+            .key(layout.leases_epoch_key());
+        let (epoch, mut holders) = match self
             .invoke::<Vec<String>>(invocation, self.inner.deadline)
             .await
         {
-            Ok(members) => holders(&members, self.inner.origin),
+            Ok(mut read) if !read.is_empty() => {
+                let epoch = read.remove(0);
+                (epoch, holders(&read, self.inner.origin))
+            }
+            Ok(_) => (String::new(), Vec::new()),
             Err(error) => {
                 return Err(StoreError::unavailable(
                     "could not read the near-cache leases after an invalidation: it may not have reached every process yet",
@@ -224,7 +249,7 @@ impl RedisStore {
             holder.lease = holder.lease.min(MAX_LEASE);
         }
         let advertised = holders.iter().map(|h| h.lease).max().unwrap_or_default();
-        let lease = self.inner.advertised.longest(advertised);
+        let lease = self.inner.advertised.longest(advertised, &epoch);
         if let Some(error) = publish_error {
             if lease.is_zero() {
                 tracing::warn!(%error, "could not publish an invalidation to other processes");
@@ -290,14 +315,13 @@ mod tests {
         assert!(wait_for(Duration::from_millis(200)) > Duration::from_millis(200));
         assert!(wait_for(Duration::from_secs(3600)) < MAX_LEASE * 2);
         let advertised = Advertised::default();
-        assert_eq!(
-            advertised.longest(Duration::from_millis(200)),
-            Duration::from_millis(200)
-        );
-        // The set was lost: the remembered lease still counts.
-        assert_eq!(
-            advertised.longest(Duration::ZERO),
-            Duration::from_millis(200)
-        );
+        let ms = Duration::from_millis;
+        assert_eq!(advertised.longest(ms(200), "e1"), ms(200));
+        // The holder withdrew from the same set: nothing to wait for.
+        assert_eq!(advertised.longest(Duration::ZERO, "e1"), Duration::ZERO);
+        // The set was lost (no epoch, or a new one): the remembered lease still counts.
+        assert_eq!(advertised.longest(ms(200), "e1"), ms(200));
+        assert_eq!(advertised.longest(Duration::ZERO, ""), ms(200));
+        assert_eq!(advertised.longest(ms(50), "e2"), ms(200));
     }
 }

@@ -33,6 +33,7 @@ use channel::Message;
 use codec::{encode_value, MAX_VARY_VARIANTS};
 use connection::{Connection, Subscriber, Timeouts};
 use generation::*;
+use invalidate::Removal;
 use layout::{Layout, CENTRAL_GENERATION, EPOCH, WIDE_GENERATION};
 use memo::DecodeMemo;
 use near::Near;
@@ -462,12 +463,7 @@ impl Store for RedisStore {
     }
 
     fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
-        let invalidation = || Invalidation::Pattern(pattern.as_str().to_owned());
-        Box::pin(self.near_on_failure(
-            namespace,
-            invalidation,
-            self.invalidate_pattern(namespace, pattern),
-        ))
+        self.detached(namespace, Removal::Pattern(pattern.clone()))
     }
 
     fn invalidate_soft<'a>(
@@ -475,27 +471,15 @@ impl Store for RedisStore {
         namespace: &'a str,
         pattern: &'a Pattern,
     ) -> StoreFuture<'a, u64> {
-        let invalidation = || Invalidation::Pattern(pattern.as_str().to_owned());
-        let soft = self.invalidate_pattern_soft(namespace, pattern);
-        Box::pin(self.near_on_failure(namespace, invalidation, soft))
+        self.detached(namespace, Removal::Soft(pattern.clone()))
     }
 
     fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64> {
-        let invalidation = || Invalidation::Tag(tag.to_owned());
-        Box::pin(self.near_on_failure(
-            namespace,
-            invalidation,
-            self.invalidate_by_tag(namespace, tag),
-        ))
+        self.detached(namespace, Removal::Tag(tag.to_owned()))
     }
 
     fn invalidate_all<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, u64> {
-        let invalidation = || Invalidation::All;
-        Box::pin(self.near_on_failure(
-            namespace,
-            invalidation,
-            self.invalidate_namespace(namespace),
-        ))
+        self.detached(namespace, Removal::All)
     }
 
     fn backend(&self) -> Backend {

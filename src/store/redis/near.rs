@@ -172,6 +172,15 @@ impl Near {
         }
     }
 
+    /// A message on the invalidation channel that this process cannot read (another
+    /// version's, or not ours) may have been an invalidation: forget everything it holds.
+    /// The lease stays: the messages after it are still applied in order.
+    pub(crate) fn forget_all(&self) {
+        let _applying = self.apply.lock().unwrap_or_else(|e| e.into_inner());
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.memory.clear();
+    }
+
     /// A new subscription: forget everything and hold no lease until a heartbeat returns.
     pub(crate) fn reset(&self) {
         let _applying = self.apply.lock().unwrap_or_else(|e| e.into_inner());
@@ -238,23 +247,6 @@ impl RedisStore {
         self.inner.near.as_ref()?.get_now(key)
     }
 
-    /// Run an invalidation; when it fails (it may have stopped before its publish, which
-    /// applies it to this process's near cache), apply it to the near cache anyway.
-    pub(super) async fn near_on_failure<T>(
-        &self,
-        namespace: &str,
-        invalidation: impl FnOnce() -> Invalidation,
-        run: impl std::future::Future<Output = Result<T, crate::store::StoreError>>,
-    ) -> Result<T, crate::store::StoreError> {
-        let result = run.await;
-        if result.is_err() {
-            if let Some(near) = &self.inner.near {
-                near.apply(namespace, &invalidation());
-            }
-        }
-        result
-    }
-
     /// `stats` with the near cache's counters.
     pub(crate) fn near_stats(&self, stats: StoreStats) -> StoreStats {
         let Some(near) = &self.inner.near else {
@@ -319,11 +311,13 @@ pub(crate) async fn heartbeat(store: Weak<Inner>) {
         let mut invocation = near.heartbeat.prepare_invoke();
         invocation
             .key(store.inner.layout.leases_key())
+            .key(store.inner.layout.leases_epoch_key())
             .arg(&near.member)
             .arg(ADVERT_TTL.as_millis() as u64)
             .arg(&near.channel)
             .arg(seq.to_string())
-            .arg(store.inner.layout.publish_command());
+            .arg(store.inner.layout.publish_command())
+            .arg(format!("{:016x}", super::rand_u64()));
         if let Err(error) = store.invoke::<i64>(invocation, store.inner.deadline).await {
             tracing::debug!(%error, "near-cache heartbeat failed");
         }
