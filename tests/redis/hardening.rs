@@ -324,6 +324,56 @@ async fn a_forged_channel_message_poisons_no_generation() {
     s.warm("/x").await;
 }
 
+/// A message claiming a generation above Redis's does not move the token this process
+/// hands its fetches: a fetch that began before the next real invalidation (which draws
+/// just above Redis's counter) is still refused by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_generation_never_lets_a_fetch_from_before_an_invalidation_land() {
+    let server = RedisServer::start();
+    let listener = store(&server);
+    let invalidator = store(&server);
+    let key = StoreKey {
+        namespace: "t",
+        logical: "/a",
+        variant: 1,
+    };
+    // An invalidation names the data set (its epoch) first, and the listener learns it:
+    // from here on only generations tell fetches apart.
+    invalidator
+        .invalidate("t", &Pattern::new("/warm-up"))
+        .await
+        .unwrap();
+    listener.current_write_token().await.unwrap();
+    // Let the listener subscribe, then tell it of a generation Redis never drew.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let forged = r#"{"origin":1,"generation":5000,"namespace":"t","invalidation":{"kind":"pattern","value":"/nothing"}}"#;
+    let _: i64 = cmd(
+        &server,
+        &["PUBLISH", "tower-response-cache:invalidations", forged],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A fetch begins, then a real invalidation of its key, then the fetch's write.
+    let fetched_before = listener.current_write_token().await.unwrap();
+    invalidator
+        .invalidate("t", &Pattern::new("/a"))
+        .await
+        .unwrap();
+    let entry = Entry::new(
+        http::StatusCode::OK,
+        http::HeaderMap::new(),
+        bytes::Bytes::from_static(b"old"),
+        Duration::from_secs(60),
+    );
+    listener
+        .put_checked(key, std::sync::Arc::new(entry), fetched_before)
+        .await
+        .unwrap();
+    assert!(
+        listener.get(key).await.unwrap().is_none(),
+        "a fetch from before the invalidation was stored after it"
+    );
+}
+
 /// Item 8: a namespace containing `:` aliased another namespace's keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_with_colons_never_alias_each_other() {

@@ -71,29 +71,39 @@ impl RedisStore {
 
     /// Read the generation counter (and, on one Redis, the epoch) and adopt it (also before
     /// each miss fetches, see [`Store::current_write_token`]); on failure this process keeps
-    /// what it knows.
+    /// what it knows. A successful read also settles what a message claimed before it was
+    /// sent (see [`heard`](Self::heard)).
     pub(super) async fn learn_generation(&self, deadline: Duration) {
-        match self.inner.layout {
+        let claimed = self.inner.heard_floor.load(Ordering::Acquire);
+        let learned = match self.inner.layout {
             Layout::Single => {
                 let cmd = redis::cmd("MGET")
                     .arg(EPOCH)
                     .arg(CENTRAL_GENERATION)
                     .clone();
-                if let Ok((epoch, generation)) = self
-                    .query::<(Option<u64>, Option<u64>)>(cmd, deadline)
+                self.query::<(Option<u64>, Option<u64>)>(cmd, deadline)
                     .await
-                {
-                    let (epoch, generation) = (epoch.unwrap_or(0), generation.unwrap_or(0));
-                    // One Redis is the authority, even when it went down (restarted empty).
-                    self.set_token(epoch, generation);
-                }
+                    .map(|(epoch, generation)| {
+                        // One Redis is the authority, even when it went down (restarted empty).
+                        self.set_token(epoch.unwrap_or(0), generation.unwrap_or(0));
+                    })
             }
             Layout::Cluster => {
                 let cmd = redis::cmd("GET").arg(CENTRAL_GENERATION).clone();
-                if let Ok(generation) = self.query::<Option<u64>>(cmd, deadline).await {
-                    self.adopt(generation.unwrap_or(0));
-                }
+                self.query::<Option<u64>>(cmd, deadline)
+                    .await
+                    .map(|generation| self.adopt(generation.unwrap_or(0)))
             }
+        };
+        if learned.is_ok() {
+            // Redis has answered since the claim: a true one is in the token now, a false
+            // one is dropped. A newer claim stays.
+            let _ = self.inner.heard_floor.compare_exchange(
+                claimed,
+                0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -120,22 +130,18 @@ impl RedisStore {
     }
 
     /// Another process says it invalidated at `generation`. Not trusted (anyone who can
-    /// `PUBLISH` can say anything): this process moves one step past what it knows, which
-    /// refuses every fetch in flight here that a check against this process's own
-    /// knowledge decides (the fallback's memory writes), and asks Redis for the real value.
-    /// A message claiming `u64::MAX` moves the token by one, not to the end.
+    /// `PUBLISH` can say anything): the token stays what Redis said, and until Redis is asked
+    /// again (at once, in a task) the writes this process checks against its own knowledge
+    /// (the fallback's memory writes) must carry a token past the one it has, which refuses
+    /// every fetch in flight here. A message claiming `u64::MAX` asks for one step, not the
+    /// end, and Redis's answer settles it.
     pub(crate) fn heard(&self, generation: u64) {
         let now = self.inner.generation.load(Ordering::Relaxed);
         if generation <= token_generation(now) {
             return;
         }
         let next = token(token_epoch(now), token_generation(now) + 1);
-        let _ = self.inner.generation.compare_exchange(
-            now,
-            next.max(now),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        self.inner.heard_floor.fetch_max(next, Ordering::AcqRel);
         let store = self.clone();
         tokio::spawn(async move {
             store.learn_generation(store.inner.deadline).await;
@@ -147,7 +153,11 @@ impl RedisStore {
     /// it names another data set.
     pub(crate) fn refuses_locally(&self, token: u64) -> bool {
         let now = self.inner.generation.load(Ordering::Relaxed);
-        token_epoch(token) != token_epoch(now) || token_generation(token) < token_generation(now)
+        let floor = self.inner.heard_floor.load(Ordering::Acquire);
+        token_epoch(token) != token_epoch(now)
+            || token_generation(token) < token_generation(now)
+            || (token_epoch(floor) == token_epoch(token)
+                && token_generation(token) < token_generation(floor))
     }
 
     /// Whether a fetch that took `token` may have begun before an invalidation that drew
@@ -195,10 +205,17 @@ impl RedisStore {
                     Some(logical) => vec![layout.generation_key(namespace, logical)],
                     None => layout.bucket_generation_keys(),
                 };
-                let raised = try_join_all(buckets.into_iter().map(|k| self.bump(k, drawn))).await?;
-                let generation = raised.into_iter().max().unwrap_or(drawn);
-                self.adopt(generation);
-                Ok(generation)
+                // Raised to the drawn generation, never past it: no counter and no token is
+                // ever above the central counter, so the next invalidation draws a generation
+                // above every token taken before it.
+                try_join_all(buckets.into_iter().map(|k| {
+                    let mut invocation = self.inner.raise_script.prepare_invoke();
+                    invocation.key(k).arg(drawn);
+                    self.invoke::<u64>(invocation, self.inner.deadline)
+                }))
+                .await?;
+                self.adopt(drawn);
+                Ok(drawn)
             }
         }
     }
@@ -225,5 +242,17 @@ mod tests {
         // Redis restarted empty: its new epoch is the truth, whatever its generation.
         store.set_token(9, 1);
         assert_eq!(now(), token(9, 1));
+    }
+
+    #[tokio::test]
+    async fn a_claimed_generation_refuses_local_writes_but_leaves_the_token_alone() {
+        let store = RedisStore::builder("redis://127.0.0.1:1/").build().unwrap();
+        store.set_token(7, 5);
+        assert!(!store.refuses_locally(token(7, 5)));
+        // Redis cannot be asked here: the claim stands until it answers.
+        store.heard(u64::MAX);
+        assert_eq!(store.inner.generation.load(Ordering::Relaxed), token(7, 5));
+        assert!(store.refuses_locally(token(7, 5)), "a fetch in flight");
+        assert!(!store.refuses_locally(token(7, 6)));
     }
 }

@@ -142,8 +142,13 @@ pub(crate) struct Inner {
     deadline: Duration,
     scan_deadline: Duration,
     /// The write token this process has: on one Redis the epoch and the generation as
-    /// Redis last told it (see [`token`]), in a cluster the highest generation seen.
+    /// Redis last told it (see [`token`]), in a cluster the highest generation Redis told.
+    /// Only what Redis said: never above the counter an invalidation draws from.
     generation: AtomicU64,
+    /// A token one step past `generation`, set when another process's message claims a
+    /// higher generation and cleared when Redis answers: writes the fallback checks locally
+    /// (see `RedisStore::heard`) must carry at least this. 0 when none.
+    heard_floor: AtomicU64,
     /// Tells published invalidations from this process apart from others'.
     origin: u64,
     listener: Mutex<Option<InvalidationListener>>,
@@ -223,6 +228,7 @@ impl RedisStoreBuilder {
             deadline: self.deadline,
             scan_deadline: self.scan_deadline,
             generation: AtomicU64::new(0),
+            heard_floor: AtomicU64::new(0),
             origin,
             listener: Mutex::new(None),
             put_script: Script::new(PUT_SCRIPT),
