@@ -13,6 +13,7 @@ mod glob;
 mod hardening;
 mod near;
 mod near_processes;
+mod near_store;
 mod soft;
 mod store;
 mod two_process;

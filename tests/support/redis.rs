@@ -346,3 +346,86 @@ impl RedisCluster {
             .expect("the owner is one of ours")
     }
 }
+
+/// The mute switches of the subscription connections a [`Silencer`] passes.
+type Muted = std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<std::sync::atomic::AtomicBool>>>>;
+
+/// A TCP proxy to Redis that can stop passing Redis's bytes to the subscription
+/// connections open at that moment, keeping them open: a half-open subscription, which never
+/// ends on its own.
+pub struct Silencer {
+    addr: std::net::SocketAddr,
+    silenced: Muted,
+}
+
+impl Silencer {
+    pub async fn start(redis: &RedisServer) -> Silencer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = redis
+            .url()
+            .trim_start_matches("redis://")
+            .trim_end_matches("/0")
+            .to_owned();
+        let silenced: Muted = Muted::default();
+        let subscriptions = silenced.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&target).await.unwrap();
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let mute = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let subscriptions = subscriptions.clone();
+                let registered = mute.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 16 * 1024];
+                    let mut seen_subscribe = false;
+                    while let Ok(n) = client_read.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let bytes = &buffer[..n];
+                        if !seen_subscribe
+                            && bytes
+                                .windows(9)
+                                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+                        {
+                            seen_subscribe = true;
+                            subscriptions.lock().unwrap().push(registered.clone());
+                        }
+                        if server_write.write_all(bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 16 * 1024];
+                    while let Ok(n) = server_read.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if mute.load(std::sync::atomic::Ordering::SeqCst) {
+                            continue;
+                        }
+                        if client_write.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Silencer { addr, silenced }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/0", self.addr)
+    }
+
+    /// From now on the subscriptions open now hear nothing more; later ones are untouched.
+    pub fn silence_subscriptions(&self) {
+        for mute in self.silenced.lock().unwrap().drain(..) {
+            mute.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}

@@ -88,7 +88,25 @@ pub(crate) async fn listen(store: Weak<Inner>) {
             }
         }
         connected_before = true;
-        while let Some(message) = messages.next().await {
+        // With a near cache, this process's heartbeats come back every `lease / 4`: a
+        // subscription that stays silent much longer is taken for dead (a half-open
+        // connection never ends on its own) and replaced.
+        let silence = store.upgrade().and_then(|inner| {
+            let lease = inner.near.as_ref()?.lease.duration();
+            Some((lease * 4).max(Duration::from_secs(1)))
+        });
+        loop {
+            let message = match silence {
+                None => messages.next().await,
+                Some(limit) => match tokio::time::timeout(limit, messages.next()).await {
+                    Ok(message) => message,
+                    Err(_) => {
+                        tracing::warn!("no heartbeat came back on the invalidation channel for {limit:?}: subscribing again");
+                        None
+                    }
+                },
+            };
+            let Some(message) = message else { break };
             let Some(inner) = store.upgrade() else { return };
             let payload = message.get_payload_bytes();
             if message.get_channel_name() == own {
