@@ -12,10 +12,11 @@
 //! `leases_key`, one member per process, expiring after [`ADVERT_TTL`] in Redis time) in
 //! the same step as its `PUBLISH`: whenever a heartbeat renews a lease, Redis held its
 //! advertisement at the moment the heartbeat was published. An invalidation reads the
-//! live advertisements after its own publish ([`LEASES_SCRIPT`]) and waits for the longest
-//! (plus a margin for clock-rate drift) from the publish's reply before it returns, unless
-//! every advertising process acknowledged it first (`ack.rs`). The invalidating process
-//! needs no near cache of its own. See the near cache's module docs for the whole argument.
+//! live advertisements after its own publish ([`LEASES_SCRIPT`]) and, for each advertising
+//! process, waits until it acknowledged the invalidation (`ack.rs`) or its own lease (plus a
+//! margin for clock-rate drift) has passed since the publish's reply. The invalidating
+//! process needs no near cache of its own. See the near cache's module docs for the whole
+//! argument.
 //!
 //! Instants are `std::time::Instant` (`CLOCK_MONOTONIC`): a process that is stopped
 //! (`SIGSTOP`) keeps counting, so its lease has lapsed when it continues.

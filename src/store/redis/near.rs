@@ -5,8 +5,11 @@
 //!
 //! # The guarantee, and why it holds
 //!
-//! *When `invalidate` returns, no process serves an entry fetched before it*, with the near
-//! cache on in any number of processes, and whether or not the invalidating process has one.
+//! *When `invalidate` returns, no process serves a stored entry fetched before it*, with
+//! the near cache on in any number of processes, and whether or not the invalidating process
+//! has one. (A request may still join a fetch already in flight in a process that has not
+//! heard of the invalidation yet, one without a near cache or a silent one, and share its
+//! answer: fetches are not stored entries, and the message forgets them when it arrives.)
 //!
 //! 1. A process answers from its near cache only while it holds a lease (`lease.rs`): a
 //!    heartbeat it published at Redis time `h`, sent at `s ≤ h`, came back on its
@@ -18,9 +21,10 @@
 //! 2. `invalidate` raises the generation, removes the entries from Redis, then applies
 //!    itself to its own near cache (after the removal, so no read of this process can
 //!    refill it with what was removed), publishes at Redis time `p`, and reads which
-//!    processes advertise a lease and the longest one. It returns when each of those
-//!    processes acknowledged the message (`ack.rs`: sent after applying it), or at the
-//!    latest after the longest lease (plus a drift margin) from the publish's reply. A
+//!    processes advertise a lease. It returns when each of those processes acknowledged
+//!    the message (`ack.rs`: sent after applying it) or its own lease (plus a drift margin)
+//!    has passed since the publish's reply. The invalidation runs in a task of its own, so
+//!    a caller that stops waiting does not stop it between the removal and the publish. A
 //!    publish that fails while leases are advertised, or a lease read that fails, makes
 //!    `invalidate` fail (a fallback store replays it).
 //! 3. Take a process serving from its near cache after `invalidate` returned, under a lease
@@ -30,10 +34,13 @@
 //!    either it acknowledged, so it had applied the invalidation, or `invalidate` waited
 //!    until its lease had ended (by `s + lease < p + lease`).
 //! 4. A lost subscription is a new one: on every (re)subscription the near cache is cleared
-//!    and the lease dropped before any message is read, so invalidations missed while it
-//!    was down cannot matter, and heartbeats sent before do not renew. A paused Redis, a
+//!    and the lease dropped before any message is read (redis-rs returns from `SUBSCRIBE`
+//!    and `SSUBSCRIBE` only once the server confirmed them), so invalidations missed while
+//!    it was down cannot matter, and heartbeats sent before do not renew. A paused Redis, a
 //!    paused process or a dead connection stop the heartbeats: the lease lapses within
-//!    `lease`, and reads go to Redis.
+//!    `lease`, and reads go to Redis. A subscription silent for four leases is replaced (a
+//!    half-open connection never ends on its own). A message that cannot be read empties
+//!    the near cache.
 //! 5. Fills obey the ban: a value read from Redis is stored in the near cache only if no
 //!    invalidation was applied to the near cache (and it was not cleared) since the read was
 //!    sent (an epoch, checked and bumped under one lock). A read that raced an invalidation
@@ -42,10 +49,18 @@
 //!
 //! Only durations on each process's own clock are compared (and Redis's clock for the
 //! advertisement's 30 s expiry, which a forward jump of Redis's clock by that much would cut
-//! short). Not covered: a host suspended (`CLOCK_MONOTONIC` stops) with the process on it;
-//! and a fresh invalidating process started within one lease of Redis restarting empty (the
-//! advertisements are gone, and the listeners may not yet have noticed the lost connection;
-//! a running process remembers the longest lease it saw for 30 s).
+//! short). Not covered:
+//!
+//! - a host suspended (`CLOCK_MONOTONIC` stops) with the process on it;
+//! - a fresh invalidating process started within one lease of Redis restarting empty (the
+//!   advertisements are gone, and the listeners may not yet have noticed the lost
+//!   connection; a running process remembers the longest lease it saw for 30 s, and the
+//!   lease set's epoch tells it the set was lost);
+//! - a failover that loses acknowledged writes (asynchronous replication: Sentinel, or a
+//!   cluster primary's replica taking over) — the removal or the generation bump may be
+//!   gone on the new primary, which then serves the old entry again — and a split brain,
+//!   where processes on a minority primary keep their leases until it steps down.
+//!   `WAIT` before the publish would narrow the first; neither is handled.
 //!
 //! # What the near cache holds
 //!
