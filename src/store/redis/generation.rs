@@ -43,10 +43,11 @@ impl RedisStore {
                     .key(WIDE_GENERATION)
                     .key(EPOCH)
                     .arg(floor);
+                let asked = self.asking();
                 let (epoch, generation) = self
                     .invoke::<(u64, u64)>(invocation, self.inner.scan_deadline)
                     .await?;
-                self.set_token(epoch, generation);
+                self.set_token(asked, epoch, generation);
             }
             Layout::Cluster => {
                 let mut keys = vec![CENTRAL_GENERATION.to_owned()];
@@ -81,11 +82,12 @@ impl RedisStore {
                     .arg(EPOCH)
                     .arg(CENTRAL_GENERATION)
                     .clone();
+                let asked = self.asking();
                 self.query::<(Option<u64>, Option<u64>)>(cmd, deadline)
                     .await
                     .map(|(epoch, generation)| {
                         // One Redis is the authority, even when it went down (restarted empty).
-                        self.set_token(epoch.unwrap_or(0), generation.unwrap_or(0));
+                        self.set_token(asked, epoch.unwrap_or(0), generation.unwrap_or(0));
                     })
             }
             Layout::Cluster => {
@@ -107,11 +109,24 @@ impl RedisStore {
         }
     }
 
-    /// One Redis: take its epoch as it is (a new one means Redis restarted empty), and
-    /// within one epoch never go back. Replies are adopted in the order their tasks run,
-    /// not the order Redis answered them: a reply from before an invalidation's bump, adopted
-    /// after it, would otherwise make this process's next writes refuse themselves.
-    pub(super) fn set_token(&self, epoch: u64, generation: u64) {
+    /// A question to Redis about its epoch and generation is about to be sent: its number.
+    pub(super) fn asking(&self) -> u64 {
+        self.inner.asked.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// One Redis: adopt the answer to question `asked`, unless the answer to a question
+    /// asked later was adopted already. Answers are adopted in the order their tasks run,
+    /// not the order Redis answered them: an answer from before an invalidation's bump, or
+    /// from before Redis named its data set, adopted after a newer one, would otherwise take
+    /// this process back (its next writes then refuse themselves, or its flights look older
+    /// than they are). A newer answer's epoch is taken as it is (a new one means Redis
+    /// restarted empty); within one epoch the token never goes back.
+    pub(super) fn set_token(&self, asked: u64, epoch: u64, generation: u64) {
+        let mut adopted = self.inner.adopted.lock().unwrap_or_else(|e| e.into_inner());
+        if asked < *adopted {
+            return;
+        }
+        *adopted = asked;
         let told = token(epoch, generation);
         let _ = self
             .inner
@@ -192,10 +207,11 @@ impl RedisStore {
                     .key(EPOCH)
                     .key(counter)
                     .arg(new_epoch());
+                let asked = self.asking();
                 let (epoch, generation) = self
                     .invoke::<(u64, u64)>(invocation, self.inner.deadline)
                     .await?;
-                self.set_token(epoch, generation);
+                self.set_token(asked, epoch, generation);
                 Ok(generation)
             }
             Layout::Cluster => {
@@ -231,23 +247,26 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn within_an_epoch_the_token_never_goes_back() {
+    async fn an_older_answer_adopted_late_never_takes_the_token_back() {
         // Never connected: only the token bookkeeping is exercised.
         let store = RedisStore::builder("redis://127.0.0.1:1/").build().unwrap();
         let now = || store.inner.generation.load(Ordering::Relaxed);
-        store.set_token(7, 5);
-        // A reply from before the bump, adopted late.
-        store.set_token(7, 3);
+        let (first, second, third) = (store.asking(), store.asking(), store.asking());
+        store.set_token(second, 7, 5);
+        // Asked before: from before the bump, or before Redis named its data set.
+        store.set_token(first, 7, 3);
         assert_eq!(now(), token(7, 5));
-        // Redis restarted empty: its new epoch is the truth, whatever its generation.
-        store.set_token(9, 1);
+        store.set_token(first, 0, 0);
+        assert_eq!(now(), token(7, 5));
+        // Asked later, Redis restarted empty: its new epoch is the truth.
+        store.set_token(third, 9, 1);
         assert_eq!(now(), token(9, 1));
     }
 
     #[tokio::test]
     async fn a_claimed_generation_refuses_local_writes_but_leaves_the_token_alone() {
         let store = RedisStore::builder("redis://127.0.0.1:1/").build().unwrap();
-        store.set_token(7, 5);
+        store.set_token(store.asking(), 7, 5);
         assert!(!store.refuses_locally(token(7, 5)));
         // Redis cannot be asked here: the claim stands until it answers.
         store.heard(u64::MAX);

@@ -149,6 +149,10 @@ pub(crate) struct Inner {
     /// higher generation and cleared when Redis answers: writes the fallback checks locally
     /// (see `RedisStore::heard`) must carry at least this. 0 when none.
     heard_floor: AtomicU64,
+    /// Questions asked of one Redis about its epoch and generation, and the latest whose
+    /// answer was adopted (see `RedisStore::set_token`).
+    asked: AtomicU64,
+    adopted: Mutex<u64>,
     /// Tells published invalidations from this process apart from others'.
     origin: u64,
     listener: Mutex<Option<InvalidationListener>>,
@@ -229,6 +233,8 @@ impl RedisStoreBuilder {
             scan_deadline: self.scan_deadline,
             generation: AtomicU64::new(0),
             heard_floor: AtomicU64::new(0),
+            asked: AtomicU64::new(0),
+            adopted: Mutex::new(0),
             origin,
             listener: Mutex::new(None),
             put_script: Script::new(PUT_SCRIPT),
