@@ -12,43 +12,62 @@ use bytes::Bytes;
 use tower_response_cache::Coordination;
 use tower_response_cache::{CacheLayer, RedisStore, Store, StoreKey};
 
-/// Heartbeats stop (Redis refuses writes and publishes for a while): the lease lapses and
-/// reads go to Redis; when heartbeats return, hits come from the near cache again.
-#[tokio::test]
-async fn the_lease_lapses_without_heartbeats_and_returns_with_them() {
-    use tower_response_cache::Entry;
-    let redis = RedisServer::start();
-    let lease = Duration::from_millis(100);
-    let store = RedisStore::builder(redis.url())
+/// The key these tests hold in a near cache.
+const KEY: StoreKey<'static> = StoreKey {
+    namespace: "near",
+    logical: "/page",
+    variant: 7,
+};
+
+fn near_store(redis: &RedisServer, lease: Duration) -> RedisStore {
+    RedisStore::builder(redis.url())
         .deadline(Duration::from_millis(300))
         .near_cache(lease, 1 << 20)
         .build()
-        .unwrap();
-    let key = StoreKey {
-        namespace: "near",
-        logical: "/page",
-        variant: 7,
-    };
-    let entry = Entry::new(
+        .unwrap()
+}
+
+fn near_hit(store: &RedisStore) -> bool {
+    store.try_get_now(KEY).flatten().is_some()
+}
+
+/// Write [`KEY`] through `store` until its near cache answers it (under a lease).
+async fn held_in_near_cache(store: &RedisStore) {
+    let entry = Arc::new(tower_response_cache::Entry::new(
         http::StatusCode::OK,
         http::HeaderMap::new(),
-        Bytes::from_static(b"hello"),
+        Bytes::from_static(b"old"),
         Duration::from_secs(60),
-    );
-    let token = store.current_write_token().await.unwrap();
-    store
-        .put_checked(key, Arc::new(entry), token)
-        .await
-        .unwrap();
-    let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
+    ));
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !near_hit(&store) {
+    while !near_hit(store) {
+        let token = store.current_write_token().await.unwrap();
+        store.put_checked(KEY, entry.clone(), token).await.unwrap();
         assert!(
             Instant::now() < deadline,
             "no near-cache hit with heartbeats flowing"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Wait (up to 2 s) until the near cache no longer answers [`KEY`].
+async fn gone_from_near_cache(store: &RedisStore, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while near_hit(store) {
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Heartbeats stop (Redis refuses writes and publishes for a while): the lease lapses and
+/// reads go to Redis; when heartbeats return, hits come from the near cache again.
+#[tokio::test]
+async fn the_lease_lapses_without_heartbeats_and_returns_with_them() {
+    let redis = RedisServer::start();
+    let lease = Duration::from_millis(100);
+    let store = near_store(&redis, lease);
+    held_in_near_cache(&store).await;
     let lapses = store.stats().lease_lapses;
 
     // Writes (the heartbeat script) and PUBLISH wait while reads go on.
@@ -65,7 +84,7 @@ async fn the_lease_lapses_without_heartbeats_and_returns_with_them() {
     // (The read queues behind the paused heartbeat on the multiplexed connection.)
     let before = store.stats().redis_hits;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(store.get(key).await.unwrap().is_some(), "Redis answers");
+    assert!(store.get(KEY).await.unwrap().is_some(), "Redis answers");
     assert!(store.stats().redis_hits > before);
 
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -308,43 +327,15 @@ async fn a_dropped_near_cache_no_longer_holds_invalidations_up() {
 #[tokio::test]
 async fn an_invalidation_whose_caller_gave_up_still_reaches_the_near_cache() {
     let redis = RedisServer::start();
-    let store = RedisStore::builder(redis.url())
-        .deadline(Duration::from_millis(300))
-        .near_cache(Duration::from_secs(2), 1 << 20)
-        .build()
-        .unwrap();
-    let key = StoreKey {
-        namespace: "near",
-        logical: "/page",
-        variant: 1,
-    };
-    let entry = Arc::new(tower_response_cache::Entry::new(
-        http::StatusCode::OK,
-        http::HeaderMap::new(),
-        Bytes::from_static(b"old"),
-        Duration::from_secs(60),
-    ));
-    let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !near_hit(&store) {
-        let token = store.current_write_token().await.unwrap();
-        store.put_checked(key, entry.clone(), token).await.unwrap();
-        assert!(Instant::now() < deadline, "no near-cache hit");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let store = near_store(&redis, Duration::from_secs(2));
+    held_in_near_cache(&store).await;
     let pattern = tower_response_cache::Pattern::new("/page");
     let gave_up =
         tokio::time::timeout(Duration::from_micros(1), store.invalidate("near", &pattern));
     assert!(gave_up.await.is_err(), "finished before its caller gave up");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while near_hit(&store) {
-        assert!(
-            Instant::now() < deadline,
-            "the near cache still serves what the abandoned invalidation removed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(store.get(key).await.unwrap().is_none(), "still in Redis");
+    let why = "the near cache still serves what the abandoned invalidation removed";
+    gone_from_near_cache(&store, why).await;
+    assert!(store.get(KEY).await.unwrap().is_none(), "still in Redis");
 }
 
 /// A message on the invalidation channel that cannot be read (another version's, or junk)
@@ -352,43 +343,15 @@ async fn an_invalidation_whose_caller_gave_up_still_reaches_the_near_cache() {
 #[tokio::test]
 async fn an_unreadable_message_empties_the_near_cache() {
     let redis = RedisServer::start();
-    let store = RedisStore::builder(redis.url())
-        .deadline(Duration::from_millis(300))
-        .near_cache(Duration::from_secs(2), 1 << 20)
-        .build()
-        .unwrap();
-    let key = StoreKey {
-        namespace: "near",
-        logical: "/page",
-        variant: 1,
-    };
-    let entry = Arc::new(tower_response_cache::Entry::new(
-        http::StatusCode::OK,
-        http::HeaderMap::new(),
-        Bytes::from_static(b"old"),
-        Duration::from_secs(60),
-    ));
-    let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !near_hit(&store) {
-        let token = store.current_write_token().await.unwrap();
-        store.put_checked(key, entry.clone(), token).await.unwrap();
-        assert!(Instant::now() < deadline, "no near-cache hit");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let store = near_store(&redis, Duration::from_secs(2));
+    held_in_near_cache(&store).await;
     let _: i64 = redis::cmd("PUBLISH")
         .arg("tower-response-cache:invalidations")
         .arg(r#"{"origin":1,"generation":9,"namespace":"near","invalidation":{"Future":"x"}}"#)
         .query(&mut redis.connection())
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while near_hit(&store) {
-        assert!(
-            Instant::now() < deadline,
-            "the near cache kept what an unreadable message may have covered"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let why = "the near cache kept what an unreadable message may have covered";
+    gone_from_near_cache(&store, why).await;
 }
 
 /// A subscription that stays open but delivers nothing (a half-open connection) is taken
