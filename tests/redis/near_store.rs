@@ -459,3 +459,44 @@ async fn a_failed_invalidation_still_clears_this_process_near_cache() {
     // ...and the key it tried to invalidate is not among them.
     assert!(store.try_get_now(key).flatten().is_none());
 }
+
+/// Foreign values under the lease set and its epoch (someone else's keys, or a corrupted
+/// Redis): invalidations still work and return at once, and a near cache that cannot
+/// advertise its lease never holds one, so it never answers.
+#[tokio::test]
+async fn foreign_values_under_the_lease_keys_cost_no_invalidation_and_no_stale_hit() {
+    let redis = RedisServer::start();
+    let mut admin = redis.connection();
+    let _: () = redis::cmd("SET")
+        .arg("tower-response-cache:near:leases")
+        .arg("not a sorted set")
+        .query(&mut admin)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("tower-response-cache:near:epoch")
+        .arg("not")
+        .arg("a string")
+        .query(&mut admin)
+        .unwrap();
+    let holder = near_store(&redis, Duration::from_millis(100));
+    let entry = Arc::new(tower_response_cache::Entry::new(
+        http::StatusCode::OK,
+        http::HeaderMap::new(),
+        Bytes::from_static(b"old"),
+        Duration::from_secs(60),
+    ));
+    let token = holder.current_write_token().await.unwrap();
+    holder.put_checked(KEY, entry, token).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !near_hit(&holder),
+        "a near-cache hit without an advertised lease"
+    );
+    let started = Instant::now();
+    holder
+        .invalidate("near", &tower_response_cache::Pattern::new("/page"))
+        .await
+        .expect("the invalidation works");
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert!(holder.get(KEY).await.unwrap().is_none());
+}

@@ -63,8 +63,8 @@ return redis.call(ARGV[5], ARGV[3], ARGV[4])
 /// (members), after dropping the expired ones: one per process with a near cache.
 /// KEYS: the lease set, its epoch.
 pub(crate) const LEASES_SCRIPT: &str = r#"
-local epoch = redis.call('GET', KEYS[2])
-if type(epoch) ~= 'string' then epoch = '' end
+local epoch = ''
+if redis.call('TYPE', KEYS[2])['ok'] == 'string' then epoch = redis.call('GET', KEYS[2]) end
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'zset' then return {epoch} end
 local now = redis.call('TIME')
 now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
