@@ -28,6 +28,18 @@ fn near_helper() {
     crate::near_processes::run_helper();
 }
 
+/// A phase in which `server` is paused (SIGSTOP) for 700 ms and resumed; its stale reads.
+fn paused(deployment: &Deployment, name: &str, server: &RedisServer) -> u64 {
+    phase(deployment, name, || {
+        std::thread::sleep(Duration::from_millis(500));
+        server.pause();
+        std::thread::sleep(Duration::from_millis(700));
+        server.resume();
+        std::thread::sleep(Duration::from_millis(1000));
+    })
+    .2
+}
+
 #[test]
 fn near_caches_in_three_processes_never_serve_what_a_sync_process_invalidated() {
     let redis = RedisServer::start();
@@ -83,14 +95,7 @@ fn near_caches_in_three_processes_never_serve_what_a_sync_process_invalidated() 
     });
     stale += s;
 
-    let (_, _, s) = phase(&deployment, "redis paused", || {
-        std::thread::sleep(Duration::from_millis(500));
-        redis.pause();
-        std::thread::sleep(Duration::from_millis(700));
-        redis.resume();
-        std::thread::sleep(Duration::from_millis(1000));
-    });
-    stale += s;
+    stale += paused(&deployment, "redis paused", &redis);
 
     let (_, _, s) = phase(&deployment, "instance paused", || {
         std::thread::sleep(Duration::from_millis(500));
@@ -147,14 +152,7 @@ fn on_a_cluster_near_caches_never_serve_what_a_sync_process_invalidated() {
         std::thread::sleep(Duration::from_millis(800));
     });
     stale += s;
-    let (_, _, s) = phase(&deployment, "cluster slot owner paused", || {
-        std::thread::sleep(Duration::from_millis(400));
-        owner.pause();
-        std::thread::sleep(Duration::from_millis(600));
-        owner.resume();
-        std::thread::sleep(Duration::from_millis(1000));
-    });
-    stale += s;
+    stale += paused(&deployment, "cluster slot owner paused", owner);
     let (_, l1, s) = phase(&deployment, "cluster after the faults", || {
         std::thread::sleep(Duration::from_secs(1))
     });

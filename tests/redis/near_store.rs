@@ -99,38 +99,10 @@ async fn the_lease_lapses_without_heartbeats_and_returns_with_them() {
 /// own ban on a lost channel).
 #[tokio::test]
 async fn a_lost_subscription_forgets_what_it_held() {
-    use tower_response_cache::Entry;
     let redis = RedisServer::start();
-    let store = RedisStore::builder(redis.url())
-        .deadline(Duration::from_millis(300))
-        .near_cache(Duration::from_millis(100), 1 << 20)
-        .build()
-        .unwrap();
-    let key = StoreKey {
-        namespace: "near",
-        logical: "/page",
-        variant: 7,
-    };
-    let entry = Entry::new(
-        http::StatusCode::OK,
-        http::HeaderMap::new(),
-        Bytes::from_static(b"old"),
-        Duration::from_secs(60),
-    );
-    let token = store.current_write_token().await.unwrap();
-    store
-        .put_checked(key, Arc::new(entry), token)
-        .await
-        .unwrap();
-    let near_hit = |store: &RedisStore| store.try_get_now(key).flatten().is_some();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !near_hit(&store) {
-        assert!(
-            Instant::now() < deadline,
-            "no near-cache hit with heartbeats flowing"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let store = near_store(&redis, Duration::from_millis(100));
+    let key = KEY;
+    held_in_near_cache(&store).await;
     let mut admin = redis.connection();
     let _: () = redis::cmd("ACL")
         .arg("SETUSER")
@@ -166,7 +138,7 @@ async fn a_lost_subscription_forgets_what_it_held() {
         logical: "/fresh",
         ..key
     };
-    let entry = Arc::new(Entry::new(
+    let entry = Arc::new(tower_response_cache::Entry::new(
         http::StatusCode::OK,
         http::HeaderMap::new(),
         Bytes::from_static(b"fresh"),
@@ -403,40 +375,22 @@ async fn a_silent_subscription_is_replaced() {
 /// what it tried to remove.
 #[tokio::test]
 async fn a_failed_invalidation_still_clears_this_process_near_cache() {
-    use tower_response_cache::Entry;
     let redis = RedisServer::start();
-    let store = RedisStore::builder(redis.url())
-        .deadline(Duration::from_millis(200))
-        .near_cache(Duration::from_millis(100), 1 << 20)
-        .build()
-        .unwrap();
-    let key = StoreKey {
-        namespace: "near",
-        logical: "/page",
-        variant: 7,
-    };
+    let store = near_store(&redis, Duration::from_millis(100));
+    let key = KEY;
     let fresh = StoreKey {
         logical: "/fresh",
         ..key
     };
-    let entry = Arc::new(Entry::new(
+    held_in_near_cache(&store).await;
+    let entry = Arc::new(tower_response_cache::Entry::new(
         http::StatusCode::OK,
         http::HeaderMap::new(),
-        Bytes::from_static(b"old"),
+        Bytes::from_static(b"fresh"),
         Duration::from_secs(60),
     ));
-    for key in [key, fresh] {
-        let token = store.current_write_token().await.unwrap();
-        store.put_checked(key, entry.clone(), token).await.unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while store.try_get_now(key).flatten().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "no near-cache hit with heartbeats flowing"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let token = store.current_write_token().await.unwrap();
+    store.put_checked(fresh, entry, token).await.unwrap();
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(500)
