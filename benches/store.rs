@@ -7,7 +7,7 @@
 //! - `memory_store/*`: `Store::get` and `Store::put` on a `MemoryStore`.
 //! - `invalidate/*`: `CacheHandle::invalidate` of one exact key against globs, with 10 000
 //!   keys stored; `exact_distinct_absent` bans a new key each time, so young bans pile up.
-//! - `hit_during_glob/*`: a memory hit (`Store::try_get_now`) among 100 000 keys, alone and
+//! - `hit_during_glob/*`: a memory hit (`Coordination::read_now`) among 100 000 keys, alone and
 //!   while another thread runs glob invalidations over them back to back (a glob must not
 //!   hold shards write-locked while it matches, or hits wait for it).
 //!
@@ -382,7 +382,9 @@ fn hit_during_glob_benches(c: &mut Criterion) {
         let mut i = 0usize;
         b.iter(|| {
             i = (i + 7919) % MANY;
-            black_box(store.try_get_now(key(&logical[i])))
+            black_box(store.read_now(key(&logical[i]), &mut |v| {
+                black_box(v);
+            }))
         })
     };
     group.bench_function("alone", hit);

@@ -120,9 +120,6 @@ fn build<B>(
     let headers = response.headers_mut();
     let age = headers::int_value(entry.age_secs(now));
     let (status, x_cache) = match served {
-        Served::Hit { coalesced: false } if !fallback => {
-            (entry.hit_status(entry.remaining_secs(now)), HIT)
-        }
         Served::Hit { coalesced } => (
             headers::hit_status(entry.remaining_secs(now), coalesced, fallback),
             HIT,

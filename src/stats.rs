@@ -75,12 +75,83 @@ macro_rules! bump {
             .$name
             .0
             .fetch_add(1, ::std::sync::atomic::Ordering::Relaxed);
-        ::metrics::counter!(concat!(
+        // A static key is hashed at compile time (the `counter!` macro hashes a `concat!`
+        // name on every call), and the recorder is asked each time, so one installed after
+        // the handle was built still sees every count.
+        static KEY: ::metrics::Key = ::metrics::Key::from_static_name(concat!(
             "tower_response_cache_",
             stringify!($name),
             "_total"
-        ))
-        .increment(1);
+        ));
+        static METADATA: ::metrics::Metadata<'static> = ::metrics::Metadata::new(
+            module_path!(),
+            ::metrics::Level::INFO,
+            ::core::option::Option::Some(module_path!()),
+        );
+        ::metrics::with_recorder(|recorder| recorder.register_counter(&KEY, &METADATA))
+            .increment(1);
     }};
 }
 pub(crate) use bump;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder};
+    use metrics::{SharedString, Unit};
+
+    use super::Counters;
+
+    /// Counts what reaches the `metrics` facade, by name.
+    #[derive(Default)]
+    struct Seen(Mutex<HashMap<String, Arc<Count>>>);
+
+    #[derive(Default)]
+    struct Count(AtomicU64);
+
+    impl CounterFn for Count {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Ordering::Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, Ordering::Relaxed);
+        }
+    }
+
+    impl Recorder for Seen {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let mut seen = self.0.lock().unwrap();
+            Counter::from_arc(seen.entry(key.name().to_owned()).or_default().clone())
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn every_count_reaches_the_metrics_recorder_installed_at_the_time() {
+        let counters = Counters::default();
+        // Before any recorder: counted here, seen by nobody.
+        bump!(counters, hits);
+        let seen = Seen::default();
+        metrics::with_local_recorder(&seen, || {
+            bump!(counters, hits);
+            bump!(counters, hits);
+            bump!(counters, misses);
+        });
+        assert_eq!(counters.hits.get(), 3);
+        let seen = seen.0.lock().unwrap();
+        let count = |name: &str| seen.get(name).map_or(0, |c| c.0.load(Ordering::Relaxed));
+        assert_eq!(count("tower_response_cache_hits_total"), 2);
+        assert_eq!(count("tower_response_cache_misses_total"), 1);
+    }
+}

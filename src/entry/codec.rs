@@ -158,7 +158,6 @@ impl Entry {
             trailers,
             last_access: AtomicU64::new(clock::now_millis() / 1000),
             answer_headers: OnceLock::new(),
-            hit_status: std::sync::Mutex::new(None),
         })
     }
 }

@@ -65,9 +65,6 @@ pub struct Entry {
     /// What a full answer's headers start from; built at the first answer. See
     /// [`answer_headers`](Entry::answer_headers).
     answer_headers: OnceLock<HeaderMap>,
-    /// The last plain hit's `Cache-Status` and the TTL it named: answers within the same
-    /// second share it instead of writing it anew.
-    hit_status: std::sync::Mutex<Option<(u64, HeaderValue)>>,
 }
 
 /// The request headers a response varies on and their values in the request that
@@ -97,7 +94,6 @@ impl Entry {
             trailers: None,
             last_access: AtomicU64::new(now / 1000),
             answer_headers: OnceLock::new(),
-            hit_status: std::sync::Mutex::new(None),
         }
     }
 
@@ -224,7 +220,6 @@ impl Entry {
             trailers: self.trailers.clone(),
             last_access: AtomicU64::new(self.last_access_secs()),
             answer_headers: OnceLock::new(),
-            hit_status: std::sync::Mutex::new(None),
         }
     }
 
@@ -252,22 +247,6 @@ impl Entry {
             headers.insert(X_CACHE, crate::headers::HIT);
             headers
         })
-    }
-
-    /// `Cache-Status` of a plain hit with `ttl_secs` left.
-    pub(crate) fn hit_status(&self, ttl_secs: u64) -> HeaderValue {
-        // Contended: write it anew rather than wait.
-        let Ok(mut last) = self.hit_status.try_lock() else {
-            return crate::headers::hit_status(ttl_secs, false, false);
-        };
-        match &*last {
-            Some((secs, value)) if *secs == ttl_secs => value.clone(),
-            _ => {
-                let value = crate::headers::hit_status(ttl_secs, false, false);
-                *last = Some((ttl_secs, value.clone()));
-                value
-            }
-        }
     }
 
     pub(crate) fn vary(&self) -> &Vary {

@@ -45,9 +45,7 @@ impl CacheHandle {
     ) -> Found {
         let (hash, identity) = (variant.hash, &variant.identity);
         let now = clock::now_millis();
-        if let Some(Found::Hit(entry)) =
-            self.lookup_now(logical, hash, identity, request_headers, now)
-        {
+        if let Some(entry) = self.hit_now(logical, hash, identity, request_headers, now) {
             return Found::Hit(entry);
         }
         let variants = match self
@@ -67,25 +65,23 @@ impl CacheHandle {
         pick(&variants, &variant.identity, request_headers, now)
     }
 
-    /// [`lookup`](Self::lookup) without waiting, where the store can answer at once (memory),
-    /// judging freshness at `now`: `None` means the store must be asked asynchronously.
-    pub(crate) fn lookup_now(
+    /// The fresh entry, judged at `now`, that the store holds at once (memory, a near
+    /// cache) for this request: `None` when there is none, or the store must be asked.
+    /// The store lends its variants for the choice; only the entry chosen is shared.
+    pub(crate) fn hit_now(
         &self,
         logical: &str,
         hash: u64,
         identity: &[u8],
         request_headers: &HeaderMap,
         now: u64,
-    ) -> Option<Found> {
-        let found = self
-            .shared
-            .store
-            .coordination()?
-            .try_get_now(self.store_key(logical, hash))?;
-        Some(match found {
-            Some(variants) => pick(&variants, identity, request_headers, now),
-            None => Found::UriMiss,
-        })
+    ) -> Option<Arc<Entry>> {
+        let store = self.shared.store.coordination()?;
+        let mut hit = None;
+        store.read_now(self.store_key(logical, hash), &mut |variants| {
+            hit = fresh(variants, identity, request_headers, now).cloned();
+        });
+        hit
     }
 
     /// Store `entry` unless an invalidation since `ticket` covers it. Returns whether it
@@ -130,20 +126,18 @@ impl CacheHandle {
 /// variants exist. Entries of another identity (sharing the index by a hash collision)
 /// answer nothing.
 fn pick(variants: &[Arc<Entry>], identity: &[u8], request_headers: &HeaderMap, now: u64) -> Found {
-    let usable = |entry: &&Arc<Entry>| !entry.is_dead_at(now) && entry.identity() == identity;
-    let mut stale = None;
-    for entry in variants.iter().filter(usable) {
-        if vary_matches(entry.vary(), request_headers) {
-            if entry.is_fresh_at(now) {
-                // Recency for the memory store's eviction.
-                entry.touch(now / 1000);
-                return Found::Hit(entry.clone());
-            }
-            stale = Some(entry.clone());
-        }
+    if let Some(entry) = fresh(variants, identity, request_headers, now) {
+        return Found::Hit(entry.clone());
     }
+    let usable = |entry: &&Arc<Entry>| !entry.is_dead_at(now) && entry.identity() == identity;
+    // None is fresh: the last that matches is the stale one.
+    let stale = variants
+        .iter()
+        .rev()
+        .filter(usable)
+        .find(|entry| vary_matches(entry.vary(), request_headers));
     if let Some(entry) = stale {
-        return Found::Stale(entry);
+        return Found::Stale(entry.clone());
     }
     // A miss: name the headers the other variants vary on, so this request's fetch is
     // coalesced only with requests that send the same values.
@@ -162,6 +156,24 @@ fn pick(variants: &[Arc<Entry>], identity: &[u8], request_headers: &HeaderMap, n
     }
     names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     Found::VaryMiss(names)
+}
+
+/// The fresh entry among `variants` that answers a request of this identity with these
+/// headers, marked as used at `now`.
+fn fresh<'a>(
+    variants: &'a [Arc<Entry>],
+    identity: &[u8],
+    request_headers: &HeaderMap,
+    now: u64,
+) -> Option<&'a Arc<Entry>> {
+    let entry = variants.iter().find(|entry| {
+        entry.is_fresh_at(now)
+            && entry.identity() == identity
+            && vary_matches(entry.vary(), request_headers)
+    })?;
+    // Recency for the memory store's eviction.
+    entry.touch(now / 1000);
+    Some(entry)
 }
 
 #[cfg(test)]
@@ -200,10 +212,10 @@ mod tests {
             handle.lookup("/page", &victim, &empty).await,
             Found::UriMiss
         ));
-        assert!(matches!(
-            handle.lookup_now("/page", 42, b"victim", &empty, crate::clock::now_millis()),
-            Some(Found::UriMiss)
-        ));
+        let now = crate::clock::now_millis();
+        assert!(handle
+            .hit_now("/page", 42, b"victim", &empty, now)
+            .is_none());
         assert!(matches!(
             handle.lookup("/page", &attacker, &empty).await,
             Found::Hit(_)

@@ -18,7 +18,7 @@ use crate::answer::{answer_at, Served};
 use crate::body::BoxError;
 use crate::engine::{self, take_ready};
 use crate::future::ResponseFuture;
-use crate::handle::{CacheHandle, Found};
+use crate::handle::CacheHandle;
 use crate::headers::{self, Forward};
 use crate::key;
 use crate::policy::{BypassReason, Classified, RequestAction};
@@ -112,10 +112,10 @@ where
                 if !revalidate && !config.has_request_directives(&parts.headers) {
                     // One clock read for the lookup's freshness and the answer's `Age`.
                     let now = crate::clock::now_millis();
-                    let found = key::with_identity(&parts, keyed, |identity, hash| {
-                        handle.lookup_now(&logical, hash, identity, &parts.headers, now)
+                    let hit = key::with_identity(&parts, keyed, |identity, hash| {
+                        handle.hit_now(&logical, hash, identity, &parts.headers, now)
                     });
-                    if let Some(Found::Hit(entry)) = found {
+                    if let Some(entry) = hit {
                         bump!(counters, hits);
                         let backend = handle.backend();
                         let fallback = backend == crate::store::Backend::FallingBack;

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::{InvalidationListener, Store, StoreFuture, StoreKey, Variants};
+use super::{InvalidationListener, Store, StoreFuture, StoreKey};
 use crate::entry::Entry;
 
 mod sealed {
@@ -21,11 +21,13 @@ mod sealed {
 /// The coordination protocol of the built-in stores (sealed; see the module docs).
 /// Public so that tools and tests can drive a store the way the handle does.
 pub trait Coordination: sealed::Sealed + Store {
-    /// Answer [`get`](Store::get) without waiting, when the store can (process memory):
-    /// `None` means "ask `get`". Lets the layer answer memory hits without a future.
-    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
-        let _ = key;
-        None
+    /// Answer [`get`](Store::get) without waiting, when the store can (process memory),
+    /// by lending the variants stored under `key` to `read` (an empty slice: nothing is
+    /// stored). `false` means "ask `get`", and `read` was not called. The layer answers
+    /// memory hits in `read`: no future, and no reference count taken on the way.
+    fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> bool {
+        let _ = (key, read);
+        false
     }
 
     /// Store `entry` under `key` unless another process invalidated since `token` (what

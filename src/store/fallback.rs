@@ -570,12 +570,12 @@ impl Coordination for FallbackStore {
         self.inner.redis.current_write_token()
     }
 
-    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
+    fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> bool {
         // While falling back, memory answers at once; otherwise Redis's near cache may.
         if self.is_falling_back() {
-            return Some(self.inner.memory.get_now(key));
+            return self.inner.memory.read_now(key, read);
         }
-        self.inner.redis.try_get_now(key)
+        self.inner.redis.read_now(key, read)
     }
 
     fn set_listener(&self, listener: InvalidationListener) {

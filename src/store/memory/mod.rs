@@ -143,16 +143,27 @@ impl MemoryStore {
 
     /// Look up synchronously (the memory store never waits).
     pub(crate) fn get_now(&self, key: StoreKey<'_>) -> Option<Variants> {
+        self.with_variants(key, |variants| variants.cloned())
+    }
+
+    /// `read` the variants stored under `key`, under the read lock of their shard.
+    pub(crate) fn with_variants<R>(
+        &self,
+        key: StoreKey<'_>,
+        read: impl FnOnce(Option<&Variants>) -> R,
+    ) -> R {
         // Build the map key in a reused buffer: no allocation on the hit path.
-        let variants = MAP_KEY.with_borrow_mut(|buffer| {
+        let slot = MAP_KEY.with_borrow_mut(|buffer| {
             buffer.clear();
             buffer.push_str(key.namespace);
             buffer.push(':');
             buffer.push_str(key.logical);
-            let slot = self.inner.map.get(buffer.as_str())?;
-            slot.variants.get(&key.variant).cloned()
-        })?;
-        Some(variants)
+            self.inner.map.get(buffer.as_str())
+        });
+        read(
+            slot.as_ref()
+                .and_then(|slot| slot.variants.get(&key.variant)),
+        )
     }
 
     /// Store synchronously; returns whether the entry was kept.
@@ -437,8 +448,9 @@ impl Store for MemoryStore {
 }
 
 impl Coordination for MemoryStore {
-    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
-        Some(self.get_now(key))
+    fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> bool {
+        self.with_variants(key, |variants| read(variants.map_or(&[], |v| &v[..])));
+        true
     }
 
     fn put_checked<'a>(

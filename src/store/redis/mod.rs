@@ -521,9 +521,9 @@ impl Coordination for RedisStore {
         self.inner.generation.load(Ordering::Relaxed)
     }
 
-    fn try_get_now(&self, key: StoreKey<'_>) -> Option<Option<Variants>> {
-        // Only a near-cache hit answers at once; anything else asks Redis.
-        self.near_get_now(key).map(Some)
+    fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> bool {
+        // Only the near cache answers at once; anything else asks Redis.
+        self.near_read_now(key, read)
     }
 
     fn checks_remote_invalidations(&self) -> bool {

@@ -70,7 +70,7 @@
 //! stale ones, and `Vary` variants it does not hold, are asked of Redis. It may still hold
 //! a variant Redis has since replaced or pruned, never one an invalidation covers. It has
 //! its own byte budget and CLOCK eviction (it is a [`MemoryStore`]). Used by the HTTP
-//! layer's, the gRPC layer's and typed reads' hits (through `Coordination::try_get_now`).
+//! layer's, the gRPC layer's and typed reads' hits (through `Coordination::read_now`).
 //!
 //! On a Redis Cluster every name the processes meet at shares the slot of the hash tag
 //! `{tower-response-cache}`, and they use sharded pub/sub: one primary executes every
@@ -95,7 +95,7 @@ use super::lease::{Lease, ADVERT_TTL, HEARTBEAT_SCRIPT, MAX_LEASE};
 use super::{Inner, RedisStore, RedisStoreBuilder};
 use crate::entry::Entry;
 use crate::pattern::Pattern;
-use crate::store::{Invalidation, MemoryStore, StoreKey, StoreStats, Variants};
+use crate::store::{Invalidation, MemoryStore, StoreKey, StoreStats};
 
 /// The near cache of one [`RedisStore`].
 pub(crate) struct Near {
@@ -135,14 +135,20 @@ impl Near {
         }
     }
 
-    /// Every variant held for `key`, when the lease is valid and some are held.
-    pub(crate) fn get_now(&self, key: StoreKey<'_>) -> Option<Variants> {
+    /// Lend every variant held for `key` to `read`, when the lease is valid and some are
+    /// held; `false` otherwise (and `read` was not called).
+    pub(crate) fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> bool {
         if !self.lease.is_valid() {
-            return None;
+            return false;
         }
-        let found = self.memory.get_now(key)?;
-        self.hits.fetch_add(1, Ordering::Relaxed);
-        Some(found)
+        self.memory.with_variants(key, |variants| {
+            let Some(variants) = variants else {
+                return false;
+            };
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            read(variants);
+            true
+        })
     }
 
     pub(crate) fn ticket(&self) -> Ticket {
@@ -257,9 +263,17 @@ impl RedisStoreBuilder {
 }
 
 impl RedisStore {
-    /// A near-cache hit, when there is a near cache, a lease and an entry.
-    pub(super) fn near_get_now(&self, key: StoreKey<'_>) -> Option<Variants> {
-        self.inner.near.as_ref()?.get_now(key)
+    /// Lend a near-cache hit's entries to `read`, when there is a near cache, a lease and
+    /// an entry (`false` otherwise, and `read` was not called).
+    pub(super) fn near_read_now(
+        &self,
+        key: StoreKey<'_>,
+        read: &mut dyn FnMut(&[Arc<Entry>]),
+    ) -> bool {
+        self.inner
+            .near
+            .as_ref()
+            .is_some_and(|near| near.read_now(key, read))
     }
 
     /// `stats` with the near cache's counters.
@@ -358,6 +372,11 @@ mod tests {
         variant: 1,
     };
 
+    /// Whether the near cache answers `KEY` at once.
+    fn holds(near: &Near) -> bool {
+        near.read_now(KEY, &mut |_| ())
+    }
+
     fn leased() -> Near {
         let near = Near::new(
             Duration::from_millis(500),
@@ -376,13 +395,13 @@ mod tests {
         // Heard while the read was on its way: the read's value may predate it.
         near.apply("ns", &Invalidation::Pattern("/other".into()));
         near.fill(ticket, KEY, &[entry()]);
-        assert!(near.get_now(KEY).is_none());
+        assert!(!holds(&near));
         // A read after it is kept.
         near.fill(near.ticket(), KEY, &[entry()]);
-        assert!(near.get_now(KEY).is_some());
+        assert!(holds(&near));
         // And a later invalidation removes it.
         near.apply("ns", &Invalidation::Pattern("/a".into()));
-        assert!(near.get_now(KEY).is_none());
+        assert!(!holds(&near));
     }
 
     #[test]
@@ -393,16 +412,16 @@ mod tests {
             "p:0000000000000001".into(),
         );
         near.fill(near.ticket(), KEY, &[entry()]);
-        assert!(near.get_now(KEY).is_none(), "no lease yet");
+        assert!(!holds(&near), "no lease yet");
         let seq = near.lease.sending();
         near.lease.renew(seq);
-        assert!(near.get_now(KEY).is_some());
+        assert!(holds(&near));
         let ticket = near.ticket();
         near.reset();
-        assert!(near.get_now(KEY).is_none());
+        assert!(!holds(&near));
         near.fill(ticket, KEY, &[entry()]);
         let seq = near.lease.sending();
         near.lease.renew(seq);
-        assert!(near.get_now(KEY).is_none(), "a fill from before the reset");
+        assert!(!holds(&near), "a fill from before the reset");
     }
 }

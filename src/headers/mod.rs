@@ -3,6 +3,10 @@
 use http::header::{AGE, CONNECTION, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+mod hit_status;
+
+use hit_status::HitStatuses;
+
 /// `Cache-Status` (RFC 9211).
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// `X-Cache: HIT | MISS | BYPASS | STALE`: the one-word answer older tools and dashboards read.
@@ -46,13 +50,9 @@ impl Forward {
 /// `tower-response-cache; hit; ttl=42`. `detail=` adds `coalesced` after waiting for
 /// another request's fetch and `fallback` while Redis is down (joined by `/`).
 pub(crate) fn hit_status(ttl_secs: u64, coalesced: bool, fallback: bool) -> HeaderValue {
+    static PLAIN: HitStatuses = HitStatuses::new(|ttl| format!("{CACHE_NAME}; hit; ttl={ttl}"));
     if !coalesced && !fallback {
-        // The hot path: one allocation, no formatting machinery.
-        const HEAD: &[u8] = b"tower-response-cache; hit; ttl=";
-        let mut value = bytes::BytesMut::with_capacity(HEAD.len() + 20);
-        value.extend_from_slice(HEAD);
-        push_decimal(&mut value, ttl_secs);
-        return HeaderValue::from_maybe_shared(value.freeze()).expect("ASCII header value");
+        return PLAIN.get(ttl_secs);
     }
     let mut value = format!("{CACHE_NAME}; hit; ttl={ttl_secs}");
     push_detail(
@@ -68,21 +68,9 @@ pub(crate) fn hit_status(ttl_secs: u64, coalesced: bool, fallback: bool) -> Head
 /// `tower-response-cache; hit; ttl=42; detail=l1`: a hit from the near cache in front of
 /// Redis (no Redis call).
 pub(crate) fn l1_hit_status(ttl_secs: u64) -> HeaderValue {
-    // Hits in a row mostly name the same TTL: each thread keeps the last value it wrote (a
-    // `HeaderValue` clone shares its bytes).
-    thread_local! {
-        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
-    }
-    LAST.with_borrow_mut(|last| match last {
-        Some((ttl, value)) if *ttl == ttl_secs => value.clone(),
-        _ => {
-            let value =
-                HeaderValue::try_from(format!("{CACHE_NAME}; hit; ttl={ttl_secs}; detail=l1"))
-                    .expect("ASCII header value");
-            *last = Some((ttl_secs, value.clone()));
-            value
-        }
-    })
+    static NEAR: HitStatuses =
+        HitStatuses::new(|ttl| format!("{CACHE_NAME}; hit; ttl={ttl}; detail=l1"));
+    NEAR.get(ttl_secs)
 }
 
 /// `tower-response-cache; fwd=uri-miss; stored`, or with `detail=` why it was not stored
@@ -140,20 +128,6 @@ pub(crate) fn int_value(n: u64) -> HeaderValue {
         Some(s) => HeaderValue::from_static(s),
         None => n.into(),
     }
-}
-
-fn push_decimal(out: &mut bytes::BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// A stale entry the origin validated: `tower-response-cache; fwd=stale; fwd-status=304;
