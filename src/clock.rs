@@ -18,6 +18,9 @@ pub(crate) fn now_millis() -> u64 {
             .unwrap_or(0);
         (wall, tokio::time::Instant::now().into_std())
     });
-    let now = tokio::time::Instant::now().into_std();
-    wall_ms + now.saturating_duration_since(at).as_millis() as u64
+    let since = tokio::time::Instant::now()
+        .into_std()
+        .saturating_duration_since(at);
+    // Whole milliseconds without `as_millis`'s 128-bit arithmetic.
+    wall_ms + since.as_secs() * 1000 + u64::from(since.subsec_millis())
 }
