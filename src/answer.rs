@@ -114,7 +114,9 @@ fn build<B>(
         *response.status_mut() = entry.status();
         // A clone copies the table without rehashing every name, and has room for the
         // headers set below (they replace placeholders: no growing).
-        *response.headers_mut() = entry.answer_headers().clone();
+        let empty = std::mem::replace(response.headers_mut(), entry.answer_headers().clone());
+        // The map `Response::new` made owns no memory: dropping it frees nothing.
+        std::mem::forget(empty);
         response
     };
     let headers = response.headers_mut();
@@ -288,5 +290,13 @@ mod tests {
         assert!(r.headers().get("content-type").is_none());
         assert_eq!(r.headers()["x-cache"], "HIT");
         assert!(http_body::Body::is_end_stream(r.body()));
+    }
+
+    #[test]
+    fn the_headers_a_new_response_starts_with_own_no_memory() {
+        // `build` forgets them instead of dropping them.
+        let response = Response::new(());
+        assert_eq!(response.headers().capacity(), 0);
+        assert!(response.headers().is_empty());
     }
 }
