@@ -26,8 +26,9 @@ pub(crate) enum Served {
     StaleWhileRevalidate,
     /// Expired, within its stale-if-error window, instead of a failed origin.
     StaleIfError,
-    /// Expired, validated by the origin with a `304` and freshened.
-    Revalidated,
+    /// Validated by the origin with a `304` and freshened; forwarded for this reason
+    /// (expired, or the request's `no-cache`).
+    Revalidated(headers::Forward),
     /// Expired, within what the request's `max-stale` accepts.
     MaxStale,
 }
@@ -135,7 +136,7 @@ fn build<B>(
             headers::stale_status(entry.stale_secs(now), true, fallback),
             STALE,
         ),
-        Served::Revalidated => (headers::revalidated_status(fallback), HIT),
+        Served::Revalidated(forward) => (headers::revalidated_status(forward, fallback), HIT),
         Served::MaxStale => (
             headers::stale_status(entry.stale_secs(now), false, fallback),
             STALE,

@@ -132,8 +132,9 @@ pub(crate) fn int_value(n: u64) -> HeaderValue {
 
 /// A stale entry the origin validated: `tower-response-cache; fwd=stale; fwd-status=304;
 /// stored`.
-pub(crate) fn revalidated_status(fallback: bool) -> HeaderValue {
-    let mut value = format!("{CACHE_NAME}; fwd=stale; fwd-status=304; stored");
+pub(crate) fn revalidated_status(forward: Forward, fallback: bool) -> HeaderValue {
+    let forward = forward.as_str();
+    let mut value = format!("{CACHE_NAME}; fwd={forward}; fwd-status=304; stored");
     push_detail(&mut value, [None, fallback.then_some("fallback")]);
     HeaderValue::try_from(value).expect("ASCII header value")
 }

@@ -51,7 +51,7 @@ pub(crate) async fn freshen<B>(
         &fresh,
         request_headers,
         true,
-        Served::Revalidated,
+        Served::Revalidated(crate::headers::Forward::Stale),
         fallback,
     ))
 }

@@ -34,7 +34,7 @@ use crate::coalesce::{Leader, Role, Share};
 use crate::engine::{self, falling_back, release, Fetching, Miss, Weighed};
 use crate::entry::Entry;
 use crate::fill::Fill;
-use crate::handle::Found;
+use crate::handle::{CacheHandle, Found};
 use crate::headers::{self, Forward, CACHE_STATUS, X_CACHE};
 use crate::key::Variant;
 use crate::stats::bump;
@@ -84,10 +84,19 @@ where
         let directives = config.request_directives(&self.parts.headers);
         let only_if_cached = directives.as_ref().is_some_and(|d| d.only_if_cached);
         let skip_lookup = self.revalidate;
+        // A request's `no-cache` (RFC 9111 §5.2.1.4): nothing stored answers it without the
+        // origin's word, but a stored entry is validated rather than fetched again.
+        let expired = match skip_lookup {
+            true => {
+                let (handle, headers) = (&config.handle, &self.parts.headers);
+                stored_entry(handle, &self.logical, &self.variant, headers).await
+            }
+            false => None,
+        };
         let looking = Looking {
             visit: self,
             directives,
-            expired: None,
+            expired,
             stale_if_error: None,
         };
         let Fetching {
@@ -195,7 +204,7 @@ where
                 &fresh,
                 &request_headers,
                 is_head,
-                Served::Revalidated,
+                Served::Revalidated(fetch.forward),
                 fallback,
             ));
         }
@@ -301,6 +310,20 @@ where
         } else {
             Share::Read
         }
+    }
+}
+
+/// The entry stored for a request, fresh or within a stale window: what a request's
+/// `no-cache` asks the origin about.
+async fn stored_entry(
+    handle: &CacheHandle,
+    logical: &str,
+    variant: &Variant,
+    request_headers: &HeaderMap,
+) -> Option<Arc<Entry>> {
+    match handle.lookup(logical, variant, request_headers).await {
+        Found::Hit(entry) | Found::Stale(entry) => Some(entry),
+        Found::UriMiss | Found::VaryMiss(_) => None,
     }
 }
 

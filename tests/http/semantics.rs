@@ -1,5 +1,6 @@
 //! The application preset's HTTP semantics through a real axum server: revalidation with
-//! the origin's validators, ranges answered from stored responses, `HEAD` updates.
+//! the origin's validators, ranges answered from stored responses, `HEAD` updates; and a
+//! request's `no-cache` under the RFC 9111 preset.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -115,6 +116,65 @@ async fn a_stale_entry_is_revalidated_with_its_validators_and_freshened_from_a_3
     assert_eq!(hit.x_cache(), "HIT");
     assert_eq!(hit.header("x-version"), calls.to_string());
     assert_eq!(v.calls(), calls);
+}
+
+#[tokio::test]
+async fn under_rfc9111_a_request_no_cache_validates_the_stored_entry_instead_of_refetching() {
+    // The application preset answers a client's `no-cache` from the cache (so no client can
+    // push load onto the origin); the RFC 9111 preset honours it.
+    let (v, addr, client) = start_validating(CachePolicy::rfc9111()).await;
+    let first = until_hit(&client, addr, "/n").await;
+    v.take_seen();
+    // Fresh, yet the client wants it validated (RFC 9111 §5.2.1.4).
+    for no_cache in [
+        &[("cache-control", "no-cache")][..],
+        &[("pragma", "no-cache")],
+    ] {
+        let calls = v.calls();
+        let validated = get_with(&client, addr, "/n", no_cache).await;
+        assert_eq!(v.calls(), calls + 1, "the origin was asked");
+        assert_eq!(
+            v.take_seen(),
+            [
+                ("if-none-match".to_owned(), "\"v1\"".to_owned()),
+                ("if-modified-since".to_owned(), LAST_MODIFIED.to_owned()),
+            ],
+            "with the stored entry's validators"
+        );
+        assert_eq!(validated.status, StatusCode::OK);
+        assert_eq!(
+            validated.text(),
+            first.text(),
+            "the stored body, not refetched"
+        );
+        assert_eq!(validated.header("x-version"), (calls + 1).to_string());
+        assert!(
+            validated
+                .header("cache-status")
+                .contains("fwd=request; fwd-status=304"),
+            "{}",
+            validated.header("cache-status")
+        );
+    }
+    // The 304 freshened the entry: a plain request hits it, with the updated headers.
+    let hit = get(&client, addr, "/n").await;
+    assert_eq!(hit.x_cache(), "HIT");
+    assert_eq!(hit.header("x-version"), v.calls().to_string());
+    // With only `Last-Modified` stored, it is the validator sent.
+    let first = until_hit(&client, addr, "/m?no_etag").await;
+    v.take_seen();
+    let validated = get_with(
+        &client,
+        addr,
+        "/m?no_etag",
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(
+        v.take_seen(),
+        [("if-modified-since".to_owned(), LAST_MODIFIED.to_owned())]
+    );
+    assert_eq!(validated.text(), first.text());
 }
 
 #[tokio::test]
