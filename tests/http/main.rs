@@ -9,6 +9,7 @@ mod hostile_input;
 mod layer;
 mod proxy_rfc9111;
 mod semantics;
+mod slow_clients;
 mod stale;
 mod tower;
 mod vary;
