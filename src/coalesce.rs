@@ -9,6 +9,7 @@
 //! queueing one by one. When the leader vanishes (its client disconnected, its future was
 //! dropped), the guard's drop releases followers and one of them leads next.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,9 +49,27 @@ impl PartialEq for Outcome {
 /// request only ever waits for a fetch of precisely its own inputs.
 type FlightKey = (Box<str>, Box<[u8]>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Coalescer {
     flights: DashMap<FlightKey, Flight>,
+    /// How many flights ended with a stored entry, per bucket of logical keys. A miss
+    /// reads its bucket before its lookup: when the count moved by the time it joins, a
+    /// flight stored the entry it looked for in between, and it looks again instead of
+    /// leading a second fetch. Fixed size: a flood of keys only shares buckets (one more
+    /// lookup, never a wrong answer).
+    stored: Box<[AtomicU64]>,
+}
+
+/// Buckets of [`Coalescer::stored`].
+const STORED_BUCKETS: usize = 1024;
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Coalescer {
+            flights: DashMap::new(),
+            stored: (0..STORED_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -126,6 +145,18 @@ impl Coalescer {
                 })
             }
         }
+    }
+
+    /// How many flights of `logical`'s bucket have ended with a stored entry: read before
+    /// a lookup, compared after joining (see [`Coalescer::stored`]).
+    pub(crate) fn stored_count(&self, logical: &str) -> u64 {
+        self.bucket(logical).load(Ordering::Acquire)
+    }
+
+    fn bucket(&self, logical: &str) -> &AtomicU64 {
+        // The bucket only spreads keys; it decides nothing.
+        let hash = xxhash_rust::xxh3::xxh3_64(logical.as_bytes());
+        &self.stored[hash as usize % self.stored.len()]
     }
 
     /// Take the flights of keys `matches` says yes to out of the map, so requests arriving
@@ -216,10 +247,27 @@ impl Leader {
         }
     }
 
+    /// Step aside without fetching (the entry turned up): followers look it up.
+    pub(crate) fn look_again(mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.coalescer
+                .flights
+                .remove_if(&self.key, |_, flight| flight.id == self.id);
+            let _ = sender.send(Outcome::Stored);
+        }
+    }
+
     fn end(&mut self, outcome: Outcome) {
         let Some(sender) = self.sender.take() else {
             return;
         };
+        if matches!(outcome, Outcome::Stored) {
+            // Counted before the flight leaves the map: a miss that joins after it left
+            // sees the count moved.
+            self.coalescer
+                .bucket(&self.key.0)
+                .fetch_add(1, Ordering::AcqRel);
+        }
         self.coalescer
             .flights
             .remove_if(&self.key, |_, flight| flight.id == self.id);
@@ -265,6 +313,22 @@ mod tests {
         assert_eq!(c.in_flight(), 0);
         // A later miss leads a new flight.
         let _again = lead(&c);
+    }
+
+    #[tokio::test]
+    async fn only_a_flight_that_stored_its_entry_moves_its_keys_count() {
+        let c = Arc::new(Coalescer::default());
+        let before = c.stored_count("/k");
+        lead(&c).finish(Outcome::Uncacheable);
+        drop(lead(&c));
+        let leader = lead(&c);
+        let f = follower(&c);
+        leader.look_again();
+        assert_eq!(follow(f, Duration::from_secs(1)).await, Outcome::Stored);
+        assert_eq!(c.stored_count("/k"), before, "nothing was stored");
+        lead(&c).finish(Outcome::Stored);
+        assert_eq!(c.stored_count("/k"), before + 1);
+        assert_eq!(c.in_flight(), 0);
     }
 
     #[tokio::test]

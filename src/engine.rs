@@ -162,7 +162,11 @@ pub(crate) async fn look<B, V: Lookup<B>>(
     let mut coalesced = false;
     // The headers the key's stored variants vary on: part of the flight key.
     let mut vary_names = Vec::new();
+    // Whether this request already looked again for an entry a flight stored meanwhile.
+    let mut looked_again = false;
     let (visit, forward, leader) = loop {
+        let looked = !skip_lookup;
+        let stored_before = handle.flights().stored_count(visit.key().0);
         let found = if std::mem::take(&mut skip_lookup) {
             None
         } else {
@@ -191,6 +195,16 @@ pub(crate) async fn look<B, V: Lookup<B>>(
                 bump!(handle.shared().counters, misses);
                 let fallback = falling_back(handle);
                 return ControlFlow::Break(shared_answer(reader, forward, fallback));
+            }
+            // A flight of this key stored its entry between the lookup and the join (its
+            // end came just after the lookup): look once more rather than fetch again.
+            Turn::Lead(leader)
+                if looked
+                    && !looked_again
+                    && handle.flights().stored_count(logical) != stored_before =>
+            {
+                looked_again = true;
+                leader.look_again();
             }
             Turn::Lead(leader) => break (visit, forward, Some(leader)),
             Turn::LookAgain => coalesced = true,

@@ -320,6 +320,97 @@ async fn concurrent_misses_reach_the_origin_once() {
     assert_eq!(handle.stats().coalesced, 19);
 }
 
+/// A store of one's own (no answers without waiting) whose first lookup, once it has read
+/// the store, waits for the test to open a gate: a request whose lookup missed just
+/// before another request's flight stored the entry and ended.
+struct GatedStore {
+    inner: MemoryStore,
+    gate: std::sync::Arc<tokio::sync::Semaphore>,
+    first: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tower_response_cache::Store for GatedStore {
+    fn get<'a>(
+        &'a self,
+        key: tower_response_cache::StoreKey<'a>,
+    ) -> tower_response_cache::StoreFuture<'a, Option<tower_response_cache::Variants>> {
+        Box::pin(async move {
+            let found = self.inner.get(key).await;
+            if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let _ = self.gate.acquire().await;
+            }
+            found
+        })
+    }
+    fn put<'a>(
+        &'a self,
+        key: tower_response_cache::StoreKey<'a>,
+        entry: std::sync::Arc<tower_response_cache::Entry>,
+    ) -> tower_response_cache::StoreFuture<'a, ()> {
+        self.inner.put(key, entry)
+    }
+    fn invalidate<'a>(
+        &'a self,
+        namespace: &'a str,
+        pattern: &'a tower_response_cache::Pattern,
+    ) -> tower_response_cache::StoreFuture<'a, u64> {
+        self.inner.invalidate(namespace, pattern)
+    }
+    fn invalidate_soft<'a>(
+        &'a self,
+        namespace: &'a str,
+        pattern: &'a tower_response_cache::Pattern,
+    ) -> tower_response_cache::StoreFuture<'a, u64> {
+        self.inner.invalidate_soft(namespace, pattern)
+    }
+    fn invalidate_tag<'a>(
+        &'a self,
+        namespace: &'a str,
+        tag: &'a str,
+    ) -> tower_response_cache::StoreFuture<'a, u64> {
+        self.inner.invalidate_tag(namespace, tag)
+    }
+    fn invalidate_all<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> tower_response_cache::StoreFuture<'a, u64> {
+        self.inner.invalidate_all(namespace)
+    }
+}
+
+#[tokio::test]
+async fn a_miss_whose_lookup_came_just_before_a_flight_stored_the_entry_reads_the_entry() {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let store = GatedStore {
+        inner: MemoryStore::new(),
+        gate: gate.clone(),
+        first: first.clone(),
+    };
+    let handle = CacheHandle::builder(store).build();
+    let (origin, addr, client) = start_with(CacheLayer::new(handle.clone())).await;
+    let late = {
+        let client = client.clone();
+        tokio::spawn(async move { get(&client, addr, "/k").await })
+    };
+    // The late request's lookup has missed (and waits at the gate)...
+    let at_gate = || async { (!first.load(std::sync::atomic::Ordering::SeqCst)).then_some(()) };
+    eventually(Duration::from_secs(5), at_gate).await;
+    // ...while another request leads, fetches, stores and ends its flight.
+    let first = get(&client, addr, "/k").await;
+    stored(&handle, 1).await;
+    assert_eq!(origin.calls(), 1);
+    gate.add_permits(1);
+    let late = late.await.unwrap();
+    assert_eq!(
+        late.text(),
+        first.text(),
+        "the stored entry, not a second fetch"
+    );
+    assert_eq!(late.x_cache(), "HIT");
+    assert_eq!(origin.calls(), 1);
+}
+
 #[tokio::test]
 async fn followers_of_an_unstorable_response_do_not_queue() {
     let (origin, addr, client, _) = start().await;
