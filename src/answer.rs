@@ -26,9 +26,15 @@ pub(crate) enum Served {
     StaleWhileRevalidate,
     /// Expired, within its stale-if-error window, instead of a failed origin.
     StaleIfError,
-    /// Validated by the origin with a `304` and freshened; forwarded for this reason
-    /// (expired, or the request's `no-cache`).
-    Revalidated(headers::Forward),
+    /// Validated by the origin (a `304`, or a `200` to a `HEAD`) and freshened; forwarded
+    /// for this reason (expired, or the request's `no-cache`).
+    Revalidated {
+        forward: headers::Forward,
+        /// The origin's answer.
+        status: StatusCode,
+        /// Whether the freshened entry was written back.
+        stored: bool,
+    },
     /// Expired, within what the request's `max-stale` accepts.
     MaxStale,
 }
@@ -136,7 +142,14 @@ fn build<B>(
             headers::stale_status(entry.stale_secs(now), true, fallback),
             STALE,
         ),
-        Served::Revalidated(forward) => (headers::revalidated_status(forward, fallback), HIT),
+        Served::Revalidated {
+            forward,
+            status,
+            stored,
+        } => (
+            headers::revalidated_status(forward, status, stored, fallback),
+            HIT,
+        ),
         Served::MaxStale => (
             headers::stale_status(entry.stale_secs(now), false, fallback),
             STALE,

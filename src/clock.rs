@@ -18,9 +18,13 @@ pub(crate) fn now_millis() -> u64 {
             .unwrap_or(0);
         (wall, tokio::time::Instant::now().into_std())
     });
-    let since = tokio::time::Instant::now()
-        .into_std()
-        .saturating_duration_since(at);
+    let now = tokio::time::Instant::now().into_std();
     // Whole milliseconds without `as_millis`'s 128-bit arithmetic.
-    wall_ms + since.as_secs() * 1000 + u64::from(since.subsec_millis())
+    let millis = |d: std::time::Duration| d.as_secs() * 1000 + u64::from(d.subsec_millis());
+    match now.checked_duration_since(at) {
+        Some(since) => wall_ms + millis(since),
+        // A paused runtime's clock may start before the anchor was read (another thread
+        // read it first): count back, so its instants stay apart.
+        None => wall_ms.saturating_sub(millis(at - now)),
+    }
 }

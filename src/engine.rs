@@ -130,6 +130,12 @@ pub(crate) trait Lookup<B>: Sized {
     /// for another request's fetch first.
     fn weigh(self, found: Option<Found>, coalesced: bool) -> Weighed<Self, B>;
 
+    /// Called with a ticket taken just before each lookup: an entry the lookup finds and
+    /// the adapter may write back (validated) is written with it.
+    fn looking_up(&mut self, ticket: Ticket) {
+        let _ = ticket;
+    }
+
     /// Whether this request may lead a flight (one whose answer is never stored, a HEAD,
     /// goes to the origin alone).
     fn may_lead(&self) -> bool {
@@ -170,6 +176,7 @@ pub(crate) async fn look<B, V: Lookup<B>>(
         let found = if std::mem::take(&mut skip_lookup) {
             None
         } else {
+            visit.looking_up(handle.ticket_now());
             let (logical, variant, headers) = visit.key();
             let found = handle.lookup(logical, variant, headers).await;
             if let Found::VaryMiss(names) = &found {

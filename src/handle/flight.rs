@@ -16,7 +16,32 @@ pub(crate) struct Ticket {
     pub(super) store: u64,
 }
 
+impl Ticket {
+    /// The earlier of two tickets: a write checked against it is refused for every
+    /// invalidation either one would refuse it for.
+    pub(crate) fn earlier(self, other: Ticket) -> Ticket {
+        Ticket {
+            bans: self.bans.min(other.bans),
+            store: self.store.min(other.store),
+        }
+    }
+}
+
 impl CacheHandle {
+    /// A ticket as this process knows it now, without asking a shared store: taken before
+    /// a lookup whose entry may be written back (freshened by a `304`), so that the write
+    /// is refused for an invalidation between the lookup and the fetch.
+    pub(crate) fn ticket_now(&self) -> Ticket {
+        Ticket {
+            bans: self.shared.bans.ticket(),
+            store: self
+                .shared
+                .store
+                .coordination()
+                .map_or(0, |s| s.write_token()),
+        }
+    }
+
     /// What a miss carries from before it calls the origin to its store write: the ban
     /// epoch, and the store's current write token (asked of a shared store, so a fetch
     /// that began after another process's invalidation is not refused for it).

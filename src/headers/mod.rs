@@ -130,11 +130,19 @@ pub(crate) fn int_value(n: u64) -> HeaderValue {
     }
 }
 
-/// A stale entry the origin validated: `tower-response-cache; fwd=stale; fwd-status=304;
-/// stored`.
-pub(crate) fn revalidated_status(forward: Forward, fallback: bool) -> HeaderValue {
-    let forward = forward.as_str();
-    let mut value = format!("{CACHE_NAME}; fwd={forward}; fwd-status=304; stored");
+/// An entry the origin validated: `tower-response-cache; fwd=stale; fwd-status=304;
+/// stored` (`fwd=request` for a request's `no-cache`, `stored` once written back).
+pub(crate) fn revalidated_status(
+    forward: Forward,
+    status: http::StatusCode,
+    stored: bool,
+    fallback: bool,
+) -> HeaderValue {
+    let (forward, status) = (forward.as_str(), status.as_u16());
+    let mut value = format!("{CACHE_NAME}; fwd={forward}; fwd-status={status}");
+    if stored {
+        value.push_str("; stored");
+    }
     push_detail(&mut value, [None, fallback.then_some("fallback")]);
     HeaderValue::try_from(value).expect("ASCII header value")
 }

@@ -45,15 +45,14 @@ pub(crate) async fn freshen<B>(
             .freshened(headers, ttl)
             .with_initial_age(policy.initial_age(head)),
     );
-    handle.commit(logical, variant, ticket, fresh.clone()).await;
+    let stored = handle.commit(logical, variant, ticket, fresh.clone()).await;
     let fallback = handle.backend() == crate::store::Backend::FallingBack;
-    Some(answer_to(
-        &fresh,
-        request_headers,
-        true,
-        Served::Revalidated(crate::headers::Forward::Stale),
-        fallback,
-    ))
+    let served = Served::Revalidated {
+        forward: crate::headers::Forward::Stale,
+        status: StatusCode::OK,
+        stored,
+    };
+    Some(answer_to(&fresh, request_headers, true, served, fallback))
 }
 
 /// Whether a `HEAD` answer's validators and length agree with the stored response.

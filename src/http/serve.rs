@@ -34,7 +34,7 @@ use crate::coalesce::{Leader, Role, Share};
 use crate::engine::{self, falling_back, release, Fetching, Miss, Weighed};
 use crate::entry::Entry;
 use crate::fill::Fill;
-use crate::handle::{CacheHandle, Found};
+use crate::handle::{CacheHandle, Found, Ticket};
 use crate::headers::{self, Forward, CACHE_STATUS, X_CACHE};
 use crate::key::Variant;
 use crate::stats::bump;
@@ -52,12 +52,21 @@ pub(super) struct Visit<S, ReqB> {
     pub(super) revalidate: bool,
 }
 
+/// A stored entry the origin may validate instead of sending it again (an expired one,
+/// or any, for a request's `no-cache`).
+#[derive(Clone)]
+struct Validatable {
+    entry: Arc<Entry>,
+    /// Taken before the lookup that found it: written back (freshened), it is refused for
+    /// an invalidation since then, as a response fetched before one would be.
+    looked_up: Ticket,
+}
+
 /// What a lookup leaves for the origin.
 struct Fetch {
     forward: Forward,
     leader: Option<Leader>,
-    /// An expired entry the origin may validate instead of sending it again.
-    expired: Option<Arc<Entry>>,
+    expired: Option<Validatable>,
     /// An expired entry that may stand in if the origin fails.
     stale_if_error: Option<Arc<Entry>>,
 }
@@ -66,8 +75,10 @@ struct Fetch {
 struct Looking<S, ReqB> {
     visit: Visit<S, ReqB>,
     directives: Option<RequestDirectives>,
-    expired: Option<Arc<Entry>>,
+    expired: Option<Validatable>,
     stale_if_error: Option<Arc<Entry>>,
+    /// Taken before the latest lookup.
+    looked_up: Ticket,
 }
 
 impl<S, ReqB, ResB> Visit<S, ReqB>
@@ -85,11 +96,14 @@ where
         let only_if_cached = directives.as_ref().is_some_and(|d| d.only_if_cached);
         let skip_lookup = self.revalidate;
         // A request's `no-cache` (RFC 9111 §5.2.1.4): nothing stored answers it without the
-        // origin's word, but a stored entry is validated rather than fetched again.
-        let expired = match skip_lookup {
+        // origin's word, but a stored entry is validated rather than fetched again. Not for
+        // a `HEAD`: its `200` would rewrite the stored `GET` on every such request.
+        let looked_up = config.handle.ticket_now();
+        let expired = match skip_lookup && self.parts.method != Method::HEAD {
             true => {
                 let (handle, headers) = (&config.handle, &self.parts.headers);
-                stored_entry(handle, &self.logical, &self.variant, headers).await
+                let entry = stored_entry(handle, &self.logical, &self.variant, headers).await;
+                entry.map(|entry| Validatable { entry, looked_up })
             }
             false => None,
         };
@@ -98,6 +112,7 @@ where
             directives,
             expired,
             stale_if_error: None,
+            looked_up,
         };
         let Fetching {
             visit: looking,
@@ -152,7 +167,7 @@ where
             // Or ask whether the expired entry still holds (RFC 9111 §4.3.1).
             validating = fetch
                 .expired
-                .filter(|e| add_validators(&config, e, &mut parts.headers));
+                .filter(|e| add_validators(&config, &e.entry, &mut parts.headers));
         }
         let call = inner.call(Request::from_parts(parts, body));
         let response = match fetch.stale_if_error {
@@ -176,19 +191,22 @@ where
             },
         };
         // RFC 9111 §4.3.5: a 200 to a HEAD freshens the stored GET it describes.
-        if let Some(entry) = head_of.filter(|_| response.status() == StatusCode::OK) {
+        if let Some(stored) = head_of.filter(|_| response.status() == StatusCode::OK) {
+            let (entry, ticket) = (&stored.entry, stored.looked_up.earlier(ticket));
             let head = response.headers();
             let (hash, headers) = (variant.hash, &request_headers);
             let freshened =
-                super::head_update::freshen(&config, &entry, head, &logical, hash, ticket, headers);
+                super::head_update::freshen(&config, entry, head, &logical, hash, ticket, headers);
             if let Some(answer) = freshened.await {
                 return Ok(answer);
             }
         }
-        if let Some(entry) = validating.filter(|_| response.status() == StatusCode::NOT_MODIFIED) {
+        if let Some(stored) = validating.filter(|_| response.status() == StatusCode::NOT_MODIFIED) {
             let (parts, _) = response.into_parts();
-            let fresh = freshen(&config, &entry, &parts.headers, &request_headers);
-            let stored = match &fresh {
+            let fresh = freshen(&config, &stored.entry, &parts.headers, &request_headers);
+            // The body is the one the lookup found: no newer than its ticket.
+            let ticket = stored.looked_up.earlier(ticket);
+            let written = match &fresh {
                 Ok(fresh) => {
                     handle
                         .commit(&logical, variant.hash, ticket, fresh.clone())
@@ -196,15 +214,19 @@ where
                 }
                 Err(_) => false,
             };
-            engine::finish(fetch.leader, stored);
-            bump!(counters, hits);
+            engine::finish(fetch.leader, written);
             let fresh = fresh.unwrap_or_else(|answer_only| answer_only);
             let fallback = falling_back(handle);
+            let served = Served::Revalidated {
+                forward: fetch.forward,
+                status: StatusCode::NOT_MODIFIED,
+                stored: written,
+            };
             return Ok(answer_to(
                 &fresh,
                 &request_headers,
                 is_head,
-                Served::Revalidated(fetch.forward),
+                served,
                 fallback,
             ));
         }
@@ -288,13 +310,18 @@ where
                 if entry.within_stale_if_error(clock::now_millis()) {
                     self.stale_if_error = Some(entry.clone());
                 }
-                self.expired = Some(entry);
+                let looked_up = self.looked_up;
+                self.expired = Some(Validatable { entry, looked_up });
                 Forward::Stale
             }
             Found::UriMiss => Forward::UriMiss,
             Found::VaryMiss(_) => Forward::VaryMiss,
         };
         ControlFlow::Continue((self, forward))
+    }
+
+    fn looking_up(&mut self, ticket: Ticket) {
+        self.looked_up = ticket;
     }
 
     /// A HEAD miss is answered by the origin and never stored as a GET entry.

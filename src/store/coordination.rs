@@ -24,7 +24,8 @@ pub trait Coordination: sealed::Sealed + Store {
     /// Answer [`get`](Store::get) without waiting, when the store can (process memory),
     /// by lending the variants stored under `key` to `read` (an empty slice: nothing is
     /// stored). `false` means "ask `get`", and `read` was not called. The layer answers
-    /// memory hits in `read`: no future, and no reference count taken on the way.
+    /// memory hits in `read`: no future, and no reference count taken on the way. `read`
+    /// runs under the store's read lock for `key`: it must not call into the store.
     fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> bool {
         let _ = (key, read);
         false

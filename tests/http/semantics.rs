@@ -267,3 +267,111 @@ async fn a_200_to_a_head_freshens_the_stored_get() {
     assert_eq!(hit.header("x-version"), calls.to_string());
     assert_eq!(v.calls(), calls);
 }
+
+/// An origin with `ETag: "v1"` that answers `If-None-Match: "v1"` with a `304`, fresh for
+/// `max_age` seconds; its first conditional request waits at `gate` after telling `entered`.
+fn gated_validator(
+    max_age: u64,
+    entered: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Semaphore>,
+) -> impl tower::Service<
+    http::Request<http_body_util::Full<bytes::Bytes>>,
+    Response = http::Response<http_body_util::Full<bytes::Bytes>>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
+       + Send {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let first_condition = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    tower::service_fn(move |request: http::Request<_>| {
+        let (calls, first_condition) = (calls.clone(), first_condition.clone());
+        let (entered, gate) = (entered.clone(), gate.clone());
+        async move {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let conditional = request
+                .headers()
+                .get("if-none-match")
+                .is_some_and(|v| v == "\"v1\"");
+            if conditional && first_condition.swap(false, Ordering::SeqCst) {
+                entered.notify_one();
+                let _ = gate.acquire().await;
+            }
+            let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                format!("body #{n}"),
+            )));
+            if conditional {
+                *response.status_mut() = StatusCode::NOT_MODIFIED;
+                *response.body_mut() = http_body_util::Full::default();
+            }
+            let h = response.headers_mut();
+            h.insert("etag", HeaderValue::from_static("\"v1\""));
+            h.insert(
+                "cache-control",
+                format!("max-age={max_age}").parse::<HeaderValue>().unwrap(),
+            );
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    })
+}
+
+/// A validation in flight while the key is invalidated: its `304` answers the requests that
+/// asked, but the entry they validated (read before the invalidation) is not written back,
+/// neither by the leader nor by a follower that fetches alone after it.
+#[tokio::test]
+async fn an_entry_validated_across_an_invalidation_is_not_written_back() {
+    use tower::{Layer, ServiceExt};
+    for no_cache in [true, false] {
+        let (entered, gate) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Semaphore::new(0)),
+        );
+        let origin = gated_validator(if no_cache { 60 } else { 1 }, entered.clone(), gate.clone());
+        let handle = CacheHandle::in_memory();
+        let svc = CacheLayer::new(handle.clone())
+            .policy(CachePolicy::rfc9111())
+            .layer(origin);
+        let request = move || {
+            let mut request = http::Request::get("/n");
+            if no_cache {
+                request = request.header("cache-control", "no-cache");
+            }
+            request.body(http_body_util::Full::default()).unwrap()
+        };
+        let plain = || {
+            http::Request::get("/n")
+                .body(http_body_util::Full::default())
+                .unwrap()
+        };
+        let x_cache = |r: &http::Response<_>| r.headers()["x-cache"].to_str().unwrap().to_owned();
+        svc.clone().oneshot(plain()).await.unwrap();
+        stored(&handle, 1).await;
+        if !no_cache {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        // One request leads the validation and waits at the origin; a second follows it.
+        let leader = tokio::spawn(svc.clone().oneshot(request()));
+        entered.notified().await;
+        let follower = tokio::spawn(svc.clone().oneshot(request()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        handle.invalidate("/n").await.unwrap();
+        gate.add_permits(1);
+        let (leader, follower) = (
+            leader.await.unwrap().unwrap(),
+            follower.await.unwrap().unwrap(),
+        );
+        for answer in [&leader, &follower] {
+            assert_eq!(answer.status(), StatusCode::OK, "no_cache={no_cache}");
+            assert!(!answer.headers()["cache-status"]
+                .to_str()
+                .unwrap()
+                .ends_with("stored"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let after = svc.clone().oneshot(plain()).await.unwrap();
+        assert_eq!(
+            x_cache(&after),
+            "MISS",
+            "no_cache={no_cache}: the validated entry came back"
+        );
+    }
+}
