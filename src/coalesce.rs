@@ -58,6 +58,8 @@ pub(crate) struct Coalescer {
     /// leading a second fetch. Fixed size: a flood of keys only shares buckets (one more
     /// lookup, never a wrong answer).
     stored: Box<[AtomicU64]>,
+    /// Seeds the bucket of a key, so that nobody outside picks keys that share one.
+    buckets: std::collections::hash_map::RandomState,
 }
 
 /// Buckets of [`Coalescer::stored`].
@@ -68,6 +70,7 @@ impl Default for Coalescer {
         Coalescer {
             flights: DashMap::new(),
             stored: (0..STORED_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            buckets: std::collections::hash_map::RandomState::new(),
         }
     }
 }
@@ -154,8 +157,8 @@ impl Coalescer {
     }
 
     fn bucket(&self, logical: &str) -> &AtomicU64 {
-        // The bucket only spreads keys; it decides nothing.
-        let hash = xxhash_rust::xxh3::xxh3_64(logical.as_bytes());
+        use std::hash::BuildHasher;
+        let hash = self.buckets.hash_one(logical);
         &self.stored[hash as usize % self.stored.len()]
     }
 
@@ -247,14 +250,23 @@ impl Leader {
         }
     }
 
-    /// Step aside without fetching (the entry turned up): followers look it up.
-    pub(crate) fn look_again(mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.coalescer
-                .flights
-                .remove_if(&self.key, |_, flight| flight.id == self.id);
-            let _ = sender.send(Outcome::Stored);
+    /// Step aside without fetching (the entry turned up), when nobody follows yet: a
+    /// follower would look for an entry no flight of its own stored. `Err` gives the
+    /// leader back to lead.
+    pub(crate) fn look_again(mut self) -> Result<(), Leader> {
+        let Some(sender) = self.sender.take() else {
+            return Ok(());
+        };
+        // Followers take a receiver under the shard's lock, which `remove_if` holds: only
+        // the flight's own receiver means nobody follows.
+        let alone = self.coalescer.flights.remove_if(&self.key, |_, flight| {
+            flight.id == self.id && sender.receiver_count() == 1
+        });
+        if alone.is_none() {
+            self.sender = Some(sender);
+            return Err(self);
         }
+        Ok(())
     }
 
     fn end(&mut self, outcome: Outcome) {
@@ -316,15 +328,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_a_flight_that_stored_its_entry_moves_its_keys_count() {
+    async fn only_a_flight_that_stored_its_entry_moves_its_keys_count_and_only_a_lone_leader_steps_aside(
+    ) {
         let c = Arc::new(Coalescer::default());
         let before = c.stored_count("/k");
         lead(&c).finish(Outcome::Uncacheable);
         drop(lead(&c));
+        // A leader steps aside only while nobody follows it.
+        lead(&c).look_again().expect("alone");
         let leader = lead(&c);
         let f = follower(&c);
-        leader.look_again();
-        assert_eq!(follow(f, Duration::from_secs(1)).await, Outcome::Stored);
+        let leader = leader.look_again().expect_err("followed");
+        leader.finish(Outcome::Uncacheable);
+        assert_eq!(
+            follow(f, Duration::from_secs(1)).await,
+            Outcome::Uncacheable
+        );
         assert_eq!(c.stored_count("/k"), before, "nothing was stored");
         lead(&c).finish(Outcome::Stored);
         assert_eq!(c.stored_count("/k"), before + 1);

@@ -205,15 +205,16 @@ pub(crate) async fn look<B, V: Lookup<B>>(
             }
             // A flight of this key stored its entry between the lookup and the join (its
             // end came just after the lookup): look once more rather than fetch again.
-            Turn::Lead(leader)
-                if looked
-                    && !looked_again
-                    && handle.flights().stored_count(logical) != stored_before =>
-            {
+            Turn::Lead(leader) => {
+                let moved = handle.flights().stored_count(logical) != stored_before;
+                if !(looked && !looked_again && moved) {
+                    break (visit, forward, Some(leader));
+                }
                 looked_again = true;
-                leader.look_again();
+                if let Err(leader) = leader.look_again() {
+                    break (visit, forward, Some(leader));
+                }
             }
-            Turn::Lead(leader) => break (visit, forward, Some(leader)),
             Turn::LookAgain => coalesced = true,
             Turn::FetchAlone => break (visit, forward, None),
         }

@@ -16,21 +16,12 @@ pub(crate) struct Ticket {
     pub(super) store: u64,
 }
 
-impl Ticket {
-    /// The earlier of two tickets: a write checked against it is refused for every
-    /// invalidation either one would refuse it for.
-    pub(crate) fn earlier(self, other: Ticket) -> Ticket {
-        Ticket {
-            bans: self.bans.min(other.bans),
-            store: self.store.min(other.store),
-        }
-    }
-}
-
 impl CacheHandle {
     /// A ticket as this process knows it now, without asking a shared store: taken before
     /// a lookup whose entry may be written back (freshened by a `304`), so that the write
-    /// is refused for an invalidation between the lookup and the fetch.
+    /// is refused for an invalidation between the lookup and the fetch. It is never later
+    /// than a ticket taken after it; one from before Redis named a new data set is refused
+    /// by the store, the safe way.
     pub(crate) fn ticket_now(&self) -> Ticket {
         Ticket {
             bans: self.shared.bans.ticket(),

@@ -84,8 +84,9 @@ impl CacheHandle {
         hit
     }
 
-    /// Store `entry` unless an invalidation since `ticket` covers it. Returns whether it
-    /// was handed to the store. Never fails: errors are logged.
+    /// Store `entry` unless an invalidation since `ticket` covers it. Returns whether the
+    /// store kept it (a store of one's own: whether it took it). Never fails: errors are
+    /// logged.
     pub(crate) async fn commit(
         &self,
         logical: &str,
@@ -104,11 +105,15 @@ impl CacheHandle {
             let key = self.store_key(logical, variant);
             match self.shared.store.coordination() {
                 Some(store) => store.put_checked(key, entry, ticket.store),
-                None => self.shared.store.put(key, entry),
+                None => {
+                    let written = self.shared.store.put(key, entry);
+                    Box::pin(async move { written.await.map(|()| true) })
+                }
             }
         };
         match write.await {
-            Ok(()) => {
+            Ok(false) => false,
+            Ok(true) => {
                 bump!(self.shared.counters, stores);
                 true
             }

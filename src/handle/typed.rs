@@ -95,7 +95,11 @@ impl CacheHandle {
             hash: 0,
             identity: Bytes::new(),
         };
+        // Whether this read already looked again for an entry a flight stored meanwhile
+        // (see `engine::look`).
+        let mut looked_again = false;
         loop {
+            let stored_before = self.flights().stored_count(&logical);
             if let Found::Hit(entry) = self.lookup(&logical, &variant, &empty).await {
                 if let Ok(value) = serde_json::from_slice(entry.body()) {
                     bump!(self.shared.counters, hits);
@@ -111,6 +115,17 @@ impl CacheHandle {
                 Turn::LookAgain | Turn::Read(_) | Turn::OtherVariant(_) => continue,
                 Turn::FetchAlone => return init.await,
                 Turn::Lead(leader) => {
+                    let moved = self.flights().stored_count(&logical) != stored_before;
+                    let leader = match moved && !looked_again {
+                        true => {
+                            looked_again = true;
+                            match leader.look_again() {
+                                Ok(()) => continue,
+                                Err(leader) => leader,
+                            }
+                        }
+                        false => leader,
+                    };
                     let ticket = self.ticket(Some(&leader)).await;
                     let value = match init.await {
                         Ok(value) => value,

@@ -192,7 +192,7 @@ where
         };
         // RFC 9111 §4.3.5: a 200 to a HEAD freshens the stored GET it describes.
         if let Some(stored) = head_of.filter(|_| response.status() == StatusCode::OK) {
-            let (entry, ticket) = (&stored.entry, stored.looked_up.earlier(ticket));
+            let (entry, ticket) = (&stored.entry, stored.looked_up);
             let head = response.headers();
             let (hash, headers) = (variant.hash, &request_headers);
             let freshened =
@@ -205,16 +205,25 @@ where
             let (parts, _) = response.into_parts();
             let fresh = freshen(&config, &stored.entry, &parts.headers, &request_headers);
             // The body is the one the lookup found: no newer than its ticket.
-            let ticket = stored.looked_up.earlier(ticket);
+            let ticket = stored.looked_up;
             let written = match &fresh {
                 Ok(fresh) => {
-                    handle
+                    let written = handle
                         .commit(&logical, variant.hash, ticket, fresh.clone())
-                        .await
+                        .await;
+                    match written {
+                        true => engine::finish(fetch.leader, true),
+                        // Refused (an invalidation since the lookup): the next of the
+                        // waiting requests leads, the others follow it.
+                        false => drop(fetch.leader),
+                    }
+                    written
                 }
-                Err(_) => false,
+                Err(_) => {
+                    engine::finish(fetch.leader, false);
+                    false
+                }
             };
-            engine::finish(fetch.leader, written);
             let fresh = fresh.unwrap_or_else(|answer_only| answer_only);
             let fallback = falling_back(handle);
             let served = Served::Revalidated {

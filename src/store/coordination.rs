@@ -34,13 +34,14 @@ pub trait Coordination: sealed::Sealed + Store {
     /// Store `entry` under `key` unless another process invalidated since `token` (what
     /// [`write_token`](Coordination::write_token) or
     /// [`current_write_token`](Coordination::current_write_token) returned when the
-    /// request began).
+    /// request began). `Ok(false)`: refused (an invalidation since `token`, or an entry
+    /// too large for the store), and nothing was written.
     fn put_checked<'a>(
         &'a self,
         key: StoreKey<'a>,
         entry: Arc<Entry>,
         token: u64,
-    ) -> StoreFuture<'a, ()>;
+    ) -> StoreFuture<'a, bool>;
 
     /// A token naming the store's invalidation state as this process last heard of it.
     /// Local stores return 0.

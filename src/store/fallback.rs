@@ -462,7 +462,8 @@ impl Store for FallbackStore {
     }
 
     fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()> {
-        self.put_checked(key, entry, self.write_token())
+        let written = self.put_checked(key, entry, self.write_token());
+        Box::pin(async move { written.await.map(drop) })
     }
 
     fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
@@ -517,7 +518,7 @@ impl Coordination for FallbackStore {
         key: StoreKey<'a>,
         entry: Arc<Entry>,
         token: u64,
-    ) -> StoreFuture<'a, ()> {
+    ) -> StoreFuture<'a, bool> {
         let inner = &self.inner;
         if inner.open.load(Ordering::Acquire) {
             // Redis's script cannot check this write: check it here against the generation
@@ -525,19 +526,19 @@ impl Coordination for FallbackStore {
             // fetch began still refuses it.
             if inner.redis.refuses_locally(token) {
                 tracing::debug!(key = %key.logical, "not stored: another process invalidated while it was fetched");
-                return Box::pin(std::future::ready(Ok(())));
+                return Box::pin(std::future::ready(Ok(false)));
             }
             // Applied now, under the caller's ban lock (see `Store`).
-            inner
+            let kept = inner
                 .memory
                 .put_now(key, Arc::new(entry.capped(inner.fallback_ttl)));
-            return Box::pin(std::future::ready(Ok(())));
+            return Box::pin(std::future::ready(Ok(kept)));
         }
         Box::pin(async move {
             match inner.redis.put_checked(key, entry, token).await {
-                Ok(()) => {
+                Ok(kept) => {
                     inner.succeeded();
-                    Ok(())
+                    Ok(kept)
                 }
                 Err(error) => {
                     // Not written to memory instead: this write is past the caller's ban

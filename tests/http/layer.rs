@@ -412,6 +412,37 @@ async fn a_miss_whose_lookup_came_just_before_a_flight_stored_the_entry_reads_th
 }
 
 #[tokio::test]
+async fn a_typed_read_whose_lookup_came_just_before_a_flight_stored_the_value_reads_it() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let first = Arc::new(AtomicBool::new(true));
+    let store = GatedStore {
+        inner: MemoryStore::new(),
+        gate: gate.clone(),
+        first: first.clone(),
+    };
+    let handle = CacheHandle::builder(store).build();
+    let inits = Arc::new(AtomicUsize::new(0));
+    let compute = |inits: Arc<AtomicUsize>| async move { inits.fetch_add(1, Ordering::SeqCst) + 1 };
+    let late = {
+        let (handle, inits) = (handle.clone(), inits.clone());
+        tokio::spawn(async move { handle.get_or_insert_with("k", compute(inits)).await })
+    };
+    let at_gate = || async { (!first.load(Ordering::SeqCst)).then_some(()) };
+    eventually(Duration::from_secs(5), at_gate).await;
+    let value: usize = handle.get_or_insert_with("k", compute(inits.clone())).await;
+    assert_eq!(value, 1);
+    gate.add_permits(1);
+    assert_eq!(
+        late.await.unwrap(),
+        1,
+        "the stored value, not a second computation"
+    );
+    assert_eq!(inits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
 async fn followers_of_an_unstorable_response_do_not_queue() {
     let (origin, addr, client, _) = start().await;
     let started = tokio::time::Instant::now();

@@ -377,7 +377,7 @@ impl RedisStore {
         key: StoreKey<'_>,
         entry: Arc<Entry>,
         token: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         // Keep the other `Vary` variants of this URL.
         let mut variants: Vec<Arc<Entry>> = match self.get_variants(key).await? {
             Some(existing) => existing
@@ -438,7 +438,7 @@ impl RedisStore {
         } else if let (Some(near), Some(ticket)) = (&self.inner.near, ticket) {
             near.fill_entries(ticket, key, std::slice::from_ref(&entry));
         }
-        Ok(())
+        Ok(stored != 0)
     }
 }
 
@@ -471,7 +471,8 @@ impl Store for RedisStore {
     }
 
     fn put<'a>(&'a self, key: StoreKey<'a>, entry: Arc<Entry>) -> StoreFuture<'a, ()> {
-        self.put_checked(key, entry, self.write_token())
+        let token = self.write_token();
+        Box::pin(async move { self.put_entry(key, entry, token).await.map(drop) })
     }
 
     fn invalidate<'a>(&'a self, namespace: &'a str, pattern: &'a Pattern) -> StoreFuture<'a, u64> {
@@ -513,7 +514,7 @@ impl Coordination for RedisStore {
         key: StoreKey<'a>,
         entry: Arc<Entry>,
         token: u64,
-    ) -> StoreFuture<'a, ()> {
+    ) -> StoreFuture<'a, bool> {
         Box::pin(self.put_entry(key, entry, token))
     }
 
