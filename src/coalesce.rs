@@ -250,25 +250,6 @@ impl Leader {
         }
     }
 
-    /// Step aside without fetching (the entry turned up), when nobody follows yet: a
-    /// follower would look for an entry no flight of its own stored. `Err` gives the
-    /// leader back to lead.
-    pub(crate) fn look_again(mut self) -> Result<(), Leader> {
-        let Some(sender) = self.sender.take() else {
-            return Ok(());
-        };
-        // Followers take a receiver under the shard's lock, which `remove_if` holds: only
-        // the flight's own receiver means nobody follows.
-        let alone = self.coalescer.flights.remove_if(&self.key, |_, flight| {
-            flight.id == self.id && sender.receiver_count() == 1
-        });
-        if alone.is_none() {
-            self.sender = Some(sender);
-            return Err(self);
-        }
-        Ok(())
-    }
-
     fn end(&mut self, outcome: Outcome) {
         let Some(sender) = self.sender.take() else {
             return;
@@ -328,22 +309,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_a_flight_that_stored_its_entry_moves_its_keys_count_and_only_a_lone_leader_steps_aside(
-    ) {
+    async fn only_a_flight_that_stored_its_entry_moves_its_keys_count() {
         let c = Arc::new(Coalescer::default());
         let before = c.stored_count("/k");
         lead(&c).finish(Outcome::Uncacheable);
         drop(lead(&c));
-        // A leader steps aside only while nobody follows it.
-        lead(&c).look_again().expect("alone");
-        let leader = lead(&c);
-        let f = follower(&c);
-        let leader = leader.look_again().expect_err("followed");
-        leader.finish(Outcome::Uncacheable);
-        assert_eq!(
-            follow(f, Duration::from_secs(1)).await,
-            Outcome::Uncacheable
-        );
         assert_eq!(c.stored_count("/k"), before, "nothing was stored");
         lead(&c).finish(Outcome::Stored);
         assert_eq!(c.stored_count("/k"), before + 1);

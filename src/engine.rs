@@ -211,9 +211,9 @@ pub(crate) async fn look<B, V: Lookup<B>>(
                     break (visit, forward, Some(leader));
                 }
                 looked_again = true;
-                if let Err(leader) = leader.look_again() {
-                    break (visit, forward, Some(leader));
-                }
+                // Stepping aside (abandoned): followers look again too, and one leads if
+                // the entry is not there after all.
+                drop(leader);
             }
             Turn::LookAgain => coalesced = true,
             Turn::FetchAlone => break (visit, forward, None),

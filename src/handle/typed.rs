@@ -107,25 +107,26 @@ impl CacheHandle {
                 }
                 tracing::warn!(key = %logical, "cached value does not decode as the requested type; recomputing");
             }
-            bump!(self.shared.counters, misses);
             match self
                 .take_turn(&logical, &variant.identity, |_| Share::WaitForEntry)
                 .await
             {
                 Turn::LookAgain | Turn::Read(_) | Turn::OtherVariant(_) => continue,
-                Turn::FetchAlone => return init.await,
+                Turn::FetchAlone => {
+                    // A miss counts once, when it computes (a follower that then reads the
+                    // stored value is a hit), as for HTTP.
+                    bump!(self.shared.counters, misses);
+                    return init.await;
+                }
                 Turn::Lead(leader) => {
                     let moved = self.flights().stored_count(&logical) != stored_before;
-                    let leader = match moved && !looked_again {
-                        true => {
-                            looked_again = true;
-                            match leader.look_again() {
-                                Ok(()) => continue,
-                                Err(leader) => leader,
-                            }
-                        }
-                        false => leader,
-                    };
+                    if moved && !looked_again {
+                        // Step aside (abandoned) and look again, as `engine::look` does.
+                        looked_again = true;
+                        drop(leader);
+                        continue;
+                    }
+                    bump!(self.shared.counters, misses);
                     let ticket = self.ticket(Some(&leader)).await;
                     let value = match init.await {
                         Ok(value) => value,

@@ -208,22 +208,13 @@ where
             let ticket = stored.looked_up;
             let written = match &fresh {
                 Ok(fresh) => {
-                    let written = handle
+                    handle
                         .commit(&logical, variant.hash, ticket, fresh.clone())
-                        .await;
-                    match written {
-                        true => engine::finish(fetch.leader, true),
-                        // Refused (an invalidation since the lookup): the next of the
-                        // waiting requests leads, the others follow it.
-                        false => drop(fetch.leader),
-                    }
-                    written
+                        .await
                 }
-                Err(_) => {
-                    engine::finish(fetch.leader, false);
-                    false
-                }
+                Err(_) => false,
             };
+            engine::finish(fetch.leader, written);
             let fresh = fresh.unwrap_or_else(|answer_only| answer_only);
             let fallback = falling_back(handle);
             let served = Served::Revalidated {
