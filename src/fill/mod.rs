@@ -12,7 +12,10 @@
 //! handle's fill budget for all fills in flight ([`Budget`]). Past either bound the fill
 //! stops recording: nobody new joins it, the bytes every reader has read are dropped, and
 //! the task reads the origin only as fast as the readers keep within [`WINDOW`] of it (or
-//! within one frame, while all fills together hold their budget). If
+//! within one frame, while all fills together hold their budget). A fill gives its bytes
+//! back to the budget when the origin's body ends, whoever still reads it: a recorded
+//! body's frames then become slices of the stored body (held once, not twice), and a
+//! client that never reads holds only its own response, never the cache's budget. If
 //! one reader lags while another waits for data for longer than the stall limit, the
 //! laggard is cut off (its body ends with an error) rather than holding the other up.
 //!
@@ -25,7 +28,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -81,8 +83,11 @@ struct State {
     frames: VecDeque<Piece>,
     /// Stream index of `frames[0]`.
     base: usize,
-    /// Data bytes in `frames`, all reserved in the budget.
+    /// Data bytes in `frames`; counted in the budget (as recording while `recording`, as
+    /// passing after) until the fill is `settled`.
     held: usize,
+    /// The origin's body ended and the budget has its bytes back.
+    settled: bool,
     /// Data bytes recorded so far (while recording, every byte of the body).
     recorded: usize,
     recording: bool,
@@ -122,6 +127,7 @@ impl Fill {
                 frames: VecDeque::new(),
                 base: 0,
                 held: 0,
+                settled: false,
                 recorded: 0,
                 recording: true,
                 end: None,
@@ -179,25 +185,34 @@ impl Fill {
         let mut state = self.lock();
         let len = data.len();
         let fits =
-            state.recording && state.recorded + len <= self.limit && self.budget.try_reserve(len);
-        if state.recording && !fits {
-            state.recording = false;
-        }
+            state.recording && state.recorded + len <= self.limit && self.budget.try_record(len);
         if fits {
-            state.held += len;
             state.recorded += len;
         } else {
-            // Unrecorded bytes are still counted while held: the budget is what fills hold.
-            self.budget.used.fetch_add(len, Ordering::Relaxed);
-            state.held += len;
+            self.stop(&mut state);
+            // Unrecorded bytes are counted while held: they pace the fill.
+            self.budget.hold_passing(len);
         }
+        state.held += len;
         state.frames.push_back(Piece::Data(data));
         wake_readers(&mut state);
         state.recording
     }
 
+    /// Stop recording: what the fill holds now only waits for its readers.
+    fn stop(&self, state: &mut State) {
+        if state.recording {
+            state.recording = false;
+            if !state.settled {
+                self.budget.release_recorded(state.held);
+                self.budget.hold_passing(state.held);
+            }
+        }
+    }
+
     fn stop_recording(&self) {
-        self.lock().recording = false;
+        let mut state = self.lock();
+        self.stop(&mut state);
     }
 
     fn push_trailers(&self, trailers: HeaderMap) {
@@ -209,15 +224,17 @@ impl Fill {
     fn finish(&self, end: Result<(), FillError>) {
         let mut state = self.lock();
         if end.is_err() {
-            state.recording = false;
+            self.stop(&mut state);
         }
+        settle(&self.budget, &mut state);
         state.end = Some(end);
         wake_readers(&mut state);
     }
 
     /// The recorded body, when the fill kept all of it (asked once the origin's body ended).
+    /// The frames become slices of it, so readers that are behind share the stored copy.
     fn recorded_body(&self) -> Option<Bytes> {
-        let state = self.lock();
+        let mut state = self.lock();
         if !state.recording || state.base != 0 {
             return None;
         }
@@ -227,7 +244,16 @@ impl Fill {
                 body.extend_from_slice(data);
             }
         }
-        Some(body.freeze())
+        let body = body.freeze();
+        let mut offset = 0;
+        for piece in &mut state.frames {
+            if let Piece::Data(data) = piece {
+                let end = offset + data.len();
+                *data = body.slice(offset..end);
+                offset = end;
+            }
+        }
+        Some(body)
     }
 
     /// Drop what every reader has read; whether any reader is left.
@@ -248,7 +274,9 @@ impl Fill {
             };
             state.base += 1;
             state.held -= piece.len();
-            self.budget.release(piece.len());
+            if !state.settled {
+                self.budget.release_passing(piece.len());
+            }
         }
         true
     }
@@ -272,7 +300,7 @@ impl Fill {
             // Ahead of the slowest reader by at most the window, and by nothing once all
             // fills together hold their budget: then a fill is paced by its reader, as a
             // plain pass-through would be, however many non-reading clients there are.
-            let budget_left = self.budget.used() <= self.budget.limit;
+            let budget_left = self.budget.has_room();
             if state.held == 0 || (state.held <= WINDOW && budget_left) {
                 return Poll::Ready(true);
             }
@@ -309,8 +337,22 @@ impl Fill {
 
 impl Drop for Fill {
     fn drop(&mut self) {
-        let held = self.lock().held;
-        self.budget.release(held);
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        settle(&self.budget, state);
+    }
+}
+
+/// The origin's body ended (or nobody holds the fill): give the budget back, whoever still
+/// reads.
+fn settle(budget: &Budget, state: &mut State) {
+    if state.settled {
+        return;
+    }
+    state.settled = true;
+    if state.recording {
+        budget.release_recorded(state.held);
+    } else {
+        budget.release_passing(state.held);
     }
 }
 

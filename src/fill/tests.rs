@@ -133,3 +133,60 @@ async fn the_fill_budget_bounds_what_all_fills_record() {
     drop((a, b));
     assert_eq!(budget.used(), 0);
 }
+
+#[tokio::test]
+async fn a_reader_that_never_reads_an_ended_fill_holds_none_of_the_budget() {
+    let budget = Arc::new(Budget::new(1500));
+    let fill = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(10));
+    let stalled = fill.reader().unwrap();
+    let (tx, body) = channel_body();
+    let stored = Arc::new(Mutex::new(None));
+    let task = tokio::spawn(run(fill.clone(), body, Noop(stored.clone())));
+    for i in 0..10u8 {
+        tx.send(Bytes::from(vec![i; 100])).await.unwrap();
+    }
+    drop(tx);
+    task.await.unwrap();
+    let stored = stored.lock().unwrap().clone().expect("recorded and stored");
+    assert_eq!(stored.len(), 1000);
+    assert_eq!(budget.used(), 0, "the ended fill gave its bytes back");
+    // So another fill records as if the stalled client were not there.
+    let next = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(10));
+    assert!(
+        next.push_data(Bytes::from(vec![0; 1500])),
+        "the whole budget is free"
+    );
+    drop(next);
+    // The stalled reader reads the stored copy itself, not a second one.
+    let range = stored.as_ptr() as usize..stored.as_ptr() as usize + stored.len();
+    let mut stalled = stalled;
+    let mut read = 0;
+    while let Some(frame) = stalled.frame().await {
+        let data = frame.unwrap().into_data().unwrap();
+        assert!(
+            range.contains(&(data.as_ptr() as usize)),
+            "a slice of the stored body"
+        );
+        read += data.len();
+    }
+    assert_eq!(read, 1000);
+    drop(fill);
+    assert_eq!(budget.used(), 0);
+}
+
+#[tokio::test]
+async fn a_stalled_reader_of_an_unrecorded_fill_never_refuses_another_recording() {
+    let budget = Arc::new(Budget::new(1000));
+    // Too large to record: the fill only passes its body on, to a reader that never reads.
+    let big = Fill::new(head(), budget.clone(), 100, Duration::from_secs(10));
+    let stalled = big.reader().unwrap();
+    assert!(!big.push_data(Bytes::from(vec![0; 5000])));
+    assert_eq!(budget.recording(), 0);
+    let next = Fill::new(head(), budget.clone(), 1 << 20, Duration::from_secs(10));
+    assert!(
+        next.push_data(Bytes::from(vec![0; 1000])),
+        "recording still has its budget"
+    );
+    drop((big, next, stalled));
+    assert_eq!(budget.used(), 0);
+}

@@ -163,3 +163,49 @@ async fn a_fill_from_before_an_invalidation_is_never_shared_after_it() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(get().await, "v2;v2;v2;");
 }
+
+/// Clients that hold their responses without reading cannot stop the cache from storing:
+/// a fill gives its bytes back to the fill budget when the origin's body ends.
+#[tokio::test]
+async fn clients_that_never_read_their_answers_keep_no_later_miss_from_being_stored() {
+    use std::time::Duration;
+    let origin = service_fn(|_request: Req| async {
+        let frames = (0..4).map(|_| Bytes::from(vec![b'x'; 64 << 10])).collect();
+        Ok::<_, Infallible>(trickle(frames, Duration::from_millis(1)))
+    });
+    // Room for four such answers being recorded at once.
+    let handle = CacheHandle::builder(MemoryStore::new())
+        .fill_budget(1 << 20)
+        .build();
+    let service = CacheLayer::new(handle.clone()).layer(origin);
+    let mut stalled = Vec::new();
+    for i in 0..8 {
+        let path = format!("/stalled/{i}");
+        let request = Request::get(path.as_str()).body(Full::default()).unwrap();
+        stalled.push(service.clone().oneshot(request).await.unwrap());
+        // Its fill ends (and is stored) at the origin's pace, unread.
+        let stored = handle.stats().stores;
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while handle.stats().stores == stored {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("an unread fill is stored at the origin's pace");
+    }
+    // Eight unread answers of 256 KiB: twice the budget, if they still held it.
+    let fresh = body_of(service.clone(), "/later").await;
+    assert_eq!(fresh.len(), 4 * (64 << 10));
+    let again = service
+        .clone()
+        .oneshot(Request::get("/later").body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        again.headers()["x-cache"],
+        "HIT",
+        "the later miss was stored"
+    );
+    assert_eq!(handle.stats().stores, 9);
+    drop(stalled);
+}
