@@ -149,6 +149,8 @@ impl Entry {
             stale_while_revalidate,
             stale_if_error,
             validation_window,
+            // A soft mark is kept beside the value and applied when it is read.
+            invalidated: false,
             tags,
             identity,
             vary: Vary {

@@ -52,6 +52,9 @@ pub struct Entry {
     /// How long after expiry the entry is kept to be validated upstream (it has a
     /// validator the origin can check), served only after a `304`.
     validation_window: Duration,
+    /// Stale because an invalidation said it may have changed (a soft mark), not because
+    /// time passed: only a validator the origin repeats may freshen it again.
+    invalidated: bool,
     tags: Vec<String>,
     /// The exact request inputs besides the logical key this entry answers (host, query,
     /// keyed headers; for gRPC the message): compared on every hit, so a hash collision
@@ -88,6 +91,7 @@ impl Entry {
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             validation_window: Duration::ZERO,
+            invalidated: false,
             tags: Vec::new(),
             identity: Bytes::new(),
             vary: Vary::default(),
@@ -214,6 +218,7 @@ impl Entry {
             stale_while_revalidate: self.stale_while_revalidate.min(cap),
             stale_if_error: self.stale_if_error.min(cap),
             validation_window: self.validation_window.min(cap),
+            invalidated: self.invalidated,
             tags: self.tags.clone(),
             identity: self.identity.clone(),
             vary: self.vary.clone(),
@@ -257,8 +262,14 @@ impl Entry {
     pub(crate) fn expired_at(&self, now_ms: u64) -> Entry {
         Entry {
             ttl: Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms)),
+            invalidated: true,
             ..self.capped(Duration::MAX)
         }
+    }
+
+    /// Whether a soft invalidation made the entry stale (see [`expired_at`](Self::expired_at)).
+    pub(crate) fn is_invalidated(&self) -> bool {
+        self.invalidated
     }
 
     /// Whether the entry may be served stale at `now_ms` while it is refreshed.

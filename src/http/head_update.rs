@@ -6,6 +6,9 @@
 //! `GET` is a hit instead of a second trip. A `HEAD` answer whose `ETag`, `Last-Modified`
 //! or `Content-Length` differ from the stored ones describes another representation: it
 //! passes through and the entry stays stale, to be validated or replaced by the next `GET`.
+//! An entry a soft invalidation made stale may have changed although its length did not:
+//! only an answer that repeats one of its validators vouches for its body, and an answer
+//! with none leaves it stale (RFC 9111 lets a cache invalidate instead of update).
 
 use std::sync::Arc;
 
@@ -55,14 +58,19 @@ pub(crate) async fn freshen<B>(
     Some(answer_to(&fresh, request_headers, true, served, fallback))
 }
 
-/// Whether a `HEAD` answer's validators and length agree with the stored response.
+/// Whether a `HEAD` answer's validators and length agree with the stored response (and,
+/// for an invalidated entry, whether one validator is repeated to vouch for its body).
 fn same_representation(entry: &Entry, head: &HeaderMap) -> bool {
-    let agrees = |name| match (entry.headers().get(&name), head.get(&name)) {
-        (Some(stored), Some(fresh)) => stored == fresh,
-        _ => true,
-    };
+    let mut repeated = false;
+    for name in [ETAG, LAST_MODIFIED] {
+        match (entry.headers().get(&name), head.get(&name)) {
+            (Some(stored), Some(fresh)) if stored != fresh => return false,
+            (Some(_), Some(_)) => repeated = true,
+            _ => {}
+        }
+    }
     let length = head
         .get(CONTENT_LENGTH)
         .is_none_or(|l| l.as_bytes() == entry.body().len().to_string().as_bytes());
-    agrees(ETAG) && agrees(LAST_MODIFIED) && length
+    length && (repeated || !entry.is_invalidated())
 }

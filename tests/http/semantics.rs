@@ -375,3 +375,54 @@ async fn an_entry_validated_across_an_invalidation_is_not_written_back() {
         );
     }
 }
+
+/// A `HEAD` answer without validators cannot say the stored body is still the current one:
+/// after a soft invalidation it passes through and the entry stays stale. One whose
+/// `Last-Modified` matches the stored one (the positive control) vouches for it and
+/// freshens it.
+#[tokio::test]
+async fn a_head_freshens_a_soft_invalidated_entry_only_when_a_validator_vouches_for_it() {
+    // `GET`s carry a Last-Modified; `HEAD`s of `/plain` carry none.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let calls = calls.clone();
+        any(move |method: http::Method, uri: Uri| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let mut response = Response::new(Body::from(format!("{} #{n}", uri.path())));
+                let h = response.headers_mut();
+                h.insert("cache-control", HeaderValue::from_static("max-age=3600"));
+                if method == http::Method::GET || uri.path() != "/plain" {
+                    h.insert("last-modified", HeaderValue::from_static(LAST_MODIFIED));
+                }
+                response
+            }
+        })
+    };
+    let handle = CacheHandle::in_memory();
+    let app = Router::new()
+        .fallback(origin)
+        .layer(CacheLayer::new(handle.clone()));
+    let (addr, client) = (serve(app).await, client());
+    for (path, vouches) in [("/plain", false), ("/vouched", true)] {
+        let first = until_hit(&client, addr, path).await;
+        handle.invalidate_soft(path).await.unwrap();
+        let head = request(&client, "HEAD", addr, path, &[]).await;
+        assert_eq!(head.status, StatusCode::OK, "{path}");
+        let next = get(&client, addr, path).await;
+        if vouches {
+            assert_eq!(
+                next.x_cache(),
+                "HIT",
+                "{path}: the matching validator vouched"
+            );
+            assert_eq!(next.text(), first.text(), "{path}");
+        } else {
+            assert_ne!(
+                (next.x_cache(), next.text()),
+                ("HIT", first.text()),
+                "{path}: a HEAD without validators made the invalidated body fresh"
+            );
+        }
+    }
+}
