@@ -49,6 +49,18 @@ impl Config {
             && self.request_directives(headers).is_some()
     }
 
+    /// What the identity of a request is made of; the keyed headers join it only when the
+    /// request carries one (`keyed`).
+    pub(crate) fn keying(&self, keyed: bool) -> key::Keying<'_> {
+        key::Keying {
+            headers: match keyed {
+                true => self.policy.keyed_headers(),
+                false => &[],
+            },
+            normalize_query: self.policy.normalizes_query(),
+        }
+    }
+
     pub(crate) fn logical_key<'a>(&self, parts: &'a http::request::Parts) -> Option<Cow<'a, str>> {
         match &self.key_fn {
             Some(key_fn) => key_fn(parts).map(|k| Cow::Owned(key::bound(k.into()).into_owned())),

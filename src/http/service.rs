@@ -100,11 +100,7 @@ where
                     return ResponseFuture::bypass(self.inner.call(request), status);
                 };
                 // The keyed headers join the identity only when the request carries one.
-                let keyed = if keyed {
-                    config.policy.keyed_headers()
-                } else {
-                    &[]
-                };
+                let keyed = config.keying(keyed);
                 let handle = &config.handle;
                 // Memory hits are answered here: no boxed future, no clone of the inner
                 // service (which stays ready, unused), and the identity compared from a

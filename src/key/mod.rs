@@ -5,17 +5,20 @@
 //! `/api/%41BC` is another key, because routers match the raw path), or whatever a key
 //! function returns (`dashboard:ABC`).
 //!
-//! The variant's *identity* is the bytes of the scheme, the raw path, the host, the
-//! normalised query and the values of the keyed request headers. Each entry stores its identity, and a hit compares it
-//! byte for byte: the variant's 64-bit hash only indexes the store. `Vary` is handled one
-//! level down the same way: each entry keeps the values of the request headers it varies
-//! on ([`vary_values`]), compared on every hit.
+//! The variant's *identity* is the bytes of the scheme, the raw path, the host, the query
+//! and the values of the keyed request headers. Each entry stores its identity, and a hit
+//! compares it byte for byte: the variant's 64-bit hash only indexes the store. `Vary` is
+//! handled one level down the same way: each entry keeps the values of the request headers
+//! it varies on ([`vary_values`]), compared on every hit.
 //!
-//! Query normalisation sorts pairs by name (keeping the order of repeated names) and
-//! decodes only escapes of unreserved characters, so `?b=2&a=1` and `?a=1&b=2` share an
-//! entry, `%41` and `A` share one, while `%2F` and `/` do not: every query decoder reads the
-//! merged spellings alike. `Accept-Encoding` values are compared as a set of lower-case
-//! codings with their q-values, so browsers' spellings of one set share a variant.
+//! The query is keyed as sent: the key sees what the handler sees, and a handler that reads
+//! the raw query may tell any two spellings apart. With
+//! [`CachePolicy::normalize_query`](crate::CachePolicy::normalize_query) it is normalised
+//! instead: pairs sorted by name (keeping the order of repeated names) and only escapes of
+//! unreserved characters decoded, so `?b=2&a=1` and `?a=1&b=2` share an entry, `%41` and `A`
+//! share one, while `%2F` and `/` do not: every query decoder reads the merged spellings
+//! alike. `Accept-Encoding` values are compared as a set of lower-case codings with their
+//! q-values, so browsers' spellings of one set share a variant.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -78,9 +81,17 @@ thread_local! {
     static VARY_VALUES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// What a request's identity is made of besides its URI and host: the keyed request
+/// headers, and whether the query is normalised (see the module docs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Keying<'a> {
+    pub(crate) headers: &'a [HeaderName],
+    pub(crate) normalize_query: bool,
+}
+
 /// Write the identity of a request: scheme, path, host, query, keyed header values. Each
 /// part is length-prefixed, so no two different inputs write the same bytes.
-pub(crate) fn write_identity(parts: &Parts, keyed: &[HeaderName], out: &mut Vec<u8>) {
+pub(crate) fn write_identity(parts: &Parts, keying: Keying<'_>, out: &mut Vec<u8>) {
     out.clear();
     // The scheme and the raw path: an origin may build links from them, and a key
     // function (or the bound on long keys) may map several paths to one logical key.
@@ -95,29 +106,33 @@ pub(crate) fn write_identity(parts: &Parts, keyed: &[HeaderName], out: &mut Vec<
     put(out, header.or(authority).unwrap_or_default());
     match parts.uri.query() {
         None => out.push(0),
-        Some(query) => {
+        Some(query) if keying.normalize_query => {
             out.push(1);
             put(out, normalize_query(query).as_bytes());
         }
+        Some(query) => {
+            out.push(1);
+            put(out, query.as_bytes());
+        }
     }
-    write_header_values(keyed, &parts.headers, out);
+    write_header_values(keying.headers, &parts.headers, out);
 }
 
 /// The identity of a request and its hash, in a reused buffer (no allocation on a hit).
 pub(crate) fn with_identity<R>(
     parts: &Parts,
-    keyed: &[HeaderName],
+    keying: Keying<'_>,
     f: impl FnOnce(&[u8], u64) -> R,
 ) -> R {
     IDENTITY.with_borrow_mut(|buffer| {
-        write_identity(parts, keyed, buffer);
+        write_identity(parts, keying, buffer);
         f(buffer, xxh3_64(buffer))
     })
 }
 
 /// The variant of a request, owned (for a miss, which outlives the request's parts).
-pub(crate) fn variant(parts: &Parts, keyed: &[HeaderName]) -> Variant {
-    with_identity(parts, keyed, |identity, hash| Variant {
+pub(crate) fn variant(parts: &Parts, keying: Keying<'_>) -> Variant {
+    with_identity(parts, keying, |identity, hash| Variant {
         hash,
         identity: Bytes::copy_from_slice(identity),
     })
@@ -250,24 +265,54 @@ mod tests {
         Request::get(uri).body(()).unwrap().into_parts().0
     }
 
+    const RAW: Keying<'static> = Keying {
+        headers: &[],
+        normalize_query: false,
+    };
+
+    const NORMAL: Keying<'static> = Keying {
+        headers: &[],
+        normalize_query: true,
+    };
+
+    /// The default identity: the query as sent.
     fn variant_of(uri: &str) -> Bytes {
-        variant(&parts(uri), &[]).identity
+        variant(&parts(uri), RAW).identity
+    }
+
+    /// The identity with `CachePolicy::normalize_query`.
+    fn normalized_of(uri: &str) -> Bytes {
+        variant(&parts(uri), NORMAL).identity
     }
 
     #[test]
-    fn query_order_of_distinct_names_does_not_matter() {
-        assert_eq!(variant_of("/x?b=2&a=1"), variant_of("/x?a=1&b=2"));
+    fn by_default_every_spelling_of_the_query_is_its_own_variant() {
+        // A handler reading the raw query (a signature, a proxy) may answer each apart.
+        for (a, b) in [
+            ("/x?b=2&a=1", "/x?a=1&b=2"),
+            ("/x?q=%41", "/x?q=A"),
+            ("/x?q=%2f", "/x?q=%2F"),
+            ("/x?a=1&&b=2", "/x?a=1&b=2"),
+        ] {
+            assert_ne!(variant_of(a), variant_of(b), "{a} vs {b}");
+            assert_eq!(variant_of(a), variant_of(a));
+        }
+    }
+
+    #[test]
+    fn query_order_of_distinct_names_does_not_matter_when_normalised() {
+        assert_eq!(normalized_of("/x?b=2&a=1"), normalized_of("/x?a=1&b=2"));
     }
 
     #[test]
     fn order_of_repeated_names_matters() {
-        assert_ne!(variant_of("/x?a=1&a=2"), variant_of("/x?a=2&a=1"));
+        assert_ne!(normalized_of("/x?a=1&a=2"), normalized_of("/x?a=2&a=1"));
     }
 
     #[test]
     fn unreserved_escapes_are_decoded_reserved_are_not() {
-        assert_eq!(variant_of("/x?q=%41"), variant_of("/x?q=A"));
-        assert_ne!(variant_of("/x?q=%2F"), variant_of("/x?q=/"));
+        assert_eq!(normalized_of("/x?q=%41"), normalized_of("/x?q=A"));
+        assert_ne!(normalized_of("/x?q=%2F"), normalized_of("/x?q=/"));
     }
 
     #[test]
@@ -286,15 +331,15 @@ mod tests {
     #[test]
     fn names_a_decoder_reads_alike_keep_the_order_of_their_values() {
         assert_ne!(
-            variant_of("/x?a+b=1&a%20b=2"),
-            variant_of("/x?a%20b=2&a+b=1")
+            normalized_of("/x?a+b=1&a%20b=2"),
+            normalized_of("/x?a%20b=2&a+b=1")
         );
-        assert_eq!(variant_of("/x?z=1&a+b=2"), variant_of("/x?a+b=2&z=1"));
+        assert_eq!(normalized_of("/x?z=1&a+b=2"), normalized_of("/x?a+b=2&z=1"));
     }
 
     #[test]
     fn identity_is_exact_and_its_hash_only_an_index() {
-        let a = variant(&parts("/x?a=1"), &[]);
+        let a = variant(&parts("/x?a=1"), RAW);
         assert_eq!(a, Variant::of(a.identity.clone()));
         assert_ne!(a.identity, variant_of("/x?a=2"));
         // No query, an empty query and a real one are three identities.
@@ -317,10 +362,10 @@ mod tests {
         with_header
             .headers
             .insert(HOST, "a.example".parse().unwrap());
-        assert_ne!(variant(&with_header, &[]).identity, variant_of("/x"));
+        assert_ne!(variant(&with_header, RAW).identity, variant_of("/x"));
         // Whether the host came from `Host` or from the URI is told apart too.
         assert_ne!(
-            variant(&with_header, &[]).identity,
+            variant(&with_header, RAW).identity,
             variant_of("http://a.example/x")
         );
     }
@@ -339,10 +384,11 @@ mod tests {
             .insert("authorization", "alice".parse().unwrap());
         let mut bob = parts("/x");
         bob.headers.insert("authorization", "bob".parse().unwrap());
-        assert_ne!(
-            variant(&alice, std::slice::from_ref(&name)),
-            variant(&bob, std::slice::from_ref(&name))
-        );
+        let keying = Keying {
+            headers: std::slice::from_ref(&name),
+            normalize_query: false,
+        };
+        assert_ne!(variant(&alice, keying), variant(&bob, keying));
     }
 
     #[test]
@@ -439,7 +485,10 @@ mod tests {
                     p.headers.insert("x-any", value);
                 }
                 let _ = logical_from_path(&p);
-                let _ = variant(&p, &[HeaderName::from_static("x-any")]);
+                let headers = [HeaderName::from_static("x-any")];
+                for normalize_query in [false, true] {
+                    let _ = variant(&p, Keying { headers: &headers, normalize_query });
+                }
                 let _ = vary_values(&[HeaderName::from_static("x-any"), ACCEPT_ENCODING], &p.headers);
             }
         }
@@ -455,7 +504,7 @@ mod tests {
                 list.swap(i, j);
             }
             let shuffled = list.join("&");
-            prop_assert_eq!(variant_of(&format!("/p?{sorted}")), variant_of(&format!("/p?{shuffled}")));
+            prop_assert_eq!(normalized_of(&format!("/p?{sorted}")), normalized_of(&format!("/p?{shuffled}")));
         }
     }
 }

@@ -65,6 +65,7 @@ pub struct CachePolicy {
     max_body_size: usize,
     origin_timeout: Option<Duration>,
     generate_etag: bool,
+    normalize_query: bool,
     rfc9111: bool,
 }
 
@@ -94,6 +95,7 @@ impl Default for CachePolicy {
             max_body_size: 8 << 20,
             origin_timeout: None,
             generate_etag: true,
+            normalize_query: false,
             rfc9111: false,
         }
     }
@@ -234,6 +236,24 @@ impl CachePolicy {
     pub fn generate_etag(mut self, generate: bool) -> Self {
         self.generate_etag = generate;
         self
+    }
+
+    /// Key the query normalised instead of as sent (default `false`): pairs sorted by name
+    /// (repeated names keep their order) and escapes of unreserved characters decoded, so
+    /// `?b=2&a=1` and `?a=%31&b=2` share an entry.
+    ///
+    /// Turn it on only when every handler behind the layer reads the query decoded and as
+    /// a map (axum's `Query`, serde): a handler that reads the raw query (`RawQuery`, a
+    /// signature over the URL, a proxy passing it upstream) may answer two spellings
+    /// differently, and one spelling's answer would then be served for the other. The
+    /// default keys the query byte for byte, as the handler receives it.
+    pub fn normalize_query(mut self, normalize: bool) -> Self {
+        self.normalize_query = normalize;
+        self
+    }
+
+    pub(crate) fn normalizes_query(&self) -> bool {
+        self.normalize_query
     }
 
     pub(crate) fn origin_deadline(&self) -> Option<Duration> {

@@ -65,11 +65,7 @@ where
         let status = headers::forward_status(Forward::Request, false, Some("range"), false);
         return ResponseFuture::bypass(inner.call(Request::from_parts(parts, body)), status);
     };
-    let keyed = if keyed {
-        config.policy.keyed_headers()
-    } else {
-        &[]
-    };
+    let keyed = config.keying(keyed);
     let variant = key::variant(&parts, keyed);
     let config = config.clone();
     ResponseFuture::cache(Box::pin(async move {
