@@ -371,7 +371,7 @@ mod over_http {
     use http::{Request, StatusCode};
     use http_body_util::Full;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tower_response_cache::{CacheHandle, CacheLayer, CachePolicy, MemoryStore};
+    use tower_response_cache::{CacheHandle, CacheLayer, MemoryStore};
 
     use crate::support::{client, get, get_with, send, serve};
 
