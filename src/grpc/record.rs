@@ -40,7 +40,11 @@ where
     parts.headers.insert(X_CACHE, MISS);
     parts.headers.insert(
         CACHE_STATUS,
-        headers::forward_status(miss.forward, false, detail, engine::falling_back(handle)),
+        headers::forward_status(
+            miss.forward,
+            Some(detail.unwrap_or(headers::STORING)),
+            engine::falling_back(handle),
+        ),
     );
     if detail.is_some() {
         miss.give_up(handle, true);

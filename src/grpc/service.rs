@@ -66,7 +66,7 @@ where
         };
         if request::has_credentials(request.headers(), &config.keyed_metadata) {
             bump!(config.handle.shared().counters, bypasses);
-            let status = headers::forward_status(Forward::Request, false, None, false);
+            let status = headers::forward_status(Forward::Request, None, false);
             return ResponseFuture::bypass(self.inner.call(request), status);
         }
         let inner = take_ready(&mut self.inner);
@@ -96,7 +96,6 @@ where
             let response = inner.call(Request::from_parts(parts, body)).await?;
             let status = headers::forward_status(
                 Forward::Request,
-                false,
                 Some(reason.as_str()),
                 falling_back(handle),
             );

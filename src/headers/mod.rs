@@ -73,31 +73,33 @@ pub(crate) fn l1_hit_status(ttl_secs: u64) -> HeaderValue {
     NEAR.get(ttl_secs)
 }
 
-/// `tower-response-cache; fwd=uri-miss; stored`, or with `detail=` why it was not stored
-/// (and `fallback` while Redis is down).
+/// `tower-response-cache; fwd=uri-miss; detail=storing` (a storable answer being recorded:
+/// whether it is stored is known only when its body ends), or with `detail=` why it is not
+/// stored (and `fallback` while Redis is down).
 pub(crate) fn forward_status(
     forward: Forward,
-    stored: bool,
     detail: Option<&str>,
     fallback: bool,
 ) -> HeaderValue {
-    let common = match (forward, stored, detail, fallback) {
-        (Forward::Method, false, None, false) => Some("tower-response-cache; fwd=method"),
-        (Forward::Request, false, None, false) => Some("tower-response-cache; fwd=request"),
-        (Forward::Bypass, false, None, false) => Some("tower-response-cache; fwd=bypass"),
-        (Forward::UriMiss, true, None, false) => Some("tower-response-cache; fwd=uri-miss; stored"),
+    let common = match (forward, detail, fallback) {
+        (Forward::Method, None, false) => Some("tower-response-cache; fwd=method"),
+        (Forward::Request, None, false) => Some("tower-response-cache; fwd=request"),
+        (Forward::Bypass, None, false) => Some("tower-response-cache; fwd=bypass"),
+        (Forward::UriMiss, Some(STORING), false) => {
+            Some("tower-response-cache; fwd=uri-miss; detail=storing")
+        }
         _ => None,
     };
     if let Some(common) = common {
         return HeaderValue::from_static(common);
     }
     let mut value = format!("{CACHE_NAME}; fwd={}", forward.as_str());
-    if stored {
-        value.push_str("; stored");
-    }
     push_detail(&mut value, [detail, fallback.then_some("fallback")]);
     HeaderValue::try_from(value).expect("ASCII header value")
 }
+
+/// The `detail` of a miss whose answer is being recorded for the store.
+pub(crate) const STORING: &str = "storing";
 
 /// An expired entry served: `tower-response-cache; hit; ttl=-3;
 /// detail=stale-while-revalidate` or `tower-response-cache; fwd=stale; ttl=-3;

@@ -89,7 +89,7 @@ where
             parts.headers.insert(X_CACHE, MISS);
             parts.headers.insert(
                 CACHE_STATUS,
-                headers::forward_status(forward, true, None, fallback),
+                headers::forward_status(forward, Some(headers::STORING), fallback),
             );
             let reader = engine::run_fill(fill, body, commit);
             return Response::from_parts(parts, CacheBody::fill(reader));
@@ -115,7 +115,7 @@ fn passthrough<B>(
     parts.headers.insert(X_CACHE, MISS);
     parts.headers.insert(
         CACHE_STATUS,
-        headers::forward_status(forward, false, reason.map(NotStorable::as_str), fallback),
+        headers::forward_status(forward, reason.map(NotStorable::as_str), fallback),
     );
     Response::from_parts(parts, CacheBody::passthrough(body))
 }

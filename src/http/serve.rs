@@ -453,7 +453,7 @@ fn gateway_timeout<B>(forward: Forward) -> Response<CacheBody<B>> {
     response.headers_mut().insert(X_CACHE, headers::MISS);
     response.headers_mut().insert(
         CACHE_STATUS,
-        headers::forward_status(forward, false, Some("only-if-cached"), false),
+        headers::forward_status(forward, Some("only-if-cached"), false),
     );
     response
 }

@@ -75,7 +75,7 @@ where
                     BypassReason::Method => Forward::Method,
                     BypassReason::Request => Forward::Request,
                 };
-                let status = headers::forward_status(forward, false, None, false);
+                let status = headers::forward_status(forward, None, false);
                 let request = Request::from_parts(parts, body);
                 ResponseFuture::bypass(self.inner.call(request), status)
             }
@@ -95,7 +95,7 @@ where
                 let config = &self.config;
                 let Some(logical) = config.logical_key(&parts) else {
                     bump!(counters, bypasses);
-                    let status = headers::forward_status(Forward::Bypass, false, None, false);
+                    let status = headers::forward_status(Forward::Bypass, None, false);
                     let request = Request::from_parts(parts, body);
                     return ResponseFuture::bypass(self.inner.call(request), status);
                 };

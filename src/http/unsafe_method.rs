@@ -51,7 +51,7 @@ where
     parts.headers.insert(X_CACHE, headers::BYPASS);
     parts.headers.insert(
         CACHE_STATUS,
-        headers::forward_status(Forward::Method, false, None, false),
+        headers::forward_status(Forward::Method, None, false),
     );
     Ok(Response::from_parts(parts, CacheBody::passthrough(body)))
 }

@@ -235,7 +235,10 @@ async fn a_second_identical_call_is_served_from_the_cache_with_its_trailers() {
     let first = check(&mut client, SERVICE).await;
     assert_eq!(first.status, Wire::Serving);
     assert_eq!(first.x_cache, "MISS");
-    assert_eq!(first.cache_status, "tower-response-cache; fwd=uri-miss");
+    assert_eq!(
+        first.cache_status,
+        "tower-response-cache; fwd=uri-miss; detail=storing"
+    );
     assert_eq!(first.grpc_status, "0");
     assert_eq!(server.origin.calls(CHECK), 1);
 

@@ -28,7 +28,7 @@ async fn a_repeat_read_is_a_hit_with_cache_headers() {
     assert_eq!(first.x_cache(), "MISS");
     assert_eq!(
         first.header("cache-status"),
-        "tower-response-cache; fwd=uri-miss; stored"
+        "tower-response-cache; fwd=uri-miss; detail=storing"
     );
     assert!(first.header("age").is_empty());
 
@@ -271,7 +271,7 @@ async fn vary_keeps_one_entry_per_header_value() {
     assert_eq!(de.x_cache(), "MISS");
     assert_eq!(
         de.header("cache-status"),
-        "tower-response-cache; fwd=vary-miss; stored"
+        "tower-response-cache; fwd=vary-miss; detail=storing"
     );
     stored(&handle, 2).await;
     let en2 = get_with(&client, addr, path, &[("accept-language", "en")]).await;

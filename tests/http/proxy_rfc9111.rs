@@ -113,7 +113,7 @@ async fn a_request_asking_for_fresh_goes_to_the_origin_and_refreshes() {
     assert_eq!(forced.text(), "/r #2");
     assert_eq!(
         forced.header("cache-status"),
-        "tower-response-cache; fwd=request; stored"
+        "tower-response-cache; fwd=request; detail=storing"
     );
     s.stored(2).await;
     assert_eq!(get(&s.client, s.proxy, path).await.text(), "/r #2");

@@ -364,7 +364,7 @@ async fn an_entry_validated_across_an_invalidation_is_not_written_back() {
             assert!(!answer.headers()["cache-status"]
                 .to_str()
                 .unwrap()
-                .ends_with("stored"));
+                .ends_with("storing"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let after = svc.clone().oneshot(plain()).await.unwrap();

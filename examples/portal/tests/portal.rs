@@ -173,7 +173,7 @@ async fn dashboards_are_cached_and_a_sync_invalidates_only_its_company() {
     let first = portal.get(&format!("/api/dashboard/{a}")).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.header("x-cache"), "MISS");
-    assert!(first.header("cache-status").contains("stored"));
+    assert!(first.header("cache-status").contains("detail=storing"));
     assert_eq!(first.json["guid"], a.as_str());
     assert_eq!(first.json["alter_id"], alter_a);
     for field in ["totals", "monthly", "top_ledgers"] {

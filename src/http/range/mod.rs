@@ -62,7 +62,7 @@ where
     let counters = &config.handle.shared().counters;
     let Some(logical) = config.logical_key(&parts).map(std::borrow::Cow::into_owned) else {
         bump!(counters, bypasses);
-        let status = headers::forward_status(Forward::Request, false, Some("range"), false);
+        let status = headers::forward_status(Forward::Request, Some("range"), false);
         return ResponseFuture::bypass(inner.call(Request::from_parts(parts, body)), status);
     };
     let keyed = config.keying(keyed);
@@ -94,7 +94,7 @@ where
             let mut response = Response::new(CacheBody::cached(None, None));
             *response.status_mut() = StatusCode::GATEWAY_TIMEOUT;
             response.headers_mut().insert(X_CACHE, headers::MISS);
-            let status = headers::forward_status(forward, false, Some("only-if-cached"), fallback);
+            let status = headers::forward_status(forward, Some("only-if-cached"), fallback);
             response.headers_mut().insert(CACHE_STATUS, status);
             return Ok(response);
         }
@@ -104,7 +104,7 @@ where
         parts.headers.insert(X_CACHE, headers::MISS);
         parts.headers.insert(
             CACHE_STATUS,
-            headers::forward_status(forward, false, Some("range"), fallback),
+            headers::forward_status(forward, Some("range"), fallback),
         );
         Ok(Response::from_parts(parts, CacheBody::passthrough(body)))
     }))
