@@ -110,6 +110,9 @@ impl Entry {
         }
         need(buf, 2 + 8 + 8 + 8 + 8)?;
         let status = StatusCode::from_u16(buf.get_u16()).map_err(|_| bad("invalid status code"))?;
+        if !is_storable_status(status) {
+            return Err(bad("a status the cache never stores"));
+        }
         let stored_at_ms = buf.get_u64();
         let ttl = Duration::from_millis(buf.get_u64());
         let stale_while_revalidate = Duration::from_millis(buf.get_u64());
@@ -131,6 +134,9 @@ impl Entry {
         }
         let headers = get_headers(&mut buf, owner)?;
         let body = share(owner, get_bytes(&mut buf)?);
+        if !length_agrees(&headers, body.len()) {
+            return Err(bad("Content-Length disagrees with the body"));
+        }
         need(buf, 1)?;
         let trailers = match buf.get_u8() {
             0 => None,
@@ -161,6 +167,23 @@ impl Entry {
             last_access: AtomicU64::new(clock::now_millis() / 1000),
             answer_headers: OnceLock::new(),
         })
+    }
+}
+
+/// A final status other than the ones never stored (`206`, `304`, `416`): a `1xx`, or a
+/// code past `599`, in a stored value was not written by this crate.
+fn is_storable_status(status: StatusCode) -> bool {
+    (200..600).contains(&status.as_u16()) && ![206, 304, 416].contains(&status.as_u16())
+}
+
+/// Whether a `Content-Length` (if any) is one value that says the body's length: an answer
+/// must never announce another length than the bytes it sends.
+fn length_agrees(headers: &HeaderMap, body_len: usize) -> bool {
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    match (lengths.next(), lengths.next()) {
+        (None, _) => true,
+        (Some(length), None) => length.as_bytes() == body_len.to_string().as_bytes(),
+        (Some(_), Some(_)) => false,
     }
 }
 
@@ -236,7 +259,6 @@ fn get_bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
     Ok(head)
 }
 
-#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +361,47 @@ mod tests {
         let mut trailing = sample().encode().to_vec();
         trailing.push(0);
         assert!(Entry::decode(&trailing).is_err());
+    }
+
+    #[test]
+    fn values_the_crate_never_writes_are_errors() {
+        let with = |status: u16, length: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(length) = length {
+                headers.insert(http::header::CONTENT_LENGTH, length.parse().unwrap());
+            }
+            let status = StatusCode::from_u16(status).unwrap();
+            let entry = Entry::new(
+                status,
+                headers,
+                Bytes::from_static(b"body"),
+                Duration::from_secs(9),
+            );
+            Entry::decode(&entry.encode())
+        };
+        // The positive controls: what the crate writes reads back.
+        assert!(with(200, Some("4")).is_ok());
+        assert!(with(404, None).is_ok());
+        assert!(with(599, Some("4")).is_ok());
+        for status in [100, 103, 199, 206, 304, 416, 600, 777, 999] {
+            assert!(with(status, Some("4")).is_err(), "status {status}");
+        }
+        for length in ["5", "0", "04", "4, 4", "-1", ""] {
+            assert!(
+                with(200, Some(length)).is_err(),
+                "content-length {length:?}"
+            );
+        }
+        let mut twice = HeaderMap::new();
+        twice.append(http::header::CONTENT_LENGTH, "4".parse().unwrap());
+        twice.append(http::header::CONTENT_LENGTH, "4".parse().unwrap());
+        let entry = Entry::new(
+            StatusCode::OK,
+            twice,
+            Bytes::from_static(b"body"),
+            Duration::from_secs(9),
+        );
+        assert!(Entry::decode(&entry.encode()).is_err());
     }
 
     proptest! {
