@@ -102,3 +102,39 @@ async fn a_ten_to_one_junk_flood_keeps_the_hot_pages() {
     assert!(stats.bytes <= 2 << 20);
     assert!(stats.admissions_refused > 0, "{stats:?}");
 }
+
+/// The handle reports what the store counted.
+#[tokio::test(start_paused = true)]
+async fn the_handle_reports_refusals_and_evictions() {
+    let store = MemoryStore::builder().max_bytes(2 << 20).build();
+    let origin = service_fn(|_: Req| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'.'; BODY]))))
+    });
+    let handle = CacheHandle::builder(store.clone()).build();
+    let service = CacheLayer::new(handle.clone()).layer(origin);
+    // 400 pages fetched twice over a store that holds about 300, then 500 one-off URLs.
+    for _ in 0..2 {
+        for i in 0..400 {
+            get(&service, &format!("/page/{i}")).await;
+        }
+    }
+    for i in 0..500 {
+        get(&service, &format!("/once/{i}")).await;
+    }
+    let stats = handle.stats();
+    let store_stats = tower_response_cache::Store::stats(&store);
+    assert!(
+        stats.evictions > 0 && stats.admissions_refused > 0,
+        "{stats:?}"
+    );
+    assert_eq!(stats.evictions, store_stats.evictions);
+    assert_eq!(stats.admissions_refused, store_stats.admissions_refused);
+    assert_eq!(stats.expirations, 0);
+    handle.invalidate_all().await.unwrap();
+    assert_eq!(
+        handle.stats().invalidated,
+        store_stats.entries,
+        "{:?}",
+        handle.stats()
+    );
+}

@@ -287,3 +287,43 @@ fn the_variant_cap_drops_the_least_recently_read_variant_at_any_rate() {
     );
     assert_eq!(store.stats().evictions, 4 + 100);
 }
+
+#[tokio::test(start_paused = true)]
+async fn removals_are_counted_by_cause() {
+    let store = MemoryStore::builder().max_bytes(64 * 1024).build();
+    // Refused: too large for the budget.
+    assert!(!store.put_now(key("/huge"), entry(32 * 1024, 60)));
+    // Expiry: swept once dead.
+    store.put_now(key("/short"), entry(10, 1));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(store.sweep_expired(), 1);
+    // Invalidation: a literal key, a glob, a tag's worth (all), a clear.
+    store.put_now(key("/a"), entry(10, 60));
+    store.put_now(key("/b/1"), entry(10, 60));
+    store.put_now(key("/b/2"), entry(10, 60));
+    store.put_now(key("/c"), entry(10, 60));
+    assert_eq!(
+        store.invalidate("ns", &Pattern::new("/a")).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.invalidate("ns", &Pattern::new("/b/*")).await.unwrap(),
+        2
+    );
+    assert_eq!(store.clear(), 1);
+    // Capacity: a flood of unique keys over the budget.
+    for i in 0..200 {
+        store.put_now(key(&format!("/flood/{i}")), entry(1000, 60));
+    }
+    let stats = store.stats();
+    assert_eq!(stats.expirations, 1, "{stats:?}");
+    assert_eq!(stats.invalidated, 4, "{stats:?}");
+    assert!(stats.evictions > 100, "{stats:?}");
+    assert!(stats.admissions_refused >= 1, "{stats:?}");
+    // Every put is held, evicted or refused.
+    assert_eq!(
+        stats.entries + stats.evictions + stats.admissions_refused,
+        200 + 1,
+        "{stats:?}"
+    );
+}
