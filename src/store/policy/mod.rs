@@ -26,10 +26,10 @@
 //! # Why this policy
 //!
 //! Measured with `../shared/hitratio/run.sh` (BENCHMARKS.md, "Hit ratio under pressure"):
-//! the CLOCK it replaces gave a second chance only to an entry read in a later whole second
-//! than it was queued, so it was FIFO at high request rates: its miss ratio was up to 1.25x
+//! a CLOCK that grants its second chance only to an entry read in a later whole second than
+//! it was queued is FIFO at high request rates: in this store its miss ratio is up to 1.25x
 //! the best online policy's at 1 000 requests a second and 1.49x on the real clock, and a
-//! crawler added 0.09–0.11 to the miss ratio of the zipf traffic. This policy is at or
+//! crawler adds 0.09–0.11 to the miss ratio of the zipf traffic. This policy is at or
 //! below the best of libCacheSim's LRU, CLOCK, ARC, 2Q, W-TinyLFU, S3-FIFO and SIEVE on
 //! every zipf, scan and one-hit-wonder row, at either rate (the figures do not move with
 //! it), and a crawler adds 0.002–0.031 (S3-FIFO: 0.007–0.052). Its weak spot is a popular
