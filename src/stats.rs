@@ -18,8 +18,15 @@ pub struct CacheStats {
     pub misses: u64,
     /// Entries written to the store.
     pub stores: u64,
-    /// Entries removed to stay within the memory budget.
+    /// Entries removed to stay within the memory budget (or a URL's `Vary` variant cap).
     pub evictions: u64,
+    /// Entries removed from memory because they expired (past any stale window).
+    pub expirations: u64,
+    /// Entries removed from memory by invalidations (patterns, tags, namespaces, clears).
+    pub invalidated: u64,
+    /// Writes a memory store (or near cache) did not keep: too large for its budget, or
+    /// refused by its admission policy in favour of entries requested more often.
+    pub admissions_refused: u64,
     /// Answers served from an expired entry (stale-while-revalidate or stale-if-error).
     pub stale: u64,
     /// Requests that went around the cache (method, credentials, `no-store`).

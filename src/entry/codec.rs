@@ -4,7 +4,6 @@
 //! panic or an unbounded allocation.
 
 use std::fmt;
-use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -12,7 +11,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::{millis, Entry, Vary};
-use crate::clock;
 
 const MAGIC: &[u8; 4] = b"TRC\x00";
 /// The format version; bytes of any other version read as a miss.
@@ -164,7 +162,7 @@ impl Entry {
                 values: vary_values,
             },
             trailers,
-            last_access: AtomicU64::new(clock::now_millis() / 1000),
+            usage: Default::default(),
             answer_headers: OnceLock::new(),
         })
     }

@@ -19,7 +19,6 @@
 //! ```
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -29,6 +28,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::clock;
 use crate::headers::{CACHE_STATUS, X_CACHE};
+use crate::store::policy::Usage;
 
 mod codec;
 
@@ -63,8 +63,8 @@ pub struct Entry {
     vary: Vary,
     /// Trailers sent after the body (gRPC puts its status there); `None` for plain HTTP.
     trailers: Option<HeaderMap>,
-    /// Coarse last-access time (seconds on [`clock`]), for the memory store's eviction.
-    last_access: AtomicU64,
+    /// Uses and the last read, for a memory store's eviction (see `store::policy`).
+    usage: Usage,
     /// What a full answer's headers start from; built at the first answer. See
     /// [`answer_headers`](Entry::answer_headers).
     answer_headers: OnceLock<HeaderMap>,
@@ -96,7 +96,7 @@ impl Entry {
             identity: Bytes::new(),
             vary: Vary::default(),
             trailers: None,
-            last_access: AtomicU64::new(now / 1000),
+            usage: Usage::default(),
             answer_headers: OnceLock::new(),
         }
     }
@@ -223,7 +223,7 @@ impl Entry {
             identity: self.identity.clone(),
             vary: self.vary.clone(),
             trailers: self.trailers.clone(),
-            last_access: AtomicU64::new(self.last_access_secs()),
+            usage: Usage::copied(&self.usage),
             answer_headers: OnceLock::new(),
         }
     }
@@ -334,15 +334,9 @@ impl Entry {
         self.expires_at_ms().saturating_sub(now_ms) / 1000
     }
 
-    pub(crate) fn touch(&self, now_secs: u64) {
-        // A relaxed store is enough: eviction only needs an approximate recency.
-        if self.last_access.load(Ordering::Relaxed) != now_secs {
-            self.last_access.store(now_secs, Ordering::Relaxed);
-        }
-    }
-
-    pub(crate) fn last_access_secs(&self) -> u64 {
-        self.last_access.load(Ordering::Relaxed)
+    /// Uses and the last read, kept for a memory store's eviction.
+    pub(crate) fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     /// Approximate bytes this entry holds in memory, counted against a byte budget: the

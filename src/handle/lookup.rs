@@ -176,8 +176,8 @@ fn fresh<'a>(
             && entry.identity() == identity
             && vary_matches(entry.vary(), request_headers)
     })?;
-    // Recency for the memory store's eviction.
-    entry.touch(now / 1000);
+    // The variant this request reads: the one a full variant list keeps longest.
+    entry.usage().stamp_read();
     Some(entry)
 }
 

@@ -25,6 +25,7 @@ mod coordination;
 #[cfg(feature = "redis")]
 mod fallback;
 mod memory;
+pub(crate) mod policy;
 #[cfg(feature = "redis")]
 mod redis;
 
@@ -180,8 +181,16 @@ pub struct StoreStats {
     pub entries: u64,
     /// Bytes held now, as counted against the budget (memory stores; 0 where unknown).
     pub bytes: u64,
-    /// Entries removed to stay within the byte budget.
+    /// Entries removed to stay within the byte budget (or a URL's `Vary` variant cap).
     pub evictions: u64,
+    /// Entries removed because they expired (past any stale window), by the sweeper or when
+    /// chosen to make room.
+    pub expirations: u64,
+    /// Entries removed by invalidations (patterns, tags, namespaces, clears).
+    pub invalidated: u64,
+    /// Writes the store did not keep: larger than its budget allows, or refused by its
+    /// admission policy in favour of entries wanted more.
+    pub admissions_refused: u64,
     /// Times a fallback store's circuit opened (Redis unusable); 0 for other stores.
     pub circuit_openings: u64,
     /// Lookups answered by a Redis store's near cache (no Redis call).

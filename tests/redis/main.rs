@@ -11,6 +11,7 @@ mod cluster;
 mod faults;
 mod glob;
 mod hardening;
+mod maxmemory;
 mod near;
 mod near_processes;
 mod near_store;

@@ -1,38 +1,71 @@
 //! Keeping a [`MemoryStore`](super::MemoryStore) within its byte budget: what an entry
-//! weighs, the CLOCK queue that picks what to evict (an entry read since it was queued gets
-//! a second chance), and the sweeper that drops expired entries in the background.
+//! weighs, how the shared policy's choices are applied to the map (`store::policy` decides
+//! what to admit and what leaves), what each removal is counted as, and the sweeper that
+//! drops expired entries in the background.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use super::{Inner, MemoryStore};
 use crate::clock;
 use crate::entry::Entry;
-
-/// A reference in the CLOCK queue.
-pub(super) struct QueuedRef {
-    pub(super) key: Box<str>,
-    pub(super) variant: u64,
-    /// The very entry queued: a replaced entry's reference dies with it.
-    pub(super) entry: Weak<Entry>,
-    pub(super) queued_at: u64,
-}
+use crate::store::policy::{Admission, Resident, Victim};
 
 /// What the store itself holds per entry, besides the entry and its key strings: a map slot
 /// (80 bytes, with room to grow: twice that), the key's variant map (about 120 bytes), the
-/// variants list behind its `Arc` (24), and the eviction queue's reference (40, twice with
-/// the queue's room to grow).
-const SLOT_BYTES: usize = 2 * 80 + 120 + 24 + 2 * 40;
+/// variants list behind its `Arc` (24), the policy queue's reference (48, twice with the
+/// queue's room to grow) and its ghost once it leaves the small queue (32).
+const SLOT_BYTES: usize = 2 * 80 + 120 + 24 + 2 * 48 + 32;
 
 /// Bytes charged for an entry: the entry itself plus its key, held in the map and the queue.
 pub(super) fn weight_of(map_key: &str, entry: &Entry) -> usize {
     entry.weight() + 2 * (map_key.len() + 16) + SLOT_BYTES
 }
 
-/// Queue length past which dead references are dropped: half a reference per live entry,
-/// plus slack so that a small store does not compact on every put.
-pub(super) fn compaction_threshold(live: usize) -> usize {
-    live + live / 2 + 1024
+/// Why entries left the store, counted.
+#[derive(Debug, Default)]
+pub(super) struct Removals {
+    /// To stay within the budget, or the variant cap.
+    pub(super) capacity: AtomicU64,
+    /// Expired past any stale window (swept, or found dead when a victim was chosen).
+    pub(super) expiry: AtomicU64,
+    /// Invalidated (by pattern, tag, namespace, or a clear).
+    pub(super) invalidation: AtomicU64,
+    /// Stores refused: too large for the budget, or less wanted than what they would push out.
+    pub(super) refused: AtomicU64,
+}
+
+/// Why an entry leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cause {
+    Capacity,
+    Expiry,
+    Invalidation,
+}
+
+impl Removals {
+    pub(super) fn count(&self, cause: Cause, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let counter = match cause {
+            Cause::Capacity => {
+                metrics::counter!("tower_response_cache_evictions_total").increment(n);
+                &self.capacity
+            }
+            Cause::Expiry => {
+                metrics::counter!("tower_response_cache_expirations_total").increment(n);
+                &self.expiry
+            }
+            Cause::Invalidation => &self.invalidation,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(super) fn refuse(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("tower_response_cache_admissions_refused_total").increment(1);
+    }
 }
 
 impl Inner {
@@ -52,76 +85,118 @@ impl Inner {
             });
     }
 
-    pub(super) fn enqueue(&self, queued: QueuedRef) {
-        let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
-        clock.push_back(queued);
-        // References to removed or replaced entries pile up, and each dead `Weak` keeps its
-        // entry's allocation (about 470 bytes) and its key string alive outside the budget:
-        // drop them once they are a third of the queue. After a compaction the queue holds
-        // about `live` references, so the next one comes at least `live / 2 + 1024` pushes
-        // later: O(1) amortised, and at most ~0.5 dead references per live entry.
-        if clock.len() > compaction_threshold(self.entries.load(Ordering::Relaxed) as usize) {
-            clock.retain(|r| r.entry.strong_count() > 0);
-        }
+    fn over_budget(&self) -> u64 {
+        self.used
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.max_bytes as u64)
     }
 
-    pub(super) fn evict_to_budget(&self) {
-        while self.used.load(Ordering::Relaxed) > self.max_bytes as u64 {
-            let next = {
-                let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
-                clock.pop_front()
-            };
-            let Some(r) = next else { return };
-            let Some(entry) = r.entry.upgrade() else {
-                continue;
-            };
-            if entry.last_access_secs() > r.queued_at {
-                // Read since it was queued: a second chance at the back.
-                let now = clock::now_millis() / 1000;
-                let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
-                // Requeued with `now`, so a second pass evicts it unless read again later:
-                // the loop ends even when every entry is hot.
-                clock.push_back(QueuedRef {
-                    queued_at: now,
-                    ..r
-                });
-                continue;
+    fn policy(&self) -> std::sync::MutexGuard<'_, crate::store::policy::Policy> {
+        self.policy.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The policy's identity for a key and variant (sketch and ghost queue).
+    pub(super) fn hash_of(&self, map_key: &str, variant: u64) -> u64 {
+        self.hasher.hash_one((map_key, variant))
+    }
+
+    /// Queue `entry`, just stored under `map_key`, and apply what the policy decides;
+    /// returns whether the entry stays. `contest`: whether it may be refused.
+    pub(super) fn admit(
+        &self,
+        map_key: Box<str>,
+        variant: u64,
+        entry: &Arc<Entry>,
+        weight: u64,
+        contest: bool,
+    ) -> bool {
+        let resident = Resident {
+            hash: self.hash_of(&map_key, variant),
+            key: map_key.clone(),
+            variant,
+            weight,
+            entry: Arc::downgrade(entry),
+        };
+        let admission = {
+            let mut policy = self.policy();
+            let live = self.entries.load(Ordering::Relaxed) as usize;
+            let decision = policy.admit(resident, self.over_budget(), contest, live);
+            policy.compact_if_needed(live);
+            decision
+        };
+        match admission {
+            Admission::Admitted(victims) => {
+                self.evict(victims);
+                self.evict_to_budget();
+                true
             }
-            self.evict_one(&r, &entry);
+            Admission::Refused => {
+                self.remove_entry(&map_key, variant, entry);
+                self.removals.refuse();
+                false
+            }
         }
     }
 
-    fn evict_one(&self, r: &QueuedRef, entry: &Arc<Entry>) {
+    /// Evict until within the budget (concurrent stores may have pushed it over).
+    pub(super) fn evict_to_budget(&self) {
+        loop {
+            let over = self.over_budget();
+            if over == 0 {
+                return;
+            }
+            let victims = self.policy().shrink(over);
+            if victims.is_empty() {
+                return;
+            }
+            self.evict(victims);
+        }
+    }
+
+    fn evict(&self, victims: Vec<Victim>) {
+        let now = clock::now_millis();
+        for Victim { resident, entry } in victims {
+            if self.remove_entry(&resident.key, resident.variant, &entry) {
+                let cause = if entry.is_dead_at(now) {
+                    Cause::Expiry
+                } else {
+                    Cause::Capacity
+                };
+                self.removals.count(cause, 1);
+            }
+        }
+    }
+
+    /// Remove this very entry (not a replacement of it); returns whether it was there.
+    fn remove_entry(&self, key: &str, variant: u64, entry: &Arc<Entry>) -> bool {
         let mut freed = 0u64;
         let mut emptied = false;
-        if let Some(mut slot) = self.map.get_mut(&*r.key) {
-            if let Some(variants) = slot.variants.get(&r.variant) {
+        if let Some(mut slot) = self.map.get_mut(key) {
+            if let Some(variants) = slot.variants.get(&variant) {
                 let kept: Vec<Arc<Entry>> = variants
                     .iter()
                     .filter(|e| !Arc::ptr_eq(e, entry))
                     .cloned()
                     .collect();
                 if kept.len() != variants.len() {
-                    freed = weight_of(&r.key, entry) as u64;
+                    freed = weight_of(key, entry) as u64;
                     if kept.is_empty() {
-                        slot.variants.remove(&r.variant);
+                        slot.variants.remove(&variant);
                     } else {
-                        slot.variants.insert(r.variant, kept.into());
+                        slot.variants.insert(variant, kept.into());
                     }
                 }
             }
             emptied = slot.variants.is_empty();
         }
         if emptied {
-            self.map
-                .remove_if(&*r.key, |_, slot| slot.variants.is_empty());
+            self.map.remove_if(key, |_, slot| slot.variants.is_empty());
         }
         if freed > 0 {
             self.sub_used(freed);
             self.sub_entries(1);
-            self.evictions.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("tower_response_cache_evictions_total").increment(1);
         }
+        freed > 0
     }
 
     pub(super) fn ensure_sweeper(self: &Arc<Self>) {

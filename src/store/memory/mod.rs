@@ -1,10 +1,12 @@
 //! The in-process store: a sharded map bounded by a byte budget.
 //!
 //! Entries sit behind `Arc`s, so a hit clones a reference count, not a body. Every entry is
-//! weighed (key, headers, body, overhead) and the sum is kept under `max_bytes`: a put that
-//! goes over evicts with the CLOCK algorithm (a FIFO of references where an entry read since
-//! it was queued gets a second chance), which approximates LRU without a lock on the hit
-//! path. Expired entries are swept by a background task; reads skip them before that.
+//! weighed (key, headers, body, overhead) and the sum is kept under `max_bytes`: what to
+//! admit and what to evict is decided by the policy in `store::policy` (S3-FIFO queues with
+//! TinyLFU admission: scan-resistant, frequency-aware, by bytes, whatever the request
+//! rate). Every read of the store counts a use on the entries it lends, with one relaxed
+//! counter: no lock on the hit path. Expired entries are swept by a background task; reads
+//! skip them before that.
 //!
 //! ```
 //! use tower_response_cache::{MemoryStore, Store};
@@ -15,7 +17,7 @@
 //! assert_eq!(shared.stats().bytes, store.stats().bytes);
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,12 +28,13 @@ use super::{Backend, Coordination, Store, StoreFuture, StoreKey, StoreStats, Var
 use crate::clock;
 use crate::entry::Entry;
 use crate::pattern::Pattern;
+use crate::store::policy::{Policy, Resident};
 
 mod eviction;
 #[cfg(test)]
 mod tests;
 
-use eviction::{weight_of, QueuedRef};
+use eviction::{weight_of, Cause, Removals};
 
 /// Most `Vary` variants kept for one URL; more are a sign of a header with unbounded values.
 const MAX_VARY_VARIANTS: usize = 16;
@@ -64,9 +67,11 @@ struct Inner {
     max_bytes: usize,
     used: AtomicU64,
     entries: AtomicU64,
-    evictions: AtomicU64,
-    /// CLOCK queue of (map key, variant, entry, seconds when queued).
-    clock: Mutex<VecDeque<QueuedRef>>,
+    removals: Removals,
+    /// The eviction and admission policy's state, taken by stores, never by reads.
+    policy: Mutex<Policy>,
+    /// Hashes keys for the policy's sketch and ghost queue.
+    hasher: ahash::RandomState,
     sweep_interval: Duration,
     sweeper_started: AtomicBool,
 }
@@ -116,8 +121,9 @@ impl MemoryStoreBuilder {
                 max_bytes: self.max_bytes,
                 used: AtomicU64::new(0),
                 entries: AtomicU64::new(0),
-                evictions: AtomicU64::new(0),
-                clock: Mutex::new(VecDeque::new()),
+                removals: Removals::default(),
+                policy: Mutex::new(Policy::new(self.max_bytes)),
+                hasher: ahash::RandomState::new(),
                 sweep_interval: self.sweep_interval,
                 sweeper_started: AtomicBool::new(false),
             }),
@@ -146,7 +152,9 @@ impl MemoryStore {
         self.with_variants(key, |variants| variants.cloned())
     }
 
-    /// `read` the variants stored under `key`, under the read lock of their shard.
+    /// `read` the variants stored under `key`, under the read lock of their shard. Each
+    /// entry lent counts a use (the store cannot tell which one the reader picks; the
+    /// variant cap uses the reader's own mark, `Usage::stamp_read`).
     pub(crate) fn with_variants<R>(
         &self,
         key: StoreKey<'_>,
@@ -160,10 +168,15 @@ impl MemoryStore {
             buffer.push_str(key.logical);
             self.inner.map.get(buffer.as_str())
         });
-        read(
-            slot.as_ref()
-                .and_then(|slot| slot.variants.get(&key.variant)),
-        )
+        let variants = slot
+            .as_ref()
+            .and_then(|slot| slot.variants.get(&key.variant));
+        if let Some(variants) = variants {
+            for entry in variants.iter() {
+                entry.usage().count_use();
+            }
+        }
+        read(variants)
     }
 
     /// Store synchronously; returns whether the entry was kept.
@@ -172,10 +185,13 @@ impl MemoryStore {
         let map_key: Box<str> = map_key(key.namespace, key.logical).into_boxed_str();
         let weight = weight_of(&map_key, &entry);
         if weight > self.inner.max_bytes / 4 {
+            self.inner.removals.refuse();
             return false;
         }
-        let queued = Arc::downgrade(&entry);
+        entry.usage().stamp_write();
+        let stored = entry.clone();
         let added = weight as u64;
+        let mut capped = 0u64;
         let mut removed = 0u64;
         let mut replaced = 0u64;
         {
@@ -195,24 +211,20 @@ impl MemoryStore {
             if next.len() >= MAX_VARY_VARIANTS {
                 let dropped = next.remove(least_recently_used(&next));
                 removed += weight_of(&map_key, &dropped) as u64;
-                replaced += 1;
+                capped += 1;
             }
             next.push(entry);
             slot.variants.insert(key.variant, next.into());
         }
         self.inner.entries.fetch_add(1, Ordering::Relaxed);
-        self.inner.sub_entries(replaced);
+        self.inner.sub_entries(replaced + capped);
+        self.inner.removals.count(Cause::Capacity, capped);
         // Account before evicting so concurrent puts see the pressure.
         self.inner.used.fetch_add(added, Ordering::Relaxed);
         self.inner.sub_used(removed);
-        self.inner.enqueue(QueuedRef {
-            key: map_key,
-            variant: key.variant,
-            entry: queued,
-            queued_at: clock::now_millis() / 1000,
-        });
-        self.inner.evict_to_budget();
-        true
+        // A new version of a cached response is not contested: its key was wanted.
+        self.inner
+            .admit(map_key, key.variant, &stored, added, replaced == 0)
     }
 
     /// Remove the entries `drop_entry` picks under keys `keep_key` does not keep.
@@ -223,6 +235,7 @@ impl MemoryStore {
     /// lock, so no write lands in between.
     fn remove_where(
         &self,
+        cause: Cause,
         mut keep_key: impl FnMut(&str) -> bool,
         drop_entry: impl Fn(&Entry) -> bool,
     ) -> u64 {
@@ -275,6 +288,7 @@ impl MemoryStore {
         }
         inner.sub_entries(removed_entries);
         inner.sub_used(removed_bytes);
+        inner.removals.count(cause, removed_entries);
         removed_entries
     }
 
@@ -292,6 +306,7 @@ impl MemoryStore {
         }
         self.inner.sub_entries(count);
         self.inner.sub_used(bytes);
+        self.inner.removals.count(Cause::Invalidation, count);
         count
     }
 }
@@ -323,20 +338,17 @@ fn map_key(namespace: &str, logical: &str) -> String {
     key
 }
 
-/// Whether `new` replaces `existing`: the same response variant of one URL.
-/// Which of a URL's variants to drop for a new one: the least recently read (a flood of junk
-/// `Vary` values must not push out the variant real clients read). Reads are timed to the
-/// second, so among those last read in the same second, one never read after the second it
-/// was stored in goes first (a fresh junk write, against a hot variant read again), then the
-/// oldest.
+/// Which of a URL's variants to drop for a new one: one never read since it was stored
+/// first (the oldest such), else the least recently read, so a flood of junk `Vary` values
+/// never pushes out a variant real clients read. Reads and writes are ordered by stamps
+/// that count writes (`Usage`), not time: this holds at any request rate.
 fn least_recently_used(variants: &[Arc<Entry>]) -> usize {
     variants
         .iter()
         .enumerate()
         .min_by_key(|(i, e)| {
-            let last = e.last_access_secs();
-            let read_since_stored = last > e.stored_at_millis() / 1000;
-            (last, read_since_stored, *i)
+            let usage = e.usage();
+            (usage.read_since_stored(), usage.stamp(), *i)
         })
         .map_or(0, |(i, _)| i)
 }
@@ -344,13 +356,13 @@ fn least_recently_used(variants: &[Arc<Entry>]) -> usize {
 impl MemoryStore {
     /// Remove every entry, in every namespace.
     pub fn clear(&self) -> u64 {
-        self.remove_where(|_| false, |_| true)
+        self.remove_where(Cause::Invalidation, |_| false, |_| true)
     }
 
     /// Remove every expired entry now (the background sweeper calls this periodically).
     pub fn sweep_expired(&self) -> u64 {
         let now = clock::now_millis();
-        self.remove_where(|_| false, |e| e.is_dead_at(now))
+        self.remove_where(Cause::Expiry, |_| false, |e| e.is_dead_at(now))
     }
 }
 
@@ -372,6 +384,7 @@ impl Store for MemoryStore {
             None => {
                 let prefix_len = namespace.len() + 1;
                 self.remove_where(
+                    Cause::Invalidation,
                     |key| {
                         !(key.len() >= prefix_len
                             && key.as_bytes()[namespace.len()] == b':'
@@ -392,19 +405,29 @@ impl Store for MemoryStore {
     ) -> StoreFuture<'a, u64> {
         let now = clock::now_millis();
         let mut marked = 0;
+        let mut copies = Vec::new();
         for mut slot in self.inner.map.iter_mut() {
             if !in_namespace(slot.key(), namespace)
                 || !pattern.matches(&slot.key().as_bytes()[namespace.len() + 1..])
             {
                 continue;
             }
-            for variants in slot.value_mut().variants.values_mut() {
+            let map_key = slot.key().clone();
+            for (variant, variants) in slot.value_mut().variants.iter_mut() {
                 let expired: Vec<Arc<Entry>> = variants
                     .iter()
                     .map(|e| {
                         marked += 1;
                         if e.is_fresh_at(now) {
-                            Arc::new(e.expired_at(now))
+                            let copy = Arc::new(e.expired_at(now));
+                            copies.push(Resident {
+                                hash: self.inner.hash_of(&map_key, *variant),
+                                key: map_key.clone(),
+                                variant: *variant,
+                                weight: weight_of(&map_key, &copy) as u64,
+                                entry: Arc::downgrade(&copy),
+                            });
+                            copy
                         } else {
                             e.clone()
                         }
@@ -413,13 +436,25 @@ impl Store for MemoryStore {
                 *variants = expired.into();
             }
         }
+        // The marked copies take the originals' places in the queues.
+        {
+            let mut policy = self.inner.policy.lock().unwrap_or_else(|e| e.into_inner());
+            for copy in copies {
+                policy.requeue(copy);
+            }
+        }
         // Entries with no stale window are of no use once expired: remove them now.
-        self.remove_where(|key| !in_namespace(key, namespace), |e| e.is_dead_at(now));
+        self.remove_where(
+            Cause::Invalidation,
+            |key| !in_namespace(key, namespace),
+            |e| e.is_dead_at(now),
+        );
         Box::pin(std::future::ready(Ok(marked)))
     }
 
     fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64> {
         let removed = self.remove_where(
+            Cause::Invalidation,
             |key| !in_namespace(key, namespace),
             |e| e.tags().iter().any(|t| t == tag),
         );
@@ -427,7 +462,11 @@ impl Store for MemoryStore {
     }
 
     fn invalidate_all<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, u64> {
-        let removed = self.remove_where(|key| !in_namespace(key, namespace), |_| true);
+        let removed = self.remove_where(
+            Cause::Invalidation,
+            |key| !in_namespace(key, namespace),
+            |_| true,
+        );
         Box::pin(std::future::ready(Ok(removed)))
     }
 
@@ -439,7 +478,10 @@ impl Store for MemoryStore {
         StoreStats {
             entries: self.inner.entries.load(Ordering::Relaxed),
             bytes: self.inner.used.load(Ordering::Relaxed),
-            evictions: self.inner.evictions.load(Ordering::Relaxed),
+            evictions: self.inner.removals.capacity.load(Ordering::Relaxed),
+            expirations: self.inner.removals.expiry.load(Ordering::Relaxed),
+            invalidated: self.inner.removals.invalidation.load(Ordering::Relaxed),
+            admissions_refused: self.inner.removals.refused.load(Ordering::Relaxed),
             ..StoreStats::default()
         }
     }

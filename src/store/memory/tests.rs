@@ -1,7 +1,7 @@
 //! The memory store's rules: budget, eviction, variants, sweeping, invalidation.
 
-use super::eviction::compaction_threshold;
 use super::*;
+use crate::store::policy::compaction_threshold;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
@@ -34,7 +34,7 @@ fn a_flood_of_unique_keys_stays_within_the_budget() {
     assert!(stats.evictions > 90_000, "{stats:?}");
     assert!(stats.entries > 100, "{stats:?}");
     // The eviction queue does not grow without bound either.
-    let queue = store.inner.clock.lock().unwrap().len() as u64;
+    let queue = store.inner.policy.lock().unwrap().len() as u64;
     assert!(
         queue as usize <= compaction_threshold(stats.entries as usize) + 1,
         "{queue} refs for {stats:?}"
@@ -56,7 +56,7 @@ fn dead_references_stay_under_half_a_live_entry() {
                 store.remove_key(&map_key("ns", &logical));
             }
             store.put_now(key(&logical), entry(10, 60));
-            let queue = store.inner.clock.lock().unwrap().len();
+            let queue = store.inner.policy.lock().unwrap().len();
             let entries = store.stats().entries as usize;
             assert!(
                 queue <= entries + entries / 2 + 1025,
@@ -65,14 +65,7 @@ fn dead_references_stay_under_half_a_live_entry() {
         }
     }
     assert_eq!(store.stats().entries, live as u64);
-    let dead = store
-        .inner
-        .clock
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|r| r.entry.strong_count() == 0)
-        .count();
+    let dead = store.inner.policy.lock().unwrap().dead();
     assert!(dead <= live / 2 + 1025, "{dead} dead refs");
     // Amortised O(1): 100 000 puts in well under a second in a release build.
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
@@ -85,7 +78,7 @@ fn replacing_one_key_again_and_again_keeps_the_queue_small() {
     for _ in 0..20_000 {
         store.put_now(key("/hot"), entry(10, 60));
     }
-    let queue = store.inner.clock.lock().unwrap().len();
+    let queue = store.inner.policy.lock().unwrap().len();
     assert!(queue <= 1025 + 2, "{queue} queue references for one entry");
     // Quadratic behaviour took seconds here; linear takes milliseconds.
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
@@ -96,10 +89,11 @@ fn recently_read_entries_survive_eviction() {
     let store = MemoryStore::builder().max_bytes(64 * 1024).build();
     store.put_now(key("/hot"), entry(1000, 60));
     for i in 0..500 {
-        // The hot key is read between puts; its read time must move past its queue time.
-        if let Some(slot) = store.inner.map.get("ns:/hot") {
-            slot.variants[&1][0].touch(u64::MAX);
-        }
+        // The hot key is read between puts, all in the same instant.
+        assert!(
+            store.get_now(key("/hot")).is_some(),
+            "evicted before put {i}"
+        );
         store.put_now(key(&format!("/cold/{i}")), entry(1000, 60));
     }
     assert!(store.get_now(key("/hot")).is_some());
@@ -131,6 +125,7 @@ fn replacing_an_entry_keeps_the_accounting_exact() {
             entries: 0,
             bytes: 0,
             evictions: 0,
+            invalidated: 1,
             ..StoreStats::default()
         }
     );
@@ -196,7 +191,7 @@ fn read_variant(store: &MemoryStore, hash: u64) -> bool {
     else {
         return false;
     };
-    entry.touch(clock::now_millis() / 1000);
+    entry.usage().stamp_read();
     true
 }
 
@@ -250,4 +245,85 @@ async fn unread_variants_go_oldest_first() {
         .map(|e| u64::from_be_bytes(e.vary().values[..].try_into().unwrap()))
         .collect();
     assert_eq!(kept, (3..MAX_VARY_VARIANTS as u64 + 3).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_variant_cap_drops_the_least_recently_read_variant_at_any_rate() {
+    // No time passes at all: only the order of reads and writes can decide.
+    let store = MemoryStore::new();
+    let full = MAX_VARY_VARIANTS as u64;
+    for hash in 0..full {
+        store.put_now(key("/v"), variant_entry(hash));
+    }
+    // Every variant read, in an order unrelated to the order they were stored in, with
+    // other keys stored in between (what orders reads is the writes between them).
+    let order: Vec<u64> = (0..full).map(|i| (i * 7 + 3) % full).collect();
+    for &hash in &order {
+        assert!(read_variant(&store, hash));
+        store.put_now(key(&format!("/other/{hash}")), entry(1, 60));
+    }
+    // Each new variant (read by its client at once) drops the least recently read of
+    // those left.
+    for (n, &expected) in order.iter().take(4).enumerate() {
+        store.put_now(key("/v"), variant_entry(100 + n as u64));
+        assert!(read_variant(&store, 100 + n as u64));
+        let variants = store.get_now(key("/v")).unwrap();
+        assert_eq!(variants.len(), MAX_VARY_VARIANTS);
+        assert!(
+            !variants
+                .iter()
+                .any(|e| e.vary().values[..] == expected.to_be_bytes()),
+            "variant {expected} (least recently read) should have gone for new variant {n}"
+        );
+    }
+    // A new variant never read goes before any variant read since it was stored.
+    let hot = order[order.len() - 1];
+    for junk in 200..300 {
+        store.put_now(key("/v"), variant_entry(junk));
+    }
+    assert!(
+        read_variant(&store, hot),
+        "the most recently read variant was dropped"
+    );
+    assert_eq!(store.stats().evictions, 4 + 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn removals_are_counted_by_cause() {
+    let store = MemoryStore::builder().max_bytes(64 * 1024).build();
+    // Refused: too large for the budget.
+    assert!(!store.put_now(key("/huge"), entry(32 * 1024, 60)));
+    // Expiry: swept once dead.
+    store.put_now(key("/short"), entry(10, 1));
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(store.sweep_expired(), 1);
+    // Invalidation: a literal key, a glob, a tag's worth (all), a clear.
+    store.put_now(key("/a"), entry(10, 60));
+    store.put_now(key("/b/1"), entry(10, 60));
+    store.put_now(key("/b/2"), entry(10, 60));
+    store.put_now(key("/c"), entry(10, 60));
+    assert_eq!(
+        store.invalidate("ns", &Pattern::new("/a")).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.invalidate("ns", &Pattern::new("/b/*")).await.unwrap(),
+        2
+    );
+    assert_eq!(store.clear(), 1);
+    // Capacity: a flood of unique keys over the budget.
+    for i in 0..200 {
+        store.put_now(key(&format!("/flood/{i}")), entry(1000, 60));
+    }
+    let stats = store.stats();
+    assert_eq!(stats.expirations, 1, "{stats:?}");
+    assert_eq!(stats.invalidated, 4, "{stats:?}");
+    assert!(stats.evictions > 100, "{stats:?}");
+    assert!(stats.admissions_refused >= 1, "{stats:?}");
+    // Every put is held, evicted or refused.
+    assert_eq!(
+        stats.entries + stats.evictions + stats.admissions_refused,
+        200 + 1,
+        "{stats:?}"
+    );
 }

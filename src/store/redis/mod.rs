@@ -23,6 +23,7 @@ mod generation;
 mod invalidate;
 mod layout;
 mod lease;
+mod maxmemory;
 mod memo;
 mod near;
 mod scripts;
@@ -250,6 +251,7 @@ impl RedisStoreBuilder {
             leases_script: Script::new(lease::LEASES_SCRIPT),
         });
         tokio::spawn(channel::listen(Arc::downgrade(&inner)));
+        tokio::spawn(maxmemory::check(Arc::downgrade(&inner)));
         if inner.near.is_some() {
             tokio::spawn(near::heartbeat(Arc::downgrade(&inner)));
         }

@@ -69,7 +69,9 @@
 //! was stored): never longer than Redis keeps it. Only fresh entries are answered from it;
 //! stale ones, and `Vary` variants it does not hold, are asked of Redis. It may still hold
 //! a variant Redis has since replaced or pruned, never one an invalidation covers. It has
-//! its own byte budget and CLOCK eviction (it is a [`MemoryStore`]). Used by the HTTP
+//! its own byte budget and the memory store's eviction and admission policy (it is a
+//! [`MemoryStore`]: S3-FIFO with TinyLFU admission, `store::policy`); a hit counts a use
+//! there as any read of a memory store does. Used by the HTTP
 //! layer's, the gRPC layer's and typed reads' hits (through `Coordination::read_now`).
 //!
 //! On a Redis Cluster every name the processes meet at shares the slot of the hash tag
@@ -229,6 +231,7 @@ impl Near {
             lapses: self.lease.lapses(),
             entries: memory.entries,
             bytes: memory.bytes,
+            memory,
         }
     }
 }
@@ -241,6 +244,8 @@ pub(crate) struct NearCounters {
     pub(crate) lapses: u64,
     pub(crate) entries: u64,
     pub(crate) bytes: u64,
+    /// What its memory store counted (evictions and refusals by cause).
+    pub(crate) memory: StoreStats,
 }
 
 impl RedisStoreBuilder {
@@ -288,6 +293,10 @@ impl RedisStore {
             lease_lapses: c.lapses,
             l1_entries: c.entries,
             l1_bytes: c.bytes,
+            evictions: stats.evictions + c.memory.evictions,
+            expirations: stats.expirations + c.memory.expirations,
+            invalidated: stats.invalidated + c.memory.invalidated,
+            admissions_refused: stats.admissions_refused + c.memory.admissions_refused,
             ..stats
         }
     }

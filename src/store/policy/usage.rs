@@ -1,0 +1,105 @@
+//! What a read leaves on an entry: a saturating use counter (0..=3) for the queues and a
+//! read stamp for choosing among a URL's variants, packed in one relaxed atomic word.
+//!
+//! Stamps count writes, not time: every entry a store takes draws the next even stamp,
+//! and a read is stamped with the odd number after the latest write it can see. So a read
+//! after a write always stamps higher than that write, however many happen per second, and
+//! an entry never read since it was stored keeps an even stamp.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Stores taken by any memory store in this process (the stamps' clock).
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Highest use count kept: a main-queue entry then survives at most three passes unread,
+/// so the search for a victim stays short (S3-FIFO's and TinyUFO's cap).
+pub(crate) const MAX_USES: u64 = 3;
+
+const USES_MASK: u64 = 0b11;
+
+/// Uses and the last read (or write) stamp of one entry.
+#[derive(Debug, Default)]
+pub(crate) struct Usage(AtomicU64);
+
+impl Usage {
+    /// A copy of another entry's usage (an entry rebuilt from it keeps its standing).
+    pub(crate) fn copied(other: &Usage) -> Usage {
+        Usage(AtomicU64::new(other.0.load(Ordering::Relaxed)))
+    }
+
+    /// A store read: one more use, up to [`MAX_USES`]. A relaxed load and store, not a
+    /// read-modify-write: two racing reads may count once, which a frequency estimate
+    /// tolerates, and a hit stays lock-free and cheap.
+    #[inline]
+    pub(crate) fn count_use(&self) {
+        let v = self.0.load(Ordering::Relaxed);
+        if v & USES_MASK < MAX_USES {
+            self.0.store(v + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The variant a request was answered with: stamped as read after every write so far.
+    #[inline]
+    pub(crate) fn stamp_read(&self) {
+        let stamp = (WRITES.load(Ordering::Relaxed) << 1) | 1;
+        let v = self.0.load(Ordering::Relaxed);
+        let next = (stamp << 2) | (v & USES_MASK);
+        if next != v {
+            self.0.store(next, Ordering::Relaxed);
+        }
+    }
+
+    /// Taken by a store: the next write stamp, and no uses yet.
+    pub(crate) fn stamp_write(&self) {
+        let stamp = (WRITES.fetch_add(1, Ordering::Relaxed) + 1) << 1;
+        self.0.store(stamp << 2, Ordering::Relaxed);
+    }
+
+    pub(crate) fn uses(&self) -> u64 {
+        self.0.load(Ordering::Relaxed) & USES_MASK
+    }
+
+    /// One use fewer (a pass through the main queue spends one).
+    pub(crate) fn spend_use(&self) {
+        let v = self.0.load(Ordering::Relaxed);
+        if v & USES_MASK > 0 {
+            self.0.store(v - 1, Ordering::Relaxed);
+        }
+    }
+
+    /// The last read's stamp, or the write's when never read since stored.
+    pub(crate) fn stamp(&self) -> u64 {
+        self.0.load(Ordering::Relaxed) >> 2
+    }
+
+    /// Whether it was read since the store took it.
+    pub(crate) fn read_since_stored(&self) -> bool {
+        self.stamp() & 1 == 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uses_saturate_and_stamps_order_reads_after_writes() {
+        let a = Usage::default();
+        a.stamp_write();
+        assert!(!a.read_since_stored());
+        for _ in 0..10 {
+            a.count_use();
+        }
+        assert_eq!(a.uses(), MAX_USES);
+        a.spend_use();
+        assert_eq!(a.uses(), MAX_USES - 1);
+        a.stamp_read();
+        assert!(a.read_since_stored());
+        assert_eq!(a.uses(), MAX_USES - 1, "a stamp keeps the uses");
+        let b = Usage::default();
+        b.stamp_write();
+        assert!(b.stamp() > a.stamp(), "a later write stamps higher");
+        a.stamp_read();
+        assert!(a.stamp() > b.stamp(), "a read after it stamps higher again");
+    }
+}
