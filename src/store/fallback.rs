@@ -27,7 +27,10 @@ const MAX_REMEMBERED: usize = 10_000;
 ///
 /// - **closed** (Redis healthy): every call goes to Redis, each within its deadline. An
 ///   unreachable-Redis error falls through to memory for that call and counts a failure;
-///   `failure_threshold` failures in a row open the circuit.
+///   `failure_threshold` failures in a row open the circuit, and a lost connection opens it
+///   at once. Errors of the Redis calls no request waits for (the invalidation channel's
+///   loss and resubscription, near-cache heartbeats, acknowledgements, token reads) count
+///   the same: after a restart they are often the first to meet the new server.
 /// - **open** (falling back): calls go to memory without touching Redis. Entries written
 ///   then live at most `fallback_ttl` (default 30 s), because this process cannot hear other
 ///   processes' invalidations meanwhile. Invalidations apply to memory at once, are reported
@@ -158,6 +161,13 @@ impl FallbackStoreBuilder {
             let listener = lock(&inner.listener).clone();
             if let Some(listener) = listener {
                 listener(event);
+            }
+        }));
+        // Errors of Redis calls no request waits for count like a request's.
+        let weak = Arc::downgrade(&inner);
+        inner.redis.set_error_sink(Arc::new(move |error| {
+            if let Some(inner) = weak.upgrade() {
+                inner.failed(error);
             }
         }));
         tokio::spawn(probe(Arc::downgrade(&inner)));

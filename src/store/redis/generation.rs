@@ -72,7 +72,7 @@ impl RedisStore {
 
     /// Read the generation counter (and, on one Redis, the epoch) and adopt it (also before
     /// each miss fetches, see [`Store::current_write_token`]); on failure this process keeps
-    /// what it knows. A successful read also settles what a message claimed before it was
+    /// what it knows, and the error counts toward opening a fallback's circuit. A successful read also settles what a message claimed before it was
     /// sent (see [`heard`](Self::heard)).
     pub(super) async fn learn_generation(&self, deadline: Duration) {
         let claimed = self.inner.heard_floor.load(Ordering::Acquire);
@@ -97,15 +97,21 @@ impl RedisStore {
                     .map(|generation| self.adopt(generation.unwrap_or(0)))
             }
         };
-        if learned.is_ok() {
-            // Redis has answered since the claim: a true one is in the token now, a false
-            // one is dropped. A newer claim stays.
-            let _ = self.inner.heard_floor.compare_exchange(
-                claimed,
-                0,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+        match learned {
+            Ok(()) => {
+                // Redis has answered since the claim: a true one is in the token now, a false
+                // one is dropped. A newer claim stays.
+                let _ = self.inner.heard_floor.compare_exchange(
+                    claimed,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+            // Nobody waits for this answer: the error counts here or nowhere.
+            Err(error) => self
+                .inner
+                .background_failed("could not read the generation", &error),
         }
     }
 

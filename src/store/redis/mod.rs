@@ -156,6 +156,8 @@ pub(crate) struct Inner {
     /// Tells published invalidations from this process apart from others'.
     origin: u64,
     listener: Mutex<Option<InvalidationListener>>,
+    /// Told of every error of a call no caller hears of (see `call.rs`).
+    errors: Mutex<Option<call::ErrorSink>>,
     put_script: Script,
     bump_script: Script,
     raise_script: Script,
@@ -237,6 +239,7 @@ impl RedisStoreBuilder {
             adopted: Mutex::new(0),
             origin,
             listener: Mutex::new(None),
+            errors: Mutex::new(None),
             put_script: Script::new(PUT_SCRIPT),
             bump_script: Script::new(BUMP_SCRIPT),
             raise_script: Script::new(RAISE_SCRIPT),
@@ -368,7 +371,12 @@ impl RedisStore {
     fn delete_later(&self, cmd: redis::Cmd) {
         let store = self.clone();
         tokio::spawn(async move {
-            let _: Result<redis::Value, _> = store.query(cmd, store.inner.deadline).await;
+            let deleted: Result<redis::Value, _> = store.query(cmd, store.inner.deadline).await;
+            if let Err(error) = deleted {
+                store
+                    .inner
+                    .background_failed("could not delete a bad cache entry", &error);
+            }
         });
     }
 
