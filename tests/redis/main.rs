@@ -8,6 +8,7 @@ mod support;
 
 mod bad_data;
 mod cluster;
+mod fallback_mode;
 mod faults;
 mod glob;
 mod hardening;
