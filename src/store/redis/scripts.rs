@@ -69,18 +69,40 @@ end
 return 1
 "#;
 
-/// Mark every value of an entry hash soft-invalidated: bytes 9–24 of each value (see
-/// `codec.rs`) become ARGV[1], the mark. Returns 1 when the hash was there.
+/// Mark one batch of the values of an entry hash soft-invalidated: `HSCAN` from cursor
+/// ARGV[2] with `COUNT` ARGV[3], and in each value found bytes 9–24 (see `codec.rs`)
+/// become ARGV[1], the mark, unless it carries a newer mark already (soft invalidations may
+/// interleave their batches). Returns {next cursor ("0" when done), whether the hash was
+/// there}. The caller calls again with the cursor: each call does bounded work, however
+/// many variants the key has, so Redis never stalls on one (a hash that changes between
+/// batches is fine: a value written since was fetched after the mark's generation was
+/// drawn, or refused by the write script).
 pub(super) const SOFT_SCRIPT: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local fields = redis.call('HGETALL', KEYS[1])
+local count = tonumber(ARGV[3])
+if #ARGV[1] ~= 16 or not count or count < 1 then
+  return redis.error_reply('ERR tower-response-cache: invalid soft-invalidation arguments')
+end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return {'0', 0} end
+if t ~= 'hash' then
+  return redis.error_reply('WRONGTYPE tower-response-cache: a foreign value under a cache key')
+end
+local scan = redis.call('HSCAN', KEYS[1], ARGV[2], 'COUNT', count)
+local fields = scan[2]
+local function older(current)
+  for i = 1, 8 do
+    local a, b = string.byte(current, i), string.byte(ARGV[1], i)
+    if a ~= b then return a < b end
+  end
+  return false
+end
 for i = 1, #fields, 2 do
   local value = fields[i + 1]
-  if #value >= 24 then
+  if #value >= 24 and older(string.sub(value, 9, 16)) then
     redis.call('HSET', KEYS[1], fields[i], string.sub(value, 1, 8) .. ARGV[1] .. string.sub(value, 25))
   end
 end
-return 1
+return {scan[1], 1}
 "#;
 
 /// Raise a counter past where it is and to at least ARGV[1]; return the new value.
