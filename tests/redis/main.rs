@@ -7,6 +7,7 @@
 mod support;
 
 mod bad_data;
+mod buckets;
 mod cluster;
 mod fallback_mode;
 mod faults;
