@@ -24,7 +24,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::handle::CacheHandle;
-use crate::store::MemoryStore;
+use crate::store::{FallbackMode, MemoryStore};
 
 /// Cache settings, usually read by [`CacheConfig::from_env`].
 ///
@@ -44,6 +44,7 @@ use crate::store::MemoryStore;
 /// | `CACHE_MAX_BYTES` | `268435456` | memory store budget, at least 4096 (also the fallback's) |
 /// | `CACHE_REDIS_TIMEOUT_MS` | `50` | deadline of each Redis call, more than 0 |
 /// | `CACHE_FALLBACK_TTL_SECONDS` | `30` | longest life of an entry written while Redis is down |
+/// | `CACHE_FALLBACK_MODE` | `serve` | while Redis is unreachable: `serve` from memory (what another process invalidates meanwhile may be served here for up to `CACHE_FALLBACK_TTL_SECONDS`) or `bypass` the cache (no stale answer; every request reaches the origin); see [`FallbackMode`] |
 /// | `CACHE_NEAR_LEASE_MS` | — (off) | turn the near cache (an L1 in front of Redis or a Redis Cluster) on with this lease, 4–10 000 ms; an `invalidate` then waits for every process's acknowledgement, or this long for one that does not answer |
 /// | `CACHE_NEAR_MAX_BYTES` | `67108864` | the near cache's byte budget |
 ///
@@ -70,6 +71,8 @@ pub struct CacheConfig {
     pub redis_timeout: Duration,
     /// Longest life of an entry written while falling back.
     pub fallback_ttl: Duration,
+    /// What the cache does while Redis is unreachable.
+    pub fallback_mode: FallbackMode,
     /// The near cache's lease, when it is on (see `RedisStoreBuilder::near_cache`).
     pub near_lease: Option<Duration>,
     /// The near cache's byte budget.
@@ -107,6 +110,7 @@ impl Default for CacheConfig {
             max_bytes: 256 << 20,
             redis_timeout: Duration::from_millis(50),
             fallback_ttl: Duration::from_secs(30),
+            fallback_mode: FallbackMode::Serve,
             near_lease: None,
             near_max_bytes: 64 << 20,
         }
@@ -192,6 +196,13 @@ impl CacheConfig {
         if let Some(secs) = parse::<u64>(&get, "CACHE_FALLBACK_TTL_SECONDS", "whole seconds")? {
             config.fallback_ttl = Duration::from_secs(secs);
         }
+        if let Some(mode) = get("CACHE_FALLBACK_MODE") {
+            config.fallback_mode = match mode.to_ascii_lowercase().as_str() {
+                "serve" => FallbackMode::Serve,
+                "bypass" => FallbackMode::Bypass,
+                _ => return Err(invalid("CACHE_FALLBACK_MODE", mode, "serve or bypass")),
+            };
+        }
         if let Some(ms) = parse::<u64>(&get, "CACHE_NEAR_LEASE_MS", "milliseconds")? {
             if !(4..=10_000).contains(&ms) {
                 return Err(invalid("CACHE_NEAR_LEASE_MS", ms.to_string(), "4 to 10000"));
@@ -238,6 +249,7 @@ impl CacheConfig {
             Ok(redis) => {
                 let store = FallbackStore::builder(redis, memory)
                     .fallback_ttl(self.fallback_ttl)
+                    .mode(self.fallback_mode)
                     .build()
                     .await;
                 CacheHandle::builder(store)
@@ -276,6 +288,7 @@ impl fmt::Debug for CacheConfig {
             .field("max_bytes", &self.max_bytes)
             .field("redis_timeout", &self.redis_timeout)
             .field("fallback_ttl", &self.fallback_ttl)
+            .field("fallback_mode", &self.fallback_mode)
             .field("near_lease", &self.near_lease)
             .field("near_max_bytes", &self.near_max_bytes)
             .finish()
@@ -388,6 +401,26 @@ mod tests {
     }
 
     #[test]
+    fn fallback_mode_is_serve_unless_set_to_bypass() {
+        assert_eq!(config(&[]).unwrap().fallback_mode, FallbackMode::Serve);
+        for (value, mode) in [
+            ("serve", FallbackMode::Serve),
+            ("bypass", FallbackMode::Bypass),
+            (" Bypass ", FallbackMode::Bypass),
+        ] {
+            let c = config(&[("CACHE_FALLBACK_MODE", value)]).unwrap();
+            assert_eq!(c.fallback_mode, mode, "{value:?}");
+        }
+        let error = config(&[("CACHE_FALLBACK_MODE", "memory")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("CACHE_FALLBACK_MODE") && error.contains("memory"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn seed_variables_build_the_url() {
         let c = config(&[
             ("REDIS_ENABLED", "true"),
@@ -453,6 +486,7 @@ mod tests {
             ("CACHE_MAX_BYTES", "12"),
             ("CACHE_REDIS_TIMEOUT_MS", "0"),
             ("CACHE_FALLBACK_TTL_SECONDS", "soon"),
+            ("CACHE_FALLBACK_MODE", "stale"),
             ("REDIS_CLUSTER_NODES", "10.0.0.1"),
             ("REDIS_CLUSTER_NODES", "http://10.0.0.1:7000"),
             ("REDIS_CLUSTER_NODES", "10.0.0.1:7000,:7001"),

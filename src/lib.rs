@@ -104,8 +104,8 @@ pub use policy::{CachePolicy, DEFAULT_BYPASS_HEADERS, DEFAULT_KEYED_HEADERS};
 pub use stats::CacheStats;
 #[doc(inline)]
 pub use store::{
-    Backend, Coordination, Invalidation, InvalidationListener, MemoryStore, MemoryStoreBuilder,
-    Store, StoreError, StoreEvent, StoreFuture, StoreKey, StoreStats, Variants,
+    Backend, Coordination, FallbackMode, Invalidation, InvalidationListener, MemoryStore,
+    MemoryStoreBuilder, Store, StoreError, StoreEvent, StoreFuture, StoreKey, StoreStats, Variants,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -1,4 +1,9 @@
 //! [`FallbackStore`]: Redis first, process memory when Redis fails, healing on its own.
+//!
+//! Redis is optional: an outage must cost neither a failed request nor an invalidation
+//! that Redis never hears of. The circuit breaker here decides when Redis is trusted, and
+//! [`FallbackMode`] what the cache does while it is not: keep serving from memory
+//! (bounded staleness) or step aside (no stale answer, the origin takes the load).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -9,8 +14,8 @@ use tokio::time::Instant;
 
 use super::redis::RedisStore;
 use super::{
-    Backend, Coordination, Invalidation, InvalidationListener, MemoryStore, Store, StoreError,
-    StoreEvent, StoreFuture, StoreKey, StoreStats, Variants,
+    Backend, Coordination, FallbackMode, Invalidation, InvalidationListener, MemoryStore, Store,
+    StoreError, StoreEvent, StoreFuture, StoreKey, StoreStats, Variants,
 };
 use crate::entry::Entry;
 use crate::pattern::Pattern;
@@ -21,17 +26,22 @@ const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 const MAX_REMEMBERED: usize = 10_000;
 
 /// Redis with a memory fallback and a circuit breaker. Cheap to clone.
-/// [`FallbackStore`]: Redis first, process memory when Redis fails, healing on its own.
 ///
 /// A circuit breaker decides which store serves:
 ///
 /// - **closed** (Redis healthy): every call goes to Redis, each within its deadline. An
 ///   unreachable-Redis error falls through to memory for that call and counts a failure;
-///   `failure_threshold` failures in a row open the circuit.
-/// - **open** (falling back): calls go to memory without touching Redis. Entries written
-///   then live at most `fallback_ttl` (default 30 s), because this process cannot hear other
-///   processes' invalidations meanwhile. Invalidations apply to memory at once, are reported
-///   as not having reached Redis, and are queued.
+///   `failure_threshold` failures in a row open the circuit, and a lost connection opens it
+///   at once. Errors of the Redis calls no request waits for (the invalidation channel's
+///   loss and resubscription, near-cache heartbeats, acknowledgements, token reads) count
+///   the same: after a restart they are often the first to meet the new server.
+/// - **open** (falling back): calls go to memory without touching Redis. With
+///   [`FallbackMode::Serve`] (the default) entries written then live at most
+///   `fallback_ttl` (default 30 s), because this process cannot hear other processes'
+///   invalidations meanwhile: what another process invalidates may be served here until
+///   it expires. With [`FallbackMode::Bypass`] nothing is read or written: every lookup is
+///   a miss and goes to the origin. Invalidations apply to memory at once, are reported as
+///   not having reached Redis, and are queued.
 /// - a background probe `PING`s Redis every `probe_interval` while open. When Redis answers,
 ///   the queued invalidations are replayed to it, the fallback entries are dropped, and
 ///   only then does the circuit close: Redis is never read before it has heard every
@@ -49,12 +59,13 @@ const MAX_REMEMBERED: usize = 10_000;
 /// ```no_run
 /// # async fn run() -> Result<(), tower_response_cache::StoreError> {
 /// use std::time::Duration;
-/// use tower_response_cache::{FallbackStore, RedisStore};
+/// use tower_response_cache::{FallbackMode, FallbackStore, RedisStore};
 /// use tower_response_cache::{CacheHandle, MemoryStore};
 ///
 /// let redis = RedisStore::builder("redis://127.0.0.1:6379/0").build()?;
 /// let store = FallbackStore::builder(redis, MemoryStore::new())
 ///     .fallback_ttl(Duration::from_secs(30))
+///     .mode(FallbackMode::Bypass) // never a stale answer; the origin takes the load
 ///     .build()
 ///     .await;
 /// let cache = CacheHandle::builder(store).namespace("portal").build();
@@ -73,6 +84,7 @@ pub struct FallbackStoreBuilder {
     fallback_ttl: Duration,
     failure_threshold: u32,
     probe_interval: Duration,
+    mode: FallbackMode,
 }
 
 struct Inner {
@@ -83,6 +95,8 @@ struct Inner {
     failure_threshold: u32,
     fallback_ttl: Duration,
     probe_interval: Duration,
+    /// Serve from memory or bypass while open.
+    mode: FallbackMode,
     /// Invalidations Redis has not heard yet, in order.
     pending: Mutex<Vec<(String, Invalidation)>>,
     /// Recent invalidations, replayed to a Redis that restarted.
@@ -97,6 +111,15 @@ impl FallbackStoreBuilder {
     /// Longest life of an entry written while falling back (default 30 s).
     pub fn fallback_ttl(mut self, ttl: Duration) -> Self {
         self.fallback_ttl = ttl;
+        self
+    }
+
+    /// What the cache does while Redis is unreachable (default [`FallbackMode::Serve`]):
+    /// serve from memory, with entries another process invalidates meanwhile served here for
+    /// up to [`fallback_ttl`](Self::fallback_ttl), or bypass the cache (every request goes
+    /// to the origin, nothing is stored, no stale answer).
+    pub fn mode(mut self, mode: FallbackMode) -> Self {
+        self.mode = mode;
         self
     }
 
@@ -123,6 +146,7 @@ impl FallbackStoreBuilder {
             failure_threshold: self.failure_threshold,
             fallback_ttl: self.fallback_ttl,
             probe_interval: self.probe_interval,
+            mode: self.mode,
             pending: Mutex::new(Vec::new()),
             recent: Mutex::new(VecDeque::new()),
             run_id: Mutex::new(None),
@@ -160,6 +184,13 @@ impl FallbackStoreBuilder {
                 listener(event);
             }
         }));
+        // Errors of Redis calls no request waits for count like a request's.
+        let weak = Arc::downgrade(&inner);
+        inner.redis.set_error_sink(Arc::new(move |error| {
+            if let Some(inner) = weak.upgrade() {
+                inner.failed(error);
+            }
+        }));
         tokio::spawn(probe(Arc::downgrade(&inner)));
         FallbackStore { inner }
     }
@@ -174,6 +205,7 @@ impl FallbackStore {
             fallback_ttl: Duration::from_secs(30),
             failure_threshold: 3,
             probe_interval: Duration::from_millis(500),
+            mode: FallbackMode::Serve,
         }
     }
 
@@ -185,6 +217,11 @@ impl FallbackStore {
     /// Invalidations waiting for Redis to return.
     pub fn pending_invalidations(&self) -> usize {
         lock(&self.inner.pending).len()
+    }
+
+    /// What the cache does while Redis is unreachable.
+    pub fn mode(&self) -> FallbackMode {
+        self.inner.mode
     }
 }
 
@@ -457,7 +494,10 @@ impl Store for FallbackStore {
                     Err(error) => inner.failed(&error),
                 }
             }
-            Ok(inner.memory.get_now(key))
+            Ok(match inner.mode {
+                FallbackMode::Serve => inner.memory.get_now(key),
+                FallbackMode::Bypass => None,
+            })
         })
     }
 
@@ -521,6 +561,9 @@ impl Coordination for FallbackStore {
     ) -> StoreFuture<'a, bool> {
         let inner = &self.inner;
         if inner.open.load(Ordering::Acquire) {
+            if inner.mode == FallbackMode::Bypass {
+                return Box::pin(std::future::ready(Ok(false)));
+            }
             // Redis's script cannot check this write: check it here against the generation
             // this process has heard of, so another process's invalidation heard since the
             // fetch began still refuses it.
@@ -574,7 +617,10 @@ impl Coordination for FallbackStore {
     fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> bool {
         // While falling back, memory answers at once; otherwise Redis's near cache may.
         if self.is_falling_back() {
-            return self.inner.memory.read_now(key, read);
+            return match self.inner.mode {
+                FallbackMode::Serve => self.inner.memory.read_now(key, read),
+                FallbackMode::Bypass => false,
+            };
         }
         self.inner.redis.read_now(key, read)
     }
@@ -588,6 +634,7 @@ impl std::fmt::Debug for FallbackStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FallbackStore")
             .field("falling_back", &self.is_falling_back())
+            .field("mode", &self.inner.mode)
             .field("openings", &self.inner.openings.load(Ordering::Relaxed))
             .field("pending_invalidations", &self.pending_invalidations())
             .finish()
@@ -600,6 +647,7 @@ impl std::fmt::Debug for FallbackStoreBuilder {
             .field("fallback_ttl", &self.fallback_ttl)
             .field("failure_threshold", &self.failure_threshold)
             .field("probe_interval", &self.probe_interval)
+            .field("mode", &self.mode)
             .finish()
     }
 }

@@ -172,6 +172,38 @@ impl Backend {
     }
 }
 
+/// What a fallback store does while Redis is unreachable (its circuit is open).
+///
+/// A process cut off from Redis cannot hear other processes' invalidations. It either keeps
+/// caching in its own memory, accepting that what another process invalidates meanwhile
+/// may be served here for a while, or it stops caching, accepting that every request
+/// reaches the origin until Redis answers again. Set with
+/// `FallbackStoreBuilder::mode` or `CACHE_FALLBACK_MODE` (`serve` or `bypass`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackMode {
+    /// Serve from process memory (the default): entries written while Redis is
+    /// unreachable live at most the fallback TTL (30 s by default) and are dropped when
+    /// Redis returns. Bounded staleness: an entry another process invalidates in that time
+    /// may be served here until it expires. The origin keeps the cache's protection.
+    #[default]
+    Serve,
+    /// Bypass the cache: every lookup is a miss and nothing is stored until Redis answers
+    /// again, so no stale answer is ever served. Concurrent misses of one key still reach
+    /// the origin once; every other request reaches it too.
+    Bypass,
+}
+
+impl FallbackMode {
+    /// `serve` or `bypass`, as `CACHE_FALLBACK_MODE` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackMode::Serve => "serve",
+            FallbackMode::Bypass => "bypass",
+        }
+    }
+}
+
 /// Counters kept by a store. New counters may be added: a store of one's own starts from
 /// `StoreStats::default()` and sets the fields it keeps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

@@ -305,6 +305,87 @@ async fn a_redis_restarted_from_an_old_snapshot_is_not_read_before_the_replay() 
     }
 }
 
+/// A Redis restarted from an old snapshot while no request runs: the background calls
+/// (the channel's resubscription and catch-up, near-cache heartbeats) meet the lost
+/// connection first. Each of them counts, so the first request afterwards is not answered
+/// from the resurrected entry, even with the probe far away.
+async fn restarted_while_idle(near: bool) {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut s = Stack::start_with(
+        server,
+        &url,
+        DEADLINE,
+        |r| {
+            if near {
+                r.near_cache(Duration::from_millis(100), 1 << 20)
+            } else {
+                r
+            }
+        },
+        |b| b.probe_interval(Duration::from_secs(30)),
+    )
+    .await;
+    let old = s.warm("/api/dashboard/ABC").await;
+    s.server.save();
+    assert_eq!(s.handle.invalidate("/api/dashboard/*").await.unwrap(), 1);
+    assert_eq!(s.handle.stats().circuit_openings, 0);
+
+    blocking(|| s.server.restart());
+    // Idle long enough for every background task to meet the restarted Redis.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        s.server.keys("t:k:*").len(),
+        1,
+        "premise: the snapshot brings the entry back"
+    );
+    let first = s.read("/api/dashboard/ABC").await;
+    assert_ne!(
+        first.body,
+        old.body,
+        "the first request after an idle restart read the resurrected entry ({}; {:?})",
+        first.header("cache-status"),
+        s.store
+    );
+    assert!(
+        s.handle.stats().circuit_openings >= 1,
+        "the restart was not counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_while_idle_is_not_read_before_the_replay() {
+    restarted_while_idle(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_while_idle_is_not_read_before_the_replay_with_a_near_cache() {
+    restarted_while_idle(true).await;
+}
+
+/// Positive control of the two above: with the probe near, the replay runs, the circuit
+/// closes and Redis is read again, and the resurrected entry is gone from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_while_idle_is_read_again_after_the_replay() {
+    let mut s = Stack::start(RedisServer::start(), |b| {
+        b.probe_interval(Duration::from_millis(300))
+    })
+    .await;
+    let old = s.warm("/api/dashboard/ABC").await;
+    s.server.save();
+    assert_eq!(s.handle.invalidate("/api/dashboard/*").await.unwrap(), 1);
+    blocking(|| s.server.restart());
+    let replayed = eventually(Duration::from_secs(5), || async {
+        s.server.keys("t:k:*").is_empty() && s.backend() == Backend::Redis
+    })
+    .await;
+    assert!(replayed, "no replay after the restart ({:?})", s.store);
+    let fresh = s.read("/api/dashboard/ABC").await;
+    assert_ne!(fresh.body, old.body);
+    s.wait_stored_in_redis("/api/dashboard/ABC").await;
+    s.warm("/api/dashboard/ABC").await;
+}
+
 /// After a restart the server's invalidation counter may be lower than the one this
 /// process has seen; writes must still land.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

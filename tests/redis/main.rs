@@ -7,7 +7,9 @@
 mod support;
 
 mod bad_data;
+mod buckets;
 mod cluster;
+mod fallback_mode;
 mod faults;
 mod glob;
 mod hardening;

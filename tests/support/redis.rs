@@ -429,3 +429,66 @@ impl Silencer {
         }
     }
 }
+
+/// A TCP proxy to Redis that can cut every connection through it, as a network partition
+/// cuts one process off while others still reach Redis: open connections are closed, and
+/// new ones are closed as soon as they are accepted, until [`heal`](Self::heal).
+pub struct Partition {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Partition {
+    pub async fn start(redis: &RedisServer) -> Partition {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = ("127.0.0.1", redis.port);
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> =
+            Default::default();
+        let (is_cut, open) = (cut.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let link = tokio::spawn(async move {
+                    let (mut client, mut server) = (client, server);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                // Checked again under the lock `cut` takes: a link set up while it ran
+                // is closed too.
+                let mut links = open.lock().unwrap();
+                if is_cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    link.abort();
+                } else {
+                    links.push(link.abort_handle());
+                }
+            }
+        });
+        Partition { addr, cut, links }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}/0", self.addr)
+    }
+
+    /// Close every connection through the proxy and refuse new ones.
+    pub fn cut(&self) {
+        let mut links = self.links.lock().unwrap();
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in links.drain(..) {
+            link.abort();
+        }
+    }
+
+    /// Let connections through again.
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}

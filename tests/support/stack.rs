@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tower_response_cache::{Backend, CacheHandle, CacheLayer, MemoryStore};
-use tower_response_cache::{FallbackStore, FallbackStoreBuilder, RedisStore};
+use tower_response_cache::{FallbackStore, FallbackStoreBuilder, RedisStore, RedisStoreBuilder};
 
 use super::redis::RedisServer;
 use super::{client, eventually, Answer, HttpClient, Origin};
@@ -48,7 +48,20 @@ impl Stack {
         deadline: Duration,
         configure: impl FnOnce(FallbackStoreBuilder) -> FallbackStoreBuilder,
     ) -> Stack {
-        let redis = RedisStore::builder(url).deadline(deadline).build().unwrap();
+        Self::start_with(server, url, deadline, |r| r, configure).await
+    }
+
+    /// [`start_at`](Self::start_at), with the Redis store configured by `redis` too.
+    pub async fn start_with(
+        server: RedisServer,
+        url: &str,
+        deadline: Duration,
+        redis: impl FnOnce(RedisStoreBuilder) -> RedisStoreBuilder,
+        configure: impl FnOnce(FallbackStoreBuilder) -> FallbackStoreBuilder,
+    ) -> Stack {
+        let redis = redis(RedisStore::builder(url).deadline(deadline))
+            .build()
+            .unwrap();
         let builder = FallbackStore::builder(redis, MemoryStore::new())
             .probe_interval(Duration::from_millis(100));
         let store = configure(builder).build().await;

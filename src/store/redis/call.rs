@@ -1,13 +1,47 @@
 //! Every Redis call of a [`RedisStore`]: within a deadline, with Redis's errors sorted
 //! into outages (which open a fallback store's circuit) and answers.
+//!
+//! A call made on a request's behalf returns its error to the caller, which counts it. A
+//! call nobody waits for (the channel's subscription and catch-up, near-cache heartbeats,
+//! acknowledgements, a miss's token read, a late delete) reports its error to the
+//! [`ErrorSink`] instead: after a restart the first call to meet the dead connection is
+//! often one of these, and the connection heals behind it, so an error nobody counted would
+//! let a Redis restored from an old snapshot be read before the fallback replays what it
+//! missed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{ErrorKind, RedisError};
 
 use super::connection::Node;
-use super::RedisStore;
+use super::{Inner, RedisStore};
 use crate::store::StoreError;
+
+/// Where the errors of calls nobody waits for go: a fallback store's circuit.
+pub(crate) type ErrorSink = Arc<dyn Fn(&StoreError) + Send + Sync>;
+
+impl RedisStore {
+    /// Send the errors of background calls to `sink` (the fallback store's failure count).
+    pub(crate) fn set_error_sink(&self, sink: ErrorSink) {
+        *self.inner.errors.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+}
+
+impl Inner {
+    /// A call nobody waits for failed: log it and count it like a request's error.
+    pub(super) fn background_failed(&self, what: &str, error: &StoreError) {
+        tracing::debug!(%error, "{what}");
+        let sink = self
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(sink) = sink {
+            sink(error);
+        }
+    }
+}
 
 impl RedisStore {
     pub(super) async fn within<T>(

@@ -7,7 +7,9 @@
 //! (see `layout.rs`): the listener follows the slot to its primary, and the stream ends
 //! when that connection drops or the slot moves. After a reconnect, messages may have been
 //! missed: the listener reports [`StoreEvent::ChannelLost`], and the cache drops what it
-//! keeps locally.
+//! keeps locally. The loss itself counts as a lost connection the moment the subscription
+//! ends (a fallback store opens its circuit): when Redis restarts, the channel is often
+//! the first to know, and no request may be running to find out.
 //!
 //! The same connection subscribes to this process's own channel: its near-cache
 //! heartbeats come back there, and other processes acknowledge its invalidations there
@@ -22,7 +24,7 @@ use futures_util::StreamExt;
 
 use super::ack::ack_payload;
 use super::{Inner, RedisStore};
-use crate::store::{Invalidation, StoreEvent};
+use crate::store::{Invalidation, StoreError, StoreEvent};
 
 /// Longest namespace a message may name (longer ones are not ours: ignored).
 const MAX_NAMESPACE: usize = 4096;
@@ -60,10 +62,17 @@ pub(crate) async fn listen(store: Weak<Inner>) {
             failed => {
                 if !failing {
                     let error = match failed {
-                        Ok(Err(error)) => error.to_string(),
-                        _ => "timed out".to_owned(),
+                        Ok(Err(error)) => super::call::classify(error),
+                        _ => StoreError::unavailable(
+                            "subscribing to the invalidation channel timed out",
+                            "2 s",
+                        ),
                     };
                     tracing::warn!(%error, "could not subscribe to the invalidation channel; retrying");
+                    // The first failure of a streak counts (the loss before it already did).
+                    if let Some(inner) = store.upgrade() {
+                        inner.background_failed("could not subscribe", &error);
+                    }
                     failing = true;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -115,10 +124,20 @@ pub(crate) async fn listen(store: Weak<Inner>) {
                 heard_invalidation(inner, payload);
             }
         }
-        if let Some(near) = store.upgrade().as_ref().and_then(|i| i.near.as_ref()) {
+        let Some(inner) = store.upgrade() else { return };
+        if let Some(near) = &inner.near {
             near.lease.drop_lease();
         }
         tracing::warn!("invalidation channel closed; reconnecting");
+        // Redis may be restarting: count it now, before any other call meets the new server
+        // (and its connection heals behind that call).
+        inner.background_failed(
+            "the invalidation channel was lost",
+            &StoreError::connection_lost(
+                "the invalidation channel was lost",
+                "its subscription ended",
+            ),
+        );
     }
 }
 
@@ -183,7 +202,7 @@ impl RedisStore {
             .arg(ack_payload(self.inner.origin, seq))
             .clone();
         if let Err(error) = self.query::<i64>(cmd, self.inner.deadline).await {
-            tracing::debug!(%error, "could not acknowledge an invalidation");
+            (self.inner).background_failed("could not acknowledge an invalidation", &error);
         }
     }
 }

@@ -5,6 +5,7 @@
 
 // The store's own vocabulary (its imports, scripts and helpers).
 use super::*;
+use secret::Secret;
 
 /// Bits of a write token that hold the generation; the 24 above hold the epoch.
 pub(super) const GENERATION_BITS: u32 = 40;
@@ -22,6 +23,18 @@ pub(super) fn token_generation(token: u64) -> u64 {
 
 pub(super) fn token_epoch(token: u64) -> u64 {
     token >> GENERATION_BITS
+}
+
+/// Tries to raise a counter chosen with the bucket secret Redis holds: a secret that is
+/// not known yet costs one more; one that changes between two tries (Redis emptied twice
+/// within a round trip) is an error.
+const SECRET_ATTEMPTS: usize = 3;
+
+fn secret_kept_changing() -> StoreError {
+    StoreError::unavailable(
+        "the bucket secret in Redis kept changing",
+        "Redis was emptied while the invalidation ran",
+    )
 }
 
 /// A fresh epoch: random, never 0 (0 is "none").
@@ -72,7 +85,7 @@ impl RedisStore {
 
     /// Read the generation counter (and, on one Redis, the epoch) and adopt it (also before
     /// each miss fetches, see [`Store::current_write_token`]); on failure this process keeps
-    /// what it knows. A successful read also settles what a message claimed before it was
+    /// what it knows, and the error counts toward opening a fallback's circuit. A successful read also settles what a message claimed before it was
     /// sent (see [`heard`](Self::heard)).
     pub(super) async fn learn_generation(&self, deadline: Duration) {
         let claimed = self.inner.heard_floor.load(Ordering::Acquire);
@@ -81,13 +94,15 @@ impl RedisStore {
                 let cmd = redis::cmd("MGET")
                     .arg(EPOCH)
                     .arg(CENTRAL_GENERATION)
+                    .arg(layout::SECRET)
                     .clone();
                 let asked = self.asking();
-                self.query::<(Option<u64>, Option<u64>)>(cmd, deadline)
+                self.query::<(Option<u64>, Option<u64>, Option<String>)>(cmd, deadline)
                     .await
-                    .map(|(epoch, generation)| {
+                    .map(|(epoch, generation, secret)| {
                         // One Redis is the authority, even when it went down (restarted empty).
                         self.set_token(asked, epoch.unwrap_or(0), generation.unwrap_or(0));
+                        self.inner.secrets.learn(0, secret.as_deref().unwrap_or(""));
                     })
             }
             Layout::Cluster => {
@@ -97,15 +112,21 @@ impl RedisStore {
                     .map(|generation| self.adopt(generation.unwrap_or(0)))
             }
         };
-        if learned.is_ok() {
-            // Redis has answered since the claim: a true one is in the token now, a false
-            // one is dropped. A newer claim stays.
-            let _ = self.inner.heard_floor.compare_exchange(
-                claimed,
-                0,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+        match learned {
+            Ok(()) => {
+                // Redis has answered since the claim: a true one is in the token now, a false
+                // one is dropped. A newer claim stays.
+                let _ = self.inner.heard_floor.compare_exchange(
+                    claimed,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+            // Nobody waits for this answer: the error counts here or nowhere.
+            Err(error) => self
+                .inner
+                .background_failed("could not read the generation", &error),
         }
     }
 
@@ -197,43 +218,104 @@ impl RedisStore {
         let layout = self.inner.layout;
         match layout {
             Layout::Single => {
-                let counter = match logical {
-                    Some(logical) => layout.generation_key(namespace, logical),
-                    None => WIDE_GENERATION.to_owned(),
-                };
-                let mut invocation = self.inner.bump_single_script.prepare_invoke();
-                invocation
-                    .key(CENTRAL_GENERATION)
-                    .key(EPOCH)
-                    .key(counter)
-                    .arg(new_epoch());
-                let asked = self.asking();
-                let (epoch, generation) = self
-                    .invoke::<(u64, u64)>(invocation, self.inner.deadline)
-                    .await?;
-                self.set_token(asked, epoch, generation);
-                Ok(generation)
+                // An exact invalidation's counter is chosen with the bucket secret; the
+                // script checks it is Redis's (creating it the first time) and, when it is
+                // not, raises nothing and says which it is: learn it and choose again.
+                for _ in 0..SECRET_ATTEMPTS {
+                    let secret = logical.and_then(|_| self.inner.secrets.get(0));
+                    let counter = match logical {
+                        Some(logical) => layout.generation_key(namespace, logical, secret.as_ref()),
+                        None => WIDE_GENERATION.to_owned(),
+                    };
+                    let mut invocation = self.inner.bump_single_script.prepare_invoke();
+                    invocation
+                        .key(CENTRAL_GENERATION)
+                        .key(EPOCH)
+                        .key(layout::SECRET)
+                        .key(counter)
+                        .arg(new_epoch())
+                        .arg(secret.as_ref().map_or("", |s| s.as_str()))
+                        .arg(Secret::random().as_str())
+                        .arg(if logical.is_some() { "1" } else { "0" });
+                    let asked = self.asking();
+                    let (epoch, generation, current) = self
+                        .invoke::<(u64, u64, String)>(invocation, self.inner.deadline)
+                        .await?;
+                    self.inner.secrets.learn(0, &current);
+                    if generation == 0 {
+                        continue;
+                    }
+                    self.set_token(asked, epoch, generation);
+                    return Ok(generation);
+                }
+                Err(secret_kept_changing())
             }
             Layout::Cluster => {
                 let floor = token_generation(self.inner.generation.load(Ordering::Relaxed)) + 1;
                 let drawn = self.bump(CENTRAL_GENERATION.to_owned(), floor).await?;
-                let buckets = match logical {
-                    Some(logical) => vec![layout.generation_key(namespace, logical)],
-                    None => layout.bucket_generation_keys(),
-                };
                 // Raised to the drawn generation, never past it: no counter and no token is
                 // ever above the central counter, so the next invalidation draws a generation
                 // above every token taken before it.
-                try_join_all(buckets.into_iter().map(|k| {
-                    let mut invocation = self.inner.raise_script.prepare_invoke();
-                    invocation.key(k).arg(drawn);
-                    self.invoke::<u64>(invocation, self.inner.deadline)
-                }))
-                .await?;
+                match logical {
+                    Some(logical) => self.raise_keyed(namespace, logical, drawn).await?,
+                    None => {
+                        try_join_all(layout.bucket_generation_keys().into_iter().map(|k| {
+                            let mut invocation = self.inner.raise_script.prepare_invoke();
+                            invocation.key(k).arg(drawn);
+                            self.invoke::<u64>(invocation, self.inner.deadline)
+                        }))
+                        .await?;
+                    }
+                }
                 self.adopt(drawn);
                 Ok(drawn)
             }
         }
+    }
+
+    /// A cluster's exact invalidation: raise the counter the key bucket's secret selects
+    /// for `logical` to `drawn` (learning the secret, or creating it, on the way).
+    async fn raise_keyed(
+        &self,
+        namespace: &str,
+        logical: &str,
+        drawn: u64,
+    ) -> Result<(), StoreError> {
+        let layout = self.inner.layout;
+        let (secret_key, slot) = layout.secret_key(logical);
+        for _ in 0..SECRET_ATTEMPTS {
+            let secret = self.inner.secrets.get(slot);
+            let Some(known) = &secret else {
+                // None known: propose one; the script answers with the bucket's.
+                let mut invocation = self.inner.raise_keyed_script.prepare_invoke();
+                invocation
+                    .key(layout.generation_key(namespace, logical, None))
+                    .key(&secret_key)
+                    .arg(drawn)
+                    .arg("")
+                    .arg(Secret::random().as_str());
+                let (_, current) = self
+                    .invoke::<(u64, String)>(invocation, self.inner.deadline)
+                    .await?;
+                self.inner.secrets.learn(slot, &current);
+                continue;
+            };
+            let mut invocation = self.inner.raise_keyed_script.prepare_invoke();
+            invocation
+                .key(layout.generation_key(namespace, logical, secret.as_ref()))
+                .key(&secret_key)
+                .arg(drawn)
+                .arg(known.as_str())
+                .arg(Secret::random().as_str());
+            let (raised, current) = self
+                .invoke::<(u64, String)>(invocation, self.inner.deadline)
+                .await?;
+            self.inner.secrets.learn(slot, &current);
+            if raised != 0 {
+                return Ok(());
+            }
+        }
+        Err(secret_kept_changing())
     }
     pub(super) async fn bump(&self, key: String, floor: u64) -> Result<u64, StoreError> {
         let mut invocation = self.inner.bump_script.prepare_invoke();

@@ -24,6 +24,10 @@ impl Removal {
     }
 }
 
+/// Variants a soft invalidation marks per script call (`HSCAN`'s `COUNT`: a hint, about
+/// this many): each call copies at most this many values, whatever the key holds.
+const SOFT_BATCH: usize = 128;
+
 impl RedisStore {
     /// Run `removal` in a task of its own, which the returned future only waits for: a
     /// caller that stops waiting (a timeout, a client gone) does not stop it halfway, after
@@ -119,13 +123,30 @@ impl RedisStore {
         self.query::<u64>(cmd, self.inner.scan_deadline).await
     }
 
-    /// Mark each of `keys` soft-invalidated with `mark`, one script per key (a script may
-    /// only touch one slot), sent together; returns how many were still there.
+    /// Mark each of `keys` soft-invalidated with `mark`, the keys together, each in
+    /// batches of [`SOFT_BATCH`] variants per script call (a script may only touch one
+    /// slot, and one call over a flood of variants would stall Redis); returns how many
+    /// keys were still there.
     pub(super) async fn mark_soft(&self, keys: &[Vec<u8>], mark: &[u8]) -> Result<u64, StoreError> {
-        let marked = try_join_all(keys.iter().map(|key| {
-            let mut invocation = self.inner.soft_script.prepare_invoke();
-            invocation.key(key.as_slice()).arg(mark);
-            self.invoke::<u64>(invocation, self.inner.scan_deadline)
+        let marked = try_join_all(keys.iter().map(|key| async move {
+            let mut cursor = "0".to_owned();
+            let mut existed = 0;
+            loop {
+                let mut invocation = self.inner.soft_script.prepare_invoke();
+                invocation
+                    .key(key.as_slice())
+                    .arg(mark)
+                    .arg(&cursor)
+                    .arg(SOFT_BATCH);
+                let (next, there) = self
+                    .invoke::<(String, u64)>(invocation, self.inner.scan_deadline)
+                    .await?;
+                existed = existed.max(there);
+                if next == "0" {
+                    return Ok::<u64, StoreError>(existed);
+                }
+                cursor = next;
+            }
         }))
         .await?;
         Ok(marked.into_iter().sum())

@@ -11,8 +11,12 @@
 //! - `ns:m:tag:T`: a set of the entry keys carrying tag `T`;
 //! - `tower-response-cache:gen`: the counter every invalidation draws its generation from;
 //! - `tower-response-cache:gen:wide`: raised by globs, tags and `invalidate_all`;
-//! - `tower-response-cache:gen:b:XYZ`: one of 1024 bucket counters (a hash of the namespace
-//!   and the logical key), raised by an exact invalidation of a key in that bucket;
+//! - `tower-response-cache:gen:k:XYZ`: one of 1024 bucket counters (a hash of the namespace
+//!   and the logical key keyed with the bucket secret, see `secret.rs`), raised by an exact
+//!   invalidation of a key in that bucket; `tower-response-cache:gen:b:XYZ` (an unkeyed
+//!   hash) until a secret exists;
+//! - `tower-response-cache:secret`: the bucket secret, created by the first exact
+//!   invalidation that finds none;
 //! - `tower-response-cache:epoch`: a random number naming this data set; a Redis that
 //!   restarted empty gets a new one, and a write carrying another refuses itself.
 //!
@@ -31,7 +35,10 @@
 //! the bucket's tag sets share a slot, while the buckets spread over the primaries.
 //!
 //! - `{trc-07}ns:k:L`, `{trc-07}ns:x:L`, `{trc-07}ns:m:tag:T`,
-//!   `{trc-07}tower-response-cache:gen`;
+//!   `{trc-07}tower-response-cache:gen` (the bucket's wide counter: globs, tags and
+//!   `invalidate_all` raise it), `{trc-07}tower-response-cache:gen:k:XYZ` (one of 1024 per
+//!   bucket, chosen with the bucket's secret `{trc-07}tower-response-cache:secret`: an exact
+//!   invalidation raises only its key's, so it refuses 1/16 384 of fills);
 //! - `tower-response-cache:gen` (no tag): the cluster-wide counter each invalidation draws
 //!   its new generation from before it raises the buckets it touches.
 //!
@@ -56,6 +63,7 @@
 
 use std::borrow::Cow;
 
+use super::secret::Secret;
 use crate::pattern::escape;
 
 /// How many buckets a cluster's keys are spread over (16 hash tags: a few per primary in a
@@ -71,9 +79,13 @@ pub(crate) const WIDE_GENERATION: &str = "tower-response-cache:gen:wide";
 /// The random number naming a single Redis's data set (see the module docs).
 pub(crate) const EPOCH: &str = "tower-response-cache:epoch";
 
-/// How many bucket counters exact invalidations spread over on one Redis: an exact
-/// invalidation refuses a fill of an unrelated key with odds 1/1024.
+/// How many bucket counters exact invalidations spread over on one Redis (and within each
+/// key bucket of a cluster): an exact invalidation refuses a fill of an unrelated key with
+/// odds 1/1024 (1/16 384 on a cluster).
 pub(crate) const SINGLE_BUCKETS: u64 = 1024;
+
+/// The bucket secret (see `secret.rs`); on a cluster one per key bucket, behind its tag.
+pub(crate) const SECRET: &str = "tower-response-cache:secret";
 
 /// `namespace` as written into key names: `%` and `:` escaped, so it never contains `:`.
 pub(crate) fn namespace_part(namespace: &str) -> Cow<'_, str> {
@@ -216,11 +228,24 @@ impl Layout {
         }
     }
 
-    /// The counter an exact invalidation of `logical` raises: on one Redis one of
-    /// [`SINGLE_BUCKETS`] (by namespace and key), in a cluster the bucket's.
-    pub(crate) fn generation_key(self, namespace: &str, logical: &str) -> String {
-        match self {
-            Layout::Single => {
+    /// The counter an exact invalidation of `logical` raises. With the deployment's
+    /// `secret` (see `secret.rs`): one of [`SINGLE_BUCKETS`] keyed counters, chosen by a
+    /// keyed hash of namespace and key (in a cluster, [`SINGLE_BUCKETS`] of them within the
+    /// key's bucket). Without one (none created yet): the unkeyed counter of earlier
+    /// versions, on one Redis one of [`SINGLE_BUCKETS`] by a public hash, in a cluster the
+    /// key bucket's own.
+    pub(crate) fn generation_key(
+        self,
+        namespace: &str,
+        logical: &str,
+        secret: Option<&Secret>,
+    ) -> String {
+        match (self, secret) {
+            (Layout::Single, Some(secret)) => {
+                let bucket = secret.hash(namespace, logical) % SINGLE_BUCKETS;
+                format!("{CENTRAL_GENERATION}:k:{bucket:03x}")
+            }
+            (Layout::Single, None) => {
                 let mut hasher = xxhash_rust::xxh3::Xxh3::new();
                 hasher.update(namespace.as_bytes());
                 hasher.update(&[0]);
@@ -228,19 +253,67 @@ impl Layout {
                 let bucket = hasher.digest() % SINGLE_BUCKETS;
                 format!("{CENTRAL_GENERATION}:b:{bucket:03x}")
             }
-            Layout::Cluster => format!("{}{CENTRAL_GENERATION}", self.prefix(logical)),
+            (Layout::Cluster, Some(secret)) => {
+                let bucket = secret.hash(namespace, logical) % SINGLE_BUCKETS;
+                format!(
+                    "{}{CENTRAL_GENERATION}:k:{bucket:03x}",
+                    self.prefix(logical)
+                )
+            }
+            (Layout::Cluster, None) => format!("{}{CENTRAL_GENERATION}", self.prefix(logical)),
         }
     }
 
     /// Every counter a write of `logical` is checked against (none may be above the
-    /// generation the request saw): on one Redis the wide one and the key's bucket's.
-    pub(crate) fn write_counter_keys(self, namespace: &str, logical: &str) -> Vec<String> {
-        match self {
-            Layout::Single => vec![
+    /// generation the request saw): the wide one (on a cluster, the key bucket's, which
+    /// globs raise) and the one an exact invalidation of the key raises.
+    pub(crate) fn write_counter_keys(
+        self,
+        namespace: &str,
+        logical: &str,
+        secret: Option<&Secret>,
+    ) -> Vec<String> {
+        match (self, secret) {
+            // The unkeyed counter too: only processes of earlier versions raise it (in a
+            // rolling deploy), never an exact invalidation made here, so nobody can aim
+            // with it once they are gone.
+            (Layout::Single, Some(_)) => vec![
                 WIDE_GENERATION.to_owned(),
-                self.generation_key(namespace, logical),
+                self.generation_key(namespace, logical, secret),
+                self.generation_key(namespace, logical, None),
             ],
-            Layout::Cluster => vec![self.generation_key(namespace, logical)],
+            (Layout::Single, None) => vec![
+                WIDE_GENERATION.to_owned(),
+                self.generation_key(namespace, logical, None),
+            ],
+            (Layout::Cluster, Some(_)) => vec![
+                self.generation_key(namespace, logical, None),
+                self.generation_key(namespace, logical, secret),
+            ],
+            (Layout::Cluster, None) => vec![self.generation_key(namespace, logical, None)],
+        }
+    }
+
+    /// Where the bucket secret for `logical` lives (see `secret.rs`), and its index among
+    /// the process's learned secrets.
+    pub(crate) fn secret_key(self, logical: &str) -> (String, usize) {
+        match self {
+            Layout::Single => (SECRET.to_owned(), 0),
+            Layout::Cluster => {
+                let bucket = Self::bucket(logical);
+                (
+                    format!("{}{SECRET}", Self::hash_tag(bucket)),
+                    bucket as usize,
+                )
+            }
+        }
+    }
+
+    /// How many secrets a process may learn: one per key bucket.
+    pub(crate) fn secret_slots(self) -> usize {
+        match self {
+            Layout::Single => 1,
+            Layout::Cluster => BUCKETS as usize,
         }
     }
 
@@ -287,8 +360,13 @@ mod tests {
         assert_eq!(l.entry_key("ns", "/a"), "ns:k:/a");
         assert_eq!(l.tag_key("ns", "/a", "t"), "ns:m:tag:t");
         assert!(l
-            .generation_key("ns", "/a")
+            .generation_key("ns", "/a", None)
             .starts_with("tower-response-cache:gen:b:"));
+        let secret = Secret::random();
+        assert!(l
+            .generation_key("ns", "/a", Some(&secret))
+            .starts_with("tower-response-cache:gen:k:"));
+        assert_eq!(l.secret_key("/a"), (SECRET.to_owned(), 0));
         assert_eq!(l.entry_scan("n*s", "/a*"), "n\\*s:k:/a*");
         assert_eq!(l.expiry_key("ns", "/a"), "ns:x:/a");
         assert_eq!(l.expiry_of("ns", b"ns:k:/a").unwrap(), b"ns:x:/a");
@@ -339,13 +417,18 @@ mod tests {
             let tag = &entry[..8];
             assert!(tag.starts_with("{trc-") && tag.ends_with('}'), "{entry}");
             assert!(l.tag_key("ns", logical, "t").starts_with(tag));
-            assert!(l.generation_key("ns", logical).starts_with(tag));
+            assert!(l.generation_key("ns", logical, None).starts_with(tag));
+            let secret = Secret::random();
+            for counter in l.write_counter_keys("ns", logical, Some(&secret)) {
+                assert!(counter.starts_with(tag), "{counter}");
+            }
+            assert!(l.secret_key(logical).0.starts_with(tag));
             assert!(l
                 .tag_keys("ns", "t")
                 .contains(&l.tag_key("ns", logical, "t")));
             assert!(l
                 .bucket_generation_keys()
-                .contains(&l.generation_key("ns", logical)));
+                .contains(&l.generation_key("ns", logical, None)));
             // The scan pattern of a glob finds it.
             assert!(Pattern::new(&l.entry_scan("ns", "*")).matches_str(&entry));
             assert!(Pattern::new(&l.tag_scan("ns")).matches_str(&l.tag_key("ns", logical, "t")));

@@ -254,6 +254,8 @@ impl RedisStore {
         if let Some(error) = publish_error {
             if lease.is_zero() {
                 tracing::warn!(%error, "could not publish an invalidation to other processes");
+                // The invalidation itself reached Redis; the failed publish still counts.
+                (self.inner).background_failed("the publish failed", &error);
                 return Ok(());
             }
             return Err(StoreError::unavailable(

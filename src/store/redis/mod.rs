@@ -27,6 +27,7 @@ mod maxmemory;
 mod memo;
 mod near;
 mod scripts;
+mod secret;
 mod soft;
 
 use call::classify;
@@ -65,13 +66,15 @@ const PRUNE_PER_WRITE: usize = 8;
 /// after it, whichever process fetched it. Each invalidation draws a new generation from
 /// the central counter and raises the counters it touches to it; a write is dropped when
 /// one of its counters is above what the request saw. On one Redis an exact invalidation
-/// raises one of 1024 bucket counters (by namespace and key) and a glob, tag or
+/// raises one of 1024 bucket counters (by a hash of namespace and key keyed with the
+/// deployment's secret, see `secret.rs`, so no client can aim at a key) and a glob, tag or
 /// `invalidate_all` the wide counter: a `POST` to one path refuses fills of that path (and
 /// of the 1/1024 of keys sharing its bucket), not every fill in flight. A token also
 /// carries the epoch of the data set (a random number the first invalidation after Redis
 /// started empty draws), so a fetch from before an empty restart is refused even when the
 /// new counter happens to equal its generation. In a cluster each of 16 key buckets has
-/// its own counter (a script may only touch one slot) and a glob raises all of them. (A
+/// its own wide counter (a script may only touch one slot), which a glob raises in every
+/// bucket, and 1024 keyed counters, of which an exact invalidation raises its key's. (A
 /// narrow gap the single-Redis check does not have: if the whole cluster restarts empty
 /// while a fetch is in flight in a process that had seen a higher generation, and another
 /// process then invalidates, the counters restart below that fetch's token and its write
@@ -157,6 +160,8 @@ pub(crate) struct Inner {
     /// Tells published invalidations from this process apart from others'.
     origin: u64,
     listener: Mutex<Option<InvalidationListener>>,
+    /// Told of every error of a call no caller hears of (see `call.rs`).
+    errors: Mutex<Option<call::ErrorSink>>,
     put_script: Script,
     bump_script: Script,
     raise_script: Script,
@@ -172,6 +177,9 @@ pub(crate) struct Inner {
     /// The longest lease other processes advertised (for `invalidate`'s wait).
     advertised: lease::Advertised,
     leases_script: Script,
+    /// The bucket secrets learned from Redis (see `secret.rs`).
+    secrets: secret::Secrets,
+    raise_keyed_script: Script,
 }
 
 impl RedisStoreBuilder {
@@ -238,6 +246,7 @@ impl RedisStoreBuilder {
             adopted: Mutex::new(0),
             origin,
             listener: Mutex::new(None),
+            errors: Mutex::new(None),
             put_script: Script::new(PUT_SCRIPT),
             bump_script: Script::new(BUMP_SCRIPT),
             raise_script: Script::new(RAISE_SCRIPT),
@@ -249,6 +258,8 @@ impl RedisStoreBuilder {
             acks: ack::Acks::default(),
             advertised: lease::Advertised::default(),
             leases_script: Script::new(lease::LEASES_SCRIPT),
+            secrets: secret::Secrets::new(layout.secret_slots()),
+            raise_keyed_script: Script::new(RAISE_KEYED_SCRIPT),
         });
         tokio::spawn(channel::listen(Arc::downgrade(&inner)));
         tokio::spawn(maxmemory::check(Arc::downgrade(&inner)));
@@ -370,7 +381,12 @@ impl RedisStore {
     fn delete_later(&self, cmd: redis::Cmd) {
         let store = self.clone();
         tokio::spawn(async move {
-            let _: Result<redis::Value, _> = store.query(cmd, store.inner.deadline).await;
+            let deleted: Result<redis::Value, _> = store.query(cmd, store.inner.deadline).await;
+            if let Err(error) = deleted {
+                store
+                    .inner
+                    .background_failed("could not delete a bad cache entry", &error);
+            }
         });
     }
 
@@ -407,7 +423,9 @@ impl RedisStore {
         variants.push(entry.clone());
         let value = encode_value(&variants, token_generation(token));
         let entry_key = layout.entry_key(key.namespace, key.logical);
-        let counters = layout.write_counter_keys(key.namespace, key.logical);
+        let (secret_key, secret_slot) = layout.secret_key(key.logical);
+        let secret = self.inner.secrets.get(secret_slot);
+        let counters = layout.write_counter_keys(key.namespace, key.logical, secret.as_ref());
         let mut invocation = self.inner.put_script.prepare_invoke();
         invocation
             .key(&entry_key)
@@ -422,6 +440,7 @@ impl RedisStore {
             }
             Layout::Cluster => String::new(),
         };
+        invocation.key(&secret_key);
         for tag in &tags {
             invocation.key(tag);
         }
@@ -432,15 +451,34 @@ impl RedisStore {
             .arg(token_generation(token))
             .arg(epoch)
             .arg(counters.len())
-            .arg(PRUNE_PER_WRITE);
+            .arg(PRUNE_PER_WRITE)
+            .arg(secret.as_ref().map_or("", |s| s.as_str()));
         let ticket = self.inner.near.as_ref().map(Near::ticket);
-        let stored = self.invoke::<u8>(invocation, self.inner.deadline).await?;
-        if stored == 0 {
+        let stored = match self
+            .invoke::<redis::Value>(invocation, self.inner.deadline)
+            .await?
+        {
+            redis::Value::Int(stored) => stored != 0,
+            redis::Value::BulkString(current) => {
+                // Chosen with a secret Redis does not hold: refused; the next write knows.
+                let current = String::from_utf8_lossy(&current);
+                self.inner.secrets.learn(secret_slot, &current);
+                tracing::debug!(key = %entry_key, "not stored: the bucket secret changed");
+                return Ok(false);
+            }
+            other => {
+                return Err(StoreError::new(
+                    "unexpected reply of the write script",
+                    format!("{other:?}"),
+                ))
+            }
+        };
+        if !stored {
             tracing::debug!(key = %entry_key, "not stored: an invalidation happened while it was fetched");
         } else if let (Some(near), Some(ticket)) = (&self.inner.near, ticket) {
             near.fill_entries(ticket, key, std::slice::from_ref(&entry));
         }
-        Ok(stored != 0)
+        Ok(stored)
     }
 }
 

@@ -357,7 +357,7 @@ pub(crate) async fn heartbeat(store: Weak<Inner>) {
             .arg(store.inner.layout.publish_command())
             .arg(format!("{:016x}", super::rand_u64()));
         if let Err(error) = store.invoke::<i64>(invocation, store.inner.deadline).await {
-            tracing::debug!(%error, "near-cache heartbeat failed");
+            (store.inner).background_failed("near-cache heartbeat failed", &error);
         }
     }
 }

@@ -4,13 +4,17 @@
 /// Store a variant set unless an invalidation happened since the request began.
 ///
 /// KEYS: entry hash, its expiry set, the counters the write is checked against (ARGV[6] of
-/// them), the epoch key when ARGV[5] is not empty, then the tag sets. ARGV: field, value,
-/// ttl ms, generation seen, epoch seen (`''` in a cluster), how many counters.
+/// them), the epoch key when ARGV[5] is not empty, the bucket secret, then the tag sets.
+/// ARGV: field, value, ttl ms, generation seen, epoch seen (`''` in a cluster), how many
+/// counters, how many dead fields to prune, the bucket secret the counters were chosen
+/// with (`''`: none).
 ///
 /// Every argument and the type of every key is checked before anything is written: a
 /// script that errs midway would leave half a write (a value without its TTL or its tags).
 /// The write prunes up to ARGV[7] dead fields (and tag set members whose entry is gone).
-/// Returns 1 when stored, 0 when refused.
+/// Returns 1 when stored, 0 when refused, and the bucket secret Redis holds (a string,
+/// `''` for none) when the counters were chosen with another one: refused, and the caller
+/// learns it (see `secret.rs`).
 pub(super) const PUT_SCRIPT: &str = r#"
 local ttl = tonumber(ARGV[3])
 local seen = tonumber(ARGV[4])
@@ -26,10 +30,14 @@ if ARGV[5] ~= '' then
   epoch = redis.call('GET', KEYS[first_tag])
   first_tag = first_tag + 1
 end
+local secret_key = KEYS[first_tag]
+first_tag = first_tag + 1
 local function kind(key) return redis.call('TYPE', key)['ok'] end
 local k = kind(KEYS[1])
 local x = kind(KEYS[2])
-if (k ~= 'none' and k ~= 'hash') or (x ~= 'none' and x ~= 'zset') then
+local sk = kind(secret_key)
+if (k ~= 'none' and k ~= 'hash') or (x ~= 'none' and x ~= 'zset')
+  or (sk ~= 'none' and sk ~= 'string') then
   return redis.error_reply('WRONGTYPE tower-response-cache: a foreign value under a cache key')
 end
 for i = first_tag, #KEYS do
@@ -41,6 +49,8 @@ end
 -- No epoch yet (nobody invalidated since Redis started empty): only a token that never
 -- learned one (epoch 0) matches.
 if ARGV[5] ~= '' and (epoch or '0') ~= ARGV[5] then return 0 end
+local secret = redis.call('GET', secret_key) or ''
+if secret ~= (ARGV[8] or '') then return secret end
 for i = 3, 2 + counters do
   local g = tonumber(redis.call('GET', KEYS[i]) or '0')
   if not g or g > seen then return 0 end
@@ -69,18 +79,40 @@ end
 return 1
 "#;
 
-/// Mark every value of an entry hash soft-invalidated: bytes 9–24 of each value (see
-/// `codec.rs`) become ARGV[1], the mark. Returns 1 when the hash was there.
+/// Mark one batch of the values of an entry hash soft-invalidated: `HSCAN` from cursor
+/// ARGV[2] with `COUNT` ARGV[3], and in each value found bytes 9–24 (see `codec.rs`)
+/// become ARGV[1], the mark, unless it carries a newer mark already (soft invalidations may
+/// interleave their batches). Returns {next cursor ("0" when done), whether the hash was
+/// there}. The caller calls again with the cursor: each call does bounded work, however
+/// many variants the key has, so Redis never stalls on one (a hash that changes between
+/// batches is fine: a value written since was fetched after the mark's generation was
+/// drawn, or refused by the write script).
 pub(super) const SOFT_SCRIPT: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local fields = redis.call('HGETALL', KEYS[1])
+local count = tonumber(ARGV[3])
+if #ARGV[1] ~= 16 or not count or count < 1 then
+  return redis.error_reply('ERR tower-response-cache: invalid soft-invalidation arguments')
+end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return {'0', 0} end
+if t ~= 'hash' then
+  return redis.error_reply('WRONGTYPE tower-response-cache: a foreign value under a cache key')
+end
+local scan = redis.call('HSCAN', KEYS[1], ARGV[2], 'COUNT', count)
+local fields = scan[2]
+local function older(current)
+  for i = 1, 8 do
+    local a, b = string.byte(current, i), string.byte(ARGV[1], i)
+    if a ~= b then return a < b end
+  end
+  return false
+end
 for i = 1, #fields, 2 do
   local value = fields[i + 1]
-  if #value >= 24 then
+  if #value >= 24 and older(string.sub(value, 9, 16)) then
     redis.call('HSET', KEYS[1], fields[i], string.sub(value, 1, 8) .. ARGV[1] .. string.sub(value, 25))
   end
 end
-return 1
+return {scan[1], 1}
 "#;
 
 /// Raise a counter past where it is and to at least ARGV[1]; return the new value.
@@ -101,18 +133,48 @@ return g
 "#;
 
 /// One Redis: draw a new generation from the central counter (KEYS[1]) and raise the
-/// counters KEYS[3..] to it, in one step; the epoch (KEYS[2]) is created as ARGV[1] when
+/// counters KEYS[4..] to it, in one step; the epoch (KEYS[2]) is created as ARGV[1] when
 /// missing (only invalidations create it: until the first one after Redis started empty,
-/// tokens carry epoch 0, which a missing epoch matches). Returns {epoch, generation}.
+/// tokens carry epoch 0, which a missing epoch matches). An exact invalidation (ARGV[4] =
+/// `1`) chose its counter with the bucket secret ARGV[2]: the secret (KEYS[3]) is created
+/// as ARGV[3] when missing, and when it is not ARGV[2] nothing is raised and the generation
+/// returned is 0 (the caller learns the secret and tries again). Returns {epoch,
+/// generation, secret (`''` for none)}.
 pub(super) const BUMP_SINGLE_SCRIPT: &str = r#"
+local t = redis.call('TYPE', KEYS[3])['ok']
+if t ~= 'none' and t ~= 'string' then
+  return redis.error_reply('WRONGTYPE tower-response-cache: a foreign value under the bucket secret')
+end
 local e = redis.call('GET', KEYS[2])
 if not e then redis.call('SET', KEYS[2], ARGV[1]) e = ARGV[1] end
+local s = redis.call('GET', KEYS[3])
+if ARGV[4] == '1' then
+  if not s then redis.call('SET', KEYS[3], ARGV[3]) s = ARGV[3] end
+  if s ~= ARGV[2] then return {tonumber(e) or 0, 0, s} end
+end
 local g = (tonumber(redis.call('GET', KEYS[1]) or '0') or 0) + 1
 redis.call('SET', KEYS[1], g)
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   if (tonumber(redis.call('GET', KEYS[i]) or '0') or 0) < g then redis.call('SET', KEYS[i], g) end
 end
-return {tonumber(e) or 0, g}
+return {tonumber(e) or 0, g, s or ''}
+"#;
+
+/// A cluster's exact invalidation: raise the counter KEYS[1] to at least ARGV[1], if it
+/// was chosen with the bucket secret ARGV[2] (KEYS[2], created as ARGV[3] when missing).
+/// Returns {the counter's value, or 0 when the secret differs; the secret}.
+pub(super) const RAISE_KEYED_SCRIPT: &str = r#"
+local t = redis.call('TYPE', KEYS[2])['ok']
+if t ~= 'none' and t ~= 'string' then
+  return redis.error_reply('WRONGTYPE tower-response-cache: a foreign value under the bucket secret')
+end
+local s = redis.call('GET', KEYS[2])
+if not s then redis.call('SET', KEYS[2], ARGV[3]) s = ARGV[3] end
+if s ~= ARGV[2] then return {0, s} end
+local g = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local floor = tonumber(ARGV[1])
+if g < floor then redis.call('SET', KEYS[1], floor) g = floor end
+return {g, s}
 "#;
 
 /// One Redis after a restart: raise the central and wide counters (KEYS[1], KEYS[2]) to at
