@@ -63,9 +63,9 @@ impl CacheHandleBuilder {
 
     /// After a response for a key could not be stored, let misses of that key go to the
     /// origin without waiting for each other for this long (Varnish's hit-for-miss;
-    /// default 10 s).
+    /// default 10 s; at most a day, so no setting overflows the clock).
     pub fn hit_for_miss_ttl(mut self, ttl: Duration) -> Self {
-        self.hit_for_miss_ttl = ttl;
+        self.hit_for_miss_ttl = ttl.min(Duration::from_secs(86_400));
         self
     }
 

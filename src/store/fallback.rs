@@ -129,9 +129,9 @@ impl FallbackStoreBuilder {
         self
     }
 
-    /// How often the background probe checks Redis (default 500 ms).
+    /// How often the background probe checks Redis (default 500 ms; at least 1 ms).
     pub fn probe_interval(mut self, interval: Duration) -> Self {
-        self.probe_interval = interval;
+        self.probe_interval = interval.max(Duration::from_millis(1));
         self
     }
 

@@ -579,3 +579,23 @@ async fn targeted_fields_override_cache_control_in_the_order_named() {
     assert_eq!(get(&client, plain, cdn).await.x_cache(), "MISS");
     assert_eq!(origin.calls(), 3);
 }
+
+/// Settings at their extremes are taken in, never a panic on the request path.
+#[tokio::test]
+async fn extreme_settings_never_panic() {
+    let handle = CacheHandle::builder(tower_response_cache::MemoryStore::new())
+        .hit_for_miss_ttl(Duration::MAX)
+        .coalesce_timeout(Duration::MAX)
+        .ttl(Duration::MAX)
+        .build();
+    let origin = Origin::default();
+    let addr = origin.serve(CacheLayer::new(handle.clone())).await;
+    let client = client();
+    // An unstorable answer remembers its key (hit-for-miss) for the longest time allowed.
+    for _ in 0..2 {
+        let answer = get(&client, addr, "/x?cc=no-store").await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    // The positive control: the cache still stores and hits.
+    assert_eq!(until_hit(&client, addr, "/y").await.x_cache(), "HIT");
+}

@@ -163,7 +163,7 @@ impl MemoryStore {
         // Build the map key in a reused buffer: no allocation on the hit path.
         let slot = MAP_KEY.with_borrow_mut(|buffer| {
             buffer.clear();
-            buffer.push_str(key.namespace);
+            buffer.push_str(&escaped(key.namespace));
             buffer.push(':');
             buffer.push_str(key.logical);
             self.inner.map.get(buffer.as_str())
@@ -331,8 +331,9 @@ thread_local! {
 }
 
 fn map_key(namespace: &str, logical: &str) -> String {
+    let namespace = escaped(namespace);
     let mut key = String::with_capacity(namespace.len() + 1 + logical.len());
-    key.push_str(namespace);
+    key.push_str(&namespace);
     key.push(':');
     key.push_str(logical);
     key
@@ -382,6 +383,7 @@ impl Store for MemoryStore {
         let removed = match pattern.literal() {
             Some(literal) => self.remove_key(&map_key(namespace, literal)),
             None => {
+                let namespace = &*escaped(namespace);
                 let prefix_len = namespace.len() + 1;
                 self.remove_where(
                     Cause::Invalidation,
@@ -403,6 +405,7 @@ impl Store for MemoryStore {
         namespace: &'a str,
         pattern: &'a Pattern,
     ) -> StoreFuture<'a, u64> {
+        let namespace = &*escaped(namespace);
         let now = clock::now_millis();
         let mut marked = 0;
         let mut copies = Vec::new();
@@ -453,6 +456,7 @@ impl Store for MemoryStore {
     }
 
     fn invalidate_tag<'a>(&'a self, namespace: &'a str, tag: &'a str) -> StoreFuture<'a, u64> {
+        let namespace = &*escaped(namespace);
         let removed = self.remove_where(
             Cause::Invalidation,
             |key| !in_namespace(key, namespace),
@@ -462,6 +466,7 @@ impl Store for MemoryStore {
     }
 
     fn invalidate_all<'a>(&'a self, namespace: &'a str) -> StoreFuture<'a, u64> {
+        let namespace = &*escaped(namespace);
         let removed = self.remove_where(
             Cause::Invalidation,
             |key| !in_namespace(key, namespace),
@@ -509,6 +514,16 @@ impl Coordination for MemoryStore {
     }
 }
 
+/// A namespace as it starts map keys: `%` and `:` escaped, so no namespace and logical key
+/// spell another pair's map key (`a` + `b:c` is not `a:b` + `c`).
+fn escaped(namespace: &str) -> std::borrow::Cow<'_, str> {
+    if !namespace.contains([':', '%']) {
+        return std::borrow::Cow::Borrowed(namespace);
+    }
+    std::borrow::Cow::Owned(namespace.replace('%', "%25").replace(':', "%3A"))
+}
+
+/// Whether a map key is in `namespace` (given escaped).
 fn in_namespace(key: &str, namespace: &str) -> bool {
     key.len() > namespace.len()
         && key.starts_with(namespace)

@@ -327,3 +327,47 @@ async fn removals_are_counted_by_cause() {
         "{stats:?}"
     );
 }
+
+#[tokio::test]
+async fn namespaces_never_alias_through_a_colon() {
+    let store = MemoryStore::new();
+    let entry = || {
+        Arc::new(Entry::new(
+            http::StatusCode::OK,
+            http::HeaderMap::new(),
+            bytes::Bytes::from_static(b"a"),
+            Duration::from_secs(60),
+        ))
+    };
+    let key = |namespace, logical| StoreKey {
+        namespace,
+        logical,
+        variant: 1,
+    };
+    assert!(store.put_now(key("a", "b:c"), entry()));
+    // The positive control: the same pair reads its entry.
+    assert!(store.with_variants(key("a", "b:c"), |v| v.is_some()));
+    assert!(
+        store.with_variants(key("a:b", "c"), |v| v.is_none()),
+        "a + b:c read as a:b + c"
+    );
+    assert!(store.with_variants(key("a%3Ab", "c"), |v| v.is_none()));
+    // Invalidations of the other namespace leave it alone.
+    let all = Pattern::new("*");
+    assert_eq!(store.invalidate_all("a:b").await.unwrap(), 0);
+    assert_eq!(store.invalidate("a:b", &all).await.unwrap(), 0);
+    assert_eq!(
+        store.invalidate("a:b", &Pattern::new("c")).await.unwrap(),
+        0
+    );
+    assert!(store.with_variants(key("a", "b:c"), |v| v.is_some()));
+    // A namespace with a colon works in its own right.
+    assert!(store.put_now(key("x:y", "z"), entry()));
+    assert!(store.with_variants(key("x:y", "z"), |v| v.is_some()));
+    assert_eq!(
+        store.invalidate("x:y", &Pattern::new("z")).await.unwrap(),
+        1
+    );
+    assert!(store.put_now(key("x:y", "z"), entry()));
+    assert_eq!(store.invalidate("x:y", &all).await.unwrap(), 1);
+}
