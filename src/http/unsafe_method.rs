@@ -26,6 +26,7 @@ where
 {
     let response = future.await?;
     let status = response.status();
+    let mut failed = false;
     if status.is_success() || status.is_redirection() {
         let mut keys: Vec<String> = logical.into_iter().collect();
         if config.policy.is_rfc9111() {
@@ -40,18 +41,34 @@ where
                 }
             }
         }
-        for key in keys {
-            let pattern = Pattern::new(&crate::pattern::escape(&key));
-            // A failed invalidation is logged by the handle; the write itself succeeded.
-            let _ = config.handle.invalidate_matching(&pattern).await;
-        }
+        // In a task of its own: a client that disconnects (dropping this future) does not
+        // cancel the invalidation between its keys. The write succeeded either way, so a
+        // failed invalidation does not fail the answer; it is logged and said in its
+        // `Cache-Status`, because the next read may still find the old entry.
+        let handle = config.handle.clone();
+        let invalidations = tokio::spawn(async move {
+            let mut all_applied = true;
+            for key in keys {
+                let pattern = Pattern::new(&crate::pattern::escape(&key));
+                if let Err(error) = handle.invalidate_matching(&pattern).await {
+                    tracing::warn!(%key, %error, "invalidation after an unsafe method failed");
+                    all_applied = false;
+                }
+            }
+            all_applied
+        });
+        failed = !invalidations.await.unwrap_or(false);
     }
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(headers::CACHE_TAG);
     parts.headers.insert(X_CACHE, headers::BYPASS);
     parts.headers.insert(
         CACHE_STATUS,
-        headers::forward_status(Forward::Method, None, false),
+        headers::forward_status(
+            Forward::Method,
+            failed.then_some("invalidation-failed"),
+            false,
+        ),
     );
     Ok(Response::from_parts(parts, CacheBody::passthrough(body)))
 }

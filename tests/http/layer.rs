@@ -46,8 +46,22 @@ async fn a_repeat_read_is_a_hit_with_cache_headers() {
 }
 
 #[tokio::test]
-async fn equivalent_queries_share_an_entry_and_distinct_ones_never_do() {
+async fn by_default_each_spelling_of_a_query_is_its_own_entry() {
     let (origin, addr, client, handle) = start().await;
+    get(&client, addr, "/q?b=2&a=1").await;
+    stored(&handle, 1).await;
+    assert_eq!(get(&client, addr, "/q?b=2&a=1").await.x_cache(), "HIT");
+    assert_eq!(get(&client, addr, "/q?a=1&b=2").await.x_cache(), "MISS");
+    assert_eq!(get(&client, addr, "/q?a=%31&b=2").await.x_cache(), "MISS");
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test]
+async fn with_normalize_query_equivalent_queries_share_an_entry_and_distinct_ones_never_do() {
+    let handle = CacheHandle::builder(MemoryStore::new()).build();
+    let layer =
+        CacheLayer::new(handle.clone()).policy(CachePolicy::default().normalize_query(true));
+    let (origin, addr, client) = start_with(layer).await;
     get(&client, addr, "/q?b=2&a=1").await;
     stored(&handle, 1).await;
     assert_eq!(get(&client, addr, "/q?a=1&b=2").await.x_cache(), "HIT");
@@ -322,11 +336,13 @@ async fn concurrent_misses_reach_the_origin_once() {
 
 /// A store of one's own (no answers without waiting) whose first lookup, once it has read
 /// the store, waits for the test to open a gate: a request whose lookup missed just
-/// before another request's flight stored the entry and ended.
+/// before another request's flight stored the entry and ended. While `failing` is set,
+/// its invalidations fail.
 struct GatedStore {
     inner: MemoryStore,
     gate: std::sync::Arc<tokio::sync::Semaphore>,
     first: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl tower_response_cache::Store for GatedStore {
@@ -354,6 +370,10 @@ impl tower_response_cache::Store for GatedStore {
         namespace: &'a str,
         pattern: &'a tower_response_cache::Pattern,
     ) -> tower_response_cache::StoreFuture<'a, u64> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            let error = tower_response_cache::StoreError::new("refused", "the test says so");
+            return Box::pin(std::future::ready(Err(error)));
+        }
         self.inner.invalidate(namespace, pattern)
     }
     fn invalidate_soft<'a>(
@@ -386,6 +406,7 @@ async fn a_miss_whose_lookup_came_just_before_a_flight_stored_the_entry_reads_th
         inner: MemoryStore::new(),
         gate: gate.clone(),
         first: first.clone(),
+        failing: Default::default(),
     };
     let handle = CacheHandle::builder(store).build();
     let (origin, addr, client) = start_with(CacheLayer::new(handle.clone())).await;
@@ -421,6 +442,7 @@ async fn a_typed_read_whose_lookup_came_just_before_a_flight_stored_the_value_re
         inner: MemoryStore::new(),
         gate: gate.clone(),
         first: first.clone(),
+        failing: Default::default(),
     };
     let handle = CacheHandle::builder(store).build();
     let inits = Arc::new(AtomicUsize::new(0));
@@ -598,4 +620,32 @@ async fn extreme_settings_never_panic() {
     }
     // The positive control: the cache still stores and hits.
     assert_eq!(until_hit(&client, addr, "/y").await.x_cache(), "HIT");
+}
+
+/// A successful `POST` whose invalidation failed still answers the client (its write went
+/// through), and says so in `Cache-Status`; one whose invalidation applied says nothing.
+#[tokio::test]
+async fn a_failed_invalidation_after_a_post_is_said_not_dropped() {
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let store = GatedStore {
+        inner: MemoryStore::new(),
+        gate: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+        first: Default::default(),
+        failing: failing.clone(),
+    };
+    let handle = CacheHandle::builder(store).build();
+    let (_origin, addr, client) = start_with(CacheLayer::new(handle)).await;
+    let applied = request(&client, "POST", addr, "/k", &[]).await;
+    assert_eq!(applied.status, StatusCode::OK);
+    assert_eq!(
+        applied.header("cache-status"),
+        "tower-response-cache; fwd=method"
+    );
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let refused = request(&client, "POST", addr, "/k", &[]).await;
+    assert_eq!(refused.status, StatusCode::OK, "the write itself succeeded");
+    assert_eq!(
+        refused.header("cache-status"),
+        "tower-response-cache; fwd=method; detail=invalidation-failed"
+    );
 }
