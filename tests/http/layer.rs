@@ -649,3 +649,73 @@ async fn a_failed_invalidation_after_a_post_is_said_not_dropped() {
         "tower-response-cache; fwd=method; detail=invalidation-failed"
     );
 }
+
+/// Request smuggling on a keep-alive connection (Pingora CVE-2025-4366): a `GET` whose body
+/// is unread when a hit answers would leave that body to be read as the next request. A
+/// `GET` with a chunked body, or with `Expect: 100-continue` and a length, goes around the
+/// cache, so its body is the origin's to read, and the connection carries exactly the
+/// requests the client sent.
+#[tokio::test]
+async fn a_get_with_a_body_is_never_answered_from_the_cache_on_a_kept_alive_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (origin, addr, client, handle) = start().await;
+    // The entry the raw requests below would be answered from (their `Host` is `test`).
+    get_with(&client, addr, "/p", &[("host", "test")]).await;
+    stored(&handle, 1).await;
+    let warm = get_with(&client, addr, "/p", &[("host", "test")]).await;
+    assert_eq!(warm.x_cache(), "HIT");
+    let calls = origin.calls();
+    let smuggled = "GET /smuggled HTTP/1.1\r\nhost: test\r\n\r\n";
+    let chunked = format!(
+        "GET /p HTTP/1.1\r\nhost: test\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+        smuggled.len()
+    );
+    let expecting = format!(
+        "GET /p HTTP/1.1\r\nhost: test\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    for request in [chunked, expecting] {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        // A plain GET closes the connection after the first answer(s).
+        let last = "GET /p HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n";
+        socket.write_all(last.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer).to_lowercase();
+        assert!(
+            !answer.contains("/smuggled"),
+            "a smuggled request was answered: {answer}"
+        );
+        let finals = answer.matches("http/1.1 200").count();
+        assert_eq!(finals, 2, "two requests, two answers: {answer}");
+        assert!(answer.contains("x-cache: bypass"), "{answer}");
+        assert!(
+            answer.contains("x-cache: hit"),
+            "the plain GET is still a hit: {answer}"
+        );
+    }
+    // The origin read the two bodies itself; the smuggled path never reached it.
+    assert_eq!(origin.calls(), calls + 2);
+}
+
+/// A `304` is an answer to a client's condition: one the origin sends to a request without
+/// validators is passed on, never stored, and never answers the next request.
+#[tokio::test]
+async fn a_304_to_a_request_without_validators_is_never_stored() {
+    let (origin, addr, client, handle) = start().await;
+    for _ in 0..2 {
+        let answer = get(&client, addr, "/n?status=304&cc=max-age%3D60").await;
+        assert_eq!(answer.status, StatusCode::NOT_MODIFIED);
+        assert_eq!(answer.x_cache(), "MISS");
+    }
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(handle.stats().stores, 0);
+    // The positive control: the same answer as a 200 is stored.
+    assert_eq!(
+        until_hit(&client, addr, "/n?cc=max-age%3D60")
+            .await
+            .x_cache(),
+        "HIT"
+    );
+}
