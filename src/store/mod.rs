@@ -50,7 +50,7 @@ pub struct StoreKey<'a> {
     pub namespace: &'a str,
     /// What invalidation patterns match: the path, or what a key function returned.
     pub logical: &'a str,
-    /// Hash of what else selects the response: host and normalised query.
+    /// Hash of what else selects the response: host, query and keyed headers.
     pub variant: u64,
 }
 
