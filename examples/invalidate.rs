@@ -28,7 +28,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let cache = config.build().await;
+    let cache = match config.build().await {
+        Ok(cache) => cache,
+        Err(error) => {
+            eprintln!("invalidate: configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     if cache.backend() != Backend::Redis {
         eprintln!(
             "invalidate: the cache is on {}, not Redis: other processes cannot be reached \

@@ -8,6 +8,16 @@
 //!
 //! Also a way to test the layer against any HTTP origin.
 //!
+//! With `PROXY_PURGE_TOKEN` set (16 bytes or more) the proxy also answers the purge
+//! endpoints for bearers of that token (`PurgeLayer`): `PURGE /path` drops every stored
+//! variant of that path, `POST /_cache/purge` takes `{"pattern": ...}`, `{"tag": ...}` or
+//! `{"all": true}`. Unset, a `PURGE` is forwarded to the upstream like any other method.
+//!
+//! ```sh
+//! PROXY_PURGE_TOKEN=$(openssl rand -hex 32) cargo run --example proxy
+//! curl -X PURGE -H "Authorization: Bearer $PROXY_PURGE_TOKEN" http://127.0.0.1:8080/api/companies
+//! ```
+//!
 //! Interim responses: the origin's `103 Early Hints` or `102 Processing` reach the client
 //! before the final response, and are never stored (the client after it gets the cached
 //! final response alone). hyper's server has no API to send a 1xx (a `Service` returns one
@@ -32,11 +42,14 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tower_response_cache::{CacheHandle, CacheLayer, CachePolicy, MemoryStore};
+use tower_response_cache::{
+    CacheHandle, CacheLayer, CachePolicy, CacheStatusDetail, MemoryStore, PurgeLayer,
+};
 
 /// The proxy: every request is forwarded to `upstream` (scheme and authority replaced),
-/// answered from the cache where RFC 9111 allows.
-pub fn proxy_app(upstream: Uri, cache: CacheHandle) -> Router {
+/// answered from the cache where RFC 9111 allows; with `purge_token`, purge requests
+/// bearing it are answered by the proxy itself.
+pub fn proxy_app(upstream: Uri, cache: CacheHandle, purge_token: Option<&str>) -> Router {
     let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
     let forward = move |mut request: Request| {
         let client = client.clone();
@@ -60,9 +73,16 @@ pub fn proxy_app(upstream: Uri, cache: CacheHandle) -> Router {
             }
         }
     };
-    Router::new()
-        .fallback(forward)
-        .layer(CacheLayer::new(cache).policy(CachePolicy::rfc9111()))
+    let cache = CacheLayer::new(cache)
+        .policy(CachePolicy::rfc9111())
+        // A proxy to look through: every `Cache-Status` parameter.
+        .cache_status_detail(CacheStatusDetail::Full);
+    let purge = purge_token.map(|token| PurgeLayer::new(&cache, token));
+    let app = Router::new().fallback(forward).layer(cache);
+    match purge {
+        Some(purge) => app.layer(purge),
+        None => app,
+    }
 }
 
 const USAGE: &str = "usage: proxy [--listen ADDR] [--upstream URL]   (defaults 127.0.0.1:8080, http://127.0.0.1:3000)";
@@ -107,13 +127,25 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    let purge_token = std::env::var("PROXY_PURGE_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    if purge_token.as_ref().is_some_and(|t| t.len() < 16) {
+        eprintln!("PROXY_PURGE_TOKEN must be at least 16 bytes\n{USAGE}");
+        std::process::exit(2);
+    }
     let cache = CacheHandle::builder(MemoryStore::new())
         .namespace("proxy")
         .ttl(Duration::from_secs(60))
         .build();
     let listener = TcpListener::bind(&listen).await.expect("bind");
-    println!("caching proxy on http://{listen} -> {upstream}");
-    serve(listener, proxy_app(upstream, cache)).await;
+    let purging = if purge_token.is_some() {
+        " (purge endpoints on)"
+    } else {
+        ""
+    };
+    println!("caching proxy on http://{listen} -> {upstream}{purging}");
+    serve(listener, proxy_app(upstream, cache, purge_token.as_deref())).await;
 }
 
 /// Serve `app` over HTTP/1.1, relaying the upstream's 1xx interim responses (see the

@@ -13,15 +13,19 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use crate::body::CacheBody;
 use crate::clock;
 use crate::entry::Entry;
-use crate::headers::{self, CACHE_STATUS, HIT, STALE, X_CACHE};
+use crate::headers::{self, Waited, CACHE_STATUS, HIT, STALE, X_CACHE};
+use crate::store::Source;
 
 /// How an entry came to be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Served {
-    /// Fresh; `coalesced` after waiting for another request's fetch.
-    Hit { coalesced: bool },
+    /// Fresh; after waiting for another request's fetch, here or in another process.
+    Hit { waited: Waited },
     /// Fresh, from the near cache in front of Redis (`detail=l1`).
     NearHit,
+    /// Fresh, said briefly (`tower-response-cache; hit`, see `CacheStatusDetail`): the
+    /// layer's answer on the spot when it says little.
+    BriefHit,
     /// Expired, within its stale-while-revalidate window; a refresh runs meanwhile.
     StaleWhileRevalidate,
     /// Expired, within its stale-if-error window, instead of a failed origin.
@@ -37,6 +41,17 @@ pub(crate) enum Served {
     },
     /// Expired, within what the request's `max-stale` accepts.
     MaxStale,
+}
+
+impl Served {
+    /// A fresh hit read from `source` (`detail=l1` from the near cache), after waiting
+    /// (or not) for another request's fetch.
+    pub(crate) fn hit(source: Source, waited: Waited) -> Served {
+        match source {
+            Source::Near => Served::NearHit,
+            _ => Served::Hit { waited },
+        }
+    }
 }
 
 /// Answer `request` (its parts) from `entry`.
@@ -129,11 +144,12 @@ fn build<B>(
     let headers = response.headers_mut();
     let age = headers::int_value(entry.age_secs(now));
     let (status, x_cache) = match served {
-        Served::Hit { coalesced } => (
-            headers::hit_status(entry.remaining_secs(now), coalesced, fallback),
+        Served::Hit { waited } => (
+            headers::hit_status(entry.remaining_secs(now), waited, fallback),
             HIT,
         ),
         Served::NearHit => (headers::l1_hit_status(entry.remaining_secs(now)), HIT),
+        Served::BriefHit => (headers::BRIEF_HIT, HIT),
         Served::StaleWhileRevalidate => (
             headers::stale_status(entry.stale_secs(now), false, fallback),
             STALE,
@@ -274,7 +290,7 @@ mod tests {
         // The origin's own `Age` and `Cache-Status` never reach the answer.
         let e = entry(&[("age", "99"), ("cache-status", "upstream; hit")]);
         for served in [
-            Served::Hit { coalesced: false },
+            Served::Hit { waited: Waited::No },
             Served::StaleWhileRevalidate,
         ] {
             let r: Response<CacheBody<http_body_util::Empty<Bytes>>> =
@@ -296,7 +312,7 @@ mod tests {
             &e,
             &request(&[("if-none-match", "\"v1\"")]),
             false,
-            Served::Hit { coalesced: false },
+            Served::Hit { waited: Waited::No },
             false,
         );
         assert_eq!(r.status(), StatusCode::NOT_MODIFIED);

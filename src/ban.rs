@@ -1,7 +1,7 @@
 //! The ban log: what keeps a response fetched before an invalidation from being stored
 //! after it.
 //!
-//! A miss takes a ticket (the current epoch) before it calls the inner service. Every
+//! A miss takes the current epoch (part of its ticket) before it calls the inner service. Every
 //! invalidation records a ban under a write lock, bumping the epoch, and only then removes
 //! matching entries from the store. A write holds the read lock while it checks for bans
 //! newer than its ticket and hands the entry to the store, so for each write either the
@@ -37,9 +37,9 @@ const MAX_GLOB_BANS: usize = 4096;
 /// Most exact (and, apart, tag) bans kept, whatever their age; older ones raise the floor.
 pub(crate) const MAX_KEYED_BANS: usize = 1 << 16;
 
-/// An epoch a miss saw before it called the inner service.
+/// The epoch a miss saw before it called the inner service (its ticket's part here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Ticket(u64);
+pub(crate) struct Epoch(u64);
 
 #[derive(Debug, Default)]
 pub(crate) struct BanLog {
@@ -66,9 +66,9 @@ pub(crate) enum Ban<'a> {
 }
 
 impl BanLog {
-    /// The ticket for a miss starting now.
-    pub(crate) fn ticket(&self) -> Ticket {
-        Ticket(self.read().epoch)
+    /// The epoch for a miss starting now.
+    pub(crate) fn epoch(&self) -> Epoch {
+        Epoch(self.read().epoch)
     }
 
     /// Record a ban. Call before removing the matching entries from the store.
@@ -100,7 +100,7 @@ impl BanLog {
 
 impl Bans {
     /// Was an entry for `logical` with these `tags`, fetched under `ticket`, banned since?
-    pub(crate) fn is_banned(&self, ticket: Ticket, logical: &str, tags: &[String]) -> bool {
+    pub(crate) fn is_banned(&self, ticket: Epoch, logical: &str, tags: &[String]) -> bool {
         let since = ticket.0;
         if since == self.epoch {
             return false;
@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn a_ban_after_the_ticket_covers_matching_keys_only() {
         let log = BanLog::default();
-        let ticket = log.ticket();
+        let ticket = log.epoch();
         log.record(Ban::Pattern(&Pattern::new("/api/dashboard/A*")));
         let bans = log.read();
         assert!(bans.is_banned(ticket, "/api/dashboard/ABC", &[]));
@@ -216,22 +216,22 @@ mod tests {
     fn a_ban_before_the_ticket_does_not_apply() {
         let log = BanLog::default();
         log.record(Ban::Pattern(&Pattern::new("/a")));
-        let ticket = log.ticket();
+        let ticket = log.epoch();
         assert!(!log.read().is_banned(ticket, "/a", &[]));
     }
 
     #[test]
     fn exact_tag_and_all_bans() {
         let log = BanLog::default();
-        let t = log.ticket();
+        let t = log.epoch();
         log.record(Ban::Pattern(&Pattern::new("companies_all_synced")));
         assert!(log.read().is_banned(t, "companies_all_synced", &[]));
         assert!(!log.read().is_banned(t, "companies", &[]));
-        let t = log.ticket();
+        let t = log.epoch();
         log.record(Ban::Tag("company:ABC"));
         assert!(log.read().is_banned(t, "/x", &["company:ABC".into()]));
         assert!(!log.read().is_banned(t, "/x", &["company:XYZ".into()]));
-        let t = log.ticket();
+        let t = log.epoch();
         log.record(Ban::All);
         assert!(log.read().is_banned(t, "/anything", &[]));
     }
@@ -239,13 +239,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn forgotten_bans_make_old_tickets_unusable() {
         let log = BanLog::default();
-        let old = log.ticket();
+        let old = log.epoch();
         log.record(Ban::Pattern(&Pattern::new("/x*")));
         tokio::time::advance(RETENTION + Duration::from_secs(1)).await;
         log.record(Ban::Pattern(&Pattern::new("/y*")));
         // The `/x*` ban was forgotten, so a ticket older than it is refused for any key.
         assert!(log.read().is_banned(old, "/z", &[]));
-        let fresh = log.ticket();
+        let fresh = log.epoch();
         assert!(!log.read().is_banned(fresh, "/z", &[]));
     }
 
@@ -255,7 +255,7 @@ mod tests {
         for i in 0..10_000 {
             log.record(Ban::Pattern(&Pattern::new(&format!("/old/{i}"))));
         }
-        let mid = log.ticket();
+        let mid = log.epoch();
         tokio::time::advance(RETENTION / 2).await;
         for i in 0..10 {
             log.record(Ban::Pattern(&Pattern::new(&format!("/new/{i}"))));
@@ -277,7 +277,7 @@ mod tests {
         let log = BanLog::default();
         log.record(Ban::Pattern(&Pattern::new("/k")));
         tokio::time::advance(RETENTION - Duration::from_secs(10)).await;
-        let ticket = log.ticket();
+        let ticket = log.epoch();
         log.record(Ban::Pattern(&Pattern::new("/k")));
         tokio::time::advance(Duration::from_secs(20)).await;
         // Pops the first `/k` element: superseded, it forgets nothing.
@@ -291,9 +291,9 @@ mod tests {
     #[test]
     fn too_many_young_bans_raise_the_floor_instead_of_growing() {
         let log = BanLog::default();
-        let old = log.ticket();
+        let old = log.epoch();
         log.record(Ban::Pattern(&Pattern::new("/first")));
-        let after_first = log.ticket();
+        let after_first = log.epoch();
         for i in 0..MAX_KEYED_BANS + 100 {
             log.record(Ban::Tag(&format!("tag{i}")));
             log.record(Ban::Pattern(&Pattern::new(&format!("/k/{i}"))));
@@ -307,7 +307,7 @@ mod tests {
         assert!(bans.is_banned(after_first, "/unrelated", &[]));
         drop(bans);
         // The floor stays below recent tickets: recent bans apply, precisely.
-        let recent = log.ticket();
+        let recent = log.epoch();
         log.record(Ban::Pattern(&Pattern::new("/y")));
         let bans = log.read();
         assert!(bans.is_banned(recent, "/y", &[]));

@@ -258,12 +258,9 @@ pub(crate) struct RequestDirectives {
 }
 
 impl RequestDirectives {
-    /// The directives of `headers`; `None` when there are none that matter here.
-    pub(crate) fn parse(headers: &HeaderMap) -> Option<RequestDirectives> {
-        if !headers.contains_key(CACHE_CONTROL) {
-            return None;
-        }
-        let cc = CacheControl::parse(headers);
+    /// The directives of a request's parsed `Cache-Control`; `None` when there are none
+    /// that matter here.
+    pub(crate) fn of(cc: &CacheControl) -> Option<RequestDirectives> {
         let seconds = |name| cc.seconds(name).get().ok().flatten();
         let directives = RequestDirectives {
             max_age: seconds("max-age"),

@@ -75,13 +75,37 @@ impl Default for Coalescer {
     }
 }
 
-#[derive(Debug)]
 struct Flight {
     id: u64,
     outcome: watch::Receiver<Outcome>,
     /// The store's write token its leader took before calling the origin; `None` until
     /// then (see [`Coalescer::forget_fetched_before`]).
     token: Option<u64>,
+    /// Called when an invalidation forgets the flight before it ends (see
+    /// [`Leader::on_forget`]).
+    on_forget: Option<OnForget>,
+}
+
+impl std::fmt::Debug for Flight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flight")
+            .field("id", &self.id)
+            .field("token", &self.token)
+            .field("holds_fleet_lease", &self.on_forget.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a forgotten flight hands back (its fleet-wide lease).
+type OnForget = Box<dyn FnOnce() + Send + Sync>;
+
+impl Flight {
+    /// An invalidation forgot this flight: hand back what it holds for others.
+    fn forgotten(&mut self) {
+        if let Some(on_forget) = self.on_forget.take() {
+            on_forget();
+        }
+    }
 }
 
 /// What a miss does after joining the flight for its key (see `CacheHandle::take_turn`).
@@ -116,14 +140,18 @@ pub(crate) enum Role {
     Follower(watch::Receiver<Outcome>),
 }
 
+/// What a leader does once its flight ended.
+type OnEnd = Box<dyn FnOnce(&Outcome) + Send + Sync>;
+
 /// Held by the one request fetching a key. Dropping it without [`Leader::finish`] tells
 /// followers the flight was abandoned.
-#[derive(Debug)]
 pub(crate) struct Leader {
     coalescer: Arc<Coalescer>,
     key: FlightKey,
     id: u64,
     sender: Option<watch::Sender<Outcome>>,
+    /// Told how the flight ended, once (the fleet-wide lease this leader holds).
+    on_end: Option<OnEnd>,
 }
 
 impl Coalescer {
@@ -139,12 +167,14 @@ impl Coalescer {
                     id,
                     outcome,
                     token: None,
+                    on_forget: None,
                 });
                 Role::Leader(Leader {
                     coalescer: self.clone(),
                     key,
                     id,
                     sender: Some(sender),
+                    on_end: None,
                 })
             }
         }
@@ -169,7 +199,15 @@ impl Coalescer {
         if self.flights.is_empty() {
             return;
         }
-        self.flights.retain(|(logical, _), _| !matches(logical));
+        self.flights.retain(|(logical, _), flight| {
+            let keep = !matches(logical);
+            // A flight that has not taken its token yet has not called the origin: it
+            // fetches after this invalidation and stores, so it keeps what it holds.
+            if !keep && flight.token.is_some() {
+                flight.forgotten();
+            }
+            keep
+        });
     }
 
     /// [`forget`](Self::forget) for another process's invalidation, heard late: only the
@@ -186,7 +224,11 @@ impl Coalescer {
             return;
         }
         self.flights.retain(|(logical, _), flight| {
-            !(matches(logical) && flight.token.is_some_and(&fetched_before))
+            let keep = !(matches(logical) && flight.token.is_some_and(&fetched_before));
+            if !keep {
+                flight.forgotten();
+            }
+            keep
         });
     }
 
@@ -243,6 +285,23 @@ impl Leader {
         }
     }
 
+    /// Call `on_forget` if an invalidation forgets the flight before it ends: what it
+    /// fetches will not be stored, so what it holds for others (its fleet-wide lease, on
+    /// which other processes' misses of the key wait) goes back at once rather than when
+    /// the doomed fetch ends.
+    pub(crate) fn on_forget(&self, on_forget: impl FnOnce() + Send + Sync + 'static) {
+        if let Some(mut flight) = self.coalescer.flights.get_mut(&self.key) {
+            if flight.id == self.id {
+                flight.on_forget = Some(Box::new(on_forget));
+            }
+        }
+    }
+
+    /// Call `on_end` with the flight's outcome when it ends (however it ends).
+    pub(crate) fn on_end(&mut self, on_end: impl FnOnce(&Outcome) + Send + Sync + 'static) {
+        self.on_end = Some(Box::new(on_end));
+    }
+
     /// Let followers read `fill` while this leader's response arrives.
     pub(crate) fn share(&self, fill: std::sync::Arc<Fill>) {
         if let Some(sender) = &self.sender {
@@ -264,7 +323,20 @@ impl Leader {
         self.coalescer
             .flights
             .remove_if(&self.key, |_, flight| flight.id == self.id);
+        if let Some(on_end) = self.on_end.take() {
+            on_end(&outcome);
+        }
         let _ = sender.send(outcome);
+    }
+}
+
+impl std::fmt::Debug for Leader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leader")
+            .field("key", &self.key)
+            .field("id", &self.id)
+            .field("holds_fleet_lease", &self.on_end.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -364,6 +436,51 @@ mod tests {
         assert!(matches!(c.join("/k", b"2"), Role::Follower(_)));
         assert!(matches!(c.join("/k", b"3"), Role::Follower(_)));
         assert!(matches!(c.join("/other", b"1"), Role::Follower(_)));
+    }
+
+    #[test]
+    fn a_forgotten_flight_hands_back_what_it_holds_once_and_only_when_forgotten() {
+        use std::sync::atomic::AtomicUsize;
+        let c = Arc::new(Coalescer::default());
+        let handed = Arc::new(AtomicUsize::new(0));
+        let hand_back = |leader: &Leader| {
+            let handed = handed.clone();
+            leader.on_forget(move || {
+                handed.fetch_add(1, Ordering::SeqCst);
+            });
+        };
+        let doomed = lead(&c);
+        doomed.took(4);
+        hand_back(&doomed);
+        let fresh = lead_at(&c, "/k", b"2");
+        fresh.took(5);
+        hand_back(&fresh);
+        c.forget_fetched_before(|key| key == "/k", |token| token < 5);
+        assert_eq!(
+            handed.load(Ordering::SeqCst),
+            1,
+            "the doomed flight's, only"
+        );
+        // Ending after it was forgotten hands back nothing more.
+        doomed.finish(Outcome::Uncacheable);
+        assert_eq!(handed.load(Ordering::SeqCst), 1);
+        // A flight that ends before any invalidation is never "forgotten".
+        fresh.finish(Outcome::Stored);
+        c.forget(|_| true);
+        assert_eq!(handed.load(Ordering::SeqCst), 1);
+        // This process's own invalidation: a flight at the origin hands back; one that
+        // has not taken its token fetches after the invalidation, and keeps its lease.
+        let own = lead_at(&c, "/k", b"3");
+        own.took(6);
+        hand_back(&own);
+        let not_yet = lead_at(&c, "/k", b"4");
+        hand_back(&not_yet);
+        c.forget(|key| key == "/k");
+        assert_eq!(
+            handed.load(Ordering::SeqCst),
+            2,
+            "the one at the origin, only"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::body::{BoxError, CacheBody};
 use crate::coalesce::{Leader, Outcome, Share, Turn};
 use crate::fill::{self, Commit, Fill, FillBody, Head};
 use crate::handle::{CacheHandle, Found, Ticket};
-use crate::headers::{self, Forward, CACHE_STATUS, X_CACHE};
+use crate::headers::{self, Forward, Waited, CACHE_STATUS, X_CACHE};
 use crate::key::{self, Variant};
 use crate::stats::bump;
 use crate::store::Backend;
@@ -119,8 +119,9 @@ pub(crate) fn falling_back(handle: &CacheHandle) -> bool {
 }
 
 /// An adapter's part in the lookup loop ([`look`]): what its request is keyed by and what
-/// a stored entry means to it. `B` is the body of the answers it gives.
-pub(crate) trait Lookup<B>: Sized {
+/// a stored entry means to it. `A` is the answer it gives (a response for HTTP and gRPC,
+/// a value for typed reads).
+pub(crate) trait Lookup<A>: Sized {
     /// The request's logical key, variant and headers.
     fn key(&self) -> (&str, &Variant, &HeaderMap);
 
@@ -128,7 +129,7 @@ pub(crate) trait Lookup<B>: Sized {
     /// means to this request: an answer (`Break`), or on to the origin (`Continue`), with
     /// what the lookup found to say so (`Cache-Status`'s `fwd`). `coalesced`: it waited
     /// for another request's fetch first.
-    fn weigh(self, found: Option<Found>, coalesced: bool) -> Weighed<Self, B>;
+    fn weigh(self, found: Option<Found>, waited: Waited) -> Weighed<Self, A>;
 
     /// Called with a ticket taken just before each lookup: an entry the lookup finds and
     /// the adapter may write back (validated) is written with it.
@@ -144,10 +145,16 @@ pub(crate) trait Lookup<B>: Sized {
 
     /// What a follower sending `headers` makes of its leader's answer as it arrives.
     fn share(fill: &Arc<Fill>, headers: &HeaderMap) -> Share;
+
+    /// A follower's answer from its leader's response, read as it arrives (`reader`;
+    /// `fallback`: the memory fallback serves). Only an adapter whose
+    /// [`share`](Self::share) says [`Share::Read`] is asked; one that cannot answer from
+    /// a response looks again (`Continue`).
+    fn read_shared(self, reader: FillBody, forward: Forward, fallback: bool) -> Weighed<Self, A>;
 }
 
 /// What an adapter makes of one lookup (see [`Lookup::weigh`]).
-pub(crate) type Weighed<V, B> = ControlFlow<Response<CacheBody<B>>, (V, Forward)>;
+pub(crate) type Weighed<V, A> = ControlFlow<A, (V, Forward)>;
 
 /// A request the lookup loop sends on to the origin, as its flight's leader or alone.
 pub(crate) struct Fetching<V> {
@@ -160,12 +167,12 @@ pub(crate) struct Fetching<V> {
 /// the origin (`Continue`): a follower reads its leader's answer as it arrives, or looks
 /// again once the leader is done. With `skip_lookup`, the first round asks the store
 /// nothing.
-pub(crate) async fn look<B, V: Lookup<B>>(
+pub(crate) async fn look<A, V: Lookup<A>>(
     handle: &CacheHandle,
     mut visit: V,
     mut skip_lookup: bool,
-) -> ControlFlow<Response<CacheBody<B>>, Fetching<V>> {
-    let mut coalesced = false;
+) -> ControlFlow<A, Fetching<V>> {
+    let mut waited = Waited::No;
     // The headers the key's stored variants vary on: part of the flight key.
     let mut vary_names = Vec::new();
     // Whether this request already looked again for an entry a flight stored meanwhile.
@@ -185,7 +192,7 @@ pub(crate) async fn look<B, V: Lookup<B>>(
             Some(found)
         };
         let forward;
-        (visit, forward) = match visit.weigh(found, coalesced) {
+        (visit, forward) = match visit.weigh(found, waited) {
             ControlFlow::Break(response) => return ControlFlow::Break(response),
             ControlFlow::Continue(fetch) => fetch,
         };
@@ -199,9 +206,21 @@ pub(crate) async fn look<B, V: Lookup<B>>(
         match handle.take_turn(logical, &flight, share).await {
             Turn::OtherVariant(names) => vary_names = names,
             Turn::Read(reader) => {
-                bump!(handle.shared().counters, misses);
                 let fallback = falling_back(handle);
-                return ControlFlow::Break(shared_answer(reader, forward, fallback));
+                match visit.read_shared(reader, forward, fallback) {
+                    ControlFlow::Break(answer) => {
+                        bump!(handle.shared().counters, misses);
+                        return ControlFlow::Break(answer);
+                    }
+                    // Not reached today (an adapter that cannot read a response as it
+                    // arrives says so in `share`, and is never handed one); should it be,
+                    // yield before joining again rather than spin on the shared flight.
+                    ControlFlow::Continue((next, _)) => {
+                        visit = next;
+                        waited = Waited::Here;
+                        tokio::task::yield_now().await;
+                    }
+                }
             }
             // A flight of this key stored its entry between the lookup and the join (its
             // end came just after the lookup): look once more rather than fetch again.
@@ -215,9 +234,21 @@ pub(crate) async fn look<B, V: Lookup<B>>(
                 // the entry is not there after all.
                 drop(leader);
             }
-            Turn::LookAgain => coalesced = true,
+            Turn::LookAgain => waited = Waited::Here,
             Turn::FetchAlone => break (visit, forward, None),
         }
+    };
+    // This process's leader: whose turn is it across the fleet?
+    let (visit, forward, leader) = match leader {
+        Some(leader) => {
+            let (_, variant, headers) = visit.key();
+            let flight = flight_key(variant, &vary_names, headers);
+            match crate::fleet::take_turn(handle, visit, forward, leader, &flight).await {
+                ControlFlow::Break(response) => return ControlFlow::Break(response),
+                ControlFlow::Continue(next) => next,
+            }
+        }
+        None => (visit, forward, None),
     };
     ControlFlow::Continue(Fetching {
         visit,
@@ -238,8 +269,13 @@ pub(crate) fn flight_key(
     flight
 }
 
-/// A follower's answer: the leader's response, read as it arrives.
-fn shared_answer<B>(reader: FillBody, forward: Forward, fallback: bool) -> Response<CacheBody<B>> {
+/// A follower's answer: the leader's response, read as it arrives (what
+/// [`Lookup::read_shared`] is for the adapters that answer responses).
+pub(crate) fn shared_answer<B>(
+    reader: FillBody,
+    forward: Forward,
+    fallback: bool,
+) -> Response<CacheBody<B>> {
     let head = reader.head();
     let mut response = Response::new(());
     *response.status_mut() = head.status;
@@ -274,17 +310,6 @@ impl Miss {
 pub(crate) fn release(leader: Option<Leader>) {
     if let Some(leader) = leader {
         leader.finish(Outcome::Uncacheable);
-    }
-}
-
-/// Tell the flight's followers whether the entry is stored.
-pub(crate) fn finish(leader: Option<Leader>, stored: bool) {
-    if let Some(leader) = leader {
-        leader.finish(if stored {
-            Outcome::Stored
-        } else {
-            Outcome::Uncacheable
-        });
     }
 }
 

@@ -23,6 +23,8 @@ pin_project! {
     pub struct ResponseFuture<F, B, E> {
         #[pin]
         inner: Inner<F, B, E>,
+        // `Cache-Status` cut down to its first parameter (see `CacheStatusDetail`).
+        brief: bool,
     }
 }
 
@@ -39,10 +41,10 @@ pin_project! {
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     pub(crate) fn untouched(future: F) -> Self {
         ResponseFuture {
             inner: Inner::Untouched { future },
+            brief: false,
         }
     }
 
@@ -52,6 +54,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
                 future,
                 cache_status: Some(cache_status),
             },
+            brief: false,
         }
     }
 
@@ -60,13 +63,23 @@ impl<F, B, E> ResponseFuture<F, B, E> {
             inner: Inner::Ready {
                 response: Some(response),
             },
+            brief: false,
         }
     }
 
     pub(crate) fn cache(future: BoxResponseFuture<B, E>) -> Self {
         ResponseFuture {
             inner: Inner::Cache { future },
+            brief: false,
         }
+    }
+}
+
+impl<F, B, E> ResponseFuture<F, B, E> {
+    /// Cut the answer's `Cache-Status` down to `hit` or `fwd=…` when `brief`.
+    pub(crate) fn brief_status(mut self, brief: bool) -> Self {
+        self.brief = brief;
+        self
     }
 }
 
@@ -77,7 +90,15 @@ where
     type Output = Result<Response<CacheBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().inner.project() {
+        let this = self.project();
+        let brief = *this.brief;
+        let cut = |mut response: Response<CacheBody<B>>| {
+            if brief {
+                crate::headers::brief(response.headers_mut());
+            }
+            response
+        };
+        match this.inner.project() {
             InnerProj::Untouched { future } => {
                 let response = ready!(future.poll(cx))?;
                 Poll::Ready(Ok(response.map(CacheBody::passthrough)))
@@ -99,10 +120,11 @@ where
                     CacheBody::passthrough(body),
                 )))
             }
+            // Made on the spot, already said as briefly as the layer wants.
             InnerProj::Ready { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("ResponseFuture polled after completion"))),
-            InnerProj::Cache { future } => future.as_mut().poll(cx),
+            InnerProj::Cache { future } => future.as_mut().poll(cx).map_ok(cut),
         }
     }
 }

@@ -46,6 +46,84 @@
 //! - A store error never fails a request: it is logged, counted, and read as a miss.
 //! - With the `grpc` feature, `GrpcCacheLayer` caches the unary gRPC methods you opt in,
 //!   trailers included (see the `grpc` module).
+//!
+//! # Metrics
+//!
+//! Every counter and histogram goes to the [`metrics`](https://docs.rs/metrics) facade as it
+//! happens, so an installed recorder (Prometheus, StatsD, …) sees them without extra wiring;
+//! with none installed they cost an atomic increment. The gauges describe a state: call
+//! [`CacheHandle::record_gauges`] where metrics are read (before rendering a scrape).
+//! Counters also feed [`CacheHandle::stats`].
+//!
+//! | Name | Type | Labels | Meaning |
+//! |---|---|---|---|
+//! | `tower_response_cache_hits_total` | counter | – | Requests and typed reads answered from a fresh entry. |
+//! | `tower_response_cache_stale_total` | counter | – | Answers served from an expired entry (stale-while-revalidate, stale-if-error). |
+//! | `tower_response_cache_misses_total` | counter | – | Lookups that found nothing usable: the request went to the origin, or read the response another request was fetching (see `coalesced`). |
+//! | `tower_response_cache_coalesced_total` | counter | – | Misses that waited for another request's fetch of the same key instead of reaching the origin. |
+//! | `tower_response_cache_fleet_followers_total` | counter | – | Misses that waited for another process's fetch (fleet-wide single flight). |
+//! | `tower_response_cache_fleet_takeovers_total` | counter | – | Times a waiting process took a flight over (the leader's lease ran out, or it ended without an entry) and fetched itself. |
+//! | `tower_response_cache_fleet_timeouts_total` | counter | – | Times a process waited the whole coalesce timeout for another's fetch, then fetched itself. |
+//! | `tower_response_cache_bypasses_total` | counter | – | Requests sent around the cache (method, credentials, `no-store`, a body on a `GET`, …). |
+//! | `tower_response_cache_stores_total` | counter | – | Entries written to the store. |
+//! | `tower_response_cache_store_errors_total` | counter | – | Store operations that failed (each logged; none failed a request). |
+//! | `tower_response_cache_invalidations_total` | counter | – | Calls to `invalidate`, `invalidate_soft`, `invalidate_tag`, `invalidate_all`, and invalidations by unsafe methods. |
+//! | `tower_response_cache_invalidation_seconds` | histogram | `operation` (`invalidate`, `invalidate_soft`, `invalidate_tag`, `invalidate_all`) | How long an invalidation took until it returned: what its caller waited. |
+//! | `tower_response_cache_invalidate_wait_seconds` | histogram | – | Near cache on Redis only: how long an invalidation waited, after publishing, for every process holding a lease to acknowledge it (or for the lease to run out). |
+//! | `tower_response_cache_evictions_total` | counter | – | Memory entries removed to stay within the byte budget (or a URL's `Vary` variant cap). |
+//! | `tower_response_cache_expirations_total` | counter | – | Memory entries removed because they expired (past any stale window). |
+//! | `tower_response_cache_admissions_refused_total` | counter | – | Writes a memory store or near cache did not keep: too large for its budget, or refused by its admission policy. |
+//! | `tower_response_cache_circuit_opened_total` | counter | – | Times a fallback store stopped using Redis (its circuit opened). |
+//! | `tower_response_cache_lease_lapses_total` | counter | – | Times a near cache's lease lapsed (its reads went to Redis until a heartbeat renewed it). |
+//! | `tower_response_cache_purge_requests_total` | counter | `status` (the answer's status code) | Requests answered by the purge endpoints ([`PurgeLayer`]), refusals included. |
+//! | `tower_response_cache_entries` | gauge | `namespace` | Entries held, where the store can tell; set by [`CacheHandle::record_gauges`]. |
+//! | `tower_response_cache_bytes` | gauge | `namespace` | Bytes held, where the store can tell; set by [`CacheHandle::record_gauges`]. |
+//! | `tower_response_cache_backend` | gauge | `namespace`, `backend` (`memory`, `redis`, `falling_back`) | 1 for the backend serving, 0 for the others; set by [`CacheHandle::record_gauges`]. |
+//!
+//! The hit ratio is `hits / (hits + misses)`. A histogram is what its recorder makes of it:
+//! `metrics-exporter-prometheus` renders a summary (quantiles over a rolling window) unless
+//! given buckets.
+//!
+//! # Glossary
+//!
+//! One word per idea, in the code, these docs, `Cache-Status` and the metrics.
+//!
+//! - **Logical key**: what invalidation patterns match, the request path as spelled
+//!   (`/api/dashboard/ABC`) or what a key function returns (`dashboard:ABC`).
+//! - **Identity**: the exact inputs besides the logical key that select a response (scheme,
+//!   raw path, host, query, keyed request headers). A hit compares it byte for byte; its
+//!   64-bit hash (a [`StoreKey`]'s `variant`) only indexes the store.
+//! - **Vary variant**: one of the responses stored for one identity that differ in the
+//!   request headers the response names in `Vary`; a URL keeps at most 16, the least
+//!   recently read going first.
+//! - **Entry**: one stored response (status, headers, body, freshness, identity, tags).
+//! - **Fresh / stale**: an entry within its TTL answers as a hit; past it, within a
+//!   stale-while-revalidate or stale-if-error window (or a soft invalidation's), it may
+//!   answer as stale while one refresh runs.
+//! - **Miss, fetch, origin**: a request no entry answers goes to the inner service (the
+//!   origin); what comes back is recorded by a **fill** as it streams to the client, and
+//!   stored at its end when storable.
+//! - **Flight**: the fetches of one identity (and the `Vary` values the key's entries vary
+//!   on) in the air at once: its **leader** fetches, its **followers** wait for or read the
+//!   leader's answer. Fleet-wide, the leader of one process holds the key's **fleet lease**
+//!   in Redis and the others follow it.
+//! - **Ticket**: what a miss takes before it calls the origin (the ban log's **epoch** and
+//!   the store's **write token**); its entry is stored only if no invalidation since covers
+//!   it.
+//! - **Ban**: this process's record of an invalidation, checked against tickets;
+//!   **generation**: the shared counter an invalidation in Redis raises, against which
+//!   write tokens are checked across processes.
+//! - **Invalidation**: hard removes (by pattern, tag or all); **soft** marks entries stale
+//!   so they are served while refreshed.
+//! - **Near cache** (`l1` in `Cache-Status` and `CacheStats::l1_hits`): process memory in
+//!   front of Redis, answering only under its **near lease**, renewed by heartbeats.
+//! - **Fallback**: the memory store a `FallbackStore` answers from while its **circuit**
+//!   is open (Redis unreachable); the probe closes it after **replaying** the invalidations
+//!   made meanwhile.
+//! - **Deadline**: how long one store call may take before it counts as failed; **timeout**
+//!   names waits that end in a fallback answer instead (the coalesce timeout).
+//! - **Hit-for-miss**: a key whose answers were not storable goes to the origin without
+//!   queueing behind a leader, for a while.
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![warn(missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -60,6 +138,7 @@ mod config;
 mod engine;
 mod entry;
 mod fill;
+mod fleet;
 mod future;
 #[cfg(feature = "grpc")]
 mod grpc;
@@ -69,8 +148,10 @@ mod http;
 mod key;
 mod pattern;
 mod policy;
+mod purge;
 mod stats;
 mod store;
+mod typed;
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[doc = include_str!("../README.md")]
@@ -95,17 +176,20 @@ pub use grpc::{GrpcCacheLayer, GrpcCacheService};
 #[doc(inline)]
 pub use handle::{CacheError, CacheHandle, CacheHandleBuilder};
 #[doc(inline)]
-pub use headers::{CACHE_STATUS, CACHE_TAG, X_CACHE};
+pub use headers::{CacheStatusDetail, CACHE_STATUS, CACHE_TAG, X_CACHE};
 #[doc(inline)]
 pub use pattern::Pattern;
 #[doc(inline)]
 pub use policy::{CachePolicy, DEFAULT_BYPASS_HEADERS, DEFAULT_KEYED_HEADERS};
 #[doc(inline)]
+pub use purge::{Purge, PurgeLayer};
+#[doc(inline)]
 pub use stats::CacheStats;
 #[doc(inline)]
 pub use store::{
-    Backend, Coordination, FallbackMode, Invalidation, InvalidationListener, MemoryStore,
-    MemoryStoreBuilder, Store, StoreError, StoreEvent, StoreFuture, StoreKey, StoreStats, Variants,
+    Backend, Coordination, FallbackMode, FleetEnd, FleetLease, FleetTurn, Invalidation,
+    InvalidationListener, MemoryStore, MemoryStoreBuilder, Source, Store, StoreError, StoreEvent,
+    StoreFuture, StoreKey, StoreStats, VariantRead, Variants,
 };
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

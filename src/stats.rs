@@ -1,7 +1,8 @@
 //! Counters a [`CacheHandle`](crate::CacheHandle) keeps, and the snapshot it reports.
 //!
 //! Each counter is also sent to the `metrics` facade (`tower_response_cache_*_total`), so an
-//! installed recorder (Prometheus, StatsD) sees them without extra wiring.
+//! installed recorder (Prometheus, StatsD) sees them without extra wiring. Every metric the
+//! crate emits is listed in the crate docs' `# Metrics` section (checked by `tests/metrics.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -33,6 +34,15 @@ pub struct CacheStats {
     pub bypasses: u64,
     /// Misses that waited for another request's response instead of reaching the origin.
     pub coalesced: u64,
+    /// Misses that waited for another process's fetch (fleet-wide single flight) and were
+    /// answered from its entry.
+    pub fleet_followers: u64,
+    /// Times a process waiting for another's fetch took the flight over (the leader's lease
+    /// ran out, or it ended without an entry) and fetched itself.
+    pub fleet_takeovers: u64,
+    /// Times a process waited the whole coalesce timeout for another's fetch and then
+    /// fetched itself.
+    pub fleet_timeouts: u64,
     /// Calls to `invalidate`, `invalidate_tag` and `invalidate_all`, and invalidations by
     /// unsafe methods.
     pub invalidations: u64,
@@ -62,6 +72,9 @@ pub(crate) struct Counters {
     pub(crate) stores: Counter,
     pub(crate) bypasses: Counter,
     pub(crate) coalesced: Counter,
+    pub(crate) fleet_followers: Counter,
+    pub(crate) fleet_takeovers: Counter,
+    pub(crate) fleet_timeouts: Counter,
     pub(crate) invalidations: Counter,
     pub(crate) store_errors: Counter,
 }

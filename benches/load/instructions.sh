@@ -5,7 +5,7 @@
 #   benches/load/instructions.sh            # 2000 sequential requests per route
 #   INSTR_REQUESTS=500 benches/load/instructions.sh
 #
-# Builds `examples/ceiling` in release mode with `--features redis`, starts a throwaway
+# Builds `benches/load/ceiling.rs` in release mode with `--features redis`, starts a throwaway
 # redis-server on a free loopback port and the ceiling server under valgrind, warms every
 # route, then for each route sends INSTR_REQUESTS requests one at a time with oha and reads
 # the instructions callgrind counted meanwhile (a dump per route). Prints a markdown table.

@@ -18,6 +18,9 @@ const VERSION: u8 = 4;
 /// Most header (or trailer) fields a decoded entry may have: a forged count must not drive
 /// `HeaderMap` past its capacity (which panics) or allocate without bound.
 const MAX_FIELDS: u32 = 1024;
+/// How far ahead of this process's clock another's may be when it stores an entry: a
+/// storage time past it is no writer's (it would keep a forged entry fresh for ever).
+const MAX_CLOCK_AHEAD_MS: u64 = 86_400_000;
 /// Why bytes could not be decoded into an [`Entry`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
@@ -112,6 +115,9 @@ impl Entry {
             return Err(bad("a status the cache never stores"));
         }
         let stored_at_ms = buf.get_u64();
+        if stored_at_ms > crate::clock::now_millis().saturating_add(MAX_CLOCK_AHEAD_MS) {
+            return Err(bad("stored in the future"));
+        }
         let ttl = Duration::from_millis(buf.get_u64());
         let stale_while_revalidate = Duration::from_millis(buf.get_u64());
         let stale_if_error = Duration::from_millis(buf.get_u64());
@@ -400,6 +406,24 @@ mod tests {
             Duration::from_secs(9),
         );
         assert!(Entry::decode(&entry.encode()).is_err());
+    }
+
+    #[test]
+    fn a_storage_time_past_every_writers_clock_is_an_error() {
+        let stored_at = |ms: u64| {
+            let mut bytes = sample().encode().to_vec();
+            // Magic (4), version (1), status (2), then the storage time.
+            bytes[7..15].copy_from_slice(&ms.to_be_bytes());
+            Entry::decode(&bytes)
+        };
+        let now = crate::clock::now_millis();
+        assert!(stored_at(now).is_ok());
+        assert!(
+            stored_at(now + 60_000).is_ok(),
+            "a writer's clock a minute ahead"
+        );
+        assert!(stored_at(now + 2 * 86_400_000).is_err());
+        assert!(stored_at(u64::MAX).is_err());
     }
 
     proptest! {

@@ -10,6 +10,7 @@ use http::HeaderName;
 use super::config::Config;
 use super::service::GrpcCacheService;
 use crate::handle::CacheHandle;
+use crate::headers::CacheStatusDetail;
 
 /// Default bound on a request message that may be cached (64 KiB): larger ones are
 /// forwarded without being buffered further.
@@ -101,6 +102,7 @@ impl GrpcCacheLayer {
                 max_request_size: DEFAULT_MAX_REQUEST,
                 max_response_size: DEFAULT_MAX_RESPONSE,
                 keyed_metadata: Vec::new(),
+                cache_status_detail: CacheStatusDetail::Brief,
             }),
         }
     }
@@ -166,6 +168,13 @@ impl GrpcCacheLayer {
                 .keyed_metadata
                 .sort_by(|a, b| a.as_str().cmp(b.as_str()));
         }
+        self
+    }
+
+    /// How much the `cache-status` of an answer says (default `Brief`; see
+    /// [`CacheLayer::cache_status_detail`](crate::CacheLayer::cache_status_detail)).
+    pub fn cache_status_detail(mut self, detail: CacheStatusDetail) -> Self {
+        Arc::make_mut(&mut self.config).cache_status_detail = detail;
         self
     }
 

@@ -125,10 +125,10 @@ impl Commit for Committer {
         let entry = Entry::new(self.status, self.headers, body, self.ttl)
             .with_trailers(trailers)
             .with_identity(miss.variant.identity.clone());
-        let stored = handle
-            .commit(&miss.logical, miss.variant.hash, miss.ticket, entry)
+        let (logical, hash) = (&miss.logical, miss.variant.hash);
+        handle
+            .commit(logical, hash, miss.ticket, entry, miss.leader)
             .await;
-        engine::finish(miss.leader, stored);
     }
 
     fn abandon(self) {

@@ -21,12 +21,13 @@ use crate::body::{BoxError, CacheBody};
 use crate::coalesce::Share;
 use crate::engine::{self, falling_back, take_ready, Fetching, Miss, Weighed};
 use crate::entry::Entry;
-use crate::fill::Fill;
+use crate::fill::{Fill, FillBody};
 use crate::future::ResponseFuture;
 use crate::handle::{CacheHandle, Found};
-use crate::headers::{self, Forward, BYPASS, CACHE_STATUS, X_CACHE};
+use crate::headers::{self, CacheStatusDetail, Forward, Waited, BYPASS, CACHE_STATUS, X_CACHE};
 use crate::key::Variant;
 use crate::stats::bump;
+use crate::store::Source;
 
 /// Caches the opted-in unary methods of `S`. Built by
 /// [`GrpcCacheLayer`](super::GrpcCacheLayer), whose docs have an example.
@@ -55,6 +56,21 @@ where
     engine::cache_service_types!(ResB);
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let brief = self.config.cache_status_detail == CacheStatusDetail::Brief;
+        self.route(request).brief_status(brief)
+    }
+}
+
+impl<S> GrpcCacheService<S> {
+    /// Leave a call this layer does not cache alone, or send it through the cache.
+    fn route<ResB>(&mut self, request: Request<Body>) -> ResponseFuture<S::Future, ResB, S::Error>
+    where
+        S: Service<Request<Body>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ResB: http_body::Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Into<BoxError>,
+    {
         let config = &self.config;
         let ttl = match config.methods.get(request.uri().path()) {
             Some(ttl) if is_grpc_call(request.method(), request.headers()) => {
@@ -142,25 +158,24 @@ struct Call {
     variant: Variant,
 }
 
-impl<B> engine::Lookup<B> for Call {
+impl<B> engine::Lookup<Response<CacheBody<B>>> for Call {
     fn key(&self) -> (&str, &Variant, &HeaderMap) {
         (&self.logical, &self.variant, &self.parts.headers)
     }
 
     /// Only a fresh entry this layer wrote answers.
-    fn weigh(self, found: Option<Found>, coalesced: bool) -> Weighed<Self, B> {
+    fn weigh(self, found: Option<Found>, waited: Waited) -> Weighed<Self, Response<CacheBody<B>>> {
         let forward = match found {
-            Some(Found::Hit(entry)) if is_grpc_entry(&entry) => {
-                let handle = &self.handle;
-                bump!(handle.shared().counters, hits);
-                let served = Served::Hit { coalesced };
-                let fallback = falling_back(handle);
+            Some(Found::Hit(entry, source)) if is_grpc_entry(&entry) => {
+                bump!(self.handle.shared().counters, hits);
+                let served = Served::hit(source, waited);
+                let fallback = source == Source::Fallback;
                 let headers = &self.parts.headers;
                 return ControlFlow::Break(answer_to(&entry, headers, false, served, fallback));
             }
             // Something else under this key (not a gRPC answer), or expired: fetch anew.
-            Some(Found::Hit(_) | Found::UriMiss | Found::VaryMiss(_)) | None => Forward::UriMiss,
-            Some(Found::Stale(_)) => Forward::Stale,
+            Some(Found::Hit(..) | Found::UriMiss | Found::VaryMiss(_)) | None => Forward::UriMiss,
+            Some(Found::Stale(..)) => Forward::Stale,
         };
         ControlFlow::Continue((self, forward))
     }
@@ -168,6 +183,17 @@ impl<B> engine::Lookup<B> for Call {
     /// Followers wait for the entry: it is written before the leader's trailers go out.
     fn share(_: &Arc<Fill>, _: &HeaderMap) -> Share {
         Share::WaitForEntry
+    }
+
+    /// A call's answer is whole only with its trailers: never read as it arrives (see
+    /// `share`); look again for the stored entry.
+    fn read_shared(
+        self,
+        _: FillBody,
+        forward: Forward,
+        _: bool,
+    ) -> Weighed<Self, Response<CacheBody<B>>> {
+        ControlFlow::Continue((self, forward))
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::{CacheHandle, Shared};
 use crate::ban::{Ban, BanLog};
 use crate::coalesce::Coalescer;
+use crate::config::ConfigError;
 use crate::fill::Budget;
 use crate::pattern::Pattern;
 use crate::stats::Counters;
@@ -79,12 +80,15 @@ impl CacheHandleBuilder {
     /// Build the handle.
     ///
     /// # Panics
-    /// If the namespace is empty.
+    /// When a setting cannot be used: see [`try_build`](Self::try_build).
     pub fn build(self) -> CacheHandle {
-        assert!(
-            !self.namespace.is_empty(),
-            "cache namespace must not be empty"
-        );
+        self.try_build().unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// Build the handle, or say which setting cannot be used: the namespace must be 1 to
+    /// 4096 bytes (a longer one is not carried by the invalidation channel).
+    pub fn try_build(self) -> Result<CacheHandle, ConfigError> {
+        check_namespace(&self.namespace)?;
         let handle = CacheHandle {
             shared: Arc::new(Shared {
                 store: self.store,
@@ -104,7 +108,7 @@ impl CacheHandleBuilder {
         };
         // Invalidations made by other processes ban in-flight fetches here too.
         let Some(coordination) = handle.shared.store.coordination() else {
-            return handle;
+            return Ok(handle);
         };
         let weak = Arc::downgrade(&handle.shared);
         coordination.set_listener(Arc::new(move |event| {
@@ -155,8 +159,24 @@ impl CacheHandleBuilder {
                 StoreEvent::ChannelLost => shared.bans.record(Ban::All),
             }
         }));
-        handle
+        Ok(handle)
     }
+}
+
+/// The longest namespace: other processes' invalidation messages name theirs, and a longer
+/// one is not read.
+pub(crate) const MAX_NAMESPACE: usize = 4096;
+
+pub(crate) fn check_namespace(namespace: &str) -> Result<(), ConfigError> {
+    if namespace.is_empty() || namespace.len() > MAX_NAMESPACE {
+        let shown: String = namespace.chars().take(64).collect();
+        return Err(ConfigError::invalid(
+            "CACHE_NAMESPACE",
+            shown,
+            "1 to 4096 bytes",
+        ));
+    }
+    Ok(())
 }
 
 impl CacheHandle {

@@ -12,7 +12,7 @@ use crate::stats::bump;
 /// Taken before a miss calls the origin; its write is checked against it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket {
-    pub(super) bans: crate::ban::Ticket,
+    pub(super) bans: crate::ban::Epoch,
     pub(super) store: u64,
 }
 
@@ -24,7 +24,7 @@ impl CacheHandle {
     /// by the store, the safe way.
     pub(crate) fn ticket_now(&self) -> Ticket {
         Ticket {
-            bans: self.shared.bans.ticket(),
+            bans: self.shared.bans.epoch(),
             store: self
                 .shared
                 .store
@@ -41,7 +41,7 @@ impl CacheHandle {
     /// token, so that another process's invalidation heard later forgets the flight only
     /// when the fetch began before it.
     pub(crate) async fn ticket(&self, leader: Option<&Leader>) -> Ticket {
-        let bans = self.shared.bans.ticket();
+        let bans = self.shared.bans.epoch();
         let store = match self.shared.store.coordination() {
             Some(store) => match store.current_write_token().await {
                 Ok(token) => token,

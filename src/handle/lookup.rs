@@ -1,6 +1,7 @@
 //! Reading and writing entries: a lookup picks the entry that answers a request's exact
 //! identity and `Vary` values; a commit stores an entry unless an invalidation since its
-//! ticket covers it.
+//! ticket covers it, and tells the flight that fetched it whether it did. Every write of
+//! an entry goes through [`CacheHandle::commit`].
 
 use std::sync::Arc;
 
@@ -8,16 +9,17 @@ use http::HeaderMap;
 
 use super::{CacheHandle, Ticket};
 use crate::clock;
+use crate::coalesce::{Leader, Outcome};
 use crate::entry::Entry;
 use crate::key::{vary_matches, Variant};
 use crate::stats::bump;
-use crate::store::StoreKey;
+use crate::store::{Backend, Source, StoreKey, VariantRead};
 
-/// What a lookup found.
+/// What a lookup found, and where the entry was read (the answer says so).
 pub(crate) enum Found {
-    Hit(Arc<Entry>),
+    Hit(Arc<Entry>, Source),
     /// An expired entry still within one of its stale windows.
-    Stale(Arc<Entry>),
+    Stale(Arc<Entry>, Source),
     /// Nothing under this URL.
     UriMiss,
     /// Entries exist under this URL, but for other values of the `Vary` headers (named).
@@ -45,29 +47,44 @@ impl CacheHandle {
     ) -> Found {
         let (hash, identity) = (variant.hash, &variant.identity);
         let now = clock::now_millis();
-        if let Some(entry) = self.hit_now(logical, hash, identity, request_headers, now) {
-            return Found::Hit(entry);
+        if let Some((entry, source)) = self.hit_now(logical, hash, identity, request_headers, now) {
+            return Found::Hit(entry, source);
         }
-        let variants = match self
-            .shared
-            .store
-            .get(self.store_key(logical, variant.hash))
-            .await
-        {
-            Ok(Some(variants)) => variants,
-            Ok(None) => return Found::UriMiss,
+        let key = self.store_key(logical, variant.hash);
+        let read = match self.shared.store.coordination() {
+            Some(store) => store.get_for(key, &variant.identity, request_headers).await,
+            None => {
+                // A store of one's own says only whether it serves from a fallback.
+                let source = match self.shared.store.backend() {
+                    Backend::FallingBack => Source::Fallback,
+                    _ => Source::Store,
+                };
+                let found = self.shared.store.get(key).await;
+                found.map(|found| {
+                    found.map_or(VariantRead::Missing, |v| VariantRead::Variants(v, source))
+                })
+            }
+        };
+        let (variants, source) = match read {
+            Ok(VariantRead::Variants(variants, source)) => (variants, source),
+            Ok(VariantRead::OtherVariants(mut names)) if !names.is_empty() => {
+                names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                return Found::VaryMiss(names);
+            }
+            Ok(_) => return Found::UriMiss,
             Err(error) => {
                 bump!(self.shared.counters, store_errors);
                 tracing::warn!(key = %logical, %error, "cache lookup failed; treating as a miss");
                 return Found::UriMiss;
             }
         };
-        pick(&variants, &variant.identity, request_headers, now)
+        pick(&variants, &variant.identity, request_headers, now, source)
     }
 
     /// The fresh entry, judged at `now`, that the store holds at once (memory, a near
-    /// cache) for this request: `None` when there is none, or the store must be asked.
-    /// The store lends its variants for the choice; only the entry chosen is shared.
+    /// cache) for this request, and where it was read: `None` when there is none, or the
+    /// store must be asked. The store lends its variants for the choice; only the entry
+    /// chosen is shared.
     pub(crate) fn hit_now(
         &self,
         logical: &str,
@@ -75,26 +92,40 @@ impl CacheHandle {
         identity: &[u8],
         request_headers: &HeaderMap,
         now: u64,
-    ) -> Option<Arc<Entry>> {
+    ) -> Option<(Arc<Entry>, Source)> {
         let store = self.shared.store.coordination()?;
         let mut hit = None;
-        store.read_now(self.store_key(logical, hash), &mut |variants| {
+        let source = store.read_now(self.store_key(logical, hash), &mut |variants| {
             hit = fresh(variants, identity, request_headers, now).cloned();
-        });
-        hit
+        })?;
+        hit.map(|entry| (entry, source))
     }
 
-    /// Store `entry` unless an invalidation since `ticket` covers it. Returns whether the
-    /// store kept it (a store of one's own: whether it took it). Never fails: errors are
-    /// logged.
+    /// Store `entry` unless an invalidation since `ticket` covers it, then tell the
+    /// flight `leader` leads whether it is stored (its followers read it, or go to the
+    /// origin). Returns whether the store kept it (a store of one's own: whether it took
+    /// it). Never fails: errors are logged.
     pub(crate) async fn commit(
         &self,
         logical: &str,
         variant: u64,
         ticket: Ticket,
         entry: impl Into<Arc<Entry>>,
+        leader: Option<Leader>,
     ) -> bool {
-        let entry = entry.into();
+        let stored = self.write(logical, variant, ticket, entry.into()).await;
+        if let Some(leader) = leader {
+            leader.finish(if stored {
+                Outcome::Stored
+            } else {
+                Outcome::Uncacheable
+            });
+        }
+        stored
+    }
+
+    /// [`commit`](Self::commit)'s write: checked against the bans, then the store's token.
+    async fn write(&self, logical: &str, variant: u64, ticket: Ticket, entry: Arc<Entry>) -> bool {
         let write = {
             let bans = self.shared.bans.read();
             if bans.is_banned(ticket.bans, logical, entry.tags()) {
@@ -130,9 +161,15 @@ impl CacheHandle {
 /// fresh, else stale (within a stale window), else a miss saying whether other `Vary`
 /// variants exist. Entries of another identity (sharing the index by a hash collision)
 /// answer nothing.
-fn pick(variants: &[Arc<Entry>], identity: &[u8], request_headers: &HeaderMap, now: u64) -> Found {
+fn pick(
+    variants: &[Arc<Entry>],
+    identity: &[u8],
+    request_headers: &HeaderMap,
+    now: u64,
+    source: Source,
+) -> Found {
     if let Some(entry) = fresh(variants, identity, request_headers, now) {
-        return Found::Hit(entry.clone());
+        return Found::Hit(entry.clone(), source);
     }
     let usable = |entry: &&Arc<Entry>| !entry.is_dead_at(now) && entry.identity() == identity;
     // None is fresh: the last that matches is the stale one.
@@ -142,7 +179,7 @@ fn pick(variants: &[Arc<Entry>], identity: &[u8], request_headers: &HeaderMap, n
         .filter(usable)
         .find(|entry| vary_matches(entry.vary(), request_headers));
     if let Some(entry) = stale {
-        return Found::Stale(entry.clone());
+        return Found::Stale(entry.clone(), source);
     }
     // A miss: name the headers the other variants vary on, so this request's fetch is
     // coalesced only with requests that send the same values.
@@ -211,7 +248,7 @@ mod tests {
         )
         .with_identity(attacker.identity.clone());
         let ticket = handle.ticket(None).await;
-        assert!(handle.commit("/page", 42, ticket, entry).await);
+        assert!(handle.commit("/page", 42, ticket, entry, None).await);
         let empty = HeaderMap::new();
         assert!(matches!(
             handle.lookup("/page", &victim, &empty).await,
@@ -223,7 +260,7 @@ mod tests {
             .is_none());
         assert!(matches!(
             handle.lookup("/page", &attacker, &empty).await,
-            Found::Hit(_)
+            Found::Hit(_, Source::Memory)
         ));
     }
 }

@@ -7,7 +7,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower_response_cache::CacheError> {
-//! use std::time::Duration;
+//! use std::time::{Duration, Instant};
 //! use tower_response_cache::{CacheHandle, MemoryStore};
 //!
 //! let cache = CacheHandle::builder(MemoryStore::new())
@@ -29,7 +29,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ban::{Ban, BanLog};
 use crate::coalesce::Coalescer;
@@ -41,9 +41,11 @@ use crate::store::{Backend, Store, StoreError};
 mod builder;
 mod flight;
 mod lookup;
-mod typed;
 
+pub(crate) use builder::check_namespace;
 pub use builder::CacheHandleBuilder;
+#[cfg(feature = "redis")]
+pub(crate) use builder::MAX_NAMESPACE;
 pub(crate) use flight::Ticket;
 pub(crate) use lookup::Found;
 
@@ -55,7 +57,7 @@ pub struct CacheHandle {
 }
 
 pub(crate) struct Shared {
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     namespace: Box<str>,
     ttl: Duration,
     coalesce_timeout: Duration,
@@ -84,6 +86,19 @@ pub struct CacheError {
 impl fmt::Display for CacheError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "cache {} failed", self.operation)
+    }
+}
+
+impl CacheError {
+    /// The store's error.
+    pub fn store_error(&self) -> &StoreError {
+        &self.source
+    }
+
+    /// The invalidation applied on the Redis primary, but not enough replicas acknowledged
+    /// it in time (see [`StoreError::not_replicated`]).
+    pub fn is_not_replicated(&self) -> bool {
+        self.source.is_not_replicated()
     }
 }
 
@@ -125,6 +140,7 @@ impl CacheHandle {
     }
 
     pub(crate) async fn invalidate_matching(&self, pattern: &Pattern) -> Result<u64, CacheError> {
+        let started = Instant::now();
         bump!(self.shared.counters, invalidations);
         self.shared.bans.record(Ban::Pattern(pattern));
         self.shared.flights.forget(|key| pattern.matches_str(key));
@@ -133,7 +149,7 @@ impl CacheHandle {
             .store
             .invalidate(&self.shared.namespace, pattern)
             .await;
-        self.report("invalidate", result)
+        self.report("invalidate", started, result)
     }
 
     /// Mark entries whose logical key matches `pattern` stale instead of removing them:
@@ -145,6 +161,7 @@ impl CacheHandle {
     /// entry hashes, so every instance sharing it sees the mark; while Redis is unreachable a
     /// soft invalidation is a hard one (queued and replayed as one: the safe side).
     pub async fn invalidate_soft(&self, pattern: &str) -> Result<u64, CacheError> {
+        let started = Instant::now();
         let pattern = bounded_pattern(Pattern::new(pattern));
         bump!(self.shared.counters, invalidations);
         self.shared.bans.record(Ban::Pattern(&pattern));
@@ -154,11 +171,12 @@ impl CacheHandle {
             .store
             .invalidate_soft(&self.shared.namespace, &pattern)
             .await;
-        self.report("invalidate_soft", result)
+        self.report("invalidate_soft", started, result)
     }
 
     /// Remove every entry whose response named `tag` in its `Cache-Tag` header.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, CacheError> {
+        let started = Instant::now();
         bump!(self.shared.counters, invalidations);
         self.shared.bans.record(Ban::Tag(tag));
         // A flight's tags are known only with its response: forget every flight.
@@ -168,11 +186,12 @@ impl CacheHandle {
             .store
             .invalidate_tag(&self.shared.namespace, tag)
             .await;
-        self.report("invalidate_tag", result)
+        self.report("invalidate_tag", started, result)
     }
 
     /// Remove every entry in this handle's namespace.
     pub async fn invalidate_all(&self) -> Result<u64, CacheError> {
+        let started = Instant::now();
         bump!(self.shared.counters, invalidations);
         self.shared.bans.record(Ban::All);
         self.shared.flights.forget(|_| true);
@@ -181,14 +200,19 @@ impl CacheHandle {
             .store
             .invalidate_all(&self.shared.namespace)
             .await;
-        self.report("invalidate_all", result)
+        self.report("invalidate_all", started, result)
     }
 
+    /// Time the call (`tower_response_cache_invalidation_seconds`, by operation), count a
+    /// failure, and say which operation failed.
     fn report<T>(
         &self,
         operation: &'static str,
+        started: Instant,
         result: Result<T, StoreError>,
     ) -> Result<T, CacheError> {
+        metrics::histogram!("tower_response_cache_invalidation_seconds", "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
         result.map_err(|source| {
             bump!(self.shared.counters, store_errors);
             tracing::warn!(operation, error = %source, "cache invalidation did not reach the store");
@@ -211,6 +235,9 @@ impl CacheHandle {
             admissions_refused: store.admissions_refused,
             bypasses: c.bypasses.get(),
             coalesced: c.coalesced.get(),
+            fleet_followers: c.fleet_followers.get(),
+            fleet_takeovers: c.fleet_takeovers.get(),
+            fleet_timeouts: c.fleet_timeouts.get(),
             invalidations: c.invalidations.get(),
             store_errors: c.store_errors.get(),
             entries: store.entries,
@@ -221,6 +248,30 @@ impl CacheHandle {
             lease_lapses: store.lease_lapses,
             backend: self.shared.store.backend(),
         }
+    }
+
+    /// Set the gauges `tower_response_cache_entries`, `tower_response_cache_bytes` and
+    /// `tower_response_cache_backend{backend}` (1 for the backend serving, 0 for the
+    /// others), each labelled with the namespace, from a fresh [`stats`](Self::stats), and
+    /// return that snapshot. Counters and histograms reach the `metrics` recorder as things
+    /// happen; these describe a state, so call this where metrics are read, e.g. before
+    /// rendering a Prometheus scrape.
+    pub fn record_gauges(&self) -> CacheStats {
+        let stats = self.stats();
+        let namespace = self.shared.namespace.to_string();
+        metrics::gauge!("tower_response_cache_entries", "namespace" => namespace.clone())
+            .set(stats.entries as f64);
+        metrics::gauge!("tower_response_cache_bytes", "namespace" => namespace.clone())
+            .set(stats.bytes as f64);
+        for backend in [Backend::Memory, Backend::Redis, Backend::FallingBack] {
+            let labels = [
+                ("namespace", namespace.clone()),
+                ("backend", backend.as_str().to_owned()),
+            ];
+            metrics::gauge!("tower_response_cache_backend", &labels)
+                .set(f64::from(u8::from(backend == stats.backend)));
+        }
+        stats
     }
 
     pub(crate) fn shared(&self) -> &Shared {

@@ -3,8 +3,11 @@
 use http::header::{AGE, CONNECTION, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+mod detail;
 mod hit_status;
 
+pub(crate) use detail::brief;
+pub use detail::CacheStatusDetail;
 use hit_status::HitStatuses;
 
 /// `Cache-Status` (RFC 9211).
@@ -48,22 +51,36 @@ impl Forward {
 }
 
 /// `tower-response-cache; hit; ttl=42`. `detail=` adds `coalesced` after waiting for
-/// another request's fetch and `fallback` while Redis is down (joined by `/`).
-pub(crate) fn hit_status(ttl_secs: u64, coalesced: bool, fallback: bool) -> HeaderValue {
+/// another request's fetch in this process, `fleet` after waiting for another process's,
+/// and `fallback` while Redis is down (joined by `/`).
+pub(crate) fn hit_status(ttl_secs: u64, waited: Waited, fallback: bool) -> HeaderValue {
     static PLAIN: HitStatuses = HitStatuses::new(|ttl| format!("{CACHE_NAME}; hit; ttl={ttl}"));
-    if !coalesced && !fallback {
+    let waited = match waited {
+        Waited::No => None,
+        Waited::Here => Some("coalesced"),
+        Waited::Fleet => Some("fleet"),
+    };
+    if waited.is_none() && !fallback {
         return PLAIN.get(ttl_secs);
     }
     let mut value = format!("{CACHE_NAME}; hit; ttl={ttl_secs}");
-    push_detail(
-        &mut value,
-        [
-            coalesced.then_some("coalesced"),
-            fallback.then_some("fallback"),
-        ],
-    );
+    push_detail(&mut value, [waited, fallback.then_some("fallback")]);
     HeaderValue::try_from(value).expect("ASCII header value")
 }
+
+/// Whether a request waited for another's fetch before its entry answered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// It did not.
+    No,
+    /// For a fetch in this process (its flight).
+    Here,
+    /// For a fetch in another process (fleet-wide single flight).
+    Fleet,
+}
+
+/// `tower-response-cache; hit`: a hit said briefly.
+pub(crate) const BRIEF_HIT: HeaderValue = HeaderValue::from_static("tower-response-cache; hit");
 
 /// `tower-response-cache; hit; ttl=42; detail=l1`: a hit from the near cache in front of
 /// Redis (no Redis call).

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use http::request::Parts;
 
-use crate::cache_control::RequestDirectives;
 use crate::handle::CacheHandle;
+use crate::headers::CacheStatusDetail;
 use crate::key;
 use crate::policy::CachePolicy;
 
@@ -20,6 +20,7 @@ pub(crate) struct Config {
     pub(crate) handle: CacheHandle,
     pub(crate) policy: CachePolicy,
     pub(crate) key_fn: Option<KeyFn>,
+    pub(crate) cache_status_detail: CacheStatusDetail,
 }
 
 impl Config {
@@ -29,24 +30,8 @@ impl Config {
             handle,
             policy: CachePolicy::default(),
             key_fn: None,
+            cache_status_detail: CacheStatusDetail::Brief,
         }
-    }
-
-    /// Request `Cache-Control` directives the RFC 9111 preset weighs against a hit.
-    pub(crate) fn request_directives(
-        &self,
-        headers: &http::HeaderMap,
-    ) -> Option<RequestDirectives> {
-        if !self.policy.is_rfc9111() {
-            return None;
-        }
-        RequestDirectives::parse(headers)
-    }
-
-    pub(crate) fn has_request_directives(&self, headers: &http::HeaderMap) -> bool {
-        self.policy.is_rfc9111()
-            && headers.contains_key(http::header::CACHE_CONTROL)
-            && self.request_directives(headers).is_some()
     }
 
     /// What the identity of a request is made of; the keyed headers join it only when the

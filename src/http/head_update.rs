@@ -48,7 +48,10 @@ pub(crate) async fn freshen<B>(
             .freshened(headers, ttl)
             .with_initial_age(policy.initial_age(head)),
     );
-    let stored = handle.commit(logical, variant, ticket, fresh.clone()).await;
+    // A HEAD leads no flight (`Lookup::may_lead`).
+    let stored = handle
+        .commit(logical, variant, ticket, fresh.clone(), None)
+        .await;
     let fallback = handle.backend() == crate::store::Backend::FallingBack;
     let served = Served::Revalidated {
         forward: crate::headers::Forward::Stale,

@@ -12,6 +12,7 @@ use http::request::Parts;
 use super::config::Config;
 use super::service::CacheService;
 use crate::handle::CacheHandle;
+use crate::headers::CacheStatusDetail;
 use crate::policy::CachePolicy;
 
 /// Caches the responses of the service it wraps. See the [crate docs](crate) for an example.
@@ -31,6 +32,16 @@ impl CacheLayer {
     /// Replace the policy: what is served and stored.
     pub fn policy(mut self, policy: CachePolicy) -> Self {
         Arc::make_mut(&mut self.config).policy = policy;
+        self
+    }
+
+    /// How much the `Cache-Status` of an answer says (default
+    /// [`Brief`](CacheStatusDetail::Brief): `hit`, or `fwd=` and why). `Full` adds when the
+    /// entry expires, whether Redis is reachable, whether a request joined another's fetch:
+    /// what an operator debugging wants, and what a client probing for the moment to strike
+    /// wants too (see [`CacheStatusDetail`]).
+    pub fn cache_status_detail(mut self, detail: CacheStatusDetail) -> Self {
+        Arc::make_mut(&mut self.config).cache_status_detail = detail;
         self
     }
 
@@ -63,6 +74,12 @@ impl CacheLayer {
     /// The handle this layer caches into.
     pub fn handle(&self) -> &CacheHandle {
         &self.config.handle
+    }
+
+    /// The handle, policy and key function, shared with a purge endpoint built from this
+    /// layer (it removes the key this layer would use).
+    pub(crate) fn config(&self) -> &Arc<Config> {
+        &self.config
     }
 }
 

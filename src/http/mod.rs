@@ -16,5 +16,6 @@ mod serve;
 mod service;
 mod unsafe_method;
 
+pub(crate) use config::Config;
 pub use layer::CacheLayer;
 pub use service::CacheService;

@@ -22,7 +22,7 @@ use crate::fill::{Commit, Fill, Head};
 use crate::handle::CacheHandle;
 use crate::headers::{self, Forward, CACHE_STATUS, MISS, X_CACHE};
 use crate::key::{self, VarySpec};
-use crate::policy::NotStorable;
+use crate::policy::{NotStorable, StaleWindows};
 
 /// Wrap the origin's response: a fill when it may be stored, else a pass-through. A
 /// `HEAD` is never stored as a `GET` entry.
@@ -52,11 +52,10 @@ where
     };
     let forward = miss.forward;
     let reason = match decision {
-        Ok((ttl, vary)) => {
+        Ok((ttl, windows, vary)) => {
             handle.set_hit_for_miss(&miss.logical, &miss.variant.identity, false);
             let mut stored_headers = parts.headers.clone();
             headers::strip_unstorable(&mut stored_headers);
-            let windows = config.policy.stale_windows(&parts.headers);
             let (while_revalidate, if_error) = handle.default_stale();
             let head = Head {
                 status: parts.status,
@@ -171,11 +170,10 @@ impl Commit for Committer {
             entry
         };
         let miss = self.miss;
-        let stored = self
-            .handle
-            .commit(&miss.logical, miss.variant.hash, miss.ticket, entry)
+        let (logical, hash) = (&miss.logical, miss.variant.hash);
+        self.handle
+            .commit(logical, hash, miss.ticket, entry, miss.leader)
             .await;
-        engine::finish(miss.leader, stored);
     }
 
     fn abandon(self) {
@@ -192,13 +190,15 @@ pub(crate) fn may_share(fill: &Arc<Fill>, request_headers: &HeaderMap) -> bool {
     key::vary_matches(&fill.head.vary, request_headers)
 }
 
+/// May the answer be stored: its TTL, stale windows and `Vary`, from one reading of its
+/// `Cache-Control`.
 fn storable<B: Body>(
     config: &Config,
     parts: &http::response::Parts,
     body: &B,
     request_headers: &HeaderMap,
-) -> Result<(std::time::Duration, Vary), NotStorable> {
-    let ttl = config.policy.storable(
+) -> Result<(std::time::Duration, StaleWindows, Vary), NotStorable> {
+    let (ttl, windows) = config.policy.storing(
         parts.status,
         &parts.headers,
         config.handle.ttl(),
@@ -212,5 +212,5 @@ fn storable<B: Body>(
         return Err(NotStorable::TooLarge);
     }
     let values = key::vary_values(&names, request_headers);
-    Ok((ttl, Vary { names, values }))
+    Ok((ttl, windows, Vary { names, values }))
 }

@@ -30,14 +30,16 @@ use crate::answer::{answer, answer_to, Served};
 use crate::body::{BoxError, CacheBody};
 use crate::cache_control::RequestDirectives;
 use crate::clock;
-use crate::coalesce::{Leader, Role, Share};
+use crate::coalesce::{Leader, Outcome, Role, Share};
 use crate::engine::{self, falling_back, release, Fetching, Miss, Weighed};
 use crate::entry::Entry;
-use crate::fill::Fill;
+use crate::fill::{Fill, FillBody};
+use crate::fleet::Refresh;
 use crate::handle::{CacheHandle, Found, Ticket};
-use crate::headers::{self, Forward, CACHE_STATUS, X_CACHE};
+use crate::headers::{self, Forward, Waited, CACHE_STATUS, X_CACHE};
 use crate::key::Variant;
 use crate::stats::bump;
+use crate::store::Source;
 
 /// A `GET` or `HEAD` the cache may answer, on its way through the cache.
 pub(super) struct Visit<S, ReqB> {
@@ -50,6 +52,8 @@ pub(super) struct Visit<S, ReqB> {
     pub(super) variant: Variant,
     /// Skip the lookup (the client asked for a fresh answer), but store what comes back.
     pub(super) revalidate: bool,
+    /// The request's directives that weigh against a hit (from the classifying pass).
+    pub(super) directives: Option<RequestDirectives>,
 }
 
 /// A stored entry the origin may validate instead of sending it again (an expired one,
@@ -83,7 +87,7 @@ struct Looking<S, ReqB> {
 
 impl<S, ReqB, ResB> Visit<S, ReqB>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
     ReqB: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
@@ -92,7 +96,7 @@ where
     /// Answer from the cache, from a flight in the air, or from the origin.
     pub(super) async fn serve(self) -> Result<Response<CacheBody<ResB>>, S::Error> {
         let config = self.config.clone();
-        let directives = config.request_directives(&self.parts.headers);
+        let directives = self.directives;
         let only_if_cached = directives.as_ref().is_some_and(|d| d.only_if_cached);
         let skip_lookup = self.revalidate;
         // A request's `no-cache` (RFC 9111 §5.2.1.4): nothing stored answers it without the
@@ -208,13 +212,16 @@ where
             let ticket = stored.looked_up;
             let written = match &fresh {
                 Ok(fresh) => {
+                    let (entry, leader) = (fresh.clone(), fetch.leader);
                     handle
-                        .commit(&logical, variant.hash, ticket, fresh.clone())
+                        .commit(&logical, variant.hash, ticket, entry, leader)
                         .await
                 }
-                Err(_) => false,
+                Err(_) => {
+                    release(fetch.leader);
+                    false
+                }
             };
-            engine::finish(fetch.leader, written);
             let fresh = fresh.unwrap_or_else(|answer_only| answer_only);
             let fallback = falling_back(handle);
             let served = Served::Revalidated {
@@ -247,9 +254,9 @@ where
     }
 }
 
-impl<S, ReqB, ResB> engine::Lookup<ResB> for Looking<S, ReqB>
+impl<S, ReqB, ResB> engine::Lookup<Response<CacheBody<ResB>>> for Looking<S, ReqB>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
     ReqB: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
@@ -264,7 +271,11 @@ where
     /// or one within its stale-while-revalidate window (while one background request
     /// refreshes it); any other expired entry goes along to the origin, to be validated
     /// or to stand in for a failing origin.
-    fn weigh(mut self, found: Option<Found>, coalesced: bool) -> Weighed<Self, ResB> {
+    fn weigh(
+        mut self,
+        found: Option<Found>,
+        waited: Waited,
+    ) -> Weighed<Self, Response<CacheBody<ResB>>> {
         let Some(found) = found else {
             return ControlFlow::Continue((self, Forward::Request));
         };
@@ -276,37 +287,39 @@ where
         let visit = &self.visit;
         let handle = &visit.config.handle;
         let counters = &handle.shared().counters;
-        let served = |entry: &Entry, served| {
-            ControlFlow::Break(answer(entry, &visit.parts, served, falling_back(handle)))
+        // The lookup says where the entry was read: the store is not asked again.
+        let served = |entry: &Entry, served, source| {
+            let fallback = source == Source::Fallback;
+            ControlFlow::Break(answer(entry, &visit.parts, served, fallback))
         };
         let forward = match found {
-            Found::Hit(entry) => {
+            Found::Hit(entry, source) => {
                 bump!(counters, hits);
-                return served(&entry, Served::Hit { coalesced });
+                return served(&entry, Served::hit(source, waited), source);
             }
-            Found::Stale(entry) if accepts_stale(directives, &entry) => {
+            Found::Stale(entry, source) if accepts_stale(directives, &entry) => {
                 bump!(counters, stale);
-                return served(&entry, Served::MaxStale);
+                return served(&entry, Served::MaxStale, source);
             }
             // Never for an entry the request's `max-age` / `min-fresh` refused (RFC 9111
             // §4.2.4: no stale answer against an explicit directive).
-            Found::Stale(entry)
+            Found::Stale(entry, source)
                 if entry.within_stale_while_revalidate(clock::now_millis())
                     && directives.is_none_or(|d| d.max_age.is_none() && d.min_fresh.is_none()) =>
             {
                 bump!(counters, stale);
-                let response = served(&entry, Served::StaleWhileRevalidate);
+                let response = served(&entry, Served::StaleWhileRevalidate, source);
                 // One refresh per key: if a flight is in the air, it is the refresh.
                 if visit.parts.method != Method::HEAD {
                     let names = &entry.vary().names;
                     let flight = engine::flight_key(&visit.variant, names, &visit.parts.headers);
                     if let Role::Leader(leader) = handle.flights().join(&visit.logical, &flight) {
-                        self.visit.spawn_refresh(leader);
+                        self.visit.spawn_refresh(leader, flight);
                     }
                 }
                 return response;
             }
-            Found::Stale(entry) => {
+            Found::Stale(entry, _) => {
                 if entry.within_stale_if_error(clock::now_millis()) {
                     self.stale_if_error = Some(entry.clone());
                 }
@@ -338,6 +351,15 @@ where
             Share::Read
         }
     }
+
+    fn read_shared(
+        self,
+        reader: FillBody,
+        forward: Forward,
+        fallback: bool,
+    ) -> Weighed<Self, Response<CacheBody<ResB>>> {
+        ControlFlow::Break(engine::shared_answer(reader, forward, fallback))
+    }
 }
 
 /// The entry stored for a request, fresh or within a stale window: what a request's
@@ -349,7 +371,7 @@ async fn stored_entry(
     request_headers: &HeaderMap,
 ) -> Option<Arc<Entry>> {
     match handle.lookup(logical, variant, request_headers).await {
-        Found::Hit(entry) | Found::Stale(entry) => Some(entry),
+        Found::Hit(entry, _) | Found::Stale(entry, _) => Some(entry),
         Found::UriMiss | Found::VaryMiss(_) => None,
     }
 }
@@ -400,7 +422,7 @@ fn freshen(
 
 impl<S, ReqB, ResB> Visit<S, ReqB>
 where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
     S::Future: Send,
     ReqB: Send + 'static,
     ResB: Body<Data = Bytes> + Send + 'static,
@@ -408,23 +430,52 @@ where
 {
     /// Refresh an entry in the background: the client already has the stale copy. The
     /// task runs to completion (the body is drained and stored) even when no client waits.
-    fn spawn_refresh(self, leader: Leader) {
+    /// One refresh per key in the fleet: when another process is refreshing it, this one
+    /// waits for that refresh instead (`fleet::refresh_turn`).
+    fn spawn_refresh(self, mut leader: Leader, flight: Vec<u8>) {
         let Visit {
             config,
-            mut inner,
+            inner,
             mut parts,
             body,
             logical,
             variant,
             ..
         } = self;
+        // The readied service goes back: a refresh that waits for another process's holds
+        // no slot of a concurrency limit or buffer inside the layer; this one readies its
+        // own clone when it fetches.
+        let mut inner = {
+            let unready = inner.clone();
+            drop(inner);
+            unready
+        };
         tokio::spawn(async move {
+            let key = (logical.as_str(), &variant, &parts.headers);
+            let turn = crate::fleet::refresh_turn(&config.handle, &mut leader, key, &flight);
+            if let Refresh::Done(stored) = turn.await {
+                leader.finish(if stored {
+                    Outcome::Stored
+                } else {
+                    Outcome::Uncacheable
+                });
+                return;
+            }
             let ticket = config.handle.ticket(Some(&leader)).await;
             let request_headers = parts.headers.clone();
             strip_conditionals(&mut parts.headers);
-            let Ok(response) = inner.call(Request::from_parts(parts, body)).await else {
+            let request = Request::from_parts(parts, body);
+            let ready = std::future::poll_fn(|cx| inner.poll_ready(cx))
+                .await
+                .is_ok();
+            let called = match ready {
+                true => inner.call(request).await.ok(),
+                false => None,
+            };
+            let Some(response) = called else {
                 tracing::debug!(key = %logical, "background refresh failed; the stale entry stays");
-                release(Some(leader));
+                // Given up, not unstorable: another refresh may run (no `pass` mark).
+                drop(leader);
                 return;
             };
             let miss = Miss {
@@ -460,7 +511,7 @@ fn gateway_timeout<B>(forward: Forward) -> Response<CacheBody<B>> {
 
 /// A hit the request's `max-age` / `min-fresh` refuse is stale to it.
 fn weigh(found: Found, directives: &RequestDirectives) -> Found {
-    let Found::Hit(entry) = found else {
+    let Found::Hit(entry, source) = found else {
         return found;
     };
     let now = clock::now_millis();
@@ -471,9 +522,9 @@ fn weigh(found: Found, directives: &RequestDirectives) -> Found {
         .min_fresh
         .is_some_and(|min| entry.remaining_secs(now) < min);
     if too_old || too_close {
-        Found::Stale(entry)
+        Found::Stale(entry, source)
     } else {
-        Found::Hit(entry)
+        Found::Hit(entry, source)
     }
 }
 

@@ -19,10 +19,11 @@ use crate::body::BoxError;
 use crate::engine::{self, take_ready};
 use crate::future::ResponseFuture;
 use crate::handle::CacheHandle;
-use crate::headers::{self, Forward};
+use crate::headers::{self, CacheStatusDetail, Forward, Waited};
 use crate::key;
 use crate::policy::{BypassReason, Classified, RequestAction};
 use crate::stats::bump;
+use crate::store::Source;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -60,6 +61,25 @@ where
     engine::cache_service_types!(ResB);
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let brief = self.config.cache_status_detail == CacheStatusDetail::Brief;
+        self.route(request).brief_status(brief)
+    }
+}
+
+impl<S> CacheService<S> {
+    /// Answer a fresh memory hit here, or send the request on its way through the cache.
+    fn route<ReqB, ResB>(
+        &mut self,
+        request: Request<ReqB>,
+    ) -> ResponseFuture<S::Future, ResB, S::Error>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqB: Body + Send + 'static,
+        ResB: Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Into<BoxError>,
+    {
         let counters = &self.config.handle.shared().counters;
         let (parts, body) = request.into_parts();
         let has_body = !body.is_end_stream();
@@ -67,6 +87,7 @@ where
             action,
             keyed,
             conditional,
+            directives,
         } = self.config.policy.classify_request(&parts, has_body);
         match action {
             RequestAction::Bypass(reason) => {
@@ -88,7 +109,7 @@ where
             }
             RequestAction::Range => {
                 let inner = take_ready(&mut self.inner);
-                super::range::call(&self.config, inner, parts, body, keyed)
+                super::range::call(&self.config, inner, parts, body, keyed, directives)
             }
             action @ (RequestAction::Lookup | RequestAction::Revalidate) => {
                 let revalidate = action == RequestAction::Revalidate;
@@ -105,20 +126,19 @@ where
                 // Memory hits are answered here: no boxed future, no clone of the inner
                 // service (which stays ready, unused), and the identity compared from a
                 // reused buffer.
-                if !revalidate && !config.has_request_directives(&parts.headers) {
+                if !revalidate && directives.is_none() {
                     // One clock read for the lookup's freshness and the answer's `Age`.
                     let now = crate::clock::now_millis();
                     let hit = key::with_identity(&parts, keyed, |identity, hash| {
                         handle.hit_now(&logical, hash, identity, &parts.headers, now)
                     });
-                    if let Some(entry) = hit {
+                    if let Some((entry, source)) = hit {
                         bump!(counters, hits);
-                        let backend = handle.backend();
-                        let fallback = backend == crate::store::Backend::FallingBack;
-                        // Redis answers at once only from its near cache.
-                        let served = match backend {
-                            crate::store::Backend::Redis => Served::NearHit,
-                            _ => Served::Hit { coalesced: false },
+                        let fallback = source == Source::Fallback;
+                        let served = match self.config.cache_status_detail {
+                            // Said as it will be sent: the answer is not cut down later.
+                            CacheStatusDetail::Brief => Served::BriefHit,
+                            _ => Served::hit(source, Waited::No),
                         };
                         let response =
                             answer_at(&entry, &parts, served, fallback, conditional, now);
@@ -137,6 +157,7 @@ where
                     logical,
                     variant,
                     revalidate,
+                    directives,
                 };
                 ResponseFuture::cache(Box::pin(visit.serve()))
             }

@@ -46,7 +46,7 @@ where
         // failed invalidation does not fail the answer; it is logged and said in its
         // `Cache-Status`, because the next read may still find the old entry.
         let handle = config.handle.clone();
-        let invalidations = tokio::spawn(async move {
+        let invalidate = async move {
             let mut all_applied = true;
             for key in keys {
                 let pattern = Pattern::new(&crate::pattern::escape(&key));
@@ -56,8 +56,12 @@ where
                 }
             }
             all_applied
-        });
-        failed = !invalidations.await.unwrap_or(false);
+        };
+        // Without a runtime to spawn on (a caller driving the service by hand), inline.
+        failed = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => !runtime.spawn(invalidate).await.unwrap_or(false),
+            Err(_) => !invalidate.await,
+        };
     }
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(headers::CACHE_TAG);

@@ -193,7 +193,11 @@ impl CachePolicy {
     pub fn cacheable_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.statuses = statuses
             .into_iter()
-            .filter(|s| !NEVER_STORED.contains(&s.as_u16()) && !s.is_informational())
+            // Nothing informational, and nothing past 599: RFC 9110 defines no class there,
+            // and the entry format refuses it (a stored copy would read as foreign).
+            .filter(|s| {
+                !NEVER_STORED.contains(&s.as_u16()) && !s.is_informational() && s.as_u16() < 600
+            })
             .collect();
         self
     }

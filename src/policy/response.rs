@@ -50,13 +50,19 @@ impl NotStorable {
 impl CachePolicy {
     /// `stale-while-revalidate` / `stale-if-error` (RFC 5861); `must-revalidate` and
     /// `proxy-revalidate` forbid serving stale at all.
+    #[cfg(test)]
     pub(crate) fn stale_windows(&self, headers: &HeaderMap) -> StaleWindows {
+        match self.response_cache_control(headers) {
+            Ok((cc, _)) => self.windows_of(&cc),
+            Err(_) => StaleWindows::default(),
+        }
+    }
+
+    /// The stale windows of a response's parsed directives (see `stale_windows`).
+    fn windows_of(&self, cc: &CacheControl) -> StaleWindows {
         if !self.respect_cache_control {
             return StaleWindows::default();
         }
-        let Ok((cc, _)) = self.response_cache_control(headers) else {
-            return StaleWindows::default();
-        };
         if cc.must_revalidate() {
             return StaleWindows {
                 while_revalidate: Some(Duration::ZERO),
@@ -84,6 +90,19 @@ impl CachePolicy {
         default_ttl: Duration,
         request_headers: &HeaderMap,
     ) -> Result<Duration, NotStorable> {
+        let storing = self.storing(status, headers, default_ttl, request_headers);
+        storing.map(|(ttl, _)| ttl)
+    }
+
+    /// [`storable`](Self::storable), and the response's stale windows (`stale_windows`),
+    /// from one reading of its `Cache-Control`.
+    pub(crate) fn storing(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        default_ttl: Duration,
+        request_headers: &HeaderMap,
+    ) -> Result<(Duration, StaleWindows), NotStorable> {
         if self.rfc9111 {
             return self.storable_rfc9111(status, headers, request_headers);
         }
@@ -94,7 +113,7 @@ impl CachePolicy {
             return Err(NotStorable::SetCookie);
         }
         if !self.respect_cache_control {
-            return Ok(default_ttl);
+            return Ok((default_ttl, StaleWindows::default()));
         }
         let (cc, targeted) = self.response_cache_control(headers)?;
         if cc.no_store() || cc.private() || cc.no_cache() {
@@ -110,13 +129,13 @@ impl CachePolicy {
             Ok(Some(seconds)) => Duration::from_secs(seconds),
             Ok(None) => match expires {
                 Some(ttl) => ttl,
-                None => return Ok(default_ttl),
+                None => return Ok((default_ttl, self.windows_of(&cc))),
             },
         };
         if ttl.is_zero() {
             return Err(NotStorable::CacheControl);
         }
-        Ok(ttl)
+        Ok((ttl, self.windows_of(&cc)))
     }
 }
 
@@ -157,7 +176,7 @@ impl CachePolicy {
         status: StatusCode,
         headers: &HeaderMap,
         request_headers: &HeaderMap,
-    ) -> Result<Duration, NotStorable> {
+    ) -> Result<(Duration, StaleWindows), NotStorable> {
         if !self.statuses.contains(&status) {
             return Err(NotStorable::Status);
         }
@@ -201,7 +220,7 @@ impl CachePolicy {
         if ttl.is_zero() {
             return Err(NotStorable::Freshness);
         }
-        Ok(ttl)
+        Ok((ttl, self.windows_of(&cc)))
     }
 }
 

@@ -6,8 +6,55 @@
 
 use std::sync::Arc;
 
-use super::{InvalidationListener, Store, StoreFuture, StoreKey};
+use super::{InvalidationListener, Source, Store, StoreFuture, StoreKey, Variants};
+
+/// Whose turn it is to fetch a key, fleet-wide (see
+/// [`Coordination::fleet_turn`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FleetTurn {
+    /// Fetch it: this process holds the flight's lease (hand it back with
+    /// [`Coordination::end_fleet_turn`]), or no fleet-wide flight applies (`None`: a local
+    /// store, the feature off, or Redis not answering).
+    Lead(Option<FleetLease>),
+    /// Another process is fetching it: wait for its entry.
+    Follow,
+    /// Another process found its answer cannot be stored: fetch alone, without waiting.
+    Pass,
+}
+
+/// A fleet-wide flight's lease, held by the process fetching its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetLease {
+    pub(crate) key: String,
+    pub(crate) token: String,
+}
+
+/// How a fleet-wide flight ended (see [`Coordination::end_fleet_turn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FleetEnd {
+    /// The entry is stored: the followers find it.
+    Stored,
+    /// The answer cannot be stored: the followers fetch alone for a while.
+    Unstorable,
+    /// The fetch gave up (or its write was refused): one follower takes the turn.
+    Abandoned,
+}
 use crate::entry::Entry;
+
+/// What [`Coordination::get_for`] found for one request.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum VariantRead {
+    /// Entries that may answer the request (a store may return more than the one that
+    /// does; the handle picks by identity and `Vary` values), and where they were read.
+    Variants(Variants, Source),
+    /// None answers it, but the key holds variants for other values of these headers.
+    OtherVariants(Vec<http::HeaderName>),
+    /// Nothing under the key.
+    Missing,
+}
 
 mod sealed {
     pub trait Sealed {}
@@ -21,14 +68,34 @@ mod sealed {
 /// The coordination protocol of the built-in stores (sealed; see the module docs).
 /// Public so that tools and tests can drive a store the way the handle does.
 pub trait Coordination: sealed::Sealed + Store {
+    /// [`get`](Store::get) for one request, of this identity (host, query, keyed headers,
+    /// as the key builds it) and these headers: a store may read only what can answer it
+    /// (Redis reads one `Vary` variant, not every one). The default asks `get`.
+    fn get_for<'a>(
+        &'a self,
+        key: StoreKey<'a>,
+        identity: &'a [u8],
+        headers: &'a http::HeaderMap,
+    ) -> StoreFuture<'a, VariantRead> {
+        let _ = (identity, headers);
+        let read = self.get(key);
+        Box::pin(async move {
+            Ok(match read.await? {
+                Some(variants) => VariantRead::Variants(variants, Source::Store),
+                None => VariantRead::Missing,
+            })
+        })
+    }
+
     /// Answer [`get`](Store::get) without waiting, when the store can (process memory),
     /// by lending the variants stored under `key` to `read` (an empty slice: nothing is
-    /// stored). `false` means "ask `get`", and `read` was not called. The layer answers
-    /// memory hits in `read`: no future, and no reference count taken on the way. `read`
-    /// runs under the store's read lock for `key`: it must not call into the store.
-    fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> bool {
+    /// stored); returns where they were read. `None` means "ask `get`", and `read` was not
+    /// called. The layer answers memory hits in `read`: no future, and no reference count
+    /// taken on the way. `read` runs under the store's read lock for `key`: it must not
+    /// call into the store.
+    fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> Option<Source> {
         let _ = (key, read);
-        false
+        None
     }
 
     /// Store `entry` under `key` unless another process invalidated since `token` (what
@@ -81,5 +148,24 @@ pub trait Coordination: sealed::Sealed + Store {
     /// shared store hears of it, e.g. by Redis pub/sub). Local stores never call it.
     fn set_listener(&self, listener: InvalidationListener) {
         let _ = listener;
+    }
+
+    /// Take the turn to fetch the flight `flight` of `logical` for the whole fleet of
+    /// processes sharing the store, or learn that another process has it. Local stores
+    /// (and a shared one with the feature off) answer `Lead(None)`.
+    fn fleet_turn<'a>(
+        &'a self,
+        namespace: &'a str,
+        logical: &'a str,
+        flight: &'a [u8],
+    ) -> StoreFuture<'a, FleetTurn> {
+        let _ = (namespace, logical, flight);
+        Box::pin(std::future::ready(Ok(FleetTurn::Lead(None))))
+    }
+
+    /// Hand back a fleet-wide flight's lease once its entry is stored (or could not be):
+    /// off the request path, never failing it.
+    fn end_fleet_turn(&self, lease: FleetLease, end: FleetEnd) {
+        let _ = (lease, end);
     }
 }

@@ -14,8 +14,9 @@ use tokio::time::Instant;
 
 use super::redis::RedisStore;
 use super::{
-    Backend, Coordination, FallbackMode, Invalidation, InvalidationListener, MemoryStore, Store,
-    StoreError, StoreEvent, StoreFuture, StoreKey, StoreStats, Variants,
+    Backend, Coordination, FallbackMode, FleetEnd, FleetLease, FleetTurn, Invalidation,
+    InvalidationListener, MemoryStore, Source, Store, StoreError, StoreEvent, StoreFuture,
+    StoreKey, StoreStats, VariantRead, Variants,
 };
 use crate::entry::Entry;
 use crate::pattern::Pattern;
@@ -312,6 +313,13 @@ impl Inner {
                     self.succeeded();
                     return Ok(removed + local);
                 }
+                Err(error) if error.is_not_replicated() => {
+                    // Applied on the primary, which answers: nothing to replay now. Should
+                    // the primary change, the probe sees a new run_id and replays it (it
+                    // is remembered above).
+                    self.succeeded();
+                    return Err(error);
+                }
                 Err(error) => {
                     self.failed(&error);
                     // Whatever went wrong (unreachable, out of memory, read-only), Redis may
@@ -349,6 +357,12 @@ impl Inner {
                 let local = self.memory.invalidate_soft(namespace, pattern).await;
                 Ok(marked + local.unwrap_or(0))
             }
+            Err(error) if error.is_not_replicated() => {
+                self.succeeded();
+                self.remember(namespace, &hard());
+                drop(self.memory.invalidate_soft(namespace, pattern).await);
+                Err(error)
+            }
             Err(error) => {
                 self.failed(&error);
                 self.invalidate(namespace, hard()).await
@@ -373,13 +387,16 @@ impl Inner {
     }
 
     /// Replay queued invalidations in order; stops at the first failure, keeping the rest.
+    /// Replayed invalidations do not wait for replicas one by one (see
+    /// `RedisStore::unwaited`): the probe waits once, after the circuit closed.
     async fn replay(&self) -> bool {
+        let redis = self.redis.unwaited();
         loop {
             let next = lock(&self.pending).first().cloned();
             let Some((namespace, invalidation)) = next else {
                 return true;
             };
-            if let Err(error) = send(&self.redis, &namespace, &invalidation).await {
+            if let Err(error) = send(&redis, &namespace, &invalidation).await {
                 tracing::debug!(%error, "replaying invalidations to Redis failed; retrying later");
                 return false;
             }
@@ -440,6 +457,15 @@ async fn probe(store: Weak<Inner>) {
             }
             if closed {
                 tracing::info!("Redis answers again: circuit closed");
+                // The replay applied on the primary, which is what Redis serves now; that
+                // it reached a replica is for a later failover, and only logged.
+                match inner.redis.wait_for_replicas().await {
+                    Err(error) if error.is_not_replicated() => {
+                        tracing::warn!(%error, "replayed invalidations did not reach a replica in time");
+                    }
+                    Err(error) => inner.failed(&error),
+                    Ok(()) => {}
+                }
             }
         } else {
             match run_id {
@@ -553,6 +579,33 @@ impl Store for FallbackStore {
 }
 
 impl Coordination for FallbackStore {
+    fn get_for<'a>(
+        &'a self,
+        key: StoreKey<'a>,
+        identity: &'a [u8],
+        headers: &'a http::HeaderMap,
+    ) -> StoreFuture<'a, VariantRead> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if !inner.open.load(Ordering::Acquire) {
+                match inner.redis.get_for_request(key, identity, headers).await {
+                    Ok(found) => {
+                        inner.succeeded();
+                        return Ok(found);
+                    }
+                    Err(error) => inner.failed(&error),
+                }
+            }
+            let found = match inner.mode {
+                FallbackMode::Serve => inner.memory.get_now(key),
+                FallbackMode::Bypass => None,
+            };
+            Ok(found.map_or(VariantRead::Missing, |variants| {
+                VariantRead::Variants(variants, Source::Fallback)
+            }))
+        })
+    }
+
     fn put_checked<'a>(
         &'a self,
         key: StoreKey<'a>,
@@ -614,12 +667,16 @@ impl Coordination for FallbackStore {
         self.inner.redis.current_write_token()
     }
 
-    fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> bool {
+    fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> Option<Source> {
         // While falling back, memory answers at once; otherwise Redis's near cache may.
         if self.is_falling_back() {
             return match self.inner.mode {
-                FallbackMode::Serve => self.inner.memory.read_now(key, read),
-                FallbackMode::Bypass => false,
+                FallbackMode::Serve => self
+                    .inner
+                    .memory
+                    .read_now(key, read)
+                    .map(|_| Source::Fallback),
+                FallbackMode::Bypass => None,
             };
         }
         self.inner.redis.read_now(key, read)
@@ -627,6 +684,36 @@ impl Coordination for FallbackStore {
 
     fn set_listener(&self, listener: InvalidationListener) {
         *lock(&self.inner.listener) = Some(listener);
+    }
+
+    fn fleet_turn<'a>(
+        &'a self,
+        namespace: &'a str,
+        logical: &'a str,
+        flight: &'a [u8],
+    ) -> StoreFuture<'a, FleetTurn> {
+        if self.is_falling_back() {
+            // Each process is on its own: a local flight.
+            return Box::pin(std::future::ready(Ok(FleetTurn::Lead(None))));
+        }
+        Box::pin(async move {
+            match self
+                .inner
+                .redis
+                .take_fleet_turn(namespace, logical, flight)
+                .await
+            {
+                Ok(turn) => Ok(turn),
+                Err(error) => {
+                    self.inner.failed(&error);
+                    Ok(FleetTurn::Lead(None))
+                }
+            }
+        })
+    }
+
+    fn end_fleet_turn(&self, lease: FleetLease, end: FleetEnd) {
+        self.inner.redis.end_fleet_turn(lease, end);
     }
 }
 

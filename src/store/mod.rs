@@ -31,7 +31,7 @@ mod redis;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisStore, RedisStoreBuilder};
-pub use coordination::Coordination;
+pub use coordination::{Coordination, FleetEnd, FleetLease, FleetTurn, VariantRead};
 #[cfg(feature = "redis")]
 pub use fallback::{FallbackStore, FallbackStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
@@ -116,6 +116,7 @@ pub trait Store: Send + Sync + 'static {
 /// An invalidation, as sent between processes sharing a store.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Invalidation {
     /// Logical keys matching a glob.
     Pattern(String),
@@ -127,6 +128,7 @@ pub enum Invalidation {
 
 /// What a shared store tells the handle about other processes.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StoreEvent {
     /// Another process invalidated in `namespace`.
     #[non_exhaustive]
@@ -149,9 +151,27 @@ pub enum StoreEvent {
 /// Called with [`StoreEvent`]s (see [`Coordination::set_listener`]).
 pub type InvalidationListener = Arc<dyn Fn(&StoreEvent) + Send + Sync>;
 
+/// Where a read was answered from: `Cache-Status` says so (`detail=l1` for the near cache,
+/// `fallback` for the memory fallback), and nobody asks the store again afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// The memory store.
+    Memory,
+    /// The near cache (L1) in front of Redis: no Redis call.
+    Near,
+    /// Redis.
+    Redis,
+    /// The memory fallback, while Redis is unreachable.
+    Fallback,
+    /// A store of one's own (one without [`Coordination`]).
+    Store,
+}
+
 /// Which backend a store is serving from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Backend {
     /// Process memory only.
     Memory,
@@ -243,6 +263,7 @@ pub struct StoreError {
     message: String,
     unavailable: bool,
     connection_lost: bool,
+    not_replicated: bool,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -256,6 +277,7 @@ impl StoreError {
             message: message.into(),
             unavailable: false,
             connection_lost: false,
+            not_replicated: false,
             source: Some(source.into()),
         }
     }
@@ -294,12 +316,32 @@ impl StoreError {
         self.connection_lost
     }
 
+    /// An invalidation applied on the Redis primary, but no replica (or fewer than asked
+    /// for) acknowledged it in time: a failover now could promote a replica that still
+    /// holds what it removed. Not an outage (the primary answered).
+    pub fn not_replicated(
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError {
+            not_replicated: true,
+            ..StoreError::new(message, source)
+        }
+    }
+
+    /// Whether an invalidation applied on the primary but did not reach enough replicas
+    /// in time (see [`not_replicated`](Self::not_replicated)).
+    pub fn is_not_replicated(&self) -> bool {
+        self.not_replicated
+    }
+
     /// An error with only a message.
     pub fn msg(message: impl Into<String>) -> Self {
         StoreError {
             message: message.into(),
             unavailable: false,
             connection_lost: false,
+            not_replicated: false,
             source: None,
         }
     }

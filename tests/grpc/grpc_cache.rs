@@ -163,7 +163,10 @@ async fn start_on(
         .set_service_status(SERVICE, ServingStatus::Serving)
         .await;
     let router = Server::builder()
-        .layer(layer(GrpcCacheLayer::new(cache.clone())))
+        .layer(layer(
+            GrpcCacheLayer::new(cache.clone())
+                .cache_status_detail(tower_response_cache::CacheStatusDetail::Full),
+        ))
         .layer(origin.clone())
         .add_service(health);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

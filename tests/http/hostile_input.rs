@@ -425,7 +425,10 @@ mod over_http {
                     (StatusCode::NOT_FOUND, "not found")
                 }
             })
-            .layer(CacheLayer::new(handle.clone()));
+            .layer(
+                CacheLayer::new(handle.clone())
+                    .cache_status_detail(tower_response_cache::CacheStatusDetail::Full),
+            );
         (router, handle)
     }
 

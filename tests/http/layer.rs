@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::gated_store::GatedStore;
 use crate::support::*;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use tower_response_cache::{CacheHandle, CacheLayer, CachePolicy, MemoryStore};
@@ -334,70 +335,6 @@ async fn concurrent_misses_reach_the_origin_once() {
     assert_eq!(handle.stats().coalesced, 19);
 }
 
-/// A store of one's own (no answers without waiting) whose first lookup, once it has read
-/// the store, waits for the test to open a gate: a request whose lookup missed just
-/// before another request's flight stored the entry and ended. While `failing` is set,
-/// its invalidations fail.
-struct GatedStore {
-    inner: MemoryStore,
-    gate: std::sync::Arc<tokio::sync::Semaphore>,
-    first: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl tower_response_cache::Store for GatedStore {
-    fn get<'a>(
-        &'a self,
-        key: tower_response_cache::StoreKey<'a>,
-    ) -> tower_response_cache::StoreFuture<'a, Option<tower_response_cache::Variants>> {
-        Box::pin(async move {
-            let found = self.inner.get(key).await;
-            if self.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
-                let _ = self.gate.acquire().await;
-            }
-            found
-        })
-    }
-    fn put<'a>(
-        &'a self,
-        key: tower_response_cache::StoreKey<'a>,
-        entry: std::sync::Arc<tower_response_cache::Entry>,
-    ) -> tower_response_cache::StoreFuture<'a, ()> {
-        self.inner.put(key, entry)
-    }
-    fn invalidate<'a>(
-        &'a self,
-        namespace: &'a str,
-        pattern: &'a tower_response_cache::Pattern,
-    ) -> tower_response_cache::StoreFuture<'a, u64> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            let error = tower_response_cache::StoreError::new("refused", "the test says so");
-            return Box::pin(std::future::ready(Err(error)));
-        }
-        self.inner.invalidate(namespace, pattern)
-    }
-    fn invalidate_soft<'a>(
-        &'a self,
-        namespace: &'a str,
-        pattern: &'a tower_response_cache::Pattern,
-    ) -> tower_response_cache::StoreFuture<'a, u64> {
-        self.inner.invalidate_soft(namespace, pattern)
-    }
-    fn invalidate_tag<'a>(
-        &'a self,
-        namespace: &'a str,
-        tag: &'a str,
-    ) -> tower_response_cache::StoreFuture<'a, u64> {
-        self.inner.invalidate_tag(namespace, tag)
-    }
-    fn invalidate_all<'a>(
-        &'a self,
-        namespace: &'a str,
-    ) -> tower_response_cache::StoreFuture<'a, u64> {
-        self.inner.invalidate_all(namespace)
-    }
-}
-
 #[tokio::test]
 async fn a_miss_whose_lookup_came_just_before_a_flight_stored_the_entry_reads_the_entry() {
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
@@ -407,6 +344,7 @@ async fn a_miss_whose_lookup_came_just_before_a_flight_stored_the_entry_reads_th
         gate: gate.clone(),
         first: first.clone(),
         failing: Default::default(),
+        invalidate_delay: Duration::ZERO,
     };
     let handle = CacheHandle::builder(store).build();
     let (origin, addr, client) = start_with(CacheLayer::new(handle.clone())).await;
@@ -443,6 +381,7 @@ async fn a_typed_read_whose_lookup_came_just_before_a_flight_stored_the_value_re
         gate: gate.clone(),
         first: first.clone(),
         failing: Default::default(),
+        invalidate_delay: Duration::ZERO,
     };
     let handle = CacheHandle::builder(store).build();
     let inits = Arc::new(AtomicUsize::new(0));
@@ -632,6 +571,7 @@ async fn a_failed_invalidation_after_a_post_is_said_not_dropped() {
         gate: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         first: Default::default(),
         failing: failing.clone(),
+        invalidate_delay: Duration::ZERO,
     };
     let handle = CacheHandle::builder(store).build();
     let (_origin, addr, client) = start_with(CacheLayer::new(handle)).await;

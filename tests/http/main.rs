@@ -5,9 +5,12 @@
 mod support;
 
 mod ban_flood;
+mod compression;
+mod gated_store;
 mod hostile_input;
 mod layer;
 mod proxy_rfc9111;
+mod purge;
 mod semantics;
 mod slow_clients;
 mod stale;

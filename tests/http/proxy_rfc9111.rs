@@ -23,7 +23,7 @@ async fn setup() -> Setup {
     let origin = serve(upstream.router()).await;
     let cache = CacheHandle::in_memory();
     let upstream_uri = format!("http://{origin}").parse().unwrap();
-    let proxy = serve(proxy::proxy_app(upstream_uri, cache.clone())).await;
+    let proxy = serve(proxy::proxy_app(upstream_uri, cache.clone(), None)).await;
     Setup {
         upstream,
         proxy,
@@ -385,7 +385,11 @@ async fn interim_responses_reach_the_client_and_are_never_cached() {
     let cache = CacheHandle::in_memory();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = proxy::proxy_app(format!("http://{origin}").parse().unwrap(), cache.clone());
+    let app = proxy::proxy_app(
+        format!("http://{origin}").parse().unwrap(),
+        cache.clone(),
+        None,
+    );
     tokio::spawn(proxy::serve(listener, app));
 
     let first = raw_exchange(addr, "/hinted").await;
@@ -490,4 +494,54 @@ async fn an_unknown_unsafe_method_invalidates() {
     let search = request(&s.client, "M-SEARCH", s.proxy, path, &[]).await;
     assert_eq!(search.status, http::StatusCode::OK);
     assert_eq!(get(&s.client, s.proxy, path).await.x_cache(), "MISS");
+}
+
+#[tokio::test]
+async fn with_a_purge_token_the_proxy_answers_purge_itself_and_without_one_forwards_it() {
+    let upstream = Origin::default();
+    let origin = serve(upstream.router()).await;
+    let cache = CacheHandle::in_memory();
+    let token = "proxy-purge-token-0123456789";
+    let purging = serve(proxy::proxy_app(
+        format!("http://{origin}").parse().unwrap(),
+        cache.clone(),
+        Some(token),
+    ))
+    .await;
+    let client = client();
+    let path = "/page?cc=max-age%3D600";
+    until_hit(&client, purging, path).await;
+    let calls = upstream.calls();
+    let auth = format!("Bearer {token}");
+    let purged = request(
+        &client,
+        "PURGE",
+        purging,
+        "/page",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    assert_eq!(purged.text(), r#"{"key":"/page","removed":1}"#);
+    let refused = request(&client, "PURGE", purging, "/page", &[]).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(upstream.calls(), calls, "no purge reached the upstream");
+    assert_eq!(get(&client, purging, path).await.x_cache(), "MISS");
+
+    // Without a token a PURGE is the upstream's business, like any other method.
+    let plain = serve(proxy::proxy_app(
+        format!("http://{origin}").parse().unwrap(),
+        CacheHandle::in_memory(),
+        None,
+    ))
+    .await;
+    let forwarded = request(
+        &client,
+        "PURGE",
+        plain,
+        "/page",
+        &[("authorization", &auth)],
+    )
+    .await;
+    assert_eq!(forwarded.text(), format!("/page #{}", upstream.calls()));
 }

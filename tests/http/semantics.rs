@@ -71,7 +71,11 @@ async fn start_validating(policy: CachePolicy) -> (Validating, std::net::SocketA
     let app = Router::new()
         .fallback(any(validating))
         .with_state(v.clone())
-        .layer(CacheLayer::new(CacheHandle::in_memory()).policy(policy));
+        .layer(
+            CacheLayer::new(CacheHandle::in_memory())
+                .policy(policy)
+                .cache_status_detail(tower_response_cache::CacheStatusDetail::Full),
+        );
     (v, serve(app).await, client())
 }
 
@@ -329,6 +333,7 @@ async fn an_entry_validated_across_an_invalidation_is_not_written_back() {
         let handle = CacheHandle::in_memory();
         let svc = CacheLayer::new(handle.clone())
             .policy(CachePolicy::rfc9111())
+            .cache_status_detail(tower_response_cache::CacheStatusDetail::Full)
             .layer(origin);
         let request = move || {
             let mut request = http::Request::get("/n");

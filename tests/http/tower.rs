@@ -43,7 +43,9 @@ async fn entries_expire_after_the_ttl_and_age_counts_up() {
     let handle = CacheHandle::builder(MemoryStore::new())
         .ttl(Duration::from_secs(60))
         .build();
-    let svc = CacheLayer::new(handle.clone()).layer_service(origin.router());
+    let svc = CacheLayer::new(handle.clone())
+        .cache_status_detail(tower_response_cache::CacheStatusDetail::Full)
+        .layer_service(origin.router());
 
     let first = svc.clone().oneshot(req("/a")).await.unwrap();
     assert_eq!(body_text(first.into_body()).await, "/a #1");
@@ -223,4 +225,217 @@ async fn a_vanished_leader_releases_its_followers() {
     // One follower led the next flight; the rest were served its entry.
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert!(bodies.iter().all(|b| b == "#2"), "{bodies:?}");
+}
+
+/// The answers one request's shape earns (a `HEAD`'s empty `200`, a `304` to a client's own
+/// condition, a `204` to a request that asked for no content) race plain `GET`s of a cold
+/// key: none is stored, and no plain `GET` is answered with another request's empty answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_answer_one_request_earned_is_never_stored_or_shared_in_a_race() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let origin = {
+        let calls = calls.clone();
+        service_fn(move |request: Req| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let headers = request.headers();
+                let mut response = Response::new(Full::new(Bytes::from(format!("full #{n}"))));
+                if request.method() == http::Method::HEAD {
+                    *response.body_mut() = Full::default();
+                } else if headers.get("if-none-match").is_some_and(|v| v == "\"v1\"") {
+                    *response.status_mut() = http::StatusCode::NOT_MODIFIED;
+                    *response.body_mut() = Full::default();
+                } else if headers.get("prefer").is_some_and(|v| v == "return=minimal") {
+                    *response.status_mut() = http::StatusCode::NO_CONTENT;
+                    *response.body_mut() = Full::default();
+                }
+                let h = response.headers_mut();
+                h.insert("etag", http::HeaderValue::from_static("\"v1\""));
+                h.insert(
+                    "cache-control",
+                    http::HeaderValue::from_static("max-age=60"),
+                );
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let handle = CacheHandle::in_memory();
+    let svc = CacheLayer::new(handle.clone()).layer_service(origin);
+    for round in 0..30 {
+        let path = format!("/race/{round}");
+        let shapes: Vec<Req> = (0..12)
+            .map(|i| {
+                // The request with an empty answer goes first in some rounds, in the
+                // middle in others, so it is the leader of the flight or a follower.
+                let odd = (i + round) % 4;
+                let mut request = req(&path);
+                match odd {
+                    0 => *request.method_mut() = http::Method::HEAD,
+                    1 => {
+                        let v1 = http::HeaderValue::from_static("\"v1\"");
+                        request.headers_mut().insert("if-none-match", v1);
+                    }
+                    _ => {}
+                }
+                request
+            })
+            .collect();
+        let mut plain = Vec::new();
+        for request in shapes {
+            let is_plain = request.method() == http::Method::GET
+                && !request.headers().contains_key("if-none-match");
+            let svc = svc.clone();
+            let answer = tokio::spawn(async move {
+                let response = svc.oneshot(request).await.unwrap();
+                let status = response.status();
+                (status, body_text(response.into_body()).await)
+            });
+            if is_plain {
+                plain.push(answer);
+            }
+        }
+        for answer in plain {
+            let (status, body) = answer.await.unwrap();
+            assert_eq!(status, http::StatusCode::OK, "{path}");
+            assert!(
+                body.starts_with("full #"),
+                "{path}: a plain GET got {body:?}"
+            );
+        }
+        // What is stored is the full answer.
+        let hit = svc.clone().oneshot(req(&path)).await.unwrap();
+        assert_eq!(hit.headers()["x-cache"], "HIT", "{path}");
+        assert!(body_text(hit.into_body()).await.starts_with("full #"));
+    }
+    // A `204` one request asked for (RFC 7240 `Prefer: return=minimal`, which the origin
+    // honours without saying `Vary: Prefer`) on a cold URL is that request's own: the next
+    // plain GET of the same URL gets the whole answer, and the 204 is not what it hits.
+    for round in 0..10 {
+        let path = format!("/prefer/{round}");
+        let mut minimal = req(&path);
+        let prefer = http::HeaderValue::from_static("return=minimal");
+        minimal.headers_mut().insert("prefer", prefer);
+        let empty = svc.clone().oneshot(minimal).await.unwrap();
+        assert_eq!(empty.status(), http::StatusCode::NO_CONTENT);
+        body_text(empty.into_body()).await;
+        settle().await;
+        let plain = svc.clone().oneshot(req(&path)).await.unwrap();
+        assert_eq!(plain.status(), http::StatusCode::OK, "{path}");
+        assert!(body_text(plain.into_body()).await.starts_with("full #"));
+        settle().await;
+        // The positive control: the plain answer is stored and hit.
+        let hit = svc.clone().oneshot(req(&path)).await.unwrap();
+        assert_eq!(hit.headers()["x-cache"], "HIT", "{path}");
+        assert!(body_text(hit.into_body()).await.starts_with("full #"));
+    }
+    assert!(calls.load(Ordering::SeqCst) >= 30, "the origin was asked");
+}
+
+/// A client that hangs up while its `POST`'s invalidations run (RFC 9111 §4.4: the
+/// request's own URI, then its answer's `Location` and `Content-Location`) cancels none of
+/// them: every one of the three entries is gone afterwards.
+#[tokio::test]
+async fn a_client_that_hangs_up_cancels_none_of_an_unsafe_requests_invalidations() {
+    let origin = service_fn(|request: Req| async move {
+        let mut response = Response::new(Full::new(Bytes::from(request.uri().to_string())));
+        let h = response.headers_mut();
+        if request.method() == http::Method::POST {
+            h.insert("location", http::HeaderValue::from_static("/items/1"));
+            h.insert(
+                "content-location",
+                http::HeaderValue::from_static("/items/2"),
+            );
+        } else {
+            h.insert(
+                "cache-control",
+                http::HeaderValue::from_static("max-age=60"),
+            );
+        }
+        Ok::<_, Infallible>(response)
+    });
+    let store = crate::gated_store::GatedStore {
+        inner: MemoryStore::new(),
+        gate: Arc::new(tokio::sync::Semaphore::new(1)),
+        first: Default::default(),
+        failing: Default::default(),
+        invalidate_delay: Duration::from_millis(100),
+    };
+    let handle = CacheHandle::builder(store).build();
+    let policy = tower_response_cache::CachePolicy::rfc9111();
+    let svc = CacheLayer::new(handle.clone())
+        .policy(policy)
+        .layer_service(origin);
+    let with_host = |method: http::Method, path: &str| {
+        let mut request = req(path);
+        *request.method_mut() = method;
+        let host = http::HeaderValue::from_static("test");
+        request.headers_mut().insert(http::header::HOST, host);
+        request
+    };
+    let paths = ["/items", "/items/1", "/items/2"];
+    let x_cache = |path: &'static str| {
+        let svc = svc.clone();
+        async move {
+            let answer = svc
+                .oneshot(with_host(http::Method::GET, path))
+                .await
+                .unwrap();
+            answer.headers()["x-cache"].to_str().unwrap().to_owned()
+        }
+    };
+    for path in paths {
+        x_cache(path).await;
+        settle().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(x_cache(path).await, "HIT", "{path} was not stored");
+    }
+    // The client gives up while the first of the three invalidations runs.
+    let post = svc.clone().oneshot(with_host(http::Method::POST, "/items"));
+    let hung_up = tokio::time::timeout(Duration::from_millis(30), post).await;
+    assert!(
+        hung_up.is_err(),
+        "the POST answered before the client hung up"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for path in paths {
+        assert_eq!(x_cache(path).await, "MISS", "{path} outlived the POST");
+    }
+}
+
+/// By default `Cache-Status` tells a client whether the cache answered and why not, never
+/// when the entry expires or what the cache is going through; `Full` tells everything.
+#[tokio::test]
+async fn cache_status_says_only_hit_or_why_not_unless_full_detail_is_asked_for() {
+    use tower_response_cache::CacheStatusDetail;
+    for (detail, miss, hit_prefix) in [
+        (
+            None,
+            "tower-response-cache; fwd=uri-miss",
+            "tower-response-cache; hit",
+        ),
+        (
+            Some(CacheStatusDetail::Full),
+            "tower-response-cache; fwd=uri-miss; detail=storing",
+            "tower-response-cache; hit; ttl=",
+        ),
+    ] {
+        let origin = Origin::default();
+        let mut layer = CacheLayer::new(CacheHandle::in_memory());
+        if let Some(detail) = detail {
+            layer = layer.cache_status_detail(detail);
+        }
+        let svc = layer.layer_service(origin.router());
+        let first = svc.clone().oneshot(req("/s")).await.unwrap();
+        assert_eq!(first.headers()["cache-status"], miss, "{detail:?}");
+        body_text(first.into_body()).await;
+        settle().await;
+        let hit = svc.clone().oneshot(req("/s")).await.unwrap();
+        let status = hit.headers()["cache-status"].to_str().unwrap();
+        assert!(status.starts_with(hit_prefix), "{detail:?}: {status}");
+        if detail.is_none() {
+            assert_eq!(status, "tower-response-cache; hit");
+        }
+        assert_eq!(hit.headers()["x-cache"], "HIT");
+    }
 }

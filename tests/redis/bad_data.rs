@@ -12,16 +12,24 @@ use crate::support::redis::RedisServer;
 use crate::support::stack::*;
 use tower_response_cache::Backend;
 
-/// The variant fields of an entry hash (not `<variant>:g` or `soft`).
-fn hkeys(server: &RedisServer, key: &str) -> Vec<String> {
+/// The value fields of an entry hash (`<index>:<32 hex digits>`, one per `Vary` variant),
+/// and its index fields (16 hex digits).
+fn hkeys(server: &RedisServer, key: &str) -> (Vec<String>, Vec<String>) {
     let fields: Vec<String> = redis::cmd("HKEYS")
         .arg(key)
         .query(&mut server.connection())
         .unwrap();
-    fields
+    let hex = |f: &str| f.bytes().all(|b| b.is_ascii_hexdigit());
+    let values = fields
+        .iter()
+        .filter(|f| f.len() == 49 && f.as_bytes()[16] == b':' && hex(&f[..16]) && hex(&f[17..]))
+        .cloned()
+        .collect();
+    let indexes = fields
         .into_iter()
-        .filter(|f| f.len() == 16 && f.bytes().all(|b| b.is_ascii_hexdigit()))
-        .collect()
+        .filter(|f| f.len() == 16 && hex(f))
+        .collect();
+    (values, indexes)
 }
 
 fn hget(server: &RedisServer, key: &str, field: &str) -> Option<Vec<u8>> {
@@ -60,9 +68,10 @@ fn key_type(server: &RedisServer, key: &str) -> String {
 async fn corrupt_truncated_and_foreign_values_are_a_miss_and_are_deleted() {
     let s = relaxed_stack().await;
     s.warm("/bad/model").await;
-    let fields = hkeys(&s.server, "t:k:/bad/model");
-    assert_eq!(fields.len(), 1, "one variant, one field: {fields:?}");
-    let valid = hget(&s.server, "t:k:/bad/model", &fields[0]).expect("the stored value");
+    let (values, indexes) = hkeys(&s.server, "t:k:/bad/model");
+    assert_eq!(values.len(), 1, "one variant, one value: {values:?}");
+    assert_eq!(indexes.len(), 1, "one variant, one index: {indexes:?}");
+    let valid = hget(&s.server, "t:k:/bad/model", &values[0]).expect("the stored value");
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "garbage",
@@ -90,8 +99,14 @@ async fn corrupt_truncated_and_foreign_values_are_a_miss_and_are_deleted() {
         let path = format!("/bad/{i}");
         let key = format!("t:k:{path}");
         let stored = s.warm(&path).await;
-        let field = hkeys(&s.server, &key).pop().expect("a field");
+        let (mut values, mut indexes) = hkeys(&s.server, &key);
+        let (field, index) = (
+            values.pop().expect("a value"),
+            indexes.pop().expect("an index"),
+        );
+        // The bytes under both: a bad index alone still lets the value answer.
         set_bytes(&s.server, &key, &field, bytes);
+        set_bytes(&s.server, &key, &index, bytes);
 
         // The origin's answer is not stored, so only the cache can remove the bad value.
         s.origin.no_store.store(true, Ordering::SeqCst);
@@ -104,10 +119,13 @@ async fn corrupt_truncated_and_foreign_values_are_a_miss_and_are_deleted() {
         );
         assert_ne!(answer.body, stored.body, "{what}");
         let deleted = eventually(Duration::from_secs(5), || async {
-            hget(&s.server, &key, &field).is_none()
+            hget(&s.server, &key, &field).is_none() && hget(&s.server, &key, &index).is_none()
         })
         .await;
-        assert!(deleted, "{what}: the undecodable value was not deleted");
+        assert!(
+            deleted,
+            "{what}: the undecodable value or index was not deleted"
+        );
         s.origin.no_store.store(false, Ordering::SeqCst);
         // The key caches again.
         s.warm(&path).await;
@@ -279,3 +297,89 @@ async fn a_wrong_or_missing_password_costs_no_request() {
 }
 
 // ---- a pattern over a large keyspace -----------------------------------------------------
+
+// ---- foreign values under the crate's own keys --------------------------------------------
+
+/// A value the crate never writes under its epoch, generation counters or bucket secret
+/// (another tool's, a hand edit, corruption): requests are answered, misses are stored, and
+/// an exact invalidation still stops the entry being served. Nothing is refused for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_values_under_the_crates_own_keys_refuse_no_write_for_good() {
+    let cases: [(&str, &[&str]); 6] = [
+        (
+            "an epoch that is not a number",
+            &["tower-response-cache:epoch"],
+        ),
+        (
+            "a generation that is not a number",
+            &["tower-response-cache:gen"],
+        ),
+        (
+            "a wide generation that is not a number",
+            &["tower-response-cache:gen:wide"],
+        ),
+        (
+            "a secret that is not 32 hex digits",
+            &["tower-response-cache:secret"],
+        ),
+        (
+            "an epoch too large for a write token",
+            &["tower-response-cache:epoch", "99999999999"],
+        ),
+        (
+            "all of them",
+            &[
+                "tower-response-cache:epoch",
+                "tower-response-cache:gen",
+                "tower-response-cache:gen:wide",
+                "tower-response-cache:secret",
+            ],
+        ),
+    ];
+    for (what, keys) in cases {
+        let s = relaxed_stack().await;
+        // Positive control: the crate's keys exist and entries are stored before the edit.
+        s.warm("/own/before").await;
+        s.handle.invalidate("/own/before").await.unwrap();
+        match keys {
+            [key, value] if !value.starts_with("tower-response-cache") => {
+                redis_cmd(&s.server, &["SET", key, value])
+            }
+            _ => {
+                for key in keys {
+                    redis_cmd(&s.server, &["SET", key, "not-ours: {\"x\": -1}"]);
+                }
+            }
+        }
+        // A value of another type under the secret, too.
+        if what == "all of them" {
+            redis_cmd(&s.server, &["DEL", "tower-response-cache:secret"]);
+            redis_cmd(&s.server, &["RPUSH", "tower-response-cache:secret", "x"]);
+        }
+        let calls = s.origin.calls();
+        // A miss is stored: the second read is a hit.
+        let first = s.warm("/own/after").await;
+        assert!(
+            s.origin.calls() > calls,
+            "{what}: the origin was never asked"
+        );
+        // An exact invalidation returns and stops the entry being served.
+        let invalidated = s.handle.invalidate("/own/after").await;
+        let answer = s.read("/own/after").await;
+        assert!(
+            invalidated.is_err() || answer.x_cache() == "MISS",
+            "{what}: invalidate returned Ok and the entry was still served"
+        );
+        assert_ne!(
+            answer.body, first.body,
+            "{what}: the invalidated body was served"
+        );
+        // And the key is stored again.
+        s.warm("/own/after").await;
+        assert!(
+            s.handle.invalidate("/own/after").await.is_ok(),
+            "{what}: invalidations keep failing"
+        );
+        assert_eq!(s.backend(), Backend::Redis, "{what}: the circuit opened");
+    }
+}

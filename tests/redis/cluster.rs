@@ -57,7 +57,7 @@ impl Stack {
                 .map(|(_, v)| v.to_string())
         })
         .unwrap();
-        let handle = config.build().await;
+        let handle = config.build().await.unwrap();
         let origin = Origin::default();
         let addr = origin.serve(CacheLayer::new(handle.clone())).await;
         Stack {

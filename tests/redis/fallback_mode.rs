@@ -165,7 +165,7 @@ async fn the_fallback_mode_is_read_from_the_environment() {
                 .map(|(_, v)| v.to_string())
         })
         .unwrap();
-        let cache = config.build().await;
+        let cache = config.build().await.unwrap();
         assert_eq!(cache.backend(), Backend::FallingBack);
         let calls = Arc::new(AtomicUsize::new(0));
         for _ in 0..3 {

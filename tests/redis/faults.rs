@@ -436,7 +436,7 @@ async fn starting_with_redis_down_serves_from_memory_at_once_and_switches_when_i
     })
     .unwrap();
     let started = Instant::now();
-    let handle = config.build().await;
+    let handle = config.build().await.unwrap();
     let took = started.elapsed();
     assert!(took < BOUND, "building took {took:?} with Redis down");
     assert_eq!(handle.backend(), Backend::FallingBack);

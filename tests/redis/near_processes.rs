@@ -54,6 +54,7 @@ pub fn run_helper() {
         match role.as_str() {
             "instance" => instance(redis, data).await,
             "sync" => sync(redis, data).await,
+            "fleet" => fleet_instance(redis).await,
             other => panic!("unknown role {other}"),
         }
     });
@@ -105,12 +106,42 @@ async fn instance(redis: Vec<String>, data: PathBuf) {
                 }
             }),
         )
+        .layer(
+            CacheLayer::new(handle)
+                .cache_status_detail(tower_response_cache::CacheStatusDetail::Full),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("addr {}", listener.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    axum::serve(listener, app).await.unwrap();
+}
+
+/// An instance in a fleet on one Redis (namespace `fleet`, fleet-wide single flight with a
+/// 600 ms lease) in front of an origin whose `/slow` takes 1.5 s: the leader a test stops.
+async fn fleet_instance(redis: Vec<String>) {
+    use axum::routing::get;
+    let store = store_builder(&redis)
+        .fleet_single_flight(Some(FLEET_LEASE))
+        .build()
+        .unwrap();
+    let handle = CacheHandle::builder(store).namespace("fleet").build();
+    let app = axum::Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                "from the stopped leader"
+            }),
+        )
         .layer(CacheLayer::new(handle));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     println!("addr {}", listener.local_addr().unwrap());
     std::io::stdout().flush().unwrap();
     axum::serve(listener, app).await.unwrap();
 }
+
+/// The fleet lease of [`fleet_instance`].
+pub const FLEET_LEASE: Duration = Duration::from_millis(600);
 
 /// The sync pipeline: every 100 ms, a new version in the data file, then `invalidate("/v")`
 /// through Redis (no near cache here); prints `committed <version> <ms it took>` once it

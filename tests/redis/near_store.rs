@@ -34,7 +34,10 @@ fn near_hit(store: &RedisStore) -> bool {
 /// Whether `store` answers `key` at once, from its near cache, with something held.
 fn answers_at_once(store: &RedisStore, key: StoreKey<'_>) -> bool {
     let mut held = false;
-    store.read_now(key, &mut |variants| held = !variants.is_empty()) && held
+    store
+        .read_now(key, &mut |variants| held = !variants.is_empty())
+        .is_some()
+        && held
 }
 
 /// Write [`KEY`] through `store` until its near cache answers it (under a lease).
@@ -190,7 +193,7 @@ async fn configured_from_the_environment_hits_say_l1() {
         _ => None,
     })
     .unwrap();
-    let handle = config.build().await;
+    let handle = config.build().await.unwrap();
     let calls = Arc::new(AtomicU64::new(0));
     let counter = calls.clone();
     let app = axum::Router::new()
@@ -201,7 +204,10 @@ async fn configured_from_the_environment_hits_say_l1() {
                 async move { format!("call {n}") }
             }),
         )
-        .layer(CacheLayer::new(handle.clone()));
+        .layer(
+            CacheLayer::new(handle.clone())
+                .cache_status_detail(tower_response_cache::CacheStatusDetail::Full),
+        );
     let addr = crate::support::serve(app).await;
     let client = crate::support::client();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -218,6 +224,15 @@ async fn configured_from_the_environment_hits_say_l1() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // A `Range` request is answered through the lookup, not the layer's hit path: the
+    // lookup says the near cache answered, and so does its `Cache-Status`.
+    let range = crate::support::get_with(&client, addr, "/page", &[("range", "bytes=0-3")]).await;
+    assert_eq!(range.text(), "call", "{}", range.header("cache-status"));
+    assert!(
+        range.header("cache-status").contains("detail=l1"),
+        "a near-cache hit for a range said {:?}",
+        range.header("cache-status")
+    );
     let stats = handle.stats();
     assert!(stats.l1_hits > 0, "{stats:?}");
     handle.invalidate("/page").await.unwrap();

@@ -194,7 +194,7 @@ async fn a_handle_configured_from_environment_variables_caches_in_redis() {
             .map(|(_, v)| v.to_string())
     })
     .unwrap();
-    let cache = config.build().await;
+    let cache = config.build().await.unwrap();
     assert_eq!(cache.backend(), Backend::Redis);
     let calls = AtomicUsize::new(0);
     load(&cache, "k", &calls, "v").await;

@@ -185,7 +185,7 @@ async fn a_separate_sync_process_invalidates_every_server_instance() {
             .map(|(_, v)| v.to_string())
     })
     .unwrap();
-    let a = Instance::start(config.build().await, &origin).await;
+    let a = Instance::start(config.build().await.unwrap(), &origin).await;
     assert_eq!(a.handle.backend(), Backend::Redis);
 
     // A second instance behind a slow link: every call misses its 50 ms deadline, so it

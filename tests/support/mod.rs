@@ -62,8 +62,10 @@ impl Origin {
         Router::new().fallback(any(answer)).with_state(self.clone())
     }
 
-    /// Every path answered by this origin, behind `layer`.
+    /// Every path answered by this origin, behind `layer`, whose `Cache-Status` says
+    /// everything (the tests read its details).
     pub fn app(&self, layer: CacheLayer) -> Router {
+        let layer = layer.cache_status_detail(tower_response_cache::CacheStatusDetail::Full);
         self.router().layer(layer)
     }
 

@@ -97,7 +97,13 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
+                // Ours, not another test's server that took the port while ours was down.
+                // (A server that wants a password cannot say; it is taken as ours.)
+                match self.answering_pid() {
+                    Ok(None) => return true,
+                    Ok(Some(pid)) => return Some(pid) == self.child.as_ref().map(Child::id),
+                    Err(()) => {}
+                }
             }
             // A server that could not bind exits at once.
             if let Some(child) = self.child.as_mut() {
@@ -108,6 +114,31 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         false
+    }
+
+    /// The `process_id` of whatever Redis answers on this port: `Ok(None)` when it wants a
+    /// password first, `Err` when nothing answers yet.
+    fn answering_pid(&self) -> Result<Option<u32>, ()> {
+        let mut connection = redis::Client::open(self.url())
+            .map_err(drop)?
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .map_err(drop)?;
+        match redis::cmd("INFO")
+            .arg("server")
+            .query::<String>(&mut connection)
+        {
+            Ok(info) => Ok(info
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|pid| pid.trim().parse().ok())),
+            Err(e) if e.code() == Some("NOAUTH") => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Whether this server was started and not killed since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn url(&self) -> String {
@@ -490,5 +521,384 @@ impl Partition {
     /// Let connections through again.
     pub fn heal(&self) {
         self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A Redis Sentinel deployment on loopback ports: a primary, a replica
+/// (`--replicaof`), and three sentinels monitoring them as [`SentinelSet::MASTER`] with
+/// short timeouts (down after 500 ms), so a failover takes a few seconds. Replication
+/// authenticates as the user `repl`, which [`block_replication`](Self::block_replication)
+/// switches off on the primary: its replica then misses every write from there on.
+pub struct SentinelSet {
+    /// The data nodes; which one is the primary changes with each failover.
+    pub nodes: Vec<RedisServer>,
+    sentinels: Vec<SentinelProcess>,
+}
+
+const REPLICATION: [&str; 13] = [
+    // A full sync at once, not after waiting 5 s for more replicas.
+    "--repl-diskless-sync-delay",
+    "0",
+    "--user",
+    "repl",
+    "on",
+    ">replpass",
+    "~*",
+    "&*",
+    "+@all",
+    "--masteruser",
+    "repl",
+    "--masterauth",
+    "replpass",
+];
+
+impl SentinelSet {
+    pub const MASTER: &'static str = "trc";
+
+    pub fn start() -> SentinelSet {
+        let primary = RedisServer::start_with(&REPLICATION);
+        let args = replica_args(primary.port);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let replica = RedisServer::start_with(&args);
+        let sentinels = (0..3)
+            .map(|_| SentinelProcess::start(primary.port))
+            .collect();
+        let set = SentinelSet {
+            nodes: vec![primary, replica],
+            sentinels,
+        };
+        set.wait_ready(Duration::from_secs(30));
+        set
+    }
+
+    /// `redis://` URLs of the sentinels.
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("redis://127.0.0.1:{}", s.port))
+            .collect()
+    }
+
+    /// The primary's port as a sentinel that answers names it.
+    pub fn named_primary(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            let (_, port): (String, String) = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(Self::MASTER)
+                .query(&mut s.connection()?)
+                .ok()?;
+            port.parse().ok()
+        })
+    }
+
+    /// The index in [`nodes`](Self::nodes) of the node on `port`.
+    pub fn node(&self, port: u16) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.port == port)
+            .expect("one of ours")
+    }
+
+    /// Index of the primary (as the sentinels name it).
+    pub fn primary(&self) -> usize {
+        self.node(self.named_primary().expect("a sentinel names the primary"))
+    }
+
+    /// Index of the other data node.
+    pub fn replica(&self) -> usize {
+        1 - self.primary()
+    }
+
+    /// Wait until every sentinel names a primary other than `old` and that node says it
+    /// is one; how long it took.
+    pub fn wait_for_failover(&self, old: u16, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let named: Vec<Option<u16>> = self
+                .sentinels
+                .iter()
+                .map(|s| {
+                    let (_, port): (String, String) = redis::cmd("SENTINEL")
+                        .arg("GET-MASTER-ADDR-BY-NAME")
+                        .arg(Self::MASTER)
+                        .query(&mut s.connection()?)
+                        .ok()?;
+                    port.parse().ok()
+                })
+                .collect();
+            if let Some(Some(port)) = named.first() {
+                if *port != old && named.iter().all(|n| *n == Some(*port)) {
+                    let role = role_of(&self.nodes[self.node(*port)]);
+                    if role.as_deref() == Some("master") {
+                        return started.elapsed();
+                    }
+                }
+            }
+            assert!(
+                started.elapsed() < within,
+                "no failover within {within:?}: sentinels name {named:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// [`rejoin`](Self::rejoin) every data node that was killed.
+    pub fn rejoin_killed(&mut self) {
+        for index in 0..self.nodes.len() {
+            if !self.nodes[index].is_running() {
+                self.rejoin(index);
+            }
+        }
+    }
+
+    /// Start the killed node `index` again, empty, as a replica of the current primary,
+    /// and wait until it is in sync and the sentinels see it.
+    pub fn rejoin(&mut self, index: usize) {
+        let primary = self.named_primary().expect("a primary");
+        let node = &mut self.nodes[index];
+        node.extra = replica_args(primary)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        node.restart_empty();
+        // Generous: a loaded 2-core machine runs dozens of Redis tests beside this one.
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    /// Wait until the replica is in sync with the primary and every sentinel knows it, and
+    /// the sentinels know each other.
+    pub fn wait_ready(&self, within: Duration) {
+        let started = Instant::now();
+        loop {
+            if self.ready() {
+                return;
+            }
+            assert!(
+                started.elapsed() < within,
+                "the sentinel set was not ready within {within:?}: {}",
+                self.describe()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What each node and sentinel says, for a failure message.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let info: String = node
+                .connection_checked()
+                .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c).ok())
+                .unwrap_or_else(|| "no answer".into());
+            let lines: Vec<&str> = info
+                .lines()
+                .filter(|l| l.starts_with("role:") || l.starts_with("master_"))
+                .collect();
+            out.push_str(&format!(
+                "\nnode {} (running: {}): {}",
+                node.port,
+                node.is_running(),
+                lines.join(" ")
+            ));
+        }
+        for sentinel in &self.sentinels {
+            let Some(mut c) = sentinel.connection() else {
+                out.push_str(&format!("\nsentinel {}: no answer", sentinel.port));
+                continue;
+            };
+            let master: Option<(String, String)> = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(Self::MASTER)
+                .query(&mut c)
+                .ok();
+            let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
+                .arg("REPLICAS")
+                .arg(Self::MASTER)
+                .query(&mut c)
+                .unwrap_or_default();
+            let replicas: Vec<String> = replicas
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}[{}]",
+                        r.get("port").map_or("?", String::as_str),
+                        r.get("flags").map_or("?", String::as_str)
+                    )
+                })
+                .collect();
+            let peers: Vec<redis::Value> = redis::cmd("SENTINEL")
+                .arg("SENTINELS")
+                .arg(Self::MASTER)
+                .query(&mut c)
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "\nsentinel {}: master {master:?}, replicas {replicas:?}, {} peers",
+                sentinel.port,
+                peers.len()
+            ));
+        }
+        out
+    }
+
+    fn ready(&self) -> bool {
+        let Some(primary) = self.named_primary() else {
+            return false;
+        };
+        let replica = &self.nodes[1 - self.node(primary)];
+        let info: String = replica
+            .connection_checked()
+            .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c).ok())
+            .unwrap_or_default();
+        if !info.contains("master_link_status:up") {
+            return false;
+        }
+        self.sentinels.iter().all(|s| {
+            let Some(mut c) = s.connection() else {
+                return false;
+            };
+            let replicas: Vec<std::collections::HashMap<String, String>> = redis::cmd("SENTINEL")
+                .arg("REPLICAS")
+                .arg(Self::MASTER)
+                .query(&mut c)
+                .unwrap_or_default();
+            let known = replicas.iter().any(|r| {
+                r.get("port").map(String::as_str) == Some(&replica.port.to_string())
+                    && r.get("flags").map(String::as_str) == Some("slave")
+            });
+            let peers: Vec<redis::Value> = redis::cmd("SENTINEL")
+                .arg("SENTINELS")
+                .arg(Self::MASTER)
+                .query(&mut c)
+                .unwrap_or_default();
+            known && peers.len() >= 2
+        })
+    }
+
+    /// On the primary, refuse the replication user and drop its link: from now on the
+    /// replica hears nothing (until [`allow_replication`](Self::allow_replication)).
+    pub fn block_replication(&self) {
+        let mut primary = self.nodes[self.primary()].connection();
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("repl")
+            .arg("off")
+            .query(&mut primary)
+            .unwrap();
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("USER")
+            .arg("repl")
+            .query(&mut primary)
+            .unwrap();
+    }
+
+    /// Undo [`block_replication`](Self::block_replication).
+    pub fn allow_replication(&self) {
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("repl")
+            .arg("on")
+            .query(&mut self.nodes[self.primary()].connection())
+            .unwrap();
+    }
+}
+
+fn replica_args(primary: u16) -> Vec<String> {
+    let mut args: Vec<String> = REPLICATION.iter().map(|s| s.to_string()).collect();
+    args.extend([
+        "--replicaof".into(),
+        "127.0.0.1".into(),
+        primary.to_string(),
+    ]);
+    args
+}
+
+/// `ROLE`'s first word on `server`, when it answers.
+pub fn role_of(server: &RedisServer) -> Option<String> {
+    let mut connection = server.connection_checked()?;
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut connection).ok()?;
+    match role.first()? {
+        redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+impl RedisServer {
+    /// A connection, or `None` when the server does not answer (killed, or not up yet).
+    pub fn connection_checked(&self) -> Option<redis::Connection> {
+        redis::Client::open(self.url())
+            .ok()?
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()
+    }
+}
+
+/// One `redis-server --sentinel` on a free loopback port, with its own (rewritable)
+/// configuration file.
+struct SentinelProcess {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl SentinelProcess {
+    fn start(primary: u16) -> SentinelProcess {
+        let binary = which("redis-server").expect("redis-server is required");
+        for _ in 0..5 {
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("trc-sentinel-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let conf = dir.join("sentinel.conf");
+            let master = SentinelSet::MASTER;
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor {master} 127.0.0.1 {primary} 2\n\
+                     sentinel down-after-milliseconds {master} 500\n\
+                     sentinel failover-timeout {master} 2000\n\
+                     sentinel parallel-syncs {master} 1\n",
+                    dir.display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new(&binary)
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server --sentinel");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return SentinelProcess { child, port, dir };
+                }
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server --sentinel did not start on any of five free ports");
+    }
+
+    fn connection(&self) -> Option<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+            .ok()?
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()
+    }
+}
+
+impl Drop for SentinelProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -11,10 +11,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tower_response_cache::{CacheHandle, CacheLayer, CacheStats, X_CACHE};
+use tower_response_cache::{CacheHandle, CacheLayer, CacheStats, PurgeLayer, X_CACHE};
 
 use crate::dates::Date;
 use crate::db::{self, Db, DbError, Range, Synced};
+use crate::metrics;
 
 /// The company list's key in the typed data cache, as in the seed's DAO.
 pub const COMPANIES_KEY: &str = "companies_all_synced";
@@ -25,24 +26,43 @@ pub struct AppState {
     pub db: Db,
     /// `None` with `PORTAL_CACHE=off`.
     pub cache: Option<CacheHandle>,
+    /// `PORTAL_PURGE_TOKEN`: with a cache, mounts the purge endpoints (`PURGE <path>`,
+    /// `POST /_cache/purge`) for bearers of this token. `None`: no purge endpoint at all.
+    pub purge_token: Option<String>,
 }
 
 /// The portal's routes. Only the dashboard goes through [`CacheLayer`]; the company list is
-/// cached as data, and the rest is never cached.
+/// cached as data, and the rest is never cached. Every request is timed for `/metrics`.
 pub fn app(state: AppState) -> Router {
-    let dashboard = match &state.cache {
-        Some(cache) => get(dashboard).layer(CacheLayer::new(cache.clone()).key_fn(dashboard_key)),
+    let cache_layer = state
+        .cache
+        .as_ref()
+        .map(|cache| CacheLayer::new(cache.clone()).key_fn(dashboard_key));
+    let purge = match (&cache_layer, &state.purge_token) {
+        (Some(layer), Some(token)) => Some(PurgeLayer::new(layer, token)),
+        _ => None,
+    };
+    let dashboard = match cache_layer {
+        Some(layer) => get(dashboard).layer(layer),
         None => get(dashboard),
     };
-    Router::new()
+    let router = Router::new()
         .route("/", get(index))
         .route("/health", get(health))
+        .route("/metrics", get(metrics::render))
         .route("/api/companies", get(companies))
         .route("/api/dashboard/{guid}", dashboard)
         .route("/api/sync/{guid}", post(sync))
         .route("/api/cache/stats", get(cache_stats))
         .fallback(no_route)
         .with_state(state)
+        .layer(axum::middleware::from_fn(metrics::record_latency));
+    // Outermost: a purge is answered before routing, whatever its path; without a token a
+    // `PURGE` is an unknown method like any other.
+    match purge {
+        Some(purge) => router.layer(purge),
+        None => router,
+    }
 }
 
 /// `/api/dashboard/{guid}` → `dashboard:{guid}`, which the sync invalidates as
@@ -175,6 +195,8 @@ async fn dashboard(
             ));
         }
     }
+    // Past the cache: this request is an origin fetch.
+    ::metrics::counter!("portal_origin_fetches_total", "route" => "dashboard").increment(1);
     let key = guid.clone();
     match state
         .db

@@ -37,6 +37,9 @@ pub struct Config {
     pub cache: CacheConfig,
     /// `PORTAL_URL`: where the `sync` process finds the portal (default: from `addr`).
     pub portal_url: Option<String>,
+    /// `PORTAL_PURGE_TOKEN`: when set (at least 16 bytes), `PURGE /api/dashboard/{guid}` and
+    /// `POST /_cache/purge` answer bearers of this token. Unset: no purge endpoint.
+    pub purge_token: Option<String>,
 }
 
 /// The portal's key prefix when `CACHE_NAMESPACE` is unset.
@@ -64,11 +67,13 @@ impl Default for Config {
             db_connections: cpus.max(2),
             sync_interval: None,
             cache_enabled: true,
-            cache: CacheConfig {
-                namespace: NAMESPACE.to_owned(),
-                ..CacheConfig::default()
+            cache: {
+                let mut cache = CacheConfig::default();
+                cache.namespace = NAMESPACE.to_owned();
+                cache
             },
             portal_url: None,
+            purge_token: None,
         }
     }
 }
@@ -103,6 +108,7 @@ impl Config {
             },
             cache: cache_config()?,
             portal_url: var("PORTAL_URL"),
+            purge_token: purge_token()?,
         })
     }
 
@@ -127,7 +133,9 @@ impl Config {
         if !self.cache_enabled {
             return None;
         }
-        Some(self.cache.clone().build().await)
+        // Read by `CacheConfig::from_env`, which checks what `build` checks.
+        let cache = self.cache.clone().build().await;
+        Some(cache.expect("the cache settings were checked when they were read"))
     }
 }
 
@@ -138,6 +146,17 @@ fn cache_config() -> Result<CacheConfig, ConfigError> {
         config.namespace = NAMESPACE.to_owned();
     }
     Ok(config)
+}
+
+/// `PORTAL_PURGE_TOKEN`, long enough to resist guessing (the purge layer's own minimum).
+fn purge_token() -> Result<Option<String>, ConfigError> {
+    match var("PORTAL_PURGE_TOKEN") {
+        Some(token) if token.len() < 16 => Err(ConfigError(format!(
+            "PORTAL_PURGE_TOKEN must be at least 16 bytes, got {}",
+            token.len()
+        ))),
+        token => Ok(token),
+    }
 }
 
 /// A set, non-empty variable.

@@ -8,6 +8,7 @@ pub mod app;
 pub mod config;
 pub mod dates;
 pub mod db;
+pub mod metrics;
 pub mod seed;
 
 pub use app::{app, AppState};
@@ -15,6 +16,8 @@ pub use config::Config;
 
 /// Open the database (creating and seeding it when absent) and build the shared state.
 pub async fn state(config: &Config) -> Result<AppState, db::DbError> {
+    // Before anything is counted: counts made before a recorder is installed are lost.
+    metrics::recorder();
     let (path, vouchers) = (config.db_path.clone(), config.seed_vouchers);
     tracing::info!(path = %path.display(), "opening database");
     let seeded = tokio::task::spawn_blocking(move || seed::prepare(&path, vouchers))
@@ -31,5 +34,6 @@ pub async fn state(config: &Config) -> Result<AppState, db::DbError> {
     Ok(AppState {
         db: db::Db::new(&config.db_path, config.db_connections),
         cache: config.cache().await,
+        purge_token: config.purge_token.clone(),
     })
 }

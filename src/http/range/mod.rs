@@ -35,10 +35,11 @@ use crate::clock;
 use crate::entry::Entry;
 use crate::future::ResponseFuture;
 use crate::handle::Found;
-use crate::headers::{self, Forward, CACHE_STATUS, CACHE_TAG, X_CACHE};
+use crate::headers::{self, Forward, Waited, CACHE_STATUS, CACHE_TAG, X_CACHE};
 use crate::http::config::Config;
 use crate::key;
 use crate::stats::bump;
+use crate::store::Source;
 
 use self::spec::Selection;
 
@@ -50,6 +51,7 @@ pub(crate) fn call<S, ReqB, ResB>(
     parts: http::request::Parts,
     body: ReqB,
     keyed: bool,
+    directives: Option<RequestDirectives>,
 ) -> ResponseFuture<S::Future, ResB, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
@@ -71,24 +73,25 @@ where
     ResponseFuture::cache(Box::pin(async move {
         let handle = &config.handle;
         let counters = &handle.shared().counters;
-        let fallback = handle.backend() == crate::store::Backend::FallingBack;
         // The RFC 9111 preset's request directives (`no-cache` went to the origin already).
-        let directives = config.request_directives(&parts.headers);
         let forward = match handle.lookup(&logical, &variant, &parts.headers).await {
-            Found::Hit(entry)
+            Found::Hit(entry, source)
                 if entry.status() == StatusCode::OK
                     && directives.is_none_or(|d| acceptable(&entry, &d)) =>
             {
                 bump!(counters, hits);
-                let full = answer(&entry, &parts, Served::Hit { coalesced: false }, fallback);
+                let (served, fallback) =
+                    (Served::hit(source, Waited::No), source == Source::Fallback);
+                let full = answer(&entry, &parts, served, fallback);
                 return Ok(ranged(full, &entry, &parts.headers));
             }
-            Found::Hit(_) => Forward::Request,
-            Found::Stale(_) => Forward::Stale,
+            Found::Hit(..) => Forward::Request,
+            Found::Stale(..) => Forward::Stale,
             Found::UriMiss => Forward::UriMiss,
             Found::VaryMiss(_) => Forward::VaryMiss,
         };
         bump!(counters, misses);
+        let fallback = crate::engine::falling_back(handle);
         if directives.is_some_and(|d| d.only_if_cached) {
             // RFC 9111 §5.2.1.7: nothing stored may answer, and the client forbids asking.
             let mut response = Response::new(CacheBody::cached(None, None));

@@ -29,7 +29,7 @@ use http::header::{
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, Method};
 
-use crate::cache_control::{pragma_no_cache, CacheControl};
+use crate::cache_control::{pragma_no_cache, CacheControl, RequestDirectives};
 
 use super::CachePolicy;
 
@@ -82,8 +82,11 @@ pub const DEFAULT_BYPASS_HEADERS: [&str; 40] = [
 ];
 
 /// Request headers keyed by default: what a proxy in front tells the origin about the
-/// original request (hosts, schemes, ports, prefixes).
-pub const DEFAULT_KEYED_HEADERS: [&str; 9] = [
+/// original request (hosts, schemes, ports, prefixes), and `Prefer` (RFC 7240), with which
+/// a client asks for another answer to the same URL (`return=minimal`: an empty `204`;
+/// PostgREST's `count=exact`), whether or not the origin says `Vary: Prefer`.
+pub const DEFAULT_KEYED_HEADERS: [&str; 10] = [
+    "prefer",
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-proto",
@@ -144,6 +147,10 @@ pub(crate) struct Classified {
     pub(crate) keyed: bool,
     /// It may carry a condition the answer must weigh.
     pub(crate) conditional: bool,
+    /// The request `Cache-Control` directives the RFC 9111 preset weighs against a hit
+    /// (`max-age`, `min-fresh`, `max-stale`, `only-if-cached`): parsed in this pass, once
+    /// per request, and handed on.
+    pub(crate) directives: Option<RequestDirectives>,
 }
 
 impl From<Action> for RequestAction {
@@ -237,7 +244,8 @@ impl CachePolicy {
     /// [`classify`](Self::classify), also saying whether a lookup may have to answer a
     /// condition (`true` unless the pass saw that it carries none).
     pub(crate) fn classify_request(&self, parts: &Parts, has_body: bool) -> Classified {
-        let action = self.action(parts, has_body);
+        let mut directives = None;
+        let action = self.action(parts, has_body, &mut directives);
         let keyed = matches!(
             action,
             Action::Lookup { keyed: true, .. }
@@ -255,10 +263,18 @@ impl CachePolicy {
             action: action.into(),
             keyed,
             conditional,
+            directives,
         }
     }
 
-    fn action(&self, parts: &Parts, has_body: bool) -> Action {
+    /// What to do with the request; the directives it sends that weigh against a hit go
+    /// to `weighed` (RFC 9111 preset).
+    fn action(
+        &self,
+        parts: &Parts,
+        has_body: bool,
+        weighed: &mut Option<RequestDirectives>,
+    ) -> Action {
         let headers = &parts.headers;
         match parts.method {
             Method::GET | Method::HEAD => {}
@@ -326,6 +342,9 @@ impl CachePolicy {
         let Ok(pragma) = pragma_no_cache(headers) else {
             return bypass;
         };
+        if self.rfc9111 {
+            *weighed = RequestDirectives::of(&cc);
+        }
         let revalidate = cc.no_cache()
             || cc.max_age().get() == Ok(Some(0))
             || (pragma && matches!(cc, CacheControl::Absent));

@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::{Backend, Coordination, Store, StoreFuture, StoreKey, StoreStats, Variants};
+use super::{
+    Backend, Coordination, Source, Store, StoreFuture, StoreKey, StoreStats, VariantRead, Variants,
+};
 use crate::clock;
 use crate::entry::Entry;
 use crate::pattern::Pattern;
@@ -97,24 +99,15 @@ impl MemoryStoreBuilder {
         self
     }
 
-    /// How often expired entries are swept (default 30 s).
-    ///
-    /// # Panics
-    /// [`build`](Self::build) panics if the interval is zero.
+    /// How often expired entries are swept (default 30 s; at least 1 ms, so a zero never
+    /// spins the sweeper).
     pub fn sweep_interval(mut self, interval: Duration) -> Self {
-        self.sweep_interval = interval;
+        self.sweep_interval = interval.max(Duration::from_millis(1));
         self
     }
 
     /// Build the store.
-    ///
-    /// # Panics
-    /// If the sweep interval is zero.
     pub fn build(self) -> MemoryStore {
-        assert!(
-            !self.sweep_interval.is_zero(),
-            "MemoryStore sweep interval must not be zero"
-        );
         MemoryStore {
             inner: Arc::new(Inner {
                 map: DashMap::with_hasher(ahash::RandomState::new()),
@@ -163,7 +156,7 @@ impl MemoryStore {
         // Build the map key in a reused buffer: no allocation on the hit path.
         let slot = MAP_KEY.with_borrow_mut(|buffer| {
             buffer.clear();
-            buffer.push_str(&escaped(key.namespace));
+            push_escaped(buffer, key.namespace);
             buffer.push(':');
             buffer.push_str(key.logical);
             self.inner.map.get(buffer.as_str())
@@ -497,9 +490,22 @@ impl Store for MemoryStore {
 }
 
 impl Coordination for MemoryStore {
-    fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> bool {
+    fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> Option<Source> {
         self.with_variants(key, |variants| read(variants.map_or(&[], |v| &v[..])));
-        true
+        Some(Source::Memory)
+    }
+
+    fn get_for<'a>(
+        &'a self,
+        key: StoreKey<'a>,
+        _identity: &'a [u8],
+        _headers: &'a http::HeaderMap,
+    ) -> StoreFuture<'a, VariantRead> {
+        let found = self.get_now(key);
+        Box::pin(std::future::ready(Ok(found
+            .map_or(VariantRead::Missing, |variants| {
+                VariantRead::Variants(variants, Source::Memory)
+            }))))
     }
 
     fn put_checked<'a>(
@@ -521,6 +527,21 @@ fn escaped(namespace: &str) -> std::borrow::Cow<'_, str> {
         return std::borrow::Cow::Borrowed(namespace);
     }
     std::borrow::Cow::Owned(namespace.replace('%', "%25").replace(':', "%3A"))
+}
+
+/// [`escaped`] written into `buffer` (no allocation: the hit path builds its key so).
+fn push_escaped(buffer: &mut String, namespace: &str) {
+    if !namespace.contains([':', '%']) {
+        buffer.push_str(namespace);
+        return;
+    }
+    for c in namespace.chars() {
+        match c {
+            '%' => buffer.push_str("%25"),
+            ':' => buffer.push_str("%3A"),
+            c => buffer.push(c),
+        }
+    }
 }
 
 /// Whether a map key is in `namespace` (given escaped).

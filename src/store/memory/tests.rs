@@ -371,3 +371,23 @@ async fn namespaces_never_alias_through_a_colon() {
     assert!(store.put_now(key("x:y", "z"), entry()));
     assert_eq!(store.invalidate("x:y", &all).await.unwrap(), 1);
 }
+
+#[test]
+fn a_zero_sweep_interval_builds_a_store_that_sweeps_every_millisecond() {
+    let store = MemoryStore::builder()
+        .sweep_interval(std::time::Duration::ZERO)
+        .build();
+    assert_eq!(
+        store.inner.sweep_interval,
+        std::time::Duration::from_millis(1)
+    );
+}
+
+#[test]
+fn the_hit_path_escapes_a_namespace_as_every_other_path_does() {
+    for namespace in ["plain", "a:b", "50%:x", "%%::"] {
+        let mut buffer = String::new();
+        push_escaped(&mut buffer, namespace);
+        assert_eq!(buffer, escaped(namespace), "{namespace}");
+    }
+}

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis::{ErrorKind, RedisError};
 
-use super::connection::Node;
+use super::connection::{Lane, Node};
 use super::{Inner, RedisStore};
 use crate::store::StoreError;
 
@@ -62,8 +62,9 @@ impl RedisStore {
         cmd: redis::Cmd,
         deadline: Duration,
     ) -> Result<T, StoreError> {
+        let deadline = self.lane_deadline(deadline);
         Self::within(deadline, async {
-            let mut connection = self.inner.connection.connected().await?;
+            let mut connection = self.connection().connected().await?;
             cmd.query_async::<T>(&mut connection).await
         })
         .await
@@ -74,8 +75,9 @@ impl RedisStore {
         invocation: redis::ScriptInvocation<'_>,
         deadline: Duration,
     ) -> Result<T, StoreError> {
+        let deadline = self.lane_deadline(deadline);
         Self::within(deadline, async {
-            let mut connection = self.inner.connection.connected().await?;
+            let mut connection = self.connection().connected().await?;
             invocation.invoke_async::<T>(&mut connection).await
         })
         .await
@@ -87,15 +89,25 @@ impl RedisStore {
         cmd: redis::Cmd,
         deadline: Duration,
     ) -> Result<T, StoreError> {
+        let deadline = self.lane_deadline(deadline);
         Self::within(deadline, async {
-            let value = self.inner.connection.query_node(node, cmd).await?;
+            let value = self.connection().query_node(node, cmd).await?;
             Ok(redis::from_redis_value(value.extract_error()?)?)
         })
         .await
     }
 
+    /// On the invalidation connection a call may queue behind another invalidation's
+    /// `WAIT` for replicas (see `durable.rs`): its deadline includes that wait.
+    fn lane_deadline(&self, deadline: Duration) -> Duration {
+        match self.lane {
+            Lane::Data => deadline,
+            Lane::Invalidations => deadline + self.inner.durability.timeout(),
+        }
+    }
+
     pub(super) async fn primaries(&self, deadline: Duration) -> Result<Vec<Node>, StoreError> {
-        Self::within(deadline, self.inner.connection.primaries()).await
+        Self::within(deadline, self.connection().primaries()).await
     }
 }
 

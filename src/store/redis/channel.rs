@@ -26,8 +26,9 @@ use super::ack::ack_payload;
 use super::{Inner, RedisStore};
 use crate::store::{Invalidation, StoreError, StoreEvent};
 
-/// Longest namespace a message may name (longer ones are not ours: ignored).
-const MAX_NAMESPACE: usize = 4096;
+/// Longest namespace a message may name (longer ones are not ours: ignored; a handle's
+/// namespace is never longer).
+use crate::handle::MAX_NAMESPACE;
 
 /// What goes over the channel (JSON). Anyone who can `PUBLISH` can send one: a message
 /// that does not parse is ignored and logged, and the generation it claims is never taken
@@ -88,7 +89,7 @@ pub(crate) async fn listen(store: Weak<Inner>) {
         // Catch up with invalidations made before we listened, so our writes are not
         // refused for carrying an old generation.
         if let Some(inner) = store.upgrade() {
-            RedisStore { inner }.catch_up_generation().await;
+            RedisStore::from_inner(inner).catch_up_generation().await;
         }
         if connected_before {
             if let Some(inner) = store.upgrade() {
@@ -170,7 +171,7 @@ fn heard_invalidation(inner: std::sync::Arc<Inner>, payload: &[u8]) {
     if message.namespace.len() > MAX_NAMESPACE {
         return unreadable("oversized namespace");
     }
-    let store = RedisStore { inner };
+    let store = RedisStore::from_inner(inner);
     // The generation is a claim, not a fact: see `RedisStore::heard`.
     store.heard(message.generation);
     let (origin, ack) = (message.origin, message.ack);

@@ -1,9 +1,9 @@
-//! The value under one variant field of an entry hash: a 24-byte header, then every `Vary`
-//! variant of that URL stored with that key, each an [`Entry`] in its own versioned format.
+//! The value under one `Vary` variant's field of an entry hash (see `variants.rs`): a
+//! 24-byte header, then a count (always 1) and the [`Entry`] in its own versioned format.
 //!
 //! The header is three big-endian `u64`s: the generation the value was fetched under, and a
 //! soft invalidation's mark (its generation and unix ms; zeros when unmarked), which the
-//! soft-invalidation script rewrites in place (see `soft.rs`). One `HGET` reads all of it.
+//! soft-invalidation script rewrites in place (see `soft.rs`). A hit reads all of it with the index, in one `HMGET`.
 //! Bytes that do not decode are an error (the store reads them as a miss and deletes them),
 //! never a panic.
 
@@ -14,15 +14,12 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::entry::{DecodeError, Entry};
 use crate::store::Variants;
 
-/// Most `Vary` variants kept under one URL.
-pub(crate) const MAX_VARY_VARIANTS: usize = 16;
-
 /// Bytes before the variants: generation written, soft mark's generation, soft mark's ms.
 pub(crate) const HEADER_LEN: usize = 24;
 
-/// The stored value of `variants`, fetched under generation `written`, unmarked.
-pub(crate) fn encode_value(variants: &[Arc<Entry>], written: u64) -> Bytes {
-    let body = encode_variants(variants);
+/// The stored value of `entry`, fetched under generation `written`, unmarked.
+pub(crate) fn encode_value(entry: &Entry, written: u64) -> Bytes {
+    let body = encode_variants(std::slice::from_ref(entry));
     let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
     out.put_u64(written);
     out.put_u64(0);
@@ -44,7 +41,7 @@ pub(crate) fn decode_value(raw: &Bytes) -> Result<Variants, DecodeError> {
     Ok(super::soft::apply(variants, written, marked, marked_at_ms))
 }
 
-fn encode_variants(variants: &[Arc<Entry>]) -> Bytes {
+fn encode_variants(variants: &[Entry]) -> Bytes {
     let mut out = BytesMut::new();
     out.put_u32(variants.len() as u32);
     for entry in variants {
@@ -63,7 +60,9 @@ fn decode_variants(raw: &Bytes) -> Result<Variants, DecodeError> {
         return Err(truncated());
     }
     let count = rest.get_u32() as usize;
-    if count == 0 || count > MAX_VARY_VARIANTS {
+    // One entry per value: anything else (an earlier version's variant list, an index read
+    // as a value) is not this version's.
+    if count != 1 {
         return Err(truncated());
     }
     let mut variants = Vec::with_capacity(count);
@@ -106,7 +105,7 @@ mod tests {
             Bytes::from_static(b"body"),
             Duration::from_secs(600),
         ));
-        let value = encode_value(&[entry], 7);
+        let value = encode_value(&entry, 7);
         assert_eq!(&value[..8], &7u64.to_be_bytes());
         let now = crate::clock::now_millis();
         assert!(decode_value(&value).unwrap()[0].is_fresh_at(now));
@@ -120,17 +119,21 @@ mod tests {
     }
 
     #[test]
-    fn variant_sets_round_trip() {
-        let entry = Arc::new(Entry::new(
-            http::StatusCode::OK,
-            http::HeaderMap::new(),
-            bytes::Bytes::from_static(b"body"),
-            Duration::from_secs(5),
-        ));
-        let encoded = encode_variants(&[entry.clone(), entry]);
+    fn one_entry_round_trips_and_a_list_of_several_is_not_this_versions() {
+        let entry = || {
+            Entry::new(
+                http::StatusCode::OK,
+                http::HeaderMap::new(),
+                bytes::Bytes::from_static(b"body"),
+                Duration::from_secs(5),
+            )
+        };
+        let encoded = encode_variants(&[entry()]);
         let decoded = decode_variants(&encoded).unwrap();
-        assert_eq!(decoded.len(), 2);
-        assert_eq!(decoded[1].body(), "body");
+        assert_eq!(decoded.len(), 1);
+        assert_eq!(decoded[0].body(), "body");
         assert!(decode_variants(&encoded.slice(..encoded.len() - 1)).is_err());
+        // What an earlier version kept under one field: every variant of the URL.
+        assert!(decode_variants(&encode_variants(&[entry(), entry()])).is_err());
     }
 }

@@ -8,6 +8,9 @@
 //!
 //! A [`Subscriber`] opens the separate connection the invalidation channel is read on:
 //! plain pub/sub on one Redis, sharded pub/sub (RESP3 pushes) on a cluster.
+//!
+//! Behind Redis Sentinel the one Redis is whichever primary the sentinels name now
+//! (`sentinel.rs`): calls go to it as to one Redis, and the subscription ends when it moves.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,18 @@ use redis::{Cmd, Msg, PushKind, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
 use super::layout::Layout;
+use super::sentinel::SentinelLink;
+
+/// Which connection a call uses: invalidations have their own, so that their `WAIT` for
+/// replicas (see `durable.rs`), which blocks the connection it is sent on, never holds up
+/// a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Requests, the channel's catch-up, heartbeats.
+    Data,
+    /// Invalidations and their `WAIT`.
+    Invalidations,
+}
 
 /// Where one command of a fan-out goes: the single Redis, or one primary of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +51,8 @@ pub(crate) enum Node {
 pub(crate) enum Connection {
     Single(ConnectionManager),
     Cluster(Arc<ClusterLink>),
+    /// One lane of the connections to the primary the sentinels name.
+    Sentinel(Arc<SentinelLink>, Lane),
 }
 
 /// A cluster client connected on first use (connecting needs the cluster's slot map,
@@ -49,6 +66,8 @@ pub(crate) struct ClusterLink {
 pub(crate) enum Connected {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// Its failures make the link ask the sentinels again.
+    Sentinel(ConnectionManager, Arc<SentinelLink>),
 }
 
 /// Timeouts shared by both kinds.
@@ -61,15 +80,7 @@ impl Connection {
     /// A lazily connected link to the Redis at `url`.
     pub(crate) fn single(url: &str, timeouts: &Timeouts) -> Result<Connection, RedisError> {
         let client = redis::Client::open(url)?;
-        // The manager's own retries would hold a request for seconds: the deadline and the
-        // fallback circuit handle failures instead.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100))
-            .set_response_timeout(Some(timeouts.response))
-            .set_connection_timeout(Some(timeouts.connect));
-        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+        let manager = ConnectionManager::new_lazy_with_config(client, manager_config(timeouts))?;
         Ok(Connection::Single(manager))
     }
 
@@ -91,7 +102,7 @@ impl Connection {
     /// Which key layout this connection needs.
     pub(crate) fn layout(&self) -> Layout {
         match self {
-            Connection::Single(_) => Layout::Single,
+            Connection::Single(_) | Connection::Sentinel(..) => Layout::Single,
             Connection::Cluster(_) => Layout::Cluster,
         }
     }
@@ -108,6 +119,10 @@ impl Connection {
                     .await?;
                 Ok(Connected::Cluster(connection.clone()))
             }
+            Connection::Sentinel(link, lane) => {
+                let manager = link.connection(*lane).await?;
+                Ok(Connected::Sentinel(manager, link.clone()))
+            }
         }
     }
 
@@ -115,7 +130,9 @@ impl Connection {
     /// needs in a cluster.
     pub(crate) async fn query_node(&self, node: &Node, cmd: Cmd) -> RedisResult<Value> {
         match (self.connected().await?, node) {
-            (Connected::Single(mut manager), _) => manager.req_packed_command(&cmd).await,
+            (mut one @ (Connected::Single(_) | Connected::Sentinel(..)), _) => {
+                one.req_packed_command(&cmd).await
+            }
             (Connected::Cluster(mut cluster), Node::Primary { host, port }) => {
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                     host: host.clone(),
@@ -130,7 +147,7 @@ impl Connection {
     /// Every primary (the one server of a single Redis), from `CLUSTER NODES`.
     pub(crate) async fn primaries(&self) -> RedisResult<Vec<Node>> {
         let mut connected = match self.connected().await? {
-            Connected::Single(_) => return Ok(vec![Node::Only]),
+            Connected::Single(_) | Connected::Sentinel(..) => return Ok(vec![Node::Only]),
             cluster => cluster,
         };
         let text: String = redis::from_redis_value(
@@ -147,6 +164,17 @@ impl Connection {
         }
         Ok(primaries)
     }
+}
+
+/// A connection manager's settings: the manager's own retries would hold a request for
+/// seconds, so the deadline and the fallback circuit handle failures instead.
+pub(crate) fn manager_config(timeouts: &Timeouts) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(Duration::from_millis(100))
+        .set_response_timeout(Some(timeouts.response))
+        .set_connection_timeout(Some(timeouts.connect))
 }
 
 /// The healthy primaries in `CLUSTER NODES` output: lines of
@@ -185,6 +213,8 @@ pub(crate) enum Subscriber {
         seeds: Vec<String>,
         connect: Duration,
     },
+    /// `SUBSCRIBE` on the primary the sentinels name, until it moves.
+    Sentinel(Arc<SentinelLink>),
 }
 
 impl Subscriber {
@@ -201,6 +231,14 @@ impl Subscriber {
                 // One SUBSCRIBE: every channel on one connection, ordered by one server.
                 pubsub.subscribe(channels).await?;
                 Ok(pubsub.into_on_message().boxed())
+            }
+            Subscriber::Sentinel(link) => {
+                // Watching for a move from before the primary is asked for: a move while
+                // subscribing ends the stream at once.
+                let moved = link.moved();
+                let mut pubsub = link.client().await?.get_async_pubsub().await?;
+                pubsub.subscribe(channels).await?;
+                Ok(pubsub.into_on_message().take_until(moved).boxed())
             }
             Subscriber::Sharded { seeds, connect } => {
                 let (pushes, received) = tokio::sync::mpsc::unbounded_channel();
@@ -244,6 +282,13 @@ impl ConnectionLike for Connected {
         match self {
             Connected::Single(c) => c.req_packed_command(cmd),
             Connected::Cluster(c) => c.req_packed_command(cmd),
+            Connected::Sentinel(c, link) => Box::pin(async move {
+                let reply = c.req_packed_command(cmd).await;
+                if let Err(error) = &reply {
+                    link.saw(error);
+                }
+                reply
+            }),
         }
     }
 
@@ -256,12 +301,19 @@ impl ConnectionLike for Connected {
         match self {
             Connected::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Connected::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Connected::Sentinel(c, link) => Box::pin(async move {
+                let reply = c.req_packed_commands(pipeline, offset, count).await;
+                if let Err(error) = &reply {
+                    link.saw(error);
+                }
+                reply
+            }),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Connected::Single(c) => c.get_db(),
+            Connected::Single(c) | Connected::Sentinel(c, _) => c.get_db(),
             Connected::Cluster(c) => c.get_db(),
         }
     }

@@ -37,6 +37,16 @@ fn secret_kept_changing() -> StoreError {
     )
 }
 
+/// A counter or an epoch as the crate writes it (what the scripts' `own_number` reads):
+/// up to 15 decimal digits; `None` when missing or foreign.
+fn own_number(value: Option<&str>) -> Option<u64> {
+    let value = value?;
+    if value.is_empty() || value.len() > 15 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
+}
+
 /// A fresh epoch: random, never 0 (0 is "none").
 pub(super) fn new_epoch() -> u64 {
     (rand_u64() % EPOCH_MASK) + 1
@@ -97,19 +107,25 @@ impl RedisStore {
                     .arg(layout::SECRET)
                     .clone();
                 let asked = self.asking();
-                self.query::<(Option<u64>, Option<u64>, Option<String>)>(cmd, deadline)
+                self.query::<(Option<String>, Option<String>, Option<String>)>(cmd, deadline)
                     .await
                     .map(|(epoch, generation, secret)| {
+                        // A foreign epoch is no data set's name (the write script removes
+                        // it); a foreign counter tells nothing: what this process knows stays.
+                        let epoch = own_number(epoch.as_deref()).filter(|e| *e <= EPOCH_MASK);
+                        let known = self.inner.generation.load(Ordering::Relaxed);
+                        let generation = own_number(generation.as_deref())
+                            .unwrap_or_else(|| token_generation(known));
                         // One Redis is the authority, even when it went down (restarted empty).
-                        self.set_token(asked, epoch.unwrap_or(0), generation.unwrap_or(0));
+                        self.set_token(asked, epoch.unwrap_or(0), generation);
                         self.inner.secrets.learn(0, secret.as_deref().unwrap_or(""));
                     })
             }
             Layout::Cluster => {
                 let cmd = redis::cmd("GET").arg(CENTRAL_GENERATION).clone();
-                self.query::<Option<u64>>(cmd, deadline)
+                self.query::<Option<String>>(cmd, deadline)
                     .await
-                    .map(|generation| self.adopt(generation.unwrap_or(0)))
+                    .map(|generation| self.adopt(own_number(generation.as_deref()).unwrap_or(0)))
             }
         };
         match learned {
@@ -236,7 +252,8 @@ impl RedisStore {
                         .arg(new_epoch())
                         .arg(secret.as_ref().map_or("", |s| s.as_str()))
                         .arg(Secret::random().as_str())
-                        .arg(if logical.is_some() { "1" } else { "0" });
+                        .arg(if logical.is_some() { "1" } else { "0" })
+                        .arg(token_generation(self.inner.generation.load(Ordering::Relaxed)) + 1);
                     let asked = self.asking();
                     let (epoch, generation, current) = self
                         .invoke::<(u64, u64, String)>(invocation, self.inner.deadline)

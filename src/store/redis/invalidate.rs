@@ -29,19 +29,25 @@ impl Removal {
 const SOFT_BATCH: usize = 128;
 
 impl RedisStore {
-    /// Run `removal` in a task of its own, which the returned future only waits for: a
-    /// caller that stops waiting (a timeout, a client gone) does not stop it halfway, after
+    /// Run `removal` in a task of its own, on the invalidation connection, which the
+    /// returned future only waits for (with its `WAIT` for replicas): a caller that stops waiting (a timeout, a client gone) does not stop it halfway, after
     /// the entries are gone from Redis and before other processes and the near caches hear
     /// of it. When it fails (it may have stopped before its publish, which applies it to
     /// this process's near cache), it is applied to the near cache anyway.
     pub(super) fn detached(&self, namespace: &str, removal: Removal) -> StoreFuture<'static, u64> {
-        let (store, namespace) = (self.clone(), namespace.to_owned());
+        let store = self.invalidating();
+        let namespace = namespace.to_owned();
         let task = tokio::spawn(async move {
             let result = match &removal {
                 Removal::Pattern(p) => store.invalidate_pattern(&namespace, p).await,
                 Removal::Soft(p) => store.invalidate_pattern_soft(&namespace, p).await,
                 Removal::Tag(t) => store.invalidate_by_tag(&namespace, t).await,
                 Removal::All => store.invalidate_namespace(&namespace).await,
+            };
+            // Done on the primary and heard of: now on a replica too (see `durable.rs`).
+            let result = match result {
+                Ok(removed) if store.waits => store.reach_replicas().await.map(|()| removed),
+                done => done,
             };
             if result.is_err() {
                 if let Some(near) = &store.inner.near {

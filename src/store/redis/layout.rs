@@ -3,8 +3,10 @@
 //!
 //! On one Redis, for namespace `ns` and logical key `L`:
 //!
-//! - `ns:k:L`: a hash; field = the variant, value = the encoded entries of that variant
-//!   (after a header: the generation they were fetched under and a soft-invalidation mark);
+//! - `ns:k:L`: a hash; per variant `F` of the key (16 hex digits), the field `F` holds the
+//!   variant's index and each `Vary` variant a field `F:S` with its encoded entry (after a
+//!   header: the generation it was fetched under and a soft-invalidation mark); see
+//!   `variants.rs`;
 //! - `ns:x:L`: a sorted set beside it, field -> the unix ms the field dies at; every write
 //!   prunes a few dead fields of the hash it writes, so a path with a stream of distinct
 //!   queries keeps about as many fields as are alive (not every variant ever written);
@@ -177,6 +179,13 @@ impl Layout {
     /// is on every Redis hit.
     pub(crate) fn entry_key(self, namespace: &str, logical: &str) -> String {
         self.named(namespace, ":k:", logical)
+    }
+
+    /// The lease of the fleet-wide flight `flight` (a hash of its identity) of `logical`.
+    pub(crate) fn fleet_key(self, namespace: &str, logical: &str, flight: u64) -> String {
+        let mut key = self.named(namespace, ":f:", logical);
+        key.push_str(&format!(":{flight:016x}"));
+        key
     }
 
     /// The sorted set of when each field of the entry hash of `logical` dies.

@@ -73,7 +73,7 @@ mod tests {
             Bytes::from_static(body.as_bytes()),
             Duration::from_secs(60),
         ));
-        super::super::codec::encode_value(&[entry], 1)
+        super::super::codec::encode_value(&entry, 1)
     }
 
     #[test]

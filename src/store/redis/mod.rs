@@ -8,8 +8,8 @@ use futures_util::future::try_join_all;
 use redis::Script;
 
 use super::{
-    Backend, Coordination, Invalidation, InvalidationListener, Store, StoreError, StoreFuture,
-    StoreKey, StoreStats, Variants,
+    Backend, Coordination, FleetEnd, FleetLease, FleetTurn, Invalidation, InvalidationListener,
+    Source, Store, StoreError, StoreFuture, StoreKey, StoreStats, VariantRead, Variants,
 };
 use crate::entry::Entry;
 use crate::pattern::Pattern;
@@ -19,6 +19,8 @@ mod call;
 mod channel;
 mod codec;
 mod connection;
+mod durable;
+mod fleet;
 mod generation;
 mod invalidate;
 mod layout;
@@ -28,18 +30,23 @@ mod memo;
 mod near;
 mod scripts;
 mod secret;
+mod sentinel;
 mod soft;
+mod variants;
 
 use call::classify;
 use channel::Message;
-use codec::{encode_value, MAX_VARY_VARIANTS};
-use connection::{Connection, Subscriber, Timeouts};
+use codec::encode_value;
+use connection::{Connection, Lane, Subscriber, Timeouts};
+use durable::Durability;
 use generation::*;
 use invalidate::Removal;
 use layout::{Layout, CENTRAL_GENERATION, EPOCH, WIDE_GENERATION};
 use memo::DecodeMemo;
 use near::Near;
 use scripts::*;
+use sentinel::SentinelLink;
+use variants::{index_field, names_text, sub_id, value_field, Index, NamesMemo, MAX_VARY_VARIANTS};
 
 const SCAN_COUNT: usize = 1000;
 
@@ -53,12 +60,17 @@ const PRUNE_PER_WRITE: usize = 8;
 /// A [`Store`] in Redis. Cheap to clone.
 ///
 /// [`RedisStore`]: entries in Redis, shared by every process that points at it — one
-/// Redis server, or a Redis Cluster.
+/// Redis server, the primary Redis Sentinel names (followed through failovers, see
+/// `sentinel.rs`), or a Redis Cluster. An invalidation returns once a replica has it
+/// (`durable.rs`).
 ///
 /// `layout.rs` names the keys. On one Redis, for namespace `ns` and logical key `L`, the
-/// entry is the hash `ns:k:L` (field = the variant, value = its encoded [`Vary`] variants,
-/// see `codec.rs`, after a header with the generation it was fetched under and a soft
-/// invalidation's mark, see `soft.rs`): a hit is one `HGET`, one round trip.
+/// entry is the hash `ns:k:L`: each [`Vary`] variant is a field of its own (its encoded
+/// entry, see `codec.rs`, after a header with the generation it was fetched under and a
+/// soft invalidation's mark, see `soft.rs`), filed in a small index per variant of the key
+/// (`variants.rs`). A hit is one `HMGET` of the index and the one value it serves, one
+/// round trip; a write sends only its own value. Values above
+/// [`max_value_bytes`](RedisStoreBuilder::max_value_bytes) are not stored.
 ///
 /// Every invalidation first raises a generation counter. A write carries the generation its
 /// request saw when it began and is dropped, atomically in a script, when an invalidation
@@ -118,6 +130,11 @@ const PRUNE_PER_WRITE: usize = 8;
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
+    /// The connection this handle's calls use (invalidations run on their own).
+    lane: Lane,
+    /// Whether this handle's invalidations wait for replicas (a replay waits once, at its
+    /// end, instead: see `durable.rs`).
+    waits: bool,
 }
 
 /// Builds a [`RedisStore`].
@@ -130,16 +147,51 @@ pub struct RedisStoreBuilder {
     connect_timeout: Duration,
     /// The near cache's lease and byte budget, when on.
     near: Option<(Duration, usize)>,
+    /// The lease of a fleet-wide flight, when on.
+    fleet: Option<Duration>,
+    durability: Durability,
+    max_value_bytes: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Target {
     Single(String),
     Cluster(Vec<String>),
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        password: Option<String>,
+        db: i64,
+    },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Single(url) => f.debug_tuple("Single").field(url).finish(),
+            Target::Cluster(seeds) => f.debug_tuple("Cluster").field(seeds).finish(),
+            // The password stays out of logs.
+            Target::Sentinel {
+                sentinels,
+                master,
+                db,
+                ..
+            } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", sentinels)
+                .field("master", master)
+                .field("db", db)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 pub(crate) struct Inner {
     connection: Connection,
+    /// The connection invalidations are sent on (see `durable.rs`).
+    invalidations: Connection,
+    /// Whether an invalidation waits for replicas.
+    durability: Durability,
     layout: Layout,
     /// Where the invalidation channel is subscribed.
     subscriber: Subscriber,
@@ -180,9 +232,37 @@ pub(crate) struct Inner {
     /// The bucket secrets learned from Redis (see `secret.rs`).
     secrets: secret::Secrets,
     raise_keyed_script: Script,
+    /// Fleet-wide single flight, when on (see `fleet.rs`).
+    fleet: Option<fleet::Fleet>,
+    fleet_scripts: fleet::FleetScripts,
+    /// Moves a `Vary` variant to the front of its index (see `variants.rs`).
+    touch_script: Script,
+    /// The `Vary` names last seen per variant, so a read asks for the right value.
+    vary_names: NamesMemo,
+    /// The largest value written (see [`RedisStoreBuilder::max_value_bytes`]).
+    max_value_bytes: usize,
+    /// Writes refused for being larger than that.
+    refused_large: AtomicU64,
 }
 
+/// The largest value a [`RedisStore`] writes by default (see
+/// [`RedisStoreBuilder::max_value_bytes`]): 1 MiB, under 10 ms at 1 Gbit/s.
+pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// How long a fleet-wide flight's leader holds its lease by default.
+pub(crate) const DEFAULT_FLEET_LEASE: Duration = Duration::from_secs(2);
+
 impl RedisStoreBuilder {
+    /// The largest value written to Redis, in bytes (default 1 MiB):
+    /// an encoded response above it is served but not stored in Redis. A read fetches a
+    /// whole value within the request deadline on the process's one connection, so a
+    /// value must be small next to deadline × bandwidth (50 ms at 1 Gbit/s is about 6 MB):
+    /// one that is not would make reads of it miss their deadline and count as an outage.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
     /// Deadline of each Redis call on the request path (default 50 ms).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = deadline;
@@ -201,26 +281,120 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Fleet-wide single flight (on by default, with a 2 s lease): when a key misses in
+    /// several processes sharing this Redis at once, one of them fetches it and the others
+    /// wait for its entry (at most the handle's coalesce timeout). The leader holds the
+    /// flight's lease in Redis for at most `lease`: one that dies or stalls is taken over
+    /// after it. `None` turns it off: each process fetches for itself. Costs a plain miss
+    /// one round trip. See `CACHE_FLEET_LEASE_MS`.
+    pub fn fleet_single_flight(mut self, lease: Option<Duration>) -> Self {
+        // At most a minute: a longer expiry under a lease key reads as foreign.
+        self.fleet = lease
+            .filter(|l| !l.is_zero())
+            .map(|l| l.min(Duration::from_secs(60)));
+        self
+    }
+
+    /// Wait, in every invalidation, until `replicas` replicas of each primary it wrote to
+    /// acknowledged its removal and its generation bump (`WAIT`), at most `timeout`; when
+    /// fewer did, the invalidation returns an error that says so
+    /// ([`StoreError::is_not_replicated`]). `0` replicas never waits.
+    ///
+    /// Behind Redis Sentinel this is the default, with one replica and 250 ms: a sentinel
+    /// set fails over to a replica by design. For one Redis or a cluster the default is
+    /// [`durable_invalidations_when_replicated`](Self::durable_invalidations_when_replicated)`(1, 250 ms)`.
+    /// See `CACHE_INVALIDATE_REPLICAS`.
+    pub fn durable_invalidations(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.durability = match replicas {
+            0 => Durability::Off,
+            replicas => Durability::Required { replicas, timeout },
+        };
+        self
+    }
+
+    /// Wait for `replicas` replicas, at most `timeout`, only on a primary that lists at
+    /// least one connected replica (`ROLE`): a lone Redis is not waited for, and neither
+    /// is a primary whose replicas are all away at that moment. The default for one Redis
+    /// and a cluster, with 1 and 250 ms.
+    pub fn durable_invalidations_when_replicated(
+        mut self,
+        replicas: u32,
+        timeout: Duration,
+    ) -> Self {
+        self.durability = match replicas {
+            0 => Durability::Off,
+            replicas => Durability::Auto { replicas, timeout },
+        };
+        self
+    }
+
+    /// The password of the primary the sentinels name (and of its replicas), for a store
+    /// built with [`RedisStore::sentinel`]; the sentinels' own, if any, go in their URLs.
+    pub fn primary_password(mut self, password: impl Into<String>) -> Self {
+        if let Target::Sentinel { password: p, .. } = &mut self.target {
+            *p = Some(password.into());
+        }
+        self
+    }
+
+    /// The database number on the primary the sentinels name (default 0), for a store
+    /// built with [`RedisStore::sentinel`].
+    pub fn primary_db(mut self, db: i64) -> Self {
+        if let Target::Sentinel { db: d, .. } = &mut self.target {
+            *d = db;
+        }
+        self
+    }
+
     /// Build the store. Connects lazily: an unreachable Redis is not an error here, only
     /// an invalid URL is. Must be called within a Tokio runtime (it starts the task that
     /// listens for other processes' invalidations).
     pub fn build(self) -> Result<RedisStore, StoreError> {
         let invalid = |e| StoreError::new("invalid Redis URL", e);
         let timeouts = Timeouts {
-            response: self.scan_deadline,
+            // A `WAIT` for replicas must not be cut short by the connection's own timeout.
+            response: self
+                .scan_deadline
+                .max(self.durability.timeout() + self.deadline),
             connect: self.connect_timeout,
         };
-        let (connection, subscriber) = match &self.target {
+        let mut sentinel = None;
+        let (connection, invalidations, subscriber) = match &self.target {
             Target::Single(url) => (
+                Connection::single(url, &timeouts),
                 Connection::single(url, &timeouts),
                 Subscriber::Plain(redis::Client::open(url.as_str()).map_err(invalid)?),
             ),
+            Target::Sentinel {
+                sentinels,
+                master,
+                password,
+                db,
+            } => {
+                let link = SentinelLink::new(
+                    sentinels,
+                    master,
+                    password.as_deref(),
+                    *db,
+                    connection::manager_config(&timeouts),
+                    self.connect_timeout.max(Duration::from_millis(250)),
+                )
+                .map_err(|e| StoreError::new("invalid Redis Sentinel settings", e))?;
+                let link = Arc::new(link);
+                sentinel = Some(link.clone());
+                (
+                    Ok(Connection::Sentinel(link.clone(), Lane::Data)),
+                    Ok(Connection::Sentinel(link.clone(), Lane::Invalidations)),
+                    Subscriber::Sentinel(link),
+                )
+            }
             Target::Cluster(seeds) if seeds.is_empty() => {
                 return Err(StoreError::msg(
                     "a Redis Cluster needs at least one seed node",
                 ))
             }
             Target::Cluster(seeds) => (
+                Connection::cluster(seeds, &timeouts),
                 Connection::cluster(seeds, &timeouts),
                 Subscriber::Sharded {
                     seeds: seeds.clone(),
@@ -229,6 +403,7 @@ impl RedisStoreBuilder {
             ),
         };
         let connection = connection.map_err(invalid)?;
+        let invalidations = invalidations.map_err(invalid)?;
         let origin = rand_u64();
         let layout = connection.layout();
         let near = self
@@ -237,6 +412,8 @@ impl RedisStoreBuilder {
         let inner = Arc::new(Inner {
             layout,
             connection,
+            invalidations,
+            durability: self.durability,
             subscriber,
             deadline: self.deadline,
             scan_deadline: self.scan_deadline,
@@ -260,13 +437,36 @@ impl RedisStoreBuilder {
             leases_script: Script::new(lease::LEASES_SCRIPT),
             secrets: secret::Secrets::new(layout.secret_slots()),
             raise_keyed_script: Script::new(RAISE_KEYED_SCRIPT),
+            fleet: self.fleet.map(|lease| fleet::Fleet { lease }),
+            fleet_scripts: fleet::FleetScripts::new(),
+            touch_script: Script::new(variants::TOUCH_SCRIPT),
+            vary_names: NamesMemo::new(),
+            max_value_bytes: self.max_value_bytes,
+            refused_large: AtomicU64::new(0),
         });
         tokio::spawn(channel::listen(Arc::downgrade(&inner)));
         tokio::spawn(maxmemory::check(Arc::downgrade(&inner)));
         if inner.near.is_some() {
             tokio::spawn(near::heartbeat(Arc::downgrade(&inner)));
         }
-        Ok(RedisStore { inner })
+        if let Some(link) = sentinel {
+            // A new primary is a new data set: counted as a lost connection, like a
+            // restart (a fallback store replays before reading it).
+            let weak = Arc::downgrade(&inner);
+            link.set_on_move(Arc::new(move |address| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.background_failed(
+                        "the Redis primary moved",
+                        &StoreError::connection_lost(
+                            "the Redis primary moved",
+                            format!("now {address}"),
+                        ),
+                    );
+                }
+            }));
+            tokio::spawn(sentinel::watch(Arc::downgrade(&link)));
+        }
+        Ok(RedisStore::from_inner(inner))
     }
 }
 
@@ -283,13 +483,72 @@ impl RedisStore {
         Self::with_target(Target::Cluster(seeds.into_iter().map(Into::into).collect()))
     }
 
+    /// A builder for the primary that Redis Sentinel names `master`, found through
+    /// `sentinels` (`redis://host:port` URLs, with the sentinels' password if they have
+    /// one) and followed when it moves (see `sentinel.rs`). The primary's own password and
+    /// database are [`primary_password`](RedisStoreBuilder::primary_password) and
+    /// [`primary_db`](RedisStoreBuilder::primary_db).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower_response_cache::StoreError> {
+    /// use tower_response_cache::RedisStore;
+    ///
+    /// let redis = RedisStore::sentinel(
+    ///     ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3:26379"],
+    ///     "cache",
+    /// )
+    /// .primary_password("secret")
+    /// .build()?;
+    /// # let _ = redis; Ok(()) }
+    /// ```
+    pub fn sentinel<S: Into<String>>(
+        sentinels: impl IntoIterator<Item = S>,
+        master: impl Into<String>,
+    ) -> RedisStoreBuilder {
+        Self::with_target(Target::Sentinel {
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            master: master.into(),
+            password: None,
+            db: 0,
+        })
+    }
+
     fn with_target(target: Target) -> RedisStoreBuilder {
+        // A sentinel set fails over to a replica by design: every invalidation waits for
+        // one. Elsewhere only a primary that lists a replica is waited on.
+        let durability = match target {
+            Target::Sentinel { .. } => Durability::Required {
+                replicas: 1,
+                timeout: durable::DEFAULT_TIMEOUT,
+            },
+            _ => Durability::default(),
+        };
         RedisStoreBuilder {
             target,
             deadline: Duration::from_millis(50),
             scan_deadline: Duration::from_secs(2),
             connect_timeout: Duration::from_millis(250),
             near: None,
+            fleet: Some(DEFAULT_FLEET_LEASE),
+            durability,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+
+    /// A handle on `inner` for requests.
+    pub(crate) fn from_inner(inner: Arc<Inner>) -> RedisStore {
+        RedisStore {
+            inner,
+            lane: Lane::Data,
+            waits: true,
+        }
+    }
+
+    /// The connection this handle's calls go through.
+    pub(crate) fn connection(&self) -> &Connection {
+        match self.lane {
+            Lane::Data => &self.inner.connection,
+            Lane::Invalidations => &self.inner.invalidations,
         }
     }
 
@@ -321,19 +580,17 @@ impl RedisStore {
         Ok(ids.join(","))
     }
 
-    /// [`Store::get`] without the box (the fallback store awaits it directly).
-    pub(crate) async fn get_variants(
+    /// One Redis call on the request path under the store's deadline; a `WRONGTYPE` (a
+    /// foreign value under the entry key) removes it and reads as `Ok(None)`; other answers
+    /// that are no outage read as `Ok(None)` and touch nothing.
+    async fn read_call<T: redis::FromRedisValue>(
         &self,
-        key: StoreKey<'_>,
-    ) -> Result<Option<Variants>, StoreError> {
-        let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
-        let field = field(key.variant);
-        let ticket = self.inner.near.as_ref().map(Near::ticket);
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(&entry_key).arg(&field);
+        entry_key: &str,
+        cmd: redis::Cmd,
+    ) -> Result<Option<T>, StoreError> {
         let reply = tokio::time::timeout(self.inner.deadline, async {
-            let mut connection = self.inner.connection.connected().await?;
-            cmd.query_async::<Option<Vec<u8>>>(&mut connection).await
+            let mut connection = self.connection().connected().await?;
+            cmd.query_async::<T>(&mut connection).await
         })
         .await
         .map_err(|_| {
@@ -342,13 +599,13 @@ impl RedisStore {
                 format!("{:?}", self.inner.deadline),
             )
         })?;
-        let raw = match reply {
-            Ok(raw) => raw,
+        match reply {
+            Ok(reply) => Ok(Some(reply)),
             Err(error) if error.code() == Some("WRONGTYPE") => {
                 // Something that is not our hash sits under our key: remove it.
                 tracing::warn!(key = %entry_key, %error, "unexpected value under a cache key; deleting it");
-                self.delete_later(redis::cmd("UNLINK").arg(&entry_key).clone());
-                return Ok(None);
+                self.delete_later(redis::cmd("UNLINK").arg(entry_key).clone());
+                Ok(None)
             }
             Err(error) => {
                 let error = classify(error);
@@ -356,26 +613,165 @@ impl RedisStore {
                     // BUSY, LOADING, NOPERM, a lost connection: an outage, not bad data.
                     return Err(error);
                 }
-                // Some other answer: read as a miss, and touch nothing.
                 tracing::warn!(key = %entry_key, %error, "Redis refused a cache read; reading it as a miss");
-                return Ok(None);
-            }
-        };
-        let Some(raw) = raw else { return Ok(None) };
-        // Taking the reply's buffer, so the entries can share it.
-        match (self.inner.memo).decode(entry_key.as_bytes(), key.variant, bytes::Bytes::from(raw)) {
-            Ok(variants) => {
-                if let (Some(near), Some(ticket)) = (&self.inner.near, ticket) {
-                    near.fill(ticket, key, &variants);
-                }
-                Ok(Some(variants))
-            }
-            Err(error) => {
-                tracing::warn!(key = %entry_key, %error, "undecodable cache entry; deleting it");
-                self.delete_later(redis::cmd("HDEL").arg(&entry_key).arg(&field).clone());
                 Ok(None)
             }
         }
+    }
+
+    /// The variants of the index `index` read under `entry_key`, when it is one; anything
+    /// else there (an earlier version's value, junk) is removed and reads as none.
+    fn parse_index(&self, entry_key: &str, index_field: &str, raw: &[u8]) -> Option<Index> {
+        let index = Index::parse(raw);
+        if index.is_none() {
+            tracing::debug!(key = %entry_key, "not an index of this version; removing it");
+            self.delete_later(redis::cmd("HDEL").arg(entry_key).arg(index_field).clone());
+        }
+        index
+    }
+
+    /// Decode one `Vary` variant's value; bytes that do not decode are removed (a miss).
+    fn decode(
+        &self,
+        key: StoreKey<'_>,
+        entry_key: &str,
+        field: &str,
+        raw: Vec<u8>,
+    ) -> Option<Variants> {
+        let slot = key.variant ^ xxhash_rust::xxh3::xxh3_64(field.as_bytes());
+        // Taking the reply's buffer, so the entries can share it.
+        match self
+            .inner
+            .memo
+            .decode(entry_key.as_bytes(), slot, bytes::Bytes::from(raw))
+        {
+            Ok(variants) => Some(variants),
+            Err(error) => {
+                tracing::warn!(key = %entry_key, %error, "undecodable cache entry; deleting it");
+                self.delete_later(redis::cmd("HDEL").arg(entry_key).arg(field).clone());
+                None
+            }
+        }
+    }
+
+    /// [`Coordination::get_for`]: the one `Vary` variant that can answer a request of this
+    /// identity and these headers, read with the variant's index in one `HMGET` (see
+    /// `variants.rs`), and a second read when the index names other headers than expected.
+    pub(crate) async fn get_for_request(
+        &self,
+        key: StoreKey<'_>,
+        identity: &[u8],
+        headers: &http::HeaderMap,
+    ) -> Result<VariantRead, StoreError> {
+        let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
+        let index_field = index_field(key.variant);
+        let near_seen = self.inner.near.as_ref().map(Near::epoch_now);
+        let guessed = self.inner.vary_names.guess(&entry_key, key.variant);
+        let names: &[http::HeaderName] = guessed.as_deref().unwrap_or(&[]);
+        let mut sub = sub_id(identity, &crate::key::vary_values(names, headers));
+        let mut field = value_field(&index_field, &sub);
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&entry_key).arg(&index_field).arg(&field);
+        let Some((index, mut value)) = self
+            .read_call::<(Option<Vec<u8>>, Option<Vec<u8>>)>(&entry_key, cmd)
+            .await?
+        else {
+            return Ok(VariantRead::Missing);
+        };
+        let index = index.and_then(|raw| self.parse_index(&entry_key, &index_field, &raw));
+        if let Some(index) = &index {
+            if index.names[..] != *names {
+                self.inner
+                    .vary_names
+                    .learn(&entry_key, key.variant, &index.names);
+                sub = sub_id(identity, &crate::key::vary_values(&index.names, headers));
+                field = value_field(&index_field, &sub);
+                let mut cmd = redis::cmd("HGET");
+                cmd.arg(&entry_key).arg(&field);
+                value = self
+                    .read_call::<Option<Vec<u8>>>(&entry_key, cmd)
+                    .await?
+                    .flatten();
+            } else if guessed.is_none() && !names.is_empty() {
+                self.inner.vary_names.learn(&entry_key, key.variant, names);
+            }
+        }
+        let Some(variants) = value.and_then(|raw| self.decode(key, &entry_key, &field, raw)) else {
+            return Ok(match index {
+                Some(index) if !index.is_empty() => VariantRead::OtherVariants(index.names),
+                _ => VariantRead::Missing,
+            });
+        };
+        if index.as_ref().is_some_and(|index| index.wants_touch(&sub)) {
+            self.touch_later(entry_key.clone(), index_field, sub);
+        }
+        if let (Some(near), Some(seen)) = (&self.inner.near, near_seen) {
+            near.fill(seen, key, &variants);
+        }
+        Ok(VariantRead::Variants(variants, Source::Redis))
+    }
+
+    /// [`Store::get`] (no request to choose with): every `Vary` variant the index lists,
+    /// in a second read. The fallback store awaits it directly.
+    pub(crate) async fn get_variants(
+        &self,
+        key: StoreKey<'_>,
+    ) -> Result<Option<Variants>, StoreError> {
+        let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
+        let index_field = index_field(key.variant);
+        let near_seen = self.inner.near.as_ref().map(Near::epoch_now);
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(&entry_key).arg(&index_field);
+        let Some(Some(raw)) = self.read_call::<Option<Vec<u8>>>(&entry_key, cmd).await? else {
+            return Ok(None);
+        };
+        let Some(index) = self.parse_index(&entry_key, &index_field, &raw) else {
+            return Ok(None);
+        };
+        let fields: Vec<String> = index
+            .ids()
+            .map(|id| value_field(&index_field, id))
+            .collect();
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&entry_key).arg(&fields);
+        let Some(values) = self
+            .read_call::<Vec<Option<Vec<u8>>>>(&entry_key, cmd)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let variants: Vec<Arc<Entry>> = fields
+            .iter()
+            .zip(values)
+            .filter_map(|(field, raw)| self.decode(key, &entry_key, field, raw?))
+            .flat_map(|variants| variants.iter().cloned().collect::<Vec<_>>())
+            .collect();
+        if variants.is_empty() {
+            return Ok(None);
+        }
+        if let (Some(near), Some(seen)) = (&self.inner.near, near_seen) {
+            near.fill(seen, key, &variants);
+        }
+        Ok(Some(variants.into()))
+    }
+
+    /// Move a `Vary` variant to the front of its index, off the response path.
+    fn touch_later(&self, entry_key: String, index_field: String, sub: String) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut invocation = store.inner.touch_script.prepare_invoke();
+            invocation.key(&entry_key).arg(&index_field).arg(&sub);
+            let touched: Result<redis::Value, _> =
+                store.invoke(invocation, store.inner.deadline).await;
+            if let Err(error) = touched {
+                store
+                    .inner
+                    .background_failed("could not record a read of a cache entry", &error);
+            }
+        });
     }
 
     fn delete_later(&self, cmd: redis::Cmd) {
@@ -396,100 +792,103 @@ impl RedisStore {
         entry: Arc<Entry>,
         token: u64,
     ) -> Result<bool, StoreError> {
-        // Keep the other `Vary` variants of this URL.
-        let mut variants: Vec<Arc<Entry>> = match self.get_variants(key).await? {
-            Some(existing) => existing
-                .iter()
-                .filter(|e| !e.same_variant(&entry))
-                .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
-        if variants.len() >= MAX_VARY_VARIANTS {
-            variants.remove(0);
+        let value = encode_value(&entry, token_generation(token));
+        let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
+        if value.len() > self.inner.max_value_bytes {
+            // A value that large would ride the request deadline of every read.
+            tracing::debug!(key = %entry_key, bytes = value.len(), "not stored in Redis: larger than max_value_bytes");
+            self.inner.refused_large.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
         }
-        let ttl_ms = variants
-            .iter()
-            .chain(std::iter::once(&entry))
-            .map(|e| e.retention().as_millis().clamp(1, u128::from(MAX_TTL_MS)) as u64)
-            .max()
-            .unwrap_or(1);
+        let ttl_ms = entry
+            .retention()
+            .as_millis()
+            .clamp(1, u128::from(MAX_TTL_MS)) as u64;
         let layout = self.inner.layout;
         let tags: Vec<String> = entry
             .tags()
             .iter()
             .map(|t| layout.tag_key(key.namespace, key.logical, t))
             .collect();
-        variants.push(entry.clone());
-        let value = encode_value(&variants, token_generation(token));
-        let entry_key = layout.entry_key(key.namespace, key.logical);
+        let index_field = index_field(key.variant);
+        let sub = sub_id(entry.identity(), &entry.vary().values);
         let (secret_key, secret_slot) = layout.secret_key(key.logical);
-        let secret = self.inner.secrets.get(secret_slot);
-        let counters = layout.write_counter_keys(key.namespace, key.logical, secret.as_ref());
-        let mut invocation = self.inner.put_script.prepare_invoke();
-        invocation
-            .key(&entry_key)
-            .key(layout.expiry_key(key.namespace, key.logical));
-        for counter in &counters {
-            invocation.key(counter);
-        }
-        let epoch = match layout {
-            Layout::Single => {
-                invocation.key(EPOCH);
-                token_epoch(token).to_string()
+        // A process meets a bucket's secret at its first write there (on a cluster each
+        // slot group has its own, read with nothing else): refused once for not knowing it,
+        // the write is sent again with it. The token is checked as before.
+        let near_seen = self.inner.near.as_ref().map(Near::epoch_now);
+        let mut attempts = 0;
+        let stored = loop {
+            attempts += 1;
+            let secret = self.inner.secrets.get(secret_slot);
+            let counters = layout.write_counter_keys(key.namespace, key.logical, secret.as_ref());
+            let mut invocation = self.inner.put_script.prepare_invoke();
+            invocation
+                .key(&entry_key)
+                .key(layout.expiry_key(key.namespace, key.logical));
+            for counter in &counters {
+                invocation.key(counter);
             }
-            Layout::Cluster => String::new(),
-        };
-        invocation.key(&secret_key);
-        for tag in &tags {
-            invocation.key(tag);
-        }
-        invocation
-            .arg(field(key.variant))
-            .arg(value.as_ref())
-            .arg(ttl_ms)
-            .arg(token_generation(token))
-            .arg(epoch)
-            .arg(counters.len())
-            .arg(PRUNE_PER_WRITE)
-            .arg(secret.as_ref().map_or("", |s| s.as_str()));
-        let ticket = self.inner.near.as_ref().map(Near::ticket);
-        let stored = match self
-            .invoke::<redis::Value>(invocation, self.inner.deadline)
-            .await?
-        {
-            redis::Value::Int(stored) => stored != 0,
-            redis::Value::BulkString(current) => {
-                // Chosen with a secret Redis does not hold: refused; the next write knows.
-                let current = String::from_utf8_lossy(&current);
-                self.inner.secrets.learn(secret_slot, &current);
-                tracing::debug!(key = %entry_key, "not stored: the bucket secret changed");
-                return Ok(false);
+            let epoch = match layout {
+                Layout::Single => {
+                    invocation.key(EPOCH);
+                    token_epoch(token).to_string()
+                }
+                Layout::Cluster => String::new(),
+            };
+            invocation.key(&secret_key);
+            for tag in &tags {
+                invocation.key(tag);
             }
-            other => {
-                return Err(StoreError::new(
-                    "unexpected reply of the write script",
-                    format!("{other:?}"),
-                ))
+            invocation
+                .arg(&index_field)
+                .arg(value.as_ref())
+                .arg(ttl_ms)
+                .arg(token_generation(token))
+                .arg(epoch)
+                .arg(counters.len())
+                .arg(PRUNE_PER_WRITE)
+                .arg(secret.as_ref().map_or("", |s| s.as_str()))
+                .arg(&sub)
+                .arg(names_text(&entry.vary().names))
+                .arg(MAX_VARY_VARIANTS);
+            // A write runs off the response path; a large value gets time to travel (10 ms
+            // per MiB on top of the deadline, about 100 MB/s) instead of counting as an
+            // outage.
+            let deadline =
+                self.inner.deadline + Duration::from_millis(10 * (value.len() >> 20) as u64);
+            match self.invoke::<redis::Value>(invocation, deadline).await? {
+                redis::Value::Int(stored) => break stored != 0,
+                redis::Value::BulkString(current) => {
+                    // Chosen with a secret Redis does not hold: refused; learnt now.
+                    let current = String::from_utf8_lossy(&current);
+                    self.inner.secrets.learn(secret_slot, &current);
+                    if attempts < 2 {
+                        continue;
+                    }
+                    tracing::debug!(key = %entry_key, "not stored: the bucket secret changed");
+                    return Ok(false);
+                }
+                other => {
+                    return Err(StoreError::new(
+                        "unexpected reply of the write script",
+                        format!("{other:?}"),
+                    ))
+                }
             }
         };
         if !stored {
             tracing::debug!(key = %entry_key, "not stored: an invalidation happened while it was fetched");
-        } else if let (Some(near), Some(ticket)) = (&self.inner.near, ticket) {
-            near.fill_entries(ticket, key, std::slice::from_ref(&entry));
+        } else {
+            self.inner
+                .vary_names
+                .learn(&entry_key, key.variant, &entry.vary().names);
+            if let (Some(near), Some(seen)) = (&self.inner.near, near_seen) {
+                near.fill_entries(seen, key, std::slice::from_ref(&entry));
+            }
         }
         Ok(stored)
     }
-}
-
-/// The hash field of a variant: 16 lowercase hex digits (by hand: it is on every hit).
-fn field(variant: u64) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits: Vec<u8> = (0..16)
-        .rev()
-        .map(|i| HEX[((variant >> (i * 4)) & 0xf) as usize])
-        .collect();
-    String::from_utf8(digits).expect("hex digits are ASCII")
 }
 
 fn rand_u64() -> u64 {
@@ -540,7 +939,10 @@ impl Store for RedisStore {
     }
 
     fn stats(&self) -> StoreStats {
-        self.near_stats(StoreStats::default())
+        self.near_stats(StoreStats {
+            admissions_refused: self.inner.refused_large.load(Ordering::Relaxed),
+            ..StoreStats::default()
+        })
     }
 
     fn coordination(&self) -> Option<&dyn Coordination> {
@@ -549,6 +951,15 @@ impl Store for RedisStore {
 }
 
 impl Coordination for RedisStore {
+    fn get_for<'a>(
+        &'a self,
+        key: StoreKey<'a>,
+        identity: &'a [u8],
+        headers: &'a http::HeaderMap,
+    ) -> StoreFuture<'a, VariantRead> {
+        Box::pin(self.get_for_request(key, identity, headers))
+    }
+
     fn put_checked<'a>(
         &'a self,
         key: StoreKey<'a>,
@@ -562,9 +973,9 @@ impl Coordination for RedisStore {
         self.inner.generation.load(Ordering::Relaxed)
     }
 
-    fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> bool {
+    fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> Option<Source> {
         // Only the near cache answers at once; anything else asks Redis.
-        self.near_read_now(key, read)
+        self.near_read_now(key, read).then_some(Source::Near)
     }
 
     fn checks_remote_invalidations(&self) -> bool {
@@ -589,6 +1000,20 @@ impl Coordination for RedisStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(listener);
     }
+
+    fn fleet_turn<'a>(
+        &'a self,
+        namespace: &'a str,
+        logical: &'a str,
+        flight: &'a [u8],
+    ) -> StoreFuture<'a, FleetTurn> {
+        Box::pin(self.take_fleet_turn(namespace, logical, flight))
+    }
+
+    fn end_fleet_turn(&self, lease: FleetLease, end: FleetEnd) {
+        let pass = self.inner.fleet.map_or(DEFAULT_FLEET_LEASE, |f| f.lease);
+        self.hand_back_fleet_turn(lease, end, pass);
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -606,9 +1031,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fields_are_sixteen_hex_digits() {
-        assert_eq!(field(0), "0000000000000000");
-        assert_eq!(field(0xdead_beef), "00000000deadbeef");
-        assert_eq!(field(u64::MAX), "ffffffffffffffff");
+    fn index_fields_are_sixteen_hex_digits() {
+        assert_eq!(index_field(0), "0000000000000000");
+        assert_eq!(index_field(0xdead_beef), "00000000deadbeef");
+        assert_eq!(index_field(u64::MAX), "ffffffffffffffff");
     }
 }

@@ -72,7 +72,8 @@
 //! its own byte budget and the memory store's eviction and admission policy (it is a
 //! [`MemoryStore`]: S3-FIFO with TinyLFU admission, `store::policy`); a hit counts a use
 //! there as any read of a memory store does. Used by the HTTP
-//! layer's, the gRPC layer's and typed reads' hits (through `Coordination::read_now`).
+//! layer's, the gRPC layer's, `Range` requests' and typed reads' hits (through
+//! `Coordination::read_now`, which says it answered: each says `detail=l1`).
 //!
 //! On a Redis Cluster every name the processes meet at shares the slot of the hash tag
 //! `{tower-response-cache}`, and they use sharded pub/sub: one primary executes every
@@ -115,9 +116,10 @@ pub(crate) struct Near {
     redis_hits: AtomicU64,
 }
 
-/// Taken before a Redis read; a fill with it is refused when the near cache changed since.
+/// The near cache's epoch, taken before a Redis read: a fill with it is refused when the
+/// near cache changed since (an invalidation, a lost subscription).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Ticket(u64);
+pub(crate) struct Epoch(u64);
 
 impl Near {
     /// A near cache for the process whose channel is `channel` (named after `origin`).
@@ -153,21 +155,21 @@ impl Near {
         })
     }
 
-    pub(crate) fn ticket(&self) -> Ticket {
-        Ticket(self.epoch.load(Ordering::Acquire))
+    pub(crate) fn epoch_now(&self) -> Epoch {
+        Epoch(self.epoch.load(Ordering::Acquire))
     }
 
-    /// Keep what Redis answered for `key`, unless the near cache changed since `ticket`.
-    pub(crate) fn fill(&self, ticket: Ticket, key: StoreKey<'_>, variants: &[Arc<Entry>]) {
+    /// Keep what Redis answered for `key`, unless the near cache changed since `seen` (taken before the read).
+    pub(crate) fn fill(&self, seen: Epoch, key: StoreKey<'_>, variants: &[Arc<Entry>]) {
         self.redis_hits.fetch_add(1, Ordering::Relaxed);
-        self.fill_entries(ticket, key, variants);
+        self.fill_entries(seen, key, variants);
     }
 
     /// Keep `entries` (just written to Redis, or read from it) unless the near cache changed
-    /// since `ticket`.
-    pub(crate) fn fill_entries(&self, ticket: Ticket, key: StoreKey<'_>, entries: &[Arc<Entry>]) {
+    /// since `seen`.
+    pub(crate) fn fill_entries(&self, seen: Epoch, key: StoreKey<'_>, entries: &[Arc<Entry>]) {
         let _applying = self.apply.lock().unwrap_or_else(|e| e.into_inner());
-        if self.epoch.load(Ordering::Acquire) != ticket.0 {
+        if self.epoch.load(Ordering::Acquire) != seen.0 {
             return;
         }
         for entry in entries {
@@ -341,7 +343,7 @@ pub(crate) async fn heartbeat(store: Weak<Inner>) {
     loop {
         ticker.tick().await;
         let Some(inner) = store.upgrade() else { return };
-        let store = RedisStore { inner };
+        let store = RedisStore::from_inner(inner);
         let Some(near) = store.inner.near.as_ref() else {
             return;
         };
@@ -400,13 +402,13 @@ mod tests {
     #[test]
     fn a_read_from_before_an_applied_invalidation_is_not_kept() {
         let near = leased();
-        let ticket = near.ticket();
+        let seen = near.epoch_now();
         // Heard while the read was on its way: the read's value may predate it.
         near.apply("ns", &Invalidation::Pattern("/other".into()));
-        near.fill(ticket, KEY, &[entry()]);
+        near.fill(seen, KEY, &[entry()]);
         assert!(!holds(&near));
         // A read after it is kept.
-        near.fill(near.ticket(), KEY, &[entry()]);
+        near.fill(near.epoch_now(), KEY, &[entry()]);
         assert!(holds(&near));
         // And a later invalidation removes it.
         near.apply("ns", &Invalidation::Pattern("/a".into()));
@@ -420,15 +422,15 @@ mod tests {
             1 << 20,
             "p:0000000000000001".into(),
         );
-        near.fill(near.ticket(), KEY, &[entry()]);
+        near.fill(near.epoch_now(), KEY, &[entry()]);
         assert!(!holds(&near), "no lease yet");
         let seq = near.lease.sending();
         near.lease.renew(seq);
         assert!(holds(&near));
-        let ticket = near.ticket();
+        let seen = near.epoch_now();
         near.reset();
         assert!(!holds(&near));
-        near.fill(ticket, KEY, &[entry()]);
+        near.fill(seen, KEY, &[entry()]);
         let seq = near.lease.sending();
         near.lease.renew(seq);
         assert!(!holds(&near), "a fill from before the reset");

@@ -101,7 +101,7 @@ impl Secrets {
 }
 
 /// SipHash-2-4 of `message` under `keys` (Aumasson and Bernstein, 2012).
-fn siphash24((k0, k1): (u64, u64), message: &[u8]) -> u64 {
+pub(super) fn siphash24((k0, k1): (u64, u64), message: &[u8]) -> u64 {
     let mut v = [
         k0 ^ 0x736f_6d65_7073_6575,
         k1 ^ 0x646f_7261_6e64_6f6d,

@@ -5,7 +5,7 @@
 //! never stored after it) and rewrites the mark of every value of every matching entry hash
 //! to its generation and time, in a script on the Redis side that walks the hash in
 //! bounded batches (`HSCAN`, see `scripts.rs`: a query flood can give one key tens of
-//! thousands of variants, and one script over all of them would stall Redis). A read (still one `HGET`)
+//! thousands of variants, and one script over all of them would stall Redis). A read (the same `HMGET`)
 //! serves a value whose mark is above the generation it was fetched under as expired at the
 //! mark's time: stale, within its stale-while-revalidate window, while one request refreshes
 //! it. The refresh is fetched after the mark and stored unmarked, so it reads as fresh.

@@ -119,6 +119,7 @@ async fn sync_here(config: &Config, cache: CacheHandle, guid: String) -> ExitCod
     let state = AppState {
         db: db::Db::new(path, 1),
         cache: Some(cache),
+        purge_token: None,
     };
     let report = match run_sync(&state, guid.clone()).await {
         Ok(Some(report)) => report,

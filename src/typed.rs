@@ -1,9 +1,14 @@
 //! Typed values in the cache: [`CacheHandle::get_or_insert_with`] and its fallible and
 //! per-TTL twins. A value is stored as JSON under its key, in the same logical key space as
-//! responses (so `invalidate("companies_*")` removes typed values too), and coalesced like
-//! an HTTP miss.
+//! responses (so `invalidate("companies_*")` removes typed values too). A typed read is an
+//! adapter of the one lookup loop (`engine::look`), beside HTTP and gRPC: coalesced like an
+//! HTTP miss in this process and, on Redis, across the fleet (one `init` per key for all
+//! the instances sharing it), and written with the one commit.
 
 use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,9 +17,12 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{CacheHandle, Found};
-use crate::coalesce::{Outcome, Share, Turn};
+use crate::coalesce::Share;
+use crate::engine::{self, Fetching, Lookup, Weighed};
 use crate::entry::Entry;
+use crate::fill::{Fill, FillBody};
+use crate::handle::{CacheHandle, Found};
+use crate::headers::{Forward, Waited};
 use crate::key::Variant;
 use crate::stats::bump;
 
@@ -82,86 +90,106 @@ impl CacheHandle {
         self.load(key, Some(ttl), init).await
     }
 
-    /// The typed read: `ttl` `None` is the handle's.
+    /// The typed read: `ttl` `None` is the handle's. The lookup loop is the one every
+    /// read goes through (`engine::look`): a hit answers, a follower waits for its
+    /// leader's value (in this process, or across the fleet), the leader computes and
+    /// commits.
     async fn load<T, E, F>(&self, key: &str, ttl: Option<Duration>, init: F) -> Result<T, E>
     where
         T: Serialize + DeserializeOwned,
         F: Future<Output = Result<T, E>>,
     {
-        let logical = crate::key::bound(key.into()).into_owned();
-        let empty = HeaderMap::new();
-        // Typed values have no request inputs besides their key.
-        let variant = Variant {
-            hash: 0,
-            identity: Bytes::new(),
+        let read = TypedRead {
+            handle: self,
+            logical: crate::key::bound(key.into()).into_owned(),
+            // Typed values have no request inputs besides their key.
+            variant: Variant {
+                hash: 0,
+                identity: Bytes::new(),
+            },
+            headers: HeaderMap::new(),
+            value: PhantomData,
         };
-        // Whether this read already looked again for an entry a flight stored meanwhile
-        // (see `engine::look`).
-        let mut looked_again = false;
-        loop {
-            let stored_before = self.flights().stored_count(&logical);
-            if let Found::Hit(entry) = self.lookup(&logical, &variant, &empty).await {
-                if let Ok(value) = serde_json::from_slice(entry.body()) {
-                    bump!(self.shared.counters, hits);
-                    return Ok(value);
-                }
-                tracing::warn!(key = %logical, "cached value does not decode as the requested type; recomputing");
+        let Fetching {
+            visit: read,
+            leader,
+            ..
+        } = match engine::look(self, read, false).await {
+            ControlFlow::Break(value) => return Ok(value),
+            ControlFlow::Continue(fetching) => fetching,
+        };
+        // A miss counts once, when it computes (a follower that then reads the stored
+        // value is a hit), as for HTTP.
+        bump!(self.shared().counters, misses);
+        let ticket = self.ticket(leader.as_ref()).await;
+        let value = match init.await {
+            Ok(value) => value,
+            Err(error) => {
+                // Given up, not unstorable: a waiting caller runs its own loader, and no
+                // `pass` mark keeps the fleet's other callers from coalescing.
+                drop(leader);
+                return Err(error);
             }
-            match self
-                .take_turn(&logical, &variant.identity, |_| Share::WaitForEntry)
-                .await
-            {
-                Turn::LookAgain | Turn::Read(_) | Turn::OtherVariant(_) => continue,
-                Turn::FetchAlone => {
-                    // A miss counts once, when it computes (a follower that then reads the
-                    // stored value is a hit), as for HTTP.
-                    bump!(self.shared.counters, misses);
-                    return init.await;
-                }
-                Turn::Lead(leader) => {
-                    let moved = self.flights().stored_count(&logical) != stored_before;
-                    if moved && !looked_again {
-                        // Step aside (abandoned) and look again, as `engine::look` does.
-                        looked_again = true;
-                        drop(leader);
-                        continue;
-                    }
-                    bump!(self.shared.counters, misses);
-                    let ticket = self.ticket(Some(&leader)).await;
-                    let value = match init.await {
-                        Ok(value) => value,
-                        Err(error) => {
-                            leader.finish(Outcome::Uncacheable);
-                            return Err(error);
-                        }
-                    };
-                    let outcome = match serde_json::to_vec(&value) {
-                        Ok(json) => {
-                            let mut headers = HeaderMap::new();
-                            headers
-                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                            let entry = Entry::new(
-                                StatusCode::OK,
-                                headers,
-                                Bytes::from(json),
-                                ttl.unwrap_or(self.shared.ttl),
-                            );
-                            if self.commit(&logical, 0, ticket, entry).await {
-                                Outcome::Stored
-                            } else {
-                                Outcome::Uncacheable
-                            }
-                        }
-                        Err(error) => {
-                            tracing::warn!(key = %logical, %error, "value could not be serialised; not cached");
-                            Outcome::Uncacheable
-                        }
-                    };
-                    leader.finish(outcome);
-                    return Ok(value);
-                }
+        };
+        match serde_json::to_vec(&value) {
+            Ok(json) => {
+                let mut headers = HeaderMap::new();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                let ttl = ttl.unwrap_or(self.ttl());
+                let entry = Entry::new(StatusCode::OK, headers, Bytes::from(json), ttl);
+                self.commit(&read.logical, 0, ticket, entry, leader).await;
+            }
+            Err(error) => {
+                tracing::warn!(key = %read.logical, %error, "value could not be serialised; not cached");
+                engine::release(leader);
             }
         }
+        Ok(value)
+    }
+}
+
+/// A typed read in the lookup loop: its key, and what a stored entry means to it (a value
+/// of type `T`, when the entry is fresh and decodes as one).
+struct TypedRead<'h, T> {
+    handle: &'h CacheHandle,
+    logical: String,
+    variant: Variant,
+    headers: HeaderMap,
+    value: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Lookup<T> for TypedRead<'_, T> {
+    fn key(&self) -> (&str, &Variant, &HeaderMap) {
+        (&self.logical, &self.variant, &self.headers)
+    }
+
+    /// Only a fresh entry that decodes as `T` answers; anything else is computed anew.
+    fn weigh(self, found: Option<Found>, _waited: Waited) -> Weighed<Self, T> {
+        let forward = match found {
+            Some(Found::Hit(entry, _)) => match serde_json::from_slice(entry.body()) {
+                Ok(value) => {
+                    bump!(self.handle.shared().counters, hits);
+                    return ControlFlow::Break(value);
+                }
+                Err(_) => {
+                    tracing::warn!(key = %self.logical, "cached value does not decode as the requested type; recomputing");
+                    Forward::UriMiss
+                }
+            },
+            Some(Found::Stale(..)) => Forward::Stale,
+            Some(Found::VaryMiss(_)) => Forward::VaryMiss,
+            Some(Found::UriMiss) | None => Forward::UriMiss,
+        };
+        ControlFlow::Continue((self, forward))
+    }
+
+    /// A value is read once stored, never as it is computed.
+    fn share(_: &Arc<Fill>, _: &HeaderMap) -> Share {
+        Share::WaitForEntry
+    }
+
+    fn read_shared(self, _: FillBody, forward: Forward, _: bool) -> Weighed<Self, T> {
+        ControlFlow::Continue((self, forward))
     }
 }
 

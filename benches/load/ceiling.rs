@@ -138,7 +138,7 @@ mod redis_routes {
             .arg(3600)
             .query_async(&mut connection)
             .await?;
-        let cache = config.build().await;
+        let cache = config.build().await.map_err(|e| e.to_string())?;
         if cache.backend() != Backend::Redis {
             return Err(format!(
                 "the Redis-backed cache is on {} at start: is Redis at {url} up?",

@@ -1,0 +1,229 @@
+//! The engine's side of fleet-wide single flight: a request that leads its key's flight in
+//! this process asks the store whose turn it is across the fleet, and either fetches
+//! (holding the flight's lease until its flight ends) or waits for the fetching process's
+//! entry and answers from it. The store's side, and why it never serves what an
+//! invalidation removed, is in `store/redis/fleet.rs`.
+
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use http::HeaderMap;
+
+use crate::coalesce::{Leader, Outcome};
+use crate::engine::{release, Lookup};
+use crate::handle::{CacheHandle, Found};
+use crate::headers::{Forward, Waited};
+use crate::key::Variant;
+use crate::stats::bump;
+use crate::store::{Coordination, FleetEnd, FleetLease, FleetTurn};
+
+/// The longest pause between two looks for another process's entry.
+const MAX_PAUSE: Duration = Duration::from_millis(10);
+/// The same for a background refresh waiting for another process's: nobody waits for it
+/// (the stale copy answers), so it asks Redis less often.
+const MAX_REFRESH_PAUSE: Duration = Duration::from_millis(50);
+
+/// What a leader of this process's flight does next: answer (another process's entry came),
+/// or fetch, leading (with the fleet's lease when it holds it) or alone.
+pub(crate) type Next<V, A> = ControlFlow<A, (V, Forward, Option<Leader>)>;
+
+/// Take this process's leader's turn in the fleet: fetch when no other process is fetching
+/// the key; otherwise wait (at most the coalesce timeout) for its entry.
+pub(crate) async fn take_turn<A, V: Lookup<A>>(
+    handle: &CacheHandle,
+    visit: V,
+    forward: Forward,
+    mut leader: Leader,
+    flight: &[u8],
+) -> Next<V, A> {
+    let store = &handle.shared().store;
+    let Some(coordination) = store.coordination() else {
+        return ControlFlow::Continue((visit, forward, Some(leader)));
+    };
+    let counters = &handle.shared().counters;
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    let mut followed = false;
+    loop {
+        let (logical, variant, headers) = visit.key();
+        match ask(handle, coordination, &mut leader, logical, flight).await {
+            Asked::Lead => {
+                if !followed {
+                    return ControlFlow::Continue((visit, forward, Some(leader)));
+                }
+                bump!(counters, fleet_takeovers);
+                // The last leader may have stored its entry just before it let go.
+                let found = handle.lookup(logical, variant, headers).await;
+                return answer_or_lead(visit, forward, leader, found);
+            }
+            // Another process's answer could not be stored: so would this one's be, most
+            // likely; this process's followers fetch alone too.
+            Asked::Pass => {
+                release(Some(leader));
+                return ControlFlow::Continue((visit, forward, None));
+            }
+            Asked::Follow => {}
+        }
+        if !followed {
+            followed = true;
+            bump!(counters, fleet_followers);
+        }
+        let waited = started.elapsed();
+        if waited >= handle.coalesce_timeout() {
+            bump!(counters, fleet_timeouts);
+            return ControlFlow::Continue((visit, forward, Some(leader)));
+        }
+        tokio::time::sleep(pause.min(handle.coalesce_timeout() - waited)).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+        let (logical, variant, headers) = visit.key();
+        let found = handle.lookup(logical, variant, headers).await;
+        if matches!(found, Found::Hit(..)) {
+            return answer_or_lead(visit, forward, leader, found);
+        }
+    }
+}
+
+/// A fresh entry answers (and this process's followers look it up); anything else is
+/// fetched by this leader.
+fn answer_or_lead<A, V: Lookup<A>>(
+    visit: V,
+    forward: Forward,
+    leader: Leader,
+    found: Found,
+) -> Next<V, A> {
+    if !matches!(found, Found::Hit(..)) {
+        return ControlFlow::Continue((visit, forward, Some(leader)));
+    }
+    match visit.weigh(Some(found), Waited::Fleet) {
+        ControlFlow::Break(response) => {
+            leader.finish(Outcome::Stored);
+            ControlFlow::Break(response)
+        }
+        // The request wants more than a hit gives (its own directives): it fetches.
+        ControlFlow::Continue((visit, forward)) => {
+            ControlFlow::Continue((visit, forward, Some(leader)))
+        }
+    }
+}
+
+/// What a background refresh does (see [`refresh_turn`]).
+pub(crate) enum Refresh {
+    /// Refresh the key: no other process is (this one holds the fleet's lease, when the
+    /// store has one).
+    Fetch,
+    /// Another process's refresh is stored (`true`), or the coalesce timeout passed while
+    /// it ran (`false`): nothing to fetch.
+    Done(bool),
+}
+
+/// A background refresh's turn in the fleet (stale-while-revalidate, a soft purge): fetch
+/// when no other process is refreshing the key, holding the fleet's lease until `leader`'s
+/// flight ends; otherwise wait (in the background: the stale copy answers meanwhile) for
+/// that process's refresh, taking over when its lease runs out first. This process's
+/// flight stays up meanwhile, so its stale hits start no refresh of their own.
+pub(crate) async fn refresh_turn(
+    handle: &CacheHandle,
+    leader: &mut Leader,
+    (logical, variant, headers): (&str, &Variant, &HeaderMap),
+    flight: &[u8],
+) -> Refresh {
+    let Some(coordination) = handle.shared().store.coordination() else {
+        return Refresh::Fetch;
+    };
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(1);
+    let fresh = || async {
+        matches!(
+            handle.lookup(logical, variant, headers).await,
+            Found::Hit(..)
+        )
+    };
+    loop {
+        match ask(handle, coordination, leader, logical, flight).await {
+            Asked::Lead => {
+                // The last refresher may have stored its entry since this process read
+                // the stale copy, and let go (the lease goes back when the leader's flight
+                // ends, stored: `hold`): then there is nothing to refresh.
+                if fresh().await {
+                    return Refresh::Done(true);
+                }
+                return Refresh::Fetch;
+            }
+            // Another process's answer could not be stored: refresh here, as a miss would.
+            Asked::Pass => return Refresh::Fetch,
+            Asked::Follow => {}
+        }
+        let waited = started.elapsed();
+        if waited >= handle.coalesce_timeout() {
+            return Refresh::Done(false);
+        }
+        tokio::time::sleep(pause.min(handle.coalesce_timeout() - waited)).await;
+        pause = (pause * 2).min(MAX_REFRESH_PAUSE);
+        if fresh().await {
+            return Refresh::Done(true);
+        }
+    }
+}
+
+/// What the store said of this process's turn (see [`ask`]).
+enum Asked {
+    /// Fetch (holding the lease, when the store gave one).
+    Lead,
+    /// Another process's answer could not be stored.
+    Pass,
+    /// Another process is fetching.
+    Follow,
+}
+
+/// Ask the store whose turn `flight` is across the fleet; a lease this process takes is
+/// handed back when `leader`'s flight ends or is forgotten ([`hold`]). A store that does
+/// not answer reads as a lead without a lease: each process fetches alone rather than wait
+/// on an unanswered Redis.
+async fn ask(
+    handle: &CacheHandle,
+    coordination: &dyn Coordination,
+    leader: &mut Leader,
+    logical: &str,
+    flight: &[u8],
+) -> Asked {
+    let turn = coordination
+        .fleet_turn(handle.namespace(), logical, flight)
+        .await
+        .unwrap_or(FleetTurn::Lead(None));
+    match turn {
+        FleetTurn::Lead(lease) => {
+            if let Some(lease) = lease {
+                hold(handle, leader, lease);
+            }
+            Asked::Lead
+        }
+        FleetTurn::Pass => Asked::Pass,
+        FleetTurn::Follow => Asked::Follow,
+    }
+}
+
+/// Hand the fleet's lease back when `leader`'s flight ends (stored, unstorable, or given up)
+/// or an invalidation forgets it.
+fn hold(handle: &CacheHandle, leader: &mut Leader, lease: FleetLease) {
+    // An invalidation that forgets the flight dooms its fetch (the write is refused): the
+    // lease goes back then, so no process waits for that fetch. The end's hand-back that
+    // follows finds another token, or none, and changes nothing.
+    let store = handle.shared().store.clone();
+    let forgotten = lease.clone();
+    leader.on_forget(move || {
+        if let Some(coordination) = store.coordination() {
+            coordination.end_fleet_turn(forgotten, FleetEnd::Abandoned);
+        }
+    });
+    let store = handle.shared().store.clone();
+    leader.on_end(move |outcome| {
+        let end = match outcome {
+            Outcome::Stored => FleetEnd::Stored,
+            Outcome::Uncacheable => FleetEnd::Unstorable,
+            _ => FleetEnd::Abandoned,
+        };
+        if let Some(coordination) = store.coordination() {
+            coordination.end_fleet_turn(lease, end);
+        }
+    });
+}
