@@ -166,7 +166,7 @@ pub use body::{BoxError, CacheBody};
 #[doc(inline)]
 pub use config::{CacheConfig, ConfigError};
 #[doc(inline)]
-pub use entry::{DecodeError, Entry};
+pub use entry::{DecodeError, Entry, StoredHeaders};
 #[doc(inline)]
 pub use future::ResponseFuture;
 #[cfg(feature = "grpc")]

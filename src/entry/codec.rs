@@ -4,13 +4,12 @@
 //! panic or an unbounded allocation.
 
 use std::fmt;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use super::{millis, Entry, Vary};
+use super::{millis, Entry, StoredHeaders, Template, Vary};
 
 const MAGIC: &[u8; 4] = b"TRC\x00";
 /// The format version; bytes of any other version read as a miss.
@@ -42,7 +41,7 @@ fn bad(reason: &'static str) -> DecodeError {
 impl Entry {
     /// Encode into the versioned byte format.
     pub fn encode(&self) -> Bytes {
-        let map_len = |m: &HeaderMap| {
+        let map_len = |m: StoredHeaders<'_>| {
             m.iter()
                 .map(|(n, v)| n.as_str().len() + v.len() + 8)
                 .sum::<usize>()
@@ -50,11 +49,14 @@ impl Entry {
         let estimate = 128
             + self.body.len()
             + self.identity.len()
-            + self.vary.values.len()
-            + self.vary.names.len() * 32
+            + self.vary().values.len()
+            + self.vary().names.len() * 32
             + self.tags.iter().map(|t| t.len() + 4).sum::<usize>()
-            + map_len(&self.headers)
-            + self.trailers.as_ref().map_or(0, map_len);
+            + map_len(self.headers())
+            + self
+                .trailers
+                .as_deref()
+                .map_or(0, |t| map_len(StoredHeaders::new(t, false)));
         let mut out = BytesMut::with_capacity(estimate);
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
@@ -65,23 +67,24 @@ impl Entry {
         out.put_u64(millis(self.stale_if_error));
         out.put_u64(millis(self.validation_window));
         put_bytes(&mut out, &self.identity);
-        out.put_u32(self.vary.names.len() as u32);
-        for name in &self.vary.names {
+        let vary = self.vary();
+        out.put_u32(vary.names.len() as u32);
+        for name in &vary.names {
             put_bytes(&mut out, name.as_str().as_bytes());
         }
-        put_bytes(&mut out, &self.vary.values);
+        put_bytes(&mut out, &vary.values);
         out.put_u32(self.tags.len() as u32);
         for tag in &self.tags {
             put_bytes(&mut out, tag.as_bytes());
         }
-        put_headers(&mut out, &self.headers);
+        put_headers(&mut out, self.headers());
         put_bytes(&mut out, &self.body);
         // A presence byte, then the trailers like the headers.
         match &self.trailers {
             None => out.put_u8(0),
             Some(trailers) => {
                 out.put_u8(1);
-                put_headers(&mut out, trailers);
+                put_headers(&mut out, StoredHeaders::new(trailers, false));
             }
         }
         out.freeze()
@@ -136,23 +139,31 @@ impl Entry {
             let tag = std::str::from_utf8(raw).map_err(|_| bad("tag is not UTF-8"))?;
             tags.push(tag.to_owned());
         }
-        let headers = get_headers(&mut buf, owner)?;
+        // Straight into the entry's one map: no map of the stored headers is built first.
+        let count = get_field_count(&mut buf)?;
+        let mut template = Template::with_capacity(count as usize);
+        for _ in 0..count {
+            let (name, value) = get_field(&mut buf, owner)?;
+            template.push(name, value);
+        }
         let body = share(owner, get_bytes(&mut buf)?);
-        if !length_agrees(&headers, body.len()) {
+        if !length_agrees(template.stored(), body.len()) {
             return Err(bad("Content-Length disagrees with the body"));
         }
         need(buf, 1)?;
         let trailers = match buf.get_u8() {
             0 => None,
-            1 => Some(get_headers(&mut buf, owner)?),
+            1 => Some(Box::new(get_headers(&mut buf, owner)?)),
             _ => return Err(bad("invalid trailers flag")),
         };
+        let (headers, length_added) = template.finish(status, body.len());
         if !buf.is_empty() {
             return Err(bad("trailing bytes"));
         }
-        Ok(Entry {
+        let entry = Entry {
             status,
             headers,
+            length_added,
             body,
             stored_at_ms,
             ttl,
@@ -163,14 +174,14 @@ impl Entry {
             invalidated: false,
             tags,
             identity,
-            vary: Vary {
-                names,
-                values: vary_values,
-            },
+            vary: None,
             trailers,
             usage: Default::default(),
-            answer_headers: OnceLock::new(),
-        })
+        };
+        Ok(entry.with_vary(Vary {
+            names,
+            values: vary_values,
+        }))
     }
 }
 
@@ -182,8 +193,8 @@ fn is_storable_status(status: StatusCode) -> bool {
 
 /// Whether a `Content-Length` (if any) is one value that says the body's length: an answer
 /// must never announce another length than the bytes it sends.
-fn length_agrees(headers: &HeaderMap, body_len: usize) -> bool {
-    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+fn length_agrees(headers: StoredHeaders<'_>, body_len: usize) -> bool {
+    let mut lengths = headers.get_all(&http::header::CONTENT_LENGTH);
     match (lengths.next(), lengths.next()) {
         (None, _) => true,
         (Some(length), None) => length.as_bytes() == body_len.to_string().as_bytes(),
@@ -196,9 +207,9 @@ fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
     out.put_slice(bytes);
 }
 
-fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
+fn put_headers(out: &mut BytesMut, headers: StoredHeaders<'_>) {
     out.put_u32(headers.len() as u32);
-    for (name, value) in headers {
+    for (name, value) in headers.iter() {
         put_bytes(out, name.as_str().as_bytes());
         put_bytes(out, value.as_bytes());
     }
@@ -216,14 +227,22 @@ fn get_headers(buf: &mut &[u8], owner: Option<&Bytes>) -> Result<HeaderMap, Deco
     let count = get_field_count(buf)?;
     let mut headers = HeaderMap::with_capacity(count as usize);
     for _ in 0..count {
-        let name = get_bytes(buf)?;
-        let value = get_bytes(buf)?;
-        let name = HeaderName::from_bytes(name).map_err(|_| bad("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(share(owner, value))
-            .map_err(|_| bad("invalid header value"))?;
+        let (name, value) = get_field(buf, owner)?;
         headers.append(name, value);
     }
     Ok(headers)
+}
+
+fn get_field(
+    buf: &mut &[u8],
+    owner: Option<&Bytes>,
+) -> Result<(HeaderName, HeaderValue), DecodeError> {
+    let name = get_bytes(buf)?;
+    let value = get_bytes(buf)?;
+    let name = HeaderName::from_bytes(name).map_err(|_| bad("invalid header name"))?;
+    let value = HeaderValue::from_maybe_shared(share(owner, value))
+        .map_err(|_| bad("invalid header value"))?;
+    Ok((name, value))
 }
 
 fn need(buf: &[u8], n: usize) -> Result<(), DecodeError> {

@@ -19,29 +19,43 @@
 //! ```
 
 use std::fmt;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AGE, CONTENT_LENGTH};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 
 use crate::clock;
-use crate::headers::{CACHE_STATUS, X_CACHE};
 use crate::store::policy::Usage;
 
 mod codec;
+mod stored_headers;
 
 pub use codec::DecodeError;
+pub use stored_headers::StoredHeaders;
+use stored_headers::Template;
 
 /// Fixed per-entry overhead counted against a memory budget: the struct itself behind its
-/// `Arc`, and the `Cache-Status` value a hit keeps (a store adds its own slot costs).
-const OVERHEAD_BYTES: usize = std::mem::size_of::<Entry>() + 16 + 64;
+/// `Arc` (a store adds its own slot costs).
+const OVERHEAD_BYTES: usize = std::mem::size_of::<Entry>() + 16;
+
+/// Heap bytes of one header name in a `HeaderMap` (a bucket: hash, name, value, links).
+pub(crate) const BUCKET_BYTES: usize = 104;
+/// Heap bytes of a second or later value of one name (value and two links).
+const EXTRA_VALUE_BYTES: usize = 72;
+/// Heap bytes of a slot of a `HeaderMap`'s index table (a position and a hash).
+const INDEX_BYTES: usize = 4;
+/// What the allocator keeps beside each heap block.
+const ALLOCATION_BYTES: usize = 16;
 
 /// A cached response: status, headers, body, when it was stored and for how long it is fresh.
 pub struct Entry {
     status: StatusCode,
+    /// The stored headers laid out as every full answer starts (see [`Template`]): one map
+    /// is both what was stored and what a hit clones, read as the former through
+    /// [`StoredHeaders`].
     headers: HeaderMap,
+    /// Whether the `Content-Length` in `headers` is the cache's (the response had none).
+    length_added: bool,
     body: Bytes,
     stored_at_ms: u64,
     ttl: Duration,
@@ -60,15 +74,20 @@ pub struct Entry {
     /// keyed headers; for gRPC the message): compared on every hit, so a hash collision
     /// of the store's index can never answer another request.
     identity: Bytes,
-    vary: Vary,
+    /// `None` for a response that varies on nothing (most): a `Vary` inline is 56 bytes.
+    vary: Option<Box<Vary>>,
     /// Trailers sent after the body (gRPC puts its status there); `None` for plain HTTP.
-    trailers: Option<HeaderMap>,
+    /// Boxed: most entries have none, and an empty `HeaderMap` inline is 96 bytes.
+    trailers: Option<Box<HeaderMap>>,
     /// Uses and the last read, for a memory store's eviction (see `store::policy`).
     usage: Usage,
-    /// What a full answer's headers start from; built at the first answer. See
-    /// [`answer_headers`](Entry::answer_headers).
-    answer_headers: OnceLock<HeaderMap>,
 }
+
+/// What an entry that varies on nothing reads as its [`Vary`].
+static NO_VARY: Vary = Vary {
+    names: Vec::new(),
+    values: Bytes::new(),
+};
 
 /// The request headers a response varies on and their values in the request that
 /// produced it (as [`key::vary_values`](crate::key::vary_values) writes them).
@@ -82,9 +101,13 @@ impl Entry {
     /// A new entry stored now, fresh for `ttl`.
     pub fn new(status: StatusCode, headers: HeaderMap, body: Bytes, ttl: Duration) -> Self {
         let now = clock::now_millis();
+        let mut template = Template::with_capacity(headers.len());
+        template.extend(headers);
+        let (headers, length_added) = template.finish(status, body.len());
         Entry {
             status,
             headers,
+            length_added,
             body,
             stored_at_ms: now,
             ttl,
@@ -94,10 +117,9 @@ impl Entry {
             invalidated: false,
             tags: Vec::new(),
             identity: Bytes::new(),
-            vary: Vary::default(),
+            vary: None,
             trailers: None,
             usage: Usage::default(),
-            answer_headers: OnceLock::new(),
         }
     }
 
@@ -118,7 +140,7 @@ impl Entry {
             .with_stale(self.stale_while_revalidate, self.stale_if_error)
             .with_validation_window(validation_window(ttl))
             .with_tags(self.tags.clone())
-            .with_vary(self.vary.clone())
+            .with_vary(self.vary().clone())
             .with_identity(self.identity.clone())
     }
 
@@ -153,12 +175,12 @@ impl Entry {
 
     /// Attach trailers, replayed after the body on a hit (a gRPC call's `grpc-status`).
     pub fn with_trailers(mut self, trailers: HeaderMap) -> Self {
-        self.trailers = Some(trailers);
+        self.trailers = Some(Box::new(trailers));
         self
     }
 
     pub(crate) fn with_vary(mut self, vary: Vary) -> Self {
-        self.vary = vary;
+        self.vary = (vary != NO_VARY).then(|| Box::new(vary));
         self
     }
 
@@ -174,7 +196,7 @@ impl Entry {
 
     /// Whether `other` answers exactly the requests this entry answers (then it replaces it).
     pub(crate) fn same_variant(&self, other: &Entry) -> bool {
-        self.identity == other.identity && self.vary == other.vary
+        self.identity == other.identity && self.vary() == other.vary()
     }
 
     /// The response status.
@@ -183,8 +205,8 @@ impl Entry {
     }
 
     /// The stored response headers (without the cache's own headers).
-    pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+    pub fn headers(&self) -> StoredHeaders<'_> {
+        StoredHeaders::new(&self.headers, self.length_added)
     }
 
     /// The response body.
@@ -194,7 +216,7 @@ impl Entry {
 
     /// The trailers sent after the body, if the response had any.
     pub fn trailers(&self) -> Option<&HeaderMap> {
-        self.trailers.as_ref()
+        self.trailers.as_deref()
     }
 
     /// Tags the entry can be invalidated by.
@@ -212,6 +234,7 @@ impl Entry {
         Entry {
             status: self.status,
             headers: self.headers.clone(),
+            length_added: self.length_added,
             body: self.body.clone(),
             stored_at_ms: self.stored_at_ms,
             ttl: self.ttl.min(cap),
@@ -224,38 +247,18 @@ impl Entry {
             vary: self.vary.clone(),
             trailers: self.trailers.clone(),
             usage: Usage::copied(&self.usage),
-            answer_headers: OnceLock::new(),
         }
     }
 
-    /// The headers a full answer from this entry starts from: the stored ones, its
-    /// `Content-Length` (but for a 204), and slots for the `Age`, `Cache-Status` and
-    /// `X-Cache` each answer sets (`X-Cache` already says `HIT`, what most answers say).
-    /// Built once, at the first answer: a hit clones a map that already has room for what it
-    /// adds, instead of growing a copy of the stored one.
+    /// The headers a full answer from this entry starts from (see [`Template`]): a hit
+    /// clones a map that already has room for what it sets, instead of growing a copy of
+    /// the stored one.
     pub(crate) fn answer_headers(&self) -> &HeaderMap {
-        self.answer_headers.get_or_init(|| {
-            let mut headers = HeaderMap::with_capacity(self.headers.len() + 4);
-            // The slots first: an answer finds both after two steps of a walk in order.
-            for name in [AGE, CACHE_STATUS] {
-                headers.insert(name, HeaderValue::from_static(""));
-            }
-            for (name, value) in &self.headers {
-                // A stored `Age` or `Cache-Status` is replaced by the answer's own.
-                if name != AGE && name != CACHE_STATUS {
-                    headers.append(name.clone(), value.clone());
-                }
-            }
-            if self.status != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
-                headers.insert(CONTENT_LENGTH, self.body.len().into());
-            }
-            headers.insert(X_CACHE, crate::headers::HIT);
-            headers
-        })
+        &self.headers
     }
 
     pub(crate) fn vary(&self) -> &Vary {
-        &self.vary
+        self.vary.as_deref().unwrap_or(&NO_VARY)
     }
 
     /// A copy that expired at `now_ms` but keeps its stale windows (soft invalidation).
@@ -340,37 +343,40 @@ impl Entry {
     }
 
     /// Approximate bytes this entry holds in memory, counted against a byte budget: the
-    /// struct, the body, the header maps as allocated (measured: a `HeaderMap` holds about
-    /// 104 bytes per slot of its capacity plus its index table, whatever it holds), and the
-    /// answer template built at the first hit, counted from the start so that the weight
-    /// never changes while the entry is stored.
+    /// struct, the body, the header map as allocated (one map is both the stored headers
+    /// and the answer template, holding exactly its headers: see `stored_headers`),
+    /// trailers, tags and keys. It never changes while the entry is stored.
     pub fn weight(&self) -> usize {
-        /// Heap bytes per slot of a `HeaderMap`'s capacity: a bucket and its index share.
-        const SLOT: usize = 112;
-        let map_weight = |map: &HeaderMap, capacity: usize| -> usize {
-            let contents: usize = map.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
-            64 + capacity * SLOT + contents
+        let contents = |map: &HeaderMap| -> usize {
+            map.iter().map(|(n, v)| n.as_str().len() + v.len()).sum()
         };
-        let headers = map_weight(&self.headers, self.headers.capacity());
-        // `answer_headers`: a copy with room for four more (and a `Content-Length` value).
-        // `HeaderMap::with_capacity(n)` rounds up: a power-of-two table, three quarters used.
-        let wanted = self.headers.len() + 4;
-        let raw = (wanted + wanted / 3).next_power_of_two();
-        let template = map_weight(&self.headers, raw - raw / 4) + 48;
-        let trailers = self
-            .trailers
-            .as_ref()
-            .map_or(0, |t| map_weight(t, t.capacity()));
+        // The index table has a slot for every four thirds of the capacity.
+        let index = |map: &HeaderMap| map.capacity() * 4 / 3 * INDEX_BYTES;
+        let extra = |map: &HeaderMap| (map.len() - map.keys_len()) * EXTRA_VALUE_BYTES;
+        // Two allocations (the index and the buckets), a third for repeated names.
+        let headers = 2 * ALLOCATION_BYTES
+            + index(&self.headers)
+            + self.headers.keys_len() * BUCKET_BYTES
+            + extra(&self.headers)
+            + contents(&self.headers);
+        // Trailers are kept as they came: charged for the buckets of their whole capacity.
+        let trailers = self.trailers.as_deref().map_or(0, |t| {
+            std::mem::size_of::<HeaderMap>()
+                + index(t)
+                + t.capacity() * BUCKET_BYTES
+                + extra(t)
+                + contents(t)
+        });
         let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
         OVERHEAD_BYTES
             + self.body.len()
             + headers
-            + template
             + trailers
             + tags
             + self.identity.len()
-            + self.vary.values.len()
-            + self.vary.names.len() * 32
+            + self.vary.as_ref().map_or(0, |vary| {
+                std::mem::size_of::<Vary>() + vary.values.len() + vary.names.len() * 32
+            })
     }
 }
 
@@ -393,7 +399,7 @@ impl fmt::Debug for Entry {
             .field("stored_at_ms", &self.stored_at_ms)
             .field("ttl", &self.ttl)
             .field("tags", &self.tags)
-            .field("trailers", &self.trailers.as_ref().map(HeaderMap::len))
+            .field("trailers", &self.trailers.as_deref().map(HeaderMap::len))
             .finish()
     }
 }
@@ -401,6 +407,7 @@ impl fmt::Debug for Entry {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use http::HeaderValue;
 
     /// An entry with every field set.
     pub(in crate::entry) fn sample() -> Entry {

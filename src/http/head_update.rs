@@ -39,7 +39,7 @@ pub(crate) async fn freshen<B>(
     }
     let handle = &config.handle;
     let policy = &config.policy;
-    let headers = headers::updated_from_304(entry.headers(), head);
+    let headers = headers::updated_from_304(&entry.headers().to_map(), head);
     let ttl = policy
         .storable(entry.status(), &headers, handle.ttl(), request_headers)
         .ok()?;

@@ -19,12 +19,12 @@ pub(super) fn add_validators(
 ) -> bool {
     let mut added = false;
     if !config.policy.etags() {
-        if let Some(etag) = entry.headers().get(ETAG) {
+        if let Some(etag) = entry.headers().get(&ETAG) {
             headers.insert(IF_NONE_MATCH, etag.clone());
             added = true;
         }
     }
-    if let Some(modified) = entry.headers().get(LAST_MODIFIED) {
+    if let Some(modified) = entry.headers().get(&LAST_MODIFIED) {
         headers.insert(IF_MODIFIED_SINCE, modified.clone());
         added = true;
     }

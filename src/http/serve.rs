@@ -403,7 +403,7 @@ fn freshen(
     not_modified: &HeaderMap,
     request_headers: &HeaderMap,
 ) -> Result<Arc<Entry>, Arc<Entry>> {
-    let headers = headers::updated_from_304(entry.headers(), not_modified);
+    let headers = headers::updated_from_304(&entry.headers().to_map(), not_modified);
     let policy = &config.policy;
     match policy.storable(
         entry.status(),
@@ -537,7 +537,7 @@ fn accepts_stale(directives: Option<&RequestDirectives>, entry: &Entry) -> bool 
     let now = clock::now_millis();
     !entry.is_fresh_at(now)
         && entry.stale_secs(now) <= max_stale
-        && !crate::cache_control::CacheControl::parse(entry.headers()).must_revalidate()
+        && !crate::cache_control::CacheControl::parse(entry.headers().as_map()).must_revalidate()
 }
 
 /// Statuses for which an expired entry is better than the origin's answer (RFC 5861).

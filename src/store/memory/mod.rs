@@ -17,7 +17,6 @@
 //! assert_eq!(shared.stats().bytes, store.stats().bytes);
 //! ```
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,8 +34,10 @@ use crate::store::policy::{Policy, Resident};
 mod eviction;
 #[cfg(test)]
 mod tests;
+mod variant_map;
 
 use eviction::{weight_of, Cause, Removals};
+use variant_map::VariantMap;
 
 /// Most `Vary` variants kept for one URL; more are a sign of a header with unbounded values.
 const MAX_VARY_VARIANTS: usize = 16;
@@ -80,7 +81,7 @@ struct Inner {
 
 #[derive(Default)]
 struct Slot {
-    variants: HashMap<u64, Variants, ahash::RandomState>,
+    variants: VariantMap,
 }
 
 impl Default for MemoryStoreBuilder {
