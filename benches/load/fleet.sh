@@ -105,7 +105,7 @@ log "seeding a fresh database ($SEED vouchers)"
 start_portal seed "$(free_port "$BASE_PORT")"
 kill "$LAST_PID" && wait "$LAST_PID" 2>/dev/null || true
 
-sum() { jq -s "map($1) | add" "$@"; }
+sum() { local field=$1; shift; jq -s "map($field) | add" "$@"; }
 
 run() { # run N on|off
   local n=$1 mode=$2 lease=2000 tag="$1-$2"

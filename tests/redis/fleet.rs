@@ -649,3 +649,77 @@ async fn a_stopped_leader_process_is_taken_over_within_its_lease() {
     drop(leading);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// While Redis is unreachable every process falls back to its own single flight: one
+/// origin fetch per instance for a burst of readers on each, and nobody waits on a fleet
+/// lease it cannot read (every read well under the lease and the coalesce timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_down_each_instance_flies_alone_and_nobody_waits_for_the_fleet() {
+    use tower_response_cache::{Backend, FallbackStore, MemoryStore};
+
+    let mut server = RedisServer::start();
+    let origin = Origin::default();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        let redis = RedisStore::builder(server.url())
+            .deadline(Duration::from_millis(200))
+            .fleet_single_flight(Some(Duration::from_secs(2)))
+            .build()
+            .unwrap();
+        let store = FallbackStore::builder(redis, MemoryStore::new())
+            .probe_interval(Duration::from_millis(100))
+            .build()
+            .await;
+        let handle = CacheHandle::builder(store)
+            .namespace("t")
+            .coalesce_timeout(Duration::from_secs(5))
+            .build();
+        let addr = origin.serve(CacheLayer::new(handle.clone())).await;
+        instances.push((addr, handle));
+    }
+    let client = client();
+    for (addr, handle) in &instances {
+        assert_eq!(handle.backend(), Backend::Redis);
+        get(&client, *addr, "/warm").await;
+    }
+
+    server.kill();
+    // Each instance finds out (a lost connection, or failed calls, open its circuit).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, (addr, handle)) in instances.iter().enumerate() {
+        while handle.backend() != Backend::FallingBack {
+            assert!(
+                Instant::now() < deadline,
+                "instance {i} still on Redis after it died"
+            );
+            get(&client, *addr, "/probe").await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    let before = origin.calls();
+    let mut reads = Vec::new();
+    for (addr, _) in &instances {
+        for _ in 0..4 {
+            let (client, addr) = (client.clone(), *addr);
+            reads.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let answer = get(&client, addr, PATH).await;
+                (answer, started.elapsed())
+            }));
+        }
+    }
+    for read in reads {
+        let (answer, took) = read.await.unwrap();
+        assert_eq!(answer.status, 200);
+        assert!(
+            took < Duration::from_secs(1),
+            "a read waited {took:?} with Redis down (a fleet lease it cannot read?)"
+        );
+    }
+    assert_eq!(
+        origin.calls() - before,
+        instances.len(),
+        "one fetch per instance: each flies alone, its own readers coalesced"
+    );
+}

@@ -10,6 +10,11 @@
 //! cargo run --release -p portal --bin stale_check -- --url http://127.0.0.1:3000 --guid <guid> \
 //!     --seconds 10 --interval-ms 1000 --readers 4
 //! ```
+//!
+//! A fleet: the syncs go to `--url`, and the readers take turns over it and every
+//! `--read-url` (other instances on the same Redis), all sending `--host` (the fleet's
+//! public host, which is part of the key) when given. A read of any instance that began
+//! after a sync completed on the first must carry that sync's data.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -35,6 +40,10 @@ struct Counts {
 
 struct Args {
     url: String,
+    /// Other instances to read from (the syncs go to `url`).
+    read_urls: Vec<String>,
+    /// The `Host` every request sends, when given.
+    host: Option<String>,
     guid: String,
     seconds: u64,
     interval: Duration,
@@ -44,6 +53,8 @@ struct Args {
 fn args() -> Result<Args, String> {
     let mut args = Args {
         url: "http://127.0.0.1:3000".to_owned(),
+        read_urls: Vec::new(),
+        host: None,
         guid: String::new(),
         seconds: 10,
         interval: Duration::from_secs(1),
@@ -59,6 +70,8 @@ fn args() -> Result<Args, String> {
         };
         match flag.as_str() {
             "--url" => args.url = value.trim_end_matches('/').to_owned(),
+            "--read-url" => args.read_urls.push(value.trim_end_matches('/').to_owned()),
+            "--host" => args.host = Some(value),
             "--guid" => args.guid = value,
             "--seconds" => args.seconds = number()?,
             "--interval-ms" => args.interval = Duration::from_millis(number()?),
@@ -82,22 +95,27 @@ async fn main() -> ExitCode {
         }
     };
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let dashboard = format!("{}/api/dashboard/{}", args.url, args.guid);
+    let dashboards: Vec<String> = std::iter::once(&args.url)
+        .chain(&args.read_urls)
+        .map(|url| format!("{url}/api/dashboard/{}", args.guid))
+        .collect();
     let sync_url = format!("{}/api/sync/{}", args.url, args.guid);
+    let host = args.host.clone();
     let counts = Arc::new(Counts::default());
     // The alter_id of the last sync whose answer has arrived.
     let committed = Arc::new(AtomicI64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
 
     let readers: Vec<_> = (0..args.readers)
-        .map(|_| {
-            let (client, url) = (client.clone(), dashboard.clone());
+        .map(|i| {
+            let (client, url) = (client.clone(), dashboards[i % dashboards.len()].clone());
+            let host = host.clone();
             let (counts, committed) = (counts.clone(), committed.clone());
             tokio::spawn(async move {
                 while Instant::now() < deadline {
                     let floor = committed.load(Ordering::SeqCst);
                     counts.reads.fetch_add(1, Ordering::Relaxed);
-                    match fetch(&client, Method::GET, &url).await {
+                    match fetch(&client, Method::GET, &url, host.as_deref()).await {
                         Ok((x_cache, alter_id)) => {
                             let counter = if x_cache == "HIT" {
                                 &counts.hits
@@ -127,7 +145,7 @@ async fn main() -> ExitCode {
     while Instant::now() + args.interval <= deadline {
         ticks.tick().await;
         let started = Instant::now();
-        match fetch(&client, Method::POST, &sync_url).await {
+        match fetch(&client, Method::POST, &sync_url, host.as_deref()).await {
             Ok((_, alter_id)) => {
                 committed.fetch_max(alter_id, Ordering::SeqCst);
                 syncs += 1;
@@ -156,6 +174,7 @@ async fn main() -> ExitCode {
             "misses": get(&counts.misses),
             "stale": stale,
             "errors": errors,
+            "instances": dashboards.len(),
         })
     );
     if stale == 0 && errors == 0 && syncs > 0 {
@@ -165,16 +184,19 @@ async fn main() -> ExitCode {
     }
 }
 
-/// One request; returns the `X-Cache` header and the body's `alter_id`.
+/// One request (with `host` as its `Host`, when given); returns the `X-Cache` header and
+/// the body's `alter_id`.
 async fn fetch(
     client: &HttpClient,
     method: Method,
     url: &str,
+    host: Option<&str>,
 ) -> Result<(String, i64), Box<dyn std::error::Error + Send + Sync>> {
-    let request = Request::builder()
-        .method(method)
-        .uri(url)
-        .body(Full::default())?;
+    let mut request = Request::builder().method(method).uri(url);
+    if let Some(host) = host {
+        request = request.header(hyper::header::HOST, host);
+    }
+    let request = request.body(Full::default())?;
     let response = client.request(request).await?;
     let status = response.status();
     let x_cache = response
