@@ -125,11 +125,10 @@ pub(crate) trait Lookup<A>: Sized {
     /// The request's logical key, variant and headers.
     fn key(&self) -> (&str, &Variant, &HeaderMap);
 
-    /// What a lookup's `found` (`None`: no lookup, the client asked for a fresh answer)
-    /// means to this request: an answer (`Break`), or on to the origin (`Continue`), with
-    /// what the lookup found to say so (`Cache-Status`'s `fwd`). `coalesced`: it waited
-    /// for another request's fetch first.
-    fn weigh(self, found: Option<Found>, waited: Waited) -> Weighed<Self, A>;
+    /// What a lookup's `found` means to this request: an answer (`Break`), or on to the
+    /// origin (`Continue`), with what the lookup found to say so (`Cache-Status`'s `fwd`).
+    /// `waited`: whether it waited for another request's fetch first.
+    fn weigh(self, found: Found, waited: Waited) -> Weighed<Self, A>;
 
     /// Called with a ticket taken just before each lookup: an entry the lookup finds and
     /// the adapter may write back (validated) is written with it.
@@ -165,12 +164,10 @@ pub(crate) struct Fetching<V> {
 
 /// Look up until something answers (`Break`), or this request leads (or flies alone) to
 /// the origin (`Continue`): a follower reads its leader's answer as it arrives, or looks
-/// again once the leader is done. With `skip_lookup`, the first round asks the store
-/// nothing.
+/// again once the leader is done.
 pub(crate) async fn look<A, V: Lookup<A>>(
     handle: &CacheHandle,
     mut visit: V,
-    mut skip_lookup: bool,
 ) -> ControlFlow<A, Fetching<V>> {
     let mut waited = Waited::No;
     // The headers the key's stored variants vary on: part of the flight key.
@@ -178,19 +175,13 @@ pub(crate) async fn look<A, V: Lookup<A>>(
     // Whether this request already looked again for an entry a flight stored meanwhile.
     let mut looked_again = false;
     let (visit, forward, leader) = loop {
-        let looked = !skip_lookup;
         let stored_before = handle.flights().stored_count(visit.key().0);
-        let found = if std::mem::take(&mut skip_lookup) {
-            None
-        } else {
-            visit.looking_up(handle.ticket_now());
-            let (logical, variant, headers) = visit.key();
-            let found = handle.lookup(logical, variant, headers).await;
-            if let Found::VaryMiss(names) = &found {
-                vary_names.clone_from(names);
-            }
-            Some(found)
-        };
+        visit.looking_up(handle.ticket_now());
+        let (logical, variant, headers) = visit.key();
+        let found = handle.lookup(logical, variant, headers).await;
+        if let Found::VaryMiss(names) = &found {
+            vary_names.clone_from(names);
+        }
         let forward;
         (visit, forward) = match visit.weigh(found, waited) {
             ControlFlow::Break(response) => return ControlFlow::Break(response),
@@ -226,7 +217,7 @@ pub(crate) async fn look<A, V: Lookup<A>>(
             // end came just after the lookup): look once more rather than fetch again.
             Turn::Lead(leader) => {
                 let moved = handle.flights().stored_count(logical) != stored_before;
-                if !(looked && !looked_again && moved) {
+                if looked_again || !moved {
                     break (visit, forward, Some(leader));
                 }
                 looked_again = true;

@@ -94,7 +94,7 @@ fn answer_or_lead<A, V: Lookup<A>>(
     if !matches!(found, Found::Hit(..)) {
         return ControlFlow::Continue((visit, forward, Some(leader)));
     }
-    match visit.weigh(Some(found), Waited::Fleet) {
+    match visit.weigh(found, Waited::Fleet) {
         ControlFlow::Break(response) => {
             leader.finish(Outcome::Stored);
             ControlFlow::Break(response)

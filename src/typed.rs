@@ -114,7 +114,7 @@ impl CacheHandle {
             visit: read,
             leader,
             ..
-        } = match engine::look(self, read, false).await {
+        } = match engine::look(self, read).await {
             ControlFlow::Break(value) => return Ok(value),
             ControlFlow::Continue(fetching) => fetching,
         };
@@ -164,9 +164,9 @@ impl<T: DeserializeOwned> Lookup<T> for TypedRead<'_, T> {
     }
 
     /// Only a fresh entry that decodes as `T` answers; anything else is computed anew.
-    fn weigh(self, found: Option<Found>, _waited: Waited) -> Weighed<Self, T> {
+    fn weigh(self, found: Found, _waited: Waited) -> Weighed<Self, T> {
         let forward = match found {
-            Some(Found::Hit(entry, _)) => match serde_json::from_slice(entry.body()) {
+            Found::Hit(entry, _) => match serde_json::from_slice(entry.body()) {
                 Ok(value) => {
                     bump!(self.handle.shared().counters, hits);
                     return ControlFlow::Break(value);
@@ -176,9 +176,9 @@ impl<T: DeserializeOwned> Lookup<T> for TypedRead<'_, T> {
                     Forward::UriMiss
                 }
             },
-            Some(Found::Stale(..)) => Forward::Stale,
-            Some(Found::VaryMiss(_)) => Forward::VaryMiss,
-            Some(Found::UriMiss) | None => Forward::UriMiss,
+            Found::Stale(..) => Forward::Stale,
+            Found::VaryMiss(_) => Forward::VaryMiss,
+            Found::UriMiss => Forward::UriMiss,
         };
         ControlFlow::Continue((self, forward))
     }

@@ -126,7 +126,7 @@ where
         logical,
         variant,
     };
-    let fetching = match engine::look(handle, call, false).await {
+    let fetching = match engine::look(handle, call).await {
         ControlFlow::Break(response) => return Ok(response),
         ControlFlow::Continue(fetching) => fetching,
     };
@@ -164,9 +164,9 @@ impl<B> engine::Lookup<Response<CacheBody<B>>> for Call {
     }
 
     /// Only a fresh entry this layer wrote answers.
-    fn weigh(self, found: Option<Found>, waited: Waited) -> Weighed<Self, Response<CacheBody<B>>> {
+    fn weigh(self, found: Found, waited: Waited) -> Weighed<Self, Response<CacheBody<B>>> {
         let forward = match found {
-            Some(Found::Hit(entry, source)) if is_grpc_entry(&entry) => {
+            Found::Hit(entry, source) if is_grpc_entry(&entry) => {
                 bump!(self.handle.shared().counters, hits);
                 let served = Served::hit(source, waited);
                 let fallback = source == Source::Fallback;
@@ -174,8 +174,8 @@ impl<B> engine::Lookup<Response<CacheBody<B>>> for Call {
                 return ControlFlow::Break(answer_to(&entry, headers, false, served, fallback));
             }
             // Something else under this key (not a gRPC answer), or expired: fetch anew.
-            Some(Found::Hit(..) | Found::UriMiss | Found::VaryMiss(_)) | None => Forward::UriMiss,
-            Some(Found::Stale(..)) => Forward::Stale,
+            Found::Hit(..) | Found::UriMiss | Found::VaryMiss(_) => Forward::UriMiss,
+            Found::Stale(..) => Forward::Stale,
         };
         ControlFlow::Continue((self, forward))
     }

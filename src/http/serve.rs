@@ -35,7 +35,7 @@ use crate::engine::{self, falling_back, release, Fetching, Miss, Weighed};
 use crate::entry::Entry;
 use crate::fill::{Fill, FillBody};
 use crate::fleet::Refresh;
-use crate::handle::{CacheHandle, Found, Ticket};
+use crate::handle::{Found, Ticket};
 use crate::headers::{self, Forward, Waited, CACHE_STATUS, X_CACHE};
 use crate::key::Variant;
 use crate::stats::bump;
@@ -50,7 +50,8 @@ pub(super) struct Visit<S, ReqB> {
     pub(super) body: ReqB,
     pub(super) logical: String,
     pub(super) variant: Variant,
-    /// Skip the lookup (the client asked for a fresh answer), but store what comes back.
+    /// The client asked for a fresh answer (`no-cache`): what the lookup finds is validated
+    /// with the origin, never served as it is; what comes back is stored.
     pub(super) revalidate: bool,
     /// The request's directives that weigh against a hit (from the classifying pass).
     pub(super) directives: Option<RequestDirectives>,
@@ -98,31 +99,18 @@ where
         let config = self.config.clone();
         let directives = self.directives;
         let only_if_cached = directives.as_ref().is_some_and(|d| d.only_if_cached);
-        let skip_lookup = self.revalidate;
-        // A request's `no-cache` (RFC 9111 §5.2.1.4): nothing stored answers it without the
-        // origin's word, but a stored entry is validated rather than fetched again. Not for
-        // a `HEAD`: its `200` would rewrite the stored `GET` on every such request.
-        let looked_up = config.handle.ticket_now();
-        let expired = match skip_lookup && self.parts.method != Method::HEAD {
-            true => {
-                let (handle, headers) = (&config.handle, &self.parts.headers);
-                let entry = stored_entry(handle, &self.logical, &self.variant, headers).await;
-                entry.map(|entry| Validatable { entry, looked_up })
-            }
-            false => None,
-        };
         let looking = Looking {
+            looked_up: config.handle.ticket_now(),
             visit: self,
             directives,
-            expired,
+            expired: None,
             stale_if_error: None,
-            looked_up,
         };
         let Fetching {
             visit: looking,
             forward,
             leader,
-        } = match engine::look(&config.handle, looking, skip_lookup).await {
+        } = match engine::look(&config.handle, looking).await {
             ControlFlow::Break(response) => return Ok(response),
             ControlFlow::Continue(fetching) => fetching,
         };
@@ -271,14 +259,21 @@ where
     /// or one within its stale-while-revalidate window (while one background request
     /// refreshes it); any other expired entry goes along to the origin, to be validated
     /// or to stand in for a failing origin.
-    fn weigh(
-        mut self,
-        found: Option<Found>,
-        waited: Waited,
-    ) -> Weighed<Self, Response<CacheBody<ResB>>> {
-        let Some(found) = found else {
+    fn weigh(mut self, found: Found, waited: Waited) -> Weighed<Self, Response<CacheBody<ResB>>> {
+        // A request's `no-cache` (RFC 9111 §5.2.1.4): nothing stored answers it without the
+        // origin's word, but what its lookup found, fresh or stale, is validated rather
+        // than fetched again. Not for a `HEAD`: its `200` would rewrite the stored `GET` on
+        // every such request. After waiting for another request's fetch (just made), that
+        // fetch answers it like any follower.
+        if self.visit.revalidate && waited == Waited::No {
+            if self.visit.parts.method != Method::HEAD {
+                if let Found::Hit(entry, _) | Found::Stale(entry, _) = found {
+                    let looked_up = self.looked_up;
+                    self.expired = Some(Validatable { entry, looked_up });
+                }
+            }
             return ControlFlow::Continue((self, Forward::Request));
-        };
+        }
         let directives = self.directives.as_ref();
         let found = match directives {
             Some(directives) => weigh(found, directives),
@@ -359,20 +354,6 @@ where
         fallback: bool,
     ) -> Weighed<Self, Response<CacheBody<ResB>>> {
         ControlFlow::Break(engine::shared_answer(reader, forward, fallback))
-    }
-}
-
-/// The entry stored for a request, fresh or within a stale window: what a request's
-/// `no-cache` asks the origin about.
-async fn stored_entry(
-    handle: &CacheHandle,
-    logical: &str,
-    variant: &Variant,
-    request_headers: &HeaderMap,
-) -> Option<Arc<Entry>> {
-    match handle.lookup(logical, variant, request_headers).await {
-        Found::Hit(entry, _) | Found::Stale(entry, _) => Some(entry),
-        Found::UriMiss | Found::VaryMiss(_) => None,
     }
 }
 

@@ -17,6 +17,8 @@
 
 mod spec;
 
+use std::marker::PhantomData;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -24,7 +26,7 @@ use bytes::Bytes;
 use http::header::{
     ACCEPT_RANGES, AGE, CONTENT_LENGTH, CONTENT_RANGE, DATE, ETAG, LAST_MODIFIED, RANGE,
 };
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
 
@@ -32,12 +34,15 @@ use crate::answer::{answer, Served};
 use crate::body::{BoxError, CacheBody};
 use crate::cache_control::RequestDirectives;
 use crate::clock;
+use crate::coalesce::Share;
+use crate::engine::{self, Fetching, Weighed};
 use crate::entry::Entry;
+use crate::fill::{Fill, FillBody};
 use crate::future::ResponseFuture;
 use crate::handle::Found;
 use crate::headers::{self, Forward, Waited, CACHE_STATUS, CACHE_TAG, X_CACHE};
 use crate::http::config::Config;
-use crate::key;
+use crate::key::{self, Variant};
 use crate::stats::bump;
 use crate::store::Source;
 
@@ -74,22 +79,25 @@ where
         let handle = &config.handle;
         let counters = &handle.shared().counters;
         // The RFC 9111 preset's request directives (`no-cache` went to the origin already).
-        let forward = match handle.lookup(&logical, &variant, &parts.headers).await {
-            Found::Hit(entry, source)
-                if entry.status() == StatusCode::OK
-                    && directives.is_none_or(|d| acceptable(&entry, &d)) =>
-            {
-                bump!(counters, hits);
-                let (served, fallback) =
-                    (Served::hit(source, Waited::No), source == Source::Fallback);
-                let full = answer(&entry, &parts, served, fallback);
-                return Ok(ranged(full, &entry, &parts.headers));
-            }
-            Found::Hit(..) => Forward::Request,
-            Found::Stale(..) => Forward::Stale,
-            Found::UriMiss => Forward::UriMiss,
-            Found::VaryMiss(_) => Forward::VaryMiss,
+        let ranging = Ranging {
+            parts,
+            logical,
+            variant,
+            directives,
+            config: config.clone(),
+            _answers: PhantomData,
         };
+        // The one lookup loop every read goes through; a range never leads a flight, so
+        // a miss comes straight back here to be forwarded as sent.
+        let Fetching {
+            visit: Ranging { parts, .. },
+            forward,
+            leader,
+        } = match engine::look(handle, ranging).await {
+            ControlFlow::Break(response) => return Ok(response),
+            ControlFlow::Continue(fetching) => fetching,
+        };
+        debug_assert!(leader.is_none(), "a range leads no flight");
         bump!(counters, misses);
         let fallback = crate::engine::falling_back(handle);
         if directives.is_some_and(|d| d.only_if_cached) {
@@ -111,6 +119,64 @@ where
         );
         Ok(Response::from_parts(parts, CacheBody::passthrough(body)))
     }))
+}
+
+/// A `Range` request in the lookup loop ([`engine::look`]).
+struct Ranging<B> {
+    parts: http::request::Parts,
+    logical: String,
+    variant: Variant,
+    directives: Option<RequestDirectives>,
+    config: Arc<Config>,
+    _answers: PhantomData<fn() -> B>,
+}
+
+impl<B> engine::Lookup<Response<CacheBody<B>>> for Ranging<B> {
+    fn key(&self) -> (&str, &Variant, &HeaderMap) {
+        (&self.logical, &self.variant, &self.parts.headers)
+    }
+
+    /// A fresh stored `200` the request's directives accept answers with the range; any
+    /// other entry, or none, sends the request on as sent.
+    fn weigh(self, found: Found, waited: Waited) -> Weighed<Self, Response<CacheBody<B>>> {
+        let forward = match found {
+            Found::Hit(entry, source)
+                if entry.status() == StatusCode::OK
+                    && self.directives.is_none_or(|d| acceptable(&entry, &d)) =>
+            {
+                bump!(self.config.handle.shared().counters, hits);
+                let (served, fallback) = (Served::hit(source, waited), source == Source::Fallback);
+                let full = answer(&entry, &self.parts, served, fallback);
+                return ControlFlow::Break(ranged(full, &entry, &self.parts.headers));
+            }
+            Found::Hit(..) => Forward::Request,
+            Found::Stale(..) => Forward::Stale,
+            Found::UriMiss => Forward::UriMiss,
+            Found::VaryMiss(_) => Forward::VaryMiss,
+        };
+        ControlFlow::Continue((self, forward))
+    }
+
+    /// What comes back for a range (a `206`, or a `200` the origin chose) is never stored:
+    /// the request goes to the origin alone.
+    fn may_lead(&self) -> bool {
+        false
+    }
+
+    /// Never asked: a request that may not lead goes to the origin before joining a flight.
+    fn share(_: &Arc<Fill>, _: &HeaderMap) -> Share {
+        Share::OtherVariant
+    }
+
+    /// Never asked (see [`share`](Self::share)): looks again.
+    fn read_shared(
+        self,
+        _: FillBody,
+        forward: Forward,
+        _: bool,
+    ) -> Weighed<Self, Response<CacheBody<B>>> {
+        ControlFlow::Continue((self, forward))
+    }
 }
 
 /// Whether a fresh entry is young and fresh enough for the request's `max-age` and
