@@ -637,3 +637,59 @@ async fn an_invalidation_racing_the_circuit_closing_is_never_left_unreplayed() {
         "the circuit closed with invalidations queued and never replayed"
     );
 }
+
+/// A tag on 200 000 entries is invalidated in bounded batches (`SSCAN`), never read in one
+/// reply: `SMEMBERS` of such a set holds Redis about 70 ms for every process. No call of
+/// the invalidation reaches the slow log at 10 ms, and every member goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_on_many_entries_is_invalidated_in_batches_that_never_stall_redis() {
+    let server = RedisServer::start();
+    let store = store(&server);
+    let long = Duration::from_secs(600);
+    let tagged = |body: &str| {
+        Arc::new(
+            Entry::new(
+                http::StatusCode::OK,
+                http::HeaderMap::new(),
+                bytes::Bytes::from(body.to_owned()),
+                long,
+            )
+            .with_tags(vec!["big".to_owned()]),
+        )
+    };
+    store.put(key("t", "/real"), tagged("real")).await.unwrap();
+    let tag_keys = server.keys("*tag:big");
+    assert_eq!(tag_keys.len(), 1, "{tag_keys:?}");
+    // 200 000 more members (entries long gone, as a tag set accumulates them).
+    let _: () = cmd(
+        &server,
+        &[
+            "EVAL",
+            "for i = 1, 200000 do redis.call('SADD', KEYS[1], ARGV[1] .. i) end",
+            "1",
+            &tag_keys[0],
+            "t:k:/gone/",
+        ],
+    );
+    let _: () = cmd(
+        &server,
+        &["CONFIG", "SET", "slowlog-log-slower-than", "10000"],
+    );
+    let _: () = cmd(&server, &["SLOWLOG", "RESET"]);
+
+    store.invalidate_tag("t", "big").await.unwrap();
+
+    let slow: Vec<redis::Value> = cmd(&server, &["SLOWLOG", "GET", "10"]);
+    assert!(
+        slow.is_empty(),
+        "a call of the tag invalidation stalled Redis for 10 ms or more: {slow:?}"
+    );
+    assert!(
+        !stored(&store, key("t", "/real")).await,
+        "the tagged entry is gone"
+    );
+    assert!(
+        server.keys("*tag:big").is_empty(),
+        "every member left the tag set"
+    );
+}
