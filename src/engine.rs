@@ -148,8 +148,11 @@ pub(crate) trait Lookup<A>: Sized {
     /// A follower's answer from its leader's response, read as it arrives (`reader`;
     /// `fallback`: the memory fallback serves). Only an adapter whose
     /// [`share`](Self::share) says [`Share::Read`] is asked; one that cannot answer from
-    /// a response looks again (`Continue`).
-    fn read_shared(self, reader: FillBody, forward: Forward, fallback: bool) -> Weighed<Self, A>;
+    /// a response looks again (`Continue`), as this default does.
+    fn read_shared(self, reader: FillBody, forward: Forward, fallback: bool) -> Weighed<Self, A> {
+        let _ = (reader, fallback);
+        ControlFlow::Continue((self, forward))
+    }
 }
 
 /// What an adapter makes of one lookup (see [`Lookup::weigh`]).

@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::coalesce::Share;
 use crate::engine::{self, Fetching, Lookup, Weighed};
 use crate::entry::Entry;
-use crate::fill::{Fill, FillBody};
+use crate::fill::Fill;
 use crate::handle::{CacheHandle, Found};
 use crate::headers::{Forward, Waited};
 use crate::key::Variant;
@@ -186,10 +186,6 @@ impl<T: DeserializeOwned> Lookup<T> for TypedRead<'_, T> {
     /// A value is read once stored, never as it is computed.
     fn share(_: &Arc<Fill>, _: &HeaderMap) -> Share {
         Share::WaitForEntry
-    }
-
-    fn read_shared(self, _: FillBody, forward: Forward, _: bool) -> Weighed<Self, T> {
-        ControlFlow::Continue((self, forward))
     }
 }
 

@@ -21,7 +21,7 @@ use crate::body::{BoxError, CacheBody};
 use crate::coalesce::Share;
 use crate::engine::{self, falling_back, take_ready, Fetching, Miss, Weighed};
 use crate::entry::Entry;
-use crate::fill::{Fill, FillBody};
+use crate::fill::Fill;
 use crate::future::ResponseFuture;
 use crate::handle::{CacheHandle, Found};
 use crate::headers::{self, CacheStatusDetail, Forward, Waited, BYPASS, CACHE_STATUS, X_CACHE};
@@ -183,17 +183,6 @@ impl<B> engine::Lookup<Response<CacheBody<B>>> for Call {
     /// Followers wait for the entry: it is written before the leader's trailers go out.
     fn share(_: &Arc<Fill>, _: &HeaderMap) -> Share {
         Share::WaitForEntry
-    }
-
-    /// A call's answer is whole only with its trailers: never read as it arrives (see
-    /// `share`); look again for the stored entry.
-    fn read_shared(
-        self,
-        _: FillBody,
-        forward: Forward,
-        _: bool,
-    ) -> Weighed<Self, Response<CacheBody<B>>> {
-        ControlFlow::Continue((self, forward))
     }
 }
 

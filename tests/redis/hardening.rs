@@ -27,6 +27,19 @@ fn store_at(url: &str) -> RedisStore {
         .unwrap()
 }
 
+/// An entry tagged `tag`.
+fn tagged(body: &str, ttl: Duration, tag: &str) -> Arc<Entry> {
+    Arc::new(
+        Entry::new(
+            http::StatusCode::OK,
+            http::HeaderMap::new(),
+            bytes::Bytes::from(body.to_owned()),
+            ttl,
+        )
+        .with_tags(vec![tag.to_owned()]),
+    )
+}
+
 fn entry(body: &str, ttl: Duration) -> Arc<Entry> {
     Arc::new(Entry::new(
         http::StatusCode::OK,
@@ -257,17 +270,7 @@ async fn an_absurd_ttl_is_clamped_and_no_write_is_ever_half_applied() {
     let server = RedisServer::start();
     let web = store(&server);
     let absurd = Duration::from_secs(99_999_999_999_999_999);
-    let tagged = |body: &str| {
-        Arc::new(
-            Entry::new(
-                http::StatusCode::OK,
-                http::HeaderMap::new(),
-                bytes::Bytes::from(body.to_owned()),
-                absurd,
-            )
-            .with_tags(vec!["company:ABC".into()]),
-        )
-    };
+    let tagged = |body: &str| tagged(body, absurd, "company:ABC");
     web.put_checked(key("t", "/huge"), tagged("v"), web.write_token())
         .await
         .unwrap();
@@ -646,18 +649,10 @@ async fn a_tag_on_many_entries_is_invalidated_in_batches_that_never_stall_redis(
     let server = RedisServer::start();
     let store = store(&server);
     let long = Duration::from_secs(600);
-    let tagged = |body: &str| {
-        Arc::new(
-            Entry::new(
-                http::StatusCode::OK,
-                http::HeaderMap::new(),
-                bytes::Bytes::from(body.to_owned()),
-                long,
-            )
-            .with_tags(vec!["big".to_owned()]),
-        )
-    };
-    store.put(key("t", "/real"), tagged("real")).await.unwrap();
+    store
+        .put(key("t", "/real"), tagged("real", long, "big"))
+        .await
+        .unwrap();
     let tag_keys = server.keys("*tag:big");
     assert_eq!(tag_keys.len(), 1, "{tag_keys:?}");
     // 200 000 more members (entries long gone, as a tag set accumulates them).

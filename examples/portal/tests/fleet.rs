@@ -5,7 +5,7 @@
 #![cfg(feature = "redis")]
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,18 +29,8 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 const SYNCS: u64 = 8;
 const INSTANCES: usize = 3;
 
-/// A temporary database, removed (with its WAL files) when dropped.
-struct TempDb(PathBuf);
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.0.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
+mod common;
+use common::TempDb;
 
 /// One `portal` process (the very binary `cargo run -p portal` runs), killed when dropped.
 struct Instance {
@@ -150,9 +140,7 @@ async fn sync(db: &Path, redis: &str, guid: &str) {
 async fn fetches_per_sync(lease_ms: &str) -> (u64, u64) {
     let redis = redis_support::RedisServer::start();
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let db = TempDb(
-        std::env::temp_dir().join(format!("portal-fleet-{}-{lease_ms}.db", std::process::id())),
-    );
+    let db = TempDb::new("fleet");
     // The first instance seeds the database; the others open it.
     let mut instances = vec![Instance::start(&db.0, &redis.url(), lease_ms, &client).await];
     for _ in 1..INSTANCES {

@@ -2,8 +2,6 @@
 //! format, and the purge endpoints mounted only with `PORTAL_PURGE_TOKEN`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -14,18 +12,8 @@ use serde_json::Value;
 
 const TOKEN: &str = "portal-test-purge-token-0123456789";
 
-/// A temporary database, removed (with its WAL files) when dropped.
-struct TempDb(PathBuf);
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.0.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
+mod common;
+use common::TempDb;
 
 struct Portal {
     addr: SocketAddr,
@@ -54,13 +42,7 @@ impl Answer {
 
 impl Portal {
     async fn start(purge_token: Option<&str>) -> Portal {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "portal-ops-{}-{}.db",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let db = TempDb(std::env::temp_dir().join(name));
+        let db = TempDb::new("ops");
         let config = portal::Config {
             db_path: db.0.clone(),
             seed_vouchers: 20_000,

@@ -2,8 +2,6 @@
 //! small SQLite database.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -15,31 +13,8 @@ use serde_json::Value;
 /// Small enough to seed in well under a second even in a debug build.
 const SEED_VOUCHERS: u64 = 20_000;
 
-/// A temporary database, removed (with its WAL files) when dropped.
-struct TempDb(PathBuf);
-
-impl TempDb {
-    fn new() -> TempDb {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "portal-test-{}-{}.db",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = std::env::temp_dir().join(name);
-        TempDb(path)
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.0.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
+mod common;
+use common::TempDb;
 
 struct Portal {
     addr: SocketAddr,
@@ -75,7 +50,7 @@ impl Portal {
 
     /// The portal with `config`, on a fresh database and a free port.
     async fn start_with(config: portal::Config) -> Portal {
-        let db = TempDb::new();
+        let db = TempDb::new("test");
         let config = portal::Config {
             db_path: db.0.clone(),
             seed_vouchers: SEED_VOUCHERS,

@@ -37,7 +37,7 @@ use crate::clock;
 use crate::coalesce::Share;
 use crate::engine::{self, Fetching, Weighed};
 use crate::entry::Entry;
-use crate::fill::{Fill, FillBody};
+use crate::fill::Fill;
 use crate::future::ResponseFuture;
 use crate::handle::Found;
 use crate::headers::{self, Forward, Waited, CACHE_STATUS, CACHE_TAG, X_CACHE};
@@ -166,16 +166,6 @@ impl<B> engine::Lookup<Response<CacheBody<B>>> for Ranging<B> {
     /// Never asked: a request that may not lead goes to the origin before joining a flight.
     fn share(_: &Arc<Fill>, _: &HeaderMap) -> Share {
         Share::OtherVariant
-    }
-
-    /// Never asked (see [`share`](Self::share)): looks again.
-    fn read_shared(
-        self,
-        _: FillBody,
-        forward: Forward,
-        _: bool,
-    ) -> Weighed<Self, Response<CacheBody<B>>> {
-        ControlFlow::Continue((self, forward))
     }
 }
 
