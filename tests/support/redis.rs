@@ -663,6 +663,35 @@ impl SentinelSet {
         node.restart_empty();
         // Generous: a loaded 2-core machine runs dozens of Redis tests beside this one.
         self.wait_ready(Duration::from_secs(60));
+        self.settle(Duration::from_secs(3), Duration::from_secs(60));
+    }
+
+    /// Wait until the set has stayed ready under one primary for `quiet`: on a loaded
+    /// machine the sentinels have failed over once more about a second after a node
+    /// rejoined, and a round begun meanwhile waits on a replica that is resyncing.
+    pub fn settle(&self, quiet: Duration, within: Duration) {
+        let started = Instant::now();
+        'again: loop {
+            self.wait_ready(
+                within
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_secs(1)),
+            );
+            let primary = self.named_primary();
+            let calm = Instant::now();
+            while calm.elapsed() < quiet {
+                std::thread::sleep(Duration::from_millis(100));
+                if self.named_primary() != primary || !self.ready() {
+                    assert!(
+                        started.elapsed() < within,
+                        "the sentinel set did not settle within {within:?}: {}",
+                        self.describe()
+                    );
+                    continue 'again;
+                }
+            }
+            return;
+        }
     }
 
     /// Wait until the replica is in sync with the primary and every sentinel knows it, and
