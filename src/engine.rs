@@ -16,8 +16,9 @@ use http::{HeaderMap, Response};
 use http_body::Body;
 
 use crate::body::{BoxError, CacheBody};
-use crate::coalesce::{Leader, Outcome, Share, Turn};
+use crate::coalesce::{Leader, Outcome, Role, Share, Turn};
 use crate::fill::{self, Commit, Fill, FillBody, Head};
+use crate::fleet::Purpose;
 use crate::handle::{CacheHandle, Found, Ticket};
 use crate::headers::{self, Forward, Waited, CACHE_STATUS, X_CACHE};
 use crate::key::{self, Variant};
@@ -233,22 +234,82 @@ pub(crate) async fn look<A, V: Lookup<A>>(
         }
     };
     // This process's leader: whose turn is it across the fleet?
-    let (visit, forward, leader) = match leader {
+    match leader {
         Some(leader) => {
             let (_, variant, headers) = visit.key();
             let flight = flight_key(variant, &vary_names, headers);
-            match crate::fleet::take_turn(handle, visit, forward, leader, &flight).await {
-                ControlFlow::Break(response) => return ControlFlow::Break(response),
-                ControlFlow::Continue(next) => next,
-            }
+            fleet_turn(handle, visit, forward, leader, &flight, Purpose::Miss).await
         }
-        None => (visit, forward, None),
-    };
-    ControlFlow::Continue(Fetching {
+        None => ControlFlow::Continue(Fetching {
+            visit,
+            forward,
+            leader: None,
+        }),
+    }
+}
+
+/// A background refresh's claim on its key's flight in this process (see
+/// [`claim_refresh`]).
+pub(crate) struct Claim {
+    leader: Leader,
+    flight: Vec<u8>,
+}
+
+/// Claim the refresh of an entry just served stale (stale-while-revalidate, a soft purge),
+/// without waiting: `None` when a flight of the key is in the air, which is the refresh.
+/// One refresh per key and process, however many stale hits arrive meanwhile; the claim
+/// is then taken through the loop's fleet step by [`refresh`].
+pub(crate) fn claim_refresh(
+    handle: &CacheHandle,
+    logical: &str,
+    variant: &Variant,
+    vary: &[http::HeaderName],
+    headers: &HeaderMap,
+) -> Option<Claim> {
+    let flight = flight_key(variant, vary, headers);
+    match handle.flights().join(logical, &flight) {
+        Role::Leader(leader) => Some(Claim { leader, flight }),
+        Role::Follower(_) => None,
+    }
+}
+
+/// The rest of the loop for a claimed refresh: its turn across the fleet, then fetch
+/// (`Continue`), or nothing to do (`Break`: another process's refresh is stored, or the
+/// entry is fresh again). `visit` weighs what the fleet's leader stored.
+pub(crate) async fn refresh<A, V: Lookup<A>>(
+    handle: &CacheHandle,
+    visit: V,
+    claim: Claim,
+) -> ControlFlow<A, Fetching<V>> {
+    let Claim { leader, flight } = claim;
+    fleet_turn(
+        handle,
         visit,
-        forward,
+        Forward::Stale,
         leader,
-    })
+        &flight,
+        Purpose::Refresh,
+    )
+    .await
+}
+
+/// A leader's turn across the fleet ([`crate::fleet::take_turn`]), as the loop's answer.
+async fn fleet_turn<A, V: Lookup<A>>(
+    handle: &CacheHandle,
+    visit: V,
+    forward: Forward,
+    leader: Leader,
+    flight: &[u8],
+    purpose: Purpose,
+) -> ControlFlow<A, Fetching<V>> {
+    match crate::fleet::take_turn(handle, visit, forward, leader, flight, purpose).await {
+        ControlFlow::Break(answer) => ControlFlow::Break(answer),
+        ControlFlow::Continue((visit, forward, leader)) => ControlFlow::Continue(Fetching {
+            visit,
+            forward,
+            leader,
+        }),
+    }
 }
 
 /// A flight's key: the request's identity and its values of the headers the key's stored

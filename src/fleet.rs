@@ -7,13 +7,10 @@
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use http::HeaderMap;
-
 use crate::coalesce::{Leader, Outcome};
 use crate::engine::{release, Lookup};
 use crate::handle::{CacheHandle, Found};
 use crate::headers::{Forward, Waited};
-use crate::key::Variant;
 use crate::stats::bump;
 use crate::store::{Coordination, FleetEnd, FleetLease, FleetTurn};
 
@@ -23,18 +20,31 @@ const MAX_PAUSE: Duration = Duration::from_millis(10);
 /// (the stale copy answers), so it asks Redis less often.
 const MAX_REFRESH_PAUSE: Duration = Duration::from_millis(50);
 
+/// Why this process's leader takes its turn in the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A miss: a client waits for the answer.
+    Miss,
+    /// A background refresh of an entry served stale (stale-while-revalidate, a soft
+    /// purge): nobody waits for it.
+    Refresh,
+}
+
 /// What a leader of this process's flight does next: answer (another process's entry came),
 /// or fetch, leading (with the fleet's lease when it holds it) or alone.
 pub(crate) type Next<V, A> = ControlFlow<A, (V, Forward, Option<Leader>)>;
 
 /// Take this process's leader's turn in the fleet: fetch when no other process is fetching
-/// the key; otherwise wait (at most the coalesce timeout) for its entry.
+/// the key; otherwise wait (at most the coalesce timeout) for its entry, taking over when
+/// that process's lease runs out first. This process's flight stays up meanwhile, so its
+/// own misses (and stale hits) follow this leader.
 pub(crate) async fn take_turn<A, V: Lookup<A>>(
     handle: &CacheHandle,
     visit: V,
     forward: Forward,
     mut leader: Leader,
     flight: &[u8],
+    purpose: Purpose,
 ) -> Next<V, A> {
     let store = &handle.shared().store;
     let Some(coordination) = store.coordination() else {
@@ -42,16 +52,25 @@ pub(crate) async fn take_turn<A, V: Lookup<A>>(
     };
     let counters = &handle.shared().counters;
     let started = tokio::time::Instant::now();
+    let max_pause = match purpose {
+        Purpose::Miss => MAX_PAUSE,
+        Purpose::Refresh => MAX_REFRESH_PAUSE,
+    };
     let mut pause = Duration::from_millis(1);
     let mut followed = false;
     loop {
         let (logical, variant, headers) = visit.key();
         match ask(handle, coordination, &mut leader, logical, flight).await {
+            // A refresh read its stale copy before any other process's refresh could have
+            // landed and let go (the lease goes back when the leader's flight ends, stored:
+            // `hold`): it looks before it fetches, as a leader that followed does.
+            Asked::Lead if !followed && purpose == Purpose::Miss => {
+                return ControlFlow::Continue((visit, forward, Some(leader)));
+            }
             Asked::Lead => {
-                if !followed {
-                    return ControlFlow::Continue((visit, forward, Some(leader)));
+                if followed {
+                    bump!(counters, fleet_takeovers);
                 }
-                bump!(counters, fleet_takeovers);
                 // The last leader may have stored its entry just before it let go.
                 let found = handle.lookup(logical, variant, headers).await;
                 return answer_or_lead(visit, forward, leader, found);
@@ -74,7 +93,7 @@ pub(crate) async fn take_turn<A, V: Lookup<A>>(
             return ControlFlow::Continue((visit, forward, Some(leader)));
         }
         tokio::time::sleep(pause.min(handle.coalesce_timeout() - waited)).await;
-        pause = (pause * 2).min(MAX_PAUSE);
+        pause = (pause * 2).min(max_pause);
         let (logical, variant, headers) = visit.key();
         let found = handle.lookup(logical, variant, headers).await;
         if matches!(found, Found::Hit(..)) {
@@ -102,65 +121,6 @@ fn answer_or_lead<A, V: Lookup<A>>(
         // The request wants more than a hit gives (its own directives): it fetches.
         ControlFlow::Continue((visit, forward)) => {
             ControlFlow::Continue((visit, forward, Some(leader)))
-        }
-    }
-}
-
-/// What a background refresh does (see [`refresh_turn`]).
-pub(crate) enum Refresh {
-    /// Refresh the key: no other process is (this one holds the fleet's lease, when the
-    /// store has one).
-    Fetch,
-    /// Another process's refresh is stored (`true`), or the coalesce timeout passed while
-    /// it ran (`false`): nothing to fetch.
-    Done(bool),
-}
-
-/// A background refresh's turn in the fleet (stale-while-revalidate, a soft purge): fetch
-/// when no other process is refreshing the key, holding the fleet's lease until `leader`'s
-/// flight ends; otherwise wait (in the background: the stale copy answers meanwhile) for
-/// that process's refresh, taking over when its lease runs out first. This process's
-/// flight stays up meanwhile, so its stale hits start no refresh of their own.
-pub(crate) async fn refresh_turn(
-    handle: &CacheHandle,
-    leader: &mut Leader,
-    (logical, variant, headers): (&str, &Variant, &HeaderMap),
-    flight: &[u8],
-) -> Refresh {
-    let Some(coordination) = handle.shared().store.coordination() else {
-        return Refresh::Fetch;
-    };
-    let started = tokio::time::Instant::now();
-    let mut pause = Duration::from_millis(1);
-    let fresh = || async {
-        matches!(
-            handle.lookup(logical, variant, headers).await,
-            Found::Hit(..)
-        )
-    };
-    loop {
-        match ask(handle, coordination, leader, logical, flight).await {
-            Asked::Lead => {
-                // The last refresher may have stored its entry since this process read
-                // the stale copy, and let go (the lease goes back when the leader's flight
-                // ends, stored: `hold`): then there is nothing to refresh.
-                if fresh().await {
-                    return Refresh::Done(true);
-                }
-                return Refresh::Fetch;
-            }
-            // Another process's answer could not be stored: refresh here, as a miss would.
-            Asked::Pass => return Refresh::Fetch,
-            Asked::Follow => {}
-        }
-        let waited = started.elapsed();
-        if waited >= handle.coalesce_timeout() {
-            return Refresh::Done(false);
-        }
-        tokio::time::sleep(pause.min(handle.coalesce_timeout() - waited)).await;
-        pause = (pause * 2).min(MAX_REFRESH_PAUSE);
-        if fresh().await {
-            return Refresh::Done(true);
         }
     }
 }

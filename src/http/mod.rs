@@ -11,6 +11,7 @@ mod head_update;
 mod layer;
 mod range;
 mod record;
+mod refresh;
 mod revalidate;
 mod serve;
 mod service;

@@ -30,11 +30,10 @@ use crate::answer::{answer, answer_to, Served};
 use crate::body::{BoxError, CacheBody};
 use crate::cache_control::RequestDirectives;
 use crate::clock;
-use crate::coalesce::{Leader, Outcome, Role, Share};
+use crate::coalesce::{Leader, Share};
 use crate::engine::{self, falling_back, release, Fetching, Miss, Weighed};
 use crate::entry::Entry;
 use crate::fill::{Fill, FillBody};
-use crate::fleet::Refresh;
 use crate::handle::{Found, Ticket};
 use crate::headers::{self, Forward, Waited, CACHE_STATUS, X_CACHE};
 use crate::key::Variant;
@@ -306,10 +305,16 @@ where
                 let response = served(&entry, Served::StaleWhileRevalidate, source);
                 // One refresh per key: if a flight is in the air, it is the refresh.
                 if visit.parts.method != Method::HEAD {
-                    let names = &entry.vary().names;
-                    let flight = engine::flight_key(&visit.variant, names, &visit.parts.headers);
-                    if let Role::Leader(leader) = handle.flights().join(&visit.logical, &flight) {
-                        self.visit.spawn_refresh(leader, flight);
+                    let (names, headers) = (&entry.vary().names, &visit.parts.headers);
+                    let claim = engine::claim_refresh(
+                        handle,
+                        &visit.logical,
+                        &visit.variant,
+                        names,
+                        headers,
+                    );
+                    if let Some(claim) = claim {
+                        super::refresh::spawn(self.visit, claim);
                     }
                 }
                 return response;
@@ -398,83 +403,6 @@ fn freshen(
                 .with_initial_age(policy.initial_age(not_modified)),
         )),
         Err(_) => Err(Arc::new(entry.freshened(headers, Duration::ZERO))),
-    }
-}
-
-impl<S, ReqB, ResB> Visit<S, ReqB>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
-    S::Future: Send,
-    ReqB: Send + 'static,
-    ResB: Body<Data = Bytes> + Send + 'static,
-    ResB::Error: Into<BoxError>,
-{
-    /// Refresh an entry in the background: the client already has the stale copy. The
-    /// task runs to completion (the body is drained and stored) even when no client waits.
-    /// One refresh per key in the fleet: when another process is refreshing it, this one
-    /// waits for that refresh instead (`fleet::refresh_turn`).
-    fn spawn_refresh(self, mut leader: Leader, flight: Vec<u8>) {
-        let Visit {
-            config,
-            inner,
-            mut parts,
-            body,
-            logical,
-            variant,
-            ..
-        } = self;
-        // The readied service goes back: a refresh that waits for another process's holds
-        // no slot of a concurrency limit or buffer inside the layer; this one readies its
-        // own clone when it fetches.
-        let mut inner = {
-            let unready = inner.clone();
-            drop(inner);
-            unready
-        };
-        tokio::spawn(async move {
-            let key = (logical.as_str(), &variant, &parts.headers);
-            let turn = crate::fleet::refresh_turn(&config.handle, &mut leader, key, &flight);
-            if let Refresh::Done(stored) = turn.await {
-                leader.finish(if stored {
-                    Outcome::Stored
-                } else {
-                    Outcome::Uncacheable
-                });
-                return;
-            }
-            let ticket = config.handle.ticket(Some(&leader)).await;
-            let request_headers = parts.headers.clone();
-            strip_conditionals(&mut parts.headers);
-            let request = Request::from_parts(parts, body);
-            let ready = std::future::poll_fn(|cx| inner.poll_ready(cx))
-                .await
-                .is_ok();
-            let called = match ready {
-                true => inner.call(request).await.ok(),
-                false => None,
-            };
-            let Some(response) = called else {
-                tracing::debug!(key = %logical, "background refresh failed; the stale entry stays");
-                // Given up, not unstorable: another refresh may run (no `pass` mark).
-                drop(leader);
-                return;
-            };
-            let miss = Miss {
-                logical,
-                variant,
-                ticket,
-                leader: Some(leader),
-                forward: Forward::Stale,
-            };
-            // The fill reads the body to its end and stores it, with or without a reader.
-            drop(record::response(
-                &config,
-                miss,
-                false,
-                response,
-                &request_headers,
-            ));
-        });
     }
 }
 
