@@ -26,7 +26,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::runtime::Runtime;
 use tower::{Layer, Service, ServiceExt};
-use tower_response_cache::Coordination;
+use tower_response_cache::coordination::Coordination;
 use tower_response_cache::{CacheHandle, CacheLayer, Entry, MemoryStore, Pattern, Store, StoreKey};
 
 const NAMESPACE: &str = "bench";

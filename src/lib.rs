@@ -187,10 +187,33 @@ pub use purge::{Purge, PurgeLayer};
 pub use stats::CacheStats;
 #[doc(inline)]
 pub use store::{
-    Backend, Coordination, FallbackMode, FleetEnd, FleetLease, FleetTurn, Invalidation,
-    InvalidationListener, MemoryStore, MemoryStoreBuilder, Source, Store, StoreError, StoreEvent,
-    StoreFuture, StoreKey, StoreStats, VariantRead, Variants,
+    Backend, FallbackMode, MemoryStore, MemoryStoreBuilder, Store, StoreError, StoreFuture,
+    StoreKey, StoreStats, Variants,
 };
+
+/// The protocol the built-in stores and the handle agree on beyond [`Store`]: answers
+/// without waiting, write tokens the store checks itself, other processes' invalidations,
+/// fleet-wide flights.
+///
+/// [`Coordination`](coordination::Coordination) is sealed: only the built-in stores
+/// implement it. It is public so that tools, tests and benches can drive a store the way
+/// the handle does. Everything here is outside the 0.1 stability promise: it changes with
+/// the built-in stores. A store of one's own implements [`Store`] alone.
+///
+/// ```
+/// use tower_response_cache::coordination::Coordination;
+/// use tower_response_cache::MemoryStore;
+///
+/// // A local store takes no write token.
+/// assert_eq!(MemoryStore::new().write_token(), 0);
+/// ```
+pub mod coordination {
+    #[doc(inline)]
+    pub use crate::store::{
+        Coordination, FleetEnd, FleetLease, FleetTurn, Invalidation, InvalidationListener, Source,
+        StoreEvent, VariantRead,
+    };
+}
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[doc(inline)]

@@ -43,8 +43,8 @@ pub struct CacheStats {
     /// Times a process waited the whole coalesce timeout for another's fetch and then
     /// fetched itself.
     pub fleet_timeouts: u64,
-    /// Calls to `invalidate`, `invalidate_tag` and `invalidate_all`, and invalidations by
-    /// unsafe methods.
+    /// Calls to `invalidate`, `invalidate_soft`, `invalidate_tag` and `invalidate_all`, and
+    /// invalidations by unsafe methods.
     pub invalidations: u64,
     /// Store operations that failed (each logged; none failed a request).
     pub store_errors: u64,

@@ -115,8 +115,9 @@ impl CachePolicy {
     ///   request with `Authorization` is stored only with `public`, `s-maxage` or
     ///   `must-revalidate` (§3.5); `private`, `no-cache` and `no-store` are never stored;
     /// - `must-revalidate` / `proxy-revalidate` forbid serving stale;
-    /// - a request with `Cache-Control: no-cache` or `max-age=0` goes to the origin and
-    ///   refreshes the entry;
+    /// - a request with `Cache-Control: no-cache` or `max-age=0` is never answered from
+    ///   what is stored without the origin's word: the stored entry is validated with its
+    ///   validators (a `304` freshens it), or fetched again when it has none;
     /// - a successful unsafe request also invalidates the same-origin `Location` and
     ///   `Content-Location` of its response (§4.4).
     ///

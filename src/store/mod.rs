@@ -201,6 +201,7 @@ impl Backend {
 /// `FallbackStoreBuilder::mode` or `CACHE_FALLBACK_MODE` (`serve` or `bypass`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FallbackMode {
     /// Serve from process memory (the default): entries written while Redis is
     /// unreachable live at most the fallback TTL (30 s by default) and are dropped when

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::support::redis::RedisCluster;
 use crate::support::{client, eventually, get, Answer, HttpClient, Origin};
-use tower_response_cache::Coordination;
+use tower_response_cache::coordination::Coordination;
+use tower_response_cache::coordination::{Invalidation, StoreEvent};
 use tower_response_cache::RedisStore;
 use tower_response_cache::{
-    Backend, CacheConfig, CacheHandle, CacheLayer, Entry, Invalidation, Pattern, Store, StoreEvent,
-    StoreKey,
+    Backend, CacheConfig, CacheHandle, CacheLayer, Entry, Pattern, Store, StoreKey,
 };
 
 const NAMESPACE: &str = "t";

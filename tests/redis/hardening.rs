@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::support::eventually;
 use crate::support::redis::RedisServer;
 use crate::support::stack::*;
-use tower_response_cache::Coordination;
+use tower_response_cache::coordination::Coordination;
 use tower_response_cache::{Backend, CacheHandle, Entry, Pattern, Store};
 use tower_response_cache::{RedisStore, StoreKey};
 

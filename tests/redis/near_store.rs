@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::redis::{RedisServer, Silencer};
 use bytes::Bytes;
-use tower_response_cache::Coordination;
+use tower_response_cache::coordination::Coordination;
 use tower_response_cache::{CacheLayer, RedisStore, Store, StoreKey};
 
 /// The key these tests hold in a near cache.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::support::redis::RedisServer;
 use crate::support::{client, eventually, get, HttpClient, Origin};
-use tower_response_cache::Coordination;
+use tower_response_cache::coordination::Coordination;
 use tower_response_cache::{CacheHandle, CacheLayer, Entry, MemoryStore, Pattern, Store, StoreKey};
 use tower_response_cache::{FallbackStore, RedisStore};
 
