@@ -2,7 +2,9 @@
 //! entries spread over the primaries, pattern invalidation scans every one of them, the
 //! write check holds across buckets and processes, the invalidation channel reaches a
 //! store listening on another node, and a primary killed mid-traffic costs no request and
-//! brings back no invalidated entry.
+//! brings back no invalidated entry. On a cluster with replicas (six nodes), an invalidation
+//! waits for the replica of the key's primary (`WAIT`), so a failover right after it brings
+//! nothing back.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -476,4 +478,141 @@ async fn starting_with_the_cluster_down_serves_from_memory_at_once_and_moves_to_
     })
     .await;
     assert!(used, "entries never reached the cluster");
+}
+
+/// A handle on a bare cluster store (no fallback, so nothing replays an invalidation to a
+/// promoted replica) whose invalidations wait for one replica, at most `wait`
+/// (`Duration::ZERO`: never wait).
+fn replicated_handle(cluster: &RedisCluster, wait: Duration) -> CacheHandle {
+    let store = match wait.is_zero() {
+        true => RedisStore::cluster(cluster.seeds()).durable_invalidations(0, wait),
+        false => RedisStore::cluster(cluster.seeds()).durable_invalidations(1, wait),
+    };
+    CacheHandle::builder(store.build().unwrap())
+        .namespace(NAMESPACE)
+        .build()
+}
+
+/// One logical key per primary of `cluster`, stored through `handle` and on its primary's
+/// replica too: (logical key, its Redis key, its primary).
+async fn one_key_per_primary(
+    cluster: &RedisCluster,
+    handle: &CacheHandle,
+) -> Vec<(String, String, usize)> {
+    let mut found: Vec<(String, String, usize)> = Vec::new();
+    for i in 0..64 {
+        let logical = format!("/durable/{i}");
+        let _: String = handle
+            .get_or_insert_with(&logical, async { "v".to_owned() })
+            .await;
+        let pattern = format!("*{NAMESPACE}:k:{logical}");
+        let stored = eventually(Duration::from_secs(5), || async {
+            !cluster.keys(&pattern).is_empty()
+        })
+        .await;
+        assert!(stored, "{logical} never reached the cluster");
+        let key = cluster.keys(&pattern)[0].clone();
+        let owner = cluster.owner_of(&key);
+        if found.iter().all(|(_, _, p)| *p != owner) {
+            found.push((logical, key, owner));
+        }
+        if found.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(found.len(), 3, "64 keys all fell on fewer than 3 primaries");
+    for (_, key, primary) in &found {
+        let replica = cluster.replica_of(*primary);
+        let replicated = eventually(Duration::from_secs(5), || async {
+            !cluster.nodes[replica].keys(key).is_empty()
+        })
+        .await;
+        assert!(replicated, "{key} never reached its replica");
+    }
+    found
+}
+
+/// `WAIT` on a Redis Cluster with replicas: an invalidation waits until the replica of
+/// the key's primary has it, so a failover right after it returns cannot bring the entry
+/// back; when no replica acknowledges in time, it says so. The control shows the failover
+/// does bring an entry back when the invalidation does not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_cluster_with_replicas_an_invalidation_waits_for_the_replica_and_survives_a_failover()
+{
+    let mut cluster = tokio::task::block_in_place(RedisCluster::start_replicated);
+    let durable = replicated_handle(&cluster, Duration::from_secs(10));
+    let keys = one_key_per_primary(&cluster, &durable).await;
+    let exists =
+        |cluster: &RedisCluster, node: usize, key: &str| !cluster.nodes[node].keys(key).is_empty();
+
+    // 1. The replica of the key's primary hears nothing: a short wait ends in an error that
+    //    says the invalidation did not reach it (and applied on the primary).
+    let (logical, key, primary) = &keys[0];
+    let impatient = replicated_handle(&cluster, Duration::from_millis(300));
+    tokio::task::block_in_place(|| cluster.block_replication(*primary));
+    let error = impatient
+        .invalidate(logical)
+        .await
+        .expect_err("no replica acknowledged, yet the invalidation succeeded");
+    assert!(error.is_not_replicated(), "{:?}", error.store_error());
+    assert!(!exists(&cluster, *primary, key), "applied on the primary");
+    tokio::task::block_in_place(|| {
+        cluster.allow_replication(*primary);
+        cluster.wait_replicated(Duration::from_secs(30));
+    });
+
+    // 2. The replica is cut off while the invalidation runs and heard again 500 ms later:
+    //    the invalidation returns only after that, and the primary killed at once leaves a
+    //    replica without the entry.
+    let (logical, key, primary) = &keys[1];
+    let replica = cluster.replica_of(*primary);
+    tokio::task::block_in_place(|| cluster.block_replication(*primary));
+    let invalidation = {
+        let (durable, logical) = (durable.clone(), logical.clone());
+        tokio::spawn(async move { durable.invalidate(&logical).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !invalidation.is_finished(),
+        "the invalidation returned before any replica had it"
+    );
+    tokio::task::block_in_place(|| cluster.allow_replication(*primary));
+    let result = invalidation.await.unwrap();
+    result.unwrap_or_else(|e| panic!("{e}: {:?}", e.store_error()));
+    tokio::task::block_in_place(|| cluster.nodes[*primary].kill());
+    let (owner, took) = tokio::task::block_in_place(|| {
+        cluster.wait_for_promotion(key, *primary, Duration::from_secs(30))
+    });
+    assert_eq!(owner, replica);
+    eprintln!("cluster failover after a durable invalidation: {took:?}");
+    assert!(
+        !exists(&cluster, owner, key),
+        "the invalidated entry came back with the promoted replica"
+    );
+
+    // 3. The control: the same cut without the wait returns at once, and the promoted
+    //    replica brings the entry back.
+    let (logical, key, primary) = &keys[2];
+    let replica = cluster.replica_of(*primary);
+    let eager = replicated_handle(&cluster, Duration::ZERO);
+    tokio::task::block_in_place(|| cluster.block_replication(*primary));
+    // The first call on a connection to a primary that is gone may fail (the store then
+    // finds the new one): a caller retries.
+    let mut result = eager.invalidate(logical).await;
+    for _ in 0..3 {
+        match &result {
+            Err(e) if e.store_error().is_unavailable() => result = eager.invalidate(logical).await,
+            _ => break,
+        }
+    }
+    result.unwrap_or_else(|e| panic!("{e}: {:?}", e.store_error()));
+    tokio::task::block_in_place(|| cluster.nodes[*primary].kill());
+    let (owner, _) = tokio::task::block_in_place(|| {
+        cluster.wait_for_promotion(key, *primary, Duration::from_secs(30))
+    });
+    assert_eq!(owner, replica);
+    assert!(
+        exists(&cluster, owner, key),
+        "the control: the promoted replica should still hold the entry"
+    );
 }

@@ -266,13 +266,19 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// Three primaries, no replicas.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::create(3, 0, &[])
+    }
+
+    /// `count` nodes with `replicas` replicas per primary, started with `extra` arguments.
+    fn create(count: usize, replicas: usize, extra: &[&str]) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..count)
             .map(|_| {
                 // The cluster bus gets a port of its own (not port + 10000, which may not
                 // exist above 55535).
                 let bus = free_port().to_string();
-                RedisServer::start_with(&[
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -281,7 +287,9 @@ impl RedisCluster {
                     &bus,
                     "--cluster-node-timeout",
                     "1000",
-                ])
+                ];
+                args.extend_from_slice(extra);
+                RedisServer::start_with(&args)
             })
             .collect();
         let cli = which("redis-cli").expect("redis-cli (package redis-tools) is required");
@@ -289,7 +297,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
@@ -929,5 +937,122 @@ impl Drop for SentinelProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl RedisCluster {
+    /// Three primaries with one replica each (six nodes). Replicas sync as the user `repl`
+    /// (so a test can cut one off: [`block_replication`](Self::block_replication)) and are
+    /// promoted however long they were cut off.
+    pub fn start_replicated() -> RedisCluster {
+        let mut extra: Vec<&str> = REPLICATION.to_vec();
+        extra.extend(["--cluster-replica-validity-factor", "0"]);
+        let cluster = Self::create(6, 1, &extra);
+        cluster.wait_replicated(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Wait until every primary lists a connected replica that has caught up.
+    pub fn wait_replicated(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let primaries = self.primaries();
+            let caught_up = primaries.len() == 3
+                && primaries.iter().all(|&p| {
+                    let info: String = redis::cmd("INFO")
+                        .arg("replication")
+                        .query(&mut self.nodes[p].connection())
+                        .unwrap_or_default();
+                    info.lines()
+                        .any(|l| l.starts_with("slave0:") && l.contains("state=online"))
+                });
+            if caught_up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster's replicas never came online"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The indexes of the running nodes that are primaries now.
+    pub fn primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].child.is_some()
+                    && role_of(&self.nodes[i]).as_deref() == Some("master")
+            })
+            .collect()
+    }
+
+    /// The index of the node replicating `primary`.
+    pub fn replica_of(&self, primary: usize) -> usize {
+        let id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut self.nodes[primary].connection())
+            .unwrap();
+        let table: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query(&mut self.nodes[primary].connection())
+            .unwrap();
+        let port = table
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.get(3) == Some(&id.as_str()) && fields[2].contains("slave")).then(|| {
+                    let address = fields[1].split('@').next().unwrap();
+                    address.rsplit_once(':').unwrap().1.parse::<u16>().unwrap()
+                })
+            })
+            .expect("every primary has a replica");
+        self.nodes.iter().position(|n| n.port == port).unwrap()
+    }
+
+    /// On `primary`, refuse the replication user and drop its link: from now on its replica
+    /// hears nothing (until [`allow_replication`](Self::allow_replication)).
+    pub fn block_replication(&self, primary: usize) {
+        let mut connection = self.nodes[primary].connection();
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("repl")
+            .arg("off")
+            .query(&mut connection)
+            .unwrap();
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("USER")
+            .arg("repl")
+            .query(&mut connection)
+            .unwrap();
+    }
+
+    /// Undo [`block_replication`](Self::block_replication): the replica reconnects on its own.
+    pub fn allow_replication(&self, primary: usize) {
+        let () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("repl")
+            .arg("on")
+            .query(&mut self.nodes[primary].connection())
+            .unwrap();
+    }
+
+    /// Wait until a node other than `old` owns `key`'s slot and the cluster is ok again;
+    /// returns the new owner and how long it took.
+    pub fn wait_for_promotion(&self, key: &str, old: usize, within: Duration) -> (usize, Duration) {
+        let started = Instant::now();
+        loop {
+            let owner = self.owner_of(key);
+            if owner != old {
+                self.wait_until_ok();
+                return (owner, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < within,
+                "no replica took over {key} within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
