@@ -346,6 +346,13 @@ impl Drop for Leader {
     }
 }
 
+/// Followers of a leader whose answer will not be stored go to the origin at once.
+pub(crate) fn release(leader: Option<Leader>) {
+    if let Some(leader) = leader {
+        leader.finish(Outcome::Uncacheable);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

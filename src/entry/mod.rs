@@ -25,10 +25,11 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode};
 
 use crate::clock;
-use crate::store::policy::Usage;
+pub(crate) use usage::Usage;
 
 mod codec;
 mod stored_headers;
+mod usage;
 
 pub use codec::DecodeError;
 pub use stored_headers::StoredHeaders;

@@ -184,7 +184,7 @@ impl GrpcCacheLayer {
     }
 }
 
-crate::engine::layer_impls!(
+crate::service_macros::layer_impls!(
     GrpcCacheLayer,
     GrpcCacheService,
     "A [`GrpcCacheLayer`] caching into `handle` (no method is cached until opted in)."

@@ -19,13 +19,14 @@ use super::{record, GRPC_STATUS};
 use crate::answer::{answer_to, Served};
 use crate::body::{BoxError, CacheBody};
 use crate::coalesce::Share;
-use crate::engine::{self, falling_back, take_ready, Fetching, Miss, Weighed};
+use crate::engine::{self, falling_back, Fetching, Miss, Weighed};
 use crate::entry::Entry;
 use crate::fill::Fill;
 use crate::future::ResponseFuture;
 use crate::handle::{CacheHandle, Found};
 use crate::headers::{self, CacheStatusDetail, Forward, Waited, BYPASS, CACHE_STATUS, X_CACHE};
 use crate::key::Variant;
+use crate::service_macros::take_ready;
 use crate::stats::bump;
 use crate::store::Source;
 
@@ -42,7 +43,7 @@ impl<S> GrpcCacheService<S> {
         GrpcCacheService { inner, config }
     }
 
-    engine::inner_service_accessors!();
+    crate::service_macros::inner_service_accessors!();
 }
 
 impl<S, ResB> Service<Request<Body>> for GrpcCacheService<S>
@@ -53,7 +54,7 @@ where
     ResB: http_body::Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    engine::cache_service_types!(ResB);
+    crate::service_macros::cache_service_types!(ResB);
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let brief = self.config.cache_status_detail == CacheStatusDetail::Brief;
@@ -205,4 +206,4 @@ fn mark<B>(
     Response::from_parts(parts, CacheBody::passthrough(body))
 }
 
-engine::debug_service!(GrpcCacheService);
+crate::service_macros::debug_service!(GrpcCacheService);

@@ -83,7 +83,7 @@ impl CacheLayer {
     }
 }
 
-crate::engine::layer_impls!(
+crate::service_macros::layer_impls!(
     CacheLayer,
     CacheService,
     "A [`CacheLayer`] caching into `handle`: \

@@ -16,6 +16,7 @@ mod revalidate;
 mod serve;
 mod service;
 mod unsafe_method;
+mod visit;
 
 pub(crate) use config::Config;
 pub use layer::CacheLayer;

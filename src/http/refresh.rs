@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use super::record;
 use super::revalidate::strip_conditionals;
-use super::serve::Visit;
+use super::visit::Visit;
 use crate::body::BoxError;
 use crate::coalesce::Share;
 use crate::engine::{self, Claim, Fetching, Miss, Weighed};

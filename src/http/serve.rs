@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
 use tower_service::Service;
@@ -26,6 +25,7 @@ use tower_service::Service;
 use super::config::Config;
 use super::record;
 use super::revalidate::{add_validators, has_conditionals, strip_conditionals};
+use super::visit::Visit;
 use crate::answer::{answer, answer_to, Served};
 use crate::body::{BoxError, CacheBody};
 use crate::cache_control::RequestDirectives;
@@ -39,22 +39,6 @@ use crate::headers::{self, Forward, Waited, CACHE_STATUS, X_CACHE};
 use crate::key::Variant;
 use crate::stats::bump;
 use crate::store::Source;
-
-/// A `GET` or `HEAD` the cache may answer, on its way through the cache.
-pub(super) struct Visit<S, ReqB> {
-    pub(super) config: Arc<Config>,
-    /// The ready inner service.
-    pub(super) inner: S,
-    pub(super) parts: Parts,
-    pub(super) body: ReqB,
-    pub(super) logical: String,
-    pub(super) variant: Variant,
-    /// The client asked for a fresh answer (`no-cache`): what the lookup finds is validated
-    /// with the origin, never served as it is; what comes back is stored.
-    pub(super) revalidate: bool,
-    /// The request's directives that weigh against a hit (from the classifying pass).
-    pub(super) directives: Option<RequestDirectives>,
-}
 
 /// A stored entry the origin may validate instead of sending it again (an expired one,
 /// or any, for a request's `no-cache`).

@@ -12,16 +12,16 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::config::Config;
-use super::serve::Visit;
 use super::unsafe_method::{invalidate_after, request_host};
+use super::visit::Visit;
 use crate::answer::{answer_at, Served};
 use crate::body::BoxError;
-use crate::engine::{self, take_ready};
 use crate::future::ResponseFuture;
 use crate::handle::CacheHandle;
 use crate::headers::{self, CacheStatusDetail, Forward, Waited};
 use crate::key;
 use crate::policy::{BypassReason, Classified, RequestAction};
+use crate::service_macros::take_ready;
 use crate::stats::bump;
 use crate::store::Source;
 use std::borrow::Cow;
@@ -46,7 +46,7 @@ impl<S> CacheService<S> {
         CacheService { inner, config }
     }
 
-    engine::inner_service_accessors!();
+    crate::service_macros::inner_service_accessors!();
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for CacheService<S>
@@ -58,7 +58,7 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    engine::cache_service_types!(ResB);
+    crate::service_macros::cache_service_types!(ResB);
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let brief = self.config.cache_status_detail == CacheStatusDetail::Brief;
@@ -165,4 +165,4 @@ impl<S> CacheService<S> {
     }
 }
 
-engine::debug_service!(CacheService);
+crate::service_macros::debug_service!(CacheService);

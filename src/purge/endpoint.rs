@@ -17,7 +17,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::command::{self, Action};
-use super::layer::Settings;
+use super::settings::Settings;
 use crate::body::BoxError;
 use crate::handle::CacheError;
 use crate::pattern::Pattern;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::bucket::Bucket;
 use super::service::Purge;
-use crate::http::{CacheLayer, Config};
+use super::settings::Settings;
+use crate::http::CacheLayer;
 
 /// Purge endpoints in front of the service it wraps: `PURGE <path>` and a JSON `POST` to
 /// [`json_path`](Self::json_path), for operators and deploy scripts.
@@ -80,17 +81,6 @@ pub struct PurgeLayer {
     settings: Settings,
 }
 
-/// What every [`Purge`] service built by one layer shares.
-#[derive(Clone)]
-pub(crate) struct Settings {
-    /// The cache layer's handle and key function: a `PURGE` removes the key it would use.
-    pub(crate) cache: Arc<Config>,
-    pub(crate) token: Arc<[u8]>,
-    pub(crate) json_path: Arc<str>,
-    pub(crate) max_body_size: usize,
-    pub(crate) bucket: Arc<Bucket>,
-}
-
 impl PurgeLayer {
     /// Purge endpoints for the entries `cache` stores, open to requests that carry
     /// `Authorization: Bearer <token>`. Defaults: JSON at `POST /_cache/purge`, bodies up
@@ -154,17 +144,5 @@ impl<S> tower_layer::Layer<S> for PurgeLayer {
 impl fmt::Debug for PurgeLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.settings.fmt(f)
-    }
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the token.
-        f.debug_struct("PurgeLayer")
-            .field("handle", &self.cache.handle)
-            .field("json_path", &self.json_path)
-            .field("max_body_size", &self.max_body_size)
-            .field("bucket", &self.bucket)
-            .finish_non_exhaustive()
     }
 }

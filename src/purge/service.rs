@@ -8,7 +8,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::endpoint;
-use super::layer::Settings;
+use super::settings::Settings;
 use crate::body::{BoxError, CacheBody};
 use crate::future::ResponseFuture;
 

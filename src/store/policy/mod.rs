@@ -54,11 +54,9 @@ use crate::entry::Entry;
 
 mod ghost;
 mod sketch;
-mod usage;
 
 use ghost::Ghost;
 use sketch::Sketch;
-pub(crate) use usage::Usage;
 
 /// Share of the budget for the small queue (S3-FIFO's 10 %).
 const SMALL_PERCENT: u64 = 10;

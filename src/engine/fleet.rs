@@ -7,8 +7,9 @@
 use std::ops::ControlFlow;
 use std::time::Duration;
 
+use super::Lookup;
+use crate::coalesce::release;
 use crate::coalesce::{Leader, Outcome};
-use crate::engine::{release, Lookup};
 use crate::handle::{CacheHandle, Found};
 use crate::headers::{Forward, Waited};
 use crate::stats::bump;

@@ -1,12 +1,14 @@
-//! What both adapters (HTTP and gRPC) share from a miss to its stored entry: the ready
-//! inner service, the flight's turn, and the fill that reads the origin's answer and hands
-//! it to the committer at its end.
+//! The miss protocol every adapter shares (HTTP, gRPC, `Range`, typed reads, the
+//! background refresh): the lookup loop, single flight in this process and across the
+//! fleet, and the fill that reads the origin's answer and hands it to the committer at its
+//! end.
 //!
 //! An adapter decides what a request's key is, what a stored entry means to it (its
-//! [`Lookup`]), whether an answer may be stored and how a recorded answer becomes an
-//! [`Entry`](crate::Entry) (its [`Commit`]); everything else — the lookup loop, single
-//! flight, the bans checked at commit, the fill budget, hit-for-miss — happens here
-//! ([`look`]) and in the [`CacheHandle`].
+//! [`Lookup`], `visit.rs`), whether an answer may be stored and how a recorded answer
+//! becomes an [`Entry`](crate::Entry) (its [`Commit`]); everything else — the lookup loop
+//! ([`look`]), the fleet's turn (`fleet.rs`), the bans checked at commit, the fill budget,
+//! hit-for-miss — happens here and in the [`CacheHandle`]. The Tower plumbing the adapters'
+//! services share is in `service_macros.rs`, not here.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -15,149 +17,26 @@ use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body::Body;
 
+mod fleet;
+mod visit;
+
 use crate::body::{BoxError, CacheBody};
-use crate::coalesce::{Leader, Outcome, Role, Share, Turn};
+pub(crate) use crate::coalesce::release;
+use crate::coalesce::{Leader, Role, Turn};
 use crate::fill::{self, Commit, Fill, FillBody, Head};
-use crate::fleet::Purpose;
 use crate::handle::{CacheHandle, Found, Ticket};
 use crate::headers::{self, Forward, Waited, CACHE_STATUS, X_CACHE};
 use crate::key::{self, Variant};
 use crate::stats::bump;
 use crate::store::Backend;
-
-/// `handle`, `get_ref`, `get_mut` and `into_inner` for a service over `inner` and a
-/// `config` holding the handle (tower-http's accessor set).
-macro_rules! inner_service_accessors {
-    () => {
-        /// The handle this service caches into.
-        pub fn handle(&self) -> &crate::CacheHandle {
-            &self.config.handle
-        }
-
-        /// The wrapped service.
-        pub fn get_ref(&self) -> &S {
-            &self.inner
-        }
-
-        /// The wrapped service, mutably.
-        pub fn get_mut(&mut self) -> &mut S {
-            &mut self.inner
-        }
-
-        /// The wrapped service, unwrapped.
-        pub fn into_inner(self) -> S {
-            self.inner
-        }
-    };
-}
-pub(crate) use inner_service_accessors;
-
-/// The associated types and `poll_ready` every cache service shares: the inner service's
-/// readiness and error, the answer's body wrapped in [`CacheBody`](crate::CacheBody).
-macro_rules! cache_service_types {
-    ($body:ty) => {
-        type Response = http::Response<crate::CacheBody<$body>>;
-        type Error = S::Error;
-        type Future = crate::ResponseFuture<S::Future, $body, S::Error>;
-
-        fn poll_ready(
-            &mut self,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Self::Error>> {
-            self.inner.poll_ready(cx)
-        }
-    };
-}
-pub(crate) use cache_service_types;
-
-/// `$service::layer(handle)` (documented by `$doc`) and `$layer`'s `Layer` impl, which
-/// builds each service from the layer's shared config.
-macro_rules! layer_impls {
-    ($layer:ident, $service:ident, $doc:literal) => {
-        impl<S> $service<S> {
-            #[doc = $doc]
-            pub fn layer(handle: crate::CacheHandle) -> $layer {
-                $layer::new(handle)
-            }
-        }
-
-        impl<S> tower_layer::Layer<S> for $layer {
-            type Service = $service<S>;
-
-            fn layer(&self, inner: S) -> $service<S> {
-                $service::from_config(inner, self.config.clone())
-            }
-        }
-    };
-}
-pub(crate) use layer_impls;
-
-/// `Debug` for a cache service: its inner service and its handle.
-macro_rules! debug_service {
-    ($service:ident) => {
-        impl<S: std::fmt::Debug> std::fmt::Debug for $service<S> {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($service))
-                    .field("inner", &self.inner)
-                    .field("handle", &self.config.handle)
-                    .finish()
-            }
-        }
-    };
-}
-pub(crate) use debug_service;
-
-/// The ready service goes into the future; the service keeps a fresh clone (tower's rule:
-/// what `poll_ready` readied is what `call` uses).
-pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
-}
+use fleet::Purpose;
 
 /// Whether answers are served from the memory fallback (`Cache-Status` says so).
 pub(crate) fn falling_back(handle: &CacheHandle) -> bool {
     handle.backend() == Backend::FallingBack
 }
 
-/// An adapter's part in the lookup loop ([`look`]): what its request is keyed by and what
-/// a stored entry means to it. `A` is the answer it gives (a response for HTTP and gRPC,
-/// a value for typed reads).
-pub(crate) trait Lookup<A>: Sized {
-    /// The request's logical key, variant and headers.
-    fn key(&self) -> (&str, &Variant, &HeaderMap);
-
-    /// What a lookup's `found` means to this request: an answer (`Break`), or on to the
-    /// origin (`Continue`), with what the lookup found to say so (`Cache-Status`'s `fwd`).
-    /// `waited`: whether it waited for another request's fetch first.
-    fn weigh(self, found: Found, waited: Waited) -> Weighed<Self, A>;
-
-    /// Called with a ticket taken just before each lookup: an entry the lookup finds and
-    /// the adapter may write back (validated) is written with it.
-    fn looking_up(&mut self, ticket: Ticket) {
-        let _ = ticket;
-    }
-
-    /// Whether this request may lead a flight (one whose answer is never stored, a HEAD,
-    /// goes to the origin alone).
-    fn may_lead(&self) -> bool {
-        true
-    }
-
-    /// What a follower sending `headers` makes of its leader's answer as it arrives.
-    fn share(fill: &Arc<Fill>, headers: &HeaderMap) -> Share;
-
-    /// A follower's answer from its leader's response, read as it arrives (`reader`;
-    /// `fallback`: the memory fallback serves). Only an adapter whose
-    /// [`share`](Self::share) says [`Share::Read`] is asked; one that cannot answer from
-    /// a response looks again (`Continue`), as this default does.
-    fn read_shared(self, reader: FillBody, forward: Forward, fallback: bool) -> Weighed<Self, A> {
-        let _ = (reader, fallback);
-        ControlFlow::Continue((self, forward))
-    }
-}
-
-/// What an adapter makes of one lookup (see [`Lookup::weigh`]).
-pub(crate) type Weighed<V, A> = ControlFlow<A, (V, Forward)>;
+pub(crate) use visit::{Lookup, Weighed};
 
 /// A request the lookup loop sends on to the origin, as its flight's leader or alone.
 pub(crate) struct Fetching<V> {
@@ -293,7 +172,7 @@ pub(crate) async fn refresh<A, V: Lookup<A>>(
     .await
 }
 
-/// A leader's turn across the fleet ([`crate::fleet::take_turn`]), as the loop's answer.
+/// A leader's turn across the fleet ([`fleet::take_turn`]), as the loop's answer.
 async fn fleet_turn<A, V: Lookup<A>>(
     handle: &CacheHandle,
     visit: V,
@@ -302,7 +181,7 @@ async fn fleet_turn<A, V: Lookup<A>>(
     flight: &[u8],
     purpose: Purpose,
 ) -> ControlFlow<A, Fetching<V>> {
-    match crate::fleet::take_turn(handle, visit, forward, leader, flight, purpose).await {
+    match fleet::take_turn(handle, visit, forward, leader, flight, purpose).await {
         ControlFlow::Break(answer) => ControlFlow::Break(answer),
         ControlFlow::Continue((visit, forward, leader)) => ControlFlow::Continue(Fetching {
             visit,
@@ -358,13 +237,6 @@ impl Miss {
             handle.set_hit_for_miss(&self.logical, &self.variant.identity, true);
         }
         release(self.leader);
-    }
-}
-
-/// Followers of a leader whose answer will not be stored go to the origin at once.
-pub(crate) fn release(leader: Option<Leader>) {
-    if let Some(leader) = leader {
-        leader.finish(Outcome::Uncacheable);
     }
 }
 
