@@ -13,7 +13,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::fill::FillBody;
+use crate::engine::fill::FillBody;
 
 /// The error of a [`CacheBody`]: the inner body's, or that of a shared fill (the
 /// origin's body failed, or this client read so slowly that it held others up).

@@ -130,33 +130,30 @@
 //! From a request to its answer: an **adapter** (`http/`, `grpc/`, `typed.rs`) classifies
 //! the request with the **policy** (`policy/`, reading `cache_control.rs`) and builds its
 //! **key** (`key/`); the **engine** (`engine/`: the lookup loop, single flight in this
-//! process and across the fleet) asks the **handle** (`handle/`: the store, bans, flights,
-//! the fill budget, counters) to look up, and on a miss the adapter's answer is recorded by
-//! a **fill** (`fill/`) and committed as an **entry** (`entry/`) to a **store** (`store/`:
-//! `memory/` and its eviction `policy/`, `redis/`, `fallback.rs`). Hits are answered by
-//! `answer.rs` with the `headers/` the cache sets.
+//! process and across the fleet, bans, and the state behind a **handle**, `handle/`) looks
+//! it up, and on a miss the adapter's answer is recorded by a **fill** (`engine/fill/`) and
+//! committed as an **entry** (`entry/`) to a **store** (`store/`: `memory/` and its
+//! eviction `policy/`, `redis/`, `fallback.rs`). Hits are answered by `answer.rs` with the
+//! `headers/` the cache sets.
 //!
 //! - A store backend of one's own: a folder under `store/` implementing [`Store`]
 //!   (or, outside the crate, any type implementing it).
 //! - A `Cache-Control` directive: `cache_control.rs` parses it; what it means for storing
 //!   is `policy/response.rs`, for a request `policy/request/`.
 //! - A body transform (compression): outside the cache, as a layer of its own — the README
-//!   says on which side of the cache and why; inside, the body a fill records is in `fill/`
-//!   and the body a hit answers with in `answer.rs`.
+//!   says on which side of the cache and why; inside, the body a fill records is in
+//!   `engine/fill/` and the body a hit answers with in `answer.rs`.
 #![deny(missing_docs, unreachable_pub, unsafe_code)]
 #![warn(missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod answer;
-mod ban;
 mod body;
 mod cache_control;
 mod clock;
-mod coalesce;
 mod config;
 mod engine;
 mod entry;
-mod fill;
 mod future;
 #[cfg(feature = "grpc")]
 mod grpc;

@@ -17,11 +17,12 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::coalesce::Share;
+use crate::engine::coalesce::Share;
+use crate::engine::fill::Fill;
+use crate::engine::Found;
 use crate::engine::{self, Fetching, Lookup, Weighed};
 use crate::entry::Entry;
-use crate::fill::Fill;
-use crate::handle::{CacheHandle, Found};
+use crate::handle::CacheHandle;
 use crate::headers::{Forward, Waited};
 use crate::key::Variant;
 use crate::stats::bump;

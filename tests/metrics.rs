@@ -89,7 +89,21 @@ fn emitted_in_source() -> BTreeSet<String> {
             }
             for (i, _) in code.match_indices("bump!(") {
                 let args = &code[i + 6..];
-                let args = &args[..args.find(')').unwrap()];
+                // Up to the parenthesis that closes the macro's (its arguments may call).
+                let mut depth = 0;
+                let end = args
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        depth += match c {
+                            '(' => 1,
+                            ')' => -1,
+                            _ => 0,
+                        };
+                        depth < 0
+                    })
+                    .unwrap()
+                    .0;
+                let args = &args[..end];
                 if let Some((_, counter)) = args.rsplit_once(", ") {
                     if counter.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
                         names.insert(format!("tower_response_cache_{counter}_total"));

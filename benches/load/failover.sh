@@ -464,7 +464,7 @@ run() { # MODE
     "$syncs_done" "$syncs_total" "$syncs_unconfirmed" "$syncs_http" >>"$OUT/rows.md"
   {
     echo "- $mode: failed = $non2xx non-2xx answers + $errors oha errors; the stale-read checker: $stale_errors failed reads or syncs, $stale_syncs syncs through instance 1."
-    echo "  Kills at $kill_offsets from the start of the load; stale reads at $episodes."
+    echo "  Kills at $kill_offsets from the start of the load; stale reads: $episodes."
     echo "  Rejoined node in sync and known to every sentinel after $(join "${resyncs[@]}") s; +switch-master seen by a sentinel: $switches; circuit openings: $openings; instances never seen off Redis after a kill: $never_left."
   } >>"$OUT/notes.md"
   log "$mode: $requests requests, $failed failed, $stale stale of $reads checked, failover $(join "${failovers[@]}") s, recovery $(join "${recoveries[@]}") s"

@@ -8,9 +8,10 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use super::Lookup;
-use crate::coalesce::release;
-use crate::coalesce::{Leader, Outcome};
-use crate::handle::{CacheHandle, Found};
+use crate::engine::coalesce::release;
+use crate::engine::coalesce::{Leader, Outcome};
+use crate::engine::Found;
+use crate::handle::CacheHandle;
 use crate::headers::{Forward, Waited};
 use crate::stats::bump;
 use crate::store::{Coordination, FleetEnd, FleetLease, FleetTurn};

@@ -1,14 +1,22 @@
 //! The miss protocol every adapter shares (HTTP, gRPC, `Range`, typed reads, the
-//! background refresh): the lookup loop, single flight in this process and across the
-//! fleet, and the fill that reads the origin's answer and hands it to the committer at its
-//! end.
+//! background refresh), and its state.
 //!
 //! An adapter decides what a request's key is, what a stored entry means to it (its
 //! [`Lookup`], `visit.rs`), whether an answer may be stored and how a recorded answer
-//! becomes an [`Entry`](crate::Entry) (its [`Commit`]); everything else — the lookup loop
-//! ([`look`]), the fleet's turn (`fleet.rs`), the bans checked at commit, the fill budget,
-//! hit-for-miss — happens here and in the [`CacheHandle`]. The Tower plumbing the adapters'
-//! services share is in `service_macros.rs`, not here.
+//! becomes an [`Entry`](crate::Entry) (its [`Commit`]); everything else happens here:
+//!
+//! - the lookup loop ([`look`]) and a stale hit's claim on its refresh, here;
+//! - a lookup, and the one commit that checks a ticket, writes and tells the flight
+//!   (`lookup.rs`);
+//! - a miss's ticket, its turn in the key's flight and hit-for-miss (`flight.rs`), the
+//!   flights themselves (`coalesce.rs`) and the fleet's turn (`fleet.rs`);
+//! - the ban log an invalidation leaves for fetches in the air (`ban.rs`);
+//! - the fill that records the origin's answer as it streams and hands it to the commit at
+//!   its end, within the fill budget (`fill/`);
+//! - the state all of it shares, one per handle (`state.rs`), which
+//!   [`CacheHandle`] is the application's façade over.
+//!
+//! The Tower plumbing the adapters' services share is in `service_macros.rs`, not here.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -17,18 +25,27 @@ use bytes::Bytes;
 use http::{HeaderMap, Response};
 use http_body::Body;
 
+pub(crate) mod ban;
+pub(crate) mod coalesce;
+pub(crate) mod fill;
 mod fleet;
+mod flight;
+mod lookup;
+pub(crate) mod state;
 mod visit;
 
+pub(crate) use flight::Ticket;
+pub(crate) use lookup::Found;
+
 use crate::body::{BoxError, CacheBody};
-pub(crate) use crate::coalesce::release;
-use crate::coalesce::{Leader, Role, Turn};
-use crate::fill::{self, Commit, Fill, FillBody, Head};
-use crate::handle::{CacheHandle, Found, Ticket};
+pub(crate) use crate::engine::coalesce::release;
+use crate::engine::coalesce::{Leader, Role, Turn};
+use crate::handle::CacheHandle;
 use crate::headers::{self, Forward, Waited, CACHE_STATUS, X_CACHE};
 use crate::key::{self, Variant};
 use crate::stats::bump;
 use crate::store::Backend;
+use fill::{Commit, Fill, FillBody, Head};
 use fleet::Purpose;
 
 /// Whether answers are served from the memory fallback (`Cache-Status` says so).

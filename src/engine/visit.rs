@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use crate::coalesce::Share;
-use crate::fill::{Fill, FillBody};
-use crate::handle::{Found, Ticket};
+use crate::engine::coalesce::Share;
+use crate::engine::fill::{Fill, FillBody};
+use crate::engine::{Found, Ticket};
 use crate::headers::{Forward, Waited};
 use crate::key::Variant;
 

@@ -15,9 +15,9 @@ use super::config::Config;
 use super::request::{is_grpc, is_one_message};
 use super::GRPC_STATUS;
 use crate::body::{BoxError, CacheBody};
+use crate::engine::fill::{Commit, Head};
 use crate::engine::{self, Miss};
 use crate::entry::Entry;
-use crate::fill::{Commit, Head};
 use crate::handle::CacheHandle;
 use crate::headers::{self, CACHE_STATUS, MISS, X_CACHE};
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{CacheHandle, Shared};
-use crate::ban::{Ban, BanLog};
-use crate::coalesce::Coalescer;
 use crate::config::ConfigError;
-use crate::fill::Budget;
+use crate::engine::ban::{Ban, BanLog};
+use crate::engine::coalesce::Coalescer;
+use crate::engine::fill::Budget;
 use crate::pattern::Pattern;
 use crate::stats::Counters;
 use crate::store::{Invalidation, Store, StoreEvent};

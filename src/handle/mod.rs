@@ -1,8 +1,9 @@
 //! [`CacheHandle`]: the application's side of the cache.
 //!
-//! A handle owns the store, the namespace, the default TTL and the invalidation machinery.
-//! It is cheap to clone (an `Arc` inside) and every method takes `&self`, so the web layer,
-//! the data-access code and the sync pipeline can each hold one.
+//! A handle is the application's façade over the engine's state (`engine/state.rs`: the
+//! store, the namespace, the default TTL, bans, flights): invalidation, typed reads,
+//! stats. It is cheap to clone (an `Arc` inside) and every method takes `&self`, so the
+//! web layer, the data-access code and the sync pipeline can each hold one.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -31,48 +32,24 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ban::{Ban, BanLog};
-use crate::coalesce::Coalescer;
-use crate::fill::Budget;
+use crate::engine::ban::Ban;
+use crate::engine::state::Shared;
 use crate::pattern::Pattern;
-use crate::stats::{bump, CacheStats, Counters};
+use crate::stats::{bump, CacheStats};
 use crate::store::{Backend, Store, StoreError};
 
 mod builder;
-mod flight;
-mod lookup;
 
 pub(crate) use builder::check_namespace;
 pub use builder::CacheHandleBuilder;
 #[cfg(feature = "redis")]
 pub(crate) use builder::MAX_NAMESPACE;
-pub(crate) use flight::Ticket;
-pub(crate) use lookup::Found;
 
 /// The application's handle on a cache: cheap to clone (an `Arc` inside), every method
 /// takes `&self`.
 #[derive(Clone)]
 pub struct CacheHandle {
     shared: Arc<Shared>,
-}
-
-pub(crate) struct Shared {
-    pub(crate) store: Arc<dyn Store>,
-    namespace: Box<str>,
-    ttl: Duration,
-    coalesce_timeout: Duration,
-    stale_while_revalidate: Duration,
-    stale_if_error: Duration,
-    hit_for_miss_ttl: Duration,
-    bans: BanLog,
-    flights: Arc<Coalescer>,
-    fill_budget: Arc<Budget>,
-    /// Keys whose last response could not be stored (hash of key → until when): their
-    /// misses go straight to the origin instead of queueing behind each other. Hashed
-    /// with a per-process random seed: nobody outside can aim a collision at a key.
-    hit_for_miss: dashmap::DashMap<u64, tokio::time::Instant>,
-    hit_for_miss_seed: ahash::RandomState,
-    pub(crate) counters: Counters,
 }
 
 /// An invalidation did not reach the store. The local part of it still applied: no

@@ -17,8 +17,8 @@ use http::{HeaderMap, Response, StatusCode};
 
 use crate::answer::{answer_to, Served};
 use crate::body::CacheBody;
+use crate::engine::Ticket;
 use crate::entry::Entry;
-use crate::handle::Ticket;
 use crate::headers;
 use crate::http::config::Config;
 

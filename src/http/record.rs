@@ -16,9 +16,9 @@ use http_body::Body;
 
 use super::config::Config;
 use crate::body::{BoxError, CacheBody};
+use crate::engine::fill::{Commit, Fill, Head};
 use crate::engine::{self, Miss};
 use crate::entry::{Entry, Vary};
-use crate::fill::{Commit, Fill, Head};
 use crate::handle::CacheHandle;
 use crate::headers::{self, Forward, CACHE_STATUS, MISS, X_CACHE};
 use crate::key::{self, VarySpec};

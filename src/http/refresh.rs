@@ -19,10 +19,10 @@ use super::record;
 use super::revalidate::strip_conditionals;
 use super::visit::Visit;
 use crate::body::BoxError;
-use crate::coalesce::Share;
+use crate::engine::coalesce::Share;
+use crate::engine::fill::Fill;
+use crate::engine::Found;
 use crate::engine::{self, Claim, Fetching, Miss, Weighed};
-use crate::fill::Fill;
-use crate::handle::Found;
 use crate::headers::{Forward, Waited};
 use crate::key::Variant;
 

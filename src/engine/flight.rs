@@ -4,15 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::CacheHandle;
-use crate::coalesce::{follow, follow_past_sharing, Coalescer, Leader, Outcome, Role, Share, Turn};
-use crate::fill::{Budget, Fill};
+use crate::engine::coalesce::{
+    follow, follow_past_sharing, Coalescer, Leader, Outcome, Role, Share, Turn,
+};
+use crate::engine::fill::{Budget, Fill};
+use crate::handle::CacheHandle;
 use crate::stats::bump;
 
 /// Taken before a miss calls the origin; its write is checked against it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket {
-    pub(super) bans: crate::ban::Epoch,
+    pub(super) bans: crate::engine::ban::Epoch,
     pub(super) store: u64,
 }
 
@@ -24,9 +26,9 @@ impl CacheHandle {
     /// by the store, the safe way.
     pub(crate) fn ticket_now(&self) -> Ticket {
         Ticket {
-            bans: self.shared.bans.epoch(),
+            bans: self.shared().bans.epoch(),
             store: self
-                .shared
+                .shared()
                 .store
                 .coordination()
                 .map_or(0, |s| s.write_token()),
@@ -41,8 +43,8 @@ impl CacheHandle {
     /// token, so that another process's invalidation heard later forgets the flight only
     /// when the fetch began before it.
     pub(crate) async fn ticket(&self, leader: Option<&Leader>) -> Ticket {
-        let bans = self.shared.bans.epoch();
-        let store = match self.shared.store.coordination() {
+        let bans = self.shared().bans.epoch();
+        let store = match self.shared().store.coordination() {
             Some(store) => match store.current_write_token().await {
                 Ok(token) => token,
                 Err(_) => store.write_token(),
@@ -56,7 +58,7 @@ impl CacheHandle {
     }
 
     pub(crate) fn flights(&self) -> &Arc<Coalescer> {
-        &self.shared.flights
+        &self.shared().flights
     }
 
     /// A miss joins the flight for its key: it leads, or it waits (up to the coalesce
@@ -71,11 +73,11 @@ impl CacheHandle {
         flight: &[u8],
         share: impl FnOnce(&Arc<Fill>) -> Share,
     ) -> Turn {
-        match self.shared.flights.join(logical, flight) {
+        match self.shared().flights.join(logical, flight) {
             Role::Leader(leader) => Turn::Lead(leader),
             Role::Follower(outcome) => {
-                bump!(self.shared.counters, coalesced);
-                let limit = self.shared.coalesce_timeout;
+                bump!(self.shared().counters, coalesced);
+                let limit = self.shared().coalesce_timeout;
                 let started = tokio::time::Instant::now();
                 let heard = match follow(outcome.clone(), limit).await {
                     Outcome::Sharing(fill) => {
@@ -108,33 +110,35 @@ impl CacheHandle {
 
     /// The bytes all fills of this handle may hold while recording.
     pub(crate) fn fill_budget(&self) -> Arc<Budget> {
-        self.shared.fill_budget.clone()
+        self.shared().fill_budget.clone()
     }
 
     /// How long a follower waits for its flight's leader.
     pub(crate) fn coalesce_timeout(&self) -> Duration {
-        self.shared.coalesce_timeout
+        self.shared().coalesce_timeout
     }
 
     /// The handle's stale windows, for responses that name none.
     pub(crate) fn default_stale(&self) -> (Duration, Duration) {
         (
-            self.shared.stale_while_revalidate,
-            self.shared.stale_if_error,
+            self.shared().stale_while_revalidate,
+            self.shared().stale_if_error,
         )
     }
 
     fn hit_for_miss_key(&self, logical: &str, identity: &[u8]) -> u64 {
-        self.shared.hit_for_miss_seed.hash_one((logical, identity))
+        self.shared()
+            .hit_for_miss_seed
+            .hash_one((logical, identity))
     }
 
     /// Was the last response for this key unstorable (recently)?
     pub(crate) fn is_hit_for_miss(&self, logical: &str, identity: &[u8]) -> bool {
         let key = self.hit_for_miss_key(logical, identity);
-        match self.shared.hit_for_miss.get(&key).map(|until| *until) {
+        match self.shared().hit_for_miss.get(&key).map(|until| *until) {
             Some(until) if until > tokio::time::Instant::now() => true,
             Some(_) => {
-                self.shared.hit_for_miss.remove(&key);
+                self.shared().hit_for_miss.remove(&key);
                 false
             }
             None => false,
@@ -144,14 +148,14 @@ impl CacheHandle {
     /// Remember (or forget) that a key's response could not be stored.
     pub(crate) fn set_hit_for_miss(&self, logical: &str, identity: &[u8], uncacheable: bool) {
         let key = self.hit_for_miss_key(logical, identity);
-        let map = &self.shared.hit_for_miss;
+        let map = &self.shared().hit_for_miss;
         if !uncacheable {
             if !map.is_empty() {
                 map.remove(&key);
             }
             return;
         }
-        if self.shared.hit_for_miss_ttl.is_zero() {
+        if self.shared().hit_for_miss_ttl.is_zero() {
             return;
         }
         let now = tokio::time::Instant::now();
@@ -162,6 +166,6 @@ impl CacheHandle {
                 map.clear();
             }
         }
-        map.insert(key, now + self.shared.hit_for_miss_ttl);
+        map.insert(key, now + self.shared().hit_for_miss_ttl);
     }
 }

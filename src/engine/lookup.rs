@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use super::{CacheHandle, Ticket};
+use super::Ticket;
 use crate::clock;
-use crate::coalesce::{Leader, Outcome};
+use crate::engine::coalesce::{Leader, Outcome};
 use crate::entry::Entry;
+use crate::handle::CacheHandle;
 use crate::key::{vary_matches, Variant};
 use crate::stats::bump;
 use crate::store::{Backend, Source, StoreKey, VariantRead};
@@ -29,7 +30,7 @@ pub(crate) enum Found {
 impl CacheHandle {
     fn store_key<'a>(&'a self, logical: &'a str, variant: u64) -> StoreKey<'a> {
         StoreKey {
-            namespace: &self.shared.namespace,
+            namespace: &self.shared().namespace,
             logical,
             variant,
         }
@@ -51,15 +52,15 @@ impl CacheHandle {
             return Found::Hit(entry, source);
         }
         let key = self.store_key(logical, variant.hash);
-        let read = match self.shared.store.coordination() {
+        let read = match self.shared().store.coordination() {
             Some(store) => store.get_for(key, &variant.identity, request_headers).await,
             None => {
                 // A store of one's own says only whether it serves from a fallback.
-                let source = match self.shared.store.backend() {
+                let source = match self.shared().store.backend() {
                     Backend::FallingBack => Source::Fallback,
                     _ => Source::Store,
                 };
-                let found = self.shared.store.get(key).await;
+                let found = self.shared().store.get(key).await;
                 found.map(|found| {
                     found.map_or(VariantRead::Missing, |v| VariantRead::Variants(v, source))
                 })
@@ -73,7 +74,7 @@ impl CacheHandle {
             }
             Ok(_) => return Found::UriMiss,
             Err(error) => {
-                bump!(self.shared.counters, store_errors);
+                bump!(self.shared().counters, store_errors);
                 tracing::warn!(key = %logical, %error, "cache lookup failed; treating as a miss");
                 return Found::UriMiss;
             }
@@ -93,7 +94,7 @@ impl CacheHandle {
         request_headers: &HeaderMap,
         now: u64,
     ) -> Option<(Arc<Entry>, Source)> {
-        let store = self.shared.store.coordination()?;
+        let store = self.shared().store.coordination()?;
         let mut hit = None;
         let source = store.read_now(self.store_key(logical, hash), &mut |variants| {
             hit = fresh(variants, identity, request_headers, now).cloned();
@@ -127,17 +128,17 @@ impl CacheHandle {
     /// [`commit`](Self::commit)'s write: checked against the bans, then the store's token.
     async fn write(&self, logical: &str, variant: u64, ticket: Ticket, entry: Arc<Entry>) -> bool {
         let write = {
-            let bans = self.shared.bans.read();
+            let bans = self.shared().bans.read();
             if bans.is_banned(ticket.bans, logical, entry.tags()) {
                 tracing::debug!(key = %logical, "not storing a response fetched before an invalidation");
                 return false;
             }
             // Called under the read lock: local stores apply the write here (see `Store`).
             let key = self.store_key(logical, variant);
-            match self.shared.store.coordination() {
+            match self.shared().store.coordination() {
                 Some(store) => store.put_checked(key, entry, ticket.store),
                 None => {
-                    let written = self.shared.store.put(key, entry);
+                    let written = self.shared().store.put(key, entry);
                     Box::pin(async move { written.await.map(|()| true) })
                 }
             }
@@ -145,11 +146,11 @@ impl CacheHandle {
         match write.await {
             Ok(false) => false,
             Ok(true) => {
-                bump!(self.shared.counters, stores);
+                bump!(self.shared().counters, stores);
                 true
             }
             Err(error) => {
-                bump!(self.shared.counters, store_errors);
+                bump!(self.shared().counters, store_errors);
                 tracing::warn!(key = %logical, %error, "cache write failed; response served uncached");
                 false
             }

@@ -17,7 +17,7 @@ use dashmap::mapref::entry::Entry as MapEntry;
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use crate::fill::Fill;
+use crate::engine::fill::Fill;
 
 /// What a leader's flight ended with.
 #[derive(Debug, Clone)]
@@ -117,7 +117,7 @@ pub(crate) enum Turn {
     /// Waited, and the response cannot be stored: fetch without leading.
     FetchAlone,
     /// The leader's response is being shared: read it.
-    Read(crate::fill::FillBody),
+    Read(crate::engine::fill::FillBody),
     /// The leader's response varies on these headers and this request sends other
     /// values: fly with the requests that send its own.
     OtherVariant(Vec<http::HeaderName>),

@@ -1,0 +1,32 @@
+//! The engine's state, one per handle: the store, the namespace and the defaults entries
+//! are stored with, the ban log, the flights in the air, the fill budget, hit-for-miss and
+//! the counters. [`CacheHandle`](crate::CacheHandle) is a façade over it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ban::BanLog;
+use super::coalesce::Coalescer;
+use super::fill::Budget;
+use crate::stats::Counters;
+use crate::store::Store;
+
+/// What every clone of one handle shares.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) namespace: Box<str>,
+    pub(crate) ttl: Duration,
+    pub(crate) coalesce_timeout: Duration,
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
+    pub(crate) hit_for_miss_ttl: Duration,
+    pub(crate) bans: BanLog,
+    pub(crate) flights: Arc<Coalescer>,
+    pub(crate) fill_budget: Arc<Budget>,
+    /// Keys whose last response could not be stored (hash of key → until when): their
+    /// misses go straight to the origin instead of queueing behind each other. Hashed
+    /// with a per-process random seed: nobody outside can aim a collision at a key.
+    pub(crate) hit_for_miss: dashmap::DashMap<u64, tokio::time::Instant>,
+    pub(crate) hit_for_miss_seed: ahash::RandomState,
+    pub(crate) counters: Counters,
+}
