@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::redis::RedisStore;
@@ -43,7 +44,9 @@ const MAX_REMEMBERED: usize = 10_000;
 ///   it expires. With [`FallbackMode::Bypass`] nothing is read or written: every lookup is
 ///   a miss and goes to the origin. Invalidations apply to memory at once, are reported as
 ///   not having reached Redis, and are queued.
-/// - a background probe `PING`s Redis every `probe_interval` while open. When Redis answers,
+/// - a background probe `PING`s Redis every `probe_interval` while open, and at once when
+///   an invalidation is queued (other processes may be back on Redis and read what it
+///   covers: it should reach Redis as soon as this process can reach it). When Redis answers,
 ///   the queued invalidations are replayed to it, the fallback entries are dropped, and
 ///   only then does the circuit close: Redis is never read before it has heard every
 ///   invalidation made during the outage.
@@ -106,6 +109,8 @@ struct Inner {
     listener: Mutex<Option<InvalidationListener>>,
     /// Times the circuit opened (for stats and tests).
     openings: AtomicU64,
+    /// Wakes the probe before its next tick: an invalidation was queued while open.
+    wake: Arc<Notify>,
 }
 
 impl FallbackStoreBuilder {
@@ -153,6 +158,7 @@ impl FallbackStoreBuilder {
             run_id: Mutex::new(None),
             listener: Mutex::new(None),
             openings: AtomicU64::new(0),
+            wake: Arc::new(Notify::new()),
         });
         match inner.redis.run_id().await {
             Ok(run_id) => *lock(&inner.run_id) = Some(run_id),
@@ -307,6 +313,11 @@ impl Inner {
             }
             open
         };
+        if queued {
+            // Other processes may be back on Redis already and read what this covers: the
+            // probe tries now rather than at its next tick.
+            self.wake.notify_one();
+        }
         if !queued {
             match send(&self.redis, namespace, &invalidation).await {
                 Ok(removed) => {
@@ -422,10 +433,16 @@ async fn probe(store: Weak<Inner>) {
     let Some(interval) = store.upgrade().map(|i| i.probe_interval) else {
         return;
     };
+    let Some(wake) = store.upgrade().map(|i| Arc::clone(&i.wake)) else {
+        return;
+    };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = wake.notified() => {}
+        }
         let Some(inner) = store.upgrade() else { return };
         let run_id = inner.redis.run_id().await;
         if inner.open.load(Ordering::Acquire) {
@@ -470,6 +487,9 @@ async fn probe(store: Weak<Inner>) {
         } else {
             match run_id {
                 Ok(run_id) => {
+                    // A success of a call no request waits for counts like a request's,
+                    // as its errors do: failures in a row are counted across both.
+                    inner.succeeded();
                     let restarted = lock(&inner.run_id)
                         .replace(run_id.clone())
                         .is_some_and(|old| old != run_id);

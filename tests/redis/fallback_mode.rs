@@ -187,3 +187,48 @@ async fn the_fallback_mode_is_read_from_the_environment() {
         );
     }
 }
+
+/// An invalidation made while this process is cut off reaches Redis as soon as Redis
+/// answers this process again, not at the probe's next tick: meanwhile other processes,
+/// back on Redis already, would read what it covers. The probe here ticks every 30 s, so
+/// only the invalidation itself can wake it within the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_queued_while_cut_off_reaches_redis_once_it_answers_without_waiting_for_the_probe(
+) {
+    let server = RedisServer::start();
+    let partition = Partition::start(&server).await;
+    let url = partition.url();
+    let s = Stack::start_at(server, &url, RELAXED, |b| {
+        b.mode(FallbackMode::Bypass)
+            .probe_interval(Duration::from_secs(30))
+    })
+    .await;
+    s.warm(PATH).await;
+    let key = format!("t:k:{PATH}*");
+    assert!(!s.server.keys(&key).is_empty(), "nothing stored in Redis");
+
+    cut(&s, &partition).await;
+    partition.heal();
+    // Redis answers again, but nothing has told this process yet.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(s.backend(), Backend::FallingBack);
+
+    let started = Instant::now();
+    let result = s.handle.invalidate(PATH).await;
+    assert!(result.is_err(), "reported as reaching Redis while cut off");
+    let gone = eventually(Duration::from_secs(3), || async {
+        s.server.keys(&key).is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "the invalidation had not reached Redis {:?} after it was made",
+        started.elapsed()
+    );
+    s.wait_for_backend(Backend::Redis, Duration::from_secs(3), "after the replay")
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited for the probe's tick"
+    );
+}
