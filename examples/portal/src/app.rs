@@ -240,12 +240,17 @@ pub struct SyncReport {
     pub cache: Option<Invalidated>,
 }
 
-/// Entries removed by a sync's invalidations; a failed one is named in `errors`.
+/// Entries removed by a sync's invalidations. One that failed is named in `errors`: the
+/// portal may serve what it covers until it expires. One that applied on Redis's primary
+/// but no replica confirmed in time is named in `unreplicated` instead: readers see the new
+/// data, but should the primary fail over before the replica catches up, the old entries
+/// may come back. Either way the import itself is committed, so the answer is 200.
 #[derive(Debug, Serialize)]
 pub struct Invalidated {
     pub dashboards: Option<u64>,
     pub companies: Option<u64>,
     pub errors: Vec<String>,
+    pub unreplicated: Vec<String>,
 }
 
 async fn sync(
@@ -284,6 +289,7 @@ pub async fn run_sync(state: &AppState, guid: String) -> Result<Option<SyncRepor
 /// logged and reported, never fatal: the import itself succeeded.
 async fn invalidate_company(cache: &CacheHandle, guid: &str) -> Invalidated {
     let mut errors = Vec::new();
+    let mut unreplicated = Vec::new();
     let mut attempt = |result: Result<u64, tower_response_cache::CacheError>| match result {
         Ok(removed) => Some(removed),
         Err(error) => {
@@ -291,8 +297,13 @@ async fn invalidate_company(cache: &CacheHandle, guid: &str) -> Invalidated {
                 Some(source) => format!("{error}: {source}"),
                 None => error.to_string(),
             };
-            tracing::warn!(%guid, error = %message, "cache invalidation after sync failed");
-            errors.push(message);
+            if error.is_not_replicated() {
+                tracing::warn!(%guid, error = %message, "cache invalidation after sync not confirmed by a replica");
+                unreplicated.push(message);
+            } else {
+                tracing::warn!(%guid, error = %message, "cache invalidation after sync failed");
+                errors.push(message);
+            }
             None
         }
     };
@@ -307,6 +318,7 @@ async fn invalidate_company(cache: &CacheHandle, guid: &str) -> Invalidated {
         dashboards,
         companies,
         errors,
+        unreplicated,
     }
 }
 

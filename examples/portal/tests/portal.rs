@@ -382,6 +382,58 @@ async fn sync_in_another_process(
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("sync printed no JSON ({e}): {stdout}"))
 }
 
+/// A sync whose invalidations must wait for a replica, on a Redis that has none: they apply
+/// on the primary (readers see the new data), so the sync succeeds, says no replica
+/// confirmed them, and reports them apart from failures.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_no_replica_confirmed_succeeds_and_says_so() {
+    use std::time::Duration;
+
+    let redis = redis_support::RedisServer::start();
+    // The portal seeds the database; the sync process imports into it.
+    let portal = Portal::start(false).await;
+    let guid = portal.companies().await[0]["guid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let db = &portal.db;
+
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sync"));
+    command
+        .arg(&guid)
+        .env("PORTAL_DB", &db.0)
+        .env("PORTAL_CACHE", "on")
+        .env("PORTAL_URL", "http://127.0.0.1:9")
+        .env("REDIS_ENABLED", "true")
+        .env("REDIS_URL", redis.url())
+        .env("CACHE_NAMESPACE", portal::config::NAMESPACE)
+        .env("CACHE_REDIS_TIMEOUT_MS", "1000")
+        .env("CACHE_INVALIDATE_REPLICAS", "1")
+        .env("CACHE_INVALIDATE_REPLICAS_TIMEOUT_MS", "50")
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("the sync process did not finish within 60 s")
+        .expect("start the sync binary");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the sync process failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stderr.contains("no replica confirmed it"), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["cache"]["errors"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        report["cache"]["unreplicated"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_separate_sync_process_invalidates_the_portal_through_redis() {

@@ -137,10 +137,25 @@ async fn sync_here(config: &Config, cache: CacheHandle, guid: String) -> ExitCod
         Err(error) => eprintln!("sync: cannot print the report: {error}"),
     }
     let errors = report.cache.as_ref().map_or(&[][..], |c| &c.errors[..]);
-    if errors.is_empty() {
+    let unreplicated = report
+        .cache
+        .as_ref()
+        .map_or(&[][..], |c| &c.unreplicated[..]);
+    if errors.is_empty() && unreplicated.is_empty() {
         eprintln!(
             "sync: imported into {} and invalidated through Redis",
             path.display()
+        );
+        ExitCode::SUCCESS
+    } else if errors.is_empty() {
+        // Applied on the primary, which is what every portal reads: only a failover before
+        // the replica catches up could bring the old entries back.
+        eprintln!(
+            "sync: imported into {} and invalidated through Redis, but no replica confirmed it \
+             in time: should the primary fail over now, the old dashboard may come back until \
+             its entries expire: {}",
+            path.display(),
+            unreplicated.join("; ")
         );
         ExitCode::SUCCESS
     } else {
