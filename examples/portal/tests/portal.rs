@@ -353,6 +353,20 @@ async fn sync_in_another_process(
     redis: &redis_support::RedisServer,
     guid: &str,
 ) -> Value {
+    let (report, stderr) = run_sync_process(db, redis, guid, &[]).await;
+    assert!(stderr.contains("invalidated through Redis"), "{stderr}");
+    report
+}
+
+/// Run the `sync` binary for `guid` on `db` and `redis`, with `env` on top; it must
+/// succeed. Its JSON report and its stderr.
+#[cfg(feature = "redis")]
+async fn run_sync_process(
+    db: &std::path::Path,
+    redis: &redis_support::RedisServer,
+    guid: &str,
+    env: &[(&str, &str)],
+) -> (Value, String) {
     use std::time::Duration;
 
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sync"));
@@ -366,20 +380,22 @@ async fn sync_in_another_process(
         .env("CACHE_NAMESPACE", portal::config::NAMESPACE)
         .env("CACHE_REDIS_TIMEOUT_MS", "1000")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(60), command.output())
         .await
         .expect("the sync process did not finish within 60 s")
         .expect("start the sync binary");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         output.status.success(),
         "the sync process failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
-    assert!(stderr.contains("invalidated through Redis"), "{stderr}");
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("sync printed no JSON ({e}): {stdout}"))
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("sync printed no JSON ({e}): {stdout}"));
+    (report, stderr)
 }
 
 /// A sync whose invalidations must wait for a replica, on a Redis that has none: they apply
@@ -388,8 +404,6 @@ async fn sync_in_another_process(
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_no_replica_confirmed_succeeds_and_says_so() {
-    use std::time::Duration;
-
     let redis = redis_support::RedisServer::start();
     // The portal seeds the database; the sync process imports into it.
     let portal = Portal::start(false).await;
@@ -397,35 +411,17 @@ async fn a_sync_no_replica_confirmed_succeeds_and_says_so() {
         .as_str()
         .unwrap()
         .to_owned();
-    let db = &portal.db;
-
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_sync"));
-    command
-        .arg(&guid)
-        .env("PORTAL_DB", &db.0)
-        .env("PORTAL_CACHE", "on")
-        .env("PORTAL_URL", "http://127.0.0.1:9")
-        .env("REDIS_ENABLED", "true")
-        .env("REDIS_URL", redis.url())
-        .env("CACHE_NAMESPACE", portal::config::NAMESPACE)
-        .env("CACHE_REDIS_TIMEOUT_MS", "1000")
-        .env("CACHE_INVALIDATE_REPLICAS", "1")
-        .env("CACHE_INVALIDATE_REPLICAS_TIMEOUT_MS", "50")
-        .env("RUST_LOG", "error")
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
-        .await
-        .expect("the sync process did not finish within 60 s")
-        .expect("start the sync binary");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the sync process failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
+    let (report, stderr) = run_sync_process(
+        &portal.db.0,
+        &redis,
+        &guid,
+        &[
+            ("CACHE_INVALIDATE_REPLICAS", "1"),
+            ("CACHE_INVALIDATE_REPLICAS_TIMEOUT_MS", "50"),
+        ],
+    )
+    .await;
     assert!(stderr.contains("no replica confirmed it"), "{stderr}");
-    let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["cache"]["errors"], serde_json::json!([]), "{report}");
     assert_eq!(
         report["cache"]["unreplicated"].as_array().map(Vec::len),
