@@ -1,6 +1,7 @@
-//! S3-FIFO's ghost queue: hashes of entries recently dropped from the small queue, within
-//! a byte budget. A key stored again while its ghost remains was dropped too early: it goes
-//! straight to the main queue.
+//! A ghost queue: hashes of entries recently dropped from one of the queues, within a byte
+//! budget. A key stored again while its ghost remains was dropped too early: it goes
+//! straight to the main queue, and which ghost held it tells the policy which queue was
+//! too short.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -34,6 +35,11 @@ impl Ghost {
             self.bytes -= w;
             self.forget(old);
         }
+    }
+
+    /// Bytes remembered.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Whether `hash` was remembered; it is forgotten either way.

@@ -87,3 +87,59 @@ fn an_entry_read_in_the_small_queue_moves_to_main_and_survives_a_flood() {
         "the read entry was evicted"
     );
 }
+
+/// Store `keys` in order, reading each `reads` times right after it is stored.
+fn store_all(
+    policy: &mut Policy,
+    held: &mut Vec<Arc<Entry>>,
+    keys: std::ops::Range<u64>,
+    reads: usize,
+) {
+    for k in keys {
+        if admit(policy, held, k, 100) {
+            let stored = held.last().unwrap().clone();
+            for _ in 0..reads {
+                stored.usage().count_use();
+            }
+        }
+    }
+}
+
+#[test]
+fn keys_back_soon_after_the_small_queue_dropped_them_grow_it() {
+    let mut policy = Policy::new(100 * 1000);
+    let mut held = Vec::new();
+    let initial = policy.small_target();
+    // Twice the cache of keys nobody reads: most leave through the small queue.
+    store_all(&mut policy, &mut held, 0..200, 0);
+    assert_eq!(policy.small_target(), initial, "no key came back yet");
+    // Some that left come back soon: a popular set that moved.
+    store_all(&mut policy, &mut held, 50..100, 0);
+    assert!(
+        policy.small_target() > initial,
+        "{} after keys came back from the small queue's ghost (started at {initial})",
+        policy.small_target()
+    );
+    assert!(policy.small_target() <= 50 * 1000);
+}
+
+#[test]
+fn keys_back_after_the_main_queue_dropped_them_shrink_the_small_queue() {
+    let mut policy = Policy::new(100 * 1000);
+    let mut held = Vec::new();
+    // Read once each: they move to the main queue as the small queue fills.
+    store_all(&mut policy, &mut held, 0..100, 1);
+    // New keys, unread, then back (from the small queue's ghost, straight into main):
+    // they push the first ones out of the main queue.
+    store_all(&mut policy, &mut held, 100..300, 0);
+    store_all(&mut policy, &mut held, 100..300, 0);
+    let grown = policy.small_target();
+    // The first keys come back, from the main queue's ghost.
+    store_all(&mut policy, &mut held, 0..100, 0);
+    assert!(
+        policy.small_target() < grown,
+        "{} after keys came back from the main queue's ghost (was {grown})",
+        policy.small_target()
+    );
+    assert!(policy.small_target() >= 1000);
+}
