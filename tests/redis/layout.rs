@@ -150,8 +150,12 @@ async fn six_large_variants_keep_the_circuit_closed_and_a_hit_reads_only_its_own
         .with_test_writer()
         .try_init();
     let server = RedisServer::start();
+    // Values far above the default cap (1 MiB, read well within the default 50 ms). The
+    // deadline leaves a debug build on a busy machine time to read one 8 MB value, not six:
+    // what Redis sends per hit (below) is the check that a hit reads only its own.
     let redis = RedisStore::builder(server.url())
         .max_value_bytes(16 << 20)
+        .deadline(Duration::from_millis(400))
         .build()
         .unwrap();
     let store = FallbackStore::builder(redis, MemoryStore::new())

@@ -309,8 +309,11 @@ async fn a_soft_invalidation_of_twenty_thousand_variants_never_stalls_redis() {
         slow.is_empty(),
         "Redis ran commands over 10 ms during the soft invalidation: {slow:?}"
     );
+    // The slow log above is the 10 ms bound, on Redis's own clock. A PING's round trip
+    // also counts the time a busy machine leaves the pinger or Redis unscheduled: its bound
+    // only catches a stall the slow log would not see (many commands queued at once).
     assert!(
-        slowest < Duration::from_millis(10),
+        slowest < Duration::from_millis(100),
         "a PING waited {slowest:?} (of {pings})"
     );
 

@@ -113,6 +113,31 @@ impl Instance {
     }
 }
 
+/// Stores summed over `instances` once they reach `at_least` and none lands for 300 ms.
+async fn settled_stores(instances: &[Instance], client: &HttpClient, at_least: u64) -> u64 {
+    let total = || async {
+        let mut total = 0;
+        for instance in instances {
+            total += instance.stores(client).await;
+        }
+        total
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = total().await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = total().await;
+        if now == last && now >= at_least {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stores did not settle at {at_least} or more: {now}"
+        );
+        last = now;
+    }
+}
+
 /// Run the `sync` binary for `guid`, as an operator would.
 async fn sync(db: &Path, redis: &str, guid: &str) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sync"))
@@ -156,11 +181,7 @@ async fn fetches_per_sync(lease_ms: &str) -> (u64, u64) {
         json(&client, instance.addr, &path).await;
     }
     // Let the first store land everywhere before counting.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut before = 0;
-    for instance in &instances {
-        before += instance.stores(&client).await;
-    }
+    let before = settled_stores(&instances, &client, 1).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
@@ -180,19 +201,18 @@ async fn fetches_per_sync(lease_ms: &str) -> (u64, u64) {
             }));
         }
     }
+    let mut stored = before;
     for _ in 0..SYNCS {
         sync(&db.0, &redis.url(), &guid).await;
-        // Every instance's readers miss, and the fleet's fetch lands.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Every instance's readers miss, and the fleet's fetches land (however long a busy
+        // machine takes) before the next sync.
+        stored = settled_stores(&instances, &client, stored + 1).await;
     }
     stop.store(true, Ordering::Relaxed);
     for reader in readers {
         assert_eq!(reader.await.unwrap(), 0, "a read failed");
     }
-    let mut after = 0;
-    for instance in &instances {
-        after += instance.stores(&client).await;
-    }
+    let after = settled_stores(&instances, &client, stored).await;
     drop(instances);
     (after - before, SYNCS)
 }

@@ -67,8 +67,10 @@ fn dead_references_stay_under_half_a_live_entry() {
     assert_eq!(store.stats().entries, live as u64);
     let dead = store.inner.policy.lock().unwrap().dead();
     assert!(dead <= live / 2 + 1025, "{dead} dead refs");
-    // Amortised O(1): 100 000 puts in well under a second in a release build.
-    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Amortised O(1): 100 000 puts in well under a second in a release build, a few
+    // seconds in a debug build on a busy machine; compacting on every put (10 000 references
+    // each time) takes minutes.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 
 #[test]
