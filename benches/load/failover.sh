@@ -436,6 +436,8 @@ run() { # MODE
   reads=$(jq -r '.reads // "?"' "$DIR/stale.json" 2>/dev/null || echo "?")
   stale_errors=$(jq -r '.errors // "?"' "$DIR/stale.json" 2>/dev/null || echo "?")
   stale_syncs=$(jq -r '.syncs // "?"' "$DIR/stale.json" 2>/dev/null || echo "?")
+  local stale_unconfirmed
+  stale_unconfirmed=$(jq -r '.unconfirmed // "?"' "$DIR/stale.json" 2>/dev/null || echo "?")
   local syncs_total syncs_done syncs_unconfirmed syncs_http switches openings=0
   syncs_total=$(wc -l <"$DIR/syncs.tsv")
   syncs_done=$(awk -F '\t' '$3 != "failed"' "$DIR/syncs.tsv" | wc -l)
@@ -463,7 +465,7 @@ run() { # MODE
     "$(join "${failovers[@]}")" "$(join "${recoveries[@]}")" "$(join "${answers[@]}")" \
     "$syncs_done" "$syncs_total" "$syncs_unconfirmed" "$syncs_http" >>"$OUT/rows.md"
   {
-    echo "- $mode: failed = $non2xx non-2xx answers + $errors oha errors; the stale-read checker: $stale_errors failed reads or syncs, $stale_syncs syncs through instance 1."
+    echo "- $mode: failed = $non2xx non-2xx answers + $errors oha errors; the stale-read checker: $stale_errors failed reads or syncs, $stale_syncs syncs through instance 1 ($stale_unconfirmed whose invalidation failed: no floor for the readers)."
     echo "  Kills at $kill_offsets from the start of the load; stale reads: $episodes."
     echo "  Rejoined node in sync and known to every sentinel after $(join "${resyncs[@]}") s; +switch-master seen by a sentinel: $switches; circuit openings: $openings; instances never seen off Redis after a kill: $never_left."
   } >>"$OUT/notes.md"

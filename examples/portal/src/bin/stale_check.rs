@@ -2,7 +2,11 @@
 //! and counts stale reads.
 //!
 //! A read is stale when it started after a sync had completed (the portal answered the
-//! `POST`) yet carries an older `alter_id` than that sync produced. Run alongside `oha`
+//! `POST` and named no failed invalidation in `cache.errors`) yet carries an older
+//! `alter_id` than that sync produced. A sync whose invalidation failed (Redis was out of
+//! reach: it applied in that instance's memory and waits to be replayed) is counted as
+//! `unconfirmed` and sets no floor: the cache told its caller that other instances may
+//! still serve the old dashboard. Run alongside `oha`
 //! by `benches/load/run.sh`; prints one JSON line and exits non-zero on any stale read or
 //! failed request.
 //!
@@ -116,7 +120,9 @@ async fn main() -> ExitCode {
                     let floor = committed.load(Ordering::SeqCst);
                     counts.reads.fetch_add(1, Ordering::Relaxed);
                     match fetch(&client, Method::GET, &url, host.as_deref()).await {
-                        Ok((x_cache, alter_id)) => {
+                        Ok(Answer {
+                            x_cache, alter_id, ..
+                        }) => {
                             let counter = if x_cache == "HIT" {
                                 &counts.hits
                             } else {
@@ -139,6 +145,7 @@ async fn main() -> ExitCode {
         .collect();
 
     let mut syncs = 0u64;
+    let mut unconfirmed = 0u64;
     let mut slowest_sync = Duration::ZERO;
     let mut ticks = tokio::time::interval(args.interval);
     ticks.tick().await;
@@ -146,8 +153,12 @@ async fn main() -> ExitCode {
         ticks.tick().await;
         let started = Instant::now();
         match fetch(&client, Method::POST, &sync_url, host.as_deref()).await {
-            Ok((_, alter_id)) => {
-                committed.fetch_max(alter_id, Ordering::SeqCst);
+            Ok(answer) => {
+                if answer.invalidation_failed {
+                    unconfirmed += 1;
+                } else {
+                    committed.fetch_max(answer.alter_id, Ordering::SeqCst);
+                }
                 syncs += 1;
                 slowest_sync = slowest_sync.max(started.elapsed());
             }
@@ -167,6 +178,7 @@ async fn main() -> ExitCode {
         "{}",
         serde_json::json!({
             "syncs": syncs,
+            "unconfirmed": unconfirmed,
             "slowest_sync_ms": slowest_sync.as_millis() as u64,
             "final_alter_id": committed.load(Ordering::SeqCst),
             "reads": get(&counts.reads),
@@ -184,14 +196,23 @@ async fn main() -> ExitCode {
     }
 }
 
-/// One request (with `host` as its `Host`, when given); returns the `X-Cache` header and
-/// the body's `alter_id`.
+/// What one answer said.
+struct Answer {
+    /// The `X-Cache` header.
+    x_cache: String,
+    /// The data's version.
+    alter_id: i64,
+    /// A sync's answer named a failed invalidation (`cache.errors`).
+    invalidation_failed: bool,
+}
+
+/// One request (with `host` as its `Host`, when given).
 async fn fetch(
     client: &HttpClient,
     method: Method,
     url: &str,
     host: Option<&str>,
-) -> Result<(String, i64), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Answer, Box<dyn std::error::Error + Send + Sync>> {
     let mut request = Request::builder().method(method).uri(url);
     if let Some(host) = host {
         request = request.header(hyper::header::HOST, host);
@@ -213,5 +234,12 @@ async fn fetch(
     let alter_id = json["alter_id"]
         .as_i64()
         .ok_or_else(|| format!("{url}: no alter_id in the answer"))?;
-    Ok((x_cache, alter_id))
+    let invalidation_failed = json["cache"]["errors"]
+        .as_array()
+        .is_some_and(|errors| !errors.is_empty());
+    Ok(Answer {
+        x_cache,
+        alter_id,
+        invalidation_failed,
+    })
 }
