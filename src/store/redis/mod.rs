@@ -9,7 +9,7 @@ use redis::Script;
 
 use super::{
     Backend, Coordination, FleetEnd, FleetLease, FleetTurn, Invalidation, InvalidationListener,
-    Source, Store, StoreError, StoreFuture, StoreKey, StoreStats, VariantRead, Variants,
+    Primary, Source, Store, StoreError, StoreFuture, StoreKey, StoreStats, VariantRead, Variants,
 };
 use crate::entry::Entry;
 use crate::pattern::Pattern;
@@ -712,7 +712,7 @@ impl RedisStore {
     }
 
     /// [`Store::get`] (no request to choose with): every `Vary` variant the index lists,
-    /// in a second read. The fallback store awaits it directly.
+    /// in a second read.
     pub(crate) async fn get_variants(
         &self,
         key: StoreKey<'_>,
@@ -1013,6 +1013,36 @@ impl Coordination for RedisStore {
     fn end_fleet_turn(&self, lease: FleetLease, end: FleetEnd) {
         let pass = self.inner.fleet.map_or(DEFAULT_FLEET_LEASE, |f| f.lease);
         self.hand_back_fleet_turn(lease, end, pass);
+    }
+}
+
+impl Primary for RedisStore {
+    fn run_id(&self) -> StoreFuture<'_, String> {
+        Box::pin(RedisStore::run_id(self))
+    }
+
+    fn set_error_sink(&self, sink: call::ErrorSink) {
+        RedisStore::set_error_sink(self, sink);
+    }
+
+    fn restore_generation(&self) -> StoreFuture<'_, ()> {
+        Box::pin(RedisStore::restore_generation(self))
+    }
+
+    fn unwaited(&self) -> Self {
+        RedisStore::unwaited(self)
+    }
+
+    fn wait_for_replicas(&self) -> StoreFuture<'_, ()> {
+        Box::pin(RedisStore::wait_for_replicas(self))
+    }
+
+    fn refuses_locally(&self, token: u64) -> bool {
+        RedisStore::refuses_locally(self, token)
+    }
+
+    fn add_stats(&self, stats: StoreStats) -> StoreStats {
+        self.near_stats(stats)
     }
 }
 
