@@ -72,7 +72,7 @@ pub(crate) async fn listen(store: Weak<Inner>) {
                     tracing::warn!(%error, "could not subscribe to the invalidation channel; retrying");
                     // The first failure of a streak counts (the loss before it already did).
                     if let Some(inner) = store.upgrade() {
-                        inner.background_failed("could not subscribe", &error);
+                        inner.calls.background_failed("could not subscribe", &error);
                     }
                     failing = true;
                 }
@@ -132,7 +132,7 @@ pub(crate) async fn listen(store: Weak<Inner>) {
         tracing::warn!("invalidation channel closed; reconnecting");
         // Redis may be restarting: count it now, before any other call meets the new server
         // (and its connection heals behind that call).
-        inner.background_failed(
+        inner.calls.background_failed(
             "the invalidation channel was lost",
             &StoreError::connection_lost(
                 "the invalidation channel was lost",
@@ -202,8 +202,10 @@ impl RedisStore {
             .arg(layout.process_channel(origin))
             .arg(ack_payload(self.inner.origin, seq))
             .clone();
-        if let Err(error) = self.query::<i64>(cmd, self.inner.deadline).await {
-            (self.inner).background_failed("could not acknowledge an invalidation", &error);
+        if let Err(error) = self.query::<i64>(cmd, self.inner.calls.deadline).await {
+            (self.inner)
+                .calls
+                .background_failed("could not acknowledge an invalidation", &error);
         }
     }
 }

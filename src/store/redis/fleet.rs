@@ -117,7 +117,7 @@ impl RedisStore {
             .key(&key)
             .arg(&token)
             .arg(fleet.lease.as_millis().max(1) as u64);
-        let turn: String = match self.invoke(invocation, self.inner.deadline).await {
+        let turn: String = match self.invoke(invocation, self.inner.calls.deadline).await {
             Ok(turn) => turn,
             Err(error) => {
                 // A call that missed its deadline may still run (a paused Redis runs it when
@@ -154,10 +154,11 @@ impl RedisStore {
                 let mut invocation = store.inner.fleet_scripts.end.prepare_invoke();
                 invocation.key(&lease.key).arg(&lease.token).arg(pass_ms);
                 let ended: Result<i64, StoreError> =
-                    store.invoke(invocation, store.inner.deadline).await;
+                    store.invoke(invocation, store.inner.calls.deadline).await;
                 let Err(error) = ended else { return };
                 store
                     .inner
+                    .calls
                     .background_failed("could not hand back a fleet flight's lease", &error);
                 if started.elapsed() + pause >= lease_time {
                     return;

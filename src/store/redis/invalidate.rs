@@ -89,7 +89,7 @@ impl RedisStore {
             .arg(layout.channel())
             .arg(payload)
             .clone();
-        let published = self.query::<i64>(cmd, self.inner.deadline).await;
+        let published = self.query::<i64>(cmd, self.inner.calls.deadline).await;
         self.await_leases(published.err(), std::time::Instant::now(), &awaiting)
             .await
     }
@@ -126,7 +126,7 @@ impl RedisStore {
     /// `UNLINK` one batch of keys (a cluster connection splits it by slot).
     pub(super) async fn unlink(&self, keys: &[Vec<u8>]) -> Result<u64, StoreError> {
         let cmd = redis::cmd("UNLINK").arg(keys).clone();
-        self.query::<u64>(cmd, self.inner.scan_deadline).await
+        self.query::<u64>(cmd, self.inner.calls.scan_deadline).await
     }
 
     /// Mark each of `keys` soft-invalidated with `mark`, the keys together, each in
@@ -145,7 +145,7 @@ impl RedisStore {
                     .arg(&cursor)
                     .arg(SOFT_BATCH);
                 let (next, there) = self
-                    .invoke::<(String, u64)>(invocation, self.inner.scan_deadline)
+                    .invoke::<(String, u64)>(invocation, self.inner.calls.scan_deadline)
                     .await?;
                 existed = existed.max(there);
                 if next == "0" {
@@ -187,7 +187,7 @@ impl RedisStore {
         F: Fn(Vec<Vec<u8>>) -> Fut,
         Fut: std::future::Future<Output = Result<u64, StoreError>>,
     {
-        let deadline = self.inner.scan_deadline;
+        let deadline = self.inner.calls.scan_deadline;
         let mut removed = 0u64;
         for node in self.primaries(deadline).await? {
             let mut cursor: u64 = 0;
@@ -225,11 +225,11 @@ impl RedisStore {
                 let cmd = redis::cmd("UNLINK")
                     .arg(layout.entry_key(namespace, literal))
                     .clone();
-                let removed = self.query(cmd, self.inner.deadline).await?;
+                let removed = self.query(cmd, self.inner.calls.deadline).await?;
                 let cmd = redis::cmd("UNLINK")
                     .arg(layout.expiry_key(namespace, literal))
                     .clone();
-                let _: u64 = self.query(cmd, self.inner.deadline).await?;
+                let _: u64 = self.query(cmd, self.inner.calls.deadline).await?;
                 (generation, removed)
             }
             None => {
@@ -284,7 +284,7 @@ impl RedisStore {
         tag: &str,
     ) -> Result<u64, StoreError> {
         let generation = self.bump_generation(namespace, None).await?;
-        let deadline = self.inner.scan_deadline;
+        let deadline = self.inner.calls.scan_deadline;
         let mut removed = 0;
         for tag_key in self.inner.layout.tag_keys(namespace, tag) {
             // In batches (`SSCAN`), never the whole set in one reply: `SMEMBERS` of a tag on
@@ -304,7 +304,7 @@ impl RedisStore {
                 if !members.is_empty() {
                     removed += self.unlink_entries(namespace, &members).await?;
                     let cmd = redis::cmd("SREM").arg(&tag_key).arg(&members).clone();
-                    let _: u64 = self.query(cmd, self.inner.deadline).await?;
+                    let _: u64 = self.query(cmd, self.inner.calls.deadline).await?;
                 }
                 cursor = next;
                 if cursor == 0 {

@@ -231,7 +231,7 @@ impl RedisStore {
             .key(layout.leases_key())
             .key(layout.leases_epoch_key());
         let (epoch, mut holders) = match self
-            .invoke::<Vec<String>>(invocation, self.inner.deadline)
+            .invoke::<Vec<String>>(invocation, self.inner.calls.deadline)
             .await
         {
             Ok(mut read) if !read.is_empty() => {
@@ -255,7 +255,9 @@ impl RedisStore {
             if lease.is_zero() {
                 tracing::warn!(%error, "could not publish an invalidation to other processes");
                 // The invalidation itself reached Redis; the failed publish still counts.
-                (self.inner).background_failed("the publish failed", &error);
+                (self.inner)
+                    .calls
+                    .background_failed("the publish failed", &error);
                 return Ok(());
             }
             return Err(StoreError::unavailable(

@@ -32,9 +32,10 @@ mod scripts;
 mod secret;
 mod sentinel;
 mod soft;
+mod tokens;
 mod variants;
 
-use call::classify;
+use call::{classify, Calls};
 use channel::Message;
 use codec::encode_value;
 use connection::{Connection, Lane, Subscriber, Timeouts};
@@ -46,6 +47,7 @@ use memo::DecodeMemo;
 use near::Near;
 use scripts::*;
 use sentinel::SentinelLink;
+use tokens::{token_epoch, token_generation, Tokens};
 use variants::{index_field, names_text, sub_id, value_field, Index, NamesMemo, MAX_VARY_VARIANTS};
 
 const SCAN_COUNT: usize = 1000;
@@ -187,39 +189,20 @@ impl std::fmt::Debug for Target {
 }
 
 pub(crate) struct Inner {
-    connection: Connection,
-    /// The connection invalidations are sent on (see `durable.rs`).
-    invalidations: Connection,
-    /// Whether an invalidation waits for replicas.
-    durability: Durability,
+    /// The connections and deadlines every call goes through (see `call.rs`).
+    calls: Calls,
+    /// The write token this process holds (see `tokens.rs`).
+    tokens: Tokens,
+    /// What moves the invalidation counters in Redis (see `generation.rs`).
+    generations: Generations,
     layout: Layout,
     /// Where the invalidation channel is subscribed.
     subscriber: Subscriber,
-    deadline: Duration,
-    scan_deadline: Duration,
-    /// The write token this process has: on one Redis the epoch and the generation as
-    /// Redis last told it (see [`token`]), in a cluster the highest generation Redis told.
-    /// Only what Redis said: never above the counter an invalidation draws from.
-    generation: AtomicU64,
-    /// A token one step past `generation`, set when another process's message claims a
-    /// higher generation and cleared when Redis answers: writes the fallback checks locally
-    /// (see `RedisStore::heard`) must carry at least this. 0 when none.
-    heard_floor: AtomicU64,
-    /// Questions asked of one Redis about its epoch and generation, and the latest whose
-    /// answer was adopted (see `RedisStore::set_token`).
-    asked: AtomicU64,
-    adopted: Mutex<u64>,
     /// Tells published invalidations from this process apart from others'.
     origin: u64,
     listener: Mutex<Option<InvalidationListener>>,
-    /// Told of every error of a call no caller hears of (see `call.rs`).
-    errors: Mutex<Option<call::ErrorSink>>,
     put_script: Script,
-    bump_script: Script,
-    raise_script: Script,
     soft_script: Script,
-    bump_single_script: Script,
-    restore_single_script: Script,
     /// Decodings of recent replies, reused when the same bytes come back.
     memo: DecodeMemo,
     /// The near cache, when on.
@@ -229,9 +212,6 @@ pub(crate) struct Inner {
     /// The longest lease other processes advertised (for `invalidate`'s wait).
     advertised: lease::Advertised,
     leases_script: Script,
-    /// The bucket secrets learned from Redis (see `secret.rs`).
-    secrets: secret::Secrets,
-    raise_keyed_script: Script,
     /// Fleet-wide single flight, when on (see `fleet.rs`).
     fleet: Option<fleet::Fleet>,
     fleet_scripts: fleet::FleetScripts,
@@ -411,32 +391,25 @@ impl RedisStoreBuilder {
             .map(|(lease, max_bytes)| Near::new(lease, max_bytes, layout.process_channel(origin)));
         let inner = Arc::new(Inner {
             layout,
-            connection,
-            invalidations,
-            durability: self.durability,
+            calls: Calls::new(
+                connection,
+                invalidations,
+                self.durability,
+                self.deadline,
+                self.scan_deadline,
+            ),
+            tokens: Tokens::default(),
+            generations: Generations::new(layout),
             subscriber,
-            deadline: self.deadline,
-            scan_deadline: self.scan_deadline,
-            generation: AtomicU64::new(0),
-            heard_floor: AtomicU64::new(0),
-            asked: AtomicU64::new(0),
-            adopted: Mutex::new(0),
             origin,
             listener: Mutex::new(None),
-            errors: Mutex::new(None),
             put_script: Script::new(PUT_SCRIPT),
-            bump_script: Script::new(BUMP_SCRIPT),
-            raise_script: Script::new(RAISE_SCRIPT),
             soft_script: Script::new(SOFT_SCRIPT),
-            bump_single_script: Script::new(BUMP_SINGLE_SCRIPT),
-            restore_single_script: Script::new(RESTORE_SINGLE_SCRIPT),
             memo: DecodeMemo::new(),
             near,
             acks: ack::Acks::default(),
             advertised: lease::Advertised::default(),
             leases_script: Script::new(lease::LEASES_SCRIPT),
-            secrets: secret::Secrets::new(layout.secret_slots()),
-            raise_keyed_script: Script::new(RAISE_KEYED_SCRIPT),
             fleet: self.fleet.map(|lease| fleet::Fleet { lease }),
             fleet_scripts: fleet::FleetScripts::new(),
             touch_script: Script::new(variants::TOUCH_SCRIPT),
@@ -455,7 +428,7 @@ impl RedisStoreBuilder {
             let weak = Arc::downgrade(&inner);
             link.set_on_move(Arc::new(move |address| {
                 if let Some(inner) = weak.upgrade() {
-                    inner.background_failed(
+                    inner.calls.background_failed(
                         "the Redis primary moved",
                         &StoreError::connection_lost(
                             "the Redis primary moved",
@@ -546,10 +519,60 @@ impl RedisStore {
 
     /// The connection this handle's calls go through.
     pub(crate) fn connection(&self) -> &Connection {
-        match self.lane {
-            Lane::Data => &self.inner.connection,
-            Lane::Invalidations => &self.inner.invalidations,
-        }
+        self.inner.calls.connection(self.lane)
+    }
+
+    /// A call on this handle's lane (see `call.rs`).
+    pub(super) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+        deadline: Duration,
+    ) -> Result<T, StoreError> {
+        self.inner.calls.query(self.lane, cmd, deadline).await
+    }
+
+    /// A script call on this handle's lane (see `call.rs`).
+    pub(super) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+        deadline: Duration,
+    ) -> Result<T, StoreError> {
+        self.inner
+            .calls
+            .invoke(self.lane, invocation, deadline)
+            .await
+    }
+
+    /// A call to one primary on this handle's lane (see `call.rs`).
+    pub(super) async fn query_node<T: redis::FromRedisValue>(
+        &self,
+        node: &connection::Node,
+        cmd: redis::Cmd,
+        deadline: Duration,
+    ) -> Result<T, StoreError> {
+        self.inner
+            .calls
+            .query_node(self.lane, node, cmd, deadline)
+            .await
+    }
+
+    /// Every primary, as this handle's connection sees them.
+    pub(super) async fn primaries(
+        &self,
+        deadline: Duration,
+    ) -> Result<Vec<connection::Node>, StoreError> {
+        self.inner.calls.primaries(self.lane, deadline).await
+    }
+
+    /// Send the errors of background calls to `sink` (the fallback store's failure count).
+    pub(crate) fn set_error_sink(&self, sink: call::ErrorSink) {
+        self.inner.calls.set_error_sink(sink);
+    }
+
+    /// Whether a write carrying `token` must be refused by this process's own knowledge
+    /// (see [`Tokens::refuses_locally`]).
+    pub(crate) fn refuses_locally(&self, token: u64) -> bool {
+        self.inner.tokens.refuses_locally(token)
     }
 
     /// Whether this store talks to a Redis Cluster.
@@ -559,17 +582,21 @@ impl RedisStore {
 
     /// `PING` within the deadline.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = self.query(redis::cmd("PING"), self.inner.deadline).await?;
+        let _: String = self
+            .query(redis::cmd("PING"), self.inner.calls.deadline)
+            .await?;
         Ok(())
     }
 
     /// The server's `run_id` (every primary's, in a cluster): it changes when Redis restarts.
     pub(crate) async fn run_id(&self) -> Result<String, StoreError> {
-        let nodes = self.primaries(self.inner.deadline).await?;
+        let nodes = self.primaries(self.inner.calls.deadline).await?;
         let mut ids = Vec::with_capacity(nodes.len());
         for node in &nodes {
             let cmd = redis::cmd("INFO").arg("server").clone();
-            let info: String = self.query_node(node, cmd, self.inner.deadline).await?;
+            let info: String = self
+                .query_node(node, cmd, self.inner.calls.deadline)
+                .await?;
             let id = info
                 .lines()
                 .find_map(|l| l.strip_prefix("run_id:"))
@@ -588,7 +615,7 @@ impl RedisStore {
         entry_key: &str,
         cmd: redis::Cmd,
     ) -> Result<Option<T>, StoreError> {
-        let reply = tokio::time::timeout(self.inner.deadline, async {
+        let reply = tokio::time::timeout(self.inner.calls.deadline, async {
             let mut connection = self.connection().connected().await?;
             cmd.query_async::<T>(&mut connection).await
         })
@@ -596,7 +623,7 @@ impl RedisStore {
         .map_err(|_| {
             StoreError::unavailable(
                 "Redis did not answer within the deadline",
-                format!("{:?}", self.inner.deadline),
+                format!("{:?}", self.inner.calls.deadline),
             )
         })?;
         match reply {
@@ -765,10 +792,11 @@ impl RedisStore {
             let mut invocation = store.inner.touch_script.prepare_invoke();
             invocation.key(&entry_key).arg(&index_field).arg(&sub);
             let touched: Result<redis::Value, _> =
-                store.invoke(invocation, store.inner.deadline).await;
+                store.invoke(invocation, store.inner.calls.deadline).await;
             if let Err(error) = touched {
                 store
                     .inner
+                    .calls
                     .background_failed("could not record a read of a cache entry", &error);
             }
         });
@@ -777,10 +805,12 @@ impl RedisStore {
     fn delete_later(&self, cmd: redis::Cmd) {
         let store = self.clone();
         tokio::spawn(async move {
-            let deleted: Result<redis::Value, _> = store.query(cmd, store.inner.deadline).await;
+            let deleted: Result<redis::Value, _> =
+                store.query(cmd, store.inner.calls.deadline).await;
             if let Err(error) = deleted {
                 store
                     .inner
+                    .calls
                     .background_failed("could not delete a bad cache entry", &error);
             }
         });
@@ -820,7 +850,7 @@ impl RedisStore {
         let mut attempts = 0;
         let stored = loop {
             attempts += 1;
-            let secret = self.inner.secrets.get(secret_slot);
+            let secret = self.inner.generations.secrets.get(secret_slot);
             let counters = layout.write_counter_keys(key.namespace, key.logical, secret.as_ref());
             let mut invocation = self.inner.put_script.prepare_invoke();
             invocation
@@ -856,13 +886,13 @@ impl RedisStore {
             // per MiB on top of the deadline, about 100 MB/s) instead of counting as an
             // outage.
             let deadline =
-                self.inner.deadline + Duration::from_millis(10 * (value.len() >> 20) as u64);
+                self.inner.calls.deadline + Duration::from_millis(10 * (value.len() >> 20) as u64);
             match self.invoke::<redis::Value>(invocation, deadline).await? {
                 redis::Value::Int(stored) => break stored != 0,
                 redis::Value::BulkString(current) => {
                     // Chosen with a secret Redis does not hold: refused; learnt now.
                     let current = String::from_utf8_lossy(&current);
-                    self.inner.secrets.learn(secret_slot, &current);
+                    self.inner.generations.secrets.learn(secret_slot, &current);
                     if attempts < 2 {
                         continue;
                     }
@@ -970,7 +1000,7 @@ impl Coordination for RedisStore {
     }
 
     fn write_token(&self) -> u64 {
-        self.inner.generation.load(Ordering::Relaxed)
+        self.inner.tokens.current()
     }
 
     fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> Option<Source> {
@@ -983,12 +1013,12 @@ impl Coordination for RedisStore {
     }
 
     fn fetched_before(&self, token: u64, generation: u64) -> bool {
-        self.predates(token, generation)
+        self.inner.tokens.predates(token, generation)
     }
 
     fn current_write_token(&self) -> StoreFuture<'_, u64> {
         Box::pin(async move {
-            self.learn_generation(self.inner.deadline).await;
+            self.learn_generation(self.inner.calls.deadline).await;
             Ok(self.write_token())
         })
     }
@@ -1050,8 +1080,8 @@ impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("layout", &self.inner.layout)
-            .field("deadline", &self.inner.deadline)
-            .field("generation", &self.inner.generation.load(Ordering::Relaxed))
+            .field("deadline", &self.inner.calls.deadline)
+            .field("generation", &self.inner.tokens.current())
             .finish_non_exhaustive()
     }
 }

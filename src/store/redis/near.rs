@@ -312,7 +312,7 @@ impl Drop for Inner {
         let (Some(near), Ok(runtime)) = (&self.near, tokio::runtime::Handle::try_current()) else {
             return;
         };
-        let connection = self.connection.clone();
+        let connection = self.calls.connection(super::connection::Lane::Data).clone();
         let cmd = redis::cmd("ZREM")
             .arg(self.layout.leases_key())
             .arg(&near.member)
@@ -358,8 +358,13 @@ pub(crate) async fn heartbeat(store: Weak<Inner>) {
             .arg(seq.to_string())
             .arg(store.inner.layout.publish_command())
             .arg(format!("{:016x}", super::rand_u64()));
-        if let Err(error) = store.invoke::<i64>(invocation, store.inner.deadline).await {
-            (store.inner).background_failed("near-cache heartbeat failed", &error);
+        if let Err(error) = store
+            .invoke::<i64>(invocation, store.inner.calls.deadline)
+            .await
+        {
+            (store.inner)
+                .calls
+                .background_failed("near-cache heartbeat failed", &error);
         }
     }
 }
