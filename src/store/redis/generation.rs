@@ -72,7 +72,7 @@ impl RedisStore {
     /// restart can never pass the check again.
     pub(crate) async fn restore_generation(&self) -> Result<(), StoreError> {
         let floor = token_generation(self.inner.tokens.current());
-        match self.inner.layout {
+        match self.layout() {
             Layout::Single => {
                 let mut invocation = self.inner.generations.restore_single.prepare_invoke();
                 invocation
@@ -88,7 +88,7 @@ impl RedisStore {
             }
             Layout::Cluster => {
                 let mut keys = vec![CENTRAL_GENERATION.to_owned()];
-                keys.extend(self.inner.layout.bucket_generation_keys());
+                keys.extend(self.layout().bucket_generation_keys());
                 let raised = try_join_all(keys.iter().map(|key| {
                     let mut invocation = self.inner.generations.raise.prepare_invoke();
                     invocation.key(key).arg(floor);
@@ -115,7 +115,7 @@ impl RedisStore {
     /// sent (see [`heard`](Self::heard)).
     pub(super) async fn learn_generation(&self, deadline: Duration) {
         let claimed = self.inner.tokens.claimed();
-        let learned = match self.inner.layout {
+        let learned = match self.layout() {
             Layout::Single => {
                 let cmd = redis::cmd("MGET")
                     .arg(EPOCH)
@@ -183,7 +183,7 @@ impl RedisStore {
         namespace: &str,
         logical: Option<&str>,
     ) -> Result<u64, StoreError> {
-        let layout = self.inner.layout;
+        let layout = self.layout();
         match layout {
             Layout::Single => {
                 // An exact invalidation's counter is chosen with the bucket secret; the
@@ -250,7 +250,7 @@ impl RedisStore {
         logical: &str,
         drawn: u64,
     ) -> Result<(), StoreError> {
-        let layout = self.inner.layout;
+        let layout = self.layout();
         let (secret_key, slot) = layout.secret_key(logical);
         for _ in 0..SECRET_ATTEMPTS {
             let secret = self.inner.generations.secrets.get(slot);

@@ -75,20 +75,8 @@ impl RedisStore {
             near.apply(namespace, &invalidation);
         }
         // Listening for acknowledgements before the publish: they may beat its reply.
-        let awaiting = self.inner.acks.expect();
-        let message = Message {
-            origin: self.inner.origin,
-            generation,
-            namespace: namespace.to_owned(),
-            invalidation,
-            ack: Some(awaiting.seq()),
-        };
-        let payload = serde_json::to_string(&message).expect("message serialises");
-        let layout = self.inner.layout;
-        let cmd = redis::cmd(layout.publish_command())
-            .arg(layout.channel())
-            .arg(payload)
-            .clone();
+        let awaiting = self.inner.leases.acks.expect();
+        let cmd = (self.inner.channel).publish(namespace, generation, invalidation, awaiting.seq());
         let published = self.query::<i64>(cmd, self.inner.calls.deadline).await;
         self.await_leases(published.err(), std::time::Instant::now(), &awaiting)
             .await
@@ -112,7 +100,7 @@ impl RedisStore {
         keys: &[Vec<u8>],
     ) -> Result<u64, StoreError> {
         let removed = self.unlink(keys).await?;
-        let layout = self.inner.layout;
+        let layout = self.layout();
         let expiry: Vec<Vec<u8>> = keys
             .iter()
             .filter_map(|k| layout.expiry_of(namespace, k))
@@ -138,7 +126,7 @@ impl RedisStore {
             let mut cursor = "0".to_owned();
             let mut existed = 0;
             loop {
-                let mut invocation = self.inner.soft_script.prepare_invoke();
+                let mut invocation = self.inner.entries.soft.prepare_invoke();
                 invocation
                     .key(key.as_slice())
                     .arg(mark)
@@ -218,7 +206,7 @@ impl RedisStore {
         namespace: &str,
         pattern: &Pattern,
     ) -> Result<u64, StoreError> {
-        let layout = self.inner.layout;
+        let layout = self.layout();
         let removed = match pattern.literal() {
             Some(literal) => {
                 let generation = self.bump_generation(namespace, Some(literal)).await?;
@@ -255,7 +243,7 @@ impl RedisStore {
         namespace: &str,
         pattern: &Pattern,
     ) -> Result<u64, StoreError> {
-        let layout = self.inner.layout;
+        let layout = self.layout();
         let generation = self.bump_generation(namespace, pattern.literal()).await?;
         let mark = soft::mark(generation, crate::clock::now_millis());
         let marked = match pattern.literal() {
@@ -286,7 +274,7 @@ impl RedisStore {
         let generation = self.bump_generation(namespace, None).await?;
         let deadline = self.inner.calls.scan_deadline;
         let mut removed = 0;
-        for tag_key in self.inner.layout.tag_keys(namespace, tag) {
+        for tag_key in self.layout().tag_keys(namespace, tag) {
             // In batches (`SSCAN`), never the whole set in one reply: `SMEMBERS` of a tag on
             // 200 000 entries holds Redis about 70 ms, for every process. Each batch leaves
             // the set as its entries go (`SREM`), so an entry tagged while the scan runs
@@ -319,7 +307,7 @@ impl RedisStore {
 
     pub(super) async fn invalidate_namespace(&self, namespace: &str) -> Result<u64, StoreError> {
         let generation = self.bump_generation(namespace, None).await?;
-        let layout = self.inner.layout;
+        let layout = self.layout();
         let removed = self
             .unlink_matching(namespace, &layout.entry_scan(namespace, "*"))
             .await?;

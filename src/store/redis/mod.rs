@@ -1,7 +1,6 @@
 //! [`RedisStore`]: entries in Redis, shared by every process that points at it — one
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
@@ -20,6 +19,7 @@ mod channel;
 mod codec;
 mod connection;
 mod durable;
+mod entries;
 mod fleet;
 mod generation;
 mod invalidate;
@@ -36,28 +36,23 @@ mod tokens;
 mod variants;
 
 use call::{classify, Calls};
-use channel::Message;
-use codec::encode_value;
+use channel::Channel;
 use connection::{Connection, Lane, Subscriber, Timeouts};
 use durable::Durability;
+use entries::Entries;
 use generation::*;
 use invalidate::Removal;
 use layout::{Layout, CENTRAL_GENERATION, EPOCH, WIDE_GENERATION};
-use memo::DecodeMemo;
 use near::Near;
 use scripts::*;
 use sentinel::SentinelLink;
-use tokens::{token_epoch, token_generation, Tokens};
-use variants::{index_field, names_text, sub_id, value_field, Index, NamesMemo, MAX_VARY_VARIANTS};
+use tokens::{token_generation, Tokens};
 
 const SCAN_COUNT: usize = 1000;
 
 /// The longest TTL a value gets in Redis: 2^31 − 1 seconds (about 68 years). A longer
 /// `max-age` is clamped to it before it reaches Redis.
 pub(crate) const MAX_TTL_MS: u64 = ((1u64 << 31) - 1) * 1000;
-
-/// Dead fields of the entry hash a write prunes (bounded work per write).
-const PRUNE_PER_WRITE: usize = 8;
 
 /// A [`Store`] in Redis. Cheap to clone.
 ///
@@ -195,34 +190,17 @@ pub(crate) struct Inner {
     tokens: Tokens,
     /// What moves the invalidation counters in Redis (see `generation.rs`).
     generations: Generations,
-    layout: Layout,
-    /// Where the invalidation channel is subscribed.
-    subscriber: Subscriber,
-    /// Tells published invalidations from this process apart from others'.
-    origin: u64,
-    listener: Mutex<Option<InvalidationListener>>,
-    put_script: Script,
-    soft_script: Script,
-    /// Decodings of recent replies, reused when the same bytes come back.
-    memo: DecodeMemo,
-    /// The near cache, when on.
+    /// How entries are named, encoded, read and written (see `entries.rs`).
+    entries: Entries,
+    /// Where other processes' invalidations are heard, and whom they are told to (see
+    /// `channel.rs`).
+    channel: Channel,
+    /// What an invalidation waits for other processes' near caches with (see `lease.rs`).
+    leases: lease::Leases,
+    /// Fleet-wide single flight (see `fleet.rs`).
+    fleet: fleet::Fleet,
+    /// The near cache, when on (see `near.rs`).
     near: Option<Near>,
-    /// This process's invalidations waiting for acknowledgements.
-    acks: ack::Acks,
-    /// The longest lease other processes advertised (for `invalidate`'s wait).
-    advertised: lease::Advertised,
-    leases_script: Script,
-    /// Fleet-wide single flight, when on (see `fleet.rs`).
-    fleet: Option<fleet::Fleet>,
-    fleet_scripts: fleet::FleetScripts,
-    /// Moves a `Vary` variant to the front of its index (see `variants.rs`).
-    touch_script: Script,
-    /// The `Vary` names last seen per variant, so a read asks for the right value.
-    vary_names: NamesMemo,
-    /// The largest value written (see [`RedisStoreBuilder::max_value_bytes`]).
-    max_value_bytes: usize,
-    /// Writes refused for being larger than that.
-    refused_large: AtomicU64,
 }
 
 /// The largest value a [`RedisStore`] writes by default (see
@@ -390,7 +368,6 @@ impl RedisStoreBuilder {
             .near
             .map(|(lease, max_bytes)| Near::new(lease, max_bytes, layout.process_channel(origin)));
         let inner = Arc::new(Inner {
-            layout,
             calls: Calls::new(
                 connection,
                 invalidations,
@@ -400,22 +377,11 @@ impl RedisStoreBuilder {
             ),
             tokens: Tokens::default(),
             generations: Generations::new(layout),
-            subscriber,
-            origin,
-            listener: Mutex::new(None),
-            put_script: Script::new(PUT_SCRIPT),
-            soft_script: Script::new(SOFT_SCRIPT),
-            memo: DecodeMemo::new(),
+            entries: Entries::new(layout, self.max_value_bytes),
+            channel: Channel::new(subscriber, layout, origin),
+            leases: lease::Leases::new(),
+            fleet: fleet::Fleet::new(self.fleet),
             near,
-            acks: ack::Acks::default(),
-            advertised: lease::Advertised::default(),
-            leases_script: Script::new(lease::LEASES_SCRIPT),
-            fleet: self.fleet.map(|lease| fleet::Fleet { lease }),
-            fleet_scripts: fleet::FleetScripts::new(),
-            touch_script: Script::new(variants::TOUCH_SCRIPT),
-            vary_names: NamesMemo::new(),
-            max_value_bytes: self.max_value_bytes,
-            refused_large: AtomicU64::new(0),
         });
         tokio::spawn(channel::listen(Arc::downgrade(&inner)));
         tokio::spawn(maxmemory::check(Arc::downgrade(&inner)));
@@ -577,7 +543,12 @@ impl RedisStore {
 
     /// Whether this store talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        self.inner.layout == Layout::Cluster
+        self.layout() == Layout::Cluster
+    }
+
+    /// How keys are named on this Redis (see `layout.rs`).
+    pub(super) fn layout(&self) -> Layout {
+        self.inner.entries.layout
     }
 
     /// `PING` within the deadline.
@@ -605,319 +576,6 @@ impl RedisStore {
             ids.push(id.to_owned());
         }
         Ok(ids.join(","))
-    }
-
-    /// One Redis call on the request path under the store's deadline; a `WRONGTYPE` (a
-    /// foreign value under the entry key) removes it and reads as `Ok(None)`; other answers
-    /// that are no outage read as `Ok(None)` and touch nothing.
-    async fn read_call<T: redis::FromRedisValue>(
-        &self,
-        entry_key: &str,
-        cmd: redis::Cmd,
-    ) -> Result<Option<T>, StoreError> {
-        let reply = tokio::time::timeout(self.inner.calls.deadline, async {
-            let mut connection = self.connection().connected().await?;
-            cmd.query_async::<T>(&mut connection).await
-        })
-        .await
-        .map_err(|_| {
-            StoreError::unavailable(
-                "Redis did not answer within the deadline",
-                format!("{:?}", self.inner.calls.deadline),
-            )
-        })?;
-        match reply {
-            Ok(reply) => Ok(Some(reply)),
-            Err(error) if error.code() == Some("WRONGTYPE") => {
-                // Something that is not our hash sits under our key: remove it.
-                tracing::warn!(key = %entry_key, %error, "unexpected value under a cache key; deleting it");
-                self.delete_later(redis::cmd("UNLINK").arg(entry_key).clone());
-                Ok(None)
-            }
-            Err(error) => {
-                let error = classify(error);
-                if error.is_unavailable() {
-                    // BUSY, LOADING, NOPERM, a lost connection: an outage, not bad data.
-                    return Err(error);
-                }
-                tracing::warn!(key = %entry_key, %error, "Redis refused a cache read; reading it as a miss");
-                Ok(None)
-            }
-        }
-    }
-
-    /// The variants of the index `index` read under `entry_key`, when it is one; anything
-    /// else there (an earlier version's value, junk) is removed and reads as none.
-    fn parse_index(&self, entry_key: &str, index_field: &str, raw: &[u8]) -> Option<Index> {
-        let index = Index::parse(raw);
-        if index.is_none() {
-            tracing::debug!(key = %entry_key, "not an index of this version; removing it");
-            self.delete_later(redis::cmd("HDEL").arg(entry_key).arg(index_field).clone());
-        }
-        index
-    }
-
-    /// Decode one `Vary` variant's value; bytes that do not decode are removed (a miss).
-    fn decode(
-        &self,
-        key: StoreKey<'_>,
-        entry_key: &str,
-        field: &str,
-        raw: Vec<u8>,
-    ) -> Option<Variants> {
-        let slot = key.variant ^ xxhash_rust::xxh3::xxh3_64(field.as_bytes());
-        // Taking the reply's buffer, so the entries can share it.
-        match self
-            .inner
-            .memo
-            .decode(entry_key.as_bytes(), slot, bytes::Bytes::from(raw))
-        {
-            Ok(variants) => Some(variants),
-            Err(error) => {
-                tracing::warn!(key = %entry_key, %error, "undecodable cache entry; deleting it");
-                self.delete_later(redis::cmd("HDEL").arg(entry_key).arg(field).clone());
-                None
-            }
-        }
-    }
-
-    /// [`Coordination::get_for`]: the one `Vary` variant that can answer a request of this
-    /// identity and these headers, read with the variant's index in one `HMGET` (see
-    /// `variants.rs`), and a second read when the index names other headers than expected.
-    pub(crate) async fn get_for_request(
-        &self,
-        key: StoreKey<'_>,
-        identity: &[u8],
-        headers: &http::HeaderMap,
-    ) -> Result<VariantRead, StoreError> {
-        let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
-        let index_field = index_field(key.variant);
-        let near_seen = self.inner.near.as_ref().map(Near::epoch_now);
-        let guessed = self.inner.vary_names.guess(&entry_key, key.variant);
-        let names: &[http::HeaderName] = guessed.as_deref().unwrap_or(&[]);
-        let mut sub = sub_id(identity, &crate::key::vary_values(names, headers));
-        let mut field = value_field(&index_field, &sub);
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(&entry_key).arg(&index_field).arg(&field);
-        let Some((index, mut value)) = self
-            .read_call::<(Option<Vec<u8>>, Option<Vec<u8>>)>(&entry_key, cmd)
-            .await?
-        else {
-            return Ok(VariantRead::Missing);
-        };
-        let index = index.and_then(|raw| self.parse_index(&entry_key, &index_field, &raw));
-        if let Some(index) = &index {
-            if index.names[..] != *names {
-                self.inner
-                    .vary_names
-                    .learn(&entry_key, key.variant, &index.names);
-                sub = sub_id(identity, &crate::key::vary_values(&index.names, headers));
-                field = value_field(&index_field, &sub);
-                let mut cmd = redis::cmd("HGET");
-                cmd.arg(&entry_key).arg(&field);
-                value = self
-                    .read_call::<Option<Vec<u8>>>(&entry_key, cmd)
-                    .await?
-                    .flatten();
-            } else if guessed.is_none() && !names.is_empty() {
-                self.inner.vary_names.learn(&entry_key, key.variant, names);
-            }
-        }
-        let Some(variants) = value.and_then(|raw| self.decode(key, &entry_key, &field, raw)) else {
-            return Ok(match index {
-                Some(index) if !index.is_empty() => VariantRead::OtherVariants(index.names),
-                _ => VariantRead::Missing,
-            });
-        };
-        if index.as_ref().is_some_and(|index| index.wants_touch(&sub)) {
-            self.touch_later(entry_key.clone(), index_field, sub);
-        }
-        if let (Some(near), Some(seen)) = (&self.inner.near, near_seen) {
-            near.fill(seen, key, &variants);
-        }
-        Ok(VariantRead::Variants(variants, Source::Redis))
-    }
-
-    /// [`Store::get`] (no request to choose with): every `Vary` variant the index lists,
-    /// in a second read.
-    pub(crate) async fn get_variants(
-        &self,
-        key: StoreKey<'_>,
-    ) -> Result<Option<Variants>, StoreError> {
-        let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
-        let index_field = index_field(key.variant);
-        let near_seen = self.inner.near.as_ref().map(Near::epoch_now);
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(&entry_key).arg(&index_field);
-        let Some(Some(raw)) = self.read_call::<Option<Vec<u8>>>(&entry_key, cmd).await? else {
-            return Ok(None);
-        };
-        let Some(index) = self.parse_index(&entry_key, &index_field, &raw) else {
-            return Ok(None);
-        };
-        let fields: Vec<String> = index
-            .ids()
-            .map(|id| value_field(&index_field, id))
-            .collect();
-        if fields.is_empty() {
-            return Ok(None);
-        }
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(&entry_key).arg(&fields);
-        let Some(values) = self
-            .read_call::<Vec<Option<Vec<u8>>>>(&entry_key, cmd)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let variants: Vec<Arc<Entry>> = fields
-            .iter()
-            .zip(values)
-            .filter_map(|(field, raw)| self.decode(key, &entry_key, field, raw?))
-            .flat_map(|variants| variants.iter().cloned().collect::<Vec<_>>())
-            .collect();
-        if variants.is_empty() {
-            return Ok(None);
-        }
-        if let (Some(near), Some(seen)) = (&self.inner.near, near_seen) {
-            near.fill(seen, key, &variants);
-        }
-        Ok(Some(variants.into()))
-    }
-
-    /// Move a `Vary` variant to the front of its index, off the response path.
-    fn touch_later(&self, entry_key: String, index_field: String, sub: String) {
-        let store = self.clone();
-        tokio::spawn(async move {
-            let mut invocation = store.inner.touch_script.prepare_invoke();
-            invocation.key(&entry_key).arg(&index_field).arg(&sub);
-            let touched: Result<redis::Value, _> =
-                store.invoke(invocation, store.inner.calls.deadline).await;
-            if let Err(error) = touched {
-                store
-                    .inner
-                    .calls
-                    .background_failed("could not record a read of a cache entry", &error);
-            }
-        });
-    }
-
-    fn delete_later(&self, cmd: redis::Cmd) {
-        let store = self.clone();
-        tokio::spawn(async move {
-            let deleted: Result<redis::Value, _> =
-                store.query(cmd, store.inner.calls.deadline).await;
-            if let Err(error) = deleted {
-                store
-                    .inner
-                    .calls
-                    .background_failed("could not delete a bad cache entry", &error);
-            }
-        });
-    }
-
-    async fn put_entry(
-        &self,
-        key: StoreKey<'_>,
-        entry: Arc<Entry>,
-        token: u64,
-    ) -> Result<bool, StoreError> {
-        let value = encode_value(&entry, token_generation(token));
-        let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
-        if value.len() > self.inner.max_value_bytes {
-            // A value that large would ride the request deadline of every read.
-            tracing::debug!(key = %entry_key, bytes = value.len(), "not stored in Redis: larger than max_value_bytes");
-            self.inner.refused_large.fetch_add(1, Ordering::Relaxed);
-            return Ok(false);
-        }
-        let ttl_ms = entry
-            .retention()
-            .as_millis()
-            .clamp(1, u128::from(MAX_TTL_MS)) as u64;
-        let layout = self.inner.layout;
-        let tags: Vec<String> = entry
-            .tags()
-            .iter()
-            .map(|t| layout.tag_key(key.namespace, key.logical, t))
-            .collect();
-        let index_field = index_field(key.variant);
-        let sub = sub_id(entry.identity(), &entry.vary().values);
-        let (secret_key, secret_slot) = layout.secret_key(key.logical);
-        // A process meets a bucket's secret at its first write there (on a cluster each
-        // slot group has its own, read with nothing else): refused once for not knowing it,
-        // the write is sent again with it. The token is checked as before.
-        let near_seen = self.inner.near.as_ref().map(Near::epoch_now);
-        let mut attempts = 0;
-        let stored = loop {
-            attempts += 1;
-            let secret = self.inner.generations.secrets.get(secret_slot);
-            let counters = layout.write_counter_keys(key.namespace, key.logical, secret.as_ref());
-            let mut invocation = self.inner.put_script.prepare_invoke();
-            invocation
-                .key(&entry_key)
-                .key(layout.expiry_key(key.namespace, key.logical));
-            for counter in &counters {
-                invocation.key(counter);
-            }
-            let epoch = match layout {
-                Layout::Single => {
-                    invocation.key(EPOCH);
-                    token_epoch(token).to_string()
-                }
-                Layout::Cluster => String::new(),
-            };
-            invocation.key(&secret_key);
-            for tag in &tags {
-                invocation.key(tag);
-            }
-            invocation
-                .arg(&index_field)
-                .arg(value.as_ref())
-                .arg(ttl_ms)
-                .arg(token_generation(token))
-                .arg(epoch)
-                .arg(counters.len())
-                .arg(PRUNE_PER_WRITE)
-                .arg(secret.as_ref().map_or("", |s| s.as_str()))
-                .arg(&sub)
-                .arg(names_text(&entry.vary().names))
-                .arg(MAX_VARY_VARIANTS);
-            // A write runs off the response path; a large value gets time to travel (10 ms
-            // per MiB on top of the deadline, about 100 MB/s) instead of counting as an
-            // outage.
-            let deadline =
-                self.inner.calls.deadline + Duration::from_millis(10 * (value.len() >> 20) as u64);
-            match self.invoke::<redis::Value>(invocation, deadline).await? {
-                redis::Value::Int(stored) => break stored != 0,
-                redis::Value::BulkString(current) => {
-                    // Chosen with a secret Redis does not hold: refused; learnt now.
-                    let current = String::from_utf8_lossy(&current);
-                    self.inner.generations.secrets.learn(secret_slot, &current);
-                    if attempts < 2 {
-                        continue;
-                    }
-                    tracing::debug!(key = %entry_key, "not stored: the bucket secret changed");
-                    return Ok(false);
-                }
-                other => {
-                    return Err(StoreError::new(
-                        "unexpected reply of the write script",
-                        format!("{other:?}"),
-                    ))
-                }
-            }
-        };
-        if !stored {
-            tracing::debug!(key = %entry_key, "not stored: an invalidation happened while it was fetched");
-        } else {
-            self.inner
-                .vary_names
-                .learn(&entry_key, key.variant, &entry.vary().names);
-            if let (Some(near), Some(seen)) = (&self.inner.near, near_seen) {
-                near.fill_entries(seen, key, std::slice::from_ref(&entry));
-            }
-        }
-        Ok(stored)
     }
 }
 
@@ -970,7 +628,7 @@ impl Store for RedisStore {
 
     fn stats(&self) -> StoreStats {
         self.near_stats(StoreStats {
-            admissions_refused: self.inner.refused_large.load(Ordering::Relaxed),
+            admissions_refused: self.inner.entries.refused_large(),
             ..StoreStats::default()
         })
     }
@@ -1024,11 +682,7 @@ impl Coordination for RedisStore {
     }
 
     fn set_listener(&self, listener: InvalidationListener) {
-        *self
-            .inner
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(listener);
+        self.inner.channel.set_listener(listener);
     }
 
     fn fleet_turn<'a>(
@@ -1041,7 +695,7 @@ impl Coordination for RedisStore {
     }
 
     fn end_fleet_turn(&self, lease: FleetLease, end: FleetEnd) {
-        let pass = self.inner.fleet.map_or(DEFAULT_FLEET_LEASE, |f| f.lease);
+        let pass = self.inner.fleet.lease().unwrap_or(DEFAULT_FLEET_LEASE);
         self.hand_back_fleet_turn(lease, end, pass);
     }
 }
@@ -1079,21 +733,9 @@ impl Primary for RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("layout", &self.inner.layout)
+            .field("layout", &self.layout())
             .field("deadline", &self.inner.calls.deadline)
             .field("generation", &self.inner.tokens.current())
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn index_fields_are_sixteen_hex_digits() {
-        assert_eq!(index_field(0), "0000000000000000");
-        assert_eq!(index_field(0xdead_beef), "00000000deadbeef");
-        assert_eq!(index_field(u64::MAX), "ffffffffffffffff");
     }
 }
