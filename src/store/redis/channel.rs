@@ -1,4 +1,4 @@
-//! The invalidation channel: every invalidation a [`RedisStore`](super::RedisStore) makes is
+//! The invalidation channel: every invalidation a [`RedisStore`] makes is
 //! published on the layout's channel (`tower-response-cache:invalidations`), and every
 //! store listens there, so other processes ban their in-flight fetches and drop their
 //! local entries.

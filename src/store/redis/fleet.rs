@@ -24,6 +24,9 @@
 //!
 //! Cost on a plain miss: one round trip (the `SET NX PX`) before the fetch; the release is
 //! sent off the request path.
+//!
+//! [`Fleet`] owns the lease a leader takes (none: the feature is off) and the two scripts;
+//! taking and handing back a turn compose it with the store's calls.
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //!
 //! [`Generations`] owns the scripts that raise and restore the counters in Redis and the
 //! bucket secrets that choose an exact invalidation's counter: what it takes to move the
-//! counters, apart from the token this process holds ([`Tokens`](super::tokens::Tokens)),
+//! counters, apart from the token this process holds ([`Tokens`]),
 //! which only ever hears answers. The `RedisStore` methods here compose the two with the
 //! store's calls.
 
@@ -110,9 +110,10 @@ impl RedisStore {
     }
 
     /// Read the generation counter (and, on one Redis, the epoch) and adopt it (also before
-    /// each miss fetches, see [`Store::current_write_token`]); on failure this process keeps
-    /// what it knows, and the error counts toward opening a fallback's circuit. A successful read also settles what a message claimed before it was
-    /// sent (see [`heard`](Self::heard)).
+    /// each miss fetches, see [`Coordination::current_write_token`]); on failure this
+    /// process keeps what it knows, and the error counts toward opening a fallback's
+    /// circuit. A successful read also settles what a message claimed before it was sent
+    /// (see [`heard`](Self::heard)).
     pub(super) async fn learn_generation(&self, deadline: Duration) {
         let claimed = self.inner.tokens.claimed();
         let learned = match self.layout() {

@@ -20,6 +20,12 @@
 //!
 //! Instants are `std::time::Instant` (`CLOCK_MONOTONIC`): a process that is stopped
 //! (`SIGSTOP`) keeps counting, so its lease has lapsed when it continues.
+//!
+//! Two parts live here: [`Lease`], this process's own lease (inside its near cache), and
+//! [`Leases`], what an invalidating process keeps to wait for everybody else's (the
+//! acknowledgements it awaits, the longest lease it saw, the script that reads the lease
+//! set). They are apart because a process without a near cache has no lease of its own
+//! and still waits for the others'.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
