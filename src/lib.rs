@@ -233,4 +233,4 @@ pub mod coordination {
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[doc(inline)]
-pub use store::{FallbackStore, FallbackStoreBuilder, RedisStore, RedisStoreBuilder};
+pub use store::{FallbackStore, FallbackStoreBuilder, Primary, RedisStore, RedisStoreBuilder};

@@ -62,7 +62,7 @@ mod sealed {
     #[cfg(feature = "redis")]
     impl Sealed for crate::store::RedisStore {}
     #[cfg(feature = "redis")]
-    impl Sealed for crate::store::FallbackStore {}
+    impl<P: crate::store::Primary> Sealed for crate::store::FallbackStore<P> {}
 }
 
 /// The coordination protocol of the built-in stores (sealed; see the module docs).

@@ -1,6 +1,7 @@
 //! [`FallbackStore`]: Redis first, process memory when Redis fails, healing on its own.
 //!
-//! Redis is optional: an outage must cost neither a failed request nor an invalidation
+//! The primary is usually Redis, and the docs here say Redis; any [`Primary`] works (the
+//! circuit, the queue and the replay only need what that trait asks for). Redis is optional: an outage must cost neither a failed request nor an invalidation
 //! that Redis never hears of. The circuit breaker here decides when Redis is trusted, and
 //! [`FallbackMode`] what the cache does while it is not: keep serving from memory
 //! (bounded staleness) or step aside (no stale answer, the origin takes the load).
@@ -13,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::primary::Primary;
 use super::redis::RedisStore;
 use super::{
     Backend, Coordination, FallbackMode, FleetEnd, FleetLease, FleetTurn, Invalidation,
@@ -28,6 +30,11 @@ const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 const MAX_REMEMBERED: usize = 10_000;
 
 /// Redis with a memory fallback and a circuit breaker. Cheap to clone.
+///
+/// The primary is a [`RedisStore`] unless another [`Primary`] is given to
+/// [`builder`](FallbackStore::builder): what follows says "Redis" for whichever it is. A
+/// primary that is not one of the built-in stores is read and written through [`Store`]
+/// alone (no write tokens, no other processes' invalidations, no fleet-wide flights).
 ///
 /// A circuit breaker decides which store serves:
 ///
@@ -75,15 +82,22 @@ const MAX_REMEMBERED: usize = 10_000;
 /// let cache = CacheHandle::builder(store).namespace("portal").build();
 /// # let _ = cache; Ok(()) }
 /// ```
-#[derive(Clone)]
-pub struct FallbackStore {
-    inner: Arc<Inner>,
+pub struct FallbackStore<P: Primary = RedisStore> {
+    inner: Arc<Inner<P>>,
+}
+
+impl<P: Primary> Clone for FallbackStore<P> {
+    fn clone(&self) -> Self {
+        FallbackStore {
+            inner: Arc::clone(&self.inner),
+        }
+    }
 }
 
 /// Builds a [`FallbackStore`].
 #[must_use]
-pub struct FallbackStoreBuilder {
-    redis: RedisStore,
+pub struct FallbackStoreBuilder<P: Primary = RedisStore> {
+    primary: P,
     memory: MemoryStore,
     fallback_ttl: Duration,
     failure_threshold: u32,
@@ -91,8 +105,8 @@ pub struct FallbackStoreBuilder {
     mode: FallbackMode,
 }
 
-struct Inner {
-    redis: RedisStore,
+struct Inner<P> {
+    primary: P,
     memory: MemoryStore,
     open: AtomicBool,
     failures: AtomicU32,
@@ -113,7 +127,7 @@ struct Inner {
     wake: Arc<Notify>,
 }
 
-impl FallbackStoreBuilder {
+impl<P: Primary> FallbackStoreBuilder<P> {
     /// Longest life of an entry written while falling back (default 30 s).
     pub fn fallback_ttl(mut self, ttl: Duration) -> Self {
         self.fallback_ttl = ttl;
@@ -143,9 +157,9 @@ impl FallbackStoreBuilder {
 
     /// Build the store: one `PING` decides whether to start on Redis or, at once, on
     /// memory. Never fails. Must be called within a Tokio runtime.
-    pub async fn build(self) -> FallbackStore {
+    pub async fn build(self) -> FallbackStore<P> {
         let inner = Arc::new(Inner {
-            redis: self.redis,
+            primary: self.primary,
             memory: self.memory,
             open: AtomicBool::new(false),
             failures: AtomicU32::new(0),
@@ -160,7 +174,7 @@ impl FallbackStoreBuilder {
             openings: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
         });
-        match inner.redis.run_id().await {
+        match inner.primary.run_id().await {
             Ok(run_id) => *lock(&inner.run_id) = Some(run_id),
             Err(error) => {
                 tracing::warn!(%error, "Redis is unreachable at start: serving from memory until it answers");
@@ -169,7 +183,7 @@ impl FallbackStoreBuilder {
         }
         // Remote invalidations drop local entries too, and a lost channel drops them all.
         let weak = Arc::downgrade(&inner);
-        inner.redis.set_listener(Arc::new(move |event| {
+        let listener: InvalidationListener = Arc::new(move |event| {
             let Some(inner) = weak.upgrade() else { return };
             match event {
                 StoreEvent::Remote {
@@ -190,10 +204,13 @@ impl FallbackStoreBuilder {
             if let Some(listener) = listener {
                 listener(event);
             }
-        }));
+        });
+        if let Some(primary) = inner.primary.coordination() {
+            primary.set_listener(listener);
+        }
         // Errors of Redis calls no request waits for count like a request's.
         let weak = Arc::downgrade(&inner);
-        inner.redis.set_error_sink(Arc::new(move |error| {
+        inner.primary.set_error_sink(Arc::new(move |error| {
             if let Some(inner) = weak.upgrade() {
                 inner.failed(error);
             }
@@ -203,11 +220,11 @@ impl FallbackStoreBuilder {
     }
 }
 
-impl FallbackStore {
-    /// A builder combining `redis` with the `memory` fallback.
-    pub fn builder(redis: RedisStore, memory: MemoryStore) -> FallbackStoreBuilder {
+impl<P: Primary> FallbackStore<P> {
+    /// A builder combining `primary` (usually a [`RedisStore`]) with the `memory` fallback.
+    pub fn builder(primary: P, memory: MemoryStore) -> FallbackStoreBuilder<P> {
         FallbackStoreBuilder {
-            redis,
+            primary,
             memory,
             fallback_ttl: Duration::from_secs(30),
             failure_threshold: 3,
@@ -232,7 +249,12 @@ impl FallbackStore {
     }
 }
 
-impl Inner {
+impl<P: Primary> Inner<P> {
+    /// The primary's coordination protocol, when it has one (the built-in stores).
+    fn coordinated(&self) -> Option<&dyn Coordination> {
+        self.primary.coordination()
+    }
+
     fn open_circuit(&self) {
         if !self.open.swap(true, Ordering::AcqRel) {
             self.openings.fetch_add(1, Ordering::Relaxed);
@@ -319,7 +341,7 @@ impl Inner {
             self.wake.notify_one();
         }
         if !queued {
-            match send(&self.redis, namespace, &invalidation).await {
+            match send(&self.primary, namespace, &invalidation).await {
                 Ok(removed) => {
                     self.succeeded();
                     return Ok(removed + local);
@@ -361,7 +383,7 @@ impl Inner {
         if self.open.load(Ordering::Acquire) {
             return self.invalidate(namespace, hard()).await;
         }
-        match self.redis.invalidate_soft(namespace, pattern).await {
+        match self.primary.invalidate_soft(namespace, pattern).await {
             Ok(marked) => {
                 self.succeeded();
                 self.remember(namespace, &hard());
@@ -399,15 +421,15 @@ impl Inner {
 
     /// Replay queued invalidations in order; stops at the first failure, keeping the rest.
     /// Replayed invalidations do not wait for replicas one by one (see
-    /// `RedisStore::unwaited`): the probe waits once, after the circuit closed.
+    /// [`Primary::unwaited`]): the probe waits once, after the circuit closed.
     async fn replay(&self) -> bool {
-        let redis = self.redis.unwaited();
+        let primary = self.primary.unwaited();
         loop {
             let next = lock(&self.pending).first().cloned();
             let Some((namespace, invalidation)) = next else {
                 return true;
             };
-            if let Err(error) = send(&redis, &namespace, &invalidation).await {
+            if let Err(error) = send(&primary, &namespace, &invalidation).await {
                 tracing::debug!(%error, "replaying invalidations to Redis failed; retrying later");
                 return false;
             }
@@ -416,20 +438,20 @@ impl Inner {
     }
 }
 
-async fn send(
-    redis: &RedisStore,
+async fn send<P: Primary>(
+    primary: &P,
     namespace: &str,
     invalidation: &Invalidation,
 ) -> Result<u64, StoreError> {
     match invalidation {
-        Invalidation::Pattern(p) => redis.invalidate(namespace, &Pattern::new(p)).await,
-        Invalidation::Tag(t) => redis.invalidate_tag(namespace, t).await,
-        Invalidation::All => redis.invalidate_all(namespace).await,
+        Invalidation::Pattern(p) => primary.invalidate(namespace, &Pattern::new(p)).await,
+        Invalidation::Tag(t) => primary.invalidate_tag(namespace, t).await,
+        Invalidation::All => primary.invalidate_all(namespace).await,
     }
 }
 
 /// The background probe: heals an open circuit, and catches a restarted Redis.
-async fn probe(store: Weak<Inner>) {
+async fn probe<P: Primary>(store: Weak<Inner<P>>) {
     let Some(interval) = store.upgrade().map(|i| i.probe_interval) else {
         return;
     };
@@ -444,7 +466,7 @@ async fn probe(store: Weak<Inner>) {
             () = wake.notified() => {}
         }
         let Some(inner) = store.upgrade() else { return };
-        let run_id = inner.redis.run_id().await;
+        let run_id = inner.primary.run_id().await;
         if inner.open.load(Ordering::Acquire) {
             let Ok(run_id) = run_id else { continue };
             let restarted = lock(&inner.run_id)
@@ -455,7 +477,7 @@ async fn probe(store: Weak<Inner>) {
             }
             // A restarted Redis may have an older counter than tokens in flight: raise it
             // first, so the replayed invalidations move it past every one of them.
-            if inner.redis.restore_generation().await.is_err() {
+            if inner.primary.restore_generation().await.is_err() {
                 continue;
             }
             // Entries written while deaf to other processes are not trusted any longer.
@@ -476,7 +498,7 @@ async fn probe(store: Weak<Inner>) {
                 tracing::info!("Redis answers again: circuit closed");
                 // The replay applied on the primary, which is what Redis serves now; that
                 // it reached a replica is for a later failover, and only logged.
-                match inner.redis.wait_for_replicas().await {
+                match inner.primary.wait_for_replicas().await {
                     Err(error) if error.is_not_replicated() => {
                         tracing::warn!(%error, "replayed invalidations did not reach a replica in time");
                     }
@@ -506,7 +528,7 @@ async fn probe(store: Weak<Inner>) {
 }
 
 /// Queue every remembered invalidation for replay (ahead of newer pending ones).
-fn queue_recent(inner: &Inner) {
+fn queue_recent<P>(inner: &Inner<P>) {
     // Each distinct invalidation once (a glob replay scans the whole keyspace).
     let mut seen = std::collections::HashSet::new();
     let mut recent: Vec<(String, Invalidation)> = Vec::new();
@@ -527,12 +549,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Store for FallbackStore {
+impl<P: Primary> Store for FallbackStore<P> {
     fn get<'a>(&'a self, key: StoreKey<'a>) -> StoreFuture<'a, Option<Variants>> {
         Box::pin(async move {
             let inner = &self.inner;
             if !inner.open.load(Ordering::Acquire) {
-                match inner.redis.get_variants(key).await {
+                match inner.primary.get(key).await {
                     Ok(found) => {
                         inner.succeeded();
                         return Ok(found);
@@ -582,12 +604,12 @@ impl Store for FallbackStore {
         if self.is_falling_back() {
             Backend::FallingBack
         } else {
-            Backend::Redis
+            self.inner.primary.backend()
         }
     }
 
     fn stats(&self) -> StoreStats {
-        self.inner.redis.near_stats(StoreStats {
+        self.inner.primary.add_stats(StoreStats {
             circuit_openings: self.inner.openings.load(Ordering::Relaxed),
             ..self.inner.memory.stats()
         })
@@ -598,7 +620,7 @@ impl Store for FallbackStore {
     }
 }
 
-impl Coordination for FallbackStore {
+impl<P: Primary> Coordination for FallbackStore<P> {
     fn get_for<'a>(
         &'a self,
         key: StoreKey<'a>,
@@ -608,7 +630,14 @@ impl Coordination for FallbackStore {
         Box::pin(async move {
             let inner = &self.inner;
             if !inner.open.load(Ordering::Acquire) {
-                match inner.redis.get_for_request(key, identity, headers).await {
+                let read = match inner.coordinated() {
+                    Some(primary) => primary.get_for(key, identity, headers).await,
+                    None => inner.primary.get(key).await.map(|found| match found {
+                        Some(variants) => VariantRead::Variants(variants, Source::Store),
+                        None => VariantRead::Missing,
+                    }),
+                };
+                match read {
                     Ok(found) => {
                         inner.succeeded();
                         return Ok(found);
@@ -640,7 +669,7 @@ impl Coordination for FallbackStore {
             // Redis's script cannot check this write: check it here against the generation
             // this process has heard of, so another process's invalidation heard since the
             // fetch began still refuses it.
-            if inner.redis.refuses_locally(token) {
+            if inner.primary.refuses_locally(token) {
                 tracing::debug!(key = %key.logical, "not stored: another process invalidated while it was fetched");
                 return Box::pin(std::future::ready(Ok(false)));
             }
@@ -650,8 +679,17 @@ impl Coordination for FallbackStore {
                 .put_now(key, Arc::new(entry.capped(inner.fallback_ttl)));
             return Box::pin(std::future::ready(Ok(kept)));
         }
+        // Called now, under the caller's ban lock: a primary without a token check applies
+        // the write here (see `Store`).
+        let write = match inner.coordinated() {
+            Some(primary) => primary.put_checked(key, entry, token),
+            None => {
+                let written = inner.primary.put(key, entry);
+                Box::pin(async move { written.await.map(|()| true) })
+            }
+        };
         Box::pin(async move {
-            match inner.redis.put_checked(key, entry, token).await {
+            match write.await {
                 Ok(kept) => {
                     inner.succeeded();
                     Ok(kept)
@@ -668,15 +706,19 @@ impl Coordination for FallbackStore {
     }
 
     fn write_token(&self) -> u64 {
-        self.inner.redis.write_token()
+        self.inner.coordinated().map_or(0, |p| p.write_token())
     }
 
     fn checks_remote_invalidations(&self) -> bool {
-        true
+        self.inner
+            .coordinated()
+            .is_some_and(|p| p.checks_remote_invalidations())
     }
 
     fn fetched_before(&self, token: u64, generation: u64) -> bool {
-        self.inner.redis.fetched_before(token, generation)
+        self.inner
+            .coordinated()
+            .is_none_or(|p| p.fetched_before(token, generation))
     }
 
     fn current_write_token(&self) -> StoreFuture<'_, u64> {
@@ -684,7 +726,10 @@ impl Coordination for FallbackStore {
             // Writes go to memory, which takes no token.
             return Box::pin(std::future::ready(Ok(self.write_token())));
         }
-        self.inner.redis.current_write_token()
+        match self.inner.coordinated() {
+            Some(primary) => primary.current_write_token(),
+            None => Box::pin(std::future::ready(Ok(0))),
+        }
     }
 
     fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> Option<Source> {
@@ -699,7 +744,7 @@ impl Coordination for FallbackStore {
                 FallbackMode::Bypass => None,
             };
         }
-        self.inner.redis.read_now(key, read)
+        self.inner.coordinated()?.read_now(key, read)
     }
 
     fn set_listener(&self, listener: InvalidationListener) {
@@ -716,13 +761,11 @@ impl Coordination for FallbackStore {
             // Each process is on its own: a local flight.
             return Box::pin(std::future::ready(Ok(FleetTurn::Lead(None))));
         }
+        let Some(primary) = self.inner.coordinated() else {
+            return Box::pin(std::future::ready(Ok(FleetTurn::Lead(None))));
+        };
         Box::pin(async move {
-            match self
-                .inner
-                .redis
-                .take_fleet_turn(namespace, logical, flight)
-                .await
-            {
+            match primary.fleet_turn(namespace, logical, flight).await {
                 Ok(turn) => Ok(turn),
                 Err(error) => {
                     self.inner.failed(&error);
@@ -733,11 +776,13 @@ impl Coordination for FallbackStore {
     }
 
     fn end_fleet_turn(&self, lease: FleetLease, end: FleetEnd) {
-        self.inner.redis.end_fleet_turn(lease, end);
+        if let Some(primary) = self.inner.coordinated() {
+            primary.end_fleet_turn(lease, end);
+        }
     }
 }
 
-impl std::fmt::Debug for FallbackStore {
+impl<P: Primary> std::fmt::Debug for FallbackStore<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FallbackStore")
             .field("falling_back", &self.is_falling_back())
@@ -748,7 +793,7 @@ impl std::fmt::Debug for FallbackStore {
     }
 }
 
-impl std::fmt::Debug for FallbackStoreBuilder {
+impl<P: Primary> std::fmt::Debug for FallbackStoreBuilder<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FallbackStoreBuilder")
             .field("fallback_ttl", &self.fallback_ttl)

@@ -1,7 +1,8 @@
 //! Where entries live: the [`Store`] trait and its implementations.
 //!
 //! [`MemoryStore`] keeps entries in process memory within a byte budget. With the `redis`
-//! feature, `RedisStore` keeps them in Redis and `FallbackStore` combines the two.
+//! feature, `RedisStore` keeps them in Redis and `FallbackStore` combines a primary store
+//! (Redis, or any `Primary`) with a memory fallback.
 //!
 //! Keys are laid out as namespace, logical key, then variant, so that one invalidation of a
 //! logical key removes every variant of it (every query string, host and `Vary` value).
@@ -27,6 +28,8 @@ mod fallback;
 mod memory;
 pub(crate) mod policy;
 #[cfg(feature = "redis")]
+mod primary;
+#[cfg(feature = "redis")]
 mod redis;
 
 #[cfg(feature = "redis")]
@@ -35,6 +38,8 @@ pub use coordination::{Coordination, FleetEnd, FleetLease, FleetTurn, VariantRea
 #[cfg(feature = "redis")]
 pub use fallback::{FallbackStore, FallbackStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "redis")]
+pub use primary::Primary;
 
 /// The future a [`Store`] method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

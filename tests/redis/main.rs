@@ -10,6 +10,7 @@ mod bad_data;
 mod buckets;
 mod cluster;
 mod fallback_mode;
+mod fallback_primary;
 mod faults;
 mod fleet;
 mod glob;

@@ -1,5 +1,11 @@
-//! Every Redis call of a [`RedisStore`]: within a deadline, with Redis's errors sorted
-//! into outages (which open a fallback store's circuit) and answers.
+//! Every Redis call of a [`RedisStore`](super::RedisStore): within a deadline, with Redis's
+//! errors sorted into outages (which open a fallback store's circuit) and answers.
+//!
+//! [`Calls`] owns what every call needs and nothing else: the two connections (requests,
+//! and invalidations, which may block on `WAIT`), the deadlines, the durability setting
+//! that lengthens the invalidation lane's deadline, and the error sink. It is its own part
+//! so that the rules of a call (a deadline always, errors classified one way, background
+//! errors counted) live in one place and can be checked without the rest of the store.
 //!
 //! A call made on a request's behalf returns its error to the caller, which counts it. A
 //! call nobody waits for (the channel's subscription and catch-up, near-cache heartbeats,
@@ -9,28 +15,71 @@
 //! let a Redis restored from an old snapshot be read before the fallback replays what it
 //! missed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::{ErrorKind, RedisError};
 
-use super::connection::{Lane, Node};
-use super::{Inner, RedisStore};
+use super::connection::{Connection, Lane, Node};
+use super::durable::Durability;
 use crate::store::StoreError;
 
 /// Where the errors of calls nobody waits for go: a fallback store's circuit.
 pub(crate) type ErrorSink = Arc<dyn Fn(&StoreError) + Send + Sync>;
 
-impl RedisStore {
-    /// Send the errors of background calls to `sink` (the fallback store's failure count).
-    pub(crate) fn set_error_sink(&self, sink: ErrorSink) {
-        *self.inner.errors.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
-    }
+/// The connections, deadlines and error sink every Redis call goes through.
+pub(crate) struct Calls {
+    data: Connection,
+    /// The connection invalidations are sent on (see `durable.rs`).
+    invalidations: Connection,
+    /// Whether an invalidation waits for replicas (its lane's calls may queue behind that).
+    durability: Durability,
+    /// Deadline of each call on the request path.
+    pub(crate) deadline: Duration,
+    /// Deadline of each step of an invalidation (one `SCAN` batch).
+    pub(crate) scan_deadline: Duration,
+    /// Told of every error of a call no caller hears of.
+    errors: Mutex<Option<ErrorSink>>,
 }
 
-impl Inner {
+impl Calls {
+    pub(crate) fn new(
+        data: Connection,
+        invalidations: Connection,
+        durability: Durability,
+        deadline: Duration,
+        scan_deadline: Duration,
+    ) -> Calls {
+        Calls {
+            data,
+            invalidations,
+            durability,
+            deadline,
+            scan_deadline,
+            errors: Mutex::new(None),
+        }
+    }
+
+    /// Whether and for how many replicas an invalidation waits.
+    pub(crate) fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// The connection of `lane`.
+    pub(crate) fn connection(&self, lane: Lane) -> &Connection {
+        match lane {
+            Lane::Data => &self.data,
+            Lane::Invalidations => &self.invalidations,
+        }
+    }
+
+    /// Send the errors of background calls to `sink` (the fallback store's failure count).
+    pub(crate) fn set_error_sink(&self, sink: ErrorSink) {
+        *self.errors.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    }
+
     /// A call nobody waits for failed: log it and count it like a request's error.
-    pub(super) fn background_failed(&self, what: &str, error: &StoreError) {
+    pub(crate) fn background_failed(&self, what: &str, error: &StoreError) {
         tracing::debug!(%error, "{what}");
         let sink = self
             .errors
@@ -41,57 +90,45 @@ impl Inner {
             sink(error);
         }
     }
-}
 
-impl RedisStore {
-    pub(super) async fn within<T>(
-        deadline: Duration,
-        call: impl std::future::Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(deadline, call).await {
-            Ok(result) => result.map_err(classify),
-            Err(_) => Err(StoreError::unavailable(
-                "Redis did not answer within the deadline",
-                format!("{deadline:?}"),
-            )),
-        }
-    }
-
-    pub(super) async fn query<T: redis::FromRedisValue>(
+    pub(crate) async fn query<T: redis::FromRedisValue>(
         &self,
+        lane: Lane,
         cmd: redis::Cmd,
         deadline: Duration,
     ) -> Result<T, StoreError> {
-        let deadline = self.lane_deadline(deadline);
-        Self::within(deadline, async {
-            let mut connection = self.connection().connected().await?;
+        let deadline = self.lane_deadline(lane, deadline);
+        within(deadline, async {
+            let mut connection = self.connection(lane).connected().await?;
             cmd.query_async::<T>(&mut connection).await
         })
         .await
     }
 
-    pub(super) async fn invoke<T: redis::FromRedisValue>(
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &self,
+        lane: Lane,
         invocation: redis::ScriptInvocation<'_>,
         deadline: Duration,
     ) -> Result<T, StoreError> {
-        let deadline = self.lane_deadline(deadline);
-        Self::within(deadline, async {
-            let mut connection = self.connection().connected().await?;
+        let deadline = self.lane_deadline(lane, deadline);
+        within(deadline, async {
+            let mut connection = self.connection(lane).connected().await?;
             invocation.invoke_async::<T>(&mut connection).await
         })
         .await
     }
 
-    pub(super) async fn query_node<T: redis::FromRedisValue>(
+    pub(crate) async fn query_node<T: redis::FromRedisValue>(
         &self,
+        lane: Lane,
         node: &Node,
         cmd: redis::Cmd,
         deadline: Duration,
     ) -> Result<T, StoreError> {
-        let deadline = self.lane_deadline(deadline);
-        Self::within(deadline, async {
-            let value = self.connection().query_node(node, cmd).await?;
+        let deadline = self.lane_deadline(lane, deadline);
+        within(deadline, async {
+            let value = self.connection(lane).query_node(node, cmd).await?;
             Ok(redis::from_redis_value(value.extract_error()?)?)
         })
         .await
@@ -99,15 +136,33 @@ impl RedisStore {
 
     /// On the invalidation connection a call may queue behind another invalidation's
     /// `WAIT` for replicas (see `durable.rs`): its deadline includes that wait.
-    fn lane_deadline(&self, deadline: Duration) -> Duration {
-        match self.lane {
+    pub(crate) fn lane_deadline(&self, lane: Lane, deadline: Duration) -> Duration {
+        match lane {
             Lane::Data => deadline,
-            Lane::Invalidations => deadline + self.inner.durability.timeout(),
+            Lane::Invalidations => deadline + self.durability.timeout(),
         }
     }
 
-    pub(super) async fn primaries(&self, deadline: Duration) -> Result<Vec<Node>, StoreError> {
-        Self::within(deadline, self.connection().primaries()).await
+    pub(crate) async fn primaries(
+        &self,
+        lane: Lane,
+        deadline: Duration,
+    ) -> Result<Vec<Node>, StoreError> {
+        within(deadline, self.connection(lane).primaries()).await
+    }
+}
+
+/// `call`, cut off at `deadline` (an outage), its Redis error classified.
+pub(crate) async fn within<T>(
+    deadline: Duration,
+    call: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(deadline, call).await {
+        Ok(result) => result.map_err(classify),
+        Err(_) => Err(StoreError::unavailable(
+            "Redis did not answer within the deadline",
+            format!("{deadline:?}"),
+        )),
     }
 }
 
@@ -129,4 +184,107 @@ pub(super) fn classify(error: RedisError) -> StoreError {
     }
     // Everything else is an answer: OOM, READONLY, a script error.
     StoreError::new("Redis refused the command", error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redis::connection::Timeouts;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        response: Duration::from_secs(5),
+        connect: Duration::from_secs(5),
+    };
+
+    fn calls_to(url: &str, durability: Durability) -> Calls {
+        let connection = || Connection::single(url, &TIMEOUTS).unwrap();
+        Calls::new(
+            connection(),
+            connection(),
+            durability,
+            Duration::from_millis(50),
+            Duration::from_secs(2),
+        )
+    }
+
+    #[tokio::test]
+    async fn only_the_invalidation_lane_waits_for_replicas_on_top_of_its_deadline() {
+        let durability = Durability::Required {
+            replicas: 1,
+            timeout: Duration::from_millis(250),
+        };
+        let calls = calls_to("redis://127.0.0.1:1/", durability);
+        let deadline = Duration::from_millis(50);
+        assert_eq!(calls.lane_deadline(Lane::Data, deadline), deadline);
+        assert_eq!(
+            calls.lane_deadline(Lane::Invalidations, deadline),
+            Duration::from_millis(300)
+        );
+        let off = calls_to("redis://127.0.0.1:1/", Durability::Off);
+        assert_eq!(off.lane_deadline(Lane::Invalidations, deadline), deadline);
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_accepts_but_never_answers_is_an_outage_at_the_deadline() {
+        // A listener that takes connections and never says a word.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let calls = calls_to(&format!("redis://127.0.0.1:{port}/"), Durability::Off);
+        let started = std::time::Instant::now();
+        let error = calls
+            .query::<String>(Lane::Data, redis::cmd("PING"), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+        assert!(error.to_string().contains("deadline"), "{error}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn background_errors_reach_the_sink_once_it_is_set() {
+        let calls = calls_to("redis://127.0.0.1:1/", Durability::Off);
+        let error = StoreError::unavailable("down", "test");
+        // No sink yet: logged only.
+        calls.background_failed("a heartbeat failed", &error);
+        let heard = Arc::new(AtomicUsize::new(0));
+        let counter = heard.clone();
+        calls.set_error_sink(Arc::new(move |error: &StoreError| {
+            assert!(error.is_unavailable());
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        calls.background_failed("a heartbeat failed", &error);
+        calls.background_failed("an acknowledgement failed", &error);
+        assert_eq!(heard.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn connection_trouble_is_an_outage_and_answers_are_not() {
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let lost = classify(refused);
+        assert!(lost.is_connection_lost() && lost.is_unavailable());
+        let auth = classify(RedisError::from((
+            ErrorKind::AuthenticationFailed,
+            "the password was refused",
+        )));
+        assert!(
+            auth.is_unavailable() && !auth.is_connection_lost(),
+            "{auth}"
+        );
+        let answer = classify(RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "not what was asked for",
+        )));
+        assert!(!answer.is_unavailable(), "{answer}");
+    }
 }

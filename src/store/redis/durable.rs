@@ -99,7 +99,7 @@ impl RedisStore {
     /// Wait until the writes this store's invalidation lane made reached the replicas the
     /// durability setting asks for, on every primary.
     pub(super) async fn reach_replicas(&self) -> Result<(), StoreError> {
-        let (replicas, timeout, auto) = match self.inner.durability {
+        let (replicas, timeout, auto) = match self.inner.calls.durability() {
             Durability::Off => return Ok(()),
             Durability::Auto { replicas, timeout } => (replicas, timeout, true),
             Durability::Required { replicas, timeout } => (replicas, timeout, false),
@@ -107,8 +107,8 @@ impl RedisStore {
         if replicas == 0 {
             return Ok(());
         }
-        let deadline = self.inner.deadline;
-        for node in self.primaries(self.inner.scan_deadline).await? {
+        let deadline = self.inner.calls.deadline;
+        for node in self.primaries(self.inner.calls.scan_deadline).await? {
             if auto && self.listed_replicas(&node).await? == 0 {
                 continue;
             }
@@ -133,7 +133,7 @@ impl RedisStore {
     /// How many replicas `node` lists in `ROLE` (connected ones).
     async fn listed_replicas(&self, node: &Node) -> Result<usize, StoreError> {
         let role: redis::Value = self
-            .query_node(node, redis::cmd("ROLE"), self.inner.deadline)
+            .query_node(node, redis::cmd("ROLE"), self.inner.calls.deadline)
             .await?;
         Ok(match role {
             redis::Value::Array(parts) => match parts.get(2) {

@@ -24,6 +24,9 @@
 //!
 //! Cost on a plain miss: one round trip (the `SET NX PX`) before the fetch; the release is
 //! sent off the request path.
+//!
+//! [`Fleet`] owns the lease a leader takes (none: the feature is off) and the two scripts;
+//! taking and handing back a turn compose it with the store's calls.
 
 use std::time::Duration;
 
@@ -70,25 +73,35 @@ end
 return 1
 "#;
 
-/// The fleet-wide flight settings of a Redis store.
-#[derive(Debug, Clone, Copy)]
+/// The fleet-wide flights of a Redis store: the lease a leader takes (none: off) and the
+/// scripts that take and hand back a turn.
 pub(crate) struct Fleet {
     /// How long a leader holds a flight's lease unless it hands it back first.
-    pub(crate) lease: Duration,
-}
-
-/// The scripts, loaded once.
-pub(crate) struct FleetScripts {
+    lease: Option<Duration>,
     turn: Script,
     end: Script,
 }
 
-impl FleetScripts {
-    pub(crate) fn new() -> Self {
-        FleetScripts {
+impl Fleet {
+    pub(crate) fn new(lease: Option<Duration>) -> Self {
+        Fleet {
+            lease,
             turn: Script::new(TURN_SCRIPT),
             end: Script::new(END_SCRIPT),
         }
+    }
+
+    /// The lease a leader takes, when fleet-wide flights are on.
+    pub(crate) fn lease(&self) -> Option<Duration> {
+        self.lease
+    }
+}
+
+/// How long a turn handed back as `end` leaves its `pass` mark (ms; 0: none, deleted).
+fn pass_ms(end: FleetEnd, pass: Duration) -> u64 {
+    match end {
+        FleetEnd::Unstorable => pass.as_millis().max(1) as u64,
+        FleetEnd::Stored | FleetEnd::Abandoned => 0,
     }
 }
 
@@ -104,27 +117,26 @@ impl RedisStore {
         logical: &str,
         flight: &[u8],
     ) -> Result<FleetTurn, StoreError> {
-        let Some(fleet) = self.inner.fleet else {
+        let Some(lease_time) = self.inner.fleet.lease() else {
             return Ok(FleetTurn::Lead(None));
         };
         let key = self
-            .inner
-            .layout
+            .layout()
             .fleet_key(namespace, logical, flight_hash(flight));
         let token = format!("{:016x}", rand_u64());
-        let mut invocation = self.inner.fleet_scripts.turn.prepare_invoke();
+        let mut invocation = self.inner.fleet.turn.prepare_invoke();
         invocation
             .key(&key)
             .arg(&token)
-            .arg(fleet.lease.as_millis().max(1) as u64);
-        let turn: String = match self.invoke(invocation, self.inner.deadline).await {
+            .arg(lease_time.as_millis().max(1) as u64);
+        let turn: String = match self.invoke(invocation, self.inner.calls.deadline).await {
             Ok(turn) => turn,
             Err(error) => {
                 // A call that missed its deadline may still run (a paused Redis runs it when
                 // it resumes): the lease it may have taken is handed back, so it holds no
                 // other process's miss for the lease's time.
                 let lease = FleetLease { key, token };
-                self.hand_back_fleet_turn(lease, FleetEnd::Abandoned, fleet.lease);
+                self.hand_back_fleet_turn(lease, FleetEnd::Abandoned, lease_time);
                 return Err(error);
             }
         };
@@ -137,27 +149,25 @@ impl RedisStore {
 
     pub(crate) fn hand_back_fleet_turn(&self, lease: FleetLease, end: FleetEnd, pass: Duration) {
         let store = self.clone();
-        let pass_ms = match end {
-            FleetEnd::Unstorable => pass.as_millis().max(1) as u64,
-            FleetEnd::Stored | FleetEnd::Abandoned => 0,
-        };
+        let pass_ms = pass_ms(end, pass);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let lease_time = self.inner.fleet.map_or(pass, |f| f.lease);
+        let lease_time = self.inner.fleet.lease().unwrap_or(pass);
         runtime.spawn(async move {
             // Retried until the lease would have run out anyway: a lease left behind by a
             // Redis hiccup would hold this key's next misses, fleet-wide, for its rest.
             let started = tokio::time::Instant::now();
             let mut pause = Duration::from_millis(20);
             loop {
-                let mut invocation = store.inner.fleet_scripts.end.prepare_invoke();
+                let mut invocation = store.inner.fleet.end.prepare_invoke();
                 invocation.key(&lease.key).arg(&lease.token).arg(pass_ms);
                 let ended: Result<i64, StoreError> =
-                    store.invoke(invocation, store.inner.deadline).await;
+                    store.invoke(invocation, store.inner.calls.deadline).await;
                 let Err(error) = ended else { return };
                 store
                     .inner
+                    .calls
                     .background_failed("could not hand back a fleet flight's lease", &error);
                 if started.elapsed() + pause >= lease_time {
                     return;
@@ -172,6 +182,19 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_unstorable_answer_leaves_a_pass_mark() {
+        let pass = Duration::from_millis(1500);
+        assert_eq!(pass_ms(FleetEnd::Unstorable, pass), 1500);
+        assert_eq!(
+            pass_ms(FleetEnd::Unstorable, Duration::ZERO),
+            1,
+            "never a 0 ms expiry"
+        );
+        assert_eq!(pass_ms(FleetEnd::Stored, pass), 0);
+        assert_eq!(pass_ms(FleetEnd::Abandoned, pass), 0);
+    }
 
     #[test]
     fn the_flight_hash_is_the_same_in_every_process() {

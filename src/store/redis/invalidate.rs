@@ -75,21 +75,9 @@ impl RedisStore {
             near.apply(namespace, &invalidation);
         }
         // Listening for acknowledgements before the publish: they may beat its reply.
-        let awaiting = self.inner.acks.expect();
-        let message = Message {
-            origin: self.inner.origin,
-            generation,
-            namespace: namespace.to_owned(),
-            invalidation,
-            ack: Some(awaiting.seq()),
-        };
-        let payload = serde_json::to_string(&message).expect("message serialises");
-        let layout = self.inner.layout;
-        let cmd = redis::cmd(layout.publish_command())
-            .arg(layout.channel())
-            .arg(payload)
-            .clone();
-        let published = self.query::<i64>(cmd, self.inner.deadline).await;
+        let awaiting = self.inner.leases.acks.expect();
+        let cmd = (self.inner.channel).publish(namespace, generation, invalidation, awaiting.seq());
+        let published = self.query::<i64>(cmd, self.inner.calls.deadline).await;
         self.await_leases(published.err(), std::time::Instant::now(), &awaiting)
             .await
     }
@@ -112,7 +100,7 @@ impl RedisStore {
         keys: &[Vec<u8>],
     ) -> Result<u64, StoreError> {
         let removed = self.unlink(keys).await?;
-        let layout = self.inner.layout;
+        let layout = self.layout();
         let expiry: Vec<Vec<u8>> = keys
             .iter()
             .filter_map(|k| layout.expiry_of(namespace, k))
@@ -126,7 +114,7 @@ impl RedisStore {
     /// `UNLINK` one batch of keys (a cluster connection splits it by slot).
     pub(super) async fn unlink(&self, keys: &[Vec<u8>]) -> Result<u64, StoreError> {
         let cmd = redis::cmd("UNLINK").arg(keys).clone();
-        self.query::<u64>(cmd, self.inner.scan_deadline).await
+        self.query::<u64>(cmd, self.inner.calls.scan_deadline).await
     }
 
     /// Mark each of `keys` soft-invalidated with `mark`, the keys together, each in
@@ -138,14 +126,14 @@ impl RedisStore {
             let mut cursor = "0".to_owned();
             let mut existed = 0;
             loop {
-                let mut invocation = self.inner.soft_script.prepare_invoke();
+                let mut invocation = self.inner.entries.soft.prepare_invoke();
                 invocation
                     .key(key.as_slice())
                     .arg(mark)
                     .arg(&cursor)
                     .arg(SOFT_BATCH);
                 let (next, there) = self
-                    .invoke::<(String, u64)>(invocation, self.inner.scan_deadline)
+                    .invoke::<(String, u64)>(invocation, self.inner.calls.scan_deadline)
                     .await?;
                 existed = existed.max(there);
                 if next == "0" {
@@ -187,7 +175,7 @@ impl RedisStore {
         F: Fn(Vec<Vec<u8>>) -> Fut,
         Fut: std::future::Future<Output = Result<u64, StoreError>>,
     {
-        let deadline = self.inner.scan_deadline;
+        let deadline = self.inner.calls.scan_deadline;
         let mut removed = 0u64;
         for node in self.primaries(deadline).await? {
             let mut cursor: u64 = 0;
@@ -218,18 +206,18 @@ impl RedisStore {
         namespace: &str,
         pattern: &Pattern,
     ) -> Result<u64, StoreError> {
-        let layout = self.inner.layout;
+        let layout = self.layout();
         let removed = match pattern.literal() {
             Some(literal) => {
                 let generation = self.bump_generation(namespace, Some(literal)).await?;
                 let cmd = redis::cmd("UNLINK")
                     .arg(layout.entry_key(namespace, literal))
                     .clone();
-                let removed = self.query(cmd, self.inner.deadline).await?;
+                let removed = self.query(cmd, self.inner.calls.deadline).await?;
                 let cmd = redis::cmd("UNLINK")
                     .arg(layout.expiry_key(namespace, literal))
                     .clone();
-                let _: u64 = self.query(cmd, self.inner.deadline).await?;
+                let _: u64 = self.query(cmd, self.inner.calls.deadline).await?;
                 (generation, removed)
             }
             None => {
@@ -255,7 +243,7 @@ impl RedisStore {
         namespace: &str,
         pattern: &Pattern,
     ) -> Result<u64, StoreError> {
-        let layout = self.inner.layout;
+        let layout = self.layout();
         let generation = self.bump_generation(namespace, pattern.literal()).await?;
         let mark = soft::mark(generation, crate::clock::now_millis());
         let marked = match pattern.literal() {
@@ -284,9 +272,9 @@ impl RedisStore {
         tag: &str,
     ) -> Result<u64, StoreError> {
         let generation = self.bump_generation(namespace, None).await?;
-        let deadline = self.inner.scan_deadline;
+        let deadline = self.inner.calls.scan_deadline;
         let mut removed = 0;
-        for tag_key in self.inner.layout.tag_keys(namespace, tag) {
+        for tag_key in self.layout().tag_keys(namespace, tag) {
             // In batches (`SSCAN`), never the whole set in one reply: `SMEMBERS` of a tag on
             // 200 000 entries holds Redis about 70 ms, for every process. Each batch leaves
             // the set as its entries go (`SREM`), so an entry tagged while the scan runs
@@ -304,7 +292,7 @@ impl RedisStore {
                 if !members.is_empty() {
                     removed += self.unlink_entries(namespace, &members).await?;
                     let cmd = redis::cmd("SREM").arg(&tag_key).arg(&members).clone();
-                    let _: u64 = self.query(cmd, self.inner.deadline).await?;
+                    let _: u64 = self.query(cmd, self.inner.calls.deadline).await?;
                 }
                 cursor = next;
                 if cursor == 0 {
@@ -319,7 +307,7 @@ impl RedisStore {
 
     pub(super) async fn invalidate_namespace(&self, namespace: &str) -> Result<u64, StoreError> {
         let generation = self.bump_generation(namespace, None).await?;
-        let layout = self.inner.layout;
+        let layout = self.layout();
         let removed = self
             .unlink_matching(namespace, &layout.entry_scan(namespace, "*"))
             .await?;

@@ -20,13 +20,21 @@
 //!
 //! Instants are `std::time::Instant` (`CLOCK_MONOTONIC`): a process that is stopped
 //! (`SIGSTOP`) keeps counting, so its lease has lapsed when it continues.
+//!
+//! Two parts live here: [`Lease`], this process's own lease (inside its near cache), and
+//! [`Leases`], what an invalidating process keeps to wait for everybody else's (the
+//! acknowledgements it awaits, the longest lease it saw, the script that reads the lease
+//! set). They are apart because a process without a near cache has no lease of its own
+//! and still waits for the others'.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::ack::{holders, Awaiting, Holder};
+use redis::Script;
+
+use super::ack::{holders, Acks, Awaiting, Holder};
 use super::RedisStore;
 use crate::store::StoreError;
 
@@ -210,6 +218,29 @@ impl Advertised {
     }
 }
 
+/// What an invalidation needs to wait for other processes' near caches: the
+/// acknowledgements it listens for, the longest lease it has seen advertised, and the
+/// script that reads the advertisements. Owned apart from the near cache: a process
+/// without one still waits for everybody else's.
+pub(crate) struct Leases {
+    /// This process's invalidations waiting for acknowledgements.
+    pub(crate) acks: Acks,
+    /// The longest lease other processes advertised (for `invalidate`'s wait).
+    advertised: Advertised,
+    /// Reads the live advertisements ([`LEASES_SCRIPT`]).
+    script: Script,
+}
+
+impl Leases {
+    pub(crate) fn new() -> Leases {
+        Leases {
+            acks: Acks::default(),
+            advertised: Advertised::default(),
+            script: Script::new(LEASES_SCRIPT),
+        }
+    }
+}
+
 impl RedisStore {
     /// After an invalidation's publish (replied at `published_at`, or failed with
     /// `publish_error`): wait until each process advertising a near-cache lease that may
@@ -225,18 +256,18 @@ impl RedisStore {
         published_at: Instant,
         awaiting: &Awaiting<'_>,
     ) -> Result<(), StoreError> {
-        let mut invocation = self.inner.leases_script.prepare_invoke();
-        let layout = self.inner.layout;
+        let mut invocation = self.inner.leases.script.prepare_invoke();
+        let layout = self.layout();
         invocation
             .key(layout.leases_key())
             .key(layout.leases_epoch_key());
         let (epoch, mut holders) = match self
-            .invoke::<Vec<String>>(invocation, self.inner.deadline)
+            .invoke::<Vec<String>>(invocation, self.inner.calls.deadline)
             .await
         {
             Ok(mut read) if !read.is_empty() => {
                 let epoch = read.remove(0);
-                (epoch, holders(&read, self.inner.origin))
+                (epoch, holders(&read, self.inner.channel.origin()))
             }
             Ok(_) => (String::new(), Vec::new()),
             Err(error) => {
@@ -250,12 +281,14 @@ impl RedisStore {
             holder.lease = holder.lease.min(MAX_LEASE);
         }
         let advertised = holders.iter().map(|h| h.lease).max().unwrap_or_default();
-        let lease = self.inner.advertised.longest(advertised, &epoch);
+        let lease = self.inner.leases.advertised.longest(advertised, &epoch);
         if let Some(error) = publish_error {
             if lease.is_zero() {
                 tracing::warn!(%error, "could not publish an invalidation to other processes");
                 // The invalidation itself reached Redis; the failed publish still counts.
-                (self.inner).background_failed("the publish failed", &error);
+                (self.inner)
+                    .calls
+                    .background_failed("the publish failed", &error);
                 return Ok(());
             }
             return Err(StoreError::unavailable(

@@ -48,14 +48,14 @@ pub(crate) async fn check(store: Weak<Inner>) {
         }
         let Some(inner) = store.upgrade() else { return };
         let store = RedisStore::from_inner(inner);
-        let Ok(nodes) = store.primaries(store.inner.scan_deadline).await else {
+        let Ok(nodes) = store.primaries(store.inner.calls.scan_deadline).await else {
             continue;
         };
         let mut answered = true;
         for node in &nodes {
             let cmd = redis::cmd("INFO").arg("memory").clone();
             match store
-                .query_node::<String>(node, cmd, store.inner.scan_deadline)
+                .query_node::<String>(node, cmd, store.inner.calls.scan_deadline)
                 .await
             {
                 Ok(info) => warn_if_refusing(&info),

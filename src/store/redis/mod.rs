@@ -1,7 +1,27 @@
-//! [`RedisStore`]: entries in Redis, shared by every process that points at it — one
+//! [`RedisStore`]: entries in Redis, shared by every process that points at it (see the
+//! type's docs for what it guarantees).
+//!
+//! The store is built from parts that each own their state, held together in `Inner`:
+//!
+//! | part | file | owns |
+//! |---|---|---|
+//! | `Calls` | `call.rs` | the connections, deadlines, durability and error sink: every Redis call |
+//! | `Tokens` | `tokens.rs` | the write token, the claimed floor, the order answers are adopted in |
+//! | `Generations` | `generation.rs` | the scripts that move the invalidation counters, the bucket secrets |
+//! | `Entries` | `entries.rs` | the key layout, the write/touch/soft scripts, the decode memo, `Vary` names, the size limit |
+//! | `Channel` | `channel.rs` | the subscription, this process's origin, the invalidation listener |
+//! | `Leases` | `lease.rs` | acknowledgements awaited, the longest lease seen, the lease-set script |
+//! | `Fleet` | `fleet.rs` | the fleet-wide flight's lease and scripts |
+//! | `Near` | `near.rs` | the near cache (L1), when on |
+//!
+//! A rule that needs one part's state is a method of that part, and is tested with it
+//! alone (the token's ordering, a message's parse, a call's deadline). What needs several
+//! (a read fenced by the near cache's epoch, an invalidation that bumps, removes, publishes
+//! and waits) is a `RedisStore` method composing them, in the file of the part it is
+//! mostly about; `invalidate.rs` holds the invalidations. A handle is `Inner` plus the
+//! lane its calls take and whether its invalidations wait for replicas.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::try_join_all;
@@ -9,17 +29,19 @@ use redis::Script;
 
 use super::{
     Backend, Coordination, FleetEnd, FleetLease, FleetTurn, Invalidation, InvalidationListener,
-    Source, Store, StoreError, StoreFuture, StoreKey, StoreStats, VariantRead, Variants,
+    Primary, Source, Store, StoreError, StoreFuture, StoreKey, StoreStats, VariantRead, Variants,
 };
 use crate::entry::Entry;
 use crate::pattern::Pattern;
 
 mod ack;
+mod builder;
 mod call;
 mod channel;
 mod codec;
 mod connection;
 mod durable;
+mod entries;
 mod fleet;
 mod generation;
 mod invalidate;
@@ -32,30 +54,29 @@ mod scripts;
 mod secret;
 mod sentinel;
 mod soft;
+mod tokens;
 mod variants;
 
-use call::classify;
-use channel::Message;
-use codec::encode_value;
+pub use builder::RedisStoreBuilder;
+use builder::{Target, DEFAULT_FLEET_LEASE};
+use call::{classify, Calls};
+use channel::Channel;
 use connection::{Connection, Lane, Subscriber, Timeouts};
 use durable::Durability;
+use entries::Entries;
 use generation::*;
 use invalidate::Removal;
 use layout::{Layout, CENTRAL_GENERATION, EPOCH, WIDE_GENERATION};
-use memo::DecodeMemo;
 use near::Near;
 use scripts::*;
 use sentinel::SentinelLink;
-use variants::{index_field, names_text, sub_id, value_field, Index, NamesMemo, MAX_VARY_VARIANTS};
+use tokens::{token_generation, Tokens};
 
 const SCAN_COUNT: usize = 1000;
 
 /// The longest TTL a value gets in Redis: 2^31 − 1 seconds (about 68 years). A longer
 /// `max-age` is clamped to it before it reaches Redis.
 pub(crate) const MAX_TTL_MS: u64 = ((1u64 << 31) - 1) * 1000;
-
-/// Dead fields of the entry hash a write prunes (bounded work per write).
-const PRUNE_PER_WRITE: usize = 8;
 
 /// A [`Store`] in Redis. Cheap to clone.
 ///
@@ -137,350 +158,37 @@ pub struct RedisStore {
     waits: bool,
 }
 
-/// Builds a [`RedisStore`].
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct RedisStoreBuilder {
-    target: Target,
-    deadline: Duration,
-    scan_deadline: Duration,
-    connect_timeout: Duration,
-    /// The near cache's lease and byte budget, when on.
-    near: Option<(Duration, usize)>,
-    /// The lease of a fleet-wide flight, when on.
-    fleet: Option<Duration>,
-    durability: Durability,
-    max_value_bytes: usize,
-}
-
-#[derive(Clone)]
-enum Target {
-    Single(String),
-    Cluster(Vec<String>),
-    Sentinel {
-        sentinels: Vec<String>,
-        master: String,
-        password: Option<String>,
-        db: i64,
-    },
-}
-
-impl std::fmt::Debug for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Single(url) => f.debug_tuple("Single").field(url).finish(),
-            Target::Cluster(seeds) => f.debug_tuple("Cluster").field(seeds).finish(),
-            // The password stays out of logs.
-            Target::Sentinel {
-                sentinels,
-                master,
-                db,
-                ..
-            } => f
-                .debug_struct("Sentinel")
-                .field("sentinels", sentinels)
-                .field("master", master)
-                .field("db", db)
-                .finish_non_exhaustive(),
-        }
-    }
-}
-
 pub(crate) struct Inner {
-    connection: Connection,
-    /// The connection invalidations are sent on (see `durable.rs`).
-    invalidations: Connection,
-    /// Whether an invalidation waits for replicas.
-    durability: Durability,
-    layout: Layout,
-    /// Where the invalidation channel is subscribed.
-    subscriber: Subscriber,
-    deadline: Duration,
-    scan_deadline: Duration,
-    /// The write token this process has: on one Redis the epoch and the generation as
-    /// Redis last told it (see [`token`]), in a cluster the highest generation Redis told.
-    /// Only what Redis said: never above the counter an invalidation draws from.
-    generation: AtomicU64,
-    /// A token one step past `generation`, set when another process's message claims a
-    /// higher generation and cleared when Redis answers: writes the fallback checks locally
-    /// (see `RedisStore::heard`) must carry at least this. 0 when none.
-    heard_floor: AtomicU64,
-    /// Questions asked of one Redis about its epoch and generation, and the latest whose
-    /// answer was adopted (see `RedisStore::set_token`).
-    asked: AtomicU64,
-    adopted: Mutex<u64>,
-    /// Tells published invalidations from this process apart from others'.
-    origin: u64,
-    listener: Mutex<Option<InvalidationListener>>,
-    /// Told of every error of a call no caller hears of (see `call.rs`).
-    errors: Mutex<Option<call::ErrorSink>>,
-    put_script: Script,
-    bump_script: Script,
-    raise_script: Script,
-    soft_script: Script,
-    bump_single_script: Script,
-    restore_single_script: Script,
-    /// Decodings of recent replies, reused when the same bytes come back.
-    memo: DecodeMemo,
-    /// The near cache, when on.
+    /// The connections and deadlines every call goes through (see `call.rs`).
+    calls: Calls,
+    /// The write token this process holds (see `tokens.rs`).
+    tokens: Tokens,
+    /// What moves the invalidation counters in Redis (see `generation.rs`).
+    generations: Generations,
+    /// How entries are named, encoded, read and written (see `entries.rs`).
+    entries: Entries,
+    /// Where other processes' invalidations are heard, and whom they are told to (see
+    /// `channel.rs`).
+    channel: Channel,
+    /// What an invalidation waits for other processes' near caches with (see `lease.rs`).
+    leases: lease::Leases,
+    /// Fleet-wide single flight (see `fleet.rs`).
+    fleet: fleet::Fleet,
+    /// The near cache, when on (see `near.rs`).
     near: Option<Near>,
-    /// This process's invalidations waiting for acknowledgements.
-    acks: ack::Acks,
-    /// The longest lease other processes advertised (for `invalidate`'s wait).
-    advertised: lease::Advertised,
-    leases_script: Script,
-    /// The bucket secrets learned from Redis (see `secret.rs`).
-    secrets: secret::Secrets,
-    raise_keyed_script: Script,
-    /// Fleet-wide single flight, when on (see `fleet.rs`).
-    fleet: Option<fleet::Fleet>,
-    fleet_scripts: fleet::FleetScripts,
-    /// Moves a `Vary` variant to the front of its index (see `variants.rs`).
-    touch_script: Script,
-    /// The `Vary` names last seen per variant, so a read asks for the right value.
-    vary_names: NamesMemo,
-    /// The largest value written (see [`RedisStoreBuilder::max_value_bytes`]).
-    max_value_bytes: usize,
-    /// Writes refused for being larger than that.
-    refused_large: AtomicU64,
-}
-
-/// The largest value a [`RedisStore`] writes by default (see
-/// [`RedisStoreBuilder::max_value_bytes`]): 1 MiB, under 10 ms at 1 Gbit/s.
-pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
-
-/// How long a fleet-wide flight's leader holds its lease by default.
-pub(crate) const DEFAULT_FLEET_LEASE: Duration = Duration::from_secs(2);
-
-impl RedisStoreBuilder {
-    /// The largest value written to Redis, in bytes (default 1 MiB):
-    /// an encoded response above it is served but not stored in Redis. A read fetches a
-    /// whole value within the request deadline on the process's one connection, so a
-    /// value must be small next to deadline × bandwidth (50 ms at 1 Gbit/s is about 6 MB):
-    /// one that is not would make reads of it miss their deadline and count as an outage.
-    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
-        self.max_value_bytes = bytes;
-        self
-    }
-
-    /// Deadline of each Redis call on the request path (default 50 ms).
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = deadline;
-        self
-    }
-
-    /// Deadline of each step of an invalidation (one `SCAN` batch; default 2 s).
-    pub fn scan_deadline(mut self, deadline: Duration) -> Self {
-        self.scan_deadline = deadline;
-        self
-    }
-
-    /// Deadline of establishing a connection (default 250 ms).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Fleet-wide single flight (on by default, with a 2 s lease): when a key misses in
-    /// several processes sharing this Redis at once, one of them fetches it and the others
-    /// wait for its entry (at most the handle's coalesce timeout). The leader holds the
-    /// flight's lease in Redis for at most `lease`: one that dies or stalls is taken over
-    /// after it. `None` turns it off: each process fetches for itself. Costs a plain miss
-    /// one round trip. See `CACHE_FLEET_LEASE_MS`.
-    pub fn fleet_single_flight(mut self, lease: Option<Duration>) -> Self {
-        // At most a minute: a longer expiry under a lease key reads as foreign.
-        self.fleet = lease
-            .filter(|l| !l.is_zero())
-            .map(|l| l.min(Duration::from_secs(60)));
-        self
-    }
-
-    /// Wait, in every invalidation, until `replicas` replicas of each primary it wrote to
-    /// acknowledged its removal and its generation bump (`WAIT`), at most `timeout`; when
-    /// fewer did, the invalidation returns an error that says so
-    /// ([`StoreError::is_not_replicated`]). `0` replicas never waits.
-    ///
-    /// Behind Redis Sentinel this is the default, with one replica and 250 ms: a sentinel
-    /// set fails over to a replica by design. For one Redis or a cluster the default is
-    /// [`durable_invalidations_when_replicated`](Self::durable_invalidations_when_replicated)`(1, 250 ms)`.
-    /// See `CACHE_INVALIDATE_REPLICAS`.
-    pub fn durable_invalidations(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.durability = match replicas {
-            0 => Durability::Off,
-            replicas => Durability::Required { replicas, timeout },
-        };
-        self
-    }
-
-    /// Wait for `replicas` replicas, at most `timeout`, only on a primary that lists at
-    /// least one connected replica (`ROLE`): a lone Redis is not waited for, and neither
-    /// is a primary whose replicas are all away at that moment. The default for one Redis
-    /// and a cluster, with 1 and 250 ms.
-    pub fn durable_invalidations_when_replicated(
-        mut self,
-        replicas: u32,
-        timeout: Duration,
-    ) -> Self {
-        self.durability = match replicas {
-            0 => Durability::Off,
-            replicas => Durability::Auto { replicas, timeout },
-        };
-        self
-    }
-
-    /// The password of the primary the sentinels name (and of its replicas), for a store
-    /// built with [`RedisStore::sentinel`]; the sentinels' own, if any, go in their URLs.
-    pub fn primary_password(mut self, password: impl Into<String>) -> Self {
-        if let Target::Sentinel { password: p, .. } = &mut self.target {
-            *p = Some(password.into());
-        }
-        self
-    }
-
-    /// The database number on the primary the sentinels name (default 0), for a store
-    /// built with [`RedisStore::sentinel`].
-    pub fn primary_db(mut self, db: i64) -> Self {
-        if let Target::Sentinel { db: d, .. } = &mut self.target {
-            *d = db;
-        }
-        self
-    }
-
-    /// Build the store. Connects lazily: an unreachable Redis is not an error here, only
-    /// an invalid URL is. Must be called within a Tokio runtime (it starts the task that
-    /// listens for other processes' invalidations).
-    pub fn build(self) -> Result<RedisStore, StoreError> {
-        let invalid = |e| StoreError::new("invalid Redis URL", e);
-        let timeouts = Timeouts {
-            // A `WAIT` for replicas must not be cut short by the connection's own timeout.
-            response: self
-                .scan_deadline
-                .max(self.durability.timeout() + self.deadline),
-            connect: self.connect_timeout,
-        };
-        let mut sentinel = None;
-        let (connection, invalidations, subscriber) = match &self.target {
-            Target::Single(url) => (
-                Connection::single(url, &timeouts),
-                Connection::single(url, &timeouts),
-                Subscriber::Plain(redis::Client::open(url.as_str()).map_err(invalid)?),
-            ),
-            Target::Sentinel {
-                sentinels,
-                master,
-                password,
-                db,
-            } => {
-                let link = SentinelLink::new(
-                    sentinels,
-                    master,
-                    password.as_deref(),
-                    *db,
-                    connection::manager_config(&timeouts),
-                    self.connect_timeout.max(Duration::from_millis(250)),
-                )
-                .map_err(|e| StoreError::new("invalid Redis Sentinel settings", e))?;
-                let link = Arc::new(link);
-                sentinel = Some(link.clone());
-                (
-                    Ok(Connection::Sentinel(link.clone(), Lane::Data)),
-                    Ok(Connection::Sentinel(link.clone(), Lane::Invalidations)),
-                    Subscriber::Sentinel(link),
-                )
-            }
-            Target::Cluster(seeds) if seeds.is_empty() => {
-                return Err(StoreError::msg(
-                    "a Redis Cluster needs at least one seed node",
-                ))
-            }
-            Target::Cluster(seeds) => (
-                Connection::cluster(seeds, &timeouts),
-                Connection::cluster(seeds, &timeouts),
-                Subscriber::Sharded {
-                    seeds: seeds.clone(),
-                    connect: self.connect_timeout.max(Duration::from_secs(1)),
-                },
-            ),
-        };
-        let connection = connection.map_err(invalid)?;
-        let invalidations = invalidations.map_err(invalid)?;
-        let origin = rand_u64();
-        let layout = connection.layout();
-        let near = self
-            .near
-            .map(|(lease, max_bytes)| Near::new(lease, max_bytes, layout.process_channel(origin)));
-        let inner = Arc::new(Inner {
-            layout,
-            connection,
-            invalidations,
-            durability: self.durability,
-            subscriber,
-            deadline: self.deadline,
-            scan_deadline: self.scan_deadline,
-            generation: AtomicU64::new(0),
-            heard_floor: AtomicU64::new(0),
-            asked: AtomicU64::new(0),
-            adopted: Mutex::new(0),
-            origin,
-            listener: Mutex::new(None),
-            errors: Mutex::new(None),
-            put_script: Script::new(PUT_SCRIPT),
-            bump_script: Script::new(BUMP_SCRIPT),
-            raise_script: Script::new(RAISE_SCRIPT),
-            soft_script: Script::new(SOFT_SCRIPT),
-            bump_single_script: Script::new(BUMP_SINGLE_SCRIPT),
-            restore_single_script: Script::new(RESTORE_SINGLE_SCRIPT),
-            memo: DecodeMemo::new(),
-            near,
-            acks: ack::Acks::default(),
-            advertised: lease::Advertised::default(),
-            leases_script: Script::new(lease::LEASES_SCRIPT),
-            secrets: secret::Secrets::new(layout.secret_slots()),
-            raise_keyed_script: Script::new(RAISE_KEYED_SCRIPT),
-            fleet: self.fleet.map(|lease| fleet::Fleet { lease }),
-            fleet_scripts: fleet::FleetScripts::new(),
-            touch_script: Script::new(variants::TOUCH_SCRIPT),
-            vary_names: NamesMemo::new(),
-            max_value_bytes: self.max_value_bytes,
-            refused_large: AtomicU64::new(0),
-        });
-        tokio::spawn(channel::listen(Arc::downgrade(&inner)));
-        tokio::spawn(maxmemory::check(Arc::downgrade(&inner)));
-        if inner.near.is_some() {
-            tokio::spawn(near::heartbeat(Arc::downgrade(&inner)));
-        }
-        if let Some(link) = sentinel {
-            // A new primary is a new data set: counted as a lost connection, like a
-            // restart (a fallback store replays before reading it).
-            let weak = Arc::downgrade(&inner);
-            link.set_on_move(Arc::new(move |address| {
-                if let Some(inner) = weak.upgrade() {
-                    inner.background_failed(
-                        "the Redis primary moved",
-                        &StoreError::connection_lost(
-                            "the Redis primary moved",
-                            format!("now {address}"),
-                        ),
-                    );
-                }
-            }));
-            tokio::spawn(sentinel::watch(Arc::downgrade(&link)));
-        }
-        Ok(RedisStore::from_inner(inner))
-    }
 }
 
 impl RedisStore {
     /// A builder for the Redis at `url` (`redis://[:password@]host:port/db`).
     pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
-        Self::with_target(Target::Single(url.into()))
+        RedisStoreBuilder::new(Target::Single(url.into()))
     }
 
     /// A builder for the Redis Cluster that `seeds` belong to (`redis://[:password@]host:port`,
     /// any nodes of it; the rest are discovered). Keys are spread over the primaries in hash
     /// tagged buckets (see the type docs).
     pub fn cluster<S: Into<String>>(seeds: impl IntoIterator<Item = S>) -> RedisStoreBuilder {
-        Self::with_target(Target::Cluster(seeds.into_iter().map(Into::into).collect()))
+        RedisStoreBuilder::new(Target::Cluster(seeds.into_iter().map(Into::into).collect()))
     }
 
     /// A builder for the primary that Redis Sentinel names `master`, found through
@@ -505,34 +213,12 @@ impl RedisStore {
         sentinels: impl IntoIterator<Item = S>,
         master: impl Into<String>,
     ) -> RedisStoreBuilder {
-        Self::with_target(Target::Sentinel {
+        RedisStoreBuilder::new(Target::Sentinel {
             sentinels: sentinels.into_iter().map(Into::into).collect(),
             master: master.into(),
             password: None,
             db: 0,
         })
-    }
-
-    fn with_target(target: Target) -> RedisStoreBuilder {
-        // A sentinel set fails over to a replica by design: every invalidation waits for
-        // one. Elsewhere only a primary that lists a replica is waited on.
-        let durability = match target {
-            Target::Sentinel { .. } => Durability::Required {
-                replicas: 1,
-                timeout: durable::DEFAULT_TIMEOUT,
-            },
-            _ => Durability::default(),
-        };
-        RedisStoreBuilder {
-            target,
-            deadline: Duration::from_millis(50),
-            scan_deadline: Duration::from_secs(2),
-            connect_timeout: Duration::from_millis(250),
-            near: None,
-            fleet: Some(DEFAULT_FLEET_LEASE),
-            durability,
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
-        }
     }
 
     /// A handle on `inner` for requests.
@@ -546,30 +232,89 @@ impl RedisStore {
 
     /// The connection this handle's calls go through.
     pub(crate) fn connection(&self) -> &Connection {
-        match self.lane {
-            Lane::Data => &self.inner.connection,
-            Lane::Invalidations => &self.inner.invalidations,
-        }
+        self.inner.calls.connection(self.lane)
+    }
+
+    /// A call on this handle's lane (see `call.rs`).
+    pub(super) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+        deadline: Duration,
+    ) -> Result<T, StoreError> {
+        self.inner.calls.query(self.lane, cmd, deadline).await
+    }
+
+    /// A script call on this handle's lane (see `call.rs`).
+    pub(super) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+        deadline: Duration,
+    ) -> Result<T, StoreError> {
+        self.inner
+            .calls
+            .invoke(self.lane, invocation, deadline)
+            .await
+    }
+
+    /// A call to one primary on this handle's lane (see `call.rs`).
+    pub(super) async fn query_node<T: redis::FromRedisValue>(
+        &self,
+        node: &connection::Node,
+        cmd: redis::Cmd,
+        deadline: Duration,
+    ) -> Result<T, StoreError> {
+        self.inner
+            .calls
+            .query_node(self.lane, node, cmd, deadline)
+            .await
+    }
+
+    /// Every primary, as this handle's connection sees them.
+    pub(super) async fn primaries(
+        &self,
+        deadline: Duration,
+    ) -> Result<Vec<connection::Node>, StoreError> {
+        self.inner.calls.primaries(self.lane, deadline).await
+    }
+
+    /// Send the errors of background calls to `sink` (the fallback store's failure count).
+    pub(crate) fn set_error_sink(&self, sink: call::ErrorSink) {
+        self.inner.calls.set_error_sink(sink);
+    }
+
+    /// Whether a write carrying `token` must be refused by this process's own knowledge
+    /// (see [`Tokens::refuses_locally`]).
+    pub(crate) fn refuses_locally(&self, token: u64) -> bool {
+        self.inner.tokens.refuses_locally(token)
     }
 
     /// Whether this store talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        self.inner.layout == Layout::Cluster
+        self.layout() == Layout::Cluster
+    }
+
+    /// How keys are named on this Redis (see `layout.rs`).
+    pub(super) fn layout(&self) -> Layout {
+        self.inner.entries.layout
     }
 
     /// `PING` within the deadline.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = self.query(redis::cmd("PING"), self.inner.deadline).await?;
+        let _: String = self
+            .query(redis::cmd("PING"), self.inner.calls.deadline)
+            .await?;
         Ok(())
     }
 
     /// The server's `run_id` (every primary's, in a cluster): it changes when Redis restarts.
     pub(crate) async fn run_id(&self) -> Result<String, StoreError> {
-        let nodes = self.primaries(self.inner.deadline).await?;
+        let nodes = self.primaries(self.inner.calls.deadline).await?;
         let mut ids = Vec::with_capacity(nodes.len());
         for node in &nodes {
             let cmd = redis::cmd("INFO").arg("server").clone();
-            let info: String = self.query_node(node, cmd, self.inner.deadline).await?;
+            let info: String = self
+                .query_node(node, cmd, self.inner.calls.deadline)
+                .await?;
             let id = info
                 .lines()
                 .find_map(|l| l.strip_prefix("run_id:"))
@@ -578,316 +323,6 @@ impl RedisStore {
             ids.push(id.to_owned());
         }
         Ok(ids.join(","))
-    }
-
-    /// One Redis call on the request path under the store's deadline; a `WRONGTYPE` (a
-    /// foreign value under the entry key) removes it and reads as `Ok(None)`; other answers
-    /// that are no outage read as `Ok(None)` and touch nothing.
-    async fn read_call<T: redis::FromRedisValue>(
-        &self,
-        entry_key: &str,
-        cmd: redis::Cmd,
-    ) -> Result<Option<T>, StoreError> {
-        let reply = tokio::time::timeout(self.inner.deadline, async {
-            let mut connection = self.connection().connected().await?;
-            cmd.query_async::<T>(&mut connection).await
-        })
-        .await
-        .map_err(|_| {
-            StoreError::unavailable(
-                "Redis did not answer within the deadline",
-                format!("{:?}", self.inner.deadline),
-            )
-        })?;
-        match reply {
-            Ok(reply) => Ok(Some(reply)),
-            Err(error) if error.code() == Some("WRONGTYPE") => {
-                // Something that is not our hash sits under our key: remove it.
-                tracing::warn!(key = %entry_key, %error, "unexpected value under a cache key; deleting it");
-                self.delete_later(redis::cmd("UNLINK").arg(entry_key).clone());
-                Ok(None)
-            }
-            Err(error) => {
-                let error = classify(error);
-                if error.is_unavailable() {
-                    // BUSY, LOADING, NOPERM, a lost connection: an outage, not bad data.
-                    return Err(error);
-                }
-                tracing::warn!(key = %entry_key, %error, "Redis refused a cache read; reading it as a miss");
-                Ok(None)
-            }
-        }
-    }
-
-    /// The variants of the index `index` read under `entry_key`, when it is one; anything
-    /// else there (an earlier version's value, junk) is removed and reads as none.
-    fn parse_index(&self, entry_key: &str, index_field: &str, raw: &[u8]) -> Option<Index> {
-        let index = Index::parse(raw);
-        if index.is_none() {
-            tracing::debug!(key = %entry_key, "not an index of this version; removing it");
-            self.delete_later(redis::cmd("HDEL").arg(entry_key).arg(index_field).clone());
-        }
-        index
-    }
-
-    /// Decode one `Vary` variant's value; bytes that do not decode are removed (a miss).
-    fn decode(
-        &self,
-        key: StoreKey<'_>,
-        entry_key: &str,
-        field: &str,
-        raw: Vec<u8>,
-    ) -> Option<Variants> {
-        let slot = key.variant ^ xxhash_rust::xxh3::xxh3_64(field.as_bytes());
-        // Taking the reply's buffer, so the entries can share it.
-        match self
-            .inner
-            .memo
-            .decode(entry_key.as_bytes(), slot, bytes::Bytes::from(raw))
-        {
-            Ok(variants) => Some(variants),
-            Err(error) => {
-                tracing::warn!(key = %entry_key, %error, "undecodable cache entry; deleting it");
-                self.delete_later(redis::cmd("HDEL").arg(entry_key).arg(field).clone());
-                None
-            }
-        }
-    }
-
-    /// [`Coordination::get_for`]: the one `Vary` variant that can answer a request of this
-    /// identity and these headers, read with the variant's index in one `HMGET` (see
-    /// `variants.rs`), and a second read when the index names other headers than expected.
-    pub(crate) async fn get_for_request(
-        &self,
-        key: StoreKey<'_>,
-        identity: &[u8],
-        headers: &http::HeaderMap,
-    ) -> Result<VariantRead, StoreError> {
-        let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
-        let index_field = index_field(key.variant);
-        let near_seen = self.inner.near.as_ref().map(Near::epoch_now);
-        let guessed = self.inner.vary_names.guess(&entry_key, key.variant);
-        let names: &[http::HeaderName] = guessed.as_deref().unwrap_or(&[]);
-        let mut sub = sub_id(identity, &crate::key::vary_values(names, headers));
-        let mut field = value_field(&index_field, &sub);
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(&entry_key).arg(&index_field).arg(&field);
-        let Some((index, mut value)) = self
-            .read_call::<(Option<Vec<u8>>, Option<Vec<u8>>)>(&entry_key, cmd)
-            .await?
-        else {
-            return Ok(VariantRead::Missing);
-        };
-        let index = index.and_then(|raw| self.parse_index(&entry_key, &index_field, &raw));
-        if let Some(index) = &index {
-            if index.names[..] != *names {
-                self.inner
-                    .vary_names
-                    .learn(&entry_key, key.variant, &index.names);
-                sub = sub_id(identity, &crate::key::vary_values(&index.names, headers));
-                field = value_field(&index_field, &sub);
-                let mut cmd = redis::cmd("HGET");
-                cmd.arg(&entry_key).arg(&field);
-                value = self
-                    .read_call::<Option<Vec<u8>>>(&entry_key, cmd)
-                    .await?
-                    .flatten();
-            } else if guessed.is_none() && !names.is_empty() {
-                self.inner.vary_names.learn(&entry_key, key.variant, names);
-            }
-        }
-        let Some(variants) = value.and_then(|raw| self.decode(key, &entry_key, &field, raw)) else {
-            return Ok(match index {
-                Some(index) if !index.is_empty() => VariantRead::OtherVariants(index.names),
-                _ => VariantRead::Missing,
-            });
-        };
-        if index.as_ref().is_some_and(|index| index.wants_touch(&sub)) {
-            self.touch_later(entry_key.clone(), index_field, sub);
-        }
-        if let (Some(near), Some(seen)) = (&self.inner.near, near_seen) {
-            near.fill(seen, key, &variants);
-        }
-        Ok(VariantRead::Variants(variants, Source::Redis))
-    }
-
-    /// [`Store::get`] (no request to choose with): every `Vary` variant the index lists,
-    /// in a second read. The fallback store awaits it directly.
-    pub(crate) async fn get_variants(
-        &self,
-        key: StoreKey<'_>,
-    ) -> Result<Option<Variants>, StoreError> {
-        let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
-        let index_field = index_field(key.variant);
-        let near_seen = self.inner.near.as_ref().map(Near::epoch_now);
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(&entry_key).arg(&index_field);
-        let Some(Some(raw)) = self.read_call::<Option<Vec<u8>>>(&entry_key, cmd).await? else {
-            return Ok(None);
-        };
-        let Some(index) = self.parse_index(&entry_key, &index_field, &raw) else {
-            return Ok(None);
-        };
-        let fields: Vec<String> = index
-            .ids()
-            .map(|id| value_field(&index_field, id))
-            .collect();
-        if fields.is_empty() {
-            return Ok(None);
-        }
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(&entry_key).arg(&fields);
-        let Some(values) = self
-            .read_call::<Vec<Option<Vec<u8>>>>(&entry_key, cmd)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let variants: Vec<Arc<Entry>> = fields
-            .iter()
-            .zip(values)
-            .filter_map(|(field, raw)| self.decode(key, &entry_key, field, raw?))
-            .flat_map(|variants| variants.iter().cloned().collect::<Vec<_>>())
-            .collect();
-        if variants.is_empty() {
-            return Ok(None);
-        }
-        if let (Some(near), Some(seen)) = (&self.inner.near, near_seen) {
-            near.fill(seen, key, &variants);
-        }
-        Ok(Some(variants.into()))
-    }
-
-    /// Move a `Vary` variant to the front of its index, off the response path.
-    fn touch_later(&self, entry_key: String, index_field: String, sub: String) {
-        let store = self.clone();
-        tokio::spawn(async move {
-            let mut invocation = store.inner.touch_script.prepare_invoke();
-            invocation.key(&entry_key).arg(&index_field).arg(&sub);
-            let touched: Result<redis::Value, _> =
-                store.invoke(invocation, store.inner.deadline).await;
-            if let Err(error) = touched {
-                store
-                    .inner
-                    .background_failed("could not record a read of a cache entry", &error);
-            }
-        });
-    }
-
-    fn delete_later(&self, cmd: redis::Cmd) {
-        let store = self.clone();
-        tokio::spawn(async move {
-            let deleted: Result<redis::Value, _> = store.query(cmd, store.inner.deadline).await;
-            if let Err(error) = deleted {
-                store
-                    .inner
-                    .background_failed("could not delete a bad cache entry", &error);
-            }
-        });
-    }
-
-    async fn put_entry(
-        &self,
-        key: StoreKey<'_>,
-        entry: Arc<Entry>,
-        token: u64,
-    ) -> Result<bool, StoreError> {
-        let value = encode_value(&entry, token_generation(token));
-        let entry_key = self.inner.layout.entry_key(key.namespace, key.logical);
-        if value.len() > self.inner.max_value_bytes {
-            // A value that large would ride the request deadline of every read.
-            tracing::debug!(key = %entry_key, bytes = value.len(), "not stored in Redis: larger than max_value_bytes");
-            self.inner.refused_large.fetch_add(1, Ordering::Relaxed);
-            return Ok(false);
-        }
-        let ttl_ms = entry
-            .retention()
-            .as_millis()
-            .clamp(1, u128::from(MAX_TTL_MS)) as u64;
-        let layout = self.inner.layout;
-        let tags: Vec<String> = entry
-            .tags()
-            .iter()
-            .map(|t| layout.tag_key(key.namespace, key.logical, t))
-            .collect();
-        let index_field = index_field(key.variant);
-        let sub = sub_id(entry.identity(), &entry.vary().values);
-        let (secret_key, secret_slot) = layout.secret_key(key.logical);
-        // A process meets a bucket's secret at its first write there (on a cluster each
-        // slot group has its own, read with nothing else): refused once for not knowing it,
-        // the write is sent again with it. The token is checked as before.
-        let near_seen = self.inner.near.as_ref().map(Near::epoch_now);
-        let mut attempts = 0;
-        let stored = loop {
-            attempts += 1;
-            let secret = self.inner.secrets.get(secret_slot);
-            let counters = layout.write_counter_keys(key.namespace, key.logical, secret.as_ref());
-            let mut invocation = self.inner.put_script.prepare_invoke();
-            invocation
-                .key(&entry_key)
-                .key(layout.expiry_key(key.namespace, key.logical));
-            for counter in &counters {
-                invocation.key(counter);
-            }
-            let epoch = match layout {
-                Layout::Single => {
-                    invocation.key(EPOCH);
-                    token_epoch(token).to_string()
-                }
-                Layout::Cluster => String::new(),
-            };
-            invocation.key(&secret_key);
-            for tag in &tags {
-                invocation.key(tag);
-            }
-            invocation
-                .arg(&index_field)
-                .arg(value.as_ref())
-                .arg(ttl_ms)
-                .arg(token_generation(token))
-                .arg(epoch)
-                .arg(counters.len())
-                .arg(PRUNE_PER_WRITE)
-                .arg(secret.as_ref().map_or("", |s| s.as_str()))
-                .arg(&sub)
-                .arg(names_text(&entry.vary().names))
-                .arg(MAX_VARY_VARIANTS);
-            // A write runs off the response path; a large value gets time to travel (10 ms
-            // per MiB on top of the deadline, about 100 MB/s) instead of counting as an
-            // outage.
-            let deadline =
-                self.inner.deadline + Duration::from_millis(10 * (value.len() >> 20) as u64);
-            match self.invoke::<redis::Value>(invocation, deadline).await? {
-                redis::Value::Int(stored) => break stored != 0,
-                redis::Value::BulkString(current) => {
-                    // Chosen with a secret Redis does not hold: refused; learnt now.
-                    let current = String::from_utf8_lossy(&current);
-                    self.inner.secrets.learn(secret_slot, &current);
-                    if attempts < 2 {
-                        continue;
-                    }
-                    tracing::debug!(key = %entry_key, "not stored: the bucket secret changed");
-                    return Ok(false);
-                }
-                other => {
-                    return Err(StoreError::new(
-                        "unexpected reply of the write script",
-                        format!("{other:?}"),
-                    ))
-                }
-            }
-        };
-        if !stored {
-            tracing::debug!(key = %entry_key, "not stored: an invalidation happened while it was fetched");
-        } else {
-            self.inner
-                .vary_names
-                .learn(&entry_key, key.variant, &entry.vary().names);
-            if let (Some(near), Some(seen)) = (&self.inner.near, near_seen) {
-                near.fill_entries(seen, key, std::slice::from_ref(&entry));
-            }
-        }
-        Ok(stored)
     }
 }
 
@@ -940,7 +375,7 @@ impl Store for RedisStore {
 
     fn stats(&self) -> StoreStats {
         self.near_stats(StoreStats {
-            admissions_refused: self.inner.refused_large.load(Ordering::Relaxed),
+            admissions_refused: self.inner.entries.refused_large(),
             ..StoreStats::default()
         })
     }
@@ -970,7 +405,7 @@ impl Coordination for RedisStore {
     }
 
     fn write_token(&self) -> u64 {
-        self.inner.generation.load(Ordering::Relaxed)
+        self.inner.tokens.current()
     }
 
     fn read_now(&self, key: StoreKey<'_>, read: &mut dyn FnMut(&[Arc<Entry>])) -> Option<Source> {
@@ -983,22 +418,18 @@ impl Coordination for RedisStore {
     }
 
     fn fetched_before(&self, token: u64, generation: u64) -> bool {
-        self.predates(token, generation)
+        self.inner.tokens.predates(token, generation)
     }
 
     fn current_write_token(&self) -> StoreFuture<'_, u64> {
         Box::pin(async move {
-            self.learn_generation(self.inner.deadline).await;
+            self.learn_generation(self.inner.calls.deadline).await;
             Ok(self.write_token())
         })
     }
 
     fn set_listener(&self, listener: InvalidationListener) {
-        *self
-            .inner
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(listener);
+        self.inner.channel.set_listener(listener);
     }
 
     fn fleet_turn<'a>(
@@ -1011,29 +442,47 @@ impl Coordination for RedisStore {
     }
 
     fn end_fleet_turn(&self, lease: FleetLease, end: FleetEnd) {
-        let pass = self.inner.fleet.map_or(DEFAULT_FLEET_LEASE, |f| f.lease);
+        let pass = self.inner.fleet.lease().unwrap_or(DEFAULT_FLEET_LEASE);
         self.hand_back_fleet_turn(lease, end, pass);
+    }
+}
+
+impl Primary for RedisStore {
+    fn run_id(&self) -> StoreFuture<'_, String> {
+        Box::pin(RedisStore::run_id(self))
+    }
+
+    fn set_error_sink(&self, sink: call::ErrorSink) {
+        RedisStore::set_error_sink(self, sink);
+    }
+
+    fn restore_generation(&self) -> StoreFuture<'_, ()> {
+        Box::pin(RedisStore::restore_generation(self))
+    }
+
+    fn unwaited(&self) -> Self {
+        RedisStore::unwaited(self)
+    }
+
+    fn wait_for_replicas(&self) -> StoreFuture<'_, ()> {
+        Box::pin(RedisStore::wait_for_replicas(self))
+    }
+
+    fn refuses_locally(&self, token: u64) -> bool {
+        RedisStore::refuses_locally(self, token)
+    }
+
+    fn add_stats(&self, stats: StoreStats) -> StoreStats {
+        self.near_stats(stats)
     }
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("layout", &self.inner.layout)
-            .field("deadline", &self.inner.deadline)
-            .field("generation", &self.inner.generation.load(Ordering::Relaxed))
+            .field("layout", &self.layout())
+            .field("deadline", &self.inner.calls.deadline)
+            .field("generation", &self.inner.tokens.current())
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn index_fields_are_sixteen_hex_digits() {
-        assert_eq!(index_field(0), "0000000000000000");
-        assert_eq!(index_field(0xdead_beef), "00000000deadbeef");
-        assert_eq!(index_field(u64::MAX), "ffffffffffffffff");
     }
 }

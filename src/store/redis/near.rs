@@ -312,9 +312,9 @@ impl Drop for Inner {
         let (Some(near), Ok(runtime)) = (&self.near, tokio::runtime::Handle::try_current()) else {
             return;
         };
-        let connection = self.connection.clone();
+        let connection = self.calls.connection(super::connection::Lane::Data).clone();
         let cmd = redis::cmd("ZREM")
-            .arg(self.layout.leases_key())
+            .arg(self.entries.layout.leases_key())
             .arg(&near.member)
             .clone();
         runtime.spawn(async move {
@@ -350,16 +350,21 @@ pub(crate) async fn heartbeat(store: Weak<Inner>) {
         let seq = near.lease.sending();
         let mut invocation = near.heartbeat.prepare_invoke();
         invocation
-            .key(store.inner.layout.leases_key())
-            .key(store.inner.layout.leases_epoch_key())
+            .key(store.layout().leases_key())
+            .key(store.layout().leases_epoch_key())
             .arg(&near.member)
             .arg(ADVERT_TTL.as_millis() as u64)
             .arg(&near.channel)
             .arg(seq.to_string())
-            .arg(store.inner.layout.publish_command())
+            .arg(store.layout().publish_command())
             .arg(format!("{:016x}", super::rand_u64()));
-        if let Err(error) = store.invoke::<i64>(invocation, store.inner.deadline).await {
-            (store.inner).background_failed("near-cache heartbeat failed", &error);
+        if let Err(error) = store
+            .invoke::<i64>(invocation, store.inner.calls.deadline)
+            .await
+        {
+            (store.inner)
+                .calls
+                .background_failed("near-cache heartbeat failed", &error);
         }
     }
 }
