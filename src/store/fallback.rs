@@ -28,6 +28,8 @@ use crate::pattern::Pattern;
 const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 /// Most invalidations remembered for replay.
 const MAX_REMEMBERED: usize = 10_000;
+/// How often the probe tries while invalidations are queued (when sooner than its interval).
+const QUEUED_PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Redis with a memory fallback and a circuit breaker. Cheap to clone.
 ///
@@ -51,9 +53,10 @@ const MAX_REMEMBERED: usize = 10_000;
 ///   it expires. With [`FallbackMode::Bypass`] nothing is read or written: every lookup is
 ///   a miss and goes to the origin. Invalidations apply to memory at once, are reported as
 ///   not having reached Redis, and are queued.
-/// - a background probe `PING`s Redis every `probe_interval` while open, and at once when
-///   an invalidation is queued (other processes may be back on Redis and read what it
-///   covers: it should reach Redis as soon as this process can reach it). When Redis answers,
+/// - a background probe `PING`s Redis every `probe_interval` while open, at once when an
+///   invalidation is queued, and every 50 ms while any is (other processes may be back on
+///   Redis and read what it covers: it should reach Redis as soon as this process can
+///   reach it). When Redis answers,
 ///   the queued invalidations are replayed to it, the fallback entries are dropped, and
 ///   only then does the circuit close: Redis is never read before it has heard every
 ///   invalidation made during the outage.
@@ -460,10 +463,17 @@ async fn probe<P: Primary>(store: Weak<Inner<P>>) {
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let hurried = interval.min(QUEUED_PROBE_INTERVAL);
     loop {
+        // While invalidations wait for the primary, other processes may be back on it
+        // already and read what they cover: try again soon, not at the next tick.
+        let waiting = store
+            .upgrade()
+            .is_some_and(|i| i.open.load(Ordering::Acquire) && !lock(&i.pending).is_empty());
         tokio::select! {
             _ = ticker.tick() => {}
             () = wake.notified() => {}
+            () = tokio::time::sleep(hurried), if waiting => {}
         }
         let Some(inner) = store.upgrade() else { return };
         let run_id = inner.primary.run_id().await;

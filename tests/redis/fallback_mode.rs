@@ -232,3 +232,45 @@ async fn an_invalidation_queued_while_cut_off_reaches_redis_once_it_answers_with
         "waited for the probe's tick"
     );
 }
+
+/// An invalidation made while Redis is still out of reach (the probe it wakes fails too)
+/// reaches Redis soon after Redis answers again, not at the probe's next tick: the probe
+/// tries every 50 ms while invalidations wait. The probe here ticks every 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_queued_while_redis_is_out_of_reach_reaches_it_soon_after_it_answers() {
+    let server = RedisServer::start();
+    let partition = Partition::start(&server).await;
+    let url = partition.url();
+    let s = Stack::start_at(server, &url, RELAXED, |b| {
+        b.mode(FallbackMode::Bypass)
+            .probe_interval(Duration::from_secs(30))
+    })
+    .await;
+    s.warm(PATH).await;
+    let key = format!("t:k:{PATH}*");
+    assert!(!s.server.keys(&key).is_empty(), "nothing stored in Redis");
+
+    cut(&s, &partition).await;
+    let result = s.handle.invalidate(PATH).await;
+    assert!(result.is_err(), "reported as reaching Redis while cut off");
+    // The probe the invalidation woke has failed by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !s.server.keys(&key).is_empty(),
+        "reached Redis while cut off"
+    );
+
+    partition.heal();
+    let healed = Instant::now();
+    let gone = eventually(Duration::from_secs(3), || async {
+        s.server.keys(&key).is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "the invalidation had not reached Redis {:?} after it answered again",
+        healed.elapsed()
+    );
+    s.wait_for_backend(Backend::Redis, Duration::from_secs(3), "after the replay")
+        .await;
+}
