@@ -174,9 +174,10 @@ impl RedisStore {
         }
     }
 
-    /// [`Coordination::get_for`](crate::store::Coordination::get_for): the one `Vary` variant that can answer a request of this
-    /// identity and these headers, read with the variant's index in one `HMGET` (see
-    /// `variants.rs`), and a second read when the index names other headers than expected.
+    /// [`Coordination::get_for`](crate::store::Coordination::get_for): the one `Vary`
+    /// variant that can answer a request of this identity and these headers, read with the
+    /// variant's index in one `HMGET` (see `variants.rs`), and a second read when the index
+    /// names other headers than expected.
     pub(crate) async fn get_for_request(
         &self,
         key: StoreKey<'_>,
@@ -239,8 +240,8 @@ impl RedisStore {
         Ok(VariantRead::Variants(variants, Source::Redis))
     }
 
-    /// [`Store::get`](crate::store::Store::get) (no request to choose with): every `Vary` variant the index lists,
-    /// in a second read.
+    /// [`Store::get`](crate::store::Store::get) (no request to choose with): every `Vary`
+    /// variant the index lists, in a second read.
     pub(crate) async fn get_variants(
         &self,
         key: StoreKey<'_>,
