@@ -110,17 +110,12 @@ impl RedisStore {
         entry_key: &str,
         cmd: redis::Cmd,
     ) -> Result<Option<T>, StoreError> {
-        let reply = tokio::time::timeout(self.inner.calls.deadline, async {
-            let mut connection = self.connection().connected().await?;
-            cmd.query_async::<T>(&mut connection).await
-        })
-        .await
-        .map_err(|_| {
-            StoreError::unavailable(
-                "Redis did not answer within the deadline",
-                format!("{:?}", self.inner.calls.deadline),
-            )
-        })?;
+        let deadline = self.inner.calls.deadline;
+        let reply = self
+            .inner
+            .calls
+            .answer::<T>(self.lane, cmd, deadline)
+            .await?;
         match reply {
             Ok(reply) => Ok(Some(reply)),
             Err(error) if error.code() == Some("WRONGTYPE") => {
