@@ -1,7 +1,9 @@
 //! [`FallbackStore`]: Redis first, process memory when Redis fails, healing on its own.
 //!
 //! The primary is usually Redis, and the docs here say Redis; any [`Primary`] works (the
-//! circuit, the queue and the replay only need what that trait asks for). Redis is optional: an outage must cost neither a failed request nor an invalidation
+//! circuit, the queue and the replay only need what that trait asks for).
+//!
+//! Redis is optional: an outage must cost neither a failed request nor an invalidation
 //! that Redis never hears of. The circuit breaker here decides when Redis is trusted, and
 //! [`FallbackMode`] what the cache does while it is not: keep serving from memory
 //! (bounded staleness) or step aside (no stale answer, the origin takes the load).

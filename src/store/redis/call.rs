@@ -105,6 +105,25 @@ impl Calls {
         .await
     }
 
+    /// A call whose answers the caller sorts itself (a read tells a foreign value from an
+    /// outage): only running out of time is an error here; Redis's answer comes back as it
+    /// is.
+    pub(crate) async fn answer<T: redis::FromRedisValue>(
+        &self,
+        lane: Lane,
+        cmd: redis::Cmd,
+        deadline: Duration,
+    ) -> Result<Result<T, RedisError>, StoreError> {
+        let deadline = self.lane_deadline(lane, deadline);
+        let call = async {
+            let mut connection = self.connection(lane).connected().await?;
+            cmd.query_async::<T>(&mut connection).await
+        };
+        tokio::time::timeout(deadline, call)
+            .await
+            .map_err(|_| out_of_time(deadline))
+    }
+
     pub(crate) async fn invoke<T: redis::FromRedisValue>(
         &self,
         lane: Lane,
@@ -159,11 +178,16 @@ pub(crate) async fn within<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(deadline, call).await {
         Ok(result) => result.map_err(classify),
-        Err(_) => Err(StoreError::unavailable(
-            "Redis did not answer within the deadline",
-            format!("{deadline:?}"),
-        )),
+        Err(_) => Err(out_of_time(deadline)),
     }
+}
+
+/// A call that ran out of `deadline`: an outage.
+fn out_of_time(deadline: Duration) -> StoreError {
+    StoreError::unavailable(
+        "Redis did not answer within the deadline",
+        format!("{deadline:?}"),
+    )
 }
 
 /// Connection trouble is "unavailable"; anything Redis answered with is not.

@@ -110,17 +110,12 @@ impl RedisStore {
         entry_key: &str,
         cmd: redis::Cmd,
     ) -> Result<Option<T>, StoreError> {
-        let reply = tokio::time::timeout(self.inner.calls.deadline, async {
-            let mut connection = self.connection().connected().await?;
-            cmd.query_async::<T>(&mut connection).await
-        })
-        .await
-        .map_err(|_| {
-            StoreError::unavailable(
-                "Redis did not answer within the deadline",
-                format!("{:?}", self.inner.calls.deadline),
-            )
-        })?;
+        let deadline = self.inner.calls.deadline;
+        let reply = self
+            .inner
+            .calls
+            .answer::<T>(self.lane, cmd, deadline)
+            .await?;
         match reply {
             Ok(reply) => Ok(Some(reply)),
             Err(error) if error.code() == Some("WRONGTYPE") => {
@@ -174,9 +169,10 @@ impl RedisStore {
         }
     }
 
-    /// [`Coordination::get_for`](crate::store::Coordination::get_for): the one `Vary` variant that can answer a request of this
-    /// identity and these headers, read with the variant's index in one `HMGET` (see
-    /// `variants.rs`), and a second read when the index names other headers than expected.
+    /// [`Coordination::get_for`](crate::store::Coordination::get_for): the one `Vary`
+    /// variant that can answer a request of this identity and these headers, read with the
+    /// variant's index in one `HMGET` (see `variants.rs`), and a second read when the index
+    /// names other headers than expected.
     pub(crate) async fn get_for_request(
         &self,
         key: StoreKey<'_>,
@@ -239,8 +235,8 @@ impl RedisStore {
         Ok(VariantRead::Variants(variants, Source::Redis))
     }
 
-    /// [`Store::get`](crate::store::Store::get) (no request to choose with): every `Vary` variant the index lists,
-    /// in a second read.
+    /// [`Store::get`](crate::store::Store::get) (no request to choose with): every `Vary`
+    /// variant the index lists, in a second read.
     pub(crate) async fn get_variants(
         &self,
         key: StoreKey<'_>,

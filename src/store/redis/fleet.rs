@@ -95,6 +95,23 @@ impl Fleet {
     pub(crate) fn lease(&self) -> Option<Duration> {
         self.lease
     }
+
+    /// Take `lease` (a fresh token, on the flight's key) for `time`, when nobody holds it.
+    fn take(&self, lease: &FleetLease, time: Duration) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.turn.prepare_invoke();
+        invocation
+            .key(&lease.key)
+            .arg(&lease.token)
+            .arg(time.as_millis().max(1) as u64);
+        invocation
+    }
+
+    /// Hand `lease` back, leaving a `pass` mark for `pass_ms` (0: none).
+    fn end(&self, lease: &FleetLease, pass_ms: u64) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.end.prepare_invoke();
+        invocation.key(&lease.key).arg(&lease.token).arg(pass_ms);
+        invocation
+    }
 }
 
 /// How long a turn handed back as `end` leaves its `pass` mark (ms; 0: none, deleted).
@@ -124,24 +141,20 @@ impl RedisStore {
             .layout()
             .fleet_key(namespace, logical, flight_hash(flight));
         let token = format!("{:016x}", rand_u64());
-        let mut invocation = self.inner.fleet.turn.prepare_invoke();
-        invocation
-            .key(&key)
-            .arg(&token)
-            .arg(lease_time.as_millis().max(1) as u64);
+        let lease = FleetLease { key, token };
+        let invocation = self.inner.fleet.take(&lease, lease_time);
         let turn: String = match self.invoke(invocation, self.inner.calls.deadline).await {
             Ok(turn) => turn,
             Err(error) => {
                 // A call that missed its deadline may still run (a paused Redis runs it when
                 // it resumes): the lease it may have taken is handed back, so it holds no
                 // other process's miss for the lease's time.
-                let lease = FleetLease { key, token };
                 self.hand_back_fleet_turn(lease, FleetEnd::Abandoned, lease_time);
                 return Err(error);
             }
         };
         Ok(match turn.as_str() {
-            "lead" => FleetTurn::Lead(Some(FleetLease { key, token })),
+            "lead" => FleetTurn::Lead(Some(lease)),
             PASS => FleetTurn::Pass,
             _ => FleetTurn::Follow,
         })
@@ -160,8 +173,7 @@ impl RedisStore {
             let started = tokio::time::Instant::now();
             let mut pause = Duration::from_millis(20);
             loop {
-                let mut invocation = store.inner.fleet.end.prepare_invoke();
-                invocation.key(&lease.key).arg(&lease.token).arg(pass_ms);
+                let invocation = store.inner.fleet.end(&lease, pass_ms);
                 let ended: Result<i64, StoreError> =
                     store.invoke(invocation, store.inner.calls.deadline).await;
                 let Err(error) = ended else { return };

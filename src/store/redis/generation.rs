@@ -6,8 +6,9 @@
 //! [`Generations`] owns the scripts that raise and restore the counters in Redis and the
 //! bucket secrets that choose an exact invalidation's counter: what it takes to move the
 //! counters, apart from the token this process holds ([`Tokens`]),
-//! which only ever hears answers. The `RedisStore` methods here compose the two with the
-//! store's calls.
+//! which only ever hears answers. It knows how each script is called (which counter, which
+//! secret, which keys and arguments), so that choice is tested without a Redis; the
+//! `RedisStore` methods here send the calls and hand the answers to the tokens.
 
 // The store's own vocabulary (its imports, scripts and helpers).
 use super::*;
@@ -17,6 +18,8 @@ use tokens::EPOCH_MASK;
 /// The scripts that move the invalidation counters, and the bucket secrets learnt from
 /// Redis (see `secret.rs`).
 pub(crate) struct Generations {
+    /// Names the counters and the secrets' keys.
+    layout: Layout,
     bump: Script,
     raise: Script,
     bump_single: Script,
@@ -29,6 +32,7 @@ impl Generations {
     /// For a Redis laid out as `layout` (one secret per slot group).
     pub(crate) fn new(layout: Layout) -> Generations {
         Generations {
+            layout,
             bump: Script::new(BUMP_SCRIPT),
             raise: Script::new(RAISE_SCRIPT),
             bump_single: Script::new(BUMP_SINGLE_SCRIPT),
@@ -36,6 +40,98 @@ impl Generations {
             raise_keyed: Script::new(RAISE_KEYED_SCRIPT),
             secrets: Secrets::new(layout.secret_slots()),
         }
+    }
+
+    /// One Redis: the counter an invalidation of `logical` raises (`None`, a glob, a tag or
+    /// a namespace: the wide one), and the secret it was chosen with (the one known, which
+    /// the script checks against Redis's).
+    pub(crate) fn single_counter(
+        &self,
+        namespace: &str,
+        logical: Option<&str>,
+    ) -> (String, Option<Secret>) {
+        match logical {
+            Some(logical) => {
+                let secret = self.secrets.get(0);
+                let counter = self
+                    .layout
+                    .generation_key(namespace, logical, secret.as_ref());
+                (counter, secret)
+            }
+            None => (WIDE_GENERATION.to_owned(), None),
+        }
+    }
+
+    /// One Redis: draw a generation above `floor` and raise `counter` (chosen with
+    /// `secret`, for an `exact` invalidation) to it, naming the data set when it has no
+    /// epoch yet. Answers the epoch, the generation (0: the secret was not Redis's) and
+    /// Redis's secret.
+    pub(crate) fn bump_single(
+        &self,
+        counter: String,
+        secret: Option<&Secret>,
+        exact: bool,
+        floor: u64,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.bump_single.prepare_invoke();
+        invocation
+            .key(CENTRAL_GENERATION)
+            .key(EPOCH)
+            .key(layout::SECRET)
+            .key(counter)
+            .arg(new_epoch())
+            .arg(secret.map_or("", |s| s.as_str()))
+            .arg(Secret::random().as_str())
+            .arg(if exact { "1" } else { "0" })
+            .arg(floor);
+        invocation
+    }
+
+    /// One Redis after a restart: raise the central and wide counters to at least `floor`.
+    /// Answers the epoch and the central generation.
+    pub(crate) fn restore_single(&self, floor: u64) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.restore_single.prepare_invoke();
+        invocation
+            .key(CENTRAL_GENERATION)
+            .key(WIDE_GENERATION)
+            .key(EPOCH)
+            .arg(floor);
+        invocation
+    }
+
+    /// Raise the counter `key` to at least `to`; answers where it stands.
+    pub(crate) fn raise(&self, key: &str, to: u64) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.raise.prepare_invoke();
+        invocation.key(key).arg(to);
+        invocation
+    }
+
+    /// Draw a generation from the counter `key`, at least `floor`.
+    pub(crate) fn bump(&self, key: &str, floor: u64) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.bump.prepare_invoke();
+        invocation.key(key).arg(floor);
+        invocation
+    }
+
+    /// A cluster: raise the counter of `logical` chosen with `secret` (none known: the
+    /// script proposes a new one and raises nothing) to `drawn`. Answers whether it raised
+    /// and the key bucket's secret.
+    pub(crate) fn raise_keyed(
+        &self,
+        namespace: &str,
+        logical: &str,
+        drawn: u64,
+        secret: Option<&Secret>,
+    ) -> redis::ScriptInvocation<'_> {
+        let (secret_key, _) = self.layout.secret_key(logical);
+        let mut invocation = self.raise_keyed.prepare_invoke();
+        invocation
+            .key(self.layout.generation_key(namespace, logical, secret))
+            .key(secret_key)
+            .arg(drawn)
+            .arg(secret.map_or("", |s| s.as_str()))
+            .arg(Secret::random().as_str());
+        invocation
     }
 }
 
@@ -74,12 +170,7 @@ impl RedisStore {
         let floor = token_generation(self.inner.tokens.current());
         match self.layout() {
             Layout::Single => {
-                let mut invocation = self.inner.generations.restore_single.prepare_invoke();
-                invocation
-                    .key(CENTRAL_GENERATION)
-                    .key(WIDE_GENERATION)
-                    .key(EPOCH)
-                    .arg(floor);
+                let invocation = self.inner.generations.restore_single(floor);
                 let asked = self.inner.tokens.asking();
                 let (epoch, generation) = self
                     .invoke::<(u64, u64)>(invocation, self.inner.calls.scan_deadline)
@@ -90,8 +181,7 @@ impl RedisStore {
                 let mut keys = vec![CENTRAL_GENERATION.to_owned()];
                 keys.extend(self.layout().bucket_generation_keys());
                 let raised = try_join_all(keys.iter().map(|key| {
-                    let mut invocation = self.inner.generations.raise.prepare_invoke();
-                    invocation.key(key).arg(floor);
+                    let invocation = self.inner.generations.raise(key, floor);
                     self.invoke::<u64>(invocation, self.inner.calls.scan_deadline)
                 }))
                 .await?;
@@ -191,22 +281,11 @@ impl RedisStore {
                 // script checks it is Redis's (creating it the first time) and, when it is
                 // not, raises nothing and says which it is: learn it and choose again.
                 for _ in 0..SECRET_ATTEMPTS {
-                    let secret = logical.and_then(|_| self.inner.generations.secrets.get(0));
-                    let counter = match logical {
-                        Some(logical) => layout.generation_key(namespace, logical, secret.as_ref()),
-                        None => WIDE_GENERATION.to_owned(),
-                    };
-                    let mut invocation = self.inner.generations.bump_single.prepare_invoke();
-                    invocation
-                        .key(CENTRAL_GENERATION)
-                        .key(EPOCH)
-                        .key(layout::SECRET)
-                        .key(counter)
-                        .arg(new_epoch())
-                        .arg(secret.as_ref().map_or("", |s| s.as_str()))
-                        .arg(Secret::random().as_str())
-                        .arg(if logical.is_some() { "1" } else { "0" })
-                        .arg(token_generation(self.inner.tokens.current()) + 1);
+                    let generations = &self.inner.generations;
+                    let (counter, secret) = generations.single_counter(namespace, logical);
+                    let floor = token_generation(self.inner.tokens.current()) + 1;
+                    let invocation =
+                        generations.bump_single(counter, secret.as_ref(), logical.is_some(), floor);
                     let asked = self.inner.tokens.asking();
                     let (epoch, generation, current) = self
                         .invoke::<(u64, u64, String)>(invocation, self.inner.calls.deadline)
@@ -222,16 +301,15 @@ impl RedisStore {
             }
             Layout::Cluster => {
                 let floor = token_generation(self.inner.tokens.current()) + 1;
-                let drawn = self.bump(CENTRAL_GENERATION.to_owned(), floor).await?;
+                let drawn = self.bump(CENTRAL_GENERATION, floor).await?;
                 // Raised to the drawn generation, never past it: no counter and no token is
                 // ever above the central counter, so the next invalidation draws a generation
                 // above every token taken before it.
                 match logical {
                     Some(logical) => self.raise_keyed(namespace, logical, drawn).await?,
                     None => {
-                        try_join_all(layout.bucket_generation_keys().into_iter().map(|k| {
-                            let mut invocation = self.inner.generations.raise.prepare_invoke();
-                            invocation.key(k).arg(drawn);
+                        try_join_all(layout.bucket_generation_keys().iter().map(|k| {
+                            let invocation = self.inner.generations.raise(k, drawn);
                             self.invoke::<u64>(invocation, self.inner.calls.deadline)
                         }))
                         .await?;
@@ -251,45 +329,69 @@ impl RedisStore {
         logical: &str,
         drawn: u64,
     ) -> Result<(), StoreError> {
-        let layout = self.layout();
-        let (secret_key, slot) = layout.secret_key(logical);
+        let generations = &self.inner.generations;
+        let (_, slot) = self.layout().secret_key(logical);
         for _ in 0..SECRET_ATTEMPTS {
-            let secret = self.inner.generations.secrets.get(slot);
-            let Some(known) = &secret else {
-                // None known: propose one; the script answers with the bucket's.
-                let mut invocation = self.inner.generations.raise_keyed.prepare_invoke();
-                invocation
-                    .key(layout.generation_key(namespace, logical, None))
-                    .key(&secret_key)
-                    .arg(drawn)
-                    .arg("")
-                    .arg(Secret::random().as_str());
-                let (_, current) = self
-                    .invoke::<(u64, String)>(invocation, self.inner.calls.deadline)
-                    .await?;
-                self.inner.generations.secrets.learn(slot, &current);
-                continue;
-            };
-            let mut invocation = self.inner.generations.raise_keyed.prepare_invoke();
-            invocation
-                .key(layout.generation_key(namespace, logical, secret.as_ref()))
-                .key(&secret_key)
-                .arg(drawn)
-                .arg(known.as_str())
-                .arg(Secret::random().as_str());
+            let secret = generations.secrets.get(slot);
+            let invocation = generations.raise_keyed(namespace, logical, drawn, secret.as_ref());
             let (raised, current) = self
                 .invoke::<(u64, String)>(invocation, self.inner.calls.deadline)
                 .await?;
-            self.inner.generations.secrets.learn(slot, &current);
-            if raised != 0 {
+            generations.secrets.learn(slot, &current);
+            // None known: the script proposed one and raised nothing; try again with it.
+            if secret.is_some() && raised != 0 {
                 return Ok(());
             }
         }
         Err(secret_kept_changing())
     }
-    pub(super) async fn bump(&self, key: String, floor: u64) -> Result<u64, StoreError> {
-        let mut invocation = self.inner.generations.bump.prepare_invoke();
-        invocation.key(key).arg(floor);
+
+    /// Draw a generation from the counter `key`, at least `floor`.
+    pub(super) async fn bump(&self, key: &str, floor: u64) -> Result<u64, StoreError> {
+        let invocation = self.inner.generations.bump(key, floor);
         self.invoke(invocation, self.inner.calls.deadline).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exact_invalidation_raises_the_counter_its_known_secret_chooses() {
+        let generations = Generations::new(Layout::Single);
+        let layout = Layout::Single;
+        // A glob, a tag, a namespace: the wide counter, no secret.
+        assert_eq!(
+            generations.single_counter("ns", None),
+            (WIDE_GENERATION.to_owned(), None)
+        );
+        // No secret learnt yet: the unkeyed name (the script then says which is Redis's).
+        let (unkeyed, none) = generations.single_counter("ns", Some("/a"));
+        assert_eq!(none, None);
+        assert_eq!(unkeyed, layout.generation_key("ns", "/a", None));
+        // Learnt: the counter is the one that secret selects.
+        let secret = Secret::random();
+        generations.secrets.learn(0, secret.as_str());
+        let (keyed, known) = generations.single_counter("ns", Some("/a"));
+        assert_eq!(known.as_ref().map(Secret::as_str), Some(secret.as_str()));
+        assert_eq!(keyed, layout.generation_key("ns", "/a", Some(&secret)));
+    }
+
+    #[test]
+    fn a_fresh_epoch_is_never_none_and_fits_a_token() {
+        for _ in 0..1000 {
+            let epoch = new_epoch();
+            assert!(epoch != 0 && epoch <= EPOCH_MASK, "{epoch}");
+        }
+    }
+
+    #[test]
+    fn only_numbers_this_crate_writes_are_read() {
+        assert_eq!(own_number(Some("42")), Some(42));
+        assert_eq!(own_number(Some("")), None);
+        assert_eq!(own_number(Some("-1")), None);
+        assert_eq!(own_number(Some("1234567890123456")), None, "16 digits");
+        assert_eq!(own_number(None), None);
     }
 }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use redis::Script;
 
 use super::ack::{holders, Acks, Awaiting, Holder};
+use super::layout::Layout;
 use super::RedisStore;
 use crate::store::StoreError;
 
@@ -239,6 +240,43 @@ impl Leases {
             script: Script::new(LEASES_SCRIPT),
         }
     }
+
+    /// Read the lease set (its epoch, then the live advertisements).
+    pub(crate) fn read(&self, layout: Layout) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(layout.leases_key())
+            .key(layout.leases_epoch_key());
+        invocation
+    }
+
+    /// The processes an invalidation published just before the lease set was `read` waits
+    /// for: every advertised holder but this process (`own`), each lease capped at
+    /// [`MAX_LEASE`], and a holder of unknown name for a longer lease remembered from a set
+    /// since lost. Empty: nobody holds a lease it must wait for.
+    pub(crate) fn holders(&self, read: &[String], own: u64) -> Vec<Holder> {
+        let (epoch, mut holders) = match read.split_first() {
+            Some((epoch, members)) => (epoch.as_str(), holders(members, own)),
+            None => ("", Vec::new()),
+        };
+        for holder in &mut holders {
+            holder.lease = holder.lease.min(MAX_LEASE);
+        }
+        let advertised = holders.iter().map(|h| h.lease).max().unwrap_or_default();
+        let lease = self.advertised.longest(advertised, epoch);
+        if lease.is_zero() {
+            return Vec::new();
+        }
+        if lease > advertised {
+            // A lease remembered from before the set was lost (Redis restarted empty): its
+            // holder is unknown, so it is waited out.
+            holders.push(Holder {
+                process: None,
+                lease,
+            });
+        }
+        holders
+    }
 }
 
 impl RedisStore {
@@ -256,20 +294,12 @@ impl RedisStore {
         published_at: Instant,
         awaiting: &Awaiting<'_>,
     ) -> Result<(), StoreError> {
-        let mut invocation = self.inner.leases.script.prepare_invoke();
-        let layout = self.layout();
-        invocation
-            .key(layout.leases_key())
-            .key(layout.leases_epoch_key());
-        let (epoch, mut holders) = match self
+        let invocation = self.inner.leases.read(self.layout());
+        let read = match self
             .invoke::<Vec<String>>(invocation, self.inner.calls.deadline)
             .await
         {
-            Ok(mut read) if !read.is_empty() => {
-                let epoch = read.remove(0);
-                (epoch, holders(&read, self.inner.channel.origin()))
-            }
-            Ok(_) => (String::new(), Vec::new()),
+            Ok(read) => read,
             Err(error) => {
                 return Err(StoreError::unavailable(
                     "could not read the near-cache leases after an invalidation: it may not have reached every process yet",
@@ -277,13 +307,12 @@ impl RedisStore {
                 ))
             }
         };
-        for holder in &mut holders {
-            holder.lease = holder.lease.min(MAX_LEASE);
-        }
-        let advertised = holders.iter().map(|h| h.lease).max().unwrap_or_default();
-        let lease = self.inner.leases.advertised.longest(advertised, &epoch);
+        let holders = self
+            .inner
+            .leases
+            .holders(&read, self.inner.channel.origin());
         if let Some(error) = publish_error {
-            if lease.is_zero() {
+            if holders.is_empty() {
                 tracing::warn!(%error, "could not publish an invalidation to other processes");
                 // The invalidation itself reached Redis; the failed publish still counts.
                 (self.inner)
@@ -296,16 +325,8 @@ impl RedisStore {
                 error,
             ));
         }
-        if lease.is_zero() {
+        if holders.is_empty() {
             return Ok(());
-        }
-        if lease > advertised {
-            // A lease remembered from before the set was lost (Redis restarted empty): its
-            // holder is unknown, so it is waited out.
-            holders.push(Holder {
-                process: None,
-                lease,
-            });
         }
         awaiting
             .settled(&holders, |h| published_at + wait_for(h.lease))
@@ -344,6 +365,50 @@ mod tests {
         assert!(!lease.is_valid());
         lease.renew(12345);
         assert!(!lease.is_valid());
+    }
+
+    fn read(epoch: &str, members: &[&str]) -> Vec<String> {
+        std::iter::once(epoch)
+            .chain(members.iter().copied())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn an_invalidation_waits_for_every_other_holder_its_lease_capped() {
+        let leases = Leases::new();
+        let ms = Duration::from_millis;
+        // Nobody advertises (or the set is not there at all): nothing to wait for.
+        assert!(leases.holders(&[], 7).is_empty());
+        assert!(leases.holders(&read("e1", &[]), 7).is_empty());
+        // This process's own advertisement is left out; a huge lease is capped.
+        let holders = leases.holders(
+            &read("e1", &["200:0000000000000007", "3600000:000000000000000a"]),
+            7,
+        );
+        assert_eq!(
+            holders,
+            [Holder {
+                process: Some(10),
+                lease: MAX_LEASE,
+            }]
+        );
+        // Only this process holds a lease: nobody else to wait for.
+        let alone = Leases::new();
+        assert!(alone
+            .holders(&read("e1", &["200:0000000000000007"]), 7)
+            .is_empty());
+        // The set was lost since (Redis restarted empty): the remembered lease is waited
+        // out, its holder unknown.
+        let lost = Leases::new();
+        lost.holders(&read("e1", &["200:000000000000000a"]), 7);
+        assert_eq!(
+            lost.holders(&read("", &[]), 7),
+            [Holder {
+                process: None,
+                lease: ms(200),
+            }]
+        );
     }
 
     #[test]

@@ -230,11 +230,6 @@ impl RedisStore {
         }
     }
 
-    /// The connection this handle's calls go through.
-    pub(crate) fn connection(&self) -> &Connection {
-        self.inner.calls.connection(self.lane)
-    }
-
     /// A call on this handle's lane (see `call.rs`).
     pub(super) async fn query<T: redis::FromRedisValue>(
         &self,

@@ -94,6 +94,7 @@ use std::time::Duration;
 
 use redis::Script;
 
+use super::layout::Layout;
 use super::lease::{Lease, ADVERT_TTL, HEARTBEAT_SCRIPT, MAX_LEASE};
 use super::{Inner, RedisStore, RedisStoreBuilder};
 use crate::entry::Entry;
@@ -212,6 +213,23 @@ impl Near {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.lease.drop_lease();
         self.memory.clear();
+    }
+
+    /// The next heartbeat: advertise this process's lease in the lease set and publish a
+    /// new sequence number on its channel, in one step (see `lease.rs`).
+    fn heartbeat(&self, layout: Layout) -> redis::ScriptInvocation<'_> {
+        let seq = self.lease.sending();
+        let mut invocation = self.heartbeat.prepare_invoke();
+        invocation
+            .key(layout.leases_key())
+            .key(layout.leases_epoch_key())
+            .arg(&self.member)
+            .arg(ADVERT_TTL.as_millis() as u64)
+            .arg(&self.channel)
+            .arg(seq.to_string())
+            .arg(layout.publish_command())
+            .arg(format!("{:016x}", super::rand_u64()));
+        invocation
     }
 
     /// A message on the heartbeat channel.
@@ -347,17 +365,7 @@ pub(crate) async fn heartbeat(store: Weak<Inner>) {
         let Some(near) = store.inner.near.as_ref() else {
             return;
         };
-        let seq = near.lease.sending();
-        let mut invocation = near.heartbeat.prepare_invoke();
-        invocation
-            .key(store.layout().leases_key())
-            .key(store.layout().leases_epoch_key())
-            .arg(&near.member)
-            .arg(ADVERT_TTL.as_millis() as u64)
-            .arg(&near.channel)
-            .arg(seq.to_string())
-            .arg(store.layout().publish_command())
-            .arg(format!("{:016x}", super::rand_u64()));
+        let invocation = near.heartbeat(store.layout());
         if let Err(error) = store
             .invoke::<i64>(invocation, store.inner.calls.deadline)
             .await
