@@ -484,9 +484,13 @@ async fn starting_with_the_cluster_down_serves_from_memory_at_once_and_moves_to_
 /// promoted replica) whose invalidations wait for one replica, at most `wait`
 /// (`Duration::ZERO`: never wait).
 fn replicated_handle(cluster: &RedisCluster, wait: Duration) -> CacheHandle {
+    // The invalidation lane's deadline is the wait plus the call deadline: a `WAIT` that
+    // times out must be read as "not replicated", not as an outage, even when a busy
+    // six-node machine answers it late.
+    let store = RedisStore::cluster(cluster.seeds()).deadline(Duration::from_millis(500));
     let store = match wait.is_zero() {
-        true => RedisStore::cluster(cluster.seeds()).durable_invalidations(0, wait),
-        false => RedisStore::cluster(cluster.seeds()).durable_invalidations(1, wait),
+        true => store.durable_invalidations(0, wait),
+        false => store.durable_invalidations(1, wait),
     };
     CacheHandle::builder(store.build().unwrap())
         .namespace(NAMESPACE)

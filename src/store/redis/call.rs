@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use redis::{ErrorKind, RedisError};
 
-use super::connection::{Connection, Lane, Node};
+use super::connection::{Connection, Node};
 use super::durable::Durability;
+use super::lane::Lane;
 use crate::store::StoreError;
 
 /// Where the errors of calls nobody waits for go: a fallback store's circuit.

@@ -23,19 +23,9 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Msg, PushKind, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
+use super::lane::Lane;
 use super::layout::Layout;
 use super::sentinel::SentinelLink;
-
-/// Which connection a call uses: invalidations have their own, so that their `WAIT` for
-/// replicas (see `durable.rs`), which blocks the connection it is sent on, never holds up
-/// a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Lane {
-    /// Requests, the channel's catch-up, heartbeats.
-    Data,
-    /// Invalidations and their `WAIT`.
-    Invalidations,
-}
 
 /// Where one command of a fan-out goes: the single Redis, or one primary of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]

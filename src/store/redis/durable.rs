@@ -7,7 +7,7 @@
 //! an invalidation's writes, `WAIT numreplicas timeout` on the connection that sent them
 //! returns how many replicas acknowledged everything that connection wrote. `WAIT` blocks
 //! the connection it is sent on, so invalidations have a connection of their own
-//! ([`Lane::Invalidations`](super::connection::Lane)): a request never waits behind one.
+//! ([`Lane::Invalidations`](super::lane::Lane)): a request never waits behind one.
 //! On a cluster `WAIT` goes to every primary through that lane's connection to it: a
 //! primary the invalidation wrote to answers when its replicas have it, the others at once.
 //!
@@ -33,7 +33,8 @@
 
 use std::time::Duration;
 
-use super::connection::{Lane, Node};
+use super::connection::Node;
+use super::lane::Lane;
 use super::RedisStore;
 use crate::store::StoreError;
 

@@ -330,7 +330,7 @@ impl Drop for Inner {
         let (Some(near), Ok(runtime)) = (&self.near, tokio::runtime::Handle::try_current()) else {
             return;
         };
-        let connection = self.calls.connection(super::connection::Lane::Data).clone();
+        let connection = self.calls.connection(super::lane::Lane::Data).clone();
         let cmd = redis::cmd("ZREM")
             .arg(self.entries.layout.leases_key())
             .arg(&near.member)

@@ -30,20 +30,20 @@ use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{ErrorKind, RedisConnectionInfo, RedisError, RedisResult};
 use tokio::sync::watch;
 
-use super::connection::Lane;
+use super::lane::Lane;
 
 /// What the store is told when the primary moved.
 pub(crate) type MovedSink = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// The primary as last resolved.
-struct Primary {
+struct Resolved {
     address: String,
     client: redis::Client,
     data: ConnectionManager,
     invalidations: ConnectionManager,
 }
 
-impl Primary {
+impl Resolved {
     fn connection(&self, lane: Lane) -> ConnectionManager {
         match lane {
             Lane::Data => self.data.clone(),
@@ -58,7 +58,7 @@ pub(crate) struct SentinelLink {
     master: String,
     node: SentinelNodeConnectionInfo,
     resolver: tokio::sync::Mutex<Sentinel>,
-    primary: Mutex<Option<Primary>>,
+    primary: Mutex<Option<Resolved>>,
     /// Set when the primary may have moved: the next call asks the sentinels.
     doubt: AtomicBool,
     /// The address of the last primary found, resolved or not since.
@@ -214,7 +214,7 @@ impl SentinelLink {
         let invalidations =
             ConnectionManager::new_lazy_with_config(client.clone(), self.config.clone())?;
         let previous = lock(&self.last).replace(address.clone());
-        *lock(&self.primary) = Some(Primary {
+        *lock(&self.primary) = Some(Resolved {
             address: address.clone(),
             client,
             data,
