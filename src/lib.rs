@@ -74,6 +74,7 @@
 //! | `tower_response_cache_expirations_total` | counter | – | Memory entries removed because they expired (past any stale window). |
 //! | `tower_response_cache_admissions_refused_total` | counter | – | Writes a memory store or near cache did not keep: too large for its budget, or refused by its admission policy. |
 //! | `tower_response_cache_circuit_opened_total` | counter | – | Times a fallback store stopped using Redis (its circuit opened). |
+//! | `tower_response_cache_redis_reply_budget_full_total` | counter | – | Redis reads that found no room in the store's reply budget within the deadline and read as misses. |
 //! | `tower_response_cache_lease_lapses_total` | counter | – | Times a near cache's lease lapsed (its reads went to Redis until a heartbeat renewed it). |
 //! | `tower_response_cache_purge_requests_total` | counter | `status` (the answer's status code) | Requests answered by the purge endpoints ([`PurgeLayer`]), refusals included. |
 //! | `tower_response_cache_entries` | gauge | `namespace` | Entries held, where the store can tell; set by [`CacheHandle::record_gauges`]. |

@@ -25,8 +25,9 @@ pub struct CacheStats {
     pub expirations: u64,
     /// Entries removed from memory by invalidations (patterns, tags, namespaces, clears).
     pub invalidated: u64,
-    /// Writes a memory store (or near cache) did not keep: too large for its budget, or
-    /// refused by its admission policy in favour of entries requested more often.
+    /// Writes a store did not keep: too large for its budget (Redis: over
+    /// `max_value_bytes`), or refused by a memory store's (or near cache's) admission
+    /// policy in favour of entries requested more often.
     pub admissions_refused: u64,
     /// Answers served from an expired entry (stale-while-revalidate or stale-if-error).
     pub stale: u64,
@@ -60,6 +61,9 @@ pub struct CacheStats {
     pub redis_hits: u64,
     /// Times the near cache's lease lapsed (reads went to Redis until a heartbeat renewed it).
     pub lease_lapses: u64,
+    /// Redis reads that found no room in the store's reply budget in time and read as
+    /// misses (see `RedisStoreBuilder::reply_budget`).
+    pub reply_budget_full: u64,
     /// Which backend is serving.
     pub backend: Backend,
 }

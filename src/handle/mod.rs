@@ -223,6 +223,7 @@ impl CacheHandle {
             l1_hits: store.l1_hits,
             redis_hits: store.redis_hits,
             lease_lapses: store.lease_lapses,
+            reply_budget_full: store.reply_budget_full,
             backend: self.shared.store.backend(),
         }
     }

@@ -261,6 +261,9 @@ pub struct StoreStats {
     pub l1_entries: u64,
     /// Bytes a near cache holds now, as counted against its budget.
     pub l1_bytes: u64,
+    /// Redis reads that found no room in the store's reply budget within the deadline and
+    /// read as misses (see `RedisStoreBuilder::reply_budget`).
+    pub reply_budget_full: u64,
 }
 
 /// A store operation failed. Never shown to HTTP clients; logged and counted.

@@ -341,3 +341,64 @@ async fn an_earlier_versions_value_reads_as_a_miss_and_is_replaced() {
     assert_eq!(origin.calls(), 2);
     assert_eq!(handle.stats().store_errors, 0);
 }
+
+/// Concurrent reads of one store while Redis is stopped: with a reply budget of one
+/// value, the first read holds the room until it runs out of time (an outage), the second
+/// waits for the room and then for Redis (an outage too), and the third, finding no room
+/// within its deadline, never reaches Redis: it reads as a miss, counted. The control, with
+/// room for three, sends all three to Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_finds_no_room_in_the_reply_budget_reads_as_a_miss() {
+    const VALUE: usize = 64 * 1024;
+    let server = RedisServer::start();
+    let key = tower_response_cache::StoreKey {
+        namespace: "t",
+        logical: "/big",
+        variant: 1,
+    };
+    for (budget, room_for_all) in [(VALUE, false), (4 * VALUE, true)] {
+        let store = RedisStore::builder(server.url())
+            .max_value_bytes(VALUE)
+            .reply_budget(budget)
+            .deadline(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let entry = tower_response_cache::Entry::new(
+            http::StatusCode::OK,
+            http::HeaderMap::new(),
+            Bytes::from(vec![b'x'; VALUE / 2]),
+            Duration::from_secs(60),
+        );
+        store.put(key, Arc::new(entry)).await.unwrap();
+        assert!(store.get(key).await.unwrap().is_some(), "stored");
+
+        // Stopped until resumed (SIGSTOP), not for a fixed time: a loaded machine may run
+        // this late.
+        server.pause();
+        let read = || {
+            let store = store.clone();
+            tokio::spawn(async move { store.get(key).await.map(|found| found.is_some()) })
+        };
+        let first = read();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = read();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let third = read().await.unwrap();
+        let (first, second) = (first.await.unwrap(), second.await.unwrap());
+        server.resume();
+
+        for (name, read) in [("first", first), ("second", second)] {
+            let error = read.expect_err("Redis held the read: it ran out of time");
+            assert!(error.is_unavailable(), "{name}: {error}");
+        }
+        if room_for_all {
+            let error = third.expect_err("with room, the third read waits on Redis too");
+            assert!(error.is_unavailable(), "{error}");
+            assert_eq!(store.stats().reply_budget_full, 0);
+        } else {
+            assert!(!third.expect("no room is no outage"), "no room: a miss");
+            assert_eq!(store.stats().reply_budget_full, 1);
+        }
+        assert!(store.get(key).await.unwrap().is_some(), "budget {budget}");
+    }
+}

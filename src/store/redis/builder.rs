@@ -24,6 +24,7 @@ pub struct RedisStoreBuilder {
     fleet: Option<Duration>,
     durability: Durability,
     max_value_bytes: usize,
+    reply_budget: usize,
 }
 
 #[derive(Clone)]
@@ -63,6 +64,10 @@ impl std::fmt::Debug for Target {
 /// [`RedisStoreBuilder::max_value_bytes`]): 1 MiB, under 10 ms at 1 Gbit/s.
 pub(crate) const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 
+/// The bytes of replies a [`RedisStore`] holds at once by default (see
+/// [`RedisStoreBuilder::reply_budget`]): 64 MiB, 63 reads of the largest value.
+pub(crate) const DEFAULT_REPLY_BUDGET: usize = 64 << 20;
+
 /// How long a fleet-wide flight's leader holds its lease by default.
 pub(crate) const DEFAULT_FLEET_LEASE: Duration = Duration::from_secs(2);
 
@@ -87,6 +92,7 @@ impl RedisStoreBuilder {
             fleet: Some(DEFAULT_FLEET_LEASE),
             durability,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            reply_budget: DEFAULT_REPLY_BUDGET,
         }
     }
 
@@ -97,6 +103,18 @@ impl RedisStoreBuilder {
     /// one that is not would make reads of it miss their deadline and count as an outage.
     pub fn max_value_bytes(mut self, bytes: usize) -> Self {
         self.max_value_bytes = bytes;
+        self
+    }
+
+    /// The bytes of entry replies this store holds at once (default 64 MiB). Each read
+    /// reserves room for the largest value it may bring ([`max_value_bytes`] and its index)
+    /// until its reply is decoded; a read that finds no room within the deadline reads as
+    /// a miss, not an outage, and is counted in `StoreStats::reply_budget_full`. Never less
+    /// than one read's worth.
+    ///
+    /// [`max_value_bytes`]: RedisStoreBuilder::max_value_bytes
+    pub fn reply_budget(mut self, bytes: usize) -> Self {
+        self.reply_budget = bytes;
         self
     }
 
@@ -256,7 +274,7 @@ impl RedisStoreBuilder {
             ),
             tokens: Tokens::default(),
             generations: Generations::new(layout),
-            entries: Entries::new(layout, self.max_value_bytes),
+            entries: Entries::new(layout, self.max_value_bytes, self.reply_budget),
             channel: Channel::new(subscriber, layout, origin),
             leases: lease::Leases::new(),
             fleet: fleet::Fleet::new(self.fleet),

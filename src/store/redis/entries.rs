@@ -18,6 +18,7 @@ use super::codec::encode_value;
 use super::layout::{Layout, EPOCH};
 use super::memo::DecodeMemo;
 use super::near::Near;
+use super::replies::ReplyBudget;
 use super::tokens::{token_epoch, token_generation};
 use super::variants::{
     self, index_field, names_text, sub_id, value_field, Index, NamesMemo, MAX_VARY_VARIANTS,
@@ -47,10 +48,12 @@ pub(crate) struct Entries {
     max_value_bytes: usize,
     /// Writes refused for being larger than that.
     refused_large: AtomicU64,
+    /// The bytes of replies held at once (see `replies.rs`).
+    pub(crate) replies: ReplyBudget,
 }
 
 impl Entries {
-    pub(crate) fn new(layout: Layout, max_value_bytes: usize) -> Entries {
+    pub(crate) fn new(layout: Layout, max_value_bytes: usize, reply_budget: usize) -> Entries {
         Entries {
             layout,
             put: Script::new(PUT_SCRIPT),
@@ -60,6 +63,7 @@ impl Entries {
             vary_names: NamesMemo::new(),
             max_value_bytes,
             refused_large: AtomicU64::new(0),
+            replies: ReplyBudget::new(reply_budget, max_value_bytes),
         }
     }
 
@@ -105,12 +109,20 @@ impl RedisStore {
     /// One Redis call on the request path under the store's deadline; a `WRONGTYPE` (a
     /// foreign value under the entry key) removes it and reads as `Ok(None)`; other answers
     /// that are no outage read as `Ok(None)` and touch nothing.
+    /// Room for a reply of `values` values is reserved first (see `replies.rs`): held
+    /// until the reply has arrived, which the caller decodes right after without waiting
+    /// on anything; a read that finds none in time reads as `Ok(None)`.
     async fn read_call<T: redis::FromRedisValue>(
         &self,
         entry_key: &str,
         cmd: redis::Cmd,
+        values: usize,
     ) -> Result<Option<T>, StoreError> {
         let deadline = self.inner.calls.deadline;
+        let Some(_room) = self.inner.entries.replies.reserve(values, deadline).await else {
+            tracing::debug!(key = %entry_key, "no room for another reply: reading it as a miss");
+            return Ok(None);
+        };
         let reply = self
             .inner
             .calls
@@ -193,7 +205,7 @@ impl RedisStore {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(&entry_key).arg(&index_field).arg(&field);
         let Some((index, mut value)) = self
-            .read_call::<(Option<Vec<u8>>, Option<Vec<u8>>)>(&entry_key, cmd)
+            .read_call::<(Option<Vec<u8>>, Option<Vec<u8>>)>(&entry_key, cmd, 1)
             .await?
         else {
             return Ok(VariantRead::Missing);
@@ -210,7 +222,7 @@ impl RedisStore {
                 let mut cmd = redis::cmd("HGET");
                 cmd.arg(&entry_key).arg(&field);
                 value = self
-                    .read_call::<Option<Vec<u8>>>(&entry_key, cmd)
+                    .read_call::<Option<Vec<u8>>>(&entry_key, cmd, 1)
                     .await?
                     .flatten();
             } else if guessed.is_none() && !names.is_empty() {
@@ -250,7 +262,10 @@ impl RedisStore {
         let near_seen = self.inner.near.as_ref().map(Near::epoch_now);
         let mut cmd = redis::cmd("HGET");
         cmd.arg(&entry_key).arg(&index_field);
-        let Some(Some(raw)) = self.read_call::<Option<Vec<u8>>>(&entry_key, cmd).await? else {
+        let Some(Some(raw)) = self
+            .read_call::<Option<Vec<u8>>>(&entry_key, cmd, 1)
+            .await?
+        else {
             return Ok(None);
         };
         let Some(index) = self.parse_index(&entry_key, &index_field, &raw) else {
@@ -266,7 +281,7 @@ impl RedisStore {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(&entry_key).arg(&fields);
         let Some(values) = self
-            .read_call::<Vec<Option<Vec<u8>>>>(&entry_key, cmd)
+            .read_call::<Vec<Option<Vec<u8>>>>(&entry_key, cmd, fields.len())
             .await?
         else {
             return Ok(None);
@@ -426,6 +441,7 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::redis::builder::DEFAULT_REPLY_BUDGET;
 
     fn entry(body: &'static str) -> Arc<Entry> {
         Arc::new(Entry::new(
@@ -445,7 +461,7 @@ mod tests {
 
     #[test]
     fn values_over_the_limit_are_refused_and_counted() {
-        let entries = Entries::new(Layout::Single, 10);
+        let entries = Entries::new(Layout::Single, 10, DEFAULT_REPLY_BUDGET);
         assert!(entries.admits(10));
         assert_eq!(entries.refused_large(), 0);
         assert!(!entries.admits(11));
@@ -455,7 +471,7 @@ mod tests {
 
     #[test]
     fn a_written_value_decodes_to_its_entry_and_junk_does_not() {
-        let entries = Entries::new(Layout::Cluster, 1 << 20);
+        let entries = Entries::new(Layout::Cluster, 1 << 20, DEFAULT_REPLY_BUDGET);
         let value = encode_value(&entry("dashboard"), 7);
         let key = entries.layout.entry_key("portal", "/api/dashboard/ABC");
         let field = value_field(&index_field(3), &sub_id(b"identity", b""));

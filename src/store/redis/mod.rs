@@ -51,6 +51,7 @@ mod lease;
 mod maxmemory;
 mod memo;
 mod near;
+mod replies;
 mod scripts;
 mod secret;
 mod sentinel;
@@ -371,10 +372,7 @@ impl Store for RedisStore {
     }
 
     fn stats(&self) -> StoreStats {
-        self.near_stats(StoreStats {
-            admissions_refused: self.inner.entries.refused_large(),
-            ..StoreStats::default()
-        })
+        self.add_stats(StoreStats::default())
     }
 
     fn coordination(&self) -> Option<&dyn Coordination> {
@@ -470,7 +468,12 @@ impl Primary for RedisStore {
     }
 
     fn add_stats(&self, stats: StoreStats) -> StoreStats {
-        self.near_stats(stats)
+        let entries = &self.inner.entries;
+        self.near_stats(StoreStats {
+            admissions_refused: stats.admissions_refused + entries.refused_large(),
+            reply_budget_full: stats.reply_budget_full + entries.replies.full(),
+            ..stats
+        })
     }
 }
 
