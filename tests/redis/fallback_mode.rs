@@ -188,13 +188,9 @@ async fn the_fallback_mode_is_read_from_the_environment() {
     }
 }
 
-/// An invalidation made while this process is cut off reaches Redis as soon as Redis
-/// answers this process again, not at the probe's next tick: meanwhile other processes,
-/// back on Redis already, would read what it covers. The probe here ticks every 30 s, so
-/// only the invalidation itself can wake it within the test.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalidation_queued_while_cut_off_reaches_redis_once_it_answers_without_waiting_for_the_probe(
-) {
+/// A bypassing stack behind a partition whose probe ticks only every 30 s, with `PATH`
+/// stored in Redis; the pattern of its Redis keys.
+async fn bypassing_with_a_slow_probe() -> (Stack, Partition, String) {
     let server = RedisServer::start();
     let partition = Partition::start(&server).await;
     let url = partition.url();
@@ -206,6 +202,17 @@ async fn an_invalidation_queued_while_cut_off_reaches_redis_once_it_answers_with
     s.warm(PATH).await;
     let key = format!("t:k:{PATH}*");
     assert!(!s.server.keys(&key).is_empty(), "nothing stored in Redis");
+    (s, partition, key)
+}
+
+/// An invalidation made while this process is cut off reaches Redis as soon as Redis
+/// answers this process again, not at the probe's next tick: meanwhile other processes,
+/// back on Redis already, would read what it covers. The probe here ticks every 30 s, so
+/// only the invalidation itself can wake it within the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_queued_while_cut_off_reaches_redis_once_it_answers_without_waiting_for_the_probe(
+) {
+    let (s, partition, key) = bypassing_with_a_slow_probe().await;
 
     cut(&s, &partition).await;
     partition.heal();
@@ -238,17 +245,7 @@ async fn an_invalidation_queued_while_cut_off_reaches_redis_once_it_answers_with
 /// tries every 50 ms while invalidations wait. The probe here ticks every 30 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_queued_while_redis_is_out_of_reach_reaches_it_soon_after_it_answers() {
-    let server = RedisServer::start();
-    let partition = Partition::start(&server).await;
-    let url = partition.url();
-    let s = Stack::start_at(server, &url, RELAXED, |b| {
-        b.mode(FallbackMode::Bypass)
-            .probe_interval(Duration::from_secs(30))
-    })
-    .await;
-    s.warm(PATH).await;
-    let key = format!("t:k:{PATH}*");
-    assert!(!s.server.keys(&key).is_empty(), "nothing stored in Redis");
+    let (s, partition, key) = bypassing_with_a_slow_probe().await;
 
     cut(&s, &partition).await;
     let result = s.handle.invalidate(PATH).await;

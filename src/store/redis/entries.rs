@@ -148,6 +148,16 @@ impl RedisStore {
         }
     }
 
+    /// Where `key` lives: its entry hash's key, and its variant's index field there.
+    fn address(&self, key: StoreKey<'_>) -> (String, String) {
+        let entry_key = self
+            .inner
+            .entries
+            .layout
+            .entry_key(key.namespace, key.logical);
+        (entry_key, index_field(key.variant))
+    }
+
     /// The variants of the index `index` read under `entry_key`, when it is one; anything
     /// else there (an earlier version's value, junk) is removed and reads as none.
     fn parse_index(&self, entry_key: &str, index_field: &str, raw: &[u8]) -> Option<Index> {
@@ -191,12 +201,7 @@ impl RedisStore {
         identity: &[u8],
         headers: &http::HeaderMap,
     ) -> Result<VariantRead, StoreError> {
-        let entry_key = self
-            .inner
-            .entries
-            .layout
-            .entry_key(key.namespace, key.logical);
-        let index_field = index_field(key.variant);
+        let (entry_key, index_field) = self.address(key);
         let near_seen = self.inner.near.as_ref().map(Near::epoch_now);
         let guessed = self.inner.entries.vary_names.guess(&entry_key, key.variant);
         let names: &[http::HeaderName] = guessed.as_deref().unwrap_or(&[]);
@@ -253,12 +258,7 @@ impl RedisStore {
         &self,
         key: StoreKey<'_>,
     ) -> Result<Option<Variants>, StoreError> {
-        let entry_key = self
-            .inner
-            .entries
-            .layout
-            .entry_key(key.namespace, key.logical);
-        let index_field = index_field(key.variant);
+        let (entry_key, index_field) = self.address(key);
         let near_seen = self.inner.near.as_ref().map(Near::epoch_now);
         let mut cmd = redis::cmd("HGET");
         cmd.arg(&entry_key).arg(&index_field);
