@@ -46,7 +46,7 @@ use crate::store::{FallbackMode, MemoryStore};
 /// | `CACHE_MAX_BYTES` | `268435456` | memory store budget, at least 4096 (also the fallback's) |
 /// | `CACHE_REDIS_TIMEOUT_MS` | `50` | deadline of each Redis call, more than 0 |
 /// | `CACHE_REDIS_MAX_VALUE_BYTES` | `1048576` | the largest value written to Redis, at least 4096: a larger response is served, not stored there (a read must fit the deadline; see `RedisStoreBuilder::max_value_bytes`) |
-/// | `CACHE_REDIS_REPLY_BUDGET_BYTES` | `67108864` | bytes of Redis replies a process holds at once, each read counted at the largest value; at least 4096: a read that finds no room within the deadline is a miss (see `RedisStoreBuilder::reply_budget`) |
+/// | `CACHE_REDIS_REPLY_BUDGET_BYTES` | `268435456` | bytes of Redis replies a process holds at once, each read counted at the largest value; at least 4096: a read that finds no room within the deadline is a miss (see `RedisStoreBuilder::reply_budget`) |
 /// | `CACHE_FALLBACK_TTL_SECONDS` | `30` | longest life of an entry written while Redis is down |
 /// | `CACHE_FALLBACK_MODE` | `serve` | while Redis is unreachable: `serve` from memory (what another process invalidates meanwhile may be served here for up to `CACHE_FALLBACK_TTL_SECONDS`) or `bypass` the cache (no stale answer; every request reaches the origin); see [`FallbackMode`] |
 /// | `CACHE_INVALIDATE_REPLICAS` | `auto` | replicas each `invalidate` waits for (`WAIT`) before it returns: `auto` waits for one behind Sentinel, and elsewhere for one on a primary that has a replica (not on one without), `0` never waits, `N` always waits for N; fewer in time is an error ([`StoreError::is_not_replicated`](crate::StoreError::is_not_replicated)) |
@@ -145,7 +145,7 @@ impl Default for CacheConfig {
             max_bytes: 256 << 20,
             redis_timeout: Duration::from_millis(50),
             redis_max_value_bytes: 1 << 20,
-            redis_reply_budget_bytes: 64 << 20,
+            redis_reply_budget_bytes: 256 << 20,
             fallback_ttl: Duration::from_secs(30),
             fallback_mode: FallbackMode::Serve,
             near_lease: None,

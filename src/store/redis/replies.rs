@@ -4,8 +4,10 @@
 //! before it can be decoded, and a process under load has many reads in flight: a thousand
 //! concurrent reads of 1 MiB values hold a gigabyte that no memory budget counts. So every
 //! entry read first reserves what its reply may hold (the value cap and room for the
-//! index), and gives it back once the reply has been read and decoded (the decoded entry
-//! then shares the reply's buffer and lives as long as the answers that send it).
+//! index), and gives it back once the reply has arrived; it is decoded right after,
+//! without waiting on anything (the decoded entry then shares the reply's buffer and lives
+//! as long as the answers that send it). The budget also bounds the reads in flight, which
+//! is why it is set well above one value: see `RedisStoreBuilder::reply_budget`.
 //!
 //! A read of several values (every variant of a URL, for a typed read) reserves for each,
 //! up to the whole budget.
