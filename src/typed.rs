@@ -115,14 +115,14 @@ impl CacheHandle {
             visit: read,
             leader,
             ..
-        } = match engine::look(self, read).await {
+        } = match engine::look(self.engine(), read).await {
             ControlFlow::Break(value) => return Ok(value),
             ControlFlow::Continue(fetching) => fetching,
         };
         // A miss counts once, when it computes (a follower that then reads the stored
         // value is a hit), as for HTTP.
         bump!(self.shared().counters, misses);
-        let ticket = self.ticket(leader.as_ref()).await;
+        let ticket = self.engine().ticket(leader.as_ref()).await;
         let value = match init.await {
             Ok(value) => value,
             Err(error) => {
@@ -138,7 +138,9 @@ impl CacheHandle {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 let ttl = ttl.unwrap_or(self.ttl());
                 let entry = Entry::new(StatusCode::OK, headers, Bytes::from(json), ttl);
-                self.commit(&read.logical, 0, ticket, entry, leader).await;
+                self.engine()
+                    .commit(&read.logical, 0, ticket, entry, leader)
+                    .await;
             }
             Err(error) => {
                 tracing::warn!(key = %read.logical, %error, "value could not be serialised; not cached");

@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::Lookup;
 use crate::engine::coalesce::release;
 use crate::engine::coalesce::{Leader, Outcome};
+use crate::engine::state::Engine;
 use crate::engine::Found;
-use crate::handle::CacheHandle;
 use crate::headers::{Forward, Waited};
 use crate::stats::bump;
 use crate::store::{Coordination, FleetEnd, FleetLease, FleetTurn};
@@ -41,18 +41,18 @@ pub(crate) type Next<V, A> = ControlFlow<A, (V, Forward, Option<Leader>)>;
 /// that process's lease runs out first. This process's flight stays up meanwhile, so its
 /// own misses (and stale hits) follow this leader.
 pub(crate) async fn take_turn<A, V: Lookup<A>>(
-    handle: &CacheHandle,
+    engine: &Engine,
     visit: V,
     forward: Forward,
     mut leader: Leader,
     flight: &[u8],
     purpose: Purpose,
 ) -> Next<V, A> {
-    let store = &handle.shared().store;
+    let store = &engine.shared().store;
     let Some(coordination) = store.coordination() else {
         return ControlFlow::Continue((visit, forward, Some(leader)));
     };
-    let counters = &handle.shared().counters;
+    let counters = &engine.shared().counters;
     let started = tokio::time::Instant::now();
     let max_pause = match purpose {
         Purpose::Miss => MAX_PAUSE,
@@ -62,7 +62,7 @@ pub(crate) async fn take_turn<A, V: Lookup<A>>(
     let mut followed = false;
     loop {
         let (logical, variant, headers) = visit.key();
-        match ask(handle, coordination, &mut leader, logical, flight).await {
+        match ask(engine, coordination, &mut leader, logical, flight).await {
             // A refresh read its stale copy before any other process's refresh could have
             // landed and let go (the lease goes back when the leader's flight ends, stored:
             // `hold`): it looks before it fetches, as a leader that followed does.
@@ -74,7 +74,7 @@ pub(crate) async fn take_turn<A, V: Lookup<A>>(
                     bump!(counters, fleet_takeovers);
                 }
                 // The last leader may have stored its entry just before it let go.
-                let found = handle.lookup(logical, variant, headers).await;
+                let found = engine.lookup(logical, variant, headers).await;
                 return answer_or_lead(visit, forward, leader, found);
             }
             // Another process's answer could not be stored: so would this one's be, most
@@ -90,14 +90,14 @@ pub(crate) async fn take_turn<A, V: Lookup<A>>(
             bump!(counters, fleet_followers);
         }
         let waited = started.elapsed();
-        if waited >= handle.coalesce_timeout() {
+        if waited >= engine.coalesce_timeout() {
             bump!(counters, fleet_timeouts);
             return ControlFlow::Continue((visit, forward, Some(leader)));
         }
-        tokio::time::sleep(pause.min(handle.coalesce_timeout() - waited)).await;
+        tokio::time::sleep(pause.min(engine.coalesce_timeout() - waited)).await;
         pause = (pause * 2).min(max_pause);
         let (logical, variant, headers) = visit.key();
-        let found = handle.lookup(logical, variant, headers).await;
+        let found = engine.lookup(logical, variant, headers).await;
         if matches!(found, Found::Hit(..)) {
             return answer_or_lead(visit, forward, leader, found);
         }
@@ -142,20 +142,20 @@ enum Asked {
 /// not answer reads as a lead without a lease: each process fetches alone rather than wait
 /// on an unanswered Redis.
 async fn ask(
-    handle: &CacheHandle,
+    engine: &Engine,
     coordination: &dyn Coordination,
     leader: &mut Leader,
     logical: &str,
     flight: &[u8],
 ) -> Asked {
     let turn = coordination
-        .fleet_turn(handle.namespace(), logical, flight)
+        .fleet_turn(engine.namespace(), logical, flight)
         .await
         .unwrap_or(FleetTurn::Lead(None));
     match turn {
         FleetTurn::Lead(lease) => {
             if let Some(lease) = lease {
-                hold(handle, leader, lease);
+                hold(engine, leader, lease);
             }
             Asked::Lead
         }
@@ -166,18 +166,18 @@ async fn ask(
 
 /// Hand the fleet's lease back when `leader`'s flight ends (stored, unstorable, or given up)
 /// or an invalidation forgets it.
-fn hold(handle: &CacheHandle, leader: &mut Leader, lease: FleetLease) {
+fn hold(engine: &Engine, leader: &mut Leader, lease: FleetLease) {
     // An invalidation that forgets the flight dooms its fetch (the write is refused): the
     // lease goes back then, so no process waits for that fetch. The end's hand-back that
     // follows finds another token, or none, and changes nothing.
-    let store = handle.shared().store.clone();
+    let store = engine.shared().store.clone();
     let forgotten = lease.clone();
     leader.on_forget(move || {
         if let Some(coordination) = store.coordination() {
             coordination.end_fleet_turn(forgotten, FleetEnd::Abandoned);
         }
     });
-    let store = handle.shared().store.clone();
+    let store = engine.shared().store.clone();
     leader.on_end(move |outcome| {
         let end = match outcome {
             Outcome::Stored => FleetEnd::Stored,

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::state::Engine;
 use crate::engine::coalesce::{
     follow, follow_past_sharing, Coalescer, Leader, Outcome, Role, Share, Turn,
 };
 use crate::engine::fill::{Budget, Fill};
-use crate::handle::CacheHandle;
 use crate::stats::bump;
 
 /// Taken before a miss calls the origin; its write is checked against it.
@@ -18,7 +18,7 @@ pub(crate) struct Ticket {
     pub(super) store: u64,
 }
 
-impl CacheHandle {
+impl Engine {
     /// A ticket as this process knows it now, without asking a shared store: taken before
     /// a lookup whose entry may be written back (freshened by a `304`), so that the write
     /// is refused for an invalidation between the lookup and the fetch. It is never later

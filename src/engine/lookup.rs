@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
+use super::state::Engine;
 use super::Ticket;
 use crate::clock;
 use crate::engine::coalesce::{Leader, Outcome};
 use crate::entry::Entry;
-use crate::handle::CacheHandle;
 use crate::key::{vary_matches, Variant};
 use crate::stats::bump;
 use crate::store::{Backend, Source, StoreKey, VariantRead};
@@ -27,7 +27,7 @@ pub(crate) enum Found {
     VaryMiss(Vec<http::HeaderName>),
 }
 
-impl CacheHandle {
+impl Engine {
     fn store_key<'a>(&'a self, logical: &'a str, variant: u64) -> StoreKey<'a> {
         StoreKey {
             namespace: &self.shared().namespace,
@@ -248,19 +248,25 @@ mod tests {
             Duration::from_secs(60),
         )
         .with_identity(attacker.identity.clone());
-        let ticket = handle.ticket(None).await;
-        assert!(handle.commit("/page", 42, ticket, entry, None).await);
+        let ticket = handle.engine().ticket(None).await;
+        assert!(
+            handle
+                .engine()
+                .commit("/page", 42, ticket, entry, None)
+                .await
+        );
         let empty = HeaderMap::new();
         assert!(matches!(
-            handle.lookup("/page", &victim, &empty).await,
+            handle.engine().lookup("/page", &victim, &empty).await,
             Found::UriMiss
         ));
         let now = crate::clock::now_millis();
         assert!(handle
+            .engine()
             .hit_now("/page", 42, b"victim", &empty, now)
             .is_none());
         assert!(matches!(
-            handle.lookup("/page", &attacker, &empty).await,
+            handle.engine().lookup("/page", &attacker, &empty).await,
             Found::Hit(_, Source::Memory)
         ));
     }

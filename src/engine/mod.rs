@@ -10,11 +10,12 @@
 //!   (`lookup.rs`);
 //! - a miss's ticket, its turn in the key's flight and hit-for-miss (`flight.rs`), the
 //!   flights themselves (`coalesce.rs`) and the fleet's turn (`fleet.rs`);
-//! - the ban log an invalidation leaves for fetches in the air (`ban.rs`);
+//! - the invalidation protocol (`invalidate.rs`) and the ban log it leaves for fetches in
+//!   the air (`ban.rs`);
 //! - the fill that records the origin's answer as it streams and hands it to the commit at
 //!   its end, within the fill budget (`fill/`);
-//! - the state all of it shares, one per handle (`state.rs`), which
-//!   [`CacheHandle`] is the application's façade over.
+//! - the state all of it shares, one per handle: the `Engine` (`state.rs`), which
+//!   [`CacheHandle`](crate::CacheHandle) is the application's façade over.
 //!
 //! The Tower plumbing the adapters' services share is in `service_macros.rs`, not here.
 
@@ -30,6 +31,7 @@ pub(crate) mod coalesce;
 pub(crate) mod fill;
 mod fleet;
 mod flight;
+pub(crate) mod invalidate;
 mod lookup;
 pub(crate) mod state;
 mod visit;
@@ -40,17 +42,17 @@ pub(crate) use lookup::Found;
 use crate::body::{BoxError, CacheBody};
 pub(crate) use crate::engine::coalesce::release;
 use crate::engine::coalesce::{Leader, Role, Turn};
-use crate::handle::CacheHandle;
 use crate::headers::{self, Forward, Waited, CACHE_STATUS, X_CACHE};
 use crate::key::{self, Variant};
 use crate::stats::bump;
 use crate::store::Backend;
 use fill::{Commit, Fill, FillBody, Head};
 use fleet::Purpose;
+use state::Engine;
 
 /// Whether answers are served from the memory fallback (`Cache-Status` says so).
-pub(crate) fn falling_back(handle: &CacheHandle) -> bool {
-    handle.backend() == Backend::FallingBack
+pub(crate) fn falling_back(engine: &Engine) -> bool {
+    engine.backend() == Backend::FallingBack
 }
 
 pub(crate) use visit::{Lookup, Weighed};
@@ -66,7 +68,7 @@ pub(crate) struct Fetching<V> {
 /// the origin (`Continue`): a follower reads its leader's answer as it arrives, or looks
 /// again once the leader is done.
 pub(crate) async fn look<A, V: Lookup<A>>(
-    handle: &CacheHandle,
+    engine: &Engine,
     mut visit: V,
 ) -> ControlFlow<A, Fetching<V>> {
     let mut waited = Waited::No;
@@ -75,10 +77,10 @@ pub(crate) async fn look<A, V: Lookup<A>>(
     // Whether this request already looked again for an entry a flight stored meanwhile.
     let mut looked_again = false;
     let (visit, forward, leader) = loop {
-        let stored_before = handle.flights().stored_count(visit.key().0);
-        visit.looking_up(handle.ticket_now());
+        let stored_before = engine.flights().stored_count(visit.key().0);
+        visit.looking_up(engine.ticket_now());
         let (logical, variant, headers) = visit.key();
-        let found = handle.lookup(logical, variant, headers).await;
+        let found = engine.lookup(logical, variant, headers).await;
         if let Found::VaryMiss(names) = &found {
             vary_names.clone_from(names);
         }
@@ -89,18 +91,18 @@ pub(crate) async fn look<A, V: Lookup<A>>(
         };
         let (logical, variant, headers) = visit.key();
         // A key whose answers are not storable does not queue behind one leader.
-        if !visit.may_lead() || handle.is_hit_for_miss(logical, &variant.identity) {
+        if !visit.may_lead() || engine.is_hit_for_miss(logical, &variant.identity) {
             break (visit, forward, None);
         }
         let flight = flight_key(variant, &vary_names, headers);
         let share = |fill: &Arc<Fill>| V::share(fill, headers);
-        match handle.take_turn(logical, &flight, share).await {
+        match engine.take_turn(logical, &flight, share).await {
             Turn::OtherVariant(names) => vary_names = names,
             Turn::Read(reader) => {
-                let fallback = falling_back(handle);
+                let fallback = falling_back(engine);
                 match visit.read_shared(reader, forward, fallback) {
                     ControlFlow::Break(answer) => {
-                        bump!(handle.shared().counters, misses);
+                        bump!(engine.shared().counters, misses);
                         return ControlFlow::Break(answer);
                     }
                     // Not reached today (an adapter that cannot read a response as it
@@ -116,7 +118,7 @@ pub(crate) async fn look<A, V: Lookup<A>>(
             // A flight of this key stored its entry between the lookup and the join (its
             // end came just after the lookup): look once more rather than fetch again.
             Turn::Lead(leader) => {
-                let moved = handle.flights().stored_count(logical) != stored_before;
+                let moved = engine.flights().stored_count(logical) != stored_before;
                 if looked_again || !moved {
                     break (visit, forward, Some(leader));
                 }
@@ -134,7 +136,7 @@ pub(crate) async fn look<A, V: Lookup<A>>(
         Some(leader) => {
             let (_, variant, headers) = visit.key();
             let flight = flight_key(variant, &vary_names, headers);
-            fleet_turn(handle, visit, forward, leader, &flight, Purpose::Miss).await
+            fleet_turn(engine, visit, forward, leader, &flight, Purpose::Miss).await
         }
         None => ControlFlow::Continue(Fetching {
             visit,
@@ -156,14 +158,14 @@ pub(crate) struct Claim {
 /// One refresh per key and process, however many stale hits arrive meanwhile; the claim
 /// is then taken through the loop's fleet step by [`refresh`].
 pub(crate) fn claim_refresh(
-    handle: &CacheHandle,
+    engine: &Engine,
     logical: &str,
     variant: &Variant,
     vary: &[http::HeaderName],
     headers: &HeaderMap,
 ) -> Option<Claim> {
     let flight = flight_key(variant, vary, headers);
-    match handle.flights().join(logical, &flight) {
+    match engine.flights().join(logical, &flight) {
         Role::Leader(leader) => Some(Claim { leader, flight }),
         Role::Follower(_) => None,
     }
@@ -173,13 +175,13 @@ pub(crate) fn claim_refresh(
 /// (`Continue`), or nothing to do (`Break`: another process's refresh is stored, or the
 /// entry is fresh again). `visit` weighs what the fleet's leader stored.
 pub(crate) async fn refresh<A, V: Lookup<A>>(
-    handle: &CacheHandle,
+    engine: &Engine,
     visit: V,
     claim: Claim,
 ) -> ControlFlow<A, Fetching<V>> {
     let Claim { leader, flight } = claim;
     fleet_turn(
-        handle,
+        engine,
         visit,
         Forward::Stale,
         leader,
@@ -191,14 +193,14 @@ pub(crate) async fn refresh<A, V: Lookup<A>>(
 
 /// A leader's turn across the fleet ([`fleet::take_turn`]), as the loop's answer.
 async fn fleet_turn<A, V: Lookup<A>>(
-    handle: &CacheHandle,
+    engine: &Engine,
     visit: V,
     forward: Forward,
     leader: Leader,
     flight: &[u8],
     purpose: Purpose,
 ) -> ControlFlow<A, Fetching<V>> {
-    match fleet::take_turn(handle, visit, forward, leader, flight, purpose).await {
+    match fleet::take_turn(engine, visit, forward, leader, flight, purpose).await {
         ControlFlow::Break(answer) => ControlFlow::Break(answer),
         ControlFlow::Continue((visit, forward, leader)) => ControlFlow::Continue(Fetching {
             visit,
@@ -249,9 +251,9 @@ pub(crate) struct Miss {
 impl Miss {
     /// The answer cannot be stored: followers go to the origin at once, and when
     /// `remember`, so do the key's next misses for a while (hit-for-miss).
-    pub(crate) fn give_up(self, handle: &CacheHandle, remember: bool) {
+    pub(crate) fn give_up(self, engine: &Engine, remember: bool) {
         if remember {
-            handle.set_hit_for_miss(&self.logical, &self.variant.identity, true);
+            engine.set_hit_for_miss(&self.logical, &self.variant.identity, true);
         }
         release(self.leader);
     }
@@ -260,13 +262,13 @@ impl Miss {
 /// A fill for the origin's answer, recorded within `limit` bytes, shared with the followers
 /// of `leader`'s flight. Without a runtime to read it on, `None`.
 pub(crate) fn new_fill(
-    handle: &CacheHandle,
+    engine: &Engine,
     head: Head,
     limit: usize,
     leader: Option<&Leader>,
 ) -> Option<Arc<Fill>> {
     tokio::runtime::Handle::try_current().ok()?;
-    let fill = Fill::new(head, handle.fill_budget(), limit, handle.coalesce_timeout());
+    let fill = Fill::new(head, engine.fill_budget(), limit, engine.coalesce_timeout());
     if let Some(leader) = leader {
         leader.share(fill.clone());
     }

@@ -1,15 +1,16 @@
 //! The engine's state, one per handle: the store, the namespace and the defaults entries
 //! are stored with, the ban log, the flights in the air, the fill budget, hit-for-miss and
-//! the counters. [`CacheHandle`](crate::CacheHandle) is a façade over it.
+//! the counters. [`Engine`] holds it behind one `Arc`;
+//! [`CacheHandle`](crate::CacheHandle) is the application's façade over an `Engine`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::ban::BanLog;
 use super::coalesce::Coalescer;
 use super::fill::Budget;
 use crate::stats::Counters;
-use crate::store::Store;
+use crate::store::{Backend, Store};
 
 /// What every clone of one handle shares.
 pub(crate) struct Shared {
@@ -29,4 +30,38 @@ pub(crate) struct Shared {
     pub(crate) hit_for_miss: dashmap::DashMap<u64, tokio::time::Instant>,
     pub(crate) hit_for_miss_seed: ahash::RandomState,
     pub(crate) counters: Counters,
+}
+
+/// The engine: its state behind one `Arc`. Cheap to clone: a background refresh, a fill
+/// or a subscription to the store's events holds one of its own.
+#[derive(Clone)]
+pub(crate) struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    pub(crate) fn new(shared: Shared) -> Engine {
+        Engine {
+            shared: Arc::new(shared),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// A reference that does not keep the engine alive (for tasks that end with it).
+    pub(crate) fn downgrade(&self) -> Weak<Shared> {
+        Arc::downgrade(&self.shared)
+    }
+
+    /// Which store answers now.
+    pub(crate) fn backend(&self) -> Backend {
+        self.shared.store.backend()
+    }
+
+    /// The namespace every key is stored under.
+    pub(crate) fn namespace(&self) -> &str {
+        &self.shared.namespace
+    }
 }

@@ -43,11 +43,11 @@ where
         headers::forward_status(
             miss.forward,
             Some(detail.unwrap_or(headers::STORING)),
-            engine::falling_back(handle),
+            engine::falling_back(handle.engine()),
         ),
     );
     if detail.is_some() {
-        miss.give_up(handle, true);
+        miss.give_up(handle.engine(), true);
         return Response::from_parts(parts, CacheBody::passthrough(body));
     }
     let head = Head {
@@ -56,9 +56,13 @@ where
         vary: Default::default(),
         size_hint: body.size_hint(),
     };
-    let Some(fill) = engine::new_fill(handle, head, config.max_response_size, miss.leader.as_ref())
-    else {
-        miss.give_up(handle, false);
+    let Some(fill) = engine::new_fill(
+        handle.engine(),
+        head,
+        config.max_response_size,
+        miss.leader.as_ref(),
+    ) else {
+        miss.give_up(handle.engine(), false);
         return Response::from_parts(parts, CacheBody::passthrough(body));
     };
     let commit = Committer {
@@ -121,18 +125,21 @@ impl Commit for Committer {
         };
         let handle = self.handle;
         let miss = self.miss;
-        handle.set_hit_for_miss(&miss.logical, &miss.variant.identity, false);
+        handle
+            .engine()
+            .set_hit_for_miss(&miss.logical, &miss.variant.identity, false);
         let entry = Entry::new(self.status, self.headers, body, self.ttl)
             .with_trailers(trailers)
             .with_identity(miss.variant.identity.clone());
         let (logical, hash) = (&miss.logical, miss.variant.hash);
         handle
+            .engine()
             .commit(logical, hash, miss.ticket, entry, miss.leader)
             .await;
     }
 
     fn abandon(self) {
-        self.miss.give_up(&self.handle, true);
+        self.miss.give_up(self.handle.engine(), true);
     }
 
     fn release_followers(&mut self) {

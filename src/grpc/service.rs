@@ -115,7 +115,7 @@ where
             let status = headers::forward_status(
                 Forward::Request,
                 Some(reason.as_str()),
-                falling_back(handle),
+                falling_back(handle.engine()),
             );
             return Ok(mark(response, BYPASS, status));
         }
@@ -128,7 +128,7 @@ where
         logical,
         variant,
     };
-    let fetching = match engine::look(handle, call).await {
+    let fetching = match engine::look(handle.engine(), call).await {
         ControlFlow::Break(response) => return Ok(response),
         ControlFlow::Continue(fetching) => fetching,
     };
@@ -138,7 +138,7 @@ where
         forward,
         leader,
     } = fetching;
-    let ticket = handle.ticket(leader.as_ref()).await;
+    let ticket = handle.engine().ticket(leader.as_ref()).await;
     let response = inner
         .call(Request::from_parts(call.parts, request::whole(message)))
         .await?;

@@ -5,13 +5,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{CacheHandle, Shared};
+use super::{CacheHandle, Engine, Shared};
 use crate::config::ConfigError;
 use crate::engine::ban::{Ban, BanLog};
 use crate::engine::coalesce::Coalescer;
 use crate::engine::fill::Budget;
 use crate::pattern::Pattern;
 use crate::stats::Counters;
+use crate::store::MAX_NAMESPACE;
 use crate::store::{Invalidation, Store, StoreEvent};
 
 /// Builds a [`CacheHandle`].
@@ -90,7 +91,7 @@ impl CacheHandleBuilder {
     pub fn try_build(self) -> Result<CacheHandle, ConfigError> {
         check_namespace(&self.namespace)?;
         let handle = CacheHandle {
-            shared: Arc::new(Shared {
+            engine: Engine::new(Shared {
                 store: self.store,
                 namespace: self.namespace.into_boxed_str(),
                 ttl: self.ttl,
@@ -107,10 +108,10 @@ impl CacheHandleBuilder {
             }),
         };
         // Invalidations made by other processes ban in-flight fetches here too.
-        let Some(coordination) = handle.shared.store.coordination() else {
+        let Some(coordination) = handle.shared().store.coordination() else {
             return Ok(handle);
         };
-        let weak = Arc::downgrade(&handle.shared);
+        let weak = handle.engine().downgrade();
         coordination.set_listener(Arc::new(move |event| {
             let Some(shared) = weak.upgrade() else { return };
             let Some(coordination) = shared.store.coordination() else {
@@ -162,10 +163,6 @@ impl CacheHandleBuilder {
         Ok(handle)
     }
 }
-
-/// The longest namespace: other processes' invalidation messages name theirs, and a longer
-/// one is not read.
-pub(crate) const MAX_NAMESPACE: usize = 4096;
 
 pub(crate) fn check_namespace(namespace: &str) -> Result<(), ConfigError> {
     if namespace.is_empty() || namespace.len() > MAX_NAMESPACE {

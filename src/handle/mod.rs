@@ -29,11 +29,10 @@
 //! ```
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::ban::Ban;
-use crate::engine::state::Shared;
+use crate::engine::invalidate::Scope;
+use crate::engine::state::{Engine, Shared};
 use crate::pattern::Pattern;
 use crate::stats::{bump, CacheStats};
 use crate::store::{Backend, Store, StoreError};
@@ -42,14 +41,12 @@ mod builder;
 
 pub(crate) use builder::check_namespace;
 pub use builder::CacheHandleBuilder;
-#[cfg(feature = "redis")]
-pub(crate) use builder::MAX_NAMESPACE;
 
 /// The application's handle on a cache: cheap to clone (an `Arc` inside), every method
 /// takes `&self`.
 #[derive(Clone)]
 pub struct CacheHandle {
-    shared: Arc<Shared>,
+    engine: Engine,
 }
 
 /// An invalidation did not reach the store. The local part of it still applied: no
@@ -88,17 +85,17 @@ impl std::error::Error for CacheError {
 impl CacheHandle {
     /// The namespace every key is stored under.
     pub fn namespace(&self) -> &str {
-        &self.shared.namespace
+        self.engine.namespace()
     }
 
     /// The default TTL.
     pub fn ttl(&self) -> Duration {
-        self.shared.ttl
+        self.shared().ttl
     }
 
     /// Which backend is serving now.
     pub fn backend(&self) -> Backend {
-        self.shared.store.backend()
+        self.engine.backend()
     }
 
     /// Remove every entry whose logical key matches `pattern`, a Redis-style glob anchored
@@ -117,16 +114,8 @@ impl CacheHandle {
     }
 
     pub(crate) async fn invalidate_matching(&self, pattern: &Pattern) -> Result<u64, CacheError> {
-        let started = Instant::now();
-        bump!(self.shared.counters, invalidations);
-        self.shared.bans.record(Ban::Pattern(pattern));
-        self.shared.flights.forget(|key| pattern.matches_str(key));
-        let result = self
-            .shared
-            .store
-            .invalidate(&self.shared.namespace, pattern)
-            .await;
-        self.report("invalidate", started, result)
+        self.invalidating("invalidate", Scope::Pattern(pattern))
+            .await
     }
 
     /// Mark entries whose logical key matches `pattern` stale instead of removing them:
@@ -138,46 +127,30 @@ impl CacheHandle {
     /// entry hashes, so every instance sharing it sees the mark; while Redis is unreachable a
     /// soft invalidation is a hard one (queued and replayed as one: the safe side).
     pub async fn invalidate_soft(&self, pattern: &str) -> Result<u64, CacheError> {
-        let started = Instant::now();
         let pattern = bounded_pattern(Pattern::new(pattern));
-        bump!(self.shared.counters, invalidations);
-        self.shared.bans.record(Ban::Pattern(&pattern));
-        self.shared.flights.forget(|key| pattern.matches_str(key));
-        let result = self
-            .shared
-            .store
-            .invalidate_soft(&self.shared.namespace, &pattern)
-            .await;
-        self.report("invalidate_soft", started, result)
+        self.invalidating("invalidate_soft", Scope::Soft(&pattern))
+            .await
     }
 
     /// Remove every entry whose response named `tag` in its `Cache-Tag` header.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<u64, CacheError> {
-        let started = Instant::now();
-        bump!(self.shared.counters, invalidations);
-        self.shared.bans.record(Ban::Tag(tag));
-        // A flight's tags are known only with its response: forget every flight.
-        self.shared.flights.forget(|_| true);
-        let result = self
-            .shared
-            .store
-            .invalidate_tag(&self.shared.namespace, tag)
-            .await;
-        self.report("invalidate_tag", started, result)
+        self.invalidating("invalidate_tag", Scope::Tag(tag)).await
     }
 
     /// Remove every entry in this handle's namespace.
     pub async fn invalidate_all(&self) -> Result<u64, CacheError> {
+        self.invalidating("invalidate_all", Scope::All).await
+    }
+
+    /// Run the engine's invalidation of `scope`, timed and reported as `operation`.
+    async fn invalidating(
+        &self,
+        operation: &'static str,
+        scope: Scope<'_>,
+    ) -> Result<u64, CacheError> {
         let started = Instant::now();
-        bump!(self.shared.counters, invalidations);
-        self.shared.bans.record(Ban::All);
-        self.shared.flights.forget(|_| true);
-        let result = self
-            .shared
-            .store
-            .invalidate_all(&self.shared.namespace)
-            .await;
-        self.report("invalidate_all", started, result)
+        let result = self.engine.invalidate(scope).await;
+        self.report(operation, started, result)
     }
 
     /// Time the call (`tower_response_cache_invalidation_seconds`, by operation), count a
@@ -191,7 +164,7 @@ impl CacheHandle {
         metrics::histogram!("tower_response_cache_invalidation_seconds", "operation" => operation)
             .record(started.elapsed().as_secs_f64());
         result.map_err(|source| {
-            bump!(self.shared.counters, store_errors);
+            bump!(self.shared().counters, store_errors);
             tracing::warn!(operation, error = %source, "cache invalidation did not reach the store");
             CacheError { operation, source }
         })
@@ -199,8 +172,8 @@ impl CacheHandle {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> CacheStats {
-        let c = &self.shared.counters;
-        let store = self.shared.store.stats();
+        let c = &self.shared().counters;
+        let store = self.shared().store.stats();
         CacheStats {
             hits: c.hits.get(),
             misses: c.misses.get(),
@@ -224,7 +197,7 @@ impl CacheHandle {
             redis_hits: store.redis_hits,
             lease_lapses: store.lease_lapses,
             reply_budget_full: store.reply_budget_full,
-            backend: self.shared.store.backend(),
+            backend: self.engine.backend(),
         }
     }
 
@@ -236,7 +209,7 @@ impl CacheHandle {
     /// rendering a Prometheus scrape.
     pub fn record_gauges(&self) -> CacheStats {
         let stats = self.stats();
-        let namespace = self.shared.namespace.to_string();
+        let namespace = self.shared().namespace.to_string();
         metrics::gauge!("tower_response_cache_entries", "namespace" => namespace.clone())
             .set(stats.entries as f64);
         metrics::gauge!("tower_response_cache_bytes", "namespace" => namespace.clone())
@@ -253,7 +226,12 @@ impl CacheHandle {
     }
 
     pub(crate) fn shared(&self) -> &Shared {
-        &self.shared
+        self.engine.shared()
+    }
+
+    /// The engine this handle is the façade of: what the adapters drive.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
     }
 }
 
@@ -271,8 +249,8 @@ fn bounded_pattern(pattern: Pattern) -> Pattern {
 impl fmt::Debug for CacheHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheHandle")
-            .field("namespace", &self.shared.namespace)
-            .field("ttl", &self.shared.ttl)
+            .field("namespace", &self.shared().namespace)
+            .field("ttl", &self.shared().ttl)
             .field("backend", &self.backend())
             .finish()
     }

@@ -50,6 +50,7 @@ pub(crate) async fn freshen<B>(
     );
     // A HEAD leads no flight (`Lookup::may_lead`).
     let stored = handle
+        .engine()
         .commit(logical, variant, ticket, fresh.clone(), None)
         .await;
     let fallback = handle.backend() == crate::store::Backend::FallingBack;

@@ -38,7 +38,7 @@ where
     B::Error: Into<BoxError>,
 {
     let handle = &config.handle;
-    let fallback = engine::falling_back(handle);
+    let fallback = engine::falling_back(handle.engine());
     let (mut parts, body) = response.into_parts();
     let tags = headers::take_tags(&mut parts.headers);
     let decision = if is_head {
@@ -53,20 +53,25 @@ where
     let forward = miss.forward;
     let reason = match decision {
         Ok((ttl, windows, vary)) => {
-            handle.set_hit_for_miss(&miss.logical, &miss.variant.identity, false);
+            handle
+                .engine()
+                .set_hit_for_miss(&miss.logical, &miss.variant.identity, false);
             let mut stored_headers = parts.headers.clone();
             headers::strip_unstorable(&mut stored_headers);
-            let (while_revalidate, if_error) = handle.default_stale();
+            let (while_revalidate, if_error) = handle.engine().default_stale();
             let head = Head {
                 status: parts.status,
                 headers: parts.headers.clone(),
                 vary: vary.clone(),
                 size_hint: body.size_hint(),
             };
-            let Some(fill) =
-                engine::new_fill(handle, head, config.policy.max_body(), miss.leader.as_ref())
-            else {
-                miss.give_up(handle, false);
+            let Some(fill) = engine::new_fill(
+                handle.engine(),
+                head,
+                config.policy.max_body(),
+                miss.leader.as_ref(),
+            ) else {
+                miss.give_up(handle.engine(), false);
                 return passthrough(parts, body, forward, None, fallback);
             };
             let commit = Committer {
@@ -96,7 +101,7 @@ where
         Err(reason) => {
             // A 304 answers one client's condition: it says nothing about the key.
             let remember = reason.is_some() && parts.status != StatusCode::NOT_MODIFIED;
-            miss.give_up(handle, remember);
+            miss.give_up(handle.engine(), remember);
             reason
         }
     };
@@ -172,6 +177,7 @@ impl Commit for Committer {
         let miss = self.miss;
         let (logical, hash) = (&miss.logical, miss.variant.hash);
         self.handle
+            .engine()
             .commit(logical, hash, miss.ticket, entry, miss.leader)
             .await;
     }

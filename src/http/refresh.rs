@@ -68,7 +68,7 @@ where
     tokio::spawn(async move {
         let handle = &config.handle;
         let Fetching { visit, leader, .. } =
-            match engine::refresh(handle, Refreshing(visit), claim).await {
+            match engine::refresh(handle.engine(), Refreshing(visit), claim).await {
                 ControlFlow::Break(()) => return,
                 ControlFlow::Continue(fetching) => fetching,
             };
@@ -80,7 +80,7 @@ where
             variant,
             ..
         } = visit.0;
-        let ticket = handle.ticket(leader.as_ref()).await;
+        let ticket = handle.engine().ticket(leader.as_ref()).await;
         let request_headers = parts.headers.clone();
         strip_conditionals(&mut parts.headers);
         let request = Request::from_parts(parts, body);

@@ -83,7 +83,7 @@ where
         let directives = self.directives;
         let only_if_cached = directives.as_ref().is_some_and(|d| d.only_if_cached);
         let looking = Looking {
-            looked_up: config.handle.ticket_now(),
+            looked_up: config.handle.engine().ticket_now(),
             visit: self,
             directives,
             expired: None,
@@ -93,7 +93,7 @@ where
             visit: looking,
             forward,
             leader,
-        } = match engine::look(&config.handle, looking).await {
+        } = match engine::look(config.handle.engine(), looking).await {
             ControlFlow::Break(response) => return Ok(response),
             ControlFlow::Continue(fetching) => fetching,
         };
@@ -127,7 +127,7 @@ where
         let handle = &config.handle;
         let counters = &handle.shared().counters;
         bump!(counters, misses);
-        let ticket = handle.ticket(fetch.leader.as_ref()).await;
+        let ticket = handle.engine().ticket(fetch.leader.as_ref()).await;
         let is_head = parts.method == Method::HEAD;
         let request_headers = parts.headers.clone();
         let mut validating = None;
@@ -154,7 +154,7 @@ where
                     release(fetch.leader);
                     bump!(counters, stale);
                     let served = Served::StaleIfError;
-                    let fallback = falling_back(handle);
+                    let fallback = falling_back(handle.engine());
                     return Ok(answer_to(
                         &entry,
                         &request_headers,
@@ -185,6 +185,7 @@ where
                 Ok(fresh) => {
                     let (entry, leader) = (fresh.clone(), fetch.leader);
                     handle
+                        .engine()
                         .commit(&logical, variant.hash, ticket, entry, leader)
                         .await
                 }
@@ -194,7 +195,7 @@ where
                 }
             };
             let fresh = fresh.unwrap_or_else(|answer_only| answer_only);
-            let fallback = falling_back(handle);
+            let fallback = falling_back(handle.engine());
             let served = Served::Revalidated {
                 forward: fetch.forward,
                 status: StatusCode::NOT_MODIFIED,
@@ -291,7 +292,7 @@ where
                 if visit.parts.method != Method::HEAD {
                     let (names, headers) = (&entry.vary().names, &visit.parts.headers);
                     let claim = engine::claim_refresh(
-                        handle,
+                        handle.engine(),
                         &visit.logical,
                         &visit.variant,
                         names,

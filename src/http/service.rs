@@ -130,7 +130,9 @@ impl<S> CacheService<S> {
                     // One clock read for the lookup's freshness and the answer's `Age`.
                     let now = crate::clock::now_millis();
                     let hit = key::with_identity(&parts, keyed, |identity, hash| {
-                        handle.hit_now(&logical, hash, identity, &parts.headers, now)
+                        handle
+                            .engine()
+                            .hit_now(&logical, hash, identity, &parts.headers, now)
                     });
                     if let Some((entry, source)) = hit {
                         bump!(counters, hits);

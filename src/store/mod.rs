@@ -22,6 +22,10 @@ use std::sync::Arc;
 use crate::entry::Entry;
 use crate::pattern::Pattern;
 
+/// The longest namespace a handle takes: other processes' invalidation messages name
+/// theirs, and a longer one is not read.
+pub(crate) const MAX_NAMESPACE: usize = 4096;
+
 mod coordination;
 #[cfg(feature = "redis")]
 mod fallback;

@@ -93,13 +93,13 @@ where
             visit: Ranging { parts, .. },
             forward,
             leader,
-        } = match engine::look(handle, ranging).await {
+        } = match engine::look(handle.engine(), ranging).await {
             ControlFlow::Break(response) => return Ok(response),
             ControlFlow::Continue(fetching) => fetching,
         };
         debug_assert!(leader.is_none(), "a range leads no flight");
         bump!(counters, misses);
-        let fallback = crate::engine::falling_back(handle);
+        let fallback = crate::engine::falling_back(handle.engine());
         if directives.is_some_and(|d| d.only_if_cached) {
             // RFC 9111 §5.2.1.7: nothing stored may answer, and the client forbids asking.
             let mut response = Response::new(CacheBody::cached(None, None));

@@ -524,7 +524,7 @@ impl Coordination for MemoryStore {
 /// A namespace as it starts map keys: `%` and `:` escaped, so no namespace and logical key
 /// spell another pair's map key (`a` + `b:c` is not `a:b` + `c`).
 fn escaped(namespace: &str) -> std::borrow::Cow<'_, str> {
-    if !namespace.contains([':', '%']) {
+    if !needs_escape(namespace) {
         return std::borrow::Cow::Borrowed(namespace);
     }
     std::borrow::Cow::Owned(namespace.replace('%', "%25").replace(':', "%3A"))
@@ -532,7 +532,7 @@ fn escaped(namespace: &str) -> std::borrow::Cow<'_, str> {
 
 /// [`escaped`] written into `buffer` (no allocation: the hit path builds its key so).
 fn push_escaped(buffer: &mut String, namespace: &str) {
-    if !namespace.contains([':', '%']) {
+    if !needs_escape(namespace) {
         buffer.push_str(namespace);
         return;
     }
@@ -543,6 +543,12 @@ fn push_escaped(buffer: &mut String, namespace: &str) {
             c => buffer.push(c),
         }
     }
+}
+
+/// Whether `namespace` holds a `:` or a `%`. A byte scan: both are ASCII, and a pattern of
+/// chars decodes UTF-8 (this runs on every hit).
+fn needs_escape(namespace: &str) -> bool {
+    namespace.bytes().any(|b| b == b':' || b == b'%')
 }
 
 /// Whether a map key is in `namespace` (given escaped).

@@ -36,7 +36,7 @@ use crate::store::{Invalidation, InvalidationListener, StoreError, StoreEvent};
 
 /// Longest namespace a message may name (longer ones are not ours: ignored; a handle's
 /// namespace is never longer).
-use crate::handle::MAX_NAMESPACE;
+use crate::store::MAX_NAMESPACE;
 
 /// What goes over the channel (JSON). Anyone who can `PUBLISH` can send one: a message
 /// that does not parse is ignored and logged, and the generation it claims is never taken
