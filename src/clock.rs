@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 static ANCHOR: OnceLock<(u64, std::time::Instant)> = OnceLock::new();
 
 /// Milliseconds since the Unix epoch, advancing with Tokio's (possibly paused) clock.
+#[inline]
 pub(crate) fn now_millis() -> u64 {
     let (wall_ms, at) = *ANCHOR.get_or_init(|| {
         let wall = SystemTime::now()

@@ -133,6 +133,7 @@ pub(crate) fn stale_status(stale_secs: u64, on_error: bool, fallback: bool) -> H
 }
 
 /// A small non-negative integer as a header value, without allocating below 100.
+#[inline]
 pub(crate) fn int_value(n: u64) -> HeaderValue {
     const SMALL: [&str; 100] = [
         "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",

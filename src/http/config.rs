@@ -46,6 +46,7 @@ impl Config {
         }
     }
 
+    #[inline]
     pub(crate) fn logical_key<'a>(&self, parts: &'a http::request::Parts) -> Option<Cow<'a, str>> {
         match &self.key_fn {
             Some(key_fn) => key_fn(parts).map(|k| Cow::Owned(key::bound(k.into()).into_owned())),
