@@ -131,8 +131,9 @@
 //! From a request to its answer: an **adapter** (`http/`, `grpc/`, `typed.rs`) classifies
 //! the request with the **policy** (`policy/`, reading `cache_control.rs`) and builds its
 //! **key** (`key/`); the **engine** (`engine/`: the lookup loop, single flight in this
-//! process and across the fleet, bans, and the state behind a **handle**, `handle/`) looks
-//! it up, and on a miss the adapter's answer is recorded by a **fill** (`engine/fill/`) and
+//! process and across the fleet, the invalidation protocol and its bans, all on one
+//! `Engine` that a **handle**, `handle/`, is the application's façade over) looks it up,
+//! and on a miss the adapter's answer is recorded by a **fill** (`engine/fill/`) and
 //! committed as an **entry** (`entry/`) to a **store** (`store/`: `memory/` and its
 //! eviction `policy/`, `redis/`, `fallback.rs`). Hits are answered by `answer.rs` with the
 //! `headers/` the cache sets.
