@@ -24,6 +24,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== cargo test (all features)"
 cargo test --workspace --all-features --all-targets
+echo "== cargo doc (private items too: every intra-doc link resolves)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --document-private-items -p tower-response-cache
 echo "== doc tests"
 cargo test --workspace --all-features --doc
 echo "== cargo test (default features)"

@@ -1,7 +1,7 @@
 //! Reading and writing entries: a lookup picks the entry that answers a request's exact
 //! identity and `Vary` values; a commit stores an entry unless an invalidation since its
 //! ticket covers it, and tells the flight that fetched it whether it did. Every write of
-//! an entry goes through [`CacheHandle::commit`].
+//! an entry goes through [`Engine::commit`](super::state::Engine::commit).
 
 use std::sync::Arc;
 

@@ -14,7 +14,7 @@ use crate::policy::CachePolicy;
 /// Maps a request to its logical key; `None` sends the request around the cache.
 pub(crate) type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
-/// What every [`CacheService`] built by one layer shares.
+/// What every [`CacheService`](super::CacheService) built by one layer shares.
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) handle: CacheHandle,

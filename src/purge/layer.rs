@@ -16,7 +16,7 @@ use crate::http::CacheLayer;
 /// bearer token to be built. In front of an application it answers
 ///
 /// - `PURGE /api/dashboard/ABC`: removes every variant of the logical key the
-///   [`CacheLayer`](crate::CacheLayer) it was built from uses for a `GET` of that URI (its
+///   [`CacheLayer`] it was built from uses for a `GET` of that URI (its
 ///   key function's, or the path; the query selects no variant here, so all go). Answers
 ///   `{"removed": n, "key": "dashboard:ABC"}`.
 /// - `POST /_cache/purge` with one of `{"pattern": "dashboard:ABC*"}` (add `"soft": true`

@@ -1,5 +1,5 @@
 //! Purge endpoints: `PURGE <path>` and a JSON `POST`, for operators and deploy scripts
-//! (see [`PurgeLayer`](crate::PurgeLayer) for what they answer).
+//! (see [`PurgeLayer`] for what they answer).
 //!
 //! `layer` builds the services from the `settings` they share (the cache layer's key
 //! function, the token, the limits, one rate-limit `bucket`); `service` sends purge

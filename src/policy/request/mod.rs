@@ -241,8 +241,9 @@ impl CachePolicy {
         (classified.action, classified.keyed)
     }
 
-    /// [`classify`](Self::classify), also saying whether a lookup may have to answer a
-    /// condition (`true` unless the pass saw that it carries none).
+    /// What to do with the request, whether it carries a keyed header (its values then
+    /// join the identity), and whether a lookup may have to answer a condition (`true`
+    /// unless the pass saw that it carries none). One pass over its headers decides all.
     pub(crate) fn classify_request(&self, parts: &Parts, has_body: bool) -> Classified {
         let mut directives = None;
         let action = self.action(parts, has_body, &mut directives);

@@ -1,4 +1,4 @@
-//! Keeping a [`MemoryStore`](super::MemoryStore) within its byte budget: what an entry
+//! Keeping a [`MemoryStore`] within its byte budget: what an entry
 //! weighs, how the shared policy's choices are applied to the map (`store::policy` decides
 //! what to admit and what leaves), what each removal is counted as, and the sweeper that
 //! drops expired entries in the background.

@@ -38,7 +38,7 @@ use crate::store::{FleetEnd, FleetLease, FleetTurn, StoreError};
 /// What a lease says once its answer was found unstorable.
 const PASS: &str = "pass";
 
-/// Take the lease KEYS[1] as ARGV[1] for ARGV[2] ms when nobody holds it; returns `lead`,
+/// Take the lease `KEYS[1]` as `ARGV[1]` for `ARGV[2]` ms when nobody holds it; returns `lead`,
 /// `pass` (another process's answer was unstorable) or `follow`. A value no process writes
 /// (not a 16-hex-digit token or `pass`, another type, no expiry or one past a minute, the
 /// longest lease) is no lease: it is taken over, so a foreign value never holds a key's
@@ -60,8 +60,8 @@ if held == 'pass' then return 'pass' end
 return 'follow'
 "#;
 
-/// Hand back the lease KEYS[1] if it still holds ARGV[1]: delete it, or (ARGV[2] > 0) mark
-/// it `pass` for ARGV[2] ms.
+/// Hand back the lease `KEYS[1]` if it still holds `ARGV[1]`: delete it, or (`ARGV[2]` > 0) mark
+/// it `pass` for `ARGV[2]` ms.
 const END_SCRIPT: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local pass = tonumber(ARGV[2])

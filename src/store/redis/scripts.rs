@@ -41,8 +41,8 @@ end
 /// Store one `Vary` variant's value unless an invalidation happened since the request
 /// began, and file it in its variant's index (see `variants.rs`).
 ///
-/// KEYS: entry hash, its expiry set, the counters the write is checked against (ARGV[6] of
-/// them), the epoch key when ARGV[5] is not empty, the bucket secret, then the tag sets.
+/// KEYS: entry hash, its expiry set, the counters the write is checked against (`ARGV[6]` of
+/// them), the epoch key when `ARGV[5]` is not empty, the bucket secret, then the tag sets.
 /// ARGV: index field, value, ttl ms, generation seen, epoch seen (`''` in a cluster), how
 /// many counters, how many dead fields to prune, the bucket secret the counters were chosen
 /// with (`''`: none), the `Vary` variant's 32 hex digits, the names its response varies on
@@ -50,9 +50,9 @@ end
 ///
 /// Every argument and the type of every key is checked before anything is written: a
 /// script that errs midway would leave half a write (a value without its TTL or its tags).
-/// The write prunes up to ARGV[7] dead fields (and tag set members whose entry is gone),
+/// The write prunes up to `ARGV[7]` dead fields (and tag set members whose entry is gone),
 /// then writes only its own value and the index: no sibling is read or written back. Past
-/// ARGV[11] variants it removes the least recently read one never read, else the least
+/// `ARGV[11]` variants it removes the least recently read one never read, else the least
 /// recently read one; an index naming other headers starts anew (its values removed).
 /// Returns 1 when stored, 0 when refused, and the bucket secret Redis holds (a string,
 /// `''` for none) when the counters were chosen with another one: refused, and the caller
@@ -172,8 +172,8 @@ return 1
 );
 
 /// Mark one batch of the values of an entry hash soft-invalidated: `HSCAN` from cursor
-/// ARGV[2] with `COUNT` ARGV[3], and in each value found bytes 9–24 (see `codec.rs`)
-/// become ARGV[1], the mark, unless it carries a newer mark already (soft invalidations may
+/// `ARGV[2]` with `COUNT` `ARGV[3]`, and in each value found bytes 9–24 (see `codec.rs`)
+/// become `ARGV[1]`, the mark, unless it carries a newer mark already (soft invalidations may
 /// interleave their batches). Returns {next cursor ("0" when done), whether the hash was
 /// there}. The caller calls again with the cursor: each call does bounded work, however
 /// many variants the key has, so Redis never stalls on one (a hash that changes between
@@ -207,7 +207,7 @@ end
 return {scan[1], 1}
 "#;
 
-/// Raise a counter past where it is and to at least ARGV[1]; return the new value.
+/// Raise a counter past where it is and to at least `ARGV[1]`; return the new value.
 pub(super) const BUMP_SCRIPT: &str = concat!(
     own_values!(),
     r#"
@@ -219,7 +219,7 @@ return g
 "#
 );
 
-/// Raise a counter to at least ARGV[1] (never lower it); return its value.
+/// Raise a counter to at least `ARGV[1]` (never lower it); return its value.
 pub(super) const RAISE_SCRIPT: &str = concat!(
     own_values!(),
     r#"
@@ -230,13 +230,13 @@ return g
 "#
 );
 
-/// One Redis: draw a new generation from the central counter (KEYS[1]), at least ARGV[5],
-/// and raise the counters KEYS[4..] to it, in one step; the epoch (KEYS[2]) is created as
-/// ARGV[1] when missing or foreign (only invalidations create it: until the first one
+/// One Redis: draw a new generation from the central counter (`KEYS[1]`), at least `ARGV[5]`,
+/// and raise the counters `KEYS[4..]` to it, in one step; the epoch (`KEYS[2]`) is created as
+/// `ARGV[1]` when missing or foreign (only invalidations create it: until the first one
 /// after Redis started empty, tokens carry epoch 0, which a missing epoch matches). An
-/// exact invalidation (ARGV[4] = `1`) chose its counter with the bucket secret ARGV[2]:
-/// the secret (KEYS[3]) is created as ARGV[3] when missing or foreign, and when it is not
-/// ARGV[2] nothing is raised and the generation returned is 0 (the caller learns the
+/// exact invalidation (`ARGV[4]` = `1`) chose its counter with the bucket secret `ARGV[2]`:
+/// the secret (`KEYS[3]`) is created as `ARGV[3]` when missing or foreign, and when it is not
+/// `ARGV[2]` nothing is raised and the generation returned is 0 (the caller learns the
 /// secret and tries again). Returns {epoch, generation, secret (`''` for none)}.
 pub(super) const BUMP_SINGLE_SCRIPT: &str = concat!(
     own_values!(),
@@ -259,8 +259,8 @@ return {tonumber(e), g, s or ''}
 "#
 );
 
-/// A cluster's exact invalidation: raise the counter KEYS[1] to at least ARGV[1], if it
-/// was chosen with the bucket secret ARGV[2] (KEYS[2], created as ARGV[3] when missing or
+/// A cluster's exact invalidation: raise the counter `KEYS[1]` to at least `ARGV[1]`, if it
+/// was chosen with the bucket secret `ARGV[2]` (`KEYS[2]`, created as `ARGV[3]` when missing or
 /// foreign). Returns {the counter's value, or 0 when the secret differs; the secret}.
 pub(super) const RAISE_KEYED_SCRIPT: &str = concat!(
     own_values!(),
@@ -275,9 +275,9 @@ return {g, s}
 "#
 );
 
-/// One Redis after a restart: raise the central and wide counters (KEYS[1], KEYS[2]) to at
-/// least ARGV[1], so every fetch in flight from before is refused; returns {epoch (0 when
-/// there is none yet, KEYS[3]; a foreign one is removed), generation}.
+/// One Redis after a restart: raise the central and wide counters (`KEYS[1]`, `KEYS[2]`) to at
+/// least `ARGV[1]`, so every fetch in flight from before is refused; returns {epoch (0 when
+/// there is none yet, `KEYS[3]`; a foreign one is removed), generation}.
 pub(super) const RESTORE_SINGLE_SCRIPT: &str = concat!(
     own_values!(),
     r#"
