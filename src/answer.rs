@@ -1,4 +1,5 @@
-//! Answers built from a stored entry: a hit, a stale entry, or `304 Not Modified`.
+//! Answers built from a stored entry (a hit, a stale entry, or `304 Not Modified`), and a
+//! follower's answer read from its flight leader's fill as it arrives.
 //!
 //! The body is the entry's shared `Bytes` (no copy). A client that already holds the
 //! entry's version (`If-None-Match` naming its `ETag`, or `If-Modified-Since` not before its
@@ -12,8 +13,9 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::body::CacheBody;
 use crate::clock;
+use crate::engine::fill::FillBody;
 use crate::entry::Entry;
-use crate::headers::{self, Waited, CACHE_STATUS, HIT, STALE, X_CACHE};
+use crate::headers::{self, Forward, Waited, CACHE_STATUS, HIT, STALE, X_CACHE};
 use crate::store::Source;
 
 /// How an entry came to be served.
@@ -183,6 +185,23 @@ fn build<B>(
         headers.insert(X_CACHE, x_cache);
     }
     response
+}
+
+/// A follower's answer: the leader's response, read as it arrives (what
+/// [`Lookup::read_shared`](crate::engine::Lookup::read_shared) is for the adapters that answer responses).
+pub(crate) fn shared_answer<B>(
+    reader: FillBody,
+    forward: Forward,
+    fallback: bool,
+) -> Response<CacheBody<B>> {
+    let head = reader.head();
+    let mut response = Response::new(());
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers.clone();
+    let headers = response.headers_mut();
+    headers.insert(CACHE_STATUS, headers::collapsed_status(forward, fallback));
+    headers.insert(X_CACHE, headers::MISS);
+    response.map(|()| CacheBody::fill(reader))
 }
 
 /// Write `Age` and `Cache-Status` into the template's placeholders: its first two entries

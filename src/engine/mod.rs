@@ -23,7 +23,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Response};
+use http::HeaderMap;
 use http_body::Body;
 
 pub(crate) mod ban;
@@ -39,10 +39,9 @@ mod visit;
 pub(crate) use flight::Ticket;
 pub(crate) use lookup::Found;
 
-use crate::body::{BoxError, CacheBody};
 pub(crate) use crate::engine::coalesce::release;
 use crate::engine::coalesce::{Leader, Role, Turn};
-use crate::headers::{self, Forward, Waited, CACHE_STATUS, X_CACHE};
+use crate::headers::{Forward, Waited};
 use crate::key::{self, Variant};
 use crate::stats::bump;
 use crate::store::Backend;
@@ -222,23 +221,6 @@ pub(crate) fn flight_key(
     flight
 }
 
-/// A follower's answer: the leader's response, read as it arrives (what
-/// [`Lookup::read_shared`] is for the adapters that answer responses).
-pub(crate) fn shared_answer<B>(
-    reader: FillBody,
-    forward: Forward,
-    fallback: bool,
-) -> Response<CacheBody<B>> {
-    let head = reader.head();
-    let mut response = Response::new(());
-    *response.status_mut() = head.status;
-    *response.headers_mut() = head.headers.clone();
-    let headers = response.headers_mut();
-    headers.insert(CACHE_STATUS, headers::collapsed_status(forward, fallback));
-    headers.insert(X_CACHE, headers::MISS);
-    response.map(|()| CacheBody::fill(reader))
-}
-
 /// A miss on its way to the origin: what its answer will be stored under.
 pub(crate) struct Miss {
     pub(crate) logical: String,
@@ -280,7 +262,7 @@ pub(crate) fn new_fill(
 pub(crate) fn run_fill<B, C>(fill: Arc<Fill>, body: B, commit: C) -> FillBody
 where
     B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     C: Commit,
 {
     let reader = fill.reader().expect("a new fill has dropped nothing");

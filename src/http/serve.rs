@@ -343,7 +343,7 @@ where
         forward: Forward,
         fallback: bool,
     ) -> Weighed<Self, Response<CacheBody<ResB>>> {
-        ControlFlow::Break(engine::shared_answer(reader, forward, fallback))
+        ControlFlow::Break(crate::answer::shared_answer(reader, forward, fallback))
     }
 }
 
