@@ -15,6 +15,7 @@
 //! let a Redis restored from an old snapshot be read before the fallback replays what it
 //! missed.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,7 +42,14 @@ pub(crate) struct Calls {
     pub(crate) scan_deadline: Duration,
     /// Told of every error of a call no caller hears of.
     errors: Mutex<Option<ErrorSink>>,
+    /// Calls in a row that ran out of time, per lane (`Data`, `Invalidations`).
+    silent: [AtomicU32; 2],
 }
+
+/// Calls in a row on one lane that run out of time before its connection is renewed
+/// ([`Connection::renew`]): a Redis that is down or paused makes every call run out of
+/// time too, and renewing each time would only churn connections.
+const SILENT_CALLS_BEFORE_RENEWAL: u32 = 3;
 
 impl Calls {
     pub(crate) fn new(
@@ -58,6 +66,7 @@ impl Calls {
             deadline,
             scan_deadline,
             errors: Mutex::new(None),
+            silent: [AtomicU32::new(0), AtomicU32::new(0)],
         }
     }
 
@@ -99,11 +108,12 @@ impl Calls {
         deadline: Duration,
     ) -> Result<T, StoreError> {
         let deadline = self.lane_deadline(lane, deadline);
-        within(deadline, async {
+        self.on_lane(lane, deadline, async {
             let mut connection = self.connection(lane).connected().await?;
             cmd.query_async::<T>(&mut connection).await
         })
-        .await
+        .await?
+        .map_err(classify)
     }
 
     /// A call whose answers the caller sorts itself (a read tells a foreign value from an
@@ -120,9 +130,7 @@ impl Calls {
             let mut connection = self.connection(lane).connected().await?;
             cmd.query_async::<T>(&mut connection).await
         };
-        tokio::time::timeout(deadline, call)
-            .await
-            .map_err(|_| out_of_time(deadline))
+        self.on_lane(lane, deadline, call).await
     }
 
     pub(crate) async fn invoke<T: redis::FromRedisValue>(
@@ -132,11 +140,12 @@ impl Calls {
         deadline: Duration,
     ) -> Result<T, StoreError> {
         let deadline = self.lane_deadline(lane, deadline);
-        within(deadline, async {
+        self.on_lane(lane, deadline, async {
             let mut connection = self.connection(lane).connected().await?;
             invocation.invoke_async::<T>(&mut connection).await
         })
-        .await
+        .await?
+        .map_err(classify)
     }
 
     pub(crate) async fn query_node<T: redis::FromRedisValue>(
@@ -147,11 +156,12 @@ impl Calls {
         deadline: Duration,
     ) -> Result<T, StoreError> {
         let deadline = self.lane_deadline(lane, deadline);
-        within(deadline, async {
+        self.on_lane(lane, deadline, async {
             let value = self.connection(lane).query_node(node, cmd).await?;
             Ok(redis::from_redis_value(value.extract_error()?)?)
         })
-        .await
+        .await?
+        .map_err(classify)
     }
 
     /// On the invalidation connection a call may queue behind another invalidation's
@@ -168,18 +178,41 @@ impl Calls {
         lane: Lane,
         deadline: Duration,
     ) -> Result<Vec<Node>, StoreError> {
-        within(deadline, self.connection(lane).primaries()).await
+        self.on_lane(lane, deadline, self.connection(lane).primaries())
+            .await?
+            .map_err(classify)
     }
-}
 
-/// `call`, cut off at `deadline` (an outage), its Redis error classified.
-pub(crate) async fn within<T>(
-    deadline: Duration,
-    call: impl std::future::Future<Output = Result<T, RedisError>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(deadline, call).await {
-        Ok(result) => result.map_err(classify),
-        Err(_) => Err(out_of_time(deadline)),
+    /// `call` on `lane`, cut off at `deadline` (an outage). When calls in a row keep
+    /// running out of time, the lane's connection is renewed: it may be one that answers
+    /// nothing, which its manager never replaces on its own (see [`Connection::renew`]).
+    async fn on_lane<T>(
+        &self,
+        lane: Lane,
+        deadline: Duration,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T, StoreError> {
+        let silent = &self.silent[match lane {
+            Lane::Data => 0,
+            Lane::Invalidations => 1,
+        }];
+        match tokio::time::timeout(deadline, call).await {
+            Ok(answer) => {
+                silent.store(0, Ordering::Relaxed);
+                Ok(answer)
+            }
+            Err(_) => {
+                if silent.fetch_add(1, Ordering::Relaxed) + 1 >= SILENT_CALLS_BEFORE_RENEWAL {
+                    silent.store(0, Ordering::Relaxed);
+                    tracing::warn!(
+                        ?lane,
+                        "Redis calls keep running out of time on one connection: opening another"
+                    );
+                    self.connection(lane).renew();
+                }
+                Err(out_of_time(deadline))
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! Behind Redis Sentinel the one Redis is whichever primary the sentinels name now
 //! (`sentinel.rs`): calls go to it as to one Redis, and the subscription ends when it moves.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::stream::{BoxStream, StreamExt};
@@ -39,10 +39,17 @@ pub(crate) enum Node {
 /// A connection to one Redis or to a cluster. Cheap to clone.
 #[derive(Clone)]
 pub(crate) enum Connection {
-    Single(ConnectionManager),
+    Single(Arc<SingleLink>),
     Cluster(Arc<ClusterLink>),
     /// One lane of the connections to the primary the sentinels name.
     Sentinel(Arc<SentinelLink>, Lane),
+}
+
+/// One Redis, through a connection manager that [`Connection::renew`] replaces.
+pub(crate) struct SingleLink {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    manager: Mutex<ConnectionManager>,
 }
 
 /// A cluster client connected on first use (connecting needs the cluster's slot map,
@@ -70,8 +77,37 @@ impl Connection {
     /// A lazily connected link to the Redis at `url`.
     pub(crate) fn single(url: &str, timeouts: &Timeouts) -> Result<Connection, RedisError> {
         let client = redis::Client::open(url)?;
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config(timeouts))?;
-        Ok(Connection::Single(manager))
+        let config = manager_config(timeouts);
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Connection::Single(Arc::new(SingleLink {
+            client,
+            config,
+            manager: Mutex::new(manager),
+        })))
+    }
+
+    /// Open a new connection for the next calls, connected on first use: the current one
+    /// answers nothing. A connection's driver runs on the runtime of the call that opened
+    /// it, and stops when that runtime stops being polled (an application that called the
+    /// store from a `block_on` of its own); a peer that vanished without a reset answers
+    /// nothing too. The connection manager reconnects only after an error it sees, and a
+    /// call cut off at its deadline shows it none.
+    pub(crate) fn renew(&self) {
+        match self {
+            Connection::Single(link) => {
+                match ConnectionManager::new_lazy_with_config(
+                    link.client.clone(),
+                    link.config.clone(),
+                ) {
+                    Ok(manager) => *lock(&link.manager) = manager,
+                    Err(error) => tracing::debug!(%error, "renewing the Redis connection failed"),
+                }
+            }
+            Connection::Sentinel(link, lane) => link.renew(*lane),
+            // A cluster connection holds one connection per node and replaces a node's on
+            // that node's errors; it is not renewed as a whole.
+            Connection::Cluster(_) => {}
+        }
     }
 
     /// A lazily connected link to the cluster that `seeds` (any of its nodes) belong to.
@@ -101,7 +137,7 @@ impl Connection {
     /// connect is retried by the next call).
     pub(crate) async fn connected(&self) -> RedisResult<Connected> {
         match self {
-            Connection::Single(manager) => Ok(Connected::Single(manager.clone())),
+            Connection::Single(link) => Ok(Connected::Single(lock(&link.manager).clone())),
             Connection::Cluster(link) => {
                 let connection = link
                     .connection
@@ -154,6 +190,10 @@ impl Connection {
         }
         Ok(primaries)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A connection manager's settings: the manager's own retries would hold a request for

@@ -157,6 +157,25 @@ impl SentinelLink {
         }
     }
 
+    /// Open a new connection on `lane` to the primary found last (see
+    /// [`Connection::renew`](super::connection::Connection::renew)), and ask the sentinels
+    /// before the next call: the primary may have moved.
+    pub(crate) fn renew(&self, lane: Lane) {
+        if let Some(primary) = lock(&self.primary).as_mut() {
+            match ConnectionManager::new_lazy_with_config(
+                primary.client.clone(),
+                self.config.clone(),
+            ) {
+                Ok(manager) => match lane {
+                    Lane::Data => primary.data = manager,
+                    Lane::Invalidations => primary.invalidations = manager,
+                },
+                Err(error) => tracing::debug!(%error, "renewing the Redis connection failed"),
+            }
+        }
+        self.doubt();
+    }
+
     /// Ask the sentinels before the next call.
     pub(crate) fn doubt(&self) {
         self.doubt.store(true, Ordering::Release);
