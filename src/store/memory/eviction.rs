@@ -14,9 +14,10 @@ use crate::store::policy::{Admission, Resident, Victim};
 /// What the store itself holds per entry, besides the entry and its key strings: a map slot
 /// (48 bytes: the key's box and its variants, one of them inline; twice, with the map's
 /// room to grow), a share of a variant table when a key has several (64), the variants
-/// list behind its `Arc` (24), the policy queue's reference (48, twice with the queue's room
-/// to grow) and its ghost once it leaves the small queue (32).
-const SLOT_BYTES: usize = 2 * 48 + 64 + 24 + 2 * 48 + 32;
+/// list behind its `Arc` (24), the policy queue's reference (56 in the main queue, with the
+/// stamp of when it was queued; twice with the queue's room to grow) and its ghost once it
+/// leaves the small queue (32).
+const SLOT_BYTES: usize = 2 * 48 + 64 + 24 + 2 * 56 + 32;
 
 /// Bytes charged for an entry: the entry itself plus its key, held in the map and the queue.
 pub(super) fn weight_of(map_key: &str, entry: &Entry) -> usize {

@@ -26,6 +26,7 @@ fn resident(hash: u64, entry: &Arc<Entry>) -> Resident {
 /// does: `held` is how many it holds before this one.
 fn admit(policy: &mut Policy, held: &mut Vec<Arc<Entry>>, hash: u64, capacity: u64) -> bool {
     let new = entry();
+    new.usage().stamp_write();
     let over = ((held.len() as u64 + 1) * 1000).saturating_sub(capacity * 1000);
     match policy.admit(resident(hash, &new), over, true, held.len()) {
         Admission::Admitted(victims) => {
@@ -88,6 +89,12 @@ fn an_entry_read_in_the_small_queue_moves_to_main_and_survives_a_flood() {
     );
 }
 
+/// A read as a hit makes it: a use counted, and the read stamped.
+fn read(entry: &Entry) {
+    entry.usage().count_use();
+    entry.usage().stamp_read();
+}
+
 /// Store `keys` in order, reading each `reads` times right after it is stored.
 fn store_all(
     policy: &mut Policy,
@@ -99,7 +106,7 @@ fn store_all(
         if admit(policy, held, k, 100) {
             let stored = held.last().unwrap().clone();
             for _ in 0..reads {
-                stored.usage().count_use();
+                read(&stored);
             }
         }
     }
@@ -142,4 +149,43 @@ fn keys_back_after_the_main_queue_dropped_them_shrink_the_small_queue() {
         policy.small_target()
     );
     assert!(policy.small_target() >= 1000);
+}
+
+#[test]
+fn while_recency_pays_the_main_queue_sheds_entries_unread_since_they_were_queued() {
+    let mut policy = Policy::new(100 * 1000);
+    let mut held = Vec::new();
+    // An old popular set, read three times each: it moves to the main queue.
+    store_all(&mut policy, &mut held, 0..100, 3);
+    let old: Vec<Arc<Entry>> = held.clone();
+    // The popular set has moved (keys came back from the small queue's ghost).
+    policy.small_target = 50 * 1000;
+    assert!(policy.recency_pays());
+    // Three cache turnovers of new keys; nobody reads the old set any more.
+    store_all(&mut policy, &mut held, 1000..1300, 0);
+    let kept = old
+        .iter()
+        .filter(|e| held.iter().any(|h| Arc::ptr_eq(h, e)))
+        .count();
+    assert_eq!(
+        kept, 0,
+        "{kept} entries of the old set, unread since, still held"
+    );
+}
+
+#[test]
+fn while_frequency_pays_the_main_queue_keeps_entries_with_uses_left() {
+    let mut policy = Policy::new(100 * 1000);
+    let mut held = Vec::new();
+    store_all(&mut policy, &mut held, 0..100, 3);
+    let old: Vec<Arc<Entry>> = held.clone();
+    assert!(!policy.recency_pays());
+    // New keys nobody reads: they leave through the small queue, and the main queue
+    // keeps what was read.
+    store_all(&mut policy, &mut held, 1000..1300, 0);
+    let kept = old
+        .iter()
+        .filter(|e| held.iter().any(|h| Arc::ptr_eq(h, e)))
+        .count();
+    assert!(kept >= 50, "only {kept} entries of the read set kept");
 }
