@@ -6,8 +6,8 @@
 //! `Last-Modified`) gets `304` and no body.
 
 use http::header::{
-    AGE, CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    LAST_MODIFIED, VARY,
+    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, LAST_MODIFIED, VARY,
 };
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
@@ -141,6 +141,15 @@ fn build<B>(
         let empty = std::mem::replace(response.headers_mut(), entry.answer_headers().clone());
         // The map `Response::new` made owns no memory: dropping it frees nothing.
         std::mem::forget(empty);
+        // A full answer's body has an exact size, from which the server writes its
+        // `Content-Length`; a `HEAD` answer has no body, so it says the length itself.
+        if is_head
+            && entry.status() != StatusCode::NO_CONTENT
+            && !response.headers().contains_key(CONTENT_LENGTH)
+        {
+            let length = headers::int_value(entry.body().len() as u64);
+            response.headers_mut().insert(CONTENT_LENGTH, length);
+        }
         response
     };
     let headers = response.headers_mut();
@@ -322,6 +331,21 @@ mod tests {
                 .unwrap()
                 .starts_with("tower-response-cache; "));
         }
+    }
+
+    #[test]
+    fn a_head_answer_says_the_length_a_full_answer_leaves_to_its_body() {
+        let e = entry(&[("content-type", "text/plain")]);
+        let hit = Served::Hit { waited: Waited::No };
+        let answer = |is_head| -> Response<CacheBody<http_body_util::Empty<Bytes>>> {
+            answer_to(&e, &HeaderMap::new(), is_head, hit, false)
+        };
+        let head = answer(true);
+        assert_eq!(head.headers()[CONTENT_LENGTH], "1");
+        assert_eq!(http_body::Body::size_hint(head.body()).exact(), Some(0));
+        let full = answer(false);
+        assert!(full.headers().get(CONTENT_LENGTH).is_none());
+        assert_eq!(http_body::Body::size_hint(full.body()).exact(), Some(1));
     }
 
     #[test]

@@ -56,7 +56,7 @@ impl Entry {
             + self
                 .trailers
                 .as_deref()
-                .map_or(0, |t| map_len(StoredHeaders::new(t, false)));
+                .map_or(0, |t| map_len(StoredHeaders::new(t)));
         let mut out = BytesMut::with_capacity(estimate);
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
@@ -84,7 +84,7 @@ impl Entry {
             None => out.put_u8(0),
             Some(trailers) => {
                 out.put_u8(1);
-                put_headers(&mut out, StoredHeaders::new(trailers, false));
+                put_headers(&mut out, StoredHeaders::new(trailers));
             }
         }
         out.freeze()
@@ -156,14 +156,13 @@ impl Entry {
             1 => Some(Box::new(get_headers(&mut buf, owner)?)),
             _ => return Err(bad("invalid trailers flag")),
         };
-        let (headers, length_added) = template.finish(status, body.len());
+        let headers = template.finish();
         if !buf.is_empty() {
             return Err(bad("trailing bytes"));
         }
         let entry = Entry {
             status,
             headers,
-            length_added,
             body,
             stored_at_ms,
             ttl,

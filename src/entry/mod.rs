@@ -55,8 +55,6 @@ pub struct Entry {
     /// is both what was stored and what a hit clones, read as the former through
     /// [`StoredHeaders`].
     headers: HeaderMap,
-    /// Whether the `Content-Length` in `headers` is the cache's (the response had none).
-    length_added: bool,
     body: Bytes,
     stored_at_ms: u64,
     ttl: Duration,
@@ -104,11 +102,10 @@ impl Entry {
         let now = clock::now_millis();
         let mut template = Template::with_capacity(headers.len());
         template.extend(headers);
-        let (headers, length_added) = template.finish(status, body.len());
+        let headers = template.finish();
         Entry {
             status,
             headers,
-            length_added,
             body,
             stored_at_ms: now,
             ttl,
@@ -207,7 +204,7 @@ impl Entry {
 
     /// The stored response headers (without the cache's own headers).
     pub fn headers(&self) -> StoredHeaders<'_> {
-        StoredHeaders::new(&self.headers, self.length_added)
+        StoredHeaders::new(&self.headers)
     }
 
     /// The response body.
@@ -235,7 +232,6 @@ impl Entry {
         Entry {
             status: self.status,
             headers: self.headers.clone(),
-            length_added: self.length_added,
             body: self.body.clone(),
             stored_at_ms: self.stored_at_ms,
             ttl: self.ttl.min(cap),

@@ -10,8 +10,12 @@
 //!    after two steps of a walk in order);
 //! 2. the stored headers as the origin sent them, but its `Age`, `Cache-Status` and
 //!    `X-Cache` (each answer sets its own);
-//! 3. `Content-Length`, when the response had none (but for a `204`);
-//! 4. `X-Cache: HIT`, what most answers say.
+//! 3. `X-Cache: HIT`, what most answers say.
+//!
+//! A `Content-Length` the origin did not send is not added: the body of a full answer has
+//! an exact size, from which the server writes it, and a `HEAD` answer, which has no body,
+//! gets it from `answer.rs`. (One header fewer per entry, and one shared value fewer that
+//! a hit's clone counts a reference of.)
 //!
 //! ```
 //! use bytes::Bytes;
@@ -34,8 +38,8 @@
 
 use std::fmt;
 
-use http::header::{AGE, CONTENT_LENGTH};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::header::AGE;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::headers::{CACHE_STATUS, HIT, X_CACHE};
 
@@ -50,9 +54,9 @@ pub(super) struct Template {
 }
 
 impl Template {
-    /// A template with room for `stored` headers and the cache's four.
+    /// A template with room for `stored` headers and the cache's three.
     pub(super) fn with_capacity(stored: usize) -> Template {
-        let mut map = HeaderMap::with_capacity(stored + 4);
+        let mut map = HeaderMap::with_capacity(stored + 3);
         for name in [AGE, CACHE_STATUS] {
             map.insert(name, HeaderValue::from_static(""));
         }
@@ -82,43 +86,36 @@ impl Template {
 
     /// The stored headers so far (the slots aside, which hold nothing).
     pub(super) fn stored(&self) -> StoredHeaders<'_> {
-        StoredHeaders::new(&self.map, false)
+        StoredHeaders::new(&self.map)
     }
 
-    /// The finished map, and whether its `Content-Length` is the cache's.
+    /// The finished map.
     ///
     /// A copy of the map built: a `HeaderMap` keeps room for a quarter more than it was
     /// made for, rounded up to a power of two (room for twelve when seven are asked for),
     /// and its copy holds exactly what it has. A hit's clone of it is exact as well, and
     /// fills slots without adding a header, so the room is never wanted.
-    pub(super) fn finish(mut self, status: StatusCode, body_len: usize) -> (HeaderMap, bool) {
-        let length_added =
-            status != StatusCode::NO_CONTENT && !self.map.contains_key(CONTENT_LENGTH);
-        if length_added {
-            self.map.insert(CONTENT_LENGTH, body_len.into());
-        }
+    pub(super) fn finish(mut self) -> HeaderMap {
         self.map.insert(X_CACHE, HIT);
-        (self.map.clone(), length_added)
+        self.map.clone()
     }
 }
 
 /// The headers an [`Entry`](super::Entry) stored, as the origin sent them: without `Age`,
-/// `Cache-Status` and `X-Cache` (each answer sets its own) and without a `Content-Length`
-/// the cache added. A view of the entry's one map (see the module docs); nothing is copied
+/// `Cache-Status` and `X-Cache` (each answer sets its own). A view of the entry's one map (see the module docs); nothing is copied
 /// unless [`to_map`](Self::to_map) is asked for.
 #[derive(Clone, Copy)]
 pub struct StoredHeaders<'a> {
     map: &'a HeaderMap,
-    length_added: bool,
 }
 
 impl<'a> StoredHeaders<'a> {
-    pub(super) fn new(map: &'a HeaderMap, length_added: bool) -> StoredHeaders<'a> {
-        StoredHeaders { map, length_added }
+    pub(super) fn new(map: &'a HeaderMap) -> StoredHeaders<'a> {
+        StoredHeaders { map }
     }
 
     fn hides(&self, name: &HeaderName) -> bool {
-        is_answers_own(name) || (self.length_added && name == CONTENT_LENGTH)
+        is_answers_own(name)
     }
 
     /// The first value of `name`.
@@ -189,6 +186,8 @@ impl fmt::Debug for StoredHeaders<'_> {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use http::header::CONTENT_LENGTH;
+    use http::StatusCode;
     use std::time::Duration;
 
     use crate::entry::Entry;
@@ -231,17 +230,18 @@ mod tests {
             assert!(headers.get(&own).is_none(), "{own}");
             assert_eq!(headers.get_all(&own).count(), 0, "{own}");
         }
-        // The answer's map: the two slots first, the added length, `X-Cache: HIT`.
+        // The answer's map: the two slots first, `X-Cache: HIT` last, no length added (the
+        // body's exact size says it).
         let answer = entry.answer_headers();
         let first: Vec<&str> = answer.keys().take(2).map(HeaderName::as_str).collect();
         assert_eq!(first, ["age", "cache-status"]);
-        assert_eq!(answer[CONTENT_LENGTH], "4");
+        assert!(!answer.contains_key(CONTENT_LENGTH));
         assert_eq!(answer[X_CACHE], "HIT");
-        assert_eq!(answer.len(), 7);
+        assert_eq!(answer.len(), 6);
     }
 
     #[test]
-    fn a_length_the_origin_sent_is_stored_and_a_204_gets_none() {
+    fn a_length_the_origin_sent_is_stored_and_none_is_added() {
         let with_length = stored(&[("content-length", "4")], StatusCode::OK);
         assert_eq!(with_length.headers().get(&CONTENT_LENGTH).unwrap(), "4");
         assert_eq!(
@@ -252,9 +252,11 @@ mod tests {
                 .count(),
             1
         );
-        let empty = stored(&[], StatusCode::NO_CONTENT);
-        assert!(!empty.answer_headers().contains_key(CONTENT_LENGTH));
-        assert!(empty.headers().is_empty());
+        for status in [StatusCode::OK, StatusCode::NO_CONTENT] {
+            let empty = stored(&[], status);
+            assert!(!empty.answer_headers().contains_key(CONTENT_LENGTH));
+            assert!(empty.headers().is_empty());
+        }
     }
 
     #[test]
@@ -268,13 +270,13 @@ mod tests {
             ];
             stored(&headers[..n], StatusCode::OK).weight()
         };
-        // Three stored headers and the cache's four ask for a table with room for twelve;
-        // so do four and four. The entry keeps (and is charged for) only what it holds: the
-        // fourth header costs one bucket and its bytes.
+        // Two stored headers and room for the cache's three ask for a table with room for
+        // six; so do three and three. The entry keeps (and is charged for) only what it
+        // holds: the third header costs one bucket and its bytes.
         assert_eq!(
-            weight(4) - weight(3),
-            crate::entry::BUCKET_BYTES + "x-a".len() + 1
+            weight(3) - weight(2),
+            crate::entry::BUCKET_BYTES + "etag".len() + "\"v1\"".len()
         );
-        assert_eq!(stored(&[], StatusCode::OK).answer_headers().len(), 4);
+        assert_eq!(stored(&[], StatusCode::OK).answer_headers().len(), 3);
     }
 }
