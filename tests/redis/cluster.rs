@@ -620,3 +620,57 @@ async fn on_a_cluster_with_replicas_an_invalidation_waits_for_the_replica_and_su
         "the control: the promoted replica should still hold the entry"
     );
 }
+
+/// A cluster connection that answers nothing is replaced, as a single Redis's is
+/// (`hardening::a_connection_that_answers_nothing_is_replaced`): this one was opened by a
+/// call from a runtime that then stops being polled, so its driver never runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_connection_that_answers_nothing_is_replaced() {
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let store = RedisStore::cluster(cluster.seeds())
+        .deadline(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let key = || StoreKey {
+        namespace: NAMESPACE,
+        logical: "/page",
+        variant: 1,
+    };
+    let (opened, idle) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    let wedged = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let entry = Arc::new(Entry::new(
+                    http::StatusCode::OK,
+                    http::HeaderMap::new(),
+                    bytes::Bytes::from_static(b"kept"),
+                    Duration::from_secs(60),
+                ));
+                for _ in 0..50 {
+                    if store.put(key(), entry.clone()).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            opened.0.send(()).unwrap();
+            let _ = idle.1.recv();
+        })
+    };
+    opened.1.recv().unwrap();
+    let read = eventually(Duration::from_secs(10), || async {
+        store.get(key()).await.is_ok_and(|e| e.is_some())
+    })
+    .await;
+    drop(idle.0);
+    tokio::task::block_in_place(|| wedged.join().unwrap());
+    assert!(
+        read,
+        "every read ran out of time on a connection nobody drives"
+    );
+}

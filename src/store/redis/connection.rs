@@ -56,7 +56,8 @@ pub(crate) struct SingleLink {
 /// which a builder that must not fail cannot wait for).
 pub(crate) struct ClusterLink {
     client: ClusterClient,
-    connection: OnceCell<ClusterConnection>,
+    /// Replaced by an empty cell when the connection is renewed.
+    connection: Mutex<Arc<OnceCell<ClusterConnection>>>,
 }
 
 /// A connected handle, for one command.
@@ -104,9 +105,8 @@ impl Connection {
                 }
             }
             Connection::Sentinel(link, lane) => link.renew(*lane),
-            // A cluster connection holds one connection per node and replaces a node's on
-            // that node's errors; it is not renewed as a whole.
-            Connection::Cluster(_) => {}
+            // The next call connects to the cluster again (its slot map and every node).
+            Connection::Cluster(link) => *lock(&link.connection) = Arc::new(OnceCell::new()),
         }
     }
 
@@ -121,7 +121,7 @@ impl Connection {
             .build()?;
         Ok(Connection::Cluster(Arc::new(ClusterLink {
             client,
-            connection: OnceCell::new(),
+            connection: Mutex::new(Arc::new(OnceCell::new())),
         })))
     }
 
@@ -139,8 +139,8 @@ impl Connection {
         match self {
             Connection::Single(link) => Ok(Connected::Single(lock(&link.manager).clone())),
             Connection::Cluster(link) => {
-                let connection = link
-                    .connection
+                let cell = lock(&link.connection).clone();
+                let connection = cell
                     .get_or_try_init(|| link.client.get_async_connection())
                     .await?;
                 Ok(Connected::Cluster(connection.clone()))
