@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::support::eventually;
 use crate::support::redis::RedisServer;
 use crate::support::stack::*;
+use crate::support::{eventually, IdleRuntime};
 use tower_response_cache::coordination::Coordination;
 use tower_response_cache::{Backend, CacheHandle, Entry, Pattern, Store};
 use tower_response_cache::{RedisStore, StoreKey};
@@ -711,27 +711,23 @@ async fn a_connection_that_answers_nothing_is_replaced() {
         .put(key("t", "/page"), entry("kept", Duration::from_secs(60)))
         .await
         .unwrap();
-    // Reopen the connections from a runtime that then idles: its thread waits on a channel.
+    // Reopen the connections from a runtime that then idles.
     cmd::<u64>(&server, &["CLIENT", "KILL", "TYPE", "normal"]);
-    let (opened, idle) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
-    let wedged = {
+    let (idle, opened) = {
         let store = store.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            // The first calls fail (killed connections); the next connect here.
-            for _ in 0..20 {
-                if runtime.block_on(store.get(key("t", "/page"))).is_ok() {
-                    break;
+        blocking(|| {
+            IdleRuntime::after(async move {
+                // The first calls fail (killed connections); the next connect here.
+                for _ in 0..20 {
+                    if store.get(key("t", "/page")).await.is_ok() {
+                        return true;
+                    }
                 }
-            }
-            opened.0.send(()).unwrap();
-            let _ = idle.1.recv();
+                false
+            })
         })
     };
-    opened.1.recv().unwrap();
+    assert!(opened, "premise: the idle runtime's call reached Redis");
     let read = eventually(Duration::from_secs(5), || async {
         store
             .get(key("t", "/page"))
@@ -739,8 +735,7 @@ async fn a_connection_that_answers_nothing_is_replaced() {
             .is_ok_and(|e| e.is_some())
     })
     .await;
-    drop(idle.0);
-    blocking(|| wedged.join().unwrap());
+    blocking(|| drop(idle));
     assert!(
         read,
         "every read ran out of time on a connection nobody drives"

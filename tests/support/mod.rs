@@ -291,3 +291,46 @@ pub async fn until_hit(client: &HttpClient, addr: SocketAddr, path: &str) -> Ans
     .await
     .unwrap_or_else(|| panic!("{path} never became a hit"))
 }
+
+/// A runtime on a thread of its own that runs one piece of work and is then never polled
+/// again until this is dropped: what a connection that work opened looks like to the rest
+/// of the process when an application called the store from a `block_on` of its own (the
+/// connection's driver runs on the runtime that opened it).
+pub struct IdleRuntime {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IdleRuntime {
+    /// Run `work` to its end on the new runtime, then leave that runtime idle; with what
+    /// `work` returned.
+    pub fn after<T: Send + 'static>(
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> (IdleRuntime, T) {
+        let (done, finished) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            done.send(runtime.block_on(work)).unwrap();
+            let _ = released.recv();
+        });
+        let output = finished.recv().unwrap();
+        let idle = IdleRuntime {
+            release: Some(release),
+            thread: Some(thread),
+        };
+        (idle, output)
+    }
+}
+
+impl Drop for IdleRuntime {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
