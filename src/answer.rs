@@ -110,10 +110,12 @@ fn build<B>(
     fallback: bool,
     now: u64,
 ) -> Response<CacheBody<B>> {
-    let from_template = !not_modified;
-    let mut response = if !from_template {
+    let age = headers::int_value(entry.age_secs(now));
+    let (status, x_cache) = cache_headers(entry, served, fallback, now);
+    if not_modified {
         let mut response = Response::new(CacheBody::cached(None, None));
         *response.status_mut() = StatusCode::NOT_MODIFIED;
+        let headers = response.headers_mut();
         // RFC 9110 §15.4.5: the headers a 304 carries.
         for name in [
             CACHE_CONTROL,
@@ -125,36 +127,47 @@ fn build<B>(
             LAST_MODIFIED,
         ] {
             for value in entry.headers().get_all(&name) {
-                response.headers_mut().append(name.clone(), value.clone());
+                headers.append(name.clone(), value.clone());
             }
         }
-        response
-    } else {
-        let (body, trailers) = match is_head {
-            true => (None, None),
-            false => (Some(entry.body().clone()), entry.trailers().cloned()),
-        };
-        let mut response = Response::new(CacheBody::cached(body, trailers));
-        *response.status_mut() = entry.status();
-        // A clone copies the table without rehashing every name, and has room for the
-        // headers set below (they replace placeholders: no growing).
-        let empty = std::mem::replace(response.headers_mut(), entry.answer_headers().clone());
-        // The map `Response::new` made owns no memory: dropping it frees nothing.
-        std::mem::forget(empty);
-        // A full answer's body has an exact size, from which the server writes its
-        // `Content-Length`; a `HEAD` answer has no body, so it says the length itself.
-        if is_head
-            && entry.status() != StatusCode::NO_CONTENT
-            && !response.headers().contains_key(CONTENT_LENGTH)
-        {
-            let length = headers::int_value(entry.body().len() as u64);
-            response.headers_mut().insert(CONTENT_LENGTH, length);
-        }
-        response
+        headers.insert(AGE, age);
+        headers.insert(CACHE_STATUS, status);
+        headers.insert(X_CACHE, x_cache);
+        return response;
+    }
+    let (body, trailers) = match is_head {
+        true => (None, None),
+        false => (Some(entry.body().clone()), entry.trailers().cloned()),
     };
-    let headers = response.headers_mut();
-    let age = headers::int_value(entry.age_secs(now));
-    let (status, x_cache) = match served {
+    let mut response = Response::new(CacheBody::cached(body, trailers));
+    *response.status_mut() = entry.status();
+    let empty = std::mem::replace(
+        response.headers_mut(),
+        entry.answer_headers(age, status, x_cache),
+    );
+    // The map `Response::new` made owns no memory: dropping it frees nothing.
+    std::mem::forget(empty);
+    // A full answer's body has an exact size, from which the server writes its
+    // `Content-Length`; a `HEAD` answer has no body, so it says the length itself.
+    if is_head
+        && entry.status() != StatusCode::NO_CONTENT
+        && !response.headers().contains_key(CONTENT_LENGTH)
+    {
+        let length = headers::int_value(entry.body().len() as u64);
+        response.headers_mut().insert(CONTENT_LENGTH, length);
+    }
+    response
+}
+
+/// What an answer served as `served` says in `Cache-Status` and `X-Cache`.
+#[inline]
+fn cache_headers(
+    entry: &Entry,
+    served: Served,
+    fallback: bool,
+    now: u64,
+) -> (HeaderValue, HeaderValue) {
+    match served {
         Served::Hit { waited } => (
             headers::hit_status(entry.remaining_secs(now), waited, fallback),
             HIT,
@@ -181,19 +194,7 @@ fn build<B>(
             headers::stale_status(entry.stale_secs(now), false, fallback),
             STALE,
         ),
-    };
-    if from_template {
-        fill_placeholders(headers, age, status);
-        // The template already says `X-Cache: HIT`.
-        if x_cache != HIT {
-            headers.insert(X_CACHE, x_cache);
-        }
-    } else {
-        headers.insert(AGE, age);
-        headers.insert(CACHE_STATUS, status);
-        headers.insert(X_CACHE, x_cache);
     }
-    response
 }
 
 /// A follower's answer: the leader's response, read as it arrives (what
@@ -211,22 +212,6 @@ pub(crate) fn shared_answer<B>(
     headers.insert(CACHE_STATUS, headers::collapsed_status(forward, fallback));
     headers.insert(X_CACHE, headers::MISS);
     response.map(|()| CacheBody::fill(reader))
-}
-
-/// Write `Age` and `Cache-Status` into the template's placeholders: its first two entries
-/// (see `Entry::answer_headers`). Cheaper than hashing both names again to insert them.
-fn fill_placeholders(headers: &mut HeaderMap, age: HeaderValue, status: HeaderValue) {
-    let mut slots = headers.iter_mut();
-    if let (Some((first, age_slot)), Some((second, status_slot))) = (slots.next(), slots.next()) {
-        if *first == AGE && *second == CACHE_STATUS {
-            *age_slot = age;
-            *status_slot = status;
-            return;
-        }
-    }
-    // Not a template after all.
-    headers.insert(AGE, age);
-    headers.insert(CACHE_STATUS, status);
 }
 
 /// Does the client already hold this entry's version? Only for 200s (RFC 9110 §13.2.1);

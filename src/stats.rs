@@ -118,6 +118,33 @@ macro_rules! bump {
 }
 pub(crate) use bump;
 
+/// What one request (or typed read) came to: counted once, by the adapter that answered it,
+/// through [`Engine::count`](crate::engine::Engine::count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Answered from a fresh entry.
+    Hit,
+    /// Found nothing usable: answered by the origin (or a `504` for `only-if-cached`).
+    Miss,
+    /// Answered from an expired entry (stale-while-revalidate, stale-if-error, `max-stale`).
+    Stale,
+    /// Sent around the cache.
+    Bypass,
+}
+
+impl Counters {
+    /// Count one request's outcome.
+    #[inline]
+    pub(crate) fn count(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Hit => bump!(self, hits),
+            Outcome::Miss => bump!(self, misses),
+            Outcome::Stale => bump!(self, stale),
+            Outcome::Bypass => bump!(self, bypasses),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -25,7 +25,7 @@ use crate::entry::Entry;
 use crate::handle::CacheHandle;
 use crate::headers::{Forward, Waited};
 use crate::key::Variant;
-use crate::stats::bump;
+use crate::stats::Outcome;
 
 /// `init` as a loader that cannot fail.
 async fn infallible<T>(init: impl Future<Output = T>) -> Result<T, std::convert::Infallible> {
@@ -121,7 +121,7 @@ impl CacheHandle {
         };
         // A miss counts once, when it computes (a follower that then reads the stored
         // value is a hit), as for HTTP.
-        bump!(self.shared().counters, misses);
+        self.engine().count(Outcome::Miss);
         let ticket = self.engine().ticket(leader.as_ref()).await;
         let value = match init.await {
             Ok(value) => value,
@@ -171,7 +171,7 @@ impl<T: DeserializeOwned> Lookup<T> for TypedRead<'_, T> {
         let forward = match found {
             Found::Hit(entry, _) => match serde_json::from_slice(entry.body()) {
                 Ok(value) => {
-                    bump!(self.handle.shared().counters, hits);
+                    self.handle.engine().count(Outcome::Hit);
                     return ControlFlow::Break(value);
                 }
                 Err(_) => {

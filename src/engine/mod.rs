@@ -43,7 +43,7 @@ pub(crate) use crate::engine::coalesce::release;
 use crate::engine::coalesce::{Leader, Role, Turn};
 use crate::headers::{Forward, Waited};
 use crate::key::{self, Variant};
-use crate::stats::bump;
+use crate::stats::Outcome;
 use crate::store::Backend;
 use fill::{Commit, Fill, FillBody, Head};
 use fleet::Purpose;
@@ -101,7 +101,7 @@ pub(crate) async fn look<A, V: Lookup<A>>(
                 let fallback = falling_back(engine);
                 match visit.read_shared(reader, forward, fallback) {
                     ControlFlow::Break(answer) => {
-                        bump!(engine.shared().counters, misses);
+                        engine.count(Outcome::Miss);
                         return ControlFlow::Break(answer);
                     }
                     // Not reached today (an adapter that cannot read a response as it

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::ban::BanLog;
 use super::coalesce::Coalescer;
 use super::fill::Budget;
-use crate::stats::Counters;
+use crate::stats::{Counters, Outcome};
 use crate::store::{Backend, Store};
 
 /// What every clone of one handle shares.
@@ -53,6 +53,12 @@ impl Engine {
     /// A reference that does not keep the engine alive (for tasks that end with it).
     pub(crate) fn downgrade(&self) -> Weak<Shared> {
         Arc::downgrade(&self.shared)
+    }
+
+    /// Count what one request came to (adapters count here, not in the counters).
+    #[inline]
+    pub(crate) fn count(&self, outcome: Outcome) {
+        self.shared.counters.count(outcome);
     }
 
     /// Which store answers now.

@@ -22,7 +22,7 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::clock;
 pub(crate) use usage::Usage;
@@ -247,11 +247,19 @@ impl Entry {
         }
     }
 
-    /// The headers a full answer from this entry starts from (see [`Template`]): a hit
-    /// clones a map that already has room for what it sets, instead of growing a copy of
-    /// the stored one.
-    pub(crate) fn answer_headers(&self) -> &HeaderMap {
-        &self.headers
+    /// The headers of a full answer from this entry: a copy of its map (see [`Template`])
+    /// with the cache's own headers set to `age`, `cache_status` and `x_cache`. The copy
+    /// is exact and the values replace slots, so nothing is hashed and nothing grows.
+    #[inline]
+    pub(crate) fn answer_headers(
+        &self,
+        age: HeaderValue,
+        cache_status: HeaderValue,
+        x_cache: HeaderValue,
+    ) -> HeaderMap {
+        let mut headers = self.headers.clone();
+        stored_headers::fill_slots(&mut headers, age, cache_status, x_cache);
+        headers
     }
 
     pub(crate) fn vary(&self) -> &Vary {

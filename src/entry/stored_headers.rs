@@ -1,6 +1,7 @@
 //! One header map per entry: the stored headers laid out as every full answer starts.
 //!
-//! A hit clones the map and writes two values into it; it never hashes a name or grows
+//! A hit clones the map and writes two values into it ([`Entry::answer_headers`](super::Entry::answer_headers)
+//! asks for it, this module alone knows where they go); it never hashes a name or grows
 //! the copy. The same map is what the entry stored: [`StoredHeaders`] reads it with the
 //! cache's own headers hidden, so the stored headers are not kept a second time.
 //!
@@ -101,6 +102,30 @@ impl Template {
     }
 }
 
+/// Write one answer's own headers into a copy of a finished template: `Age` and
+/// `Cache-Status` into the two slots it starts with, `X-Cache` only when it is not the
+/// `HIT` the template already says (no name is hashed for the slots).
+#[inline]
+pub(super) fn fill_slots(
+    map: &mut HeaderMap,
+    age: HeaderValue,
+    cache_status: HeaderValue,
+    x_cache: HeaderValue,
+) {
+    // Every entry's map is a finished template (the field is private to `entry`).
+    let mut slots = map.iter_mut();
+    if let (Some((age_name, age_slot)), Some((status_name, status_slot))) =
+        (slots.next(), slots.next())
+    {
+        debug_assert!(*age_name == AGE && *status_name == CACHE_STATUS);
+        *age_slot = age;
+        *status_slot = cache_status;
+    }
+    if x_cache != HIT {
+        map.insert(X_CACHE, x_cache);
+    }
+}
+
 /// The headers an [`Entry`](super::Entry) stored, as the origin sent them: without `Age`,
 /// `Cache-Status` and `X-Cache` (each answer sets its own). A view of the entry's one map (see the module docs); nothing is copied
 /// unless [`to_map`](Self::to_map) is asked for.
@@ -191,6 +216,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::entry::Entry;
+    use crate::headers::STALE;
 
     fn stored(headers: &[(&'static str, &'static str)], status: StatusCode) -> Entry {
         let mut map = HeaderMap::new();
@@ -202,6 +228,15 @@ mod tests {
             map,
             Bytes::from_static(b"body"),
             Duration::from_secs(1),
+        )
+    }
+
+    /// A plain hit's headers.
+    fn hit_headers(entry: &Entry) -> HeaderMap {
+        entry.answer_headers(
+            HeaderValue::from_static("7"),
+            HeaderValue::from_static("hit"),
+            HIT,
         )
     }
 
@@ -232,12 +267,19 @@ mod tests {
         }
         // The answer's map: the two slots first, `X-Cache: HIT` last, no length added (the
         // body's exact size says it).
-        let answer = entry.answer_headers();
+        let answer = hit_headers(&entry);
         let first: Vec<&str> = answer.keys().take(2).map(HeaderName::as_str).collect();
         assert_eq!(first, ["age", "cache-status"]);
         assert!(!answer.contains_key(CONTENT_LENGTH));
         assert_eq!(answer[X_CACHE], "HIT");
+        assert_eq!(answer[AGE], "7");
+        assert_eq!(answer[CACHE_STATUS], "hit");
         assert_eq!(answer.len(), 6);
+        // An answer that says otherwise replaces the template's `X-Cache`.
+        let stale = entry.answer_headers(answer[AGE].clone(), answer[CACHE_STATUS].clone(), STALE);
+        let x_cache: Vec<&HeaderValue> = stale.get_all(X_CACHE).iter().collect();
+        assert_eq!(x_cache, ["STALE"]);
+        assert_eq!(stale.len(), 6);
     }
 
     #[test]
@@ -245,8 +287,7 @@ mod tests {
         let with_length = stored(&[("content-length", "4")], StatusCode::OK);
         assert_eq!(with_length.headers().get(&CONTENT_LENGTH).unwrap(), "4");
         assert_eq!(
-            with_length
-                .answer_headers()
+            hit_headers(&with_length)
                 .get_all(CONTENT_LENGTH)
                 .iter()
                 .count(),
@@ -254,7 +295,7 @@ mod tests {
         );
         for status in [StatusCode::OK, StatusCode::NO_CONTENT] {
             let empty = stored(&[], status);
-            assert!(!empty.answer_headers().contains_key(CONTENT_LENGTH));
+            assert!(!hit_headers(&empty).contains_key(CONTENT_LENGTH));
             assert!(empty.headers().is_empty());
         }
     }
@@ -277,6 +318,6 @@ mod tests {
             weight(3) - weight(2),
             crate::entry::BUCKET_BYTES + "etag".len() + "\"v1\"".len()
         );
-        assert_eq!(stored(&[], StatusCode::OK).answer_headers().len(), 3);
+        assert_eq!(hit_headers(&stored(&[], StatusCode::OK)).len(), 3);
     }
 }

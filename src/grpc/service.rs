@@ -28,7 +28,7 @@ use crate::handle::CacheHandle;
 use crate::headers::{self, CacheStatusDetail, Forward, Waited, BYPASS, CACHE_STATUS, X_CACHE};
 use crate::key::Variant;
 use crate::service_macros::take_ready;
-use crate::stats::bump;
+use crate::stats::Outcome;
 use crate::store::Source;
 
 /// Caches the opted-in unary methods of `S`. Built by
@@ -83,7 +83,7 @@ impl<S> GrpcCacheService<S> {
             _ => return ResponseFuture::untouched(self.inner.call(request)),
         };
         if request::has_credentials(request.headers(), &config.keyed_metadata) {
-            bump!(config.handle.shared().counters, bypasses);
+            config.handle.engine().count(Outcome::Bypass);
             let status = headers::forward_status(Forward::Request, None, false);
             return ResponseFuture::bypass(self.inner.call(request), status);
         }
@@ -110,7 +110,7 @@ where
     let message = match request::read_message(body, config.max_request_size).await {
         Ok(message) => message,
         Err((body, reason)) => {
-            bump!(handle.shared().counters, bypasses);
+            handle.engine().count(Outcome::Bypass);
             let response = inner.call(Request::from_parts(parts, body)).await?;
             let status = headers::forward_status(
                 Forward::Request,
@@ -132,7 +132,7 @@ where
         ControlFlow::Break(response) => return Ok(response),
         ControlFlow::Continue(fetching) => fetching,
     };
-    bump!(handle.shared().counters, misses);
+    handle.engine().count(Outcome::Miss);
     let Fetching {
         visit: call,
         forward,
@@ -169,7 +169,7 @@ impl<B> engine::Lookup<Response<CacheBody<B>>> for Call {
     fn weigh(self, found: Found, waited: Waited) -> Weighed<Self, Response<CacheBody<B>>> {
         let forward = match found {
             Found::Hit(entry, source) if is_grpc_entry(&entry) => {
-                bump!(self.handle.shared().counters, hits);
+                self.handle.engine().count(Outcome::Hit);
                 let served = Served::hit(source, waited);
                 let fallback = source == Source::Fallback;
                 let headers = &self.parts.headers;

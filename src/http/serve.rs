@@ -37,7 +37,7 @@ use crate::engine::{Found, Ticket};
 use crate::entry::Entry;
 use crate::headers::{self, Forward, Waited, CACHE_STATUS, X_CACHE};
 use crate::key::Variant;
-use crate::stats::bump;
+use crate::stats::Outcome;
 use crate::store::Source;
 
 /// A stored entry the origin may validate instead of sending it again (an expired one,
@@ -100,7 +100,7 @@ where
         if only_if_cached {
             // RFC 9111 §5.2.1.7: nothing stored may answer, and the client forbids asking.
             release(leader);
-            bump!(config.handle.shared().counters, misses);
+            config.handle.engine().count(Outcome::Miss);
             return Ok(gateway_timeout(forward));
         }
         let fetch = Fetch {
@@ -125,8 +125,7 @@ where
             ..
         } = self;
         let handle = &config.handle;
-        let counters = &handle.shared().counters;
-        bump!(counters, misses);
+        handle.engine().count(Outcome::Miss);
         let ticket = handle.engine().ticket(fetch.leader.as_ref()).await;
         let is_head = parts.method == Method::HEAD;
         let request_headers = parts.headers.clone();
@@ -152,7 +151,7 @@ where
                 Err(failure) => {
                     tracing::debug!(key = %logical, origin = %failure, "origin failed; serving stale");
                     release(fetch.leader);
-                    bump!(counters, stale);
+                    handle.engine().count(Outcome::Stale);
                     let served = Served::StaleIfError;
                     let fallback = falling_back(handle.engine());
                     return Ok(answer_to(
@@ -265,7 +264,6 @@ where
         };
         let visit = &self.visit;
         let handle = &visit.config.handle;
-        let counters = &handle.shared().counters;
         // The lookup says where the entry was read: the store is not asked again.
         let served = |entry: &Entry, served, source| {
             let fallback = source == Source::Fallback;
@@ -273,11 +271,11 @@ where
         };
         let forward = match found {
             Found::Hit(entry, source) => {
-                bump!(counters, hits);
+                handle.engine().count(Outcome::Hit);
                 return served(&entry, Served::hit(source, waited), source);
             }
             Found::Stale(entry, source) if accepts_stale(directives, &entry) => {
-                bump!(counters, stale);
+                handle.engine().count(Outcome::Stale);
                 return served(&entry, Served::MaxStale, source);
             }
             // Never for an entry the request's `max-age` / `min-fresh` refused (RFC 9111
@@ -286,7 +284,7 @@ where
                 if entry.within_stale_while_revalidate(clock::now_millis())
                     && directives.is_none_or(|d| d.max_age.is_none() && d.min_fresh.is_none()) =>
             {
-                bump!(counters, stale);
+                handle.engine().count(Outcome::Stale);
                 let response = served(&entry, Served::StaleWhileRevalidate, source);
                 // One refresh per key: if a flight is in the air, it is the refresh.
                 if visit.parts.method != Method::HEAD {

@@ -22,7 +22,7 @@ use crate::headers::{self, CacheStatusDetail, Forward, Waited};
 use crate::key;
 use crate::policy::{BypassReason, Classified, RequestAction};
 use crate::service_macros::take_ready;
-use crate::stats::bump;
+use crate::stats::Outcome;
 use crate::store::Source;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -80,7 +80,6 @@ impl<S> CacheService<S> {
         ResB: Body<Data = Bytes> + Send + 'static,
         ResB::Error: Into<BoxError>,
     {
-        let counters = &self.config.handle.shared().counters;
         let (parts, body) = request.into_parts();
         let has_body = !body.is_end_stream();
         let Classified {
@@ -91,7 +90,7 @@ impl<S> CacheService<S> {
         } = self.config.policy.classify_request(&parts, has_body);
         match action {
             RequestAction::Bypass(reason) => {
-                bump!(counters, bypasses);
+                self.config.handle.engine().count(Outcome::Bypass);
                 let forward = match reason {
                     BypassReason::Method => Forward::Method,
                     BypassReason::Request => Forward::Request,
@@ -115,7 +114,7 @@ impl<S> CacheService<S> {
                 let revalidate = action == RequestAction::Revalidate;
                 let config = &self.config;
                 let Some(logical) = config.logical_key(&parts) else {
-                    bump!(counters, bypasses);
+                    self.config.handle.engine().count(Outcome::Bypass);
                     let status = headers::forward_status(Forward::Bypass, None, false);
                     let request = Request::from_parts(parts, body);
                     return ResponseFuture::bypass(self.inner.call(request), status);
@@ -135,7 +134,7 @@ impl<S> CacheService<S> {
                             .hit_now(&logical, hash, identity, &parts.headers, now)
                     });
                     if let Some((entry, source)) = hit {
-                        bump!(counters, hits);
+                        handle.engine().count(Outcome::Hit);
                         let fallback = source == Source::Fallback;
                         let served = match self.config.cache_status_detail {
                             // Said as it will be sent: the answer is not cut down later.

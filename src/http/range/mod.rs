@@ -43,7 +43,7 @@ use crate::future::ResponseFuture;
 use crate::headers::{self, Forward, Waited, CACHE_STATUS, CACHE_TAG, X_CACHE};
 use crate::http::config::Config;
 use crate::key::{self, Variant};
-use crate::stats::bump;
+use crate::stats::Outcome;
 use crate::store::Source;
 
 use self::spec::Selection;
@@ -66,9 +66,8 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    let counters = &config.handle.shared().counters;
     let Some(logical) = config.logical_key(&parts).map(std::borrow::Cow::into_owned) else {
-        bump!(counters, bypasses);
+        config.handle.engine().count(Outcome::Bypass);
         let status = headers::forward_status(Forward::Request, Some("range"), false);
         return ResponseFuture::bypass(inner.call(Request::from_parts(parts, body)), status);
     };
@@ -77,7 +76,6 @@ where
     let config = config.clone();
     ResponseFuture::cache(Box::pin(async move {
         let handle = &config.handle;
-        let counters = &handle.shared().counters;
         // The RFC 9111 preset's request directives (`no-cache` went to the origin already).
         let ranging = Ranging {
             parts,
@@ -98,7 +96,7 @@ where
             ControlFlow::Continue(fetching) => fetching,
         };
         debug_assert!(leader.is_none(), "a range leads no flight");
-        bump!(counters, misses);
+        handle.engine().count(Outcome::Miss);
         let fallback = crate::engine::falling_back(handle.engine());
         if directives.is_some_and(|d| d.only_if_cached) {
             // RFC 9111 §5.2.1.7: nothing stored may answer, and the client forbids asking.
@@ -144,7 +142,7 @@ impl<B> engine::Lookup<Response<CacheBody<B>>> for Ranging<B> {
                 if entry.status() == StatusCode::OK
                     && self.directives.is_none_or(|d| acceptable(&entry, &d)) =>
             {
-                bump!(self.config.handle.shared().counters, hits);
+                self.config.handle.engine().count(Outcome::Hit);
                 let (served, fallback) = (Served::hit(source, waited), source == Source::Fallback);
                 let full = answer(&entry, &self.parts, served, fallback);
                 return ControlFlow::Break(ranged(full, &entry, &self.parts.headers));
