@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, ETAG};
+use http::header::ETAG;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::Body;
 
@@ -153,9 +153,6 @@ impl Commit for Committer {
         let validatable = self.keep_expired
             || (!self.etag && headers.contains_key(ETAG))
             || headers.contains_key(http::header::LAST_MODIFIED);
-        if self.status != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
-            headers.insert(CONTENT_LENGTH, body.len().into());
-        }
         if self.etag && !headers.contains_key(ETAG) {
             let tag = format!("\"{:032x}\"", xxhash_rust::xxh3::xxh3_128(&body));
             headers.insert(

@@ -76,6 +76,42 @@ async fn entries_expire_after_the_ttl_and_age_counts_up() {
     assert_eq!(origin.calls(), 4);
 }
 
+/// A stored response keeps the headers the origin sent and no `Content-Length` it did not:
+/// the body of a full answer has an exact size, which a server writes the length from (one
+/// header fewer held per entry, one fewer copied per hit).
+#[tokio::test(start_paused = true)]
+async fn an_entry_holds_no_length_the_origin_did_not_send() {
+    let handle = CacheHandle::builder(MemoryStore::new())
+        .ttl(Duration::from_secs(60))
+        .build();
+    let origin = service_fn(|_: Req| async {
+        let mut response = Response::new(Full::new(Bytes::from(vec![b'x'; 4096])));
+        response
+            .headers_mut()
+            .insert("content-type", "text/plain".parse().unwrap());
+        Ok::<_, Infallible>(response)
+    });
+    let svc = CacheLayer::new(handle.clone()).layer_service(origin);
+    let miss = svc.clone().oneshot(req("/n")).await.unwrap();
+    assert_eq!(miss.headers()["x-cache"], "MISS");
+    body_text(miss.into_body()).await;
+    settle().await;
+    let hit = svc.clone().oneshot(req("/n")).await.unwrap();
+    assert_eq!(hit.headers()["x-cache"], "HIT");
+    assert!(
+        hit.headers().get("content-length").is_none(),
+        "{:?}",
+        hit.headers()
+    );
+    assert_eq!(hit.headers()["content-type"], "text/plain");
+    assert_eq!(hit.body().size_hint().exact(), Some(4096));
+    assert_eq!(body_text(hit.into_body()).await.len(), 4096);
+    let head = Request::head("/n").body(Full::default()).unwrap();
+    let head = svc.clone().oneshot(head).await.unwrap();
+    assert_eq!(head.headers()["x-cache"], "HIT");
+    assert_eq!(head.headers()["content-length"], "4096");
+}
+
 trait LayerService {
     fn layer_service<S>(&self, inner: S) -> tower_response_cache::CacheService<S>;
 }
