@@ -102,6 +102,10 @@ pub(crate) fn answer_at<B>(
 }
 
 /// The answer: `304` when `not_modified`, else the entry's status, headers and body.
+///
+/// What a plain hit runs is written out here; a `304`, a `HEAD` answer's length and the
+/// `Cache-Status` of answers other than hits are out of line (the code a hit runs stays in
+/// a few cache lines).
 fn build<B>(
     entry: &Entry,
     not_modified: bool,
@@ -111,29 +115,16 @@ fn build<B>(
     now: u64,
 ) -> Response<CacheBody<B>> {
     let age = headers::int_value(entry.age_secs(now));
-    let (status, x_cache) = cache_headers(entry, served, fallback, now);
+    let (status, x_cache) = match served {
+        Served::BriefHit => (headers::BRIEF_HIT, HIT),
+        Served::Hit { waited } => (
+            headers::hit_status(entry.remaining_secs(now), waited, fallback),
+            HIT,
+        ),
+        _ => cache_headers(entry, served, fallback, now),
+    };
     if not_modified {
-        let mut response = Response::new(CacheBody::cached(None, None));
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        let headers = response.headers_mut();
-        // RFC 9110 §15.4.5: the headers a 304 carries.
-        for name in [
-            CACHE_CONTROL,
-            CONTENT_LOCATION,
-            DATE,
-            ETAG,
-            EXPIRES,
-            VARY,
-            LAST_MODIFIED,
-        ] {
-            for value in entry.headers().get_all(&name) {
-                headers.append(name.clone(), value.clone());
-            }
-        }
-        headers.insert(AGE, age);
-        headers.insert(CACHE_STATUS, status);
-        headers.insert(X_CACHE, x_cache);
-        return response;
+        return not_modified_answer(entry, age, status, x_cache);
     }
     let (body, trailers) = match is_head {
         true => (None, None),
@@ -147,20 +138,57 @@ fn build<B>(
     );
     // The map `Response::new` made owns no memory: dropping it frees nothing.
     std::mem::forget(empty);
-    // A full answer's body has an exact size, from which the server writes its
-    // `Content-Length`; a `HEAD` answer has no body, so it says the length itself.
-    if is_head
-        && entry.status() != StatusCode::NO_CONTENT
-        && !response.headers().contains_key(CONTENT_LENGTH)
-    {
-        let length = headers::int_value(entry.body().len() as u64);
-        response.headers_mut().insert(CONTENT_LENGTH, length);
+    if is_head {
+        say_length(entry, response.headers_mut());
     }
     response
 }
 
-/// What an answer served as `served` says in `Cache-Status` and `X-Cache`.
-#[inline]
+/// A `HEAD` answer has no body, so it says the length a full answer's server writes from
+/// the body's exact size.
+#[cold]
+#[inline(never)]
+fn say_length(entry: &Entry, headers: &mut HeaderMap) {
+    if entry.status() != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
+        headers.insert(CONTENT_LENGTH, headers::int_value(entry.body().len() as u64));
+    }
+}
+
+/// A `304 Not Modified` for a client that holds the entry's version: the headers RFC 9110
+/// §15.4.5 lists, and the cache's own.
+#[cold]
+#[inline(never)]
+fn not_modified_answer<B>(
+    entry: &Entry,
+    age: HeaderValue,
+    status: HeaderValue,
+    x_cache: HeaderValue,
+) -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::cached(None, None));
+    *response.status_mut() = StatusCode::NOT_MODIFIED;
+    let headers = response.headers_mut();
+    for name in [
+        CACHE_CONTROL,
+        CONTENT_LOCATION,
+        DATE,
+        ETAG,
+        EXPIRES,
+        VARY,
+        LAST_MODIFIED,
+    ] {
+        for value in entry.headers().get_all(&name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(AGE, age);
+    headers.insert(CACHE_STATUS, status);
+    headers.insert(X_CACHE, x_cache);
+    response
+}
+
+/// What an answer served as `served` says in `Cache-Status` and `X-Cache` (hits aside,
+/// which `build` writes out).
+#[inline(never)]
 fn cache_headers(
     entry: &Entry,
     served: Served,

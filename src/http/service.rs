@@ -68,6 +68,10 @@ where
 
 impl<S> CacheService<S> {
     /// Answer a fresh memory hit here, or send the request on its way through the cache.
+    ///
+    /// Only the hit is written out in this function: every other way (a bypass, an unsafe
+    /// method, a range, a miss) is a call to [`forward`](Self::forward), kept out of line
+    /// so that the code a hit runs stays in a few cache lines.
     fn route<ReqB, ResB>(
         &mut self,
         request: Request<ReqB>,
@@ -82,12 +86,63 @@ impl<S> CacheService<S> {
     {
         let (parts, body) = request.into_parts();
         let has_body = !body.is_end_stream();
+        let classified = self.config.policy.classify_request(&parts, has_body);
+        if classified.action != RequestAction::Lookup || classified.directives.is_some() {
+            return self.forward(parts, body, classified);
+        }
+        let config = &self.config;
+        let Some(logical) = config.logical_key(&parts) else {
+            return self.forward(parts, body, classified);
+        };
+        // The keyed headers join the identity only when the request carries one.
+        let keyed = config.keying(classified.keyed);
+        let handle = &config.handle;
+        // Memory hits are answered here: no boxed future, no clone of the inner service
+        // (which stays ready, unused), and the identity compared from a reused buffer. One
+        // clock read for the lookup's freshness and the answer's `Age`.
+        let now = crate::clock::now_millis();
+        let hit = key::with_identity(&parts, keyed, |identity, hash| {
+            handle
+                .engine()
+                .hit_now(&logical, hash, identity, &parts.headers, now)
+        });
+        let Some((entry, source)) = hit else {
+            return self.forward(parts, body, classified);
+        };
+        handle.engine().count(Outcome::Hit);
+        let fallback = source == Source::Fallback;
+        let served = match config.cache_status_detail {
+            // Said as it will be sent: the answer is not cut down later.
+            CacheStatusDetail::Brief => Served::BriefHit,
+            _ => Served::hit(source, Waited::No),
+        };
+        let response = answer_at(&entry, &parts, served, fallback, classified.conditional, now);
+        ResponseFuture::ready(response)
+    }
+
+    /// Everything but a memory hit: around the cache, through it to the origin, or to the
+    /// range, unsafe-method and lookup protocols.
+    #[inline(never)]
+    fn forward<ReqB, ResB>(
+        &mut self,
+        parts: http::request::Parts,
+        body: ReqB,
+        classified: Classified,
+    ) -> ResponseFuture<S::Future, ResB, S::Error>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqB: Body + Send + 'static,
+        ResB: Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Into<BoxError>,
+    {
         let Classified {
             action,
             keyed,
-            conditional,
+            conditional: _,
             directives,
-        } = self.config.policy.classify_request(&parts, has_body);
+        } = classified;
         match action {
             RequestAction::Bypass(reason) => {
                 self.config.handle.engine().count(Outcome::Bypass);
@@ -121,31 +176,6 @@ impl<S> CacheService<S> {
                 };
                 // The keyed headers join the identity only when the request carries one.
                 let keyed = config.keying(keyed);
-                let handle = &config.handle;
-                // Memory hits are answered here: no boxed future, no clone of the inner
-                // service (which stays ready, unused), and the identity compared from a
-                // reused buffer.
-                if !revalidate && directives.is_none() {
-                    // One clock read for the lookup's freshness and the answer's `Age`.
-                    let now = crate::clock::now_millis();
-                    let hit = key::with_identity(&parts, keyed, |identity, hash| {
-                        handle
-                            .engine()
-                            .hit_now(&logical, hash, identity, &parts.headers, now)
-                    });
-                    if let Some((entry, source)) = hit {
-                        handle.engine().count(Outcome::Hit);
-                        let fallback = source == Source::Fallback;
-                        let served = match self.config.cache_status_detail {
-                            // Said as it will be sent: the answer is not cut down later.
-                            CacheStatusDetail::Brief => Served::BriefHit,
-                            _ => Served::hit(source, Waited::No),
-                        };
-                        let response =
-                            answer_at(&entry, &parts, served, fallback, conditional, now);
-                        return ResponseFuture::ready(response);
-                    }
-                }
                 let variant = key::variant(&parts, keyed);
                 let logical = logical.into_owned();
                 let config = self.config.clone();
