@@ -18,8 +18,10 @@
 //! The thread ends when the store is dropped: the store's drop signals it (without waiting
 //! for it, since the last reference may go on that very thread), it runs the store's last
 //! words for at most [`LAST_WORDS`], and drops its runtime, which cancels every task left.
-//! A hit from memory or the near cache never touches it. (A Redis call may be answered
-//! through a connection a task here opened: that connection's driver runs here.)
+//! A hit from memory or the near cache never touches it, and a request's Redis call does
+//! not either: the tasks here call Redis on a connection of their own
+//! (`Lane::Background` in `redis/lane.rs`), so the one requests use is opened, and
+//! driven, on a request's runtime.
 
 use std::future::Future;
 use std::pin::Pin;

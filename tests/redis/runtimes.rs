@@ -15,7 +15,7 @@ use crate::support::stack::blocking;
 use crate::support::{eventually, IdleRuntime};
 use crate::two_process::slow_proxy;
 use bytes::Bytes;
-use tower_response_cache::coordination::Coordination;
+use tower_response_cache::coordination::{Coordination, StoreEvent};
 use tower_response_cache::{Backend, CacheHandle, Entry, FallbackStore, MemoryStore, Pattern};
 use tower_response_cache::{RedisStore, RedisStoreBuilder, Store, StoreKey};
 
@@ -323,4 +323,61 @@ async fn a_fallback_store_built_on_a_dropped_runtime_replays_what_it_queued() {
     })
     .await;
     assert!(closed, "B's circuit never closed");
+}
+
+/// The store's own tasks have a connection of their own: a listener slow to take an
+/// invalidation in (it runs on the store's thread, as every task of the store does) never
+/// holds up a request's Redis call. The request connection is opened by the first request,
+/// on the request's runtime, not by the store's tasks, which call Redis from the moment
+/// the store is built (the channel's catch-up, the `maxmemory` check).
+#[tokio::test]
+async fn a_slow_listener_never_holds_up_a_request() {
+    let server = RedisServer::start();
+    let publisher = RedisStore::builder(server.url()).build().unwrap();
+    let store = RedisStore::builder(server.url())
+        .deadline(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let blocked = Arc::new(AtomicUsize::new(0));
+    let seen = blocked.clone();
+    store.set_listener(Arc::new(move |event: &StoreEvent| {
+        if matches!(event, StoreEvent::Remote { .. }) {
+            seen.fetch_add(1, Ordering::SeqCst);
+            // Blocks the store's thread, as applying a large invalidation would.
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }));
+    // Both listen, and the store's tasks have called Redis (the catch-up follows the
+    // subscription).
+    let listening = eventually(Duration::from_secs(10), || async {
+        subscribers(&server) == 2
+    })
+    .await;
+    assert!(listening, "the stores never subscribed");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let heard = eventually(Duration::from_secs(10), || async {
+        publisher
+            .invalidate("t", &Pattern::new("/elsewhere*"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        blocked.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    assert!(heard, "the invalidation never reached the listener");
+    // The store's thread sleeps in the listener now: a request still reads Redis.
+    for _ in 0..5 {
+        let key = StoreKey {
+            namespace: "t",
+            logical: "/page",
+            variant: 0,
+        };
+        let started = Instant::now();
+        let read = store.get(key).await;
+        assert!(
+            matches!(read, Ok(None)),
+            "a request's Redis call waited for the store's thread: {read:?} after {:?}",
+            started.elapsed()
+        );
+    }
 }

@@ -229,8 +229,9 @@ impl RedisStoreBuilder {
             connect: self.connect_timeout,
         };
         let mut sentinel = None;
-        let (connection, invalidations, subscriber) = match &self.target {
+        let (connection, invalidations, tasks, subscriber) = match &self.target {
             Target::Single(url) => (
+                Connection::single(url, &timeouts),
                 Connection::single(url, &timeouts),
                 Connection::single(url, &timeouts),
                 Subscriber::Plain(redis::Client::open(url.as_str()).map_err(invalid)?),
@@ -255,6 +256,7 @@ impl RedisStoreBuilder {
                 (
                     Ok(Connection::Sentinel(link.clone(), Lane::Data)),
                     Ok(Connection::Sentinel(link.clone(), Lane::Invalidations)),
+                    Ok(Connection::Sentinel(link.clone(), Lane::Background)),
                     Subscriber::Sentinel(link),
                 )
             }
@@ -266,6 +268,7 @@ impl RedisStoreBuilder {
             Target::Cluster(seeds) => (
                 Connection::cluster(seeds, &timeouts),
                 Connection::cluster(seeds, &timeouts),
+                Connection::cluster(seeds, &timeouts),
                 Subscriber::Sharded {
                     seeds: seeds.clone(),
                     connect: self.connect_timeout.max(Duration::from_secs(1)),
@@ -274,6 +277,7 @@ impl RedisStoreBuilder {
         };
         let connection = connection.map_err(invalid)?;
         let invalidations = invalidations.map_err(invalid)?;
+        let tasks = tasks.map_err(invalid)?;
         let origin = rand_u64();
         let layout = connection.layout();
         let near = self
@@ -281,8 +285,7 @@ impl RedisStoreBuilder {
             .map(|(lease, max_bytes)| Near::new(lease, max_bytes, layout.process_channel(origin)));
         let inner = Arc::new(Inner {
             calls: Calls::new(
-                connection,
-                invalidations,
+                [connection, invalidations, tasks],
                 self.durability,
                 self.deadline,
                 self.scan_deadline,

@@ -237,6 +237,15 @@ impl RedisStore {
         }
     }
 
+    /// A handle on `inner` for the store's own tasks: its calls go on their lane (see
+    /// [`Lane::Background`]), whose connection is driven on the store's thread.
+    pub(crate) fn for_tasks(inner: Arc<Inner>) -> RedisStore {
+        RedisStore {
+            lane: Lane::Background,
+            ..RedisStore::from_inner(inner)
+        }
+    }
+
     /// A call on this handle's lane (see `call.rs`).
     pub(super) async fn query<T: redis::FromRedisValue>(
         &self,

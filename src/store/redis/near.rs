@@ -329,7 +329,7 @@ impl RedisStore {
 impl Drop for Inner {
     fn drop(&mut self) {
         let Some(near) = &self.near else { return };
-        let connection = self.calls.connection(super::lane::Lane::Data).clone();
+        let connection = self.calls.connection(super::lane::Lane::Background).clone();
         let cmd = redis::cmd("ZREM")
             .arg(self.entries.layout.leases_key())
             .arg(&near.member)
@@ -359,7 +359,7 @@ pub(crate) async fn heartbeat(store: Weak<Inner>) {
     loop {
         ticker.tick().await;
         let Some(inner) = store.upgrade() else { return };
-        let store = RedisStore::from_inner(inner);
+        let store = RedisStore::for_tasks(inner);
         let Some(near) = store.inner.near.as_ref() else {
             return;
         };
