@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::background::Background;
 use super::primary::Primary;
 use super::redis::RedisStore;
 use super::{
@@ -130,6 +131,9 @@ struct Inner<P> {
     openings: AtomicU64,
     /// Wakes the probe before its next tick: an invalidation was queued while open.
     wake: Arc<Notify>,
+    /// The thread the probe runs on (see `store/background.rs`); `None` when none could be
+    /// started, and the probe runs on the runtime that built the store.
+    background: Option<Background>,
 }
 
 impl<P: Primary> FallbackStoreBuilder<P> {
@@ -161,8 +165,18 @@ impl<P: Primary> FallbackStoreBuilder<P> {
     }
 
     /// Build the store: one `PING` decides whether to start on Redis or, at once, on
-    /// memory. Never fails. Must be called within a Tokio runtime.
+    /// memory. Never fails. Must be awaited within a Tokio runtime; the probe runs on a
+    /// thread of the store's own, which ends when the store is dropped, so that runtime may
+    /// be dropped or no longer polled once the store is built.
     pub async fn build(self) -> FallbackStore<P> {
+        // The runtime awaiting this may go long before the store (a `block_on` at startup):
+        // the probe, which replays queued invalidations and closes the circuit, must not go
+        // with it.
+        let background = Background::start("trc-fallback")
+            .map_err(|error| {
+                tracing::warn!(%error, "could not start the fallback store's thread: its probe runs on this runtime");
+            })
+            .ok();
         let inner = Arc::new(Inner {
             primary: self.primary,
             memory: self.memory,
@@ -178,6 +192,7 @@ impl<P: Primary> FallbackStoreBuilder<P> {
             listener: Mutex::new(None),
             openings: AtomicU64::new(0),
             wake: Arc::new(Notify::new()),
+            background,
         });
         match inner.primary.run_id().await {
             Ok(run_id) => *lock(&inner.run_id) = Some(run_id),
@@ -220,7 +235,10 @@ impl<P: Primary> FallbackStoreBuilder<P> {
                 inner.failed(error);
             }
         }));
-        tokio::spawn(probe(Arc::downgrade(&inner)));
+        match &inner.background {
+            Some(background) => background.spawn(probe(Arc::downgrade(&inner))),
+            None => drop(tokio::spawn(probe(Arc::downgrade(&inner)))),
+        }
         FallbackStore { inner }
     }
 }
@@ -813,5 +831,33 @@ impl<P: Primary> std::fmt::Debug for FallbackStoreBuilder<P> {
             .field("probe_interval", &self.probe_interval)
             .field("mode", &self.mode)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::background::ends_within;
+
+    /// The probe runs (and fails: nothing listens on port 1) on the store's own thread,
+    /// which ends once the store is dropped, even while a probe is under way.
+    #[tokio::test]
+    async fn a_dropped_fallback_store_leaves_no_thread_behind() {
+        let redis = RedisStore::builder("redis://127.0.0.1:1/").build().unwrap();
+        let store = FallbackStore::builder(redis, MemoryStore::new())
+            .probe_interval(Duration::from_millis(10))
+            .build()
+            .await;
+        let background = store.inner.background.as_ref();
+        let thread = background.expect("a thread of its own").take_thread();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!thread.is_finished(), "the probe's thread ended under it");
+        drop(store);
+        let ended =
+            tokio::task::spawn_blocking(move || ends_within(&thread, Duration::from_secs(5)));
+        assert!(
+            ended.await.unwrap(),
+            "the probe's thread outlived its store"
+        );
     }
 }

@@ -26,6 +26,8 @@ use crate::pattern::Pattern;
 /// theirs, and a longer one is not read.
 pub(crate) const MAX_NAMESPACE: usize = 4096;
 
+#[cfg(feature = "redis")]
+mod background;
 mod coordination;
 #[cfg(feature = "redis")]
 mod fallback;

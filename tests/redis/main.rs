@@ -20,6 +20,7 @@ mod maxmemory;
 mod near;
 mod near_processes;
 mod near_store;
+mod runtimes;
 mod sentinel;
 mod soft;
 mod store;

@@ -56,7 +56,7 @@ impl Instance {
 /// A TCP proxy in front of Redis that holds every reply for `delay`, except on connections
 /// that subscribed to a channel: through it, a store's calls all miss their deadline (so it
 /// falls back to memory) while its pub/sub subscription works. A slow Redis, in short.
-async fn slow_proxy(redis_port: u16, delay: Duration) -> u16 {
+pub(crate) async fn slow_proxy(redis_port: u16, delay: Duration) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {

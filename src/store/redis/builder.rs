@@ -3,9 +3,10 @@
 //! Building is where the parts meet once: the connections go to [`Calls`], the layout the
 //! connection implies to [`Entries`], [`Generations`] and the [`Channel`], and the tasks
 //! that keep the store alive (the channel's listener, the `maxmemory` check, the near
-//! cache's heartbeat, the Sentinel watch) start with a weak reference, so dropping the last
-//! handle stops them. Kept apart from `mod.rs` so the store's type and its trait impls read
-//! without the builder's settings in between.
+//! cache's heartbeat, the Sentinel watch) start with a weak reference on the store's own
+//! thread ([`Background`]), whose runtime goes when the last handle is dropped. Kept apart
+//! from `mod.rs` so the store's type and its trait impls read without the builder's
+//! settings in between.
 
 // The store's own vocabulary (its imports, scripts and helpers).
 use super::*;
@@ -206,9 +207,19 @@ impl RedisStoreBuilder {
     }
 
     /// Build the store. Connects lazily: an unreachable Redis is not an error here, only
-    /// an invalid URL is. Must be called within a Tokio runtime (it starts the task that
-    /// listens for other processes' invalidations).
+    /// an invalid URL is (or a thread that cannot be started). The tasks that keep the
+    /// store alive (the listener for other processes' invalidations, the near cache's
+    /// heartbeat) run on a thread of the store's own, which ends when the store is dropped:
+    /// it may be built outside any runtime, or on one that is later dropped or no longer
+    /// polled, and used from any other.
     pub fn build(self) -> Result<RedisStore, StoreError> {
+        // Whichever runtime builds the store, if any, may go long before the store: what
+        // the store starts runs on a runtime of its own (see `store/background.rs`), the
+        // connection manager's helper task included.
+        let background = Background::start("trc-redis")
+            .map_err(|e| StoreError::new("could not start the Redis store's thread", e))?;
+        let runtime = background.runtime().clone();
+        let _started_there = runtime.enter();
         let invalid = |e| StoreError::new("invalid Redis URL", e);
         let timeouts = Timeouts {
             // A `WAIT` for replicas must not be cut short by the connection's own timeout.
@@ -218,8 +229,9 @@ impl RedisStoreBuilder {
             connect: self.connect_timeout,
         };
         let mut sentinel = None;
-        let (connection, invalidations, subscriber) = match &self.target {
+        let (connection, invalidations, tasks, subscriber) = match &self.target {
             Target::Single(url) => (
+                Connection::single(url, &timeouts),
                 Connection::single(url, &timeouts),
                 Connection::single(url, &timeouts),
                 Subscriber::Plain(redis::Client::open(url.as_str()).map_err(invalid)?),
@@ -244,6 +256,7 @@ impl RedisStoreBuilder {
                 (
                     Ok(Connection::Sentinel(link.clone(), Lane::Data)),
                     Ok(Connection::Sentinel(link.clone(), Lane::Invalidations)),
+                    Ok(Connection::Sentinel(link.clone(), Lane::Background)),
                     Subscriber::Sentinel(link),
                 )
             }
@@ -255,6 +268,7 @@ impl RedisStoreBuilder {
             Target::Cluster(seeds) => (
                 Connection::cluster(seeds, &timeouts),
                 Connection::cluster(seeds, &timeouts),
+                Connection::cluster(seeds, &timeouts),
                 Subscriber::Sharded {
                     seeds: seeds.clone(),
                     connect: self.connect_timeout.max(Duration::from_secs(1)),
@@ -263,6 +277,7 @@ impl RedisStoreBuilder {
         };
         let connection = connection.map_err(invalid)?;
         let invalidations = invalidations.map_err(invalid)?;
+        let tasks = tasks.map_err(invalid)?;
         let origin = rand_u64();
         let layout = connection.layout();
         let near = self
@@ -270,8 +285,7 @@ impl RedisStoreBuilder {
             .map(|(lease, max_bytes)| Near::new(lease, max_bytes, layout.process_channel(origin)));
         let inner = Arc::new(Inner {
             calls: Calls::new(
-                connection,
-                invalidations,
+                [connection, invalidations, tasks],
                 self.durability,
                 self.deadline,
                 self.scan_deadline,
@@ -283,11 +297,13 @@ impl RedisStoreBuilder {
             leases: lease::Leases::new(),
             fleet: fleet::Fleet::new(self.fleet),
             near,
+            background,
         });
-        tokio::spawn(channel::listen(Arc::downgrade(&inner)));
-        tokio::spawn(maxmemory::check(Arc::downgrade(&inner)));
+        let background = &inner.background;
+        background.spawn(channel::listen(Arc::downgrade(&inner)));
+        background.spawn(maxmemory::check(Arc::downgrade(&inner)));
         if inner.near.is_some() {
-            tokio::spawn(near::heartbeat(Arc::downgrade(&inner)));
+            background.spawn(near::heartbeat(Arc::downgrade(&inner)));
         }
         if let Some(link) = sentinel {
             // A new primary is a new data set: counted as a lost connection, like a
@@ -304,8 +320,36 @@ impl RedisStoreBuilder {
                     );
                 }
             }));
-            tokio::spawn(sentinel::watch(Arc::downgrade(&link)));
+            background.spawn(sentinel::watch(Arc::downgrade(&link)));
         }
         Ok(RedisStore::from_inner(inner))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::background::ends_within;
+
+    /// Built outside any runtime, its tasks running (and failing: nothing listens on port
+    /// 1), a store's thread ends once the store is dropped: no thread is left behind per
+    /// store, whichever thread drops the last handle (here maybe a task on that thread).
+    #[test]
+    fn a_dropped_store_leaves_no_thread_behind() {
+        for near in [false, true] {
+            let mut builder = RedisStore::builder("redis://127.0.0.1:1/");
+            if near {
+                builder = builder.near_cache(Duration::from_millis(20), 1 << 20);
+            }
+            let store = builder.build().unwrap();
+            let thread = store.inner.background.take_thread();
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(!thread.is_finished(), "the store's thread ended under it");
+            drop(store);
+            assert!(
+                ends_within(&thread, Duration::from_secs(5)),
+                "the thread outlived its store (near cache: {near})"
+            );
+        }
     }
 }

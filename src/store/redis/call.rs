@@ -34,6 +34,8 @@ pub(crate) struct Calls {
     data: Connection,
     /// The connection invalidations are sent on (see `durable.rs`).
     invalidations: Connection,
+    /// The connection of the store's own tasks (see [`Lane::Background`]).
+    background: Connection,
     /// Whether an invalidation waits for replicas (its lane's calls may queue behind that).
     durability: Durability,
     /// Deadline of each call on the request path.
@@ -42,8 +44,8 @@ pub(crate) struct Calls {
     pub(crate) scan_deadline: Duration,
     /// Told of every error of a call no caller hears of.
     errors: Mutex<Option<ErrorSink>>,
-    /// Calls in a row that ran out of time, per lane (`Data`, `Invalidations`).
-    silent: [AtomicU32; 2],
+    /// Calls in a row that ran out of time, per lane (by [`Lane::index`]).
+    silent: [AtomicU32; 3],
 }
 
 /// Calls in a row on one lane that run out of time before its connection is renewed
@@ -53,8 +55,7 @@ const SILENT_CALLS_BEFORE_RENEWAL: u32 = 3;
 
 impl Calls {
     pub(crate) fn new(
-        data: Connection,
-        invalidations: Connection,
+        [data, invalidations, background]: [Connection; 3],
         durability: Durability,
         deadline: Duration,
         scan_deadline: Duration,
@@ -62,11 +63,12 @@ impl Calls {
         Calls {
             data,
             invalidations,
+            background,
             durability,
             deadline,
             scan_deadline,
             errors: Mutex::new(None),
-            silent: [AtomicU32::new(0), AtomicU32::new(0)],
+            silent: Default::default(),
         }
     }
 
@@ -80,6 +82,7 @@ impl Calls {
         match lane {
             Lane::Data => &self.data,
             Lane::Invalidations => &self.invalidations,
+            Lane::Background => &self.background,
         }
     }
 
@@ -168,7 +171,7 @@ impl Calls {
     /// `WAIT` for replicas (see `durable.rs`): its deadline includes that wait.
     pub(crate) fn lane_deadline(&self, lane: Lane, deadline: Duration) -> Duration {
         match lane {
-            Lane::Data => deadline,
+            Lane::Data | Lane::Background => deadline,
             Lane::Invalidations => deadline + self.durability.timeout(),
         }
     }
@@ -192,10 +195,7 @@ impl Calls {
         deadline: Duration,
         call: impl std::future::Future<Output = T>,
     ) -> Result<T, StoreError> {
-        let silent = &self.silent[match lane {
-            Lane::Data => 0,
-            Lane::Invalidations => 1,
-        }];
+        let silent = &self.silent[lane.index()];
         match tokio::time::timeout(deadline, call).await {
             Ok(answer) => {
                 silent.store(0, Ordering::Relaxed);
@@ -258,8 +258,7 @@ mod tests {
     fn calls_to(url: &str, durability: Durability) -> Calls {
         let connection = || Connection::single(url, &TIMEOUTS).unwrap();
         Calls::new(
-            connection(),
-            connection(),
+            [connection(), connection(), connection()],
             durability,
             Duration::from_millis(50),
             Duration::from_secs(2),

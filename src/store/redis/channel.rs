@@ -203,7 +203,7 @@ pub(crate) async fn listen(store: Weak<Inner>) {
         // Catch up with invalidations made before we listened, so our writes are not
         // refused for carrying an old generation.
         if let Some(inner) = store.upgrade() {
-            RedisStore::from_inner(inner).catch_up_generation().await;
+            RedisStore::for_tasks(inner).catch_up_generation().await;
         }
         if connected_before {
             if let Some(inner) = store.upgrade() {
@@ -281,7 +281,7 @@ fn heard_invalidation(inner: Arc<Inner>, payload: &[u8]) {
         }
         Heard::Invalidation(message) => message,
     };
-    let store = RedisStore::from_inner(inner);
+    let store = RedisStore::for_tasks(inner);
     // The generation is a claim, not a fact: see `RedisStore::heard`.
     store.heard(message.generation);
     let (origin, ack) = (message.origin, message.ack);

@@ -47,7 +47,7 @@ pub(crate) async fn check(store: Weak<Inner>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let Some(inner) = store.upgrade() else { return };
-        let store = RedisStore::from_inner(inner);
+        let store = RedisStore::for_tasks(inner);
         let Ok(nodes) = store.primaries(store.inner.calls.scan_deadline).await else {
             continue;
         };

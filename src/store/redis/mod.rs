@@ -13,6 +13,7 @@
 //! | `Leases` | `lease.rs` | acknowledgements awaited, the longest lease seen, the lease-set script |
 //! | `Fleet` | `fleet.rs` | the fleet-wide flight's lease and scripts |
 //! | `Near` | `near.rs` | the near cache (L1), when on |
+//! | `Background` | `../background.rs` | the thread and runtime the store's own tasks run on |
 //!
 //! A rule that needs one part's state is a method of that part, and is tested with it
 //! alone (the token's ordering, a message's parse, a call's deadline). What needs several
@@ -27,6 +28,7 @@ use std::time::Duration;
 use futures_util::future::try_join_all;
 use redis::Script;
 
+use super::background::Background;
 use super::{
     Backend, Coordination, FleetEnd, FleetLease, FleetTurn, Invalidation, InvalidationListener,
     Primary, Source, Store, StoreError, StoreFuture, StoreKey, StoreStats, VariantRead, Variants,
@@ -179,6 +181,8 @@ pub(crate) struct Inner {
     fleet: fleet::Fleet,
     /// The near cache, when on (see `near.rs`).
     near: Option<Near>,
+    /// The thread the tasks that keep the store alive run on (see `store/background.rs`).
+    background: Background,
 }
 
 impl RedisStore {
@@ -230,6 +234,15 @@ impl RedisStore {
             inner,
             lane: Lane::Data,
             waits: true,
+        }
+    }
+
+    /// A handle on `inner` for the store's own tasks: its calls go on their lane (see
+    /// [`Lane::Background`]), whose connection is driven on the store's thread.
+    pub(crate) fn for_tasks(inner: Arc<Inner>) -> RedisStore {
+        RedisStore {
+            lane: Lane::Background,
+            ..RedisStore::from_inner(inner)
         }
     }
 

@@ -322,26 +322,24 @@ impl RedisStore {
     }
 }
 
-/// A store dropped within a runtime withdraws its advertisement (best effort): its near
+/// A dropped store withdraws its advertisement (best effort), as the last words of its
+/// thread (`store/background.rs`), whether or not it is dropped within a runtime: its near
 /// cache is gone with it, and other processes' invalidations need not wait for its lease
 /// for the 30 s the advertisement would otherwise live.
 impl Drop for Inner {
     fn drop(&mut self) {
-        let (Some(near), Ok(runtime)) = (&self.near, tokio::runtime::Handle::try_current()) else {
-            return;
-        };
-        let connection = self.calls.connection(super::lane::Lane::Data).clone();
+        let Some(near) = &self.near else { return };
+        let connection = self.calls.connection(super::lane::Lane::Background).clone();
         let cmd = redis::cmd("ZREM")
             .arg(self.entries.layout.leases_key())
             .arg(&near.member)
             .clone();
-        runtime.spawn(async move {
+        self.background.stop_after(async move {
             let withdrawn = async {
                 let mut connected = connection.connected().await?;
                 cmd.query_async::<i64>(&mut connected).await
             };
-            let outcome = tokio::time::timeout(Duration::from_secs(1), withdrawn).await;
-            if !matches!(outcome, Ok(Ok(_))) {
+            if withdrawn.await.is_err() {
                 tracing::debug!("could not withdraw the near-cache advertisement");
             }
         });
@@ -361,7 +359,7 @@ pub(crate) async fn heartbeat(store: Weak<Inner>) {
     loop {
         ticker.tick().await;
         let Some(inner) = store.upgrade() else { return };
-        let store = RedisStore::from_inner(inner);
+        let store = RedisStore::for_tasks(inner);
         let Some(near) = store.inner.near.as_ref() else {
             return;
         };

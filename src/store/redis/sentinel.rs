@@ -39,16 +39,13 @@ pub(crate) type MovedSink = Arc<dyn Fn(&str) + Send + Sync>;
 struct Resolved {
     address: String,
     client: redis::Client,
-    data: ConnectionManager,
-    invalidations: ConnectionManager,
+    /// One connection per lane (by [`Lane::index`]).
+    lanes: [ConnectionManager; 3],
 }
 
 impl Resolved {
     fn connection(&self, lane: Lane) -> ConnectionManager {
-        match lane {
-            Lane::Data => self.data.clone(),
-            Lane::Invalidations => self.invalidations.clone(),
-        }
+        self.lanes[lane.index()].clone()
     }
 }
 
@@ -166,10 +163,7 @@ impl SentinelLink {
                 primary.client.clone(),
                 self.config.clone(),
             ) {
-                Ok(manager) => match lane {
-                    Lane::Data => primary.data = manager,
-                    Lane::Invalidations => primary.invalidations = manager,
-                },
+                Ok(manager) => primary.lanes[lane.index()] = manager,
                 Err(error) => tracing::debug!(%error, "renewing the Redis connection failed"),
             }
         }
@@ -229,15 +223,13 @@ impl SentinelLink {
         if same {
             return Ok(());
         }
-        let data = ConnectionManager::new_lazy_with_config(client.clone(), self.config.clone())?;
-        let invalidations =
-            ConnectionManager::new_lazy_with_config(client.clone(), self.config.clone())?;
+        let lane = || ConnectionManager::new_lazy_with_config(client.clone(), self.config.clone());
+        let lanes = [lane()?, lane()?, lane()?];
         let previous = lock(&self.last).replace(address.clone());
         *lock(&self.primary) = Some(Resolved {
             address: address.clone(),
             client,
-            data,
-            invalidations,
+            lanes,
         });
         match previous {
             Some(previous) if previous != address => {
