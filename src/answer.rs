@@ -150,7 +150,10 @@ fn build<B>(
 #[inline(never)]
 fn say_length(entry: &Entry, headers: &mut HeaderMap) {
     if entry.status() != StatusCode::NO_CONTENT && !headers.contains_key(CONTENT_LENGTH) {
-        headers.insert(CONTENT_LENGTH, headers::int_value(entry.body().len() as u64));
+        headers.insert(
+            CONTENT_LENGTH,
+            headers::int_value(entry.body().len() as u64),
+        );
     }
 }
 

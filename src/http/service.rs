@@ -116,7 +116,14 @@ impl<S> CacheService<S> {
             CacheStatusDetail::Brief => Served::BriefHit,
             _ => Served::hit(source, Waited::No),
         };
-        let response = answer_at(&entry, &parts, served, fallback, classified.conditional, now);
+        let response = answer_at(
+            &entry,
+            &parts,
+            served,
+            fallback,
+            classified.conditional,
+            now,
+        );
         ResponseFuture::ready(response)
     }
 
