@@ -23,6 +23,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::config_error::ConfigError;
 use crate::handle::CacheHandle;
 use crate::store::{FallbackMode, MemoryStore};
 
@@ -107,26 +108,6 @@ pub struct CacheConfig {
     /// `RedisStoreBuilder::fleet_single_flight`).
     pub fleet_lease: Option<Duration>,
 }
-
-/// A configuration variable had a value that could not be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    variable: &'static str,
-    value: String,
-    expected: &'static str,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid value {:?} for {}: expected {}",
-            self.value, self.variable, self.expected
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 impl Default for CacheConfig {
     fn default() -> Self {
@@ -525,22 +506,6 @@ fn cluster_nodes(list: &str, password: Option<String>) -> Option<Vec<String>> {
 
 fn invalid(variable: &'static str, value: String, expected: &'static str) -> ConfigError {
     ConfigError::invalid(variable, value, expected)
-}
-
-impl ConfigError {
-    pub(crate) fn invalid(variable: &'static str, value: String, expected: &'static str) -> Self {
-        ConfigError {
-            variable,
-            value,
-            expected,
-        }
-    }
-
-    /// The variable (or, for a setting made in code, the variable that sets it) whose value
-    /// could not be used.
-    pub fn variable(&self) -> &'static str {
-        self.variable
-    }
 }
 
 fn parse<T: std::str::FromStr>(

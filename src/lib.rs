@@ -156,6 +156,7 @@ mod body;
 mod cache_control;
 mod clock;
 mod config;
+mod config_error;
 mod engine;
 mod entry;
 mod future;
@@ -184,7 +185,9 @@ pub use crate::http::{CacheLayer, CacheService};
 #[doc(inline)]
 pub use body::{BoxError, CacheBody};
 #[doc(inline)]
-pub use config::{CacheConfig, ConfigError};
+pub use config::CacheConfig;
+#[doc(inline)]
+pub use config_error::ConfigError;
 #[doc(inline)]
 pub use entry::{DecodeError, Entry, StoredHeaders};
 #[doc(inline)]

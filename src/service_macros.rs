@@ -8,7 +8,7 @@
 macro_rules! inner_service_accessors {
     () => {
         /// The handle this service caches into.
-        pub fn handle(&self) -> &crate::CacheHandle {
+        pub fn handle(&self) -> &crate::handle::CacheHandle {
             &self.config.handle
         }
 
@@ -34,9 +34,9 @@ pub(crate) use inner_service_accessors;
 /// readiness and error, the answer's body wrapped in [`CacheBody`](crate::CacheBody).
 macro_rules! cache_service_types {
     ($body:ty) => {
-        type Response = http::Response<crate::CacheBody<$body>>;
+        type Response = http::Response<crate::body::CacheBody<$body>>;
         type Error = S::Error;
-        type Future = crate::ResponseFuture<S::Future, $body, S::Error>;
+        type Future = crate::future::ResponseFuture<S::Future, $body, S::Error>;
 
         fn poll_ready(
             &mut self,
@@ -54,7 +54,7 @@ macro_rules! layer_impls {
     ($layer:ident, $service:ident, $doc:literal) => {
         impl<S> $service<S> {
             #[doc = $doc]
-            pub fn layer(handle: crate::CacheHandle) -> $layer {
+            pub fn layer(handle: crate::handle::CacheHandle) -> $layer {
                 $layer::new(handle)
             }
         }

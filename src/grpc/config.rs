@@ -16,5 +16,5 @@ pub(crate) struct Config {
     pub(crate) max_request_size: usize,
     pub(crate) max_response_size: usize,
     pub(crate) keyed_metadata: Vec<HeaderName>,
-    pub(crate) cache_status_detail: crate::CacheStatusDetail,
+    pub(crate) cache_status_detail: crate::headers::CacheStatusDetail,
 }

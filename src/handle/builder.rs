@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{CacheHandle, Engine, Shared};
-use crate::config::ConfigError;
+use crate::config_error::ConfigError;
 use crate::engine::ban::{Ban, BanLog};
 use crate::engine::coalesce::Coalescer;
 use crate::engine::fill::Budget;
@@ -193,7 +193,7 @@ impl CacheHandle {
 
     /// A handle on a fresh [`MemoryStore`](crate::MemoryStore) with the defaults.
     pub fn in_memory() -> CacheHandle {
-        Self::builder(crate::MemoryStore::new()).build()
+        Self::builder(crate::store::MemoryStore::new()).build()
     }
 }
 

@@ -259,7 +259,7 @@ impl fmt::Debug for CacheHandle {
 /// A handle on a fresh memory store, namespace `t`, for unit tests.
 #[cfg(test)]
 pub(crate) fn test_handle() -> CacheHandle {
-    CacheHandle::builder(crate::MemoryStore::new())
+    CacheHandle::builder(crate::store::MemoryStore::new())
         .namespace("t")
         .build()
 }
