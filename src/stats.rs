@@ -119,7 +119,7 @@ macro_rules! bump {
 pub(crate) use bump;
 
 /// What one request (or typed read) came to: counted once, by the adapter that answered it,
-/// through [`Engine::count`](crate::engine::Engine::count).
+/// through [`Engine::count`](crate::engine::state::Engine::count).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// Answered from a fresh entry.
