@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use super::{Inner, MemoryStore};
 use crate::clock;
@@ -200,26 +201,76 @@ impl Inner {
         freed > 0
     }
 
+    /// Start the sweeper on this runtime, unless one is running: none has started yet, or
+    /// the one that did has missed three beats (its runtime was dropped or is no longer
+    /// polled). A store's first write may come from a runtime that goes long before the
+    /// store; without a sweeper, expired entries would be held until capacity pushed them
+    /// out. A write pays one load and one clock read.
     pub(super) fn ensure_sweeper(self: &Arc<Self>) {
-        if self.sweeper_started.load(Ordering::Relaxed) {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let interval = self.sweep_interval;
+        let now = clock::now_millis();
+        let Some(generation) = self.sweeper.claim(now, interval) else {
             return;
         };
-        if self.sweeper_started.swap(true, Ordering::AcqRel) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.sweeper.release(generation);
             return;
-        }
+        };
         let weak: Weak<Inner> = Arc::downgrade(self);
-        let interval = self.sweep_interval;
         runtime.spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.tick().await;
             loop {
                 ticker.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
+                // A sweeper started since (this one missed its beats) takes over.
+                if !inner.sweeper.beat(generation, clock::now_millis()) {
+                    return;
+                }
                 MemoryStore { inner }.sweep_expired();
             }
         });
+    }
+}
+
+/// The sweeper's heartbeat: which sweeper is the current one, and when it last swept.
+#[derive(Debug, Default)]
+pub(super) struct Sweeper {
+    /// When the current sweeper last beat, in clock milliseconds; 0: none is running.
+    beat_ms: AtomicU64,
+    /// Counts the sweepers started: only the latest sweeps.
+    generation: AtomicU64,
+}
+
+impl Sweeper {
+    /// Whether a new sweeper must start at `now_ms` (none runs, or the one that does missed
+    /// three beats of `interval`); if so the caller starts it, as this generation.
+    fn claim(&self, now_ms: u64, interval: Duration) -> Option<u64> {
+        let beat = self.beat_ms.load(Ordering::Relaxed);
+        let missed = 3 * u64::try_from(interval.as_millis()).unwrap_or(u64::MAX / 4);
+        if beat != 0 && now_ms.saturating_sub(beat) < missed {
+            return None;
+        }
+        // One writer starts it; the others see the fresh beat.
+        self.beat_ms
+            .compare_exchange(beat, now_ms.max(1), Ordering::AcqRel, Ordering::Relaxed)
+            .ok()?;
+        Some(self.generation.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
+    /// No runtime to start on: the next write tries again.
+    fn release(&self, generation: u64) {
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.beat_ms.store(0, Ordering::Release);
+        }
+    }
+
+    /// Sweeper `generation` beats at `now_ms`: whether it is still the current one.
+    fn beat(&self, generation: u64, now_ms: u64) -> bool {
+        if self.generation.load(Ordering::Acquire) != generation {
+            return false;
+        }
+        self.beat_ms.store(now_ms.max(1), Ordering::Release);
+        true
     }
 }

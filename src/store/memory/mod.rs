@@ -17,7 +17,7 @@
 //! assert_eq!(shared.stats().bytes, store.stats().bytes);
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ mod eviction;
 mod tests;
 mod variant_map;
 
-use eviction::{weight_of, Cause, Removals};
+use eviction::{weight_of, Cause, Removals, Sweeper};
 use variant_map::VariantMap;
 
 /// Most `Vary` variants kept for one URL; more are a sign of a header with unbounded values.
@@ -76,7 +76,8 @@ struct Inner {
     /// Hashes keys for the policy's sketch and ghost queue.
     hasher: ahash::RandomState,
     sweep_interval: Duration,
-    sweeper_started: AtomicBool,
+    /// The sweeper's heartbeat (see `eviction.rs`).
+    sweeper: Sweeper,
 }
 
 #[derive(Default)]
@@ -119,7 +120,7 @@ impl MemoryStoreBuilder {
                 policy: Mutex::new(Policy::new(self.max_bytes)),
                 hasher: ahash::RandomState::new(),
                 sweep_interval: self.sweep_interval,
-                sweeper_started: AtomicBool::new(false),
+                sweeper: Sweeper::default(),
             }),
         }
     }

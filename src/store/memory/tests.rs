@@ -146,6 +146,55 @@ async fn expired_entries_are_swept_in_the_background() {
     assert!(store.get_now(key("/long")).is_some());
 }
 
+/// The sweeper runs on the runtime of the first write; when that runtime goes (a
+/// `#[tokio::test]` that built a store others share, a startup `block_on`), the next write
+/// from another runtime starts it again there, instead of leaving expired entries held
+/// until capacity pushes them out.
+#[test]
+fn a_sweeper_whose_runtime_went_is_started_again_by_the_next_write() {
+    let store = MemoryStore::builder()
+        .sweep_interval(Duration::from_millis(20))
+        .build();
+    let short = || {
+        Arc::new(Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"x"),
+            Duration::from_millis(10),
+        ))
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    first.block_on(async {
+        store.put_now(key("/first"), short());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    assert_eq!(
+        store.stats().entries,
+        0,
+        "the first runtime's sweeper swept"
+    );
+    drop(first);
+    // Long enough for the sweeper to have missed a few beats.
+    std::thread::sleep(Duration::from_millis(100));
+    let second = runtime();
+    second.block_on(async {
+        store.put_now(key("/second"), short());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    assert_eq!(
+        store.stats().entries,
+        0,
+        "an expired entry was left unswept: the sweeper died with the first runtime"
+    );
+    assert_eq!(store.stats().expirations, 2);
+}
+
 #[tokio::test]
 async fn namespaces_are_kept_apart() {
     let store = MemoryStore::new();
