@@ -7,12 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 peer=${1:-../shared/peerbench}
-command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
-log=$(mktemp)
-MICRO_ROUNDS=1 MICRO_ITERS=1 "$peer/micro.sh" . >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
-target=$peer/target
-[ -w "$peer" ] || target=${PEERBENCH_WORK:-${TMPDIR:-/tmp}/peerbench}/target
-bin=$(ls -t "$target"/release/deps/layer_overhead-* | grep -v '\.d$' | head -1)
+bin=$(benches/peer_bench_binary.sh "$peer")
 out=$(mktemp -d "${TMPDIR:-/tmp}/trc-peercosts.XXXXXX")
 for variant in none arc ours; do
     for iters in 2000 6000; do
@@ -22,4 +17,4 @@ for variant in none arc ours; do
     done
 done
 python3 benches/peer_costs.py "$out"
-rm -rf "$out" "$log"
+rm -rf "$out"

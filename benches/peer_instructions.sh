@@ -11,13 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 peer=${1:-../shared/peerbench}
-command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
-# Build (one tiny round), then find the binary micro.sh ran.
-log=$(mktemp)
-MICRO_ROUNDS=1 MICRO_ITERS=1 "$peer/micro.sh" . >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
-target=$peer/target
-[ -w "$peer" ] || target=${PEERBENCH_WORK:-${TMPDIR:-/tmp}/peerbench}/target
-bin=$(ls -t "$target"/release/deps/layer_overhead-* | grep -v '\.d$' | head -1)
+bin=$(benches/peer_bench_binary.sh "$peer")
 per_call() { # per_call VARIANTS: instructions per call of a pass keeping VARIANTS besides direct
     local a b
     a=$(MICRO_ROUNDS=1 MICRO_ITERS=2000 MICRO_ONLY=$1 valgrind --tool=callgrind \

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::store::load;
 use crate::support::redis::{Partition, RedisServer};
 use crate::support::stack::blocking;
 use crate::support::{eventually, IdleRuntime};
@@ -80,15 +81,6 @@ fn subscribers(server: &RedisServer) -> i64 {
         .query(&mut server.connection())
         .unwrap();
     count
-}
-
-async fn load(handle: &CacheHandle, key: &str, calls: &AtomicUsize, value: &str) -> String {
-    handle
-        .get_or_insert_with(key, async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            value.to_owned()
-        })
-        .await
 }
 
 /// Process B serves from its memory fallback (its link to Redis is too slow for any call's

@@ -26,7 +26,13 @@ async fn fallback_handle(server: &RedisServer, namespace: &str) -> CacheHandle {
     CacheHandle::builder(store).namespace(namespace).build()
 }
 
-async fn load(handle: &CacheHandle, key: &str, calls: &AtomicUsize, value: &str) -> String {
+/// A typed read of `key` that counts in `calls` when it computes `value`.
+pub(crate) async fn load(
+    handle: &CacheHandle,
+    key: &str,
+    calls: &AtomicUsize,
+    value: &str,
+) -> String {
     handle
         .get_or_insert_with(key, async {
             calls.fetch_add(1, Ordering::SeqCst);
