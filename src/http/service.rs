@@ -88,11 +88,11 @@ impl<S> CacheService<S> {
         let has_body = !body.is_end_stream();
         let classified = self.config.policy.classify_request(&parts, has_body);
         if classified.action != RequestAction::Lookup || classified.directives.is_some() {
-            return self.forward(parts, body, classified);
+            return self.forward(parts, body, classified, Key::NotYet);
         }
         let config = &self.config;
         let Some(logical) = config.logical_key(&parts) else {
-            return self.forward(parts, body, classified);
+            return self.forward(parts, body, classified, Key::Declined);
         };
         // The keyed headers join the identity only when the request carries one.
         let keyed = config.keying(classified.keyed);
@@ -107,7 +107,8 @@ impl<S> CacheService<S> {
                 .hit_now(&logical, hash, identity, &parts.headers, now)
         });
         let Some((entry, source)) = hit else {
-            return self.forward(parts, body, classified);
+            let logical = logical.into_owned();
+            return self.forward(parts, body, classified, Key::Known(logical));
         };
         handle.engine().count(Outcome::Hit);
         let fallback = source == Source::Fallback;
@@ -128,13 +129,15 @@ impl<S> CacheService<S> {
     }
 
     /// Everything but a memory hit: around the cache, through it to the origin, or to the
-    /// range, unsafe-method and lookup protocols.
+    /// range, unsafe-method and lookup protocols. `key` is the logical key when `route`
+    /// asked for it already: a key function runs once per request.
     #[inline(never)]
     fn forward<ReqB, ResB>(
         &mut self,
         parts: http::request::Parts,
         body: ReqB,
         classified: Classified,
+        key: Key,
     ) -> ResponseFuture<S::Future, ResB, S::Error>
     where
         S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
@@ -162,7 +165,7 @@ impl<S> CacheService<S> {
                 ResponseFuture::bypass(self.inner.call(request), status)
             }
             RequestAction::Unsafe => {
-                let logical = self.config.logical_key(&parts).map(Cow::into_owned);
+                let logical = key.or_from(&self.config, &parts);
                 let host = request_host(&parts);
                 let future = self.inner.call(Request::from_parts(parts, body));
                 let config = self.config.clone();
@@ -175,7 +178,7 @@ impl<S> CacheService<S> {
             action @ (RequestAction::Lookup | RequestAction::Revalidate) => {
                 let revalidate = action == RequestAction::Revalidate;
                 let config = &self.config;
-                let Some(logical) = config.logical_key(&parts) else {
+                let Some(logical) = key.or_from(config, &parts) else {
                     self.config.handle.engine().count(Outcome::Bypass);
                     let status = headers::forward_status(Forward::Bypass, None, false);
                     let request = Request::from_parts(parts, body);
@@ -184,7 +187,6 @@ impl<S> CacheService<S> {
                 // The keyed headers join the identity only when the request carries one.
                 let keyed = config.keying(keyed);
                 let variant = key::variant(&parts, keyed);
-                let logical = logical.into_owned();
                 let config = self.config.clone();
                 let inner = take_ready(&mut self.inner);
                 let visit = Visit {
@@ -199,6 +201,27 @@ impl<S> CacheService<S> {
                 };
                 ResponseFuture::cache(Box::pin(visit.serve()))
             }
+        }
+    }
+}
+
+/// The logical key as far as [`CacheService::route`] got with it.
+enum Key {
+    /// Not asked for.
+    NotYet,
+    /// The key function (or the path) gave none: the request goes around the cache.
+    Declined,
+    /// This one.
+    Known(String),
+}
+
+impl Key {
+    /// The key, asking `config` only if nobody has.
+    fn or_from(self, config: &Config, parts: &http::request::Parts) -> Option<String> {
+        match self {
+            Key::NotYet => config.logical_key(parts).map(Cow::into_owned),
+            Key::Declined => None,
+            Key::Known(key) => Some(key),
         }
     }
 }

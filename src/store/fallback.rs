@@ -113,6 +113,8 @@ pub struct FallbackStoreBuilder<P: Primary = RedisStore> {
 
 struct Inner<P> {
     primary: P,
+    /// The same primary, for the probe's calls (see [`Primary::for_tasks`]).
+    tasks: P,
     memory: MemoryStore,
     open: AtomicBool,
     failures: AtomicU32,
@@ -178,6 +180,7 @@ impl<P: Primary> FallbackStoreBuilder<P> {
             })
             .ok();
         let inner = Arc::new(Inner {
+            tasks: self.primary.for_tasks(),
             primary: self.primary,
             memory: self.memory,
             open: AtomicBool::new(false),
@@ -446,7 +449,7 @@ impl<P: Primary> Inner<P> {
     /// Replayed invalidations do not wait for replicas one by one (see
     /// [`Primary::unwaited`]): the probe waits once, after the circuit closed.
     async fn replay(&self) -> bool {
-        let primary = self.primary.unwaited();
+        let primary = self.tasks.unwaited();
         loop {
             let next = lock(&self.pending).first().cloned();
             let Some((namespace, invalidation)) = next else {
@@ -496,7 +499,7 @@ async fn probe<P: Primary>(store: Weak<Inner<P>>) {
             () = tokio::time::sleep(hurried), if waiting => {}
         }
         let Some(inner) = store.upgrade() else { return };
-        let run_id = inner.primary.run_id().await;
+        let run_id = inner.tasks.run_id().await;
         if inner.open.load(Ordering::Acquire) {
             let Ok(run_id) = run_id else { continue };
             let restarted = lock(&inner.run_id)
@@ -507,9 +510,12 @@ async fn probe<P: Primary>(store: Weak<Inner<P>>) {
             }
             // A restarted Redis may have an older counter than tokens in flight: raise it
             // first, so the replayed invalidations move it past every one of them.
-            if inner.primary.restore_generation().await.is_err() {
+            if inner.tasks.restore_generation().await.is_err() {
                 continue;
             }
+            // Before the first request is let through: its connection may be the one the
+            // outage broke.
+            inner.primary.reconnect();
             // Entries written while deaf to other processes are not trusted any longer.
             let mut closed = false;
             for _ in 0..16 {
@@ -528,7 +534,7 @@ async fn probe<P: Primary>(store: Weak<Inner<P>>) {
                 tracing::info!("Redis answers again: circuit closed");
                 // The replay applied on the primary, which is what Redis serves now; that
                 // it reached a replica is for a later failover, and only logged.
-                match inner.primary.wait_for_replicas().await {
+                match inner.tasks.wait_for_replicas().await {
                     Err(error) if error.is_not_replicated() => {
                         tracing::warn!(%error, "replayed invalidations did not reach a replica in time");
                     }

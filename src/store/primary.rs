@@ -44,6 +44,22 @@ pub trait Primary: Store + Clone {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// A handle for calls the fallback store's probe makes (asking whether the primary
+    /// answers, restoring its generation, the replay, the wait for replicas): they run on
+    /// the fallback store's thread. Redis: a handle on the connection of the store's own
+    /// tasks, so that the connection requests use is never opened (and driven) on that
+    /// thread. The default is a clone.
+    fn for_tasks(&self) -> Self {
+        self.clone()
+    }
+
+    /// The primary answers again after an outage and the circuit is about to close: the
+    /// connections requests use, which the probe does not (see
+    /// [`for_tasks`](Primary::for_tasks)), may have broken meanwhile; open them afresh, on
+    /// the next request's runtime, so the first requests do not find them broken. The
+    /// default has none.
+    fn reconnect(&self) {}
+
     /// A handle whose invalidations do not wait for replicas one by one: the replay sends
     /// many and waits once, with [`wait_for_replicas`](Primary::wait_for_replicas). The
     /// default is a clone.

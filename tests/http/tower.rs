@@ -112,6 +112,44 @@ async fn an_entry_holds_no_length_the_origin_did_not_send() {
     assert_eq!(head.headers()["content-length"], "4096");
 }
 
+/// The key function runs once per request, whatever the request comes to: a miss, a
+/// request it declines (a bypass), a hit. A key function may count, log or look up a
+/// tenant: running it twice would do that twice.
+#[tokio::test(start_paused = true)]
+async fn the_key_fn_runs_once_per_request() {
+    let handle = CacheHandle::builder(MemoryStore::new())
+        .ttl(Duration::from_secs(60))
+        .build();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let origin = service_fn(|_: Req| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"x"))))
+    });
+    let svc = CacheLayer::new(handle.clone())
+        .key_fn(move |parts| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            parts.uri.path().strip_prefix("/k/").map(str::to_owned)
+        })
+        .layer_service(origin);
+    let mut seen = Vec::new();
+    for path in ["/k/a", "/elsewhere", "/k/a"] {
+        let before = calls.load(Ordering::SeqCst);
+        let response = svc.clone().oneshot(req(path)).await.unwrap();
+        let x_cache = response.headers()["x-cache"].to_str().unwrap().to_owned();
+        body_text(response.into_body()).await;
+        settle().await;
+        seen.push((path, x_cache, calls.load(Ordering::SeqCst) - before));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("/k/a", "MISS".to_owned(), 1),
+            ("/elsewhere", "BYPASS".to_owned(), 1),
+            ("/k/a", "HIT".to_owned(), 1),
+        ]
+    );
+}
+
 trait LayerService {
     fn layer_service<S>(&self, inner: S) -> tower_response_cache::CacheService<S>;
 }

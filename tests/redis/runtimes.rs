@@ -373,3 +373,55 @@ async fn a_slow_listener_never_holds_up_a_request() {
         );
     }
 }
+
+/// The fallback store's probe runs on the fallback store's thread and calls its Redis store
+/// on the connection of the store's own tasks (`Primary::for_tasks`), never on the one
+/// requests use: were the probe to reconnect that one after an outage, its driver would run
+/// on the fallback store's thread and die with it, and a Redis store handed to a fallback
+/// store and also used on its own would fail its next call once the fallback store is
+/// dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_probe_does_not_open_the_request_connection_on_its_thread() {
+    let server = RedisServer::start();
+    let partition = Partition::start(&server).await;
+    partition.cut();
+    let redis = RedisStore::builder(partition.url())
+        .deadline(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let fallback = FallbackStore::builder(redis.clone(), MemoryStore::new())
+        .probe_interval(Duration::from_millis(50))
+        .build()
+        .await;
+    assert!(fallback.is_falling_back(), "premise: Redis is out of reach");
+    // The probe tries (and fails) a few times before Redis is back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    partition.heal();
+    let closed = eventually(Duration::from_secs(10), || async {
+        !fallback.is_falling_back()
+    })
+    .await;
+    assert!(closed, "premise: the probe closed the circuit");
+    let key = StoreKey {
+        namespace: "t",
+        logical: "/page",
+        variant: 0,
+    };
+    // The request connection works (after one call that finds it broken by the outage and
+    // reconnects, if the probe did not already).
+    let answered = eventually(Duration::from_secs(5), || async {
+        matches!(redis.get(key).await, Ok(None))
+    })
+    .await;
+    assert!(answered, "premise: the request connection answers");
+    drop(fallback);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for call in 0..3 {
+        let read = redis.get(key).await;
+        assert!(
+            matches!(read, Ok(None)),
+            "call {call} on the request lane failed once the fallback store (whose probe opened \
+             that lane on its thread) was dropped: {read:?}"
+        );
+    }
+}

@@ -245,10 +245,16 @@ pub(super) struct Sweeper {
 impl Sweeper {
     /// Whether a new sweeper must start at `now_ms` (none runs, or the one that does missed
     /// three beats of `interval`); if so the caller starts it, as this generation.
+    ///
+    /// A beat as far ahead of `now_ms` counts as missed too: the clock is the runtime's,
+    /// and a paused runtime (a test's) that ran ahead and went leaves beats in the future
+    /// of the next writer's clock.
     fn claim(&self, now_ms: u64, interval: Duration) -> Option<u64> {
         let beat = self.beat_ms.load(Ordering::Relaxed);
-        let missed = 3 * u64::try_from(interval.as_millis()).unwrap_or(u64::MAX / 4);
-        if beat != 0 && now_ms.saturating_sub(beat) < missed {
+        let missed = u64::try_from(interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(3);
+        if beat != 0 && now_ms.abs_diff(beat) < missed {
             return None;
         }
         // One writer starts it; the others see the fresh beat.

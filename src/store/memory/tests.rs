@@ -195,6 +195,84 @@ fn a_sweeper_whose_runtime_went_is_started_again_by_the_next_write() {
     assert_eq!(store.stats().expirations, 2);
 }
 
+/// A sweep interval near the top of what milliseconds in a `u64` hold (a way to say
+/// "never sweep") neither breaks writes nor starts a sweeper per write: three missed beats
+/// of it saturate, they do not wrap.
+#[tokio::test]
+async fn a_huge_sweep_interval_neither_panics_nor_piles_up_sweepers() {
+    for interval in [
+        Duration::from_millis(u64::MAX),
+        Duration::from_millis(u64::MAX / 3 + 1),
+    ] {
+        let store = MemoryStore::builder().sweep_interval(interval).build();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        for i in 0..5 {
+            let logical = format!("/huge/{i}");
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.put_now(key(&logical), entry(1, 60));
+            }));
+            assert!(written.is_ok(), "a write panicked (interval {interval:?})");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let sweepers = metrics.num_alive_tasks() - before;
+        assert!(
+            sweepers <= 1,
+            "{sweepers} sweeper tasks for one store (interval {interval:?})"
+        );
+    }
+}
+
+/// The sweeper's beat is read on the clock of the runtime it runs on, which follows a
+/// paused Tokio clock (`crate::clock`). A store shared between a `start_paused` test that
+/// moved its clock an hour ahead and a later test on a real clock: the first test's
+/// sweeper beat "an hour from now", so when its runtime goes, the next writes see a fresh
+/// beat and start no sweeper for that hour: expired entries are held.
+#[test]
+fn a_sweeper_whose_paused_runtime_ran_ahead_and_went_is_started_again() {
+    let store = MemoryStore::builder()
+        .sweep_interval(Duration::from_millis(20))
+        .build();
+    let short = || {
+        Arc::new(Entry::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"x"),
+            Duration::from_millis(10),
+        ))
+    };
+    let paused = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    paused.block_on(async {
+        store.put_now(key("/first"), short());
+        // Auto-advanced: the sweeper ticks 3 000 times, its last beat a minute ahead.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    assert_eq!(
+        store.stats().entries,
+        0,
+        "premise: the paused runtime swept"
+    );
+    drop(paused);
+    std::thread::sleep(Duration::from_millis(100));
+    let real = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    real.block_on(async {
+        store.put_now(key("/second"), short());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    assert_eq!(
+        store.stats().entries,
+        0,
+        "an expired entry was left unswept: the gone sweeper's beat lies in the future"
+    );
+}
+
 #[tokio::test]
 async fn namespaces_are_kept_apart() {
     let store = MemoryStore::new();

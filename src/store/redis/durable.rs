@@ -83,10 +83,16 @@ impl RedisStore {
         }
     }
 
-    /// The handle invalidations run on (their own connection).
+    /// The handle invalidations run on: their own connection, so that their `WAIT` never
+    /// holds up a request; the store's own tasks (a fallback store's replay) keep theirs,
+    /// which no request uses either.
     pub(super) fn invalidating(&self) -> RedisStore {
+        let lane = match self.lane {
+            Lane::Background => Lane::Background,
+            Lane::Data | Lane::Invalidations => Lane::Invalidations,
+        };
         RedisStore {
-            lane: Lane::Invalidations,
+            lane,
             ..self.clone()
         }
     }
@@ -108,7 +114,12 @@ impl RedisStore {
         if replicas == 0 {
             return Ok(());
         }
-        let deadline = self.inner.calls.deadline;
+        // The invalidation lane's deadline includes the `WAIT`; on the tasks' lane (a
+        // fallback store's replay) it is added here.
+        let deadline = match self.lane {
+            Lane::Background => self.inner.calls.deadline + timeout,
+            Lane::Data | Lane::Invalidations => self.inner.calls.deadline,
+        };
         for node in self.primaries(self.inner.calls.scan_deadline).await? {
             if auto && self.listed_replicas(&node).await? == 0 {
                 continue;

@@ -460,6 +460,19 @@ impl Primary for RedisStore {
         Box::pin(RedisStore::run_id(self))
     }
 
+    fn for_tasks(&self) -> Self {
+        RedisStore {
+            lane: Lane::Background,
+            ..self.clone()
+        }
+    }
+
+    fn reconnect(&self) {
+        for lane in [Lane::Data, Lane::Invalidations] {
+            self.inner.calls.connection(lane).renew();
+        }
+    }
+
     fn set_error_sink(&self, sink: call::ErrorSink) {
         RedisStore::set_error_sink(self, sink);
     }
