@@ -152,6 +152,20 @@ async fn expired_entries_are_swept_in_the_background() {
 /// until capacity pushes them out.
 #[test]
 fn a_sweeper_whose_runtime_went_is_started_again_by_the_next_write() {
+    let store = write_on_two_runtimes(false);
+    assert_eq!(
+        store.stats().entries,
+        0,
+        "an expired entry was left unswept: the sweeper died with the first runtime"
+    );
+    assert_eq!(store.stats().expirations, 2);
+}
+
+/// A store with a 20 ms sweep interval, written an entry that expires in 10 ms from one
+/// runtime (paused when `paused`: it auto-advances a minute), which is then dropped, and
+/// another such entry 100 ms later from a second runtime on the real clock, which runs
+/// 200 ms. The first runtime's sweeper must have swept its entry.
+fn write_on_two_runtimes(paused: bool) -> MemoryStore {
     let store = MemoryStore::builder()
         .sweep_interval(Duration::from_millis(20))
         .build();
@@ -163,36 +177,30 @@ fn a_sweeper_whose_runtime_went_is_started_again_by_the_next_write() {
             Duration::from_millis(10),
         ))
     };
-    let runtime = || {
+    let runtime = |paused: bool| {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .start_paused(paused)
             .build()
             .unwrap()
     };
-    let first = runtime();
+    let first = runtime(paused);
     first.block_on(async {
         store.put_now(key("/first"), short());
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Paused, it auto-advances: the sweeper ticks 3 000 times, its last beat a minute
+        // ahead of the real clock.
+        let wait = if paused { 60_000 } else { 200 };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
     });
-    assert_eq!(
-        store.stats().entries,
-        0,
-        "the first runtime's sweeper swept"
-    );
+    assert_eq!(store.stats().entries, 0, "premise: the first runtime swept");
     drop(first);
     // Long enough for the sweeper to have missed a few beats.
     std::thread::sleep(Duration::from_millis(100));
-    let second = runtime();
-    second.block_on(async {
+    runtime(false).block_on(async {
         store.put_now(key("/second"), short());
         tokio::time::sleep(Duration::from_millis(200)).await;
     });
-    assert_eq!(
-        store.stats().entries,
-        0,
-        "an expired entry was left unswept: the sweeper died with the first runtime"
-    );
-    assert_eq!(store.stats().expirations, 2);
+    store
 }
 
 /// A sweep interval near the top of what milliseconds in a `u64` hold (a way to say
@@ -230,42 +238,7 @@ async fn a_huge_sweep_interval_neither_panics_nor_piles_up_sweepers() {
 /// beat and start no sweeper for that hour: expired entries are held.
 #[test]
 fn a_sweeper_whose_paused_runtime_ran_ahead_and_went_is_started_again() {
-    let store = MemoryStore::builder()
-        .sweep_interval(Duration::from_millis(20))
-        .build();
-    let short = || {
-        Arc::new(Entry::new(
-            StatusCode::OK,
-            HeaderMap::new(),
-            Bytes::from_static(b"x"),
-            Duration::from_millis(10),
-        ))
-    };
-    let paused = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    paused.block_on(async {
-        store.put_now(key("/first"), short());
-        // Auto-advanced: the sweeper ticks 3 000 times, its last beat a minute ahead.
-        tokio::time::sleep(Duration::from_secs(60)).await;
-    });
-    assert_eq!(
-        store.stats().entries,
-        0,
-        "premise: the paused runtime swept"
-    );
-    drop(paused);
-    std::thread::sleep(Duration::from_millis(100));
-    let real = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    real.block_on(async {
-        store.put_now(key("/second"), short());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    });
+    let store = write_on_two_runtimes(true);
     assert_eq!(
         store.stats().entries,
         0,
