@@ -26,7 +26,11 @@ EVENTS = "Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim".split()
 def parse(path):
     """Costs by (object, instruction address, function)."""
     costs = collections.defaultdict(lambda: [0] * len(EVENTS))
-    names, fnames, obj, fn, last, npos, skip = {}, {}, None, None, 0, 1, False
+    # Callgrind names objects and functions once, by number, then by the number alone;
+    # `ob=`/`fn=` set the current one, `cob=`/`cfn=` only name a call's target.
+    names = {"ob": {}, "fn": {}}
+    current = {"ob": None, "fn": None}
+    last, npos, skip = 0, 1, False
     for line in open(path, encoding="utf-8", errors="replace"):
         line = line.rstrip("\n")
         if not line:
@@ -34,19 +38,13 @@ def parse(path):
         if line.startswith("positions:"):
             npos = len(line.split()) - 1
             continue
-        m = re.match(r"^(c?ob)=\((\d+)\)(?: (.*))?$", line)
+        m = re.match(r"^(c?)(ob|fn)=\((\d+)\)(?: (.*))?$", line)
         if m:
-            if m.group(3):
-                names[m.group(2)] = m.group(3)
-            if m.group(1) == "ob":
-                obj = names[m.group(2)]
-            continue
-        m = re.match(r"^(c?fn)=\((\d+)\)(?: (.*))?$", line)
-        if m:
-            if m.group(3):
-                fnames[m.group(2)] = m.group(3)
-            if m.group(1) == "fn":
-                fn = fnames[m.group(2)]
+            called, kind, number, name = m.groups()
+            if name:
+                names[kind][number] = name
+            if not called:
+                current[kind] = names[kind][number]
             continue
         if line.startswith("calls="):
             skip = True  # the next line is the call's inclusive cost
@@ -66,7 +64,7 @@ def parse(path):
         if skip:
             skip = False
             continue
-        row = costs[(obj, addr, fn)]
+        row = costs[(current["ob"], addr, current["fn"])]
         for i, v in enumerate(parts[npos:]):
             row[i] += int(v)
     return costs
