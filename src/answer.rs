@@ -262,12 +262,11 @@ fn not_modified(entry: &Entry, request: &HeaderMap) -> bool {
         let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
         return condition.trim() == "*" || condition.split(',').any(|t| opaque(t) == opaque(etag));
     }
-    let date = headers::date;
     // The request first: most carry no condition, and parsing the entry's date is the cost.
-    let Some(since) = date(request, IF_MODIFIED_SINCE) else {
+    let Some(since) = headers::date(request, IF_MODIFIED_SINCE) else {
         return false;
     };
-    date(entry.headers().as_map(), LAST_MODIFIED).is_some_and(|modified| modified <= since)
+    headers::date(&entry.headers(), LAST_MODIFIED).is_some_and(|modified| modified <= since)
 }
 
 #[cfg(test)]

@@ -64,7 +64,14 @@ impl CacheControl {
     /// Parse every field `name` of `headers` with the `Cache-Control` grammar (a targeted
     /// field such as `CDN-Cache-Control`, RFC 9213).
     pub(crate) fn parse_field(headers: &HeaderMap, name: &http::HeaderName) -> CacheControl {
-        let mut fields = headers.get_all(name).iter().peekable();
+        Self::from_fields(headers.get_all(name).iter())
+    }
+
+    /// Parse `Cache-Control` field values, in order.
+    pub(crate) fn from_fields<'a>(
+        fields: impl Iterator<Item = &'a http::HeaderValue>,
+    ) -> CacheControl {
+        let mut fields = fields.peekable();
         if fields.peek().is_none() {
             return CacheControl::Absent;
         }

@@ -136,8 +136,9 @@
 //! and on a miss the adapter's answer is recorded by a **fill** (`engine/fill/`) and
 //! committed as an **entry** (`entry/`) to a **store** (`store/`: `memory/` and its
 //! eviction `policy/`, `redis/`, `fallback.rs`). Hits are answered by `answer.rs` with the
-//! `headers/` the cache sets, written into a copy of the entry's header map (its layout,
-//! slots for those headers first, is `entry/stored_headers.rs`'s alone). Each adapter
+//! `headers/` the cache sets, written with the entry's header values into a copy of the
+//! header map its layout holds (`entry/layout.rs`: one per set of header names, shared by
+//! the entries that have it; the slots are `entry/stored_headers.rs`'s alone). Each adapter
 //! counts what a request came to (hit, miss, stale, bypass) once, through the engine.
 //!
 //! - A store backend of one's own: a folder under `store/` implementing [`Store`]

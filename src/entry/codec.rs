@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use super::{millis, Entry, StoredHeaders, Template, Vary};
+use super::{millis, Entry, Stored, StoredHeaders, Vary};
 
 const MAGIC: &[u8; 4] = b"TRC\x00";
 /// The format version; bytes of any other version read as a miss.
@@ -41,22 +41,14 @@ fn bad(reason: &'static str) -> DecodeError {
 impl Entry {
     /// Encode into the versioned byte format.
     pub fn encode(&self) -> Bytes {
-        let map_len = |m: StoredHeaders<'_>| {
-            m.iter()
-                .map(|(n, v)| n.as_str().len() + v.len() + 8)
-                .sum::<usize>()
-        };
         let estimate = 128
             + self.body.len()
             + self.identity.len()
             + self.vary().values.len()
             + self.vary().names.len() * 32
             + self.tags.iter().map(|t| t.len() + 4).sum::<usize>()
-            + map_len(self.headers())
-            + self
-                .trailers
-                .as_deref()
-                .map_or(0, |t| map_len(StoredHeaders::new(t)));
+            + fields_len(self.headers().iter())
+            + self.trailers.as_deref().map_or(0, |t| fields_len(t.iter()));
         let mut out = BytesMut::with_capacity(estimate);
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
@@ -77,14 +69,14 @@ impl Entry {
         for tag in &self.tags {
             put_bytes(&mut out, tag.as_bytes());
         }
-        put_headers(&mut out, self.headers());
+        put_headers(&mut out, self.headers().len(), self.headers().iter());
         put_bytes(&mut out, &self.body);
         // A presence byte, then the trailers like the headers.
         match &self.trailers {
             None => out.put_u8(0),
             Some(trailers) => {
                 out.put_u8(1);
-                put_headers(&mut out, StoredHeaders::new(trailers));
+                put_headers(&mut out, trailers.len(), trailers.iter());
             }
         }
         out.freeze()
@@ -139,15 +131,14 @@ impl Entry {
             let tag = std::str::from_utf8(raw).map_err(|_| bad("tag is not UTF-8"))?;
             tags.push(tag.to_owned());
         }
-        // Straight into the entry's one map: no map of the stored headers is built first.
         let count = get_field_count(&mut buf)?;
-        let mut template = Template::with_capacity(count as usize);
+        let mut fields = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            let (name, value) = get_field(&mut buf, owner)?;
-            template.push(name, value);
+            fields.push(get_field(&mut buf, owner)?);
         }
+        let headers = Stored::from_fields(fields);
         let body = share(owner, get_bytes(&mut buf)?);
-        if !length_agrees(template.stored(), body.len()) {
+        if !length_agrees(headers.view(), body.len()) {
             return Err(bad("Content-Length disagrees with the body"));
         }
         need(buf, 1)?;
@@ -156,7 +147,6 @@ impl Entry {
             1 => Some(Box::new(get_headers(&mut buf, owner)?)),
             _ => return Err(bad("invalid trailers flag")),
         };
-        let headers = template.finish();
         if !buf.is_empty() {
             return Err(bad("trailing bytes"));
         }
@@ -206,9 +196,18 @@ fn put_bytes(out: &mut BytesMut, bytes: &[u8]) {
     out.put_slice(bytes);
 }
 
-fn put_headers(out: &mut BytesMut, headers: StoredHeaders<'_>) {
-    out.put_u32(headers.len() as u32);
-    for (name, value) in headers.iter() {
+/// Bytes the fields take encoded.
+fn fields_len<'a>(fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>) -> usize {
+    fields.map(|(n, v)| n.as_str().len() + v.len() + 8).sum()
+}
+
+fn put_headers<'a>(
+    out: &mut BytesMut,
+    count: usize,
+    fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
+    out.put_u32(count as u32);
+    for (name, value) in fields {
         put_bytes(out, name.as_str().as_bytes());
         put_bytes(out, value.as_bytes());
     }

@@ -28,12 +28,13 @@ use crate::clock;
 pub(crate) use usage::Usage;
 
 mod codec;
+mod layout;
 mod stored_headers;
 mod usage;
 
 pub use codec::DecodeError;
+use stored_headers::Stored;
 pub use stored_headers::StoredHeaders;
-use stored_headers::Template;
 
 /// Fixed per-entry overhead counted against a memory budget: the struct itself behind its
 /// `Arc` (a store adds its own slot costs).
@@ -44,17 +45,16 @@ pub(crate) const BUCKET_BYTES: usize = 104;
 /// Heap bytes of a second or later value of one name (value and two links).
 const EXTRA_VALUE_BYTES: usize = 72;
 /// Heap bytes of a slot of a `HeaderMap`'s index table (a position and a hash).
-const INDEX_BYTES: usize = 4;
+pub(crate) const INDEX_BYTES: usize = 4;
 /// What the allocator keeps beside each heap block.
-const ALLOCATION_BYTES: usize = 16;
+pub(crate) const ALLOCATION_BYTES: usize = 16;
 
 /// A cached response: status, headers, body, when it was stored and for how long it is fresh.
 pub struct Entry {
     status: StatusCode,
-    /// The stored headers laid out as every full answer starts (see [`Template`]): one map
-    /// is both what was stored and what a hit clones, read as the former through
-    /// [`StoredHeaders`].
-    headers: HeaderMap,
+    /// The stored headers: their values, and the layout (names, the map answers start as)
+    /// shared with entries of the same names (see `stored_headers.rs`).
+    headers: Stored,
     body: Bytes,
     stored_at_ms: u64,
     ttl: Duration,
@@ -100,12 +100,9 @@ impl Entry {
     /// A new entry stored now, fresh for `ttl`.
     pub fn new(status: StatusCode, headers: HeaderMap, body: Bytes, ttl: Duration) -> Self {
         let now = clock::now_millis();
-        let mut template = Template::with_capacity(headers.len());
-        template.extend(headers);
-        let headers = template.finish();
         Entry {
             status,
-            headers,
+            headers: Stored::from_map(headers),
             body,
             stored_at_ms: now,
             ttl,
@@ -204,7 +201,7 @@ impl Entry {
 
     /// The stored response headers (without the cache's own headers).
     pub fn headers(&self) -> StoredHeaders<'_> {
-        StoredHeaders::new(&self.headers)
+        self.headers.view()
     }
 
     /// The response body.
@@ -247,9 +244,10 @@ impl Entry {
         }
     }
 
-    /// The headers of a full answer from this entry: a copy of its map (see [`Template`])
-    /// with the cache's own headers set to `age`, `cache_status` and `x_cache`. The copy
-    /// is exact and the values replace slots, so nothing is hashed and nothing grows.
+    /// The headers of a full answer from this entry: a copy of its layout's map (see
+    /// `stored_headers.rs`) with its values and the cache's own headers set to `age`,
+    /// `cache_status` and `x_cache`. The copy is exact and the values go into slots, so
+    /// nothing is hashed and nothing grows.
     #[inline]
     pub(crate) fn answer_headers(
         &self,
@@ -257,9 +255,7 @@ impl Entry {
         cache_status: HeaderValue,
         x_cache: HeaderValue,
     ) -> HeaderMap {
-        let mut headers = self.headers.clone();
-        stored_headers::fill_slots(&mut headers, age, cache_status, x_cache);
-        headers
+        self.headers.answer(age, cache_status, x_cache)
     }
 
     pub(crate) fn vary(&self) -> &Vary {
@@ -348,8 +344,8 @@ impl Entry {
     }
 
     /// Approximate bytes this entry holds in memory, counted against a byte budget: the
-    /// struct, the body, the header map as allocated (one map is both the stored headers
-    /// and the answer template, holding exactly its headers: see `stored_headers`),
+    /// struct, the body, the header values (their names and answer map are a layout shared
+    /// with entries of the same names, charged to none of them: see `layout.rs`),
     /// trailers, tags and keys. It never changes while the entry is stored.
     pub fn weight(&self) -> usize {
         let contents = |map: &HeaderMap| -> usize {
@@ -358,12 +354,6 @@ impl Entry {
         // The index table has a slot for every four thirds of the capacity.
         let index = |map: &HeaderMap| map.capacity() * 4 / 3 * INDEX_BYTES;
         let extra = |map: &HeaderMap| (map.len() - map.keys_len()) * EXTRA_VALUE_BYTES;
-        // Two allocations (the index and the buckets), a third for repeated names.
-        let headers = 2 * ALLOCATION_BYTES
-            + index(&self.headers)
-            + self.headers.keys_len() * BUCKET_BYTES
-            + extra(&self.headers)
-            + contents(&self.headers);
         // Trailers are kept as they came: charged for the buckets of their whole capacity.
         let trailers = self.trailers.as_deref().map_or(0, |t| {
             std::mem::size_of::<HeaderMap>()
@@ -375,7 +365,7 @@ impl Entry {
         let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
         OVERHEAD_BYTES
             + self.body.len()
-            + headers
+            + self.headers.weight()
             + trailers
             + tags
             + self.identity.len()
@@ -399,7 +389,7 @@ impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Entry")
             .field("status", &self.status)
-            .field("headers", &self.headers.len())
+            .field("headers", &self.headers().len())
             .field("body_len", &self.body.len())
             .field("stored_at_ms", &self.stored_at_ms)
             .field("ttl", &self.ttl)

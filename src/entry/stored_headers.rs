@@ -1,22 +1,20 @@
-//! One header map per entry: the stored headers laid out as every full answer starts.
+//! An entry's stored headers: its values, and a [`Layout`] shared with every entry of the
+//! same header names (`layout.rs`), which holds the names and the map its answers start as.
 //!
-//! A hit clones the map and writes two values into it ([`Entry::answer_headers`](super::Entry::answer_headers)
-//! asks for it, this module alone knows where they go); it never hashes a name or grows
-//! the copy. The same map is what the entry stored: [`StoredHeaders`] reads it with the
-//! cache's own headers hidden, so the stored headers are not kept a second time.
+//! A hit clones the layout's map and writes into its slots, in order: `Age` and
+//! `Cache-Status` into the first two, the entry's values into the next ones
+//! ([`Entry::answer_headers`](super::Entry::answer_headers) asks for it, this module alone
+//! knows where they go). No name is hashed, the copy never grows. The map's layout:
 //!
-//! The layout ([`Template`]):
-//!
-//! 1. `Age` and `Cache-Status`, empty: slots that every answer fills (an answer finds both
-//!    after two steps of a walk in order);
-//! 2. the stored headers as the origin sent them, but its `Age`, `Cache-Status` and
-//!    `X-Cache` (each answer sets its own);
+//! 1. `Age` and `Cache-Status`, empty: slots that every answer fills;
+//! 2. a slot per stored value, under its name: the headers as the origin sent them, but
+//!    its `Age`, `Cache-Status` and `X-Cache` (each answer sets its own), a name's values
+//!    together (the order a `HeaderMap` keeps);
 //! 3. `X-Cache: HIT`, what most answers say.
 //!
 //! A `Content-Length` the origin did not send is not added: the body of a full answer has
 //! an exact size, from which the server writes it, and a `HEAD` answer, which has no body,
-//! gets it from `answer.rs`. (One header fewer per entry, and one shared value fewer that
-//! a hit's clone counts a reference of.)
+//! gets it from `answer.rs`.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -38,123 +36,126 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::header::AGE;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::headers::{CACHE_STATUS, HIT, X_CACHE};
+use super::layout::Layout;
+use super::ALLOCATION_BYTES;
+use crate::headers::{Fields, CACHE_STATUS, HIT, X_CACHE};
 
-/// Headers set by the cache on every answer: never stored, hidden when read.
+/// Headers set by the cache on every answer: never stored.
 fn is_answers_own(name: &HeaderName) -> bool {
     name == AGE || name == CACHE_STATUS || name == X_CACHE
 }
 
-/// The map of an entry being built, in the layout of the module docs.
-pub(super) struct Template {
-    map: HeaderMap,
+/// What an entry keeps of its headers.
+#[derive(Clone)]
+pub(super) struct Stored {
+    layout: Arc<Layout>,
+    /// One value per name of the layout, in its order.
+    values: Box<[HeaderValue]>,
 }
 
-impl Template {
-    /// A template with room for `stored` headers and the cache's three.
-    pub(super) fn with_capacity(stored: usize) -> Template {
-        let mut map = HeaderMap::with_capacity(stored + 3);
-        for name in [AGE, CACHE_STATUS] {
-            map.insert(name, HeaderValue::from_static(""));
-        }
-        Template { map }
-    }
-
-    /// Add a stored header (one the answers set themselves is dropped).
-    pub(super) fn push(&mut self, name: HeaderName, value: HeaderValue) {
-        if !is_answers_own(&name) {
-            self.map.append(name, value);
-        }
-    }
-
-    /// Add the headers of a map, in its order.
-    pub(super) fn extend(&mut self, headers: HeaderMap) {
+impl Stored {
+    /// The headers of `map` (the answers' own dropped), in its order.
+    pub(super) fn from_map(map: HeaderMap) -> Stored {
+        let mut names = Vec::with_capacity(map.len());
+        let mut values = Vec::with_capacity(map.len());
         let mut current = None;
-        for (name, value) in headers {
+        for (name, value) in map {
             // `HeaderMap`'s owned iterator names each header once, before its first value.
             if let Some(name) = name {
                 current = Some(name);
             }
-            if let Some(name) = &current {
-                self.push(name.clone(), value);
+            if let Some(name) = current.as_ref().filter(|n| !is_answers_own(n)) {
+                names.push(name.clone());
+                values.push(value);
             }
+        }
+        Stored {
+            layout: Layout::of(names),
+            values: values.into_boxed_slice(),
         }
     }
 
-    /// The stored headers so far (the slots aside, which hold nothing).
-    pub(super) fn stored(&self) -> StoredHeaders<'_> {
-        StoredHeaders::new(&self.map)
+    /// Headers in any order (decoded bytes): a name's values are brought together first,
+    /// as the layout has them.
+    pub(super) fn from_fields(fields: Vec<(HeaderName, HeaderValue)>) -> Stored {
+        let mut map = HeaderMap::with_capacity(fields.len());
+        for (name, value) in fields {
+            map.append(name, value);
+        }
+        Stored::from_map(map)
     }
 
-    /// The finished map.
-    ///
-    /// A copy of the map built: a `HeaderMap` keeps room for a quarter more than it was
-    /// made for, rounded up to a power of two (room for twelve when seven are asked for),
-    /// and its copy holds exactly what it has. A hit's clone of it is exact as well, and
-    /// fills slots without adding a header, so the room is never wanted.
-    pub(super) fn finish(mut self) -> HeaderMap {
-        self.map.insert(X_CACHE, HIT);
-        self.map.clone()
+    pub(super) fn view(&self) -> StoredHeaders<'_> {
+        StoredHeaders {
+            names: self.layout.names(),
+            values: &self.values,
+        }
     }
-}
 
-/// Write one answer's own headers into a copy of a finished template: `Age` and
-/// `Cache-Status` into the two slots it starts with, `X-Cache` only when it is not the
-/// `HIT` the template already says (no name is hashed for the slots).
-#[inline]
-pub(super) fn fill_slots(
-    map: &mut HeaderMap,
-    age: HeaderValue,
-    cache_status: HeaderValue,
-    x_cache: HeaderValue,
-) {
-    // Every entry's map is a finished template (the field is private to `entry`).
-    let mut slots = map.iter_mut();
-    if let (Some((age_name, age_slot)), Some((status_name, status_slot))) =
-        (slots.next(), slots.next())
-    {
-        debug_assert!(*age_name == AGE && *status_name == CACHE_STATUS);
-        *age_slot = age;
-        *status_slot = cache_status;
+    /// A full answer's headers: the layout's map with `age`, `cache_status`, the stored
+    /// values and, when it is not `HIT`, `x_cache` written into their slots.
+    #[inline]
+    pub(super) fn answer(
+        &self,
+        age: HeaderValue,
+        cache_status: HeaderValue,
+        x_cache: HeaderValue,
+    ) -> HeaderMap {
+        let mut map = self.layout.template().clone();
+        let mut slots = map.iter_mut();
+        if let (Some((age_name, age_slot)), Some((status_name, status_slot))) =
+            (slots.next(), slots.next())
+        {
+            debug_assert!(*age_name == AGE && *status_name == CACHE_STATUS);
+            *age_slot = age;
+            *status_slot = cache_status;
+        }
+        for ((_, slot), value) in slots.zip(self.values.iter()) {
+            *slot = value.clone();
+        }
+        if x_cache != HIT {
+            map.insert(X_CACHE, x_cache);
+        }
+        map
     }
-    if x_cache != HIT {
-        map.insert(X_CACHE, x_cache);
+
+    /// Heap bytes charged for the headers: the values (the layout only when it is not
+    /// shared: see `layout.rs`).
+    pub(super) fn weight(&self) -> usize {
+        ALLOCATION_BYTES
+            + std::mem::size_of_val(&*self.values)
+            + self.values.iter().map(HeaderValue::len).sum::<usize>()
+            + self.layout.charge()
     }
 }
 
 /// The headers an [`Entry`](super::Entry) stored, as the origin sent them: without `Age`,
-/// `Cache-Status` and `X-Cache` (each answer sets its own). A view of the entry's one map (see the module docs); nothing is copied
-/// unless [`to_map`](Self::to_map) is asked for.
+/// `Cache-Status` and `X-Cache` (each answer sets its own). A view of the entry's names and
+/// values; nothing is copied unless [`to_map`](Self::to_map) is asked for.
 #[derive(Clone, Copy)]
 pub struct StoredHeaders<'a> {
-    map: &'a HeaderMap,
+    names: &'a [HeaderName],
+    values: &'a [HeaderValue],
 }
 
 impl<'a> StoredHeaders<'a> {
-    pub(super) fn new(map: &'a HeaderMap) -> StoredHeaders<'a> {
-        StoredHeaders { map }
-    }
-
-    fn hides(&self, name: &HeaderName) -> bool {
-        is_answers_own(name)
-    }
-
     /// The first value of `name`.
     pub fn get(&self, name: &HeaderName) -> Option<&'a HeaderValue> {
-        if self.hides(name) {
-            return None;
-        }
-        self.map.get(name)
+        let at = self.names.iter().position(|n| n == name)?;
+        self.values.get(at)
     }
 
     /// Every value of `name`, in order.
     pub fn get_all(&self, name: &HeaderName) -> impl Iterator<Item = &'a HeaderValue> {
-        let hidden = self.hides(name);
-        self.map.get_all(name).iter().filter(move |_| !hidden)
+        let name = name.clone();
+        self.iter()
+            .filter(move |(n, _)| **n == name)
+            .map(|(_, v)| v)
     }
 
     /// Whether `name` has a value.
@@ -164,34 +165,32 @@ impl<'a> StoredHeaders<'a> {
 
     /// Every header, in the order stored.
     pub fn iter(&self) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> {
-        let view = *self;
-        self.map.iter().filter(move |(name, _)| !view.hides(name))
+        self.names.iter().zip(self.values.iter())
     }
 
     /// How many values are stored.
     pub fn len(&self) -> usize {
-        self.iter().count()
+        self.values.len()
     }
 
     /// Whether no header is stored.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.values.is_empty()
     }
 
     /// A copy as a map of its own.
     pub fn to_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.map.len());
+        let mut map = HeaderMap::with_capacity(self.len());
         for (name, value) in self.iter() {
             map.append(name.clone(), value.clone());
         }
         map
     }
+}
 
-    /// The entry's whole map, the cache's own headers included: for reading a header the
-    /// cache never sets (`ETag`, `Last-Modified`, `Date`, `Cache-Control`) with a function
-    /// that takes a map.
-    pub(crate) fn as_map(&self) -> &'a HeaderMap {
-        self.map
+impl Fields for StoredHeaders<'_> {
+    fn first(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.get(name)
     }
 }
 
@@ -301,23 +300,54 @@ mod tests {
     }
 
     #[test]
-    fn one_map_is_charged_for_the_headers_it_holds_not_for_its_room() {
-        let weight = |n: usize| {
-            let headers = [
-                ("content-type", "text/plain"),
-                ("cache-control", "max-age=60"),
-                ("etag", "\"v1\""),
-                ("x-a", "1"),
-            ];
-            stored(&headers[..n], StatusCode::OK).weight()
-        };
-        // Two stored headers and room for the cache's three ask for a table with room for
-        // six; so do three and three. The entry keeps (and is charged for) only what it
-        // holds: the third header costs one bucket and its bytes.
+    fn an_entry_is_charged_its_values_and_shares_its_layout() {
+        let headers = [
+            ("content-type", "text/plain"),
+            ("cache-control", "max-age=60"),
+            ("x-stored-headers-test", "\"v1\""),
+        ];
+        let weight = |n: usize| stored(&headers[..n], StatusCode::OK).weight();
+        // Entries of the same names share a layout (kept while one holds it): the third
+        // header costs its value and its value's bytes, not a bucket of a map.
+        let (two, three) = (weight(2), weight(3));
         assert_eq!(
-            weight(3) - weight(2),
-            crate::entry::BUCKET_BYTES + "etag".len() + "\"v1\"".len()
+            three - two,
+            std::mem::size_of::<HeaderValue>() + "\"v1\"".len()
         );
+        let a = stored(&headers, StatusCode::OK);
+        let b = stored(&headers, StatusCode::OK);
+        assert!(Arc::ptr_eq(&a.headers.layout, &b.headers.layout));
         assert_eq!(hit_headers(&stored(&[], StatusCode::OK)).len(), 3);
+    }
+
+    #[test]
+    fn values_are_answered_under_their_names_whatever_order_they_came_in() {
+        let name = |n: &'static str| HeaderName::from_static(n);
+        let value = |v: &'static str| HeaderValue::from_static(v);
+        // Decoded bytes need not keep a name's values together.
+        let scattered = vec![
+            (name("x-multi"), value("a")),
+            (name("content-type"), value("text/plain")),
+            (name("age"), value("9")),
+            (name("x-multi"), value("b")),
+            (name("etag"), value("\"e\"")),
+        ];
+        let headers = Stored::from_fields(scattered);
+        let view = headers.view();
+        assert_eq!(
+            view.get_all(&name("x-multi")).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(view.get(&name("etag")).unwrap(), "\"e\"");
+        assert_eq!(view.len(), 4);
+        let answer = headers.answer(value("1"), value("hit"), HIT);
+        assert_eq!(
+            answer.get_all("x-multi").iter().collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(answer["content-type"], "text/plain");
+        assert_eq!(answer["etag"], "\"e\"");
+        assert_eq!(answer[AGE], "1");
+        assert_eq!(answer.len(), 7);
     }
 }

@@ -258,7 +258,23 @@ pub(crate) fn parse_date(value: &HeaderValue) -> Option<std::time::SystemTime> {
     httpdate::parse_http_date(value.to_str().ok()?).ok()
 }
 
+/// Headers a field's first value can be read from: a message's `HeaderMap`, or the
+/// headers an entry stored (which are not a map).
+pub(crate) trait Fields {
+    /// The first value of `name`.
+    fn first(&self, name: &HeaderName) -> Option<&HeaderValue>;
+}
+
+impl Fields for http::HeaderMap {
+    fn first(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.get(name)
+    }
+}
+
 /// The first `name` field of `headers` as an HTTP-date.
-pub(crate) fn date(headers: &http::HeaderMap, name: HeaderName) -> Option<std::time::SystemTime> {
-    headers.get(name).and_then(parse_date)
+pub(crate) fn date<F: Fields + ?Sized>(
+    headers: &F,
+    name: HeaderName,
+) -> Option<std::time::SystemTime> {
+    headers.first(&name).and_then(parse_date)
 }

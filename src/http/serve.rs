@@ -429,7 +429,10 @@ fn accepts_stale(directives: Option<&RequestDirectives>, entry: &Entry) -> bool 
     let now = clock::now_millis();
     !entry.is_fresh_at(now)
         && entry.stale_secs(now) <= max_stale
-        && !crate::cache_control::CacheControl::parse(entry.headers().as_map()).must_revalidate()
+        && !crate::cache_control::CacheControl::from_fields(
+            entry.headers().get_all(&http::header::CACHE_CONTROL),
+        )
+        .must_revalidate()
 }
 
 /// Statuses for which an expired entry is better than the origin's answer (RFC 5861).

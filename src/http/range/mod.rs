@@ -187,8 +187,7 @@ fn ranged<B>(
     request: &http::HeaderMap,
 ) -> Response<CacheBody<B>> {
     let received = UNIX_EPOCH + Duration::from_millis(entry.stored_at_millis());
-    if full.status() != StatusCode::OK
-        || !spec::if_range_holds(request, entry.headers().as_map(), received)
+    if full.status() != StatusCode::OK || !spec::if_range_holds(request, &entry.headers(), received)
     {
         return full;
     }

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use http::header::{DATE, ETAG, LAST_MODIFIED};
 use http::{HeaderMap, HeaderValue};
 
-use crate::headers::{date, parse_date};
+use crate::headers::{date, parse_date, Fields};
 
 /// At most this many ranges are read; a longer list is answered whole.
 const MAX_RANGES: usize = 64;
@@ -137,7 +137,7 @@ pub(crate) fn select<'a>(lines: impl IntoIterator<Item = &'a HeaderValue>, len: 
 /// §6.6.1 lets a recipient assume). Otherwise the whole representation is sent.
 pub(crate) fn if_range_holds(
     request: &HeaderMap,
-    stored: &HeaderMap,
+    stored: &(impl Fields + ?Sized),
     received: SystemTime,
 ) -> bool {
     let mut lines = request.get_all(http::header::IF_RANGE).iter();
@@ -148,7 +148,7 @@ pub(crate) fn if_range_holds(
     };
     let condition = value.as_bytes();
     if condition.starts_with(b"\"") || condition.starts_with(b"W/") {
-        let Some(etag) = stored.get(ETAG).map(HeaderValue::as_bytes) else {
+        let Some(etag) = stored.first(&ETAG).map(HeaderValue::as_bytes) else {
             return false;
         };
         return condition.starts_with(b"\"") && etag.starts_with(b"\"") && etag == condition;
@@ -156,7 +156,7 @@ pub(crate) fn if_range_holds(
     let (Some(since), Some(modified)) = (parse_date(value), date(stored, LAST_MODIFIED)) else {
         return false;
     };
-    let sent = match stored.get(DATE) {
+    let sent = match stored.first(&DATE) {
         Some(value) => match parse_date(value) {
             Some(sent) => sent,
             None => return false,
