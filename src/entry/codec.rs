@@ -4,12 +4,11 @@
 //! panic or an unbounded allocation.
 
 use std::fmt;
-use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use super::{millis, Entry, Stored, StoredHeaders, Vary};
+use super::{Entry, Stored, StoredHeaders, Vary};
 
 const MAGIC: &[u8; 4] = b"TRC\x00";
 /// The format version; bytes of any other version read as a miss.
@@ -54,10 +53,10 @@ impl Entry {
         out.put_u8(VERSION);
         out.put_u16(self.status.as_u16());
         out.put_u64(self.stored_at_ms);
-        out.put_u64(millis(self.ttl));
-        out.put_u64(millis(self.stale_while_revalidate));
-        out.put_u64(millis(self.stale_if_error));
-        out.put_u64(millis(self.validation_window));
+        out.put_u64(self.ttl_ms);
+        out.put_u64(self.stale_while_revalidate_ms);
+        out.put_u64(self.stale_if_error_ms);
+        out.put_u64(self.validation_window_ms);
         put_bytes(&mut out, &self.identity);
         let vary = self.vary();
         out.put_u32(vary.names.len() as u32);
@@ -113,11 +112,11 @@ impl Entry {
         if stored_at_ms > crate::clock::now_millis().saturating_add(MAX_CLOCK_AHEAD_MS) {
             return Err(bad("stored in the future"));
         }
-        let ttl = Duration::from_millis(buf.get_u64());
-        let stale_while_revalidate = Duration::from_millis(buf.get_u64());
-        let stale_if_error = Duration::from_millis(buf.get_u64());
+        let ttl_ms = buf.get_u64();
+        let stale_while_revalidate_ms = buf.get_u64();
+        let stale_if_error_ms = buf.get_u64();
         need(buf, 8)?;
-        let validation_window = Duration::from_millis(buf.get_u64());
+        let validation_window_ms = buf.get_u64();
         let identity = share(owner, get_bytes(&mut buf)?);
         let mut names = Vec::new();
         for _ in 0..get_field_count(&mut buf)? {
@@ -155,10 +154,10 @@ impl Entry {
             headers,
             body,
             stored_at_ms,
-            ttl,
-            stale_while_revalidate,
-            stale_if_error,
-            validation_window,
+            ttl_ms,
+            stale_while_revalidate_ms,
+            stale_if_error_ms,
+            validation_window_ms,
             // A soft mark is kept beside the value and applied when it is read.
             invalidated: false,
             tags,
@@ -285,6 +284,7 @@ mod tests {
     use super::*;
     use crate::entry::tests::sample;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     #[test]
     fn round_trip_keeps_every_field() {

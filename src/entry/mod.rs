@@ -57,14 +57,16 @@ pub struct Entry {
     headers: Stored,
     body: Bytes,
     stored_at_ms: u64,
-    ttl: Duration,
+    /// How long it is fresh after `stored_at_ms`. (Spans are kept in milliseconds, as the
+    /// byte format has them: 8 bytes where a `Duration` takes 16.)
+    ttl_ms: u64,
     /// How long after expiry the entry may still be served while it is refreshed.
-    stale_while_revalidate: Duration,
+    stale_while_revalidate_ms: u64,
     /// How long after expiry the entry may still be served when the origin fails.
-    stale_if_error: Duration,
+    stale_if_error_ms: u64,
     /// How long after expiry the entry is kept to be validated upstream (it has a
     /// validator the origin can check), served only after a `304`.
-    validation_window: Duration,
+    validation_window_ms: u64,
     /// Stale because an invalidation said it may have changed (a soft mark), not because
     /// time passed: only a validator the origin repeats may freshen it again.
     invalidated: bool,
@@ -105,10 +107,10 @@ impl Entry {
             headers: Stored::from_map(headers),
             body,
             stored_at_ms: now,
-            ttl,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            validation_window: Duration::ZERO,
+            ttl_ms: millis(ttl),
+            stale_while_revalidate_ms: 0,
+            stale_if_error_ms: 0,
+            validation_window_ms: 0,
             invalidated: false,
             tags: Vec::new(),
             identity: Bytes::new(),
@@ -123,7 +125,7 @@ impl Entry {
     pub(crate) fn with_initial_age(mut self, age: Duration) -> Self {
         let age_ms = millis(age).min(self.stored_at_ms);
         self.stored_at_ms -= age_ms;
-        self.ttl = self.ttl.saturating_add(Duration::from_millis(age_ms));
+        self.ttl_ms = self.ttl_ms.saturating_add(age_ms);
         self
     }
 
@@ -132,7 +134,10 @@ impl Entry {
     /// `ttl` from now.
     pub(crate) fn freshened(&self, headers: HeaderMap, ttl: Duration) -> Entry {
         Entry::new(self.status, headers, self.body.clone(), ttl)
-            .with_stale(self.stale_while_revalidate, self.stale_if_error)
+            .with_stale(
+                Duration::from_millis(self.stale_while_revalidate_ms),
+                Duration::from_millis(self.stale_if_error_ms),
+            )
             .with_validation_window(validation_window(ttl))
             .with_tags(self.tags.clone())
             .with_vary(self.vary().clone())
@@ -141,7 +146,7 @@ impl Entry {
 
     /// Keep the entry `window` after expiry to validate it upstream (see the field).
     pub(crate) fn with_validation_window(mut self, window: Duration) -> Self {
-        self.validation_window = window;
+        self.validation_window_ms = millis(window);
         self
     }
 
@@ -151,7 +156,7 @@ impl Entry {
         now_ms
             < self
                 .expires_at_ms()
-                .saturating_add(millis(self.validation_window))
+                .saturating_add(self.validation_window_ms)
     }
 
     /// Attach invalidation tags (from the `Cache-Tag` response header).
@@ -163,8 +168,8 @@ impl Entry {
     /// Allow serving the entry stale: `while_revalidate` after expiry while one background
     /// request refreshes it, `if_error` after expiry when the origin fails.
     pub fn with_stale(mut self, while_revalidate: Duration, if_error: Duration) -> Self {
-        self.stale_while_revalidate = while_revalidate;
-        self.stale_if_error = if_error;
+        self.stale_while_revalidate_ms = millis(while_revalidate);
+        self.stale_if_error_ms = millis(if_error);
         self
     }
 
@@ -221,20 +226,21 @@ impl Entry {
 
     /// How long the entry is fresh after it was stored.
     pub fn ttl(&self) -> Duration {
-        self.ttl
+        Duration::from_millis(self.ttl_ms)
     }
 
     /// A copy whose TTL is at most `cap` (bodies are shared, not copied).
     pub(crate) fn capped(&self, cap: Duration) -> Entry {
+        let cap = millis(cap);
         Entry {
             status: self.status,
             headers: self.headers.clone(),
             body: self.body.clone(),
             stored_at_ms: self.stored_at_ms,
-            ttl: self.ttl.min(cap),
-            stale_while_revalidate: self.stale_while_revalidate.min(cap),
-            stale_if_error: self.stale_if_error.min(cap),
-            validation_window: self.validation_window.min(cap),
+            ttl_ms: self.ttl_ms.min(cap),
+            stale_while_revalidate_ms: self.stale_while_revalidate_ms.min(cap),
+            stale_if_error_ms: self.stale_if_error_ms.min(cap),
+            validation_window_ms: self.validation_window_ms.min(cap),
             invalidated: self.invalidated,
             tags: self.tags.clone(),
             identity: self.identity.clone(),
@@ -265,7 +271,7 @@ impl Entry {
     /// A copy that expired at `now_ms` but keeps its stale windows (soft invalidation).
     pub(crate) fn expired_at(&self, now_ms: u64) -> Entry {
         Entry {
-            ttl: Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms)),
+            ttl_ms: now_ms.saturating_sub(self.stored_at_ms),
             invalidated: true,
             ..self.capped(Duration::MAX)
         }
@@ -281,15 +287,12 @@ impl Entry {
         now_ms
             < self
                 .expires_at_ms()
-                .saturating_add(millis(self.stale_while_revalidate))
+                .saturating_add(self.stale_while_revalidate_ms)
     }
 
     /// Whether the entry may be served stale at `now_ms` when the origin fails.
     pub(crate) fn within_stale_if_error(&self, now_ms: u64) -> bool {
-        now_ms
-            < self
-                .expires_at_ms()
-                .saturating_add(millis(self.stale_if_error))
+        now_ms < self.expires_at_ms().saturating_add(self.stale_if_error_ms)
     }
 
     /// Whether the entry is of no use any more, fresh or stale.
@@ -303,10 +306,10 @@ impl Entry {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn retention(&self) -> Duration {
         let longest = self
-            .stale_while_revalidate
-            .max(self.stale_if_error)
-            .max(self.validation_window);
-        self.ttl.saturating_add(longest)
+            .stale_while_revalidate_ms
+            .max(self.stale_if_error_ms)
+            .max(self.validation_window_ms);
+        Duration::from_millis(self.ttl_ms.saturating_add(longest))
     }
 
     /// Whole seconds since the entry expired (0 while fresh).
@@ -320,7 +323,7 @@ impl Entry {
     }
 
     fn expires_at_ms(&self) -> u64 {
-        self.stored_at_ms.saturating_add(millis(self.ttl))
+        self.stored_at_ms.saturating_add(self.ttl_ms)
     }
 
     /// Whether the entry is still fresh at `now_ms`.
@@ -392,7 +395,7 @@ impl fmt::Debug for Entry {
             .field("headers", &self.headers().len())
             .field("body_len", &self.body.len())
             .field("stored_at_ms", &self.stored_at_ms)
-            .field("ttl", &self.ttl)
+            .field("ttl", &self.ttl())
             .field("tags", &self.tags)
             .field("trailers", &self.trailers.as_deref().map(HeaderMap::len))
             .finish()

@@ -19,9 +19,10 @@ use crate::store::policy::{Admission, Resident, Victim};
 /// to grow) and its ghost once it leaves the small queue (32).
 const SLOT_BYTES: usize = 2 * 48 + 64 + 24 + 2 * 48 + 32;
 
-/// Bytes charged for an entry: the entry itself plus its key, held in the map and the queue.
+/// Bytes charged for an entry: the entry itself plus its key, held once (behind an `Arc`
+/// the map and the queue share: its counts and the allocator's).
 pub(super) fn weight_of(map_key: &str, entry: &Entry) -> usize {
-    entry.weight() + 2 * (map_key.len() + 16) + SLOT_BYTES
+    entry.weight() + map_key.len() + 32 + SLOT_BYTES
 }
 
 /// Why entries left the store, counted.
@@ -106,7 +107,7 @@ impl Inner {
     /// returns whether the entry stays. `contest`: whether it may be refused.
     pub(super) fn admit(
         &self,
-        map_key: Box<str>,
+        map_key: Arc<str>,
         variant: u64,
         entry: &Arc<Entry>,
         weight: u64,

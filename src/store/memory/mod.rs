@@ -66,7 +66,8 @@ pub struct MemoryStoreBuilder {
 struct Inner {
     /// `{namespace}:{logical}` → every variant of that logical key.
     /// aHash: keyed per process (flood-resistant like SipHash) and several times faster.
-    map: DashMap<Box<str>, Slot, ahash::RandomState>,
+    /// A key is held once: the policy's queue shares it.
+    map: DashMap<Arc<str>, Slot, ahash::RandomState>,
     max_bytes: usize,
     used: AtomicU64,
     entries: AtomicU64,
@@ -177,7 +178,7 @@ impl MemoryStore {
     /// Store synchronously; returns whether the entry was kept.
     pub(crate) fn put_now(&self, key: StoreKey<'_>, entry: Arc<Entry>) -> bool {
         self.inner.ensure_sweeper();
-        let map_key: Box<str> = map_key(key.namespace, key.logical).into_boxed_str();
+        let mut map_key: Arc<str> = Arc::from(map_key(key.namespace, key.logical));
         let weight = weight_of(&map_key, &entry);
         if weight > self.inner.max_bytes / 4 {
             self.inner.removals.refuse();
@@ -210,6 +211,8 @@ impl MemoryStore {
             }
             next.push(entry);
             slot.variants.insert(key.variant, next.into());
+            // The key the map holds (the one just made, unless the slot was there).
+            map_key = slot.key().clone();
         }
         self.inner.entries.fetch_add(1, Ordering::Relaxed);
         self.inner.sub_entries(replaced + capped);
@@ -235,7 +238,7 @@ impl MemoryStore {
         drop_entry: impl Fn(&Entry) -> bool,
     ) -> u64 {
         let inner = &self.inner;
-        let doomed: Vec<Box<str>> = inner
+        let doomed: Vec<Arc<str>> = inner
             .map
             .iter()
             .filter(|slot| {

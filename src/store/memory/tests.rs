@@ -493,3 +493,46 @@ fn the_hit_path_escapes_a_namespace_as_every_other_path_does() {
         assert_eq!(buffer, escaped(namespace), "{namespace}");
     }
 }
+
+/// What the layer stores for a typical page: its eight headers (the cache's `ETag` among
+/// them) and a 4 KiB body.
+fn page(path: &str) -> Entry {
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("content-type", "text/html; charset=utf-8"),
+        ("cache-control", "public, max-age=600"),
+        ("etag", "\"2c4f1a7e9b3d5f60\""),
+        ("last-modified", "Wed, 21 Oct 2026 07:28:00 GMT"),
+        ("date", "Wed, 21 Oct 2026 07:30:00 GMT"),
+        ("content-encoding", "gzip"),
+        ("server", "portal"),
+    ] {
+        headers.insert(name, http::HeaderValue::from_static(value));
+    }
+    headers.insert(
+        "x-request-id",
+        http::HeaderValue::from_str(&format!("req-{path}")).unwrap(),
+    );
+    Entry::new(
+        StatusCode::OK,
+        headers,
+        Bytes::from(vec![b'x'; 4096]),
+        Duration::from_secs(600),
+    )
+}
+
+/// What a page costs above its body: its eight values (40 bytes each and their text), the
+/// entry (200), the store's slot, queue reference and ghost (312), its key once. 1 067
+/// bytes today; the layout its names share is charged to no entry.
+#[test]
+fn a_page_with_eight_headers_is_charged_about_a_kib_above_its_body() {
+    let path = "/dashboard/acme/2026-10";
+    let charged = weight_of(&format!("default:{path}"), &page(path));
+    assert!(charged <= 4096 + 1100, "{charged}");
+    // A second page of the same names costs the same: nothing of the layout is charged.
+    let other = "/dashboard/acme/2026-11";
+    assert_eq!(
+        weight_of(&format!("default:{other}"), &page(other)),
+        charged
+    );
+}

@@ -78,8 +78,8 @@ const PROMOTE_USES: u64 = 1;
 
 /// An entry as the queues hold it.
 pub(crate) struct Resident {
-    /// The store's map key.
-    pub(crate) key: Box<str>,
+    /// The store's map key (the map's own, shared).
+    pub(crate) key: Arc<str>,
     pub(crate) variant: u64,
     /// Identifies the key (and variant) in the sketch and the ghost queue.
     pub(crate) hash: u64,
