@@ -39,25 +39,31 @@ fn admit(policy: &mut Policy, held: &mut Vec<Arc<Entry>>, hash: u64, capacity: u
     }
 }
 
+/// Store `keys`, drop them (say invalidated) and store them again: missed twice, never read.
+fn missed_twice(policy: &mut Policy, held: &mut Vec<Arc<Entry>>, keys: std::ops::Range<u64>) {
+    let before = held.len();
+    for k in keys.clone() {
+        admit(policy, held, k, 100);
+    }
+    held.truncate(before);
+    for k in keys {
+        admit(policy, held, k, 100);
+    }
+}
+
+fn in_main(policy: &Policy, hash: u64) -> bool {
+    policy.main.iter().any(|r| r.hash == hash)
+}
+
 #[test]
 fn a_scan_does_not_displace_entries_stored_more_often() {
     let mut policy = Policy::new(100 * 1000);
     let mut held = Vec::new();
-    // Ten keys stored, dropped (say invalidated) and stored again: missed twice. Never read.
-    for k in 0..10 {
-        admit(&mut policy, &mut held, k, 100);
-    }
-    held.clear();
-    for k in 0..10 {
-        admit(&mut policy, &mut held, k, 100);
-    }
+    missed_twice(&mut policy, &mut held, 0..10);
     let popular: Vec<Arc<Entry>> = held.clone();
     // A scan of 500 unique keys (five times the cache, within the sketch's memory).
-    let mut refused = 0;
     for k in 1000..1500 {
-        if !admit(&mut policy, &mut held, k, 100) {
-            refused += 1;
-        }
+        admit(&mut policy, &mut held, k, 100);
     }
     assert!(held.len() <= 100);
     for entry in &popular {
@@ -66,7 +72,9 @@ fn a_scan_does_not_displace_entries_stored_more_often() {
             "a popular key was evicted"
         );
     }
-    assert!(refused >= 10, "{refused}");
+    // Unread, they left the small queue for the main one, which had room: a page that
+    // comes back less often than the small queue turns over is kept all the same.
+    assert!((0..10).all(|k| in_main(&policy, k)));
 }
 
 #[test]
