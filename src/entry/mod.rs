@@ -35,6 +35,7 @@ mod usage;
 pub use codec::DecodeError;
 use stored_headers::Stored;
 pub use stored_headers::StoredHeaders;
+pub(crate) use stored_headers::MAX_STORED_VALUES;
 
 /// Fixed per-entry overhead counted against a memory budget: the struct itself behind its
 /// `Arc` (a store adds its own slot costs).

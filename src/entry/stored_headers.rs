@@ -45,6 +45,12 @@ use super::layout::Layout;
 use super::ALLOCATION_BYTES;
 use crate::headers::{Fields, CACHE_STATUS, HIT, X_CACHE};
 
+/// Header values an entry keeps at most: what the byte format reads back, and far below
+/// the 32 768 a `HeaderMap` holds (the answer map adds the cache's three). The layer does
+/// not store a response with more (`policy/response.rs`), so an entry never answers with
+/// fewer headers than the origin sent.
+pub(crate) const MAX_STORED_VALUES: usize = 1024;
+
 /// Headers set by the cache on every answer: never stored.
 fn is_answers_own(name: &HeaderName) -> bool {
     name == AGE || name == CACHE_STATUS || name == X_CACHE
@@ -59,12 +65,14 @@ pub(super) struct Stored {
 }
 
 impl Stored {
-    /// The headers of `map` (the answers' own dropped), in its order.
+    /// The headers of `map` (the answers' own dropped), in its order; past
+    /// [`MAX_STORED_VALUES`], the rest are not kept.
     pub(super) fn from_map(map: HeaderMap) -> Stored {
-        let mut names = Vec::with_capacity(map.len());
-        let mut values = Vec::with_capacity(map.len());
+        let kept = map.len().min(MAX_STORED_VALUES);
+        let mut names = Vec::with_capacity(kept);
+        let mut values = Vec::with_capacity(kept);
         let mut current = None;
-        for (name, value) in map {
+        for (name, value) in map.into_iter().take(kept) {
             // `HeaderMap`'s owned iterator names each header once, before its first value.
             if let Some(name) = name {
                 current = Some(name);

@@ -167,6 +167,9 @@ fn storable<B: http_body::Body>(
     if parts.headers.contains_key(SET_COOKIE) || says_private(&parts.headers) {
         return Err("private");
     }
+    if parts.headers.len() > crate::entry::MAX_STORED_VALUES {
+        return Err("too-large");
+    }
     if body.size_hint().lower() > limit as u64 {
         return Err("too-large");
     }

@@ -103,6 +103,9 @@ impl CachePolicy {
         default_ttl: Duration,
         request_headers: &HeaderMap,
     ) -> Result<(Duration, StaleWindows), NotStorable> {
+        if headers.len() > crate::entry::MAX_STORED_VALUES {
+            return Err(NotStorable::TooLarge);
+        }
         if self.rfc9111 {
             return self.storable_rfc9111(status, headers, request_headers);
         }

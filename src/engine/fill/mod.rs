@@ -442,13 +442,39 @@ where
         commit.abandon();
         return fill.end_with(trailers);
     };
-    let mut store = std::pin::pin!(commit.store(recorded, trailers.clone()));
+    // Ends the readers' streams however the commit goes: should it panic, the task unwinds
+    // and the guard's drop still ends them (each has the whole body).
+    let mut end = EndGuard {
+        fill: &fill,
+        trailers: Some(trailers.clone()),
+    };
+    let mut store = std::pin::pin!(commit.store(recorded, trailers));
     // The first poll writes to a local store; only then do the readers see the end.
     let pending =
         std::future::poll_fn(|cx| Poll::Ready(store.as_mut().poll(cx).is_pending())).await;
-    fill.end_with(trailers);
+    end.end();
     if pending {
         store.await;
+    }
+}
+
+/// Ends a complete fill's readers once, at [`end`](Self::end) or when dropped.
+struct EndGuard<'a> {
+    fill: &'a Fill,
+    trailers: Option<Option<HeaderMap>>,
+}
+
+impl EndGuard<'_> {
+    fn end(&mut self) {
+        if let Some(trailers) = self.trailers.take() {
+            self.fill.end_with(trailers);
+        }
+    }
+}
+
+impl Drop for EndGuard<'_> {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 

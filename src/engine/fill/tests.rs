@@ -190,3 +190,35 @@ async fn a_stalled_reader_of_an_unrecorded_fill_never_refuses_another_recording(
     drop((big, next, stalled));
     assert_eq!(budget.used(), 0);
 }
+
+/// A commit that panics (a bug in a store, say).
+struct Panics;
+
+impl Commit for Panics {
+    async fn store(self, _: Bytes, _: Option<HeaderMap>) {
+        panic!("the store failed");
+    }
+    fn abandon(self) {}
+    fn release_followers(&mut self) {}
+}
+
+#[tokio::test]
+async fn a_commit_that_panics_still_ends_every_readers_body() {
+    let fill = Fill::new(
+        head(),
+        Arc::new(Budget::new(1 << 20)),
+        1 << 20,
+        Duration::from_secs(10),
+    );
+    let reader = fill.reader().unwrap();
+    let (tx, body) = channel_body();
+    let task = tokio::spawn(run(fill.clone(), body, Panics));
+    tx.send(Bytes::from_static(b"whole")).await.unwrap();
+    drop(tx);
+    assert!(task.await.unwrap_err().is_panic());
+    let read = tokio::time::timeout(Duration::from_secs(5), reader.collect())
+        .await
+        .expect("the reader's body ends")
+        .unwrap();
+    assert_eq!(read.to_bytes(), "whole");
+}
