@@ -358,4 +358,20 @@ mod tests {
         assert_eq!(answer[AGE], "1");
         assert_eq!(answer.len(), 7);
     }
+
+    #[test]
+    fn an_entry_keeps_at_most_its_limit_of_values_and_answers_without_a_panic() {
+        let mut map = HeaderMap::new();
+        for i in 0..32_767u32 {
+            map.append("x-many", HeaderValue::from(i));
+        }
+        let entry = Entry::new(
+            StatusCode::OK,
+            map,
+            Bytes::from_static(b"x"),
+            Duration::from_secs(1),
+        );
+        assert_eq!(entry.headers().len(), MAX_STORED_VALUES);
+        assert_eq!(hit_headers(&entry).len(), MAX_STORED_VALUES + 3);
+    }
 }
