@@ -45,9 +45,9 @@ impl Entry {
             + self.identity.len()
             + self.vary().values.len()
             + self.vary().names.len() * 32
-            + self.tags.iter().map(|t| t.len() + 4).sum::<usize>()
+            + self.tags().iter().map(|t| t.len() + 4).sum::<usize>()
             + fields_len(self.headers().iter())
-            + self.trailers.as_deref().map_or(0, |t| fields_len(t.iter()));
+            + self.trailers().map_or(0, |t| fields_len(t.iter()));
         let mut out = BytesMut::with_capacity(estimate);
         out.put_slice(MAGIC);
         out.put_u8(VERSION);
@@ -64,14 +64,14 @@ impl Entry {
             put_bytes(&mut out, name.as_str().as_bytes());
         }
         put_bytes(&mut out, &vary.values);
-        out.put_u32(self.tags.len() as u32);
-        for tag in &self.tags {
+        out.put_u32(self.tags().len() as u32);
+        for tag in self.tags() {
             put_bytes(&mut out, tag.as_bytes());
         }
         put_headers(&mut out, self.headers().len(), self.headers().iter());
         put_bytes(&mut out, &self.body);
         // A presence byte, then the trailers like the headers.
-        match &self.trailers {
+        match self.trailers() {
             None => out.put_u8(0),
             Some(trailers) => {
                 out.put_u8(1);
@@ -117,7 +117,7 @@ impl Entry {
         let stale_if_error_ms = buf.get_u64();
         need(buf, 8)?;
         let validation_window_ms = buf.get_u64();
-        let identity = share(owner, get_bytes(&mut buf)?);
+        let identity = Box::from(get_bytes(&mut buf)?);
         let mut names = Vec::new();
         for _ in 0..get_field_count(&mut buf)? {
             let raw = get_bytes(&mut buf)?;
@@ -143,7 +143,7 @@ impl Entry {
         need(buf, 1)?;
         let trailers = match buf.get_u8() {
             0 => None,
-            1 => Some(Box::new(get_headers(&mut buf, owner)?)),
+            1 => Some(get_headers(&mut buf, owner)?),
             _ => return Err(bad("invalid trailers flag")),
         };
         if !buf.is_empty() {
@@ -160,16 +160,18 @@ impl Entry {
             validation_window_ms,
             // A soft mark is kept beside the value and applied when it is read.
             invalidated: false,
-            tags,
             identity,
-            vary: None,
-            trailers,
+            extras: None,
             usage: Default::default(),
         };
-        Ok(entry.with_vary(Vary {
+        let entry = entry.with_tags(tags).with_vary(Vary {
             names,
             values: vary_values,
-        }))
+        });
+        Ok(match trailers {
+            Some(trailers) => entry.with_trailers(trailers),
+            None => entry,
+        })
     }
 }
 
