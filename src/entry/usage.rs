@@ -67,6 +67,22 @@ impl Usage {
         }
     }
 
+    /// No uses left (a pass through the main queue while recency pays spends them all).
+    pub(crate) fn spend_all_uses(&self) {
+        let v = self.0.load(Ordering::Relaxed);
+        if v & USES_MASK > 0 {
+            self.0.store(v & !USES_MASK, Ordering::Relaxed);
+        }
+    }
+
+    /// Stores taken since the last read (or the write, when never read): by any memory
+    /// store of the process, so with several busy stores it runs faster than one store's.
+    pub(crate) fn stores_since(&self) -> u64 {
+        WRITES
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.stamp() >> 1)
+    }
+
     /// The last read's stamp, or the write's when never read since stored.
     pub(crate) fn stamp(&self) -> u64 {
         self.0.load(Ordering::Relaxed) >> 2
@@ -93,6 +109,12 @@ mod tests {
         assert_eq!(a.uses(), MAX_USES);
         a.spend_use();
         assert_eq!(a.uses(), MAX_USES - 1);
+        let stamp = a.stamp();
+        a.spend_all_uses();
+        assert_eq!(a.uses(), 0);
+        assert_eq!(a.stamp(), stamp, "spending uses keeps the stamp");
+        a.count_use();
+        a.count_use();
         a.stamp_read();
         assert!(a.read_since_stored());
         assert_eq!(a.uses(), MAX_USES - 1, "a stamp keeps the uses");
