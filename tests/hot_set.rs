@@ -85,14 +85,14 @@ async fn hot_hits(store: MemoryStore, warm_up: usize, rounds: usize) -> (usize, 
     (hits, reads)
 }
 
-/// Run the flood over a store of `max_bytes` and check that 95 % of hot reads were hits,
-/// after two rounds to learn the hot pages (each is fetched twice before it can be told
-/// from junk fetched once). Returns the store.
-async fn keeps_the_hot_pages(max_bytes: usize) -> MemoryStore {
+/// Run the flood over a store of `max_bytes` and check that `percent` % of hot reads were
+/// hits, after two rounds to learn the hot pages (each is fetched twice before it can be
+/// told from junk fetched once). Returns the store.
+async fn keeps_the_hot_pages(max_bytes: usize, percent: usize) -> MemoryStore {
     let store = MemoryStore::builder().max_bytes(max_bytes).build();
     let (hits, reads) = hot_hits(store.clone(), 2, 10).await;
     assert!(
-        hits * 100 >= reads * 95,
+        hits * 100 >= reads * percent,
         "{hits} of {reads} hot reads were hits"
     );
     let stats = tower_response_cache::Store::stats(&store);
@@ -101,10 +101,13 @@ async fn keeps_the_hot_pages(max_bytes: usize) -> MemoryStore {
 }
 
 /// No time passes (a paused clock): the policy must work from the order of requests alone,
-/// as it must at a million requests a second.
+/// as it must at a million requests a second. The store holds about 440 entries; the hot
+/// pages come back from the ghost queues while they are learnt, which grows the small
+/// queue, and the rules that then lean towards LRU must not take them from a main queue
+/// that holds little else (611 of 640 were hits when they did).
 #[tokio::test(start_paused = true)]
 async fn a_ten_to_one_junk_flood_keeps_the_hot_pages() {
-    let store = keeps_the_hot_pages(2 << 20).await;
+    let store = keeps_the_hot_pages(2 << 20, 99).await;
     // The flood's URLs were refused or evicted. (Whether any was refused rather than
     // evicted depends on where the sketch's hashes fall: sometimes none is.)
     let stats = tower_response_cache::Store::stats(&store);
@@ -119,7 +122,7 @@ async fn a_ten_to_one_junk_flood_keeps_the_hot_pages() {
 /// rule not one hot read of this test was a hit.
 #[tokio::test(start_paused = true)]
 async fn a_flood_over_a_smaller_store_keeps_the_hot_pages() {
-    let store = keeps_the_hot_pages(1_300 << 10).await;
+    let store = keeps_the_hot_pages(1_300 << 10, 95).await;
     assert!(tower_response_cache::Store::stats(&store).entries <= 280);
 }
 

@@ -247,6 +247,16 @@ fn while_recency_pays_a_pass_through_the_main_queue_spends_every_use() {
 }
 
 #[test]
+fn while_recency_pays_a_main_queue_under_half_its_share_keeps_its_entries() {
+    // Twenty entries read before the move (under half the main queue's 70 % share) and
+    // eighty newer ones in the small queue: the small queue's oldest goes.
+    let (mut policy, held) = old_main_and_fresh_small(30, 0..20, 100..180);
+    assert!(policy.recency_pays());
+    assert_eq!(victims_of_one_newcomer(&mut policy), vec![100]);
+    assert!(held[..20].iter().all(|e| e.usage().uses() > 0));
+}
+
+#[test]
 fn while_frequency_pays_the_main_queue_keeps_what_was_read_often() {
     // The same queues with the small queue at its starting 10 %: the uses count.
     let (mut policy, held) = old_main_and_fresh_small(10, 0..70, 100..130);
