@@ -30,9 +30,10 @@
 //!   the policy leans towards LRU: newcomers are not contested; a pass through the main
 //!   queue spends all of an entry's uses, not one (a CLOCK); a main queue holding at
 //!   least half its share gives up its oldest entry instead of the small queue's when no
-//!   read has touched it since before the small queue's oldest was stored; and a main-queue entry no read has touched for
-//!   half the stores the queues hold leaves whatever uses it kept. Reads are ordered by
-//!   the stamps of `usage.rs`, which count stores, not time.
+//!   read has touched it since before the small queue's oldest was stored; and a
+//!   main-queue entry no read has touched for half the stores the queues hold leaves
+//!   whatever uses it kept. Reads are ordered by the stamps of `usage.rs`, which count
+//!   stores, not time.
 //!
 //! Time plays no part: the policy sees the order of writes and reads, so it behaves the
 //! same at ten requests a second and at a million. Entries are weighed in bytes, so one

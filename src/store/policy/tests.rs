@@ -152,6 +152,27 @@ fn keys_back_after_the_main_queue_dropped_them_shrink_the_small_queue() {
     assert!(policy.small_target() >= 1000);
 }
 
+/// Queue a new entry (stamped as a store takes it) at the end of the small queue.
+fn queue_small(policy: &mut Policy, hash: u64) -> Arc<Entry> {
+    let entry = entry();
+    entry.usage().stamp_write();
+    policy.small_bytes += 1000;
+    policy.small.push_back(resident(hash, &entry));
+    entry
+}
+
+/// Queue a new entry with `uses` at the end of the main queue.
+fn queue_main(policy: &mut Policy, hash: u64, uses: usize) -> Arc<Entry> {
+    let entry = entry();
+    entry.usage().stamp_write();
+    for _ in 0..uses {
+        entry.usage().count_use();
+    }
+    policy.main_bytes += 1000;
+    policy.main.push_back(resident(hash, &entry));
+    entry
+}
+
 /// A policy whose main queue holds `old` (stored and read before: the first half three
 /// times each, the rest once) and whose small queue holds `fresh` (stored after them,
 /// unread), with the small queue at its share of a 100-entry budget of `small_percent`.
@@ -165,21 +186,14 @@ fn old_main_and_fresh_small(
     let mut held = Vec::new();
     let half = old.start + (old.end - old.start) / 2;
     for hash in old {
-        let entry = entry();
-        entry.usage().stamp_write();
-        for _ in 0..if hash < half { 3 } else { 1 } {
-            entry.usage().count_use();
-        }
-        policy.main_bytes += 1000;
-        policy.main.push_back(resident(hash, &entry));
-        held.push(entry);
+        held.push(queue_main(
+            &mut policy,
+            hash,
+            if hash < half { 3 } else { 1 },
+        ));
     }
     for hash in fresh {
-        let entry = entry();
-        entry.usage().stamp_write();
-        policy.small_bytes += 1000;
-        policy.small.push_back(resident(hash, &entry));
-        held.push(entry);
+        held.push(queue_small(&mut policy, hash));
     }
     (policy, held)
 }
@@ -214,21 +228,14 @@ fn while_recency_pays_a_pass_through_the_main_queue_spends_every_use() {
     policy.small_target = 600 * 1000;
     let mut held = Vec::new();
     for hash in 5000..5100 {
-        let fresh = entry();
-        fresh.usage().stamp_write();
-        policy.small_bytes += 1000;
-        policy.small.push_back(resident(hash, &fresh));
-        held.push(fresh);
+        held.push(queue_small(&mut policy, hash));
     }
     for hash in 0..1000 {
-        let read = entry();
-        read.usage().stamp_write();
-        for _ in 0..if hash < 500 { 3 } else { 1 } {
-            read.usage().count_use();
-        }
-        policy.main_bytes += 1000;
-        policy.main.push_back(resident(hash, &read));
-        held.push(read);
+        held.push(queue_main(
+            &mut policy,
+            hash,
+            if hash < 500 { 3 } else { 1 },
+        ));
     }
     let new = entry();
     new.usage().stamp_write();
@@ -270,13 +277,7 @@ fn while_frequency_pays_the_main_queue_keeps_what_was_read_often() {
 fn while_recency_pays_an_entry_unread_for_half_the_queues_stores_leaves_with_its_uses() {
     let mut policy = Policy::new(100 * 1000);
     policy.small_target = 30 * 1000;
-    let forgotten = entry();
-    forgotten.usage().stamp_write();
-    for _ in 0..3 {
-        forgotten.usage().count_use();
-    }
-    policy.main_bytes += 1000;
-    policy.main.push_back(resident(0, &forgotten));
+    let forgotten = queue_main(&mut policy, 0, 3);
     // Two hundred stores later (other tests' stores only add to them)...
     for _ in 0..200 {
         entry().usage().stamp_write();
@@ -284,20 +285,12 @@ fn while_recency_pays_an_entry_unread_for_half_the_queues_stores_leaves_with_its
     // ...sixty entries read once since, and twenty in the small queue, below its share.
     let mut held = vec![forgotten.clone()];
     for hash in 1..61 {
-        let read = entry();
-        read.usage().stamp_write();
+        let read = queue_main(&mut policy, hash, 1);
         read.usage().stamp_read();
-        read.usage().count_use();
-        policy.main_bytes += 1000;
-        policy.main.push_back(resident(hash, &read));
         held.push(read);
     }
     for hash in 100..120 {
-        let fresh = entry();
-        fresh.usage().stamp_write();
-        policy.small_bytes += 1000;
-        policy.small.push_back(resident(hash, &fresh));
-        held.push(fresh);
+        held.push(queue_small(&mut policy, hash));
     }
     assert!(policy.recency_pays());
     // It leaves at once with the uses it kept: the entries read since are not passed
