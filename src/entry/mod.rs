@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::clock;
-pub(crate) use usage::Usage;
+pub(crate) use usage::{clock, Usage};
 
 mod codec;
 mod layout;

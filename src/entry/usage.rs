@@ -11,6 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Stores taken by any memory store in this process (the stamps' clock).
 static WRITES: AtomicU64 = AtomicU64::new(0);
 
+/// The stamps' clock now: stores taken so far by every memory store of the process.
+pub(crate) fn clock() -> u64 {
+    WRITES.load(Ordering::Relaxed)
+}
+
 /// Highest use count kept: a main-queue entry then survives at most three passes unread,
 /// so the search for a victim stays short (S3-FIFO's and TinyUFO's cap).
 pub(crate) const MAX_USES: u64 = 3;
@@ -75,12 +80,10 @@ impl Usage {
         }
     }
 
-    /// Stores taken since the last read (or the write, when never read): by any memory
-    /// store of the process, so with several busy stores it runs faster than one store's.
-    pub(crate) fn stores_since(&self) -> u64 {
-        WRITES
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.stamp() >> 1)
+    /// The clock (stores taken by every memory store of the process) when the entry was
+    /// last read, or when it was stored if never read since.
+    pub(crate) fn touched_at(&self) -> u64 {
+        self.stamp() >> 1
     }
 
     /// The last read's stamp, or the write's when never read since stored.

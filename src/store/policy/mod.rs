@@ -33,7 +33,9 @@
 //!   read has touched it since before the small queue's oldest was stored; and a
 //!   main-queue entry no read has touched for half the stores the queues hold leaves
 //!   whatever uses it kept. Reads are ordered by the stamps of `usage.rs`, which count
-//!   stores, not time.
+//!   stores, not time: every memory store's in the process, so the horizon is looked up
+//!   in this store's own stores (`horizon.rs`), and a busy near cache or fallback beside
+//!   it does not shorten it.
 //!
 //! Time plays no part: the policy sees the order of writes and reads, so it behaves the
 //! same at ten requests a second and at a million. Entries are weighed in bytes, so one
@@ -89,9 +91,11 @@ use std::sync::{Arc, Weak};
 use crate::entry::Entry;
 
 mod ghost;
+mod horizon;
 mod sketch;
 
 use ghost::Ghost;
+use horizon::Horizon;
 use sketch::Sketch;
 
 /// Share of the budget the small queue starts with (S3-FIFO's 10 %); admission contests
@@ -156,6 +160,8 @@ pub(crate) struct Policy {
     /// Keys recently dropped from the main queue.
     main_ghost: Ghost,
     sketch: Sketch,
+    /// This store's stores on the process's clock (the forgetting horizon counts them).
+    horizon: Horizon,
 }
 
 impl Policy {
@@ -176,6 +182,7 @@ impl Policy {
             ghost: Ghost::new(max - small_target),
             main_ghost: Ghost::new(max),
             sketch: Sketch::for_budget(max_bytes),
+            horizon: Horizon::default(),
         }
     }
 
@@ -218,6 +225,17 @@ impl Policy {
         }
     }
 
+    /// Stores (of this store) a main-queue entry may stay unread while recency pays.
+    fn forget_span(&self) -> u64 {
+        self.len() as u64 * FORGET_PERCENT / 100
+    }
+
+    /// Mark one store taken by this store, on the process's clock.
+    fn note_store(&mut self) {
+        let span = self.forget_span();
+        self.horizon.record(crate::entry::clock(), span);
+    }
+
     /// The small queue's share of the budget now, in bytes.
     #[cfg(test)]
     pub(crate) fn small_target(&self) -> u64 {
@@ -240,6 +258,7 @@ impl Policy {
         contest: bool,
         live: usize,
     ) -> Admission {
+        self.note_store();
         let frequency = self.sketch.add(new.hash, live);
         let to_main = self.adapt(new.hash, new.weight);
         // While recency pays, what was popular before is no guide: contesting newcomers
@@ -351,9 +370,13 @@ impl Policy {
             let recency_pays = self.recency_pays();
             // While recency pays, an entry no read has touched for half the stores the
             // queues hold leaves whatever uses it kept: an LRU would have dropped it by then
-            // or soon after (it drops an entry a cache's worth of other keys later).
+            // or soon after (it drops an entry a cache's worth of other keys later). Stores
+            // are this store's: other stores of the process do not shorten the horizon.
             let forgotten = recency_pays
-                && entry.usage().stores_since() > self.len() as u64 * FORGET_PERCENT / 100;
+                && self
+                    .horizon
+                    .clock_back(self.forget_span())
+                    .is_some_and(|horizon| entry.usage().touched_at() < horizon);
             if entry.usage().uses() > 0 && !forgotten {
                 // While recency pays, a pass spends every use (a CLOCK): counts from before
                 // the popular set moved would keep an entry three passes.

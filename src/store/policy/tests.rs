@@ -278,9 +278,10 @@ fn while_recency_pays_an_entry_unread_for_half_the_queues_stores_leaves_with_its
     let mut policy = Policy::new(100 * 1000);
     policy.small_target = 30 * 1000;
     let forgotten = queue_main(&mut policy, 0, 3);
-    // Two hundred stores later (other tests' stores only add to them)...
+    // Two hundred stores later (other tests' stores, elsewhere, change nothing)...
     for _ in 0..200 {
         entry().usage().stamp_write();
+        policy.note_store();
     }
     // ...sixty entries read once since, and twenty in the small queue, below its share.
     let mut held = vec![forgotten.clone()];
@@ -298,4 +299,23 @@ fn while_recency_pays_an_entry_unread_for_half_the_queues_stores_leaves_with_its
     assert_eq!(victims_of_one_newcomer(&mut policy), vec![0]);
     assert_eq!(forgotten.usage().uses(), 3);
     assert!(held[1..61].iter().all(|e| e.usage().uses() == 1));
+}
+
+#[test]
+fn stores_taken_by_other_stores_of_the_process_do_not_shorten_an_entrys_life() {
+    // An entry read three times, then two hundred stores taken by other stores of the
+    // process (a near cache, a fallback), then one stored here, unread.
+    let mut policy = Policy::new(100 * 1000);
+    policy.small_target = 30 * 1000;
+    let old = queue_main(&mut policy, 0, 3);
+    for _ in 0..200 {
+        entry().usage().stamp_write();
+    }
+    let fresh = queue_main(&mut policy, 1, 0);
+    assert!(policy.recency_pays());
+    // This store took no store since the first entry was read: it is not forgotten, a
+    // pass spends its uses, and the one with none leaves.
+    assert_eq!(victims_of_one_newcomer(&mut policy), vec![1]);
+    assert_eq!(old.usage().uses(), 0);
+    drop(fresh);
 }
