@@ -987,27 +987,37 @@ impl RedisCluster {
             .collect()
     }
 
-    /// The index of the node replicating `primary`.
+    /// The index of the node replicating `primary`. The primary learns its replica's role
+    /// by gossip, which may lag the replication link itself (what
+    /// [`wait_replicated`](Self::wait_replicated) checks), so its node table is read again
+    /// for up to ten seconds until it lists the replica.
     pub fn replica_of(&self, primary: usize) -> usize {
         let id: String = redis::cmd("CLUSTER")
             .arg("MYID")
             .query(&mut self.nodes[primary].connection())
             .unwrap();
-        let table: String = redis::cmd("CLUSTER")
-            .arg("NODES")
-            .query(&mut self.nodes[primary].connection())
-            .unwrap();
-        let port = table
-            .lines()
-            .find_map(|line| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let table: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query(&mut self.nodes[primary].connection())
+                .unwrap();
+            let port = table.lines().find_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 (fields.get(3) == Some(&id.as_str()) && fields[2].contains("slave")).then(|| {
                     let address = fields[1].split('@').next().unwrap();
                     address.rsplit_once(':').unwrap().1.parse::<u16>().unwrap()
                 })
-            })
-            .expect("every primary has a replica");
-        self.nodes.iter().position(|n| n.port == port).unwrap()
+            });
+            if let Some(port) = port {
+                return self.nodes.iter().position(|n| n.port == port).unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "every primary has a replica: none listed by {primary} in\n{table}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// On `primary`, refuse the replication user and drop its link: from now on its replica
