@@ -168,7 +168,7 @@ fn storable<B: http_body::Body>(
         return Err("private");
     }
     if parts.headers.len() > crate::entry::MAX_STORED_VALUES {
-        return Err("too-large");
+        return Err("headers");
     }
     if body.size_hint().lower() > limit as u64 {
         return Err("too-large");
@@ -189,7 +189,24 @@ fn says_private(headers: &HeaderMap) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::MessageTracker;
+    use super::{storable, MessageTracker};
+
+    #[test]
+    fn metadata_with_more_values_than_an_entry_keeps_is_not_recorded() {
+        let answer = |values: usize| {
+            let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+            let headers = response.headers_mut();
+            headers.insert("content-type", "application/grpc".parse().unwrap());
+            for i in 1..values {
+                headers.append("x-many", http::HeaderValue::from(i));
+            }
+            response.into_parts()
+        };
+        let (parts, body) = answer(crate::entry::MAX_STORED_VALUES);
+        assert_eq!(storable(&parts, &body, 1 << 20), Ok(()));
+        let (parts, body) = answer(crate::entry::MAX_STORED_VALUES + 1);
+        assert_eq!(storable(&parts, &body, 1 << 20), Err("headers"));
+    }
 
     #[test]
     fn a_second_message_is_noticed_across_frames() {

@@ -23,6 +23,9 @@ pub(crate) enum NotStorable {
     CacheControl,
     VaryAny,
     TooLarge,
+    /// More header values than an entry keeps (`MAX_STORED_VALUES`, what the byte format
+    /// reads back).
+    Headers,
     /// RFC 9111 mode: a response to a request with `Authorization` without `public`,
     /// `s-maxage` or `must-revalidate`.
     Authorization,
@@ -40,6 +43,7 @@ impl NotStorable {
             NotStorable::CacheControl => "cache-control",
             NotStorable::VaryAny => "vary",
             NotStorable::TooLarge => "size",
+            NotStorable::Headers => "headers",
             NotStorable::Authorization => "authorization",
             NotStorable::Freshness => "freshness",
             NotStorable::Tag => "cache-tag",
@@ -104,7 +108,7 @@ impl CachePolicy {
         request_headers: &HeaderMap,
     ) -> Result<(Duration, StaleWindows), NotStorable> {
         if headers.len() > crate::entry::MAX_STORED_VALUES {
-            return Err(NotStorable::TooLarge);
+            return Err(NotStorable::Headers);
         }
         if self.rfc9111 {
             return self.storable_rfc9111(status, headers, request_headers);
