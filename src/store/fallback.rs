@@ -8,16 +8,15 @@
 //! [`FallbackMode`] what the cache does while it is not: keep serving from memory
 //! (bounded staleness) or step aside (no stale answer, the origin takes the load).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use super::background::Background;
 use super::primary::Primary;
+use super::recent_invalidations::RecentInvalidations;
 use super::redis::RedisStore;
 use super::{
     Backend, Coordination, FallbackMode, FleetEnd, FleetLease, FleetTurn, Invalidation,
@@ -27,10 +26,6 @@ use super::{
 use crate::entry::Entry;
 use crate::pattern::Pattern;
 
-/// How long invalidations are remembered for replay to a Redis that restarted.
-const REPLAY_WINDOW: Duration = Duration::from_secs(300);
-/// Most invalidations remembered for replay.
-const MAX_REMEMBERED: usize = 10_000;
 /// How often the probe tries while invalidations are queued (when sooner than its interval).
 const QUEUED_PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -126,7 +121,7 @@ struct Inner<P> {
     /// Invalidations Redis has not heard yet, in order.
     pending: Mutex<Vec<(String, Invalidation)>>,
     /// Recent invalidations, replayed to a Redis that restarted.
-    recent: Mutex<VecDeque<(Instant, String, Invalidation)>>,
+    recent: RecentInvalidations,
     run_id: Mutex<Option<String>>,
     listener: Mutex<Option<InvalidationListener>>,
     /// Times the circuit opened (for stats and tests).
@@ -190,7 +185,7 @@ impl<P: Primary> FallbackStoreBuilder<P> {
             probe_interval: self.probe_interval,
             mode: self.mode,
             pending: Mutex::new(Vec::new()),
-            recent: Mutex::new(VecDeque::new()),
+            recent: RecentInvalidations::default(),
             run_id: Mutex::new(None),
             listener: Mutex::new(None),
             openings: AtomicU64::new(0),
@@ -326,16 +321,7 @@ impl<P: Primary> Inner<P> {
     }
 
     fn remember(&self, namespace: &str, invalidation: &Invalidation) {
-        let now = Instant::now();
-        let mut recent = lock(&self.recent);
-        recent.push_back((now, namespace.to_owned(), invalidation.clone()));
-        while recent.len() > MAX_REMEMBERED
-            || recent
-                .front()
-                .is_some_and(|(at, _, _)| now.duration_since(*at) > REPLAY_WINDOW)
-        {
-            recent.pop_front();
-        }
+        self.recent.remember(namespace, invalidation);
     }
 
     async fn invalidate(
@@ -565,18 +551,12 @@ async fn probe<P: Primary>(store: Weak<Inner<P>>) {
 
 /// Queue every remembered invalidation for replay (ahead of newer pending ones).
 fn queue_recent<P>(inner: &Inner<P>) {
-    // Each distinct invalidation once (a glob replay scans the whole keyspace).
-    let mut seen = std::collections::HashSet::new();
-    let mut recent: Vec<(String, Invalidation)> = Vec::new();
-    for (_, ns, inv) in lock(&inner.recent).iter() {
-        let item = (ns.clone(), inv.clone());
-        if seen.insert(item.clone()) {
-            recent.push(item);
-        }
-    }
+    let recent = inner.recent.distinct();
+    let seen: std::collections::HashSet<&(String, Invalidation)> = recent.iter().collect();
     let mut pending = lock(&inner.pending);
     // Pending ones are normally among the remembered; keep any that aged out of memory.
     let older: Vec<_> = pending.drain(..).filter(|p| !seen.contains(p)).collect();
+    drop(seen);
     pending.extend(older);
     pending.extend(recent);
 }

@@ -36,6 +36,8 @@ pub(crate) mod policy;
 #[cfg(feature = "redis")]
 mod primary;
 #[cfg(feature = "redis")]
+mod recent_invalidations;
+#[cfg(feature = "redis")]
 mod redis;
 
 #[cfg(feature = "redis")]
