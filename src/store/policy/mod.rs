@@ -221,7 +221,10 @@ impl Policy {
         };
         match (small.entry.upgrade(), main.entry.upgrade()) {
             (Some(small), Some(main)) => main.usage().stamp() < small.usage().stamp(),
-            _ => false,
+            // A dead reference heading the main queue is dropped first, so the rule then
+            // weighs the live entry behind it; one heading the small queue, likewise.
+            (_, None) => true,
+            (None, Some(_)) => false,
         }
     }
 

@@ -319,3 +319,13 @@ fn stores_taken_by_other_stores_of_the_process_do_not_shorten_an_entrys_life() {
     assert_eq!(old.usage().uses(), 0);
     drop(fresh);
 }
+
+#[test]
+fn a_dead_reference_at_the_main_queues_head_does_not_hide_the_colder_entry_behind_it() {
+    // As above, but the main queue's oldest entry is gone from the store (replaced or
+    // invalidated): the colder rule weighs the live entry behind it.
+    let (mut policy, mut held) = old_main_and_fresh_small(30, 0..70, 100..130);
+    held.remove(0);
+    assert_eq!(victims_of_one_newcomer(&mut policy), vec![1]);
+    assert!((100..130).all(|k| policy.small.iter().any(|r| r.hash == k)));
+}
