@@ -254,13 +254,17 @@ fn while_recency_pays_a_pass_through_the_main_queue_spends_every_use() {
 }
 
 #[test]
-fn while_recency_pays_a_main_queue_under_half_its_share_keeps_its_entries() {
-    // Twenty entries read before the move (under half the main queue's 70 % share) and
-    // eighty newer ones in the small queue: the small queue's oldest goes.
-    let (mut policy, held) = old_main_and_fresh_small(30, 0..20, 100..180);
+fn while_recency_pays_a_main_queue_under_a_third_of_its_share_keeps_its_entries() {
+    // Twenty-three entries read before the move (under a third of the main queue's 70 %
+    // share) and newer ones in the small queue: the small queue's oldest goes.
+    let (mut policy, held) = old_main_and_fresh_small(30, 0..23, 100..177);
     assert!(policy.recency_pays());
     assert_eq!(victims_of_one_newcomer(&mut policy), vec![100]);
-    assert!(held[..20].iter().all(|e| e.usage().uses() > 0));
+    assert!(held[..23].iter().all(|e| e.usage().uses() > 0));
+    // Twenty-four (a third of it): the main queue's oldest goes.
+    let (mut policy, held) = old_main_and_fresh_small(30, 0..24, 100..176);
+    assert_eq!(victims_of_one_newcomer(&mut policy), vec![0]);
+    drop(held);
 }
 
 #[test]
