@@ -214,7 +214,12 @@ fn fresh<'a>(
             && entry.identity() == identity
             && vary_matches(entry.vary(), request_headers)
     })?;
-    // The variant this request reads: the one a full variant list keeps longest.
+    // The variant this request reads: the one a full variant list keeps longest, and,
+    // among several, the one a use counts on (a store counts a lone entry's itself, but
+    // cannot tell which of several a reader picks).
+    if variants.len() > 1 {
+        entry.usage().count_use();
+    }
     entry.usage().stamp_read();
     Some(entry)
 }

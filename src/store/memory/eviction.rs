@@ -98,9 +98,13 @@ impl Inner {
         self.policy.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The policy's identity for a key and variant (sketch and ghost queue).
-    pub(super) fn hash_of(&self, map_key: &str, variant: u64) -> u64 {
-        self.hasher.hash_one((map_key, variant))
+    /// The policy's identity for one entry (sketch and ghost queue): its key, variant and
+    /// `Vary` values. Each `Vary` variant counts for itself: junk values of a popular URL
+    /// (a header a client chooses) neither inherit its popularity nor come back from its
+    /// ghost.
+    pub(super) fn hash_of(&self, map_key: &str, variant: u64, entry: &Entry) -> u64 {
+        self.hasher
+            .hash_one((map_key, variant, &entry.vary().values[..]))
     }
 
     /// Queue `entry`, just stored under `map_key`, and apply what the policy decides;
@@ -114,7 +118,7 @@ impl Inner {
         contest: bool,
     ) -> bool {
         let resident = Resident {
-            hash: self.hash_of(&map_key, variant),
+            hash: self.hash_of(&map_key, variant, entry),
             key: map_key.clone(),
             variant,
             weight,

@@ -148,9 +148,11 @@ impl MemoryStore {
         self.with_variants(key, |variants| variants.cloned())
     }
 
-    /// `read` the variants stored under `key`, under the read lock of their shard. Each
-    /// entry lent counts a use (the store cannot tell which one the reader picks; the
-    /// variant cap uses the reader's own mark, `Usage::stamp_read`).
+    /// `read` the variants stored under `key`, under the read lock of their shard. A lone
+    /// entry counts a use; of several `Vary` variants none does, as the store cannot tell
+    /// which one the reader picks, and counting them all would credit junk variants with
+    /// every read of the real one: the reader counts a use on its pick (the engine's
+    /// lookup does).
     pub(crate) fn with_variants<R>(
         &self,
         key: StoreKey<'_>,
@@ -167,10 +169,8 @@ impl MemoryStore {
         let variants = slot
             .as_ref()
             .and_then(|slot| slot.variants.get(&key.variant));
-        if let Some(variants) = variants {
-            for entry in variants.iter() {
-                entry.usage().count_use();
-            }
+        if let Some([entry]) = variants.map(|v| &v[..]) {
+            entry.usage().count_use();
         }
         read(variants)
     }
@@ -422,7 +422,7 @@ impl Store for MemoryStore {
                         if e.is_fresh_at(now) {
                             let copy = Arc::new(e.expired_at(now));
                             copies.push(Resident {
-                                hash: self.inner.hash_of(&map_key, *variant),
+                                hash: self.inner.hash_of(&map_key, *variant, e),
                                 key: map_key.clone(),
                                 variant: *variant,
                                 weight: weight_of(&map_key, &copy) as u64,
