@@ -32,6 +32,14 @@ impl Usage {
         Usage(AtomicU64::new(other.0.load(Ordering::Relaxed)))
     }
 
+    /// Take the uses of the entry this one replaces (a new version of the same response:
+    /// its key was wanted as much), keeping this one's write stamp.
+    pub(crate) fn inherit_uses(&self, old: &Usage) {
+        let v = self.0.load(Ordering::Relaxed);
+        self.0
+            .store((v & !USES_MASK) | old.uses(), Ordering::Relaxed);
+    }
+
     /// A store read: one more use, up to [`MAX_USES`]. A relaxed load and store, not a
     /// read-modify-write: two racing reads may count once, which a frequency estimate
     /// tolerates, and a hit stays lock-free and cheap.
@@ -126,5 +134,9 @@ mod tests {
         assert!(b.stamp() > a.stamp(), "a later write stamps higher");
         a.stamp_read();
         assert!(a.stamp() > b.stamp(), "a read after it stamps higher again");
+        let stamp = b.stamp();
+        b.inherit_uses(&a);
+        assert_eq!(b.uses(), a.uses(), "a new version takes the old one's uses");
+        assert_eq!(b.stamp(), stamp, "and keeps its own write stamp");
     }
 }

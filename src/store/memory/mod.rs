@@ -199,6 +199,11 @@ impl MemoryStore {
                     if existing.same_variant(&entry) {
                         removed += weight_of(&map_key, existing) as u64;
                         replaced += 1;
+                        // A new version keeps the old one's standing: otherwise anyone who
+                        // can make a popular page be stored again (a client's `no-cache`
+                        // under the RFC 9111 preset) sends it back unread to the small
+                        // queue, to leave before its next read.
+                        entry.usage().inherit_uses(existing.usage());
                     } else {
                         next.push(existing.clone());
                     }
