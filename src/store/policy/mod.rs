@@ -81,6 +81,18 @@
 //! they wait there unread, colder than the junk, and it took enough of them to leave 611
 //! of 640 hot reads hits (640 with the condition, from 150 to 900 entries held; a third
 //! measured better than a half, a quarter or a sixth on the shifting set at 10 %).
+//!
+//! # A known limit
+//!
+//! "Recency pays" is read from keys coming back soon after the small queue dropped them,
+//! which a client can fake: junk URLs each requested exactly twice, a third to two thirds
+//! of the store apart, ten per hot read, keep the small queue grown, lift the admission
+//! contest and turn on the LRU-leaning rules, and a small store (150-434 entries) then
+//! loses hot pages read less often than half its turnover (3-30 % of hot reads hits, where
+//! a flood of unique URLs leaves 95-100 %; LRU loses as much, W-TinyLFU would not).
+//! Growing the small queue only for keys seen three times resists it but costs the
+//! shifting set 1.06-1.13x. See BENCHMARKS.md ("An attacker's review of the policy").
+//!
 //! No crate fits as is: moka and TinyUFO own their maps, and our entries live in a map of
 //! variants under a logical key, with bans, soft marks and per-entry expiry.
 //!
