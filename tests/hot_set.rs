@@ -174,6 +174,69 @@ async fn the_handle_reports_refusals_and_evictions() {
     );
 }
 
+/// An origin answering 4 KiB pages fresh for an hour, with `Vary: Accept-Language` when
+/// `vary`.
+fn origin(
+    vary: bool,
+) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send> + Clone {
+    service_fn(move |_: Req| async move {
+        let mut response = Response::new(Full::new(Bytes::from(vec![b'.'; BODY])));
+        let headers = response.headers_mut();
+        headers.insert("cache-control", "max-age=3600".parse().unwrap());
+        if vary {
+            headers.insert("vary", "accept-language".parse().unwrap());
+        }
+        Ok::<_, Infallible>(response)
+    })
+}
+
+/// A `GET` of `path` with `headers`.
+fn request(path: String, headers: &[(&'static str, String)]) -> Req {
+    let mut request = Request::get(path);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    request.body(Full::default()).unwrap()
+}
+
+/// Rounds of every hot page read with `hot(page)`, each read followed by the requests
+/// `after(page)` returns (none of which may be a hit); returns the hot reads answered from
+/// the cache and those counted (after two rounds to learn the hot pages).
+async fn hot_hits_under<S, B>(
+    service: &S,
+    hot: impl Fn(usize) -> Req,
+    mut after: impl FnMut(usize) -> Vec<Req>,
+) -> (usize, usize)
+where
+    S: Service<Req, Response = Response<B>, Error = Infallible> + Clone,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let from_cache = |request: Req| {
+        let service = service.clone();
+        async move {
+            let response = service.oneshot(request).await.unwrap();
+            let hit = response.headers()["x-cache"] == "HIT";
+            response.into_body().collect().await.unwrap();
+            hit
+        }
+    };
+    let (mut hits, mut reads) = (0, 0);
+    for round in 0..12 {
+        for page in 0..HOT {
+            let hit = from_cache(hot(page)).await;
+            if round >= 2 {
+                reads += 1;
+                hits += usize::from(hit);
+            }
+            for request in after(page) {
+                assert!(!from_cache(request).await);
+            }
+        }
+    }
+    (hits, reads)
+}
+
 /// Junk `Vary` values of the hot pages themselves: the origin answers `Vary:
 /// Accept-Language`, clients send `en`, and after each hot read ten requests for the same
 /// page with a language nobody else sends (a header any client chooses). Each junk variant
@@ -184,42 +247,24 @@ async fn the_handle_reports_refusals_and_evictions() {
 async fn junk_vary_values_of_the_hot_pages_keep_the_variant_clients_read() {
     for max_bytes in [1_300 << 10, 2 << 20] {
         let store = MemoryStore::builder().max_bytes(max_bytes).build();
-        let origin = service_fn(|_: Req| async {
-            let mut response = Response::new(Full::new(Bytes::from(vec![b'.'; BODY])));
-            let headers = response.headers_mut();
-            headers.insert("cache-control", "max-age=3600".parse().unwrap());
-            headers.insert("vary", "accept-language".parse().unwrap());
-            Ok::<_, Infallible>(response)
-        });
-        let handle = CacheHandle::builder(store).build();
-        let service = CacheLayer::new(handle).layer(origin);
-        let read = |page: usize, language: String| {
-            let request = Request::get(format!("/hot/{page}"))
-                .header("accept-language", language)
-                .body(Full::default())
-                .unwrap();
-            let service = service.clone();
-            async move {
-                let response = service.oneshot(request).await.unwrap();
-                let hit = response.headers()["x-cache"] == "HIT";
-                response.into_body().collect().await.unwrap();
-                hit
-            }
+        let service = CacheLayer::new(CacheHandle::builder(store).build()).layer(origin(true));
+        let language = |page: usize, language: String| {
+            request(format!("/hot/{page}"), &[("accept-language", language)])
         };
-        let (mut hits, mut reads, mut junk) = (0, 0, 0u64);
-        for round in 0..12 {
-            for page in 0..HOT {
-                let hit = read(page, "en".to_owned()).await;
-                if round >= 2 {
-                    reads += 1;
-                    hits += usize::from(hit);
-                }
-                for _ in 0..JUNK_PER_HOT_READ {
-                    junk += 1;
-                    assert!(!read(page, format!("x-{junk}")).await);
-                }
-            }
-        }
+        let mut junk = 0u64;
+        let (hits, reads) = hot_hits_under(
+            &service,
+            |page| language(page, "en".to_owned()),
+            |page| {
+                (0..JUNK_PER_HOT_READ)
+                    .map(|_| {
+                        junk += 1;
+                        language(page, format!("x-{junk}"))
+                    })
+                    .collect()
+            },
+        )
+        .await;
         assert!(
             hits * 100 >= reads * 95,
             "{hits} of {reads} hot reads were hits at {max_bytes} bytes"
@@ -236,46 +281,24 @@ async fn junk_vary_values_of_the_hot_pages_keep_the_variant_clients_read() {
 async fn pages_stored_again_on_a_clients_request_keep_their_place() {
     for max_bytes in [1_300 << 10, 2 << 20] {
         let store = MemoryStore::builder().max_bytes(max_bytes).build();
-        let origin = service_fn(|_: Req| async {
-            let mut response = Response::new(Full::new(Bytes::from(vec![b'.'; BODY])));
-            response
-                .headers_mut()
-                .insert("cache-control", "max-age=3600".parse().unwrap());
-            Ok::<_, Infallible>(response)
-        });
-        let handle = CacheHandle::builder(store).build();
-        let service = CacheLayer::new(handle)
+        let service = CacheLayer::new(CacheHandle::builder(store).build())
             .policy(tower_response_cache::CachePolicy::rfc9111())
-            .layer(origin);
-        let read = |path: String, no_cache: bool| {
-            let mut request = Request::get(path);
-            if no_cache {
-                request = request.header("cache-control", "no-cache");
-            }
-            let request = request.body(Full::default()).unwrap();
-            let service = service.clone();
-            async move {
-                let response = service.oneshot(request).await.unwrap();
-                let hit = response.headers()["x-cache"] == "HIT";
-                response.into_body().collect().await.unwrap();
-                hit
-            }
-        };
-        let (mut hits, mut reads, mut junk) = (0, 0, 0u64);
-        for round in 0..12 {
-            for page in 0..HOT {
-                let hit = read(format!("/hot/{page}"), false).await;
-                if round >= 2 {
-                    reads += 1;
-                    hits += usize::from(hit);
-                }
-                assert!(!read(format!("/hot/{page}"), true).await);
-                for _ in 0..JUNK_PER_HOT_READ {
+            .layer(origin(false));
+        let mut junk = 0u64;
+        let (hits, reads) = hot_hits_under(
+            &service,
+            |page| request(format!("/hot/{page}"), &[]),
+            |page| {
+                let again = [("cache-control", "no-cache".to_owned())];
+                let mut after = vec![request(format!("/hot/{page}"), &again)];
+                after.extend((0..JUNK_PER_HOT_READ).map(|_| {
                     junk += 1;
-                    assert!(!read(format!("/junk/{junk}"), false).await);
-                }
-            }
-        }
+                    request(format!("/junk/{junk}"), &[])
+                }));
+                after
+            },
+        )
+        .await;
         assert!(
             hits * 100 >= reads * 95,
             "{hits} of {reads} hot reads were hits at {max_bytes} bytes"
