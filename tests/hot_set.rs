@@ -199,13 +199,23 @@ fn request(path: String, headers: &[(&'static str, String)]) -> Req {
     request.body(Full::default()).unwrap()
 }
 
+/// Whether the requests after a hot read may be answered from the cache.
+#[derive(Clone, Copy, PartialEq)]
+enum Junk {
+    /// Each asks for something never stored before: a hit would be a wrong answer.
+    Misses,
+    /// Some ask again for what was asked before.
+    MayHit,
+}
+
 /// Rounds of every hot page read with `hot(page)`, each read followed by the requests
-/// `after(page)` returns (none of which may be a hit); returns the hot reads answered from
-/// the cache and those counted (after two rounds to learn the hot pages).
+/// `after(page)` returns; returns the hot reads answered from the cache and those counted
+/// (after two rounds to learn the hot pages).
 async fn hot_hits_under<S, B>(
     service: &S,
     hot: impl Fn(usize) -> Req,
     mut after: impl FnMut(usize) -> Vec<Req>,
+    junk: Junk,
 ) -> (usize, usize)
 where
     S: Service<Req, Response = Response<B>, Error = Infallible> + Clone,
@@ -230,7 +240,8 @@ where
                 hits += usize::from(hit);
             }
             for request in after(page) {
-                assert!(!from_cache(request).await);
+                let hit = from_cache(request).await;
+                assert!(!hit || junk == Junk::MayHit);
             }
         }
     }
@@ -263,6 +274,7 @@ async fn junk_vary_values_of_the_hot_pages_keep_the_variant_clients_read() {
                     })
                     .collect()
             },
+            Junk::Misses,
         )
         .await;
         assert!(
@@ -297,11 +309,53 @@ async fn pages_stored_again_on_a_clients_request_keep_their_place() {
                 }));
                 after
             },
+            Junk::Misses,
         )
         .await;
         assert!(
             hits * 100 >= reads * 95,
             "{hits} of {reads} hot reads were hits at {max_bytes} bytes"
+        );
+    }
+}
+
+/// Junk URLs requested twice each, half the store apart, five new and five repeated after
+/// each hot read: each comes back soon after the small queue dropped it, as the pages of a
+/// popular set that moved do, which grows the small queue. Nobody reads it once back, so
+/// newcomers are still weighed against the pages stored before (`store/policy`); when
+/// every return lifted that contest, no hot read was a hit at 1 300 KiB and 20-30 % at
+/// 2 MiB.
+#[tokio::test(start_paused = true)]
+async fn junk_requested_in_pairs_keeps_most_hot_pages() {
+    // Entries each store holds, and the share of hot reads that must be hits (observed:
+    // 54-61 % and 74-82 %).
+    for (entries, percent) in [(275, 45), (434, 65)] {
+        let store = MemoryStore::builder().max_bytes(entries * 4_825).build();
+        let service = CacheLayer::new(CacheHandle::builder(store).build()).layer(origin(false));
+        // A pair's second request comes this many hot reads after its first (half the
+        // store's entries, eleven requests per hot read).
+        let lag = entries / 2 / (JUNK_PER_HOT_READ + 1);
+        let mut slot = 0usize;
+        let (hits, reads) = hot_hits_under(
+            &service,
+            |page| request(format!("/hot/{page}"), &[]),
+            |_| {
+                slot += 1;
+                let mut junk = Vec::new();
+                for i in 0..JUNK_PER_HOT_READ / 2 {
+                    junk.push(request(format!("/junk/{slot}/{i}"), &[]));
+                    if let Some(first) = slot.checked_sub(lag) {
+                        junk.push(request(format!("/junk/{first}/{i}"), &[]));
+                    }
+                }
+                junk
+            },
+            Junk::MayHit,
+        )
+        .await;
+        assert!(
+            hits * 100 >= reads * percent,
+            "{hits} of {reads} hot reads were hits with {entries} entries"
         );
     }
 }

@@ -117,13 +117,8 @@ impl Inner {
         weight: u64,
         contest: bool,
     ) -> bool {
-        let resident = Resident {
-            hash: self.hash_of(&map_key, variant, entry),
-            key: map_key.clone(),
-            variant,
-            weight,
-            entry: Arc::downgrade(entry),
-        };
+        let hash = self.hash_of(&map_key, variant, entry);
+        let resident = Resident::new(map_key.clone(), variant, hash, weight, entry);
         let admission = {
             let mut policy = self.policy();
             let live = self.entries.load(Ordering::Relaxed) as usize;

@@ -426,13 +426,13 @@ impl Store for MemoryStore {
                         marked += 1;
                         if e.is_fresh_at(now) {
                             let copy = Arc::new(e.expired_at(now));
-                            copies.push(Resident {
-                                hash: self.inner.hash_of(&map_key, *variant, e),
-                                key: map_key.clone(),
-                                variant: *variant,
-                                weight: weight_of(&map_key, &copy) as u64,
-                                entry: Arc::downgrade(&copy),
-                            });
+                            copies.push(Resident::new(
+                                map_key.clone(),
+                                *variant,
+                                self.inner.hash_of(&map_key, *variant, e),
+                                weight_of(&map_key, &copy) as u64,
+                                &copy,
+                            ));
                             copy
                         } else {
                             e.clone()

@@ -13,13 +13,7 @@ fn entry() -> Arc<Entry> {
 }
 
 fn resident(hash: u64, entry: &Arc<Entry>) -> Resident {
-    Resident {
-        key: format!("k{hash}").into(),
-        variant: 0,
-        hash,
-        weight: 1000,
-        entry: Arc::downgrade(entry),
-    }
+    Resident::new(format!("k{hash}").into(), 0, hash, 1000, entry)
 }
 
 /// Admit `hash` into a policy whose budget holds `capacity` entries of 1000 bytes, as a store
@@ -129,6 +123,41 @@ fn keys_back_soon_after_the_small_queue_dropped_them_grow_it() {
         policy.small_target()
     );
     assert!(policy.small_target() <= 30 * 1000);
+}
+
+/// Keys back from the small queue's ghost grow it either way; whether they are then read
+/// decides whether newcomers are still contested. Returns `(grown, refused)`: whether the
+/// small queue grew, and how many newcomers of a scan that follows were refused.
+fn returns_then_scan(reads: usize) -> (bool, usize) {
+    let mut policy = Policy::new(100 * 1000);
+    let mut held = Vec::new();
+    let initial = policy.small_target();
+    store_all(&mut policy, &mut held, 0..200, 0);
+    // Keys back soon after the small queue dropped them, twice over: the first ones reach
+    // the main queue's head (and are judged) while the others come back.
+    store_all(&mut policy, &mut held, 120..190, reads);
+    store_all(&mut policy, &mut held, 300..400, 0);
+    store_all(&mut policy, &mut held, 420..490, 0);
+    store_all(&mut policy, &mut held, 420..490, reads);
+    let grown = policy.small_target() > initial;
+    // One-off keys, each weighed against what it would push out (stored twice).
+    let refused = (1000..1100)
+        .filter(|&k| !admit(&mut policy, &mut held, k, 100))
+        .count();
+    (grown, refused)
+}
+
+#[test]
+fn returns_nobody_reads_do_not_lift_the_admission_contest() {
+    // Junk requested twice each: back from the ghost, never read. The small queue grows,
+    // but newcomers are still weighed against the keys stored twice.
+    let (grown, refused) = returns_then_scan(0);
+    assert!(grown);
+    assert!(refused > 0, "no newcomer was refused");
+    // A popular set that moved: its keys are read once back, and newcomers are let in.
+    let (grown, refused) = returns_then_scan(1);
+    assert!(grown);
+    assert_eq!(refused, 0);
 }
 
 #[test]
@@ -332,4 +361,10 @@ fn a_dead_reference_at_the_main_queues_head_does_not_hide_the_colder_entry_behin
     held.remove(0);
     assert_eq!(victims_of_one_newcomer(&mut policy), vec![1]);
     assert!((100..130).all(|k| policy.small.iter().any(|r| r.hash == k)));
+}
+
+/// The store charges 48 bytes per queued reference (`SLOT_BYTES` in `memory/eviction.rs`).
+#[test]
+fn a_queued_reference_takes_48_bytes() {
+    assert_eq!(std::mem::size_of::<Resident>(), 48);
 }
