@@ -241,4 +241,6 @@ pub mod coordination {
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[doc(inline)]
-pub use store::{FallbackStore, FallbackStoreBuilder, Primary, RedisStore, RedisStoreBuilder};
+pub use store::{
+    FallbackStore, FallbackStoreBuilder, OutcomeSink, Primary, RedisStore, RedisStoreBuilder,
+};

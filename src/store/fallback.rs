@@ -43,7 +43,10 @@ const QUEUED_PROBE_INTERVAL: Duration = Duration::from_millis(50);
 ///   `failure_threshold` failures in a row open the circuit, and a lost connection opens it
 ///   at once. Errors of the Redis calls no request waits for (the invalidation channel's
 ///   loss and resubscription, near-cache heartbeats, acknowledgements, token reads) count
-///   the same: after a restart they are often the first to meet the new server.
+///   the same: after a restart they are often the first to meet the new server. A
+///   heartbeat that answers counts as a success, as a request's answer does: an idle
+///   process whose only calls are heartbeats opens the circuit on timeouts in a row, not
+///   on three scattered over hours.
 /// - **open** (falling back): calls go to memory without touching Redis. With
 ///   [`FallbackMode::Serve`] (the default) entries written then live at most
 ///   `fallback_ttl` (default 30 s), because this process cannot hear other processes'
@@ -226,11 +229,14 @@ impl<P: Primary> FallbackStoreBuilder<P> {
         if let Some(primary) = inner.primary.coordination() {
             primary.set_listener(listener);
         }
-        // Errors of Redis calls no request waits for count like a request's.
+        // Outcomes of Redis calls no request waits for count like a request's.
         let weak = Arc::downgrade(&inner);
-        inner.primary.set_error_sink(Arc::new(move |error| {
+        inner.primary.set_outcome_sink(Arc::new(move |outcome| {
             if let Some(inner) = weak.upgrade() {
-                inner.failed(error);
+                match outcome {
+                    Ok(()) => inner.succeeded(),
+                    Err(error) => inner.failed(error),
+                }
             }
         }));
         match &inner.background {
@@ -525,7 +531,7 @@ async fn probe<P: Primary>(store: Weak<Inner<P>>) {
                         tracing::warn!(%error, "replayed invalidations did not reach a replica in time");
                     }
                     Err(error) => inner.failed(&error),
-                    Ok(()) => {}
+                    Ok(()) => inner.succeeded(),
                 }
             }
         } else {

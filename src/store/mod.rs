@@ -47,7 +47,7 @@ pub use coordination::{Coordination, FleetEnd, FleetLease, FleetTurn, VariantRea
 pub use fallback::{FallbackStore, FallbackStoreBuilder};
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
-pub use primary::Primary;
+pub use primary::{OutcomeSink, Primary};
 
 /// The future a [`Store`] method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;

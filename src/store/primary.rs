@@ -11,6 +11,10 @@ use std::sync::Arc;
 
 use super::{Store, StoreError, StoreFuture, StoreStats};
 
+/// Where a [`Primary`] reports the outcome of a call no request waits for (see
+/// [`Primary::set_outcome_sink`]).
+pub type OutcomeSink = Arc<dyn Fn(Result<(), &StoreError>) + Send + Sync>;
+
 /// The store a [`FallbackStore`](super::FallbackStore) serves from while it answers
 /// (usually a [`RedisStore`](super::RedisStore)), falling back to memory while it does not.
 ///
@@ -31,9 +35,11 @@ pub trait Primary: Store + Clone {
     /// read again.
     fn run_id(&self) -> StoreFuture<'_, String>;
 
-    /// Send the errors of calls no caller waits for (background work) to `sink`: the
-    /// fallback store counts them like a request's. The default has no such calls.
-    fn set_error_sink(&self, sink: Arc<dyn Fn(&StoreError) + Send + Sync>) {
+    /// Send the outcomes of calls no caller waits for (background work) to `sink`: the
+    /// fallback store counts them like a request's, an error towards opening the circuit,
+    /// an answer ending a run of errors (the circuit opens on failures in a row). The
+    /// default has no such calls.
+    fn set_outcome_sink(&self, sink: OutcomeSink) {
         let _ = sink;
     }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::support::eventually;
 use tower_response_cache::coordination::Coordination;
 use tower_response_cache::{
-    Backend, CacheHandle, FallbackStore, MemoryStore, Pattern, Primary, Store, StoreError,
-    StoreFuture, StoreKey, Variants,
+    Backend, CacheHandle, FallbackStore, MemoryStore, OutcomeSink, Pattern, Primary, Store,
+    StoreError, StoreFuture, StoreKey, Variants,
 };
 
 /// A primary kept in process memory that fails every call while switched off, and tells
@@ -23,6 +23,8 @@ struct Switchable {
     down: Arc<AtomicBool>,
     run_id: Arc<Mutex<String>>,
     heard: Arc<Mutex<Vec<String>>>,
+    /// Where the outcomes of its background calls go (the fallback store's circuit).
+    outcomes: Arc<Mutex<Option<OutcomeSink>>>,
 }
 
 impl Switchable {
@@ -32,7 +34,14 @@ impl Switchable {
             down: Arc::new(AtomicBool::new(false)),
             run_id: Arc::new(Mutex::new("first".to_owned())),
             heard: Arc::new(Mutex::new(Vec::new())),
+            outcomes: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// A call no request waits for (a heartbeat, say) ended with `outcome`.
+    fn background(&self, outcome: Result<(), &StoreError>) {
+        let sink = self.outcomes.lock().unwrap().clone();
+        sink.expect("the fallback store set its sink")(outcome);
     }
 
     fn set_down(&self, down: bool) {
@@ -98,6 +107,10 @@ impl Primary for Switchable {
             Box::pin(std::future::ready(Ok(run_id)))
         })
     }
+
+    fn set_outcome_sink(&self, sink: OutcomeSink) {
+        *self.outcomes.lock().unwrap() = Some(sink);
+    }
 }
 
 async fn fallback_over(primary: &Switchable) -> FallbackStore<Switchable> {
@@ -114,6 +127,30 @@ async fn wait_for(store: &FallbackStore<Switchable>, falling_back: bool) {
     })
     .await;
     assert!(reached, "the circuit never became open = {falling_back}");
+}
+
+/// Calls no request waits for (a near cache's heartbeats) count towards the circuit like a
+/// request's: failures in a row open it, and an answer between them starts the count
+/// again. An idle process whose only calls are heartbeats must not gather a timeout now
+/// and then, over hours, until three have opened the circuit.
+#[tokio::test]
+async fn background_calls_open_the_circuit_only_on_failures_in_a_row() {
+    let primary = Switchable::new();
+    let store = FallbackStore::builder(primary.clone(), MemoryStore::new())
+        .failure_threshold(3)
+        .build()
+        .await;
+    let timeout = StoreError::unavailable("a heartbeat ran out of time", "deadline");
+    for _ in 0..20 {
+        primary.background(Err(&timeout));
+        primary.background(Err(&timeout));
+        primary.background(Ok(()));
+    }
+    assert!(!store.is_falling_back(), "scattered failures opened it");
+    for _ in 0..3 {
+        primary.background(Err(&timeout));
+    }
+    assert!(store.is_falling_back(), "three in a row did not open it");
 }
 
 #[tokio::test]

@@ -10,13 +10,15 @@
 //! A call made on a request's behalf returns its error to the caller, which counts it. A
 //! call nobody waits for (the channel's subscription and catch-up, near-cache heartbeats,
 //! acknowledgements, a miss's token read, a late delete) reports its error to the
-//! [`ErrorSink`] instead: after a restart the first call to meet the dead connection is
+//! [`OutcomeSink`] instead: after a restart the first call to meet the dead connection is
 //! often one of these, and the connection heals behind it, so an error nobody counted would
 //! let a Redis restored from an old snapshot be read before the fallback replays what it
-//! missed.
+//! missed. A near cache's heartbeat reports its successes there too: the circuit opens on
+//! failures *in a row*, and an idle process whose only calls are heartbeats would otherwise
+//! gather a timeout now and then, over hours, until three opened it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::{ErrorKind, RedisError};
@@ -24,10 +26,7 @@ use redis::{ErrorKind, RedisError};
 use super::connection::{Connection, Node};
 use super::durable::Durability;
 use super::lane::Lane;
-use crate::store::StoreError;
-
-/// Where the errors of calls nobody waits for go: a fallback store's circuit.
-pub(crate) type ErrorSink = Arc<dyn Fn(&StoreError) + Send + Sync>;
+use crate::store::{OutcomeSink, StoreError};
 
 /// The connections, deadlines and error sink every Redis call goes through.
 pub(crate) struct Calls {
@@ -42,8 +41,8 @@ pub(crate) struct Calls {
     pub(crate) deadline: Duration,
     /// Deadline of each step of an invalidation (one `SCAN` batch).
     pub(crate) scan_deadline: Duration,
-    /// Told of every error of a call no caller hears of.
-    errors: Mutex<Option<ErrorSink>>,
+    /// Told of every error of a call no caller hears of, and of heartbeats that answered.
+    outcomes: Mutex<Option<OutcomeSink>>,
     /// Calls in a row that ran out of time, per lane (by [`Lane::index`]).
     silent: [AtomicU32; 3],
 }
@@ -67,7 +66,7 @@ impl Calls {
             durability,
             deadline,
             scan_deadline,
-            errors: Mutex::new(None),
+            outcomes: Mutex::new(None),
             silent: Default::default(),
         }
     }
@@ -86,21 +85,31 @@ impl Calls {
         }
     }
 
-    /// Send the errors of background calls to `sink` (the fallback store's failure count).
-    pub(crate) fn set_error_sink(&self, sink: ErrorSink) {
-        *self.errors.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+    /// Send the outcomes of background calls to `sink` (the fallback store's failure count).
+    pub(crate) fn set_outcome_sink(&self, sink: OutcomeSink) {
+        *self.outcomes.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
     }
 
     /// A call nobody waits for failed: log it and count it like a request's error.
     pub(crate) fn background_failed(&self, what: &str, error: &StoreError) {
         tracing::debug!(%error, "{what}");
+        self.report(Err(error));
+    }
+
+    /// A call nobody waits for answered: like a request's success, it ends a run of
+    /// failures.
+    pub(crate) fn background_answered(&self) {
+        self.report(Ok(()));
+    }
+
+    fn report(&self, outcome: Result<(), &StoreError>) {
         let sink = self
-            .errors
+            .outcomes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         if let Some(sink) = sink {
-            sink(error);
+            sink(outcome);
         }
     }
 
@@ -249,6 +258,7 @@ mod tests {
     use super::*;
     use crate::store::redis::connection::Timeouts;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     const TIMEOUTS: Timeouts = Timeouts {
         response: Duration::from_secs(5),
@@ -309,20 +319,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn background_errors_reach_the_sink_once_it_is_set() {
+    async fn background_outcomes_reach_the_sink_once_it_is_set() {
         let calls = calls_to("redis://127.0.0.1:1/", Durability::Off);
         let error = StoreError::unavailable("down", "test");
         // No sink yet: logged only.
         calls.background_failed("a heartbeat failed", &error);
-        let heard = Arc::new(AtomicUsize::new(0));
-        let counter = heard.clone();
-        calls.set_error_sink(Arc::new(move |error: &StoreError| {
-            assert!(error.is_unavailable());
-            counter.fetch_add(1, Ordering::SeqCst);
+        let failed = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let (f, a) = (failed.clone(), answered.clone());
+        calls.set_outcome_sink(Arc::new(move |outcome: Result<(), &StoreError>| {
+            match outcome {
+                Ok(()) => a.fetch_add(1, Ordering::SeqCst),
+                Err(error) => {
+                    assert!(error.is_unavailable());
+                    f.fetch_add(1, Ordering::SeqCst)
+                }
+            };
         }));
         calls.background_failed("a heartbeat failed", &error);
         calls.background_failed("an acknowledgement failed", &error);
-        assert_eq!(heard.load(Ordering::SeqCst), 2);
+        calls.background_answered();
+        assert_eq!(failed.load(Ordering::SeqCst), 2);
+        assert_eq!(answered.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -288,9 +288,9 @@ impl RedisStore {
         self.inner.calls.primaries(self.lane, deadline).await
     }
 
-    /// Send the errors of background calls to `sink` (the fallback store's failure count).
-    pub(crate) fn set_error_sink(&self, sink: call::ErrorSink) {
-        self.inner.calls.set_error_sink(sink);
+    /// Send the outcomes of background calls to `sink` (the fallback store's failure count).
+    pub(crate) fn set_outcome_sink(&self, sink: crate::store::OutcomeSink) {
+        self.inner.calls.set_outcome_sink(sink);
     }
 
     /// Whether a write carrying `token` must be refused by this process's own knowledge
@@ -473,8 +473,8 @@ impl Primary for RedisStore {
         }
     }
 
-    fn set_error_sink(&self, sink: call::ErrorSink) {
-        RedisStore::set_error_sink(self, sink);
+    fn set_outcome_sink(&self, sink: crate::store::OutcomeSink) {
+        RedisStore::set_outcome_sink(self, sink);
     }
 
     fn restore_generation(&self) -> StoreFuture<'_, ()> {

@@ -364,13 +364,14 @@ pub(crate) async fn heartbeat(store: Weak<Inner>) {
             return;
         };
         let invocation = near.heartbeat(store.layout());
-        if let Err(error) = store
+        match store
             .invoke::<i64>(invocation, store.inner.calls.deadline)
             .await
         {
-            (store.inner)
+            Ok(_) => store.inner.calls.background_answered(),
+            Err(error) => (store.inner)
                 .calls
-                .background_failed("near-cache heartbeat failed", &error);
+                .background_failed("near-cache heartbeat failed", &error),
         }
     }
 }
