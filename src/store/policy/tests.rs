@@ -368,3 +368,28 @@ fn a_dead_reference_at_the_main_queues_head_does_not_hide_the_colder_entry_behin
 fn a_queued_reference_takes_48_bytes() {
     assert_eq!(std::mem::size_of::<Resident>(), 48);
 }
+
+/// Feed the gate one read return in `every`, long enough to forget where it started, and
+/// say whether it stays open (`Some(true)`), shut (`Some(false)`) or flips (`None`) over
+/// the next returns.
+fn gate_under(every: usize) -> Option<bool> {
+    let mut policy = Policy::new(100 * 1000);
+    for i in 0..5_000 {
+        policy.count_return(i % every == 0);
+    }
+    let mut states = (0..10 * every).map(|i| {
+        policy.count_return(i % every == 0);
+        policy.returns_are_read()
+    });
+    let first = states.next()?;
+    states.all(|s| s == first).then_some(first)
+}
+
+#[test]
+fn the_gate_opens_at_its_share_of_returns_read() {
+    // The threshold is one in 16: one in 12 keeps it open, one in 20 shut, at every step.
+    assert_eq!(gate_under(12), Some(true));
+    assert_eq!(gate_under(20), Some(false));
+    assert_eq!(gate_under(4), Some(true));
+    assert_eq!(gate_under(1_000), Some(false));
+}
