@@ -199,6 +199,14 @@ fn request(path: String, headers: &[(&'static str, String)]) -> Req {
     request.body(Full::default()).unwrap()
 }
 
+/// Check that `percent` % of hot reads were hits (`(hits, reads)`), in the store `what`.
+fn at_least(percent: usize, (hits, reads): (usize, usize), what: std::fmt::Arguments) {
+    assert!(
+        hits * 100 >= reads * percent,
+        "{hits} of {reads} hot reads were hits with {what}"
+    );
+}
+
 /// Whether the requests after a hot read may be answered from the cache.
 #[derive(Clone, Copy, PartialEq)]
 enum Junk {
@@ -277,10 +285,7 @@ async fn junk_vary_values_of_the_hot_pages_keep_the_variant_clients_read() {
             Junk::Misses,
         )
         .await;
-        assert!(
-            hits * 100 >= reads * 95,
-            "{hits} of {reads} hot reads were hits at {max_bytes} bytes"
-        );
+        at_least(95, (hits, reads), format_args!("{max_bytes} bytes"));
     }
 }
 
@@ -312,10 +317,7 @@ async fn pages_stored_again_on_a_clients_request_keep_their_place() {
             Junk::Misses,
         )
         .await;
-        assert!(
-            hits * 100 >= reads * 95,
-            "{hits} of {reads} hot reads were hits at {max_bytes} bytes"
-        );
+        at_least(95, (hits, reads), format_args!("{max_bytes} bytes"));
     }
 }
 
@@ -353,9 +355,6 @@ async fn junk_requested_in_pairs_keeps_most_hot_pages() {
             Junk::MayHit,
         )
         .await;
-        assert!(
-            hits * 100 >= reads * percent,
-            "{hits} of {reads} hot reads were hits with {entries} entries"
-        );
+        at_least(percent, (hits, reads), format_args!("{entries} entries"));
     }
 }
